@@ -1,0 +1,3 @@
+"""Home Security Intelligence inference server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,71 @@
+"""``python -m inference_server serve|demo|migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from inference_server import __version__
+from inference_server.config import Settings
+from inference_server.logging_setup import configure
+
+log = logging.getLogger("inference_server")
+
+
+async def _serve(settings: Settings) -> None:
+    from inference_server.app import Server
+
+    server = Server(settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server._stop.set)
+    try:
+        await server.wait_stopped()
+    finally:
+        await server.stop()
+
+
+async def _migrate(settings: Settings) -> None:
+    from inference_server.app import open_database
+
+    pool, embedded = await open_database(settings)
+    await pool.close()
+    if embedded is not None:
+        await embedded.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference_server", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server until SIGTERM")
+    serve.add_argument("--role", choices=["all", "api", "worker"], help="overrides HSI_ROLE")
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    demo = sub.add_parser("demo", help="real images → detect → reason → store → publish, printed")
+    demo.add_argument("--data-dir", type=Path, help="keep the demo's data here (default: a temp folder)")
+    demo.add_argument("--serve", action="store_true", help="keep serving after the demo")
+    args = parser.parse_args(argv)
+
+    overrides: dict[str, object] = {}
+    if getattr(args, "role", None):
+        overrides["role"] = args.role
+    if args.command == "demo":
+        from inference_server.demo import run_demo
+
+        return asyncio.run(run_demo(args.data_dir, keep_serving=args.serve))
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    configure(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        asyncio.run(_serve(settings))
+    else:
+        asyncio.run(_migrate(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

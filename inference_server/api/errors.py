@@ -1,0 +1,47 @@
+"""One JSON error shape for every failure: ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return error_response(err.status, err.code, err.message)
+    except ValidationError as err:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        return error_response(422, "validation_error", details)
+    except json.JSONDecodeError as err:
+        return error_response(400, "bad_json", f"body is not valid JSON: {err}")
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        code = err.reason.lower().replace(" ", "_")
+        return error_response(err.status, code, err.text or err.reason)
+    except Exception:
+        log.exception("unhandled error method=%s path=%s", request.method, request.path)
+        return error_response(500, "internal_error", "internal server error (logged)")

@@ -1,0 +1,199 @@
+"""Wiring: builds every component from the settings (the one place backends are chosen)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from inference_server import __version__
+from inference_server.api.routes import ApiContext, ReadinessCheck, build_app
+from inference_server.config import Settings
+from inference_server.ingest.ingestor import Ingestor
+from inference_server.ingest.watcher import FolderWatcher
+from inference_server.jobs.queue import JobQueue, QueuePolicy
+from inference_server.models.detector import Detector, build_detector
+from inference_server.models.reasoner import build_reasoner
+from inference_server.pipeline.detect import DetectWorker
+from inference_server.pipeline.reason import ReasonStage
+from inference_server.publish.broker import EmbeddedBroker
+from inference_server.publish.mqtt import BrokerAddress, MqttPublisher
+from inference_server.publish.relay import OutboxRelay
+from inference_server.publish.topics import Topics
+from inference_server.schemas import DependencyHealth, Discovery
+from inference_server.store.db import EmbeddedPostgres, create_pool
+from inference_server.store.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def open_database(settings: Settings) -> tuple[asyncpg.Pool, EmbeddedPostgres | None]:
+    """Connect (starting the embedded PostgreSQL when no URL is set) and migrate."""
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded = EmbeddedPostgres(settings.postgres_path)
+        dsn = await embedded.start()
+    pool = await create_pool(dsn, settings.db_pool_size)
+    applied = await migrate(pool)
+    log.info("database ready migrations_applied=%s", applied or "none")
+    return pool, embedded
+
+
+@dataclass
+class Server:
+    """The whole inference server in one process (roles: all, api, worker)."""
+
+    settings: Settings
+    detector: Detector | None = None
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    pool: asyncpg.Pool = field(init=False)
+    api_url: str = field(init=False, default="")
+    mqtt_url: str = field(init=False, default="")
+    topics: Topics = field(init=False)
+    watcher: FolderWatcher | None = field(init=False, default=None)
+    _embedded_pg: EmbeddedPostgres | None = field(init=False, default=None)
+    _broker: EmbeddedBroker | None = field(init=False, default=None)
+    _publisher: MqttPublisher | None = field(init=False, default=None)
+    _queue: JobQueue | None = field(init=False, default=None)
+    _runner: web.AppRunner | None = field(init=False, default=None)
+    _tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
+    _stop: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.topics = Topics(s.mqtt_prefix)
+        self.pool, self._embedded_pg = await open_database(s)
+
+        mqtt_url = s.mqtt_url
+        if mqtt_url is None:
+            port = s.mqtt_embedded_port or free_port()
+            self._broker = EmbeddedBroker("127.0.0.1", port)
+            await self._broker.start()
+            mqtt_url = self._broker.url
+        self.mqtt_url = mqtt_url
+
+        self._queue = JobQueue(
+            self.pool,
+            QueuePolicy(s.job_lease_s, s.job_max_attempts, s.job_backoff_base_s, s.job_backoff_max_s),
+            self.worker_id,
+        )
+        await self._queue.listen()
+        runs_worker = s.role in ("all", "worker")
+        runs_api = s.role in ("all", "api")
+
+        if runs_worker and self.detector is None:
+            self.detector = await asyncio.to_thread(build_detector, s)
+            await asyncio.to_thread(self.detector.warmup)
+
+        await self._start_api(runs_api)
+        discovery = Discovery(
+            id=s.mqtt_prefix,
+            name="Home Security Intelligence",
+            version=__version__,
+            url=s.public_url or self.api_url,
+        )
+        self._publisher = MqttPublisher(
+            BrokerAddress.parse(mqtt_url),
+            self.topics,
+            s.mqtt_client_id or f"hsi-{self.worker_id}".replace(":", "-"),
+            [(self.topics.discovery, discovery.model_dump_json().encode())],
+        )
+        await self._publisher.start()
+
+        self._spawn(OutboxRelay(self.pool, self._publisher).run(self._stop), "relay")
+        if runs_api:
+            ingestor = Ingestor(s, self.pool, self._queue)
+            self.watcher = FolderWatcher(
+                s.cameras_path,
+                ingestor,
+                stable_s=s.file_stable_s,
+                polling=s.watch_polling,
+                poll_interval_s=s.watch_poll_interval_s,
+            )
+            self._spawn(self.watcher.run(self._stop), "watcher")
+            await asyncio.wait_for(self.watcher.ready.wait(), 30)
+        if runs_worker:
+            assert self.detector is not None
+            reason = ReasonStage(s, self.pool, self._queue, build_reasoner(s), self.topics)
+            self._spawn(DetectWorker(s, self._queue, self.detector, reason).run(self._stop), "detect")
+        log.info(
+            "server started role=%s api=%s mqtt=%s worker_id=%s",
+            s.role,
+            self.api_url,
+            mqtt_url,
+            self.worker_id,
+        )
+
+    async def _start_api(self, enabled: bool) -> None:
+        if not enabled:
+            return
+        checks: dict[str, ReadinessCheck] = {"database": self._check_db, "mqtt": self._check_mqtt}
+        self._runner = web.AppRunner(build_app(ApiContext(self.pool, checks)), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.api_host, self.settings.api_port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.api_url = f"http://{host}:{port}"
+
+    async def _check_db(self) -> DependencyHealth:
+        try:
+            await self.pool.fetchval("SELECT 1")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            return DependencyHealth(ok=False, detail=repr(err))
+        return DependencyHealth(ok=True, detail="connected")
+
+    async def _check_mqtt(self) -> DependencyHealth:
+        ok = self._publisher is not None and self._publisher.connected.is_set()
+        return DependencyHealth(ok=ok, detail="connected" if ok else "not connected")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self._stop.is_set():
+            return
+        err = task.exception()
+        if err is not None:
+            log.critical("component crashed, stopping task=%s", task.get_name(), exc_info=err)
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=15)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._publisher is not None:
+            await self._publisher.stop()
+        if self._queue is not None:
+            await self._queue.close()
+        await self.pool.close()
+        if self._broker is not None:
+            await self._broker.stop()
+        if self._embedded_pg is not None:
+            await self._embedded_pg.stop()
+        log.info("server stopped")

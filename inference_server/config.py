@@ -1,0 +1,185 @@
+"""One typed settings object for the whole server.
+
+Sources, highest priority first: explicit keyword arguments, environment variables
+(``HSI_<NAME>``; ``DATABASE_URL`` and ``MQTT_URL`` also without the prefix), the
+add-on's options file (``/data/options.json``, or ``HSI_OPTIONS_FILE``), defaults.
+Every field is documented in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+#: Classes a security camera cares about, in COCO naming. Other classes of a COCO model are dropped.
+SECURITY_CLASSES: tuple[str, ...] = (
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "bus",
+    "truck",
+    "boat",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "bear",
+    "backpack",
+    "handbag",
+    "suitcase",
+    "knife",
+)
+
+DEFAULT_OPTIONS_FILE = Path("/data/options.json")
+
+
+class OptionsFileSource(PydanticBaseSettingsSource):
+    """Reads the Home Assistant add-on options (a flat JSON object keyed by field name)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = Path(os.environ.get("HSI_OPTIONS_FILE", str(DEFAULT_OPTIONS_FILE)))
+        self._values: dict[str, Any] = {}
+        if path.is_file():
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path} must hold a JSON object, got {type(loaded).__name__}")
+            known = set(settings_cls.model_fields)
+            self._values = {k: v for k, v in loaded.items() if k in known and v not in (None, "")}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class Settings(BaseSettings):
+    """All settings of the inference server."""
+
+    model_config = SettingsConfigDict(env_prefix="HSI_", extra="ignore", populate_by_name=True)
+
+    # --- paths -------------------------------------------------------------------------
+    data_dir: Path = Field(default=Path("hsi-data"), description="Root for database, images, snapshots.")
+    cameras_dir: Path | None = Field(
+        default=None, description="Folder with one sub-folder per camera (default <data_dir>/cameras)."
+    )
+
+    # --- backing services ----------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("database_url", "HSI_DATABASE_URL", "DATABASE_URL"),
+        description="External PostgreSQL; unset starts the embedded PostgreSQL under <data_dir>/postgres.",
+    )
+    db_pool_size: int = Field(default=8, ge=2, le=100)
+    mqtt_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("mqtt_url", "HSI_MQTT_URL", "MQTT_URL"),
+        description="mqtt://user:pass@host:port; unset starts an in-process broker on 127.0.0.1.",
+    )
+    mqtt_embedded_port: int = Field(default=1883, ge=0, le=65535)
+    mqtt_prefix: str = Field(default="hsi", pattern=r"^[A-Za-z0-9_\-/]+$")
+    mqtt_client_id: str | None = None
+
+    # --- API ----------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8765, ge=0, le=65535)
+    public_url: str | None = Field(default=None, description="URL announced on hsi/discovery.")
+
+    # --- ingest -------------------------------------------------------------------------
+    watch_polling: bool = Field(default=False, description="Poll the cameras folder (network shares).")
+    watch_poll_interval_s: float = Field(default=1.0, gt=0)
+    file_stable_s: float = Field(
+        default=0.5, ge=0, description="A file is complete once its size and mtime hold for this long."
+    )
+    camera_timezone: str = Field(
+        default_factory=lambda: os.environ.get("TZ") or "UTC",
+        description="Time zone of the timestamps cameras put in file names.",
+    )
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    min_image_side: int = Field(default=32, gt=0)
+
+    # --- jobs ---------------------------------------------------------------------------
+    job_lease_s: float = Field(default=60.0, gt=0)
+    job_max_attempts: int = Field(default=5, ge=1)
+    job_backoff_base_s: float = Field(default=2.0, gt=0)
+    job_backoff_max_s: float = Field(default=300.0, gt=0)
+    job_poll_interval_s: float = Field(default=1.0, gt=0)
+    role: Literal["all", "api", "worker"] = "all"
+
+    # --- detection ----------------------------------------------------------------------
+    detector_backend: str = "ultralytics"
+    detector_weights: Path = Field(default=Path("yolo11n.pt"))
+    detector_device: str = Field(default="auto", description="auto, cpu, cuda, cuda:0, mps")
+    detector_confidence: float = Field(default=0.40, gt=0, lt=1)
+    detector_imgsz: int = Field(default=640, ge=32)
+    detector_batch_size: int = Field(default=4, ge=1, le=256)
+    detect_classes: list[str] = Field(default_factory=lambda: list(SECURITY_CLASSES))
+
+    # --- reasoning ----------------------------------------------------------------------
+    reasoner_backend: str = "rules"
+    risk_medium: int = Field(default=30, ge=1, le=100)
+    risk_high: int = Field(default=60, ge=1, le=100)
+    risk_critical: int = Field(default=85, ge=1, le=100)
+
+    # --- logging ------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, OptionsFileSource(settings_cls)
+
+    @field_validator("detect_classes", mode="before")
+    @classmethod
+    def _split_classes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> Settings:
+        if not self.risk_medium < self.risk_high < self.risk_critical:
+            raise ValueError("risk thresholds must satisfy risk_medium < risk_high < risk_critical")
+        return self
+
+    @property
+    def cameras_path(self) -> Path:
+        return self.cameras_dir if self.cameras_dir is not None else self.data_dir / "cameras"
+
+    @property
+    def images_path(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def snapshots_path(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def postgres_path(self) -> Path:
+        return self.data_dir / "postgres"

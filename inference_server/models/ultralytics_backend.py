@@ -1,0 +1,115 @@
+"""Ultralytics YOLO detector: any ultralytics weights (.pt, .onnx, .engine, OpenVINO folder)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from inference_server.config import Settings
+from inference_server.models.detector import Detection, register_detector
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda:0"
+    return "cpu"
+
+
+class UltralyticsDetector:
+    name = "ultralytics"
+
+    def __init__(
+        self,
+        weights: Path,
+        *,
+        device: str = "auto",
+        confidence: float = 0.4,
+        imgsz: int = 640,
+        keep_classes: Sequence[str] = (),
+    ) -> None:
+        from ultralytics.models.yolo import YOLO
+
+        if not weights.exists():
+            raise FileNotFoundError(
+                f"detector weights not found: {weights} (set HSI_DETECTOR_WEIGHTS; see docs/configuration.md)"
+            )
+        self.weights = weights
+        self.device = resolve_device(device)
+        self.half = self.device.startswith("cuda")
+        self.confidence = confidence
+        self.imgsz = imgsz
+        self._model: Any = YOLO(str(weights))
+        names: dict[int, str] = dict(self._model.names)
+        self.names = names
+        wanted = {c.lower() for c in keep_classes}
+        kept = [i for i, n in names.items() if n.lower() in wanted]
+        if wanted and not kept:
+            # A custom model (say "Normal"/"Fall") shares no class with the security list:
+            # every class it knows is something its owner trained it to find, so keep them all.
+            log.warning(
+                "detector model has none of detect_classes; keeping all its classes weights=%s classes=%s",
+                weights,
+                sorted(names.values()),
+            )
+            self.kept_ids: list[int] | None = None
+        else:
+            self.kept_ids = kept or None
+        log.info(
+            "detector loaded backend=ultralytics weights=%s device=%s half=%s classes=%s",
+            weights,
+            self.device,
+            self.half,
+            [names[i] for i in self.kept_ids] if self.kept_ids is not None else "all",
+        )
+
+    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        if not images:
+            return []
+        precision = {"quantize": 16} if self.half else {}
+        results = self._model.predict(
+            list(images),
+            conf=self.confidence,
+            imgsz=self.imgsz,
+            device=self.device,
+            classes=self.kept_ids,
+            verbose=False,
+            **precision,
+        )
+        out: list[list[Detection]] = []
+        for result in results:
+            boxes = result.boxes
+            found: list[Detection] = []
+            if boxes is not None and len(boxes):
+                xyxyn = boxes.xyxyn.cpu().numpy().tolist()
+                confs = boxes.conf.cpu().numpy().tolist()
+                classes = boxes.cls.cpu().numpy().astype(int).tolist()
+                for box, conf, cls in zip(xyxyn, confs, classes, strict=True):
+                    x1, y1, x2, y2 = (min(max(float(v), 0.0), 1.0) for v in box)
+                    found.append(Detection(self.names[cls], round(float(conf), 4), (x1, y1, x2, y2)))
+            found.sort(key=lambda d: d.confidence, reverse=True)
+            out.append(found)
+        return out
+
+    def warmup(self) -> None:
+        self.detect([Image.new("RGB", (self.imgsz, self.imgsz))])
+
+
+@register_detector("ultralytics")
+def _build(settings: Settings) -> UltralyticsDetector:
+    return UltralyticsDetector(
+        settings.detector_weights,
+        device=settings.detector_device,
+        confidence=settings.detector_confidence,
+        imgsz=settings.detector_imgsz,
+        keep_classes=settings.detect_classes,
+    )

