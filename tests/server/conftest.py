@@ -57,9 +57,7 @@ async def database_url(pg_uri: str) -> AsyncIterator[str]:
 
 
 def _mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if found is None:
         pytest.fail("mosquitto is not installed (scripts/test installs it)")
     return found
@@ -100,9 +98,7 @@ async def amqtt_url() -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 def pose_detector() -> UltralyticsDetector:
     """The real yolo11n-pose weights (person only), loaded once."""
-    detector = UltralyticsDetector(
-        demo_assets.pose_weights(), device="cpu", confidence=0.40, keep_classes=["person"]
-    )
+    detector = UltralyticsDetector(demo_assets.pose_weights(), device="cpu", confidence=0.40, keep_classes=["person"])
     detector.warmup()
     return detector
 
@@ -150,14 +146,21 @@ class Subscriber:
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.on_message = lambda c, u, m: self.received.put(m)
-        self.client.connect(address.host, address.port)
+        self._subscribed = subscribed
+        self._where = f"{topic} on {url}"
+        self.client.connect_async(address.host, address.port)
         self.client.loop_start()
-        if not subscribed.wait(10):
-            raise TimeoutError(f"could not subscribe to {topic} on {url}")
 
-    async def wait_for(
-        self, predicate: Callable[[mqtt.MQTTMessage], bool], timeout: float = 30
-    ) -> mqtt.MQTTMessage:
+    async def ready(self, timeout: float = 10) -> Subscriber:
+        """Wait (without blocking the loop, which may run the broker) until subscribed."""
+        deadline = time.monotonic() + timeout
+        while not self._subscribed.is_set():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not subscribe to {self._where}")
+            await asyncio.sleep(0.02)
+        return self
+
+    async def wait_for(self, predicate: Callable[[mqtt.MQTTMessage], bool], timeout: float = 30) -> mqtt.MQTTMessage:
         deadline = time.monotonic() + timeout
         for message in self.seen:
             if predicate(message):

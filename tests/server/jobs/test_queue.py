@@ -1,0 +1,108 @@
+"""The durable job queue on real PostgreSQL: claims, leases, retries, dead letters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from inference_server.jobs.queue import JobQueue, LeaseLost, QueuePolicy
+from inference_server.store.db import create_pool
+from inference_server.store.migrate import migrate
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, 4)
+    await migrate(pool)
+    await pool.execute("INSERT INTO cameras (id, name) VALUES ('cam', 'Cam')")
+    yield pool
+    await pool.close()
+
+
+async def _enqueue(pool: asyncpg.Pool, queue: JobQueue, n: int) -> list[int]:
+    ids = []
+    async with pool.acquire() as conn, conn.transaction():
+        for i in range(n):
+            image_id = await conn.fetchval(
+                "INSERT INTO images (camera_id, sha256, path, source, media_type, width, height, size_bytes,"
+                " captured_at, captured_at_source) VALUES ('cam', $1, '/x.jpg', 'folder', 'image/jpeg', 10, 10, 1,"
+                " $2, 'mtime') RETURNING id",
+                bytes([i]) * 32,
+                datetime.now(UTC),
+            )
+            ids.append(await queue.enqueue(conn, image_id, "cam"))
+    return ids
+
+
+async def test_two_workers_never_claim_the_same_job(pool: asyncpg.Pool) -> None:
+    a = JobQueue(pool, QueuePolicy(), "worker-a")
+    b = JobQueue(pool, QueuePolicy(), "worker-b")
+    ids = await _enqueue(pool, a, 10)
+    got_a = await a.claim(6)
+    got_b = await b.claim(6)
+    assert len(got_a) == 6 and len(got_b) == 4
+    assert sorted(j.id for j in got_a + got_b) == sorted(ids)
+    assert await a.claim(5) == []
+
+
+async def test_failed_job_backs_off_then_dead_letters_after_max_attempts(pool: asyncpg.Pool) -> None:
+    queue = JobQueue(pool, QueuePolicy(max_attempts=2, backoff_base_s=30), "w")
+    [job_id] = await _enqueue(pool, queue, 1)
+    [job] = await queue.claim(1)
+    assert await queue.fail(job, "boom", retryable=True) == "queued"
+    delay = await pool.fetchval("SELECT extract(epoch FROM run_after - now()) FROM jobs WHERE id = $1", job_id)
+    assert 25 < delay <= 33  # 30 s ± 10 % jitter: not claimable yet
+    assert await queue.claim(1) == []
+    await pool.execute("UPDATE jobs SET run_after = now() WHERE id = $1", job_id)
+    [job] = await queue.claim(1)
+    assert job.attempts == 2
+    assert await queue.fail(job, "boom again", retryable=True) == "dead"
+    row = await pool.fetchrow("SELECT state, last_error, attempts FROM jobs WHERE id = $1", job_id)
+    assert dict(row) == {"state": "dead", "last_error": "boom again", "attempts": 2}
+
+
+async def test_permanent_failure_dead_letters_at_once(pool: asyncpg.Pool) -> None:
+    queue = JobQueue(pool, QueuePolicy(max_attempts=5), "w")
+    await _enqueue(pool, queue, 1)
+    [job] = await queue.claim(1)
+    assert await queue.fail(job, "corrupt_image: broken", retryable=False) == "dead"
+    assert (await queue.counts())["dead"] == 1
+
+
+async def test_job_is_reclaimed_after_lease_expires_and_old_worker_cannot_complete(pool: asyncpg.Pool) -> None:
+    crashed = JobQueue(pool, QueuePolicy(lease_s=0.2), "crashed")
+    rescuer = JobQueue(pool, QueuePolicy(lease_s=30), "rescuer")
+    [job_id] = await _enqueue(pool, crashed, 1)
+    [stale] = await crashed.claim(1)
+    assert await rescuer.reap_expired() == (0, 0)  # lease still valid
+    await pool.execute("SELECT pg_sleep(0.3)")
+    assert await rescuer.reap_expired() == (1, 0)
+    [fresh] = await rescuer.claim(1)
+    assert fresh.id == job_id and fresh.attempts == 2
+    async with pool.acquire() as conn:
+        with pytest.raises(LeaseLost):
+            async with conn.transaction():
+                await crashed.complete(conn, stale)
+        async with conn.transaction():
+            await rescuer.complete(conn, fresh)
+    assert (await rescuer.counts())["done"] == 1
+
+
+async def test_expired_lease_on_last_attempt_goes_to_dead_letters(pool: asyncpg.Pool) -> None:
+    queue = JobQueue(pool, QueuePolicy(lease_s=0.1, max_attempts=1), "w")
+    [job_id] = await _enqueue(pool, queue, 1)
+    await queue.claim(1)
+    await pool.execute("SELECT pg_sleep(0.2)")
+    assert await queue.reap_expired() == (0, 1)
+    error = await pool.fetchval("SELECT last_error FROM jobs WHERE id = $1", job_id)
+    assert error == "lease expired on worker w"
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    policy = QueuePolicy(backoff_base_s=2, backoff_max_s=10)
+    assert [round(policy.backoff(n) / d, 1) <= 1.1 for n, d in ((1, 2), (2, 4), (3, 8), (4, 10), (9, 10))] == [True] * 5
+    assert 9 <= policy.backoff(9) <= 11
+    assert 1.8 <= policy.backoff(1) <= 2.2

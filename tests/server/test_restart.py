@@ -1,0 +1,88 @@
+"""A server killed with SIGKILL while it holds a job loses nothing: after a restart the job is
+reclaimed when its lease expires and the image yields exactly one event."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from inference_server import demo_assets
+
+from .conftest import Subscriber, drop, wait_until
+
+
+def _start_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "inference_server", "serve"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_job_is_reclaimed_after_sigkill_and_yields_exactly_one_event(
+    tmp_path: Path, database_url: str, mosquitto_url: str
+) -> None:
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        "HSI_DATA_DIR": str(data),
+        "DATABASE_URL": database_url,
+        "MQTT_URL": mosquitto_url,
+        "HSI_API_PORT": "0",
+        "HSI_DETECTOR_WEIGHTS": str(demo_assets.pose_weights()),
+        "HSI_DETECTOR_DEVICE": "cpu",
+        "HSI_JOB_LEASE_S": "2",
+        "HSI_FILE_STABLE_S": "0.1",
+        "HSI_CAMERA_TIMEZONE": "UTC",
+        "HSI_OPTIONS_FILE": str(tmp_path / "no-options.json"),
+    }
+    log = tmp_path / "server.log"
+    subscriber = await Subscriber(mosquitto_url, "hsi/events").ready()
+    blocker = await asyncpg.connect(database_url)
+    first = _start_server(env, log)
+    try:
+        # Wait for the first server to have migrated the schema, then hold the detections table:
+        # the worker can claim and infer, but its result transaction waits on this lock.
+        await wait_until(lambda: blocker.fetchval("SELECT to_regclass('detections') IS NOT NULL"), timeout=60)
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("LOCK TABLE detections IN ACCESS EXCLUSIVE MODE")
+
+        drop(demo_assets.image("zidane.jpg"), data / "cameras" / "hall" / "MDAlarm_20261124-031500.jpg")
+        claimed = await wait_until(
+            lambda: blocker.fetchrow("SELECT id, attempts, worker_id FROM jobs WHERE state = 'running'"), timeout=60
+        )
+        assert claimed["attempts"] == 1
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(10) == -signal.SIGKILL
+
+        second = _start_server(env, log)
+        try:
+            await holding.rollback()  # the dead worker's transaction is aborted by PostgreSQL
+            done = await wait_until(
+                lambda: blocker.fetchrow(
+                    "SELECT attempts, worker_id FROM jobs WHERE id = $1 AND state = 'done'", claimed["id"]
+                ),
+                timeout=90,
+            )
+            assert done["attempts"] == 2
+            assert done["worker_id"] != claimed["worker_id"]
+            events = await blocker.fetch("SELECT id FROM events")
+            assert len(events) == 1
+            assert await blocker.fetchval("SELECT count(*) FROM detections") == 2
+            message = await subscriber.wait_for(lambda m: m.topic == "hsi/events", timeout=30)
+            assert str(events[0]["id"]) in message.payload.decode()
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(30) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        await blocker.close()
+        subscriber.close()
