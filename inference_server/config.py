@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -128,7 +129,8 @@ class Settings(BaseSettings):
     detector_confidence: float = Field(default=0.40, gt=0, lt=1)
     detector_imgsz: int = Field(default=640, ge=32)
     detector_batch_size: int = Field(default=4, ge=1, le=256)
-    detect_classes: list[str] = Field(default_factory=lambda: list(SECURITY_CLASSES))
+    # NoDecode: the environment gives a comma-separated list (HSI_DETECT_CLASSES=person,car), not JSON.
+    detect_classes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SECURITY_CLASSES))
 
     # --- reasoning ----------------------------------------------------------------------
     reasoner_backend: str = "rules"
