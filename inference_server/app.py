@@ -175,6 +175,11 @@ class Server:
             log.critical("component crashed, stopping task=%s", task.get_name(), exc_info=err)
         self._stop.set()
 
+    @property
+    def queue(self) -> JobQueue:
+        assert self._queue is not None, "start() first"
+        return self._queue
+
     async def wait_stopped(self) -> None:
         await self._stop.wait()
 

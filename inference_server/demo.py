@@ -26,6 +26,7 @@ from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.logging_setup import configure
 from inference_server.publish.mqtt import BrokerAddress
+from inference_server.store import images, outbox, quarantine
 
 
 @dataclass(frozen=True)
@@ -133,15 +134,11 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
         say("[3/5] detecting and reasoning ...")
         deadline = time.monotonic() + 180
         while True:
-            counts = await server.pool.fetchrow(
-                "SELECT count(*) FILTER (WHERE state IN ('done','dead')) AS finished, count(*) AS total,"
-                " (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS unsent FROM jobs"
-            )
-            assert counts is not None
-            say(
-                f"      jobs finished {counts['finished']}/{len(SCENE)}, MQTT messages waiting {counts['unsent']}"
-            )
-            if counts["finished"] >= len(SCENE) and counts["unsent"] == 0:
+            counts = await server.queue.counts()
+            finished = counts["done"] + counts["dead"]
+            unsent = await outbox.pending_count(server.pool)
+            say(f"      jobs finished {finished}/{len(SCENE)}, MQTT messages waiting {unsent}")
+            if finished >= len(SCENE) and unsent == 0:
                 break
             if time.monotonic() > deadline:
                 say("      gave up waiting after 180 s")
@@ -150,27 +147,16 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
         await asyncio.sleep(0.5)
 
         say("[4/5] what was found, per image:")
-        rows = await server.pool.fetch(
-            "SELECT i.id, i.camera_id, i.original_name, i.captured_at,"
-            " coalesce(json_agg(json_build_object('label', d.label, 'confidence', round(d.confidence::numeric, 2)))"
-            "  FILTER (WHERE d.id IS NOT NULL), '[]') AS dets,"
-            " (SELECT row_to_json(e) FROM (SELECT id, risk_score, risk_level, summary, reasoning, analysis_source"
-            "   FROM events WHERE image_id = i.id) e) AS event"
-            " FROM images i LEFT JOIN detections d ON d.image_id = i.id GROUP BY i.id ORDER BY i.id"
-        )
-        event_ids = []
+        rows = await images.overview(server.pool)
+        events_by_risk: list[tuple[int, str]] = []
         for row in rows:
-            placed_upload = placed.get(row["original_name"])
-            story = placed_upload.story if placed_upload else ""
-            dets = json.loads(row["dets"]) if isinstance(row["dets"], str) else row["dets"]
-            found = ", ".join(f"{d['label']} {d['confidence']}" for d in dets) or "nothing"
-            say(f"  • {row['original_name']}  [{story}]")
+            placed_upload = placed.get(row.original_name or "")
+            say(f"  • {row.original_name}  [{placed_upload.story if placed_upload else ''}]")
+            found = ", ".join(f"{label} {conf:.2f}" for label, conf in row.detections) or "nothing"
             say(f"      detections: {found}")
-            event = row["event"]
-            if isinstance(event, str):
-                event = json.loads(event)
+            event = row.event
             if event:
-                event_ids.append(event["id"])
+                events_by_risk.append((event["risk_score"], event["id"]))
                 say(
                     f"      event {event['id']}: risk {event['risk_score']} {event['risk_level'].upper()}"
                     f" ({event['analysis_source']}) — {event['summary']}"
@@ -178,9 +164,7 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
                 say(f"      reasoning: {event['reasoning']}")
             else:
                 say("      no event (nothing to report)")
-        quarantined = await server.pool.fetch(
-            "SELECT original_path, reason, detail FROM quarantine ORDER BY id"
-        )
+        quarantined = await quarantine.recent(server.pool)
         for q in quarantined:
             say(f"  • quarantined {q['original_path']}: {q['reason']} ({q['detail']})")
 
@@ -188,14 +172,14 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
         for topic, payload, retain in subscriber.drain():
             say(f"      {topic}{' (retained)' if retain else ''}: {_short(payload)}")
 
-        if event_ids:
-            top = await server.pool.fetchval("SELECT id FROM events ORDER BY risk_score DESC LIMIT 1")
+        if events_by_risk:
+            top = max(events_by_risk)[1]
             url = f"{server.api_url}/api/v1/events/{top}"
             async with aiohttp.ClientSession() as http, http.get(url) as resp:
                 body: Any = await resp.json()
             say(f"The highest-risk event over REST: GET {url} → {resp.status}")
             say(json.dumps(body, indent=2))
-        say(f"Done: {len(rows)} images, {len(event_ids)} events, {len(quarantined)} quarantined.")
+        say(f"Done: {len(rows)} images, {len(events_by_risk)} events, {len(quarantined)} quarantined.")
         if keep_serving:
             say(
                 f"Serving on {server.api_url} and {server.mqtt_url}; drop JPEGs into "

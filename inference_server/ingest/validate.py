@@ -7,12 +7,19 @@ dead-letters the rare file whose header is fine but whose data is not.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import ImageFile, JpegImagePlugin, PngImagePlugin
 
-_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
+# The only two parsers that ever see uploaded bytes, picked by signature and called directly.
+# Not Image.open: it tries every format Pillow knows (a wider attack surface), names a JPEG
+# with a multi-picture segment "MPO", and other libraries replace it (ultralytics' wrapper,
+# active once the detector is imported, tries to pip-install pi-heif for any unidentified
+# file and raises ImportError when offline).
+_PARSERS: tuple[tuple[bytes, type[ImageFile.ImageFile], str], ...] = (
+    (b"\xff\xd8\xff", JpegImagePlugin.JpegImageFile, "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", PngImagePlugin.PngImageFile, "image/png"),
+)
 _PNG_IEND = b"IEND\xaeB`\x82"
 
 
@@ -44,27 +51,42 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
         raise InvalidImage("empty_file", "0 bytes")
     if len(data) > limits.max_bytes:
         raise InvalidImage("too_large", f"{len(data)} bytes > limit {limits.max_bytes}")
+    for magic, parser, media_type in _PARSERS:
+        if data.startswith(magic):
+            break
+    else:
+        other = _other_format(data)
+        if other is not None:
+            raise InvalidImage("unsupported_format", f"{other} (JPEG and PNG are accepted)")
+        raise InvalidImage("not_an_image", "not a recognisable image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                fmt, (width, height) = img.format, img.size
-    except Image.DecompressionBombError as err:
-        raise InvalidImage("too_many_pixels", str(err)) from err
-    except UnidentifiedImageError as err:
-        raise InvalidImage("not_an_image", "not a recognisable image") from err
+        with parser(io.BytesIO(data)) as img:
+            width, height = img.size
     except (OSError, SyntaxError, ValueError) as err:
         raise InvalidImage("corrupt_image", f"unreadable header: {err}") from err
-    if fmt not in _FORMATS:
-        raise InvalidImage("unsupported_format", f"{fmt} (JPEG and PNG are accepted)")
     if width * height > limits.max_pixels:
         raise InvalidImage(
             "too_many_pixels", f"{width}x{height} = {width * height} pixels > limit {limits.max_pixels}"
         )
     if min(width, height) < limits.min_side:
         raise InvalidImage("too_small", f"{width}x{height} < {limits.min_side} px")
-    if fmt == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if media_type == "image/jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise InvalidImage("truncated", "JPEG has no end-of-image marker")
-    if fmt == "PNG" and not data.endswith(_PNG_IEND):
+    if media_type == "image/png" and not data.endswith(_PNG_IEND):
         raise InvalidImage("truncated", "PNG has no IEND chunk")
-    return ImageInfo(_FORMATS[fmt], width, height)
+    return ImageInfo(media_type, width, height)
+
+
+def _other_format(data: bytes) -> str | None:
+    """Image formats that are not accepted, recognised only to say so in the refusal."""
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[4:8] == b"ftyp":
+        return "HEIF/AVIF/MP4"
+    if data[:2] == b"BM" and data[6:10] == b"\x00\x00\x00\x00":
+        return "BMP"
+    return None

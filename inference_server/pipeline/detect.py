@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 from PIL import Image
 
 from inference_server.config import Settings
@@ -167,6 +168,15 @@ class DetectWorker:
                 except LeaseLost as err:
                     log.warning("result discarded: %s", err)
                     metrics.JOBS_FAILED.labels("lease_lost").inc()
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+                    # The result was not committed; the job is retried (or its lease expires
+                    # and the reaper requeues it if the database is unreachable right now).
+                    log.error("storing result failed job_id=%s error=%r", item.job.id, err)
+                    try:
+                        outcome = await self.queue.fail(item.job, f"store: {err!r}", retryable=True)
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                        outcome = "lease_will_expire"
+                    metrics.JOBS_FAILED.labels(outcome).inc()
 
     async def _reap_loop(self, stop: asyncio.Event) -> None:
         interval = max(1.0, min(30.0, self.settings.job_lease_s / 4))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -45,10 +46,34 @@ async def insert(conn: asyncpg.Connection, image: NewImage) -> int | None:
     return image_id
 
 
-async def find(
-    conn: asyncpg.Connection | asyncpg.Pool, camera_id: str, sha256: bytes
-) -> tuple[int, str] | None:
-    row = await conn.fetchrow(
-        "SELECT id, path FROM images WHERE camera_id = $1 AND sha256 = $2", camera_id, sha256
-    )
+async def find(conn: asyncpg.Connection | asyncpg.Pool, camera_id: str, sha256: bytes) -> tuple[int, str] | None:
+    row = await conn.fetchrow("SELECT id, path FROM images WHERE camera_id = $1 AND sha256 = $2", camera_id, sha256)
     return (row["id"], row["path"]) if row is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageOverview:
+    """One image with what was found in it and the event it produced, for people to read."""
+
+    id: int
+    camera_id: str
+    original_name: str | None
+    detections: list[tuple[str, float]]
+    event: dict[str, Any] | None
+
+
+async def overview(conn: asyncpg.Connection | asyncpg.Pool) -> list[ImageOverview]:
+    rows = await conn.fetch(
+        "SELECT i.id, i.camera_id, i.original_name,"
+        " coalesce((SELECT jsonb_agg(jsonb_build_array(d.label, d.confidence) ORDER BY d.confidence DESC)"
+        "   FROM detections d WHERE d.image_id = i.id), '[]'::jsonb) AS dets,"
+        " (SELECT to_jsonb(e) FROM (SELECT id, risk_score, risk_level, summary, reasoning, analysis_source"
+        "   FROM events WHERE image_id = i.id ORDER BY started_at LIMIT 1) e) AS event"
+        " FROM images i ORDER BY i.id"
+    )
+    return [
+        ImageOverview(
+            r["id"], r["camera_id"], r["original_name"], [(label, conf) for label, conf in r["dets"]], r["event"]
+        )
+        for r in rows
+    ]

@@ -21,9 +21,7 @@ class OutboxMessage:
     qos: int
 
 
-async def add(
-    conn: asyncpg.Connection, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1
-) -> int:
+async def add(conn: asyncpg.Connection, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> int:
     mid: int = await conn.fetchval(
         "INSERT INTO outbox (topic, payload, retain, qos) VALUES ($1, $2, $3, $4) RETURNING id",
         topic,
@@ -37,9 +35,7 @@ async def add(
 
 async def add_many(conn: asyncpg.Connection, messages: list[tuple[str, bytes, bool]]) -> None:
     """Queue (topic, payload, retain) messages at QoS 1 in one round trip."""
-    await conn.executemany(
-        "INSERT INTO outbox (topic, payload, retain, qos) VALUES ($1, $2, $3, 1)", messages
-    )
+    await conn.executemany("INSERT INTO outbox (topic, payload, retain, qos) VALUES ($1, $2, $3, 1)", messages)
     await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
@@ -58,9 +54,7 @@ async def mark_sent(conn: asyncpg.Connection, ids: list[int]) -> None:
 
 
 async def mark_failed(conn: asyncpg.Connection, ids: list[int], error: str) -> None:
-    await conn.execute(
-        "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)", ids, error
-    )
+    await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)", ids, error)
 
 
 async def pending_count(conn: asyncpg.Connection | asyncpg.Pool) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
 
@@ -26,3 +28,12 @@ async def add(
         size_bytes,
     )
     return qid
+
+
+async def recent(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 100) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT id, camera_id, original_path, stored_path, reason, detail, created_at FROM quarantine"
+        " ORDER BY id DESC LIMIT $1",
+        limit,
+    )
+    return [dict(r) for r in rows]

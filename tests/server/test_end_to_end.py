@@ -137,3 +137,13 @@ async def test_rest_reports_readiness_and_unknown_event(
             assert (await resp.json())["error"]["code"] == "bad_cursor"
         async with http.get(f"{server.api_url}/api/v1/events", params={"min_risk": "high"}) as resp:
             assert resp.status == 400
+
+
+async def test_polling_mode_for_network_shares_ingests_new_files(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = make_settings(watch_polling=True, watch_poll_interval_s=0.1)
+    async with running(settings, pose_detector) as server:
+        drop(demo_assets.image("zidane.jpg"), settings.cameras_path / "nas_cam" / "MDAlarm_20261124-093000.jpg")
+        summary = await wait_until(lambda: server.pool.fetchval("SELECT summary FROM events"), timeout=30)
+        assert summary == "2 people at Nas Cam at 09:30"
