@@ -33,6 +33,7 @@ from inference_server.telemetry import metrics
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+_NAME_MAX = 255  # bytes in one file name (ext4, XFS, btrfs, ZFS, SMB shares)
 _EXT = {"image/jpeg": "jpg", "image/png": "png"}
 
 Status = Literal["queued", "duplicate", "quarantined", "vanished"]
@@ -172,7 +173,7 @@ class Ingestor:
         )
         await asyncio.to_thread(_place, source_file, loaded.data, stored)
         async with self.pool.acquire() as conn, conn.transaction():
-            camera, created = await cameras.ensure_for_folder(conn, camera_id, folder)
+            camera, created = await cameras.ensure_for_folder(conn, camera_id, printable(folder))
             if created:
                 log.info("camera registered camera_id=%s folder=%s", camera.id, printable(folder))
             image_id = await images.insert(
@@ -214,7 +215,7 @@ class Ingestor:
 
     async def _quarantine(self, path: Path, camera_id: str | None, reason: str, detail: str) -> IngestResult:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        dest = self.settings.quarantine_path / (camera_id or "_unknown") / f"{stamp}_{path.name}"
+        dest = self.settings.quarantine_path / (camera_id or "_unknown") / _fit_name(f"{stamp}_", path.name)
         size: int | None
         try:
             size = os.lstat(path).st_size
@@ -265,6 +266,17 @@ def _place(source_file: Path | None, data: bytes, stored: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, stored)
+
+
+def _fit_name(prefix: str, name: str) -> str:
+    """``prefix + name``, the name's stem shortened to fit in one file name; the suffix is kept."""
+    suffix = Path(name).suffix
+    if len(os.fsencode(prefix + suffix)) >= _NAME_MAX:
+        suffix = ""
+    stem = name[: len(name) - len(suffix)]
+    while stem and len(os.fsencode(prefix + stem + suffix)) > _NAME_MAX:
+        stem = stem[:-1]
+    return prefix + stem + suffix
 
 
 def _move(path: Path, dest: Path) -> None:

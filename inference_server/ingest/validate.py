@@ -51,14 +51,13 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
         raise InvalidImage("empty_file", "0 bytes")
     if len(data) > limits.max_bytes:
         raise InvalidImage("too_large", f"{len(data)} bytes > limit {limits.max_bytes}")
-    for magic, parser, media_type in _PARSERS:
-        if data.startswith(magic):
-            break
-    else:
+    found = next(((parser, media) for magic, parser, media in _PARSERS if data.startswith(magic)), None)
+    if found is None:
         other = _other_format(data)
         if other is not None:
             raise InvalidImage("unsupported_format", f"{other} (JPEG and PNG are accepted)")
         raise InvalidImage("not_an_image", "not a recognisable image")
+    parser, media_type = found
     try:
         with parser(io.BytesIO(data)) as img:
             width, height = img.size

@@ -8,6 +8,7 @@ upload grows in chunks, and a camera gives no other signal that it has finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 from watchfiles import Change, awatch
+from watchfiles._rust_notify import WatchfilesRustInternalError
 
 from inference_server.ingest.ingestor import Ingestor, printable
 
@@ -56,32 +58,53 @@ class FolderWatcher:
         self._pending: dict[Path, _Seen | None] = {}
         self._tick = max(0.02, min(0.25, stable_s / 4))
         self.ready = asyncio.Event()
+        self._rescanning = False
 
     async def run(self, stop: asyncio.Event) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         checker = asyncio.create_task(self._check_loop(stop), name="watcher-check")
         try:
-            watch = awatch(
-                self.root,
-                stop_event=stop,
-                force_polling=self.polling,
-                poll_delay_ms=int(self.poll_interval_s * 1000),
-                debounce=200,
-                step=20,
-                recursive=True,
-                ignore_permission_denied=True,
-            )
-            # Files that arrived while the server was down are found by the first scan.
-            await asyncio.to_thread(self._scan, self.root)
-            self.ready.set()
-            log.info("watching camera folders root=%s polling=%s", self.root, self.polling)
-            async for changes in watch:
-                for change, raw in changes:
-                    if change != Change.deleted:
-                        self._see(Path(raw))
+            while not stop.is_set():
+                try:
+                    await self._watch(stop)
+                except* WatchfilesRustInternalError as errors:
+                    # notify fails on any path that is not UTF-8 (an FTP server writing latin-1
+                    # names), and cannot watch at all while such a folder exists. Until it can,
+                    # rescan (os.walk reads any name) every poll interval: slower, nothing lost.
+                    log.log(
+                        logging.DEBUG if self._rescanning else logging.WARNING,
+                        "file watching failed, rescanning every %.1f s until it works error=%s",
+                        self.poll_interval_s,
+                        errors.exceptions[0],
+                    )
+                    self._rescanning = True
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.poll_interval_s)
         finally:
             checker.cancel()
             await asyncio.gather(checker, return_exceptions=True)
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        watch = awatch(
+            self.root,
+            stop_event=stop,
+            force_polling=self.polling,
+            poll_delay_ms=int(self.poll_interval_s * 1000),
+            debounce=200,
+            step=20,
+            recursive=True,
+            ignore_permission_denied=True,
+        )
+        # Files that arrived while the server was down are found by the first scan.
+        await asyncio.to_thread(self._scan, self.root)
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("watching camera folders root=%s polling=%s", self.root, self.polling)
+        async for changes in watch:
+            self._rescanning = False
+            for change, raw in changes:
+                if change != Change.deleted:
+                    self._see(Path(raw))
 
     def _scan(self, folder: Path) -> None:
         for dirpath, _dirs, files in os.walk(folder):
@@ -127,6 +150,14 @@ class FolderWatcher:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                 # The database or the disk is unhappy: keep the file and try again later.
                 log.error("ingest failed, will retry file=%s error=%r", printable(path), err)
-                if seen is not None:
-                    seen.not_before = time.monotonic() + _RETRY_AFTER_ERROR_S
-                self._pending[path] = seen
+                self._retry_later(path, seen)
+            except Exception:
+                # A bug met by one file must not end this loop: every camera's ingest would
+                # stop silently. Keep the file and try it again later, as above.
+                log.exception("ingest crashed, will retry file=%s", printable(path))
+                self._retry_later(path, seen)
+
+    def _retry_later(self, path: Path, seen: _Seen | None) -> None:
+        if seen is not None:
+            seen.not_before = time.monotonic() + _RETRY_AFTER_ERROR_S
+        self._pending[path] = seen
