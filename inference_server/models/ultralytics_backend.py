@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,25 @@ from inference_server.config import Settings
 from inference_server.models.detector import Detection, register_detector
 
 log = logging.getLogger(__name__)
+
+
+def _import_yolo() -> Any:
+    """Import ultralytics without its run-time downloads and installs.
+
+    Nothing may be fetched at run time: no pip installs (YOLO_AUTOINSTALL), no hub or
+    analytics calls (YOLO_OFFLINE). ultralytics also replaces ``PIL.Image.open`` process-wide
+    with a wrapper that pip-installs a HEIF plugin on the first unidentifiable file; the
+    server only reads JPEG and PNG, so Pillow's own ``open`` is put back.
+    """
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics.models.yolo import YOLO
+    from ultralytics.utils import patches
+
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is not original:
+        Image.open = original
+    return YOLO
 
 
 def resolve_device(requested: str) -> str:
@@ -37,7 +57,7 @@ class UltralyticsDetector:
         imgsz: int = 640,
         keep_classes: Sequence[str] = (),
     ) -> None:
-        from ultralytics.models.yolo import YOLO
+        YOLO = _import_yolo()
 
         if not weights.exists():
             raise FileNotFoundError(

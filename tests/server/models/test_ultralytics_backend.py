@@ -67,3 +67,16 @@ def test_detect_classes_filter_drops_other_classes() -> None:
     assert detector.kept_ids == [1]
     [bus] = detector.detect([Image.open(demo_assets.image("bus.jpg")).convert("RGB")])
     assert all(d.label == "Fall" for d in bus)
+
+
+def test_loading_ultralytics_leaves_pillow_unpatched(pose_detector: UltralyticsDetector) -> None:
+    # ultralytics swaps PIL.Image.open for a wrapper that pip-installs a plugin on unknown files;
+    # the backend restores Pillow's own, so a text file is simply "not an image", offline.
+    import io
+
+    import pytest
+    from PIL import UnidentifiedImageError
+
+    assert Image.open.__module__ == "PIL.Image"
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(b"this is not a picture"))
