@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 _TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".filepart", ".crdownload", "~")
 _RETRY_AFTER_ERROR_S = 5.0
+_FIRST_RESCAN_S = 2.0
+_RESCAN_EVERY_S = 60.0
+
+
+def _walk(folder: Path) -> list[Path]:
+    return [Path(dirpath) / name for dirpath, _dirs, files in os.walk(folder) for name in files]
 
 
 def is_temporary(name: str) -> bool:
@@ -96,7 +102,7 @@ class FolderWatcher:
             ignore_permission_denied=True,
         )
         # Files that arrived while the server was down are found by the first scan.
-        await asyncio.to_thread(self._scan, self.root)
+        await self._rescan()
         if not self.ready.is_set():
             self.ready.set()
             log.info("watching camera folders root=%s polling=%s", self.root, self.polling)
@@ -106,23 +112,30 @@ class FolderWatcher:
                 if change != Change.deleted:
                     self._see(Path(raw))
 
-    def _scan(self, folder: Path) -> None:
-        for dirpath, _dirs, files in os.walk(folder):
-            for name in files:
-                self._see(Path(dirpath) / name)
+    async def _rescan(self) -> None:
+        # Walk in a thread, register on the loop: only the loop touches _pending.
+        for path in await asyncio.to_thread(_walk, self.root):
+            self._see(path)
 
     def _see(self, path: Path) -> None:
         if is_temporary(path.name) or path in self._pending:
             return
         if path.is_dir() and not path.is_symlink():
             # A folder copied in whole can hold files written before its watch existed.
-            self._scan(path)
+            for found in _walk(path):
+                self._see(found)
             return
         self._pending[path] = None
 
     async def _check_loop(self, stop: asyncio.Event) -> None:
+        # Safety net: a full rescan shortly after start (a file written between the first scan
+        # and the moment notification began) and then periodically (an inotify queue overflow).
+        next_rescan = time.monotonic() + _FIRST_RESCAN_S
         while not stop.is_set():
             await asyncio.sleep(self._tick)
+            if time.monotonic() >= next_rescan:
+                next_rescan = time.monotonic() + _RESCAN_EVERY_S
+                await self._rescan()
             if self._pending:
                 await self._check_pending()
 
