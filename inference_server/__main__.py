@@ -39,6 +39,41 @@ async def _migrate(settings: Settings) -> None:
         await embedded.stop()
 
 
+async def _apikey(settings: Settings, action: str, name: str | None) -> int:
+    from inference_server.app import open_database
+    from inference_server.store import api_keys
+
+    pool, embedded = await open_database(settings)
+    try:
+        if action == "create":
+            assert name is not None
+            try:
+                key = await api_keys.create(pool, name)
+            except ValueError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+            print(key)
+            print(f"API key {name!r} created. It is shown only this once: store it now.", file=sys.stderr)
+        elif action == "revoke":
+            assert name is not None
+            if not await api_keys.revoke(pool, name):
+                print(f"error: no active key named {name!r}", file=sys.stderr)
+                return 1
+            print(f"API key {name!r} revoked.", file=sys.stderr)
+        else:
+            for info in await api_keys.list_all(pool):
+                state = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "active"
+                used = f"{info.last_used_at:%Y-%m-%d %H:%M}" if info.last_used_at else "never"
+                print(
+                    f"{info.name}\thsi_{info.key_id}_…\t{state}\tcreated {info.created_at:%Y-%m-%d}\tlast used {used}"
+                )
+        return 0
+    finally:
+        await pool.close()
+        if embedded is not None:
+            await embedded.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference_server", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -49,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="real images → detect → reason → store → publish, printed")
     demo.add_argument("--data-dir", type=Path, help="keep the demo's data here (default: a temp folder)")
     demo.add_argument("--serve", action="store_true", help="keep serving after the demo")
+    keys = sub.add_parser("apikey", help="manage REST API keys")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("name", nargs="?", help="key name (create, revoke)")
     args = parser.parse_args(argv)
+    if args.command == "apikey" and args.action != "list" and not args.name:
+        parser.error(f"apikey {args.action} needs a NAME")
 
     overrides: dict[str, object] = {}
     if getattr(args, "role", None):
@@ -62,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format)
     if args.command == "serve":
         asyncio.run(_serve(settings))
+    elif args.command == "apikey":
+        return asyncio.run(_apikey(settings, args.action, args.name))
     else:
         asyncio.run(_migrate(settings))
     return 0

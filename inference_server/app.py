@@ -13,7 +13,8 @@ import asyncpg
 from aiohttp import web
 
 from inference_server import __version__
-from inference_server.api.routes import ApiContext, ReadinessCheck, build_app
+from inference_server.api.app import build_app
+from inference_server.api.context import ApiContext, ReadinessCheck
 from inference_server.config import Settings
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.ingest.watcher import FolderWatcher
@@ -23,12 +24,13 @@ from inference_server.models.reasoner import build_reasoner
 from inference_server.pipeline.detect import DetectWorker
 from inference_server.pipeline.reason import ReasonStage
 from inference_server.publish.broker import EmbeddedBroker
-from inference_server.publish.mqtt import BrokerAddress, MqttPublisher
+from inference_server.publish.mqtt import BrokerAddress, MqttPublisher, PublishError
 from inference_server.publish.relay import OutboxRelay
 from inference_server.publish.topics import Topics
 from inference_server.schemas import DependencyHealth, Discovery
 from inference_server.store.db import EmbeddedPostgres, create_pool
 from inference_server.store.migrate import migrate
+from inference_server.telemetry.status import StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class Server:
     mqtt_url: str = field(init=False, default="")
     topics: Topics = field(init=False)
     watcher: FolderWatcher | None = field(init=False, default=None)
+    ingestor: Ingestor = field(init=False)
+    status: StatusReporter = field(init=False)
     _embedded_pg: EmbeddedPostgres | None = field(init=False, default=None)
     _broker: EmbeddedBroker | None = field(init=False, default=None)
     _publisher: MqttPublisher | None = field(init=False, default=None)
@@ -101,6 +105,13 @@ class Server:
             self.detector = await asyncio.to_thread(build_detector, s)
             await asyncio.to_thread(self.detector.warmup)
 
+        self.ingestor = Ingestor(s, self.pool, self._queue)
+        self.status = StatusReporter(
+            self.pool,
+            detector=f"{s.detector_backend}:{s.detector_weights.name}" if runs_worker else None,
+            reasoner=s.reasoner_backend if runs_worker else None,
+            mqtt_connected=lambda: self._publisher is not None and self._publisher.connected.is_set(),
+        )
         await self._start_api(runs_api)
         discovery = Discovery(
             id=s.mqtt_prefix,
@@ -117,11 +128,11 @@ class Server:
         await self._publisher.start()
 
         self._spawn(OutboxRelay(self.pool, self._publisher).run(self._stop), "relay")
+        self._spawn(self._publish_status(), "status")
         if runs_api:
-            ingestor = Ingestor(s, self.pool, self._queue)
             self.watcher = FolderWatcher(
                 s.cameras_path,
-                ingestor,
+                self.ingestor,
                 stable_s=s.file_stable_s,
                 polling=s.watch_polling,
                 poll_interval_s=s.watch_poll_interval_s,
@@ -144,12 +155,28 @@ class Server:
         if not enabled:
             return
         checks: dict[str, ReadinessCheck] = {"database": self._check_db, "mqtt": self._check_mqtt}
-        self._runner = web.AppRunner(build_app(ApiContext(self.pool, checks)), access_log=None)
+        api = build_app(ApiContext(self.pool, self.settings, self.ingestor, self.status, self.topics, checks))
+        self._runner = web.AppRunner(api, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.api_host, self.settings.api_port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.api_url = f"http://{host}:{port}"
+
+    async def _publish_status(self) -> None:
+        """Retained ``hsi/status`` every ``status_interval_s`` (live state: not via the outbox)."""
+        while not self._stop.is_set():
+            publisher = self._publisher
+            if publisher is not None and publisher.connected.is_set():
+                try:
+                    status = await self.status.current()
+                    await publisher.publish(self.topics.status, status.model_dump_json().encode(), retain=True)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, PublishError) as err:
+                    log.warning("status not published: %r", err)
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.status_interval_s)
+            except TimeoutError:
+                continue
 
     async def _check_db(self) -> DependencyHealth:
         try:

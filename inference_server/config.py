@@ -138,6 +138,22 @@ class Settings(BaseSettings):
     risk_high: int = Field(default=60, ge=1, le=100)
     risk_critical: int = Field(default=85, ge=1, le=100)
 
+    # --- API, auth, retention --------------------------------------------------------------
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Client addresses trusted without an API key (the add-on: Supervisor ingress, 172.30.32.2).",
+    )
+    auth_failures_per_minute: int = Field(
+        default=10, ge=1, description="Failed authentications per client per minute before 429."
+    )
+    upload_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest accepted upload body.")
+    retention_days: float = Field(
+        default=14, gt=0, description="Images, snapshots, detections and quarantine kept this long."
+    )
+    event_retention_days: float = Field(default=90, gt=0, description="Events kept this long.")
+    retention_interval_s: float = Field(default=3600, gt=0, description="How often the retention cleanup runs.")
+    status_interval_s: float = Field(default=10, gt=0, description="How often hsi/status is published.")
+
     # --- logging ------------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -153,7 +169,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, OptionsFileSource(settings_cls)
 
-    @field_validator("detect_classes", mode="before")
+    @field_validator("detect_classes", "trusted_proxies", mode="before")
     @classmethod
     def _split_classes(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -26,7 +26,7 @@ from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.logging_setup import configure
 from inference_server.publish.mqtt import BrokerAddress
-from inference_server.store import images, outbox, quarantine
+from inference_server.store import api_keys, images, outbox, quarantine
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,9 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
     server = Server(settings)
     await server.start()
     say(f"      ready in {time.perf_counter() - t0:.1f} s — REST {server.api_url}, MQTT {server.mqtt_url}")
+    await api_keys.revoke(server.pool, "demo")  # a kept --data-dir may hold an older one
+    key = await api_keys.create(server.pool, "demo")
+    auth = {"Authorization": f"Bearer {key}"}
     subscriber = Subscriber(server.mqtt_url, settings.mqtt_prefix)
     try:
         await asyncio.sleep(0.5)
@@ -175,14 +178,14 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
         if events_by_risk:
             top = max(events_by_risk)[1]
             url = f"{server.api_url}/api/v1/events/{top}"
-            async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            async with aiohttp.ClientSession(headers=auth) as http, http.get(url) as resp:
                 body: Any = await resp.json()
             say(f"The highest-risk event over REST: GET {url} → {resp.status}")
             say(json.dumps(body, indent=2))
         say(f"Done: {len(rows)} images, {len(events_by_risk)} events, {len(quarantined)} quarantined.")
         if keep_serving:
             say(
-                f"Serving on {server.api_url} and {server.mqtt_url}; drop JPEGs into "
+                f"Serving on {server.api_url} (API key: {key}) and {server.mqtt_url}; drop JPEGs into "
                 f"{settings.cameras_path}/<camera>/ — Ctrl-C to stop."
             )
             await server.wait_stopped()

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 RiskLevel = Literal["low", "medium", "high", "critical"]
 AnalysisSource = Literal["llm", "rules"]
@@ -91,3 +91,195 @@ class DependencyHealth(_Model):
 class Readiness(_Model):
     ready: bool
     checks: dict[str, DependencyHealth]
+
+
+# --- REST API ---------------------------------------------------------------------------------
+class ErrorDetail(_Model):
+    code: str
+    message: str
+
+
+class ErrorBody(_Model):
+    """Every error response: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+class Health(_Model):
+    status: Literal["alive"]
+
+
+CAMERA_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class Zone(_Model):
+    """A named polygon in normalised image coordinates (0..1, origin top-left)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 _-]+$")
+    polygon: list[tuple[float, float]] = Field(min_length=3, max_length=64)
+    sensitivity: Literal["low", "normal", "high"] = "normal"
+
+    @field_validator("polygon")
+    @classmethod
+    def _inside_image(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for x, y in points:
+            if not (0 <= x <= 1 and 0 <= y <= 1):
+                raise ValueError("polygon points must lie within 0..1")
+        return points
+
+
+class ZoneList(_Model):
+    zones: list[Zone] = Field(max_length=32)
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_names(cls, zones: list[Zone]) -> list[Zone]:
+        names = [z.name for z in zones]
+        if len(names) != len(set(names)):
+            raise ValueError("zone names must be unique")
+        return zones
+
+
+class Camera(_Model):
+    id: str
+    name: str
+    folder: str | None
+    enabled: bool
+    zones: list[Zone]
+    created_at: datetime
+
+
+class CameraList(_Model):
+    cameras: list[Camera]
+
+
+class CameraCreate(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=CAMERA_ID_PATTERN)
+    name: str = Field(min_length=1, max_length=100)
+    enabled: bool = True
+
+
+class CameraPatch(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    enabled: bool | None = None
+
+
+class JobState(_Model):
+    id: int
+    image_id: int
+    camera_id: str
+    state: Literal["queued", "running", "done", "dead"]
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    event_id: UUID | None
+
+
+class JobList(_Model):
+    jobs: list[JobState]
+    next_cursor: str | None
+
+
+class UploadAccepted(_Model):
+    job_id: int | None = Field(description="None when the camera already had these exact bytes.")
+    image_id: int
+    duplicate: bool
+
+
+class EventPatch(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reviewed: bool | None = None
+    notes: str | None = Field(default=None, max_length=2000)
+    feedback: Literal["false_alarm", "correct", "missed_threat"] | None = None
+
+
+class DetectionRecord(_Model):
+    id: int
+    image_id: int
+    camera_id: str
+    label: str
+    category: Category
+    confidence: float
+    bbox: tuple[float, float, float, float]
+    zone: str | None
+    detected_at: datetime
+
+
+class DetectionList(_Model):
+    detections: list[DetectionRecord]
+    next_cursor: str | None
+
+
+AlarmState = Literal[
+    "disarmed",
+    "armed_home",
+    "armed_away",
+    "armed_night",
+    "armed_vacation",
+    "armed_custom_bypass",
+    "arming",
+    "pending",
+    "triggered",
+    "unknown",
+]
+
+
+class HouseholdContext(_Model):
+    """What Home Assistant knows about the house, used to judge events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    alarm_state: AlarmState = "unknown"
+    people_home: list[str] | None = Field(default=None, max_length=50, description="Names of people at home.")
+    open_entries: list[str] = Field(default_factory=list, max_length=100, description="Open doors and windows.")
+    sun: Literal["above_horizon", "below_horizon"] | None = None
+    notes: str | None = Field(default=None, max_length=1000)
+
+
+class ContextState(_Model):
+    context: HouseholdContext
+    set_at: datetime | None
+    set_by: str | None
+
+
+class AuditEntry(_Model):
+    id: int
+    at: datetime
+    who: str
+    action: str
+    target_id: str | None
+    status: int
+
+
+class AuditList(_Model):
+    entries: list[AuditEntry]
+    next_cursor: str | None
+
+
+class GpuStatus(_Model):
+    name: str
+    utilization_percent: float
+    memory_used_mb: float
+    memory_total_mb: float
+    temperature_c: float
+
+
+class SystemStatus(_Model):
+    """``GET /system/status`` and the retained ``hsi/status`` payload."""
+
+    version: str
+    uptime_s: float
+    queue: dict[str, int]
+    dlq_size: int
+    images_per_s: float
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    last_event_at: datetime | None
+    detector: str | None
+    reasoner: str | None
+    mqtt_connected: bool
+    gpu: GpuStatus | None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 import asyncpg
+from PIL import Image
 
 from inference_server.config import Settings
 from inference_server.ingest.filenames import camera_id_for_folder, timestamp_from_name
@@ -54,6 +56,15 @@ def printable(path: Path | str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class UnknownCamera(LookupError):
+    """Upload for a camera id that does not exist."""
+
+
+class CameraDisabled(RuntimeError):
+    """The camera exists but its detection is switched off."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Loaded:
     data: bytes
     info: ImageInfo
@@ -67,9 +78,7 @@ class Ingestor:
         self.queue = queue
         self.root = settings.cameras_path.resolve()
         self.tz = ZoneInfo(settings.camera_timezone)
-        self.limits = ImageLimits(
-            settings.max_image_bytes, settings.max_image_pixels, settings.min_image_side
-        )
+        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.min_image_side)
 
     # ---------------------------------------------------------------------------------
     async def ingest_file(self, path: Path) -> IngestResult:
@@ -131,19 +140,51 @@ class Ingestor:
             )
         )
         metrics.STAGE.labels("validate").observe(metrics.now() - started)
-        result = await self._commit(
-            camera_id=camera_id,
-            folder=folder,
-            loaded=loaded,
-            source_file=source,
-            original_name=printable(rel),
-            captured_at=captured_at,
-            captured_at_source=when_source,
-            source="folder",
-        )
+        try:
+            result = await self._commit(
+                camera_id=camera_id,
+                folder=folder,
+                loaded=loaded,
+                source_file=source,
+                original_name=printable(rel),
+                captured_at=captured_at,
+                captured_at_source=when_source,
+                source="folder",
+            )
+        except CameraDisabled:
+            return await self._quarantine(path, camera_id, "camera_disabled", "detection is off for this camera")
         if result.status in ("queued", "duplicate"):
             await asyncio.to_thread(_unlink_quietly, path)
         return result
+
+    async def ingest_bytes(
+        self, camera_id: str, data: bytes, *, captured_at: datetime | None, original_name: str | None
+    ) -> IngestResult:
+        """Ingest an uploaded image. Raises ``InvalidImage`` (nothing is stored), ``UnknownCamera``
+        or ``CameraDisabled``. Uploads are decoded in full here, so a corrupt one is refused at once."""
+        started = metrics.now()
+        loaded = await asyncio.to_thread(self._check_upload, data)
+        metrics.STAGE.labels("validate").observe(metrics.now() - started)
+        when_source = "client" if captured_at is not None else "received"
+        return await self._commit(
+            camera_id=camera_id,
+            folder=None,
+            loaded=loaded,
+            source_file=None,
+            original_name=original_name or "upload",
+            captured_at=captured_at or datetime.now(UTC),
+            captured_at_source=when_source,
+            source="upload",
+        )
+
+    def _check_upload(self, data: bytes) -> _Loaded:
+        info = inspect_image(data, self.limits)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise InvalidImage("corrupt_image", f"cannot be decoded: {err}") from err
+        return _Loaded(data, info, hashlib.sha256(data).digest())
 
     def _load(self, source: Path) -> _Loaded:
         with open(source, "rb") as fh:
@@ -155,7 +196,7 @@ class Ingestor:
         self,
         *,
         camera_id: str,
-        folder: str,
+        folder: str | None,
         loaded: _Loaded,
         source_file: Path | None,
         original_name: str,
@@ -166,16 +207,60 @@ class Ingestor:
         started = metrics.now()
         day = captured_at.astimezone(UTC).strftime("%Y-%m-%d")
         stored = (
-            self.settings.images_path
-            / camera_id
-            / day
-            / f"{loaded.sha256.hex()[:32]}.{_EXT[loaded.info.media_type]}"
+            self.settings.images_path / camera_id / day / f"{loaded.sha256.hex()[:32]}.{_EXT[loaded.info.media_type]}"
         )
-        await asyncio.to_thread(_place, source_file, loaded.data, stored)
+        placed_now = await asyncio.to_thread(_place, source_file, loaded.data, stored)
+        try:
+            image_id, job_id, camera_id = await self._insert(
+                camera_id, folder, loaded, stored, original_name, captured_at, captured_at_source, source
+            )
+        except (UnknownCamera, CameraDisabled):
+            if placed_now:
+                await asyncio.to_thread(_unlink_quietly, stored)
+            raise
+        metrics.STAGE.labels("enqueue").observe(metrics.now() - started)
+        if image_id is None:
+            log.info("duplicate image ignored camera_id=%s file=%s", camera_id, original_name)
+            metrics.INGESTED.labels(camera_id, source, "duplicate").inc()
+            existing = await images.find(self.pool, camera_id, loaded.sha256)
+            return IngestResult("duplicate", camera_id, existing[0] if existing else None)
+        metrics.INGESTED.labels(camera_id, source, "queued").inc()
+        log.info(
+            "image queued camera_id=%s image_id=%s job_id=%s file=%s captured_at=%s (%s)",
+            camera_id,
+            image_id,
+            job_id,
+            original_name,
+            captured_at.isoformat(),
+            captured_at_source,
+        )
+        return IngestResult("queued", camera_id, image_id, job_id)
+
+    async def _insert(
+        self,
+        camera_id: str,
+        folder: str | None,
+        loaded: _Loaded,
+        stored: Path,
+        original_name: str,
+        captured_at: datetime,
+        captured_at_source: str,
+        source: str,
+    ) -> tuple[int | None, int | None, str]:
+        """Image row and job in one transaction; (image id or None if a duplicate, job id, camera id)."""
+        job_id: int | None = None
         async with self.pool.acquire() as conn, conn.transaction():
-            camera, created = await cameras.ensure_for_folder(conn, camera_id, printable(folder))
-            if created:
-                log.info("camera registered camera_id=%s folder=%s", camera.id, printable(folder))
+            if folder is not None:
+                camera, created = await cameras.ensure_for_folder(conn, camera_id, printable(folder))
+                if created:
+                    log.info("camera registered camera_id=%s folder=%s", camera.id, printable(folder))
+            else:
+                found = await cameras.get(conn, camera_id)
+                if found is None:
+                    raise UnknownCamera(camera_id)
+                camera = found
+            if not camera.enabled:
+                raise CameraDisabled(camera.id)
             image_id = await images.insert(
                 conn,
                 images.NewImage(
@@ -196,22 +281,7 @@ class Ingestor:
                 job_id = None
             else:
                 job_id = await self.queue.enqueue(conn, image_id, camera.id)
-        metrics.STAGE.labels("enqueue").observe(metrics.now() - started)
-        if image_id is None:
-            log.info("duplicate image ignored camera_id=%s file=%s", camera_id, original_name)
-            metrics.INGESTED.labels(camera_id, source, "duplicate").inc()
-            return IngestResult("duplicate", camera_id)
-        metrics.INGESTED.labels(camera_id, source, "queued").inc()
-        log.info(
-            "image queued camera_id=%s image_id=%s job_id=%s file=%s captured_at=%s (%s)",
-            camera_id,
-            image_id,
-            job_id,
-            original_name,
-            captured_at.isoformat(),
-            captured_at_source,
-        )
-        return IngestResult("queued", camera_id, image_id, job_id)
+        return image_id, job_id, camera.id
 
     async def _quarantine(self, path: Path, camera_id: str | None, reason: str, detail: str) -> IngestResult:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -246,17 +316,18 @@ class Ingestor:
         return IngestResult("quarantined", camera_id, reason=reason)
 
 
-def _place(source_file: Path | None, data: bytes, stored: Path) -> None:
-    """Put the bytes at ``stored``: a hard link when possible (no copy), else a complete copy."""
+def _place(source_file: Path | None, data: bytes, stored: Path) -> bool:
+    """Put the bytes at ``stored``: a hard link when possible (no copy), else a complete copy.
+    Returns False when the file was already there (the same bytes, ingested before)."""
     if stored.exists():
-        return
+        return False
     stored.parent.mkdir(parents=True, exist_ok=True)
     if source_file is not None:
         try:
             os.link(source_file, stored)
-            return
+            return True
         except FileExistsError:
-            return
+            return False
         except OSError as err:
             if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
@@ -266,6 +337,7 @@ def _place(source_file: Path | None, data: bytes, stored: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, stored)
+    return True
 
 
 def _fit_name(prefix: str, name: str) -> str:

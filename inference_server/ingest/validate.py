@@ -64,9 +64,7 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
     except (OSError, SyntaxError, ValueError) as err:
         raise InvalidImage("corrupt_image", f"unreadable header: {err}") from err
     if width * height > limits.max_pixels:
-        raise InvalidImage(
-            "too_many_pixels", f"{width}x{height} = {width * height} pixels > limit {limits.max_pixels}"
-        )
+        raise InvalidImage("too_many_pixels", f"{width}x{height} = {width * height} pixels > limit {limits.max_pixels}")
     if min(width, height) < limits.min_side:
         raise InvalidImage("too_small", f"{width}x{height} < {limits.min_side} px")
     if media_type == "image/jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):

@@ -18,6 +18,8 @@ from datetime import datetime
 
 import asyncpg
 
+from inference_server.schemas import JobState
+
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "hsi_jobs"
@@ -198,3 +200,82 @@ class JobQueue:
         counts = {"queued": 0, "running": 0, "done": 0, "dead": 0}
         counts.update({r["state"]: r["n"] for r in rows})
         return counts
+
+
+# --- read side for the API and status ----------------------------------------------------------
+_STATE = (
+    "SELECT j.id, j.image_id, j.camera_id, j.state, j.attempts, j.max_attempts, j.last_error, j.created_at,"
+    " j.updated_at, j.finished_at,"
+    " (SELECT e.id FROM events e WHERE e.image_id = j.image_id ORDER BY e.started_at LIMIT 1) AS event_id"
+    " FROM jobs j"
+)
+
+
+async def get_state(conn: asyncpg.Connection | asyncpg.Pool, job_id: int) -> JobState | None:
+    row = await conn.fetchrow(_STATE + " WHERE j.id = $1", job_id)
+    return JobState.model_validate(dict(row)) if row is not None else None
+
+
+async def dead_letters(
+    conn: asyncpg.Connection | asyncpg.Pool, limit: int, before_id: int | None, camera_id: str | None = None
+) -> tuple[list[JobState], int | None]:
+    rows = await conn.fetch(
+        _STATE + " WHERE j.state = 'dead' AND ($2::bigint IS NULL OR j.id < $2)"
+        " AND ($3::text IS NULL OR j.camera_id = $3) ORDER BY j.id DESC LIMIT $1",
+        limit + 1,
+        before_id,
+        camera_id,
+    )
+    jobs = [JobState.model_validate(dict(r)) for r in rows[:limit]]
+    return jobs, (jobs[-1].id if len(rows) > limit else None)
+
+
+async def requeue_dead(conn: asyncpg.Connection | asyncpg.Pool, job_id: int) -> bool:
+    """Give a dead job a fresh set of attempts; False if it is not dead (or absent)."""
+    done = await conn.fetchval(
+        "UPDATE jobs SET state = 'queued', attempts = 0, run_after = now(), updated_at = now(),"
+        " finished_at = NULL, worker_id = NULL WHERE id = $1 AND state = 'dead' RETURNING id",
+        job_id,
+    )
+    if done is not None:
+        await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return done is not None
+
+
+async def delete_dead(conn: asyncpg.Connection | asyncpg.Pool, job_id: int) -> bool:
+    status: str = await conn.execute("DELETE FROM jobs WHERE id = $1 AND state = 'dead'", job_id)
+    return status != "DELETE 0"
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    counts: dict[str, int]
+    images_per_s: float
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+
+
+async def throughput(conn: asyncpg.Connection | asyncpg.Pool, window_s: float = 60.0) -> Throughput:
+    """Queue depth by state, jobs finished per second over the window, and their latency
+    from image received to job finished (p50/p95 of the last 500 finished jobs)."""
+    counts = {"queued": 0, "running": 0, "done": 0, "dead": 0}
+    counts.update(
+        {r["state"]: r["n"] for r in await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")}
+    )
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM jobs WHERE state = 'done'"
+        "        AND finished_at > now() - make_interval(secs => $1)) AS recent,"
+        " (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY ms) FROM ("
+        "   SELECT extract(epoch FROM j.finished_at - i.received_at) * 1000 AS ms"
+        "   FROM jobs j JOIN images i ON i.id = j.image_id WHERE j.state = 'done'"
+        "   ORDER BY j.finished_at DESC LIMIT 500) t) AS pcts",
+        window_s,
+    )
+    assert row is not None
+    pcts = row["pcts"]
+    return Throughput(
+        counts=counts,
+        images_per_s=round(row["recent"] / window_s, 3),
+        latency_ms_p50=round(pcts[0], 1) if pcts else None,
+        latency_ms_p95=round(pcts[1], 1) if pcts else None,
+    )

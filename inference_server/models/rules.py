@@ -85,9 +85,7 @@ class RulesReasoner:
         score = max(0, min(100, sum(f.points for f in factors)))
         level = self.thresholds.level(score)
         if detections:
-            parts = [
-                f"{n} {_plural(label, n)}" for label, n in sorted(objects.items(), key=lambda kv: -kv[1])
-            ]
+            parts = [f"{n} {_plural(label, n)}" for label, n in sorted(objects.items(), key=lambda kv: -kv[1])]
             summary = f"{' and '.join(parts)} at {observation.camera_name} at {clock}"
             if is_night:
                 summary += " (night)"

@@ -127,9 +127,7 @@ class DetectWorker:
                 size_bytes=None,
             )
             metrics.QUARANTINED.labels("corrupt_image").inc()
-            log.warning(
-                "image undecodable, quarantined camera_id=%s job_id=%s error=%s", job.camera_id, job.id, err
-            )
+            log.warning("image undecodable, quarantined camera_id=%s job_id=%s error=%s", job.camera_id, job.id, err)
             outcome = await self.queue.fail(job, f"corrupt_image: {err}", retryable=False)
         else:
             outcome = await self.queue.fail(job, f"decode: {err!r}", retryable=True)
@@ -143,9 +141,7 @@ class DetectWorker:
             while (items := await source.get()) is not _STOP:
                 started = metrics.now()
                 try:
-                    found = await loop.run_in_executor(
-                        self._infer_pool, self.detector.detect, [i.image for i in items]
-                    )
+                    found = await loop.run_in_executor(self._infer_pool, self.detector.detect, [i.image for i in items])
                 except (RuntimeError, OSError, ValueError) as err:
                     log.error("inference failed batch=%d error=%r", len(items), err)
                     for item in items:

@@ -50,8 +50,7 @@ def build_event(
         risk_factors=assessment.factors,
         objects=assessment.objects,
         detections=[
-            DetectionOut(label=d.label, category=d.category, confidence=d.confidence, bbox=d.bbox)
-            for d in dets
+            DetectionOut(label=d.label, category=d.category, confidence=d.confidence, bbox=d.bbox) for d in dets
         ],
         analysis_source=assessment.analysis_source,
         is_fast_path=fast,
@@ -73,9 +72,7 @@ class ReasonStage:
         self.topics = topics
         self.tz = ZoneInfo(settings.camera_timezone)
 
-    async def finish(
-        self, job: ClaimedJob, image: Image.Image, dets: Sequence[Detection]
-    ) -> uuid.UUID | None:
+    async def finish(self, job: ClaimedJob, image: Image.Image, dets: Sequence[Detection]) -> uuid.UUID | None:
         """Store the job's outcome; return the new event's id (None when nothing was seen)."""
         event: Event | None = None
         jpeg: bytes | None = None
@@ -110,9 +107,7 @@ class ReasonStage:
                 await outbox.add_many(conn, self._messages(event, jpeg))
         metrics.STAGE.labels("store").observe(metrics.now() - started)
         if event is None:
-            log.info(
-                "nothing detected camera_id=%s job_id=%s image_id=%s", job.camera_id, job.id, job.image_id
-            )
+            log.info("nothing detected camera_id=%s job_id=%s image_id=%s", job.camera_id, job.id, job.image_id)
             return None
         metrics.EVENTS.labels(event.risk_level, event.analysis_source).inc()
         log.info(

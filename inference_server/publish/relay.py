@@ -74,9 +74,7 @@ class OutboxRelay:
             if acked:
                 await outbox.mark_sent(conn, acked)
             if failed:
-                await outbox.mark_failed(
-                    conn, failed, repr(err or PublishError("no acknowledgement in 10 s"))
-                )
+                await outbox.mark_failed(conn, failed, repr(err or PublishError("no acknowledgement in 10 s")))
                 log.warning("outbox messages not acknowledged count=%d; will retry", len(failed))
             metrics.STAGE.labels("publish").observe((metrics.now() - started) / len(rows))
             metrics.PUBLISHED.inc(len(acked))

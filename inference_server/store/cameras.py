@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from inference_server import schemas
+
 
 @dataclass(frozen=True, slots=True)
 class Camera:
@@ -45,3 +47,60 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, camera_id: str) -> Camera
 async def list_all(conn: asyncpg.Connection | asyncpg.Pool) -> list[Camera]:
     rows = await conn.fetch("SELECT id, name, folder, enabled FROM cameras ORDER BY id")
     return [_row(r) for r in rows]
+
+
+_RECORD = "SELECT id, name, folder, enabled, zones, created_at FROM cameras"
+
+
+def _record(row: asyncpg.Record) -> schemas.Camera:
+    return schemas.Camera.model_validate(dict(row))
+
+
+async def get_record(conn: asyncpg.Connection | asyncpg.Pool, camera_id: str) -> schemas.Camera | None:
+    row = await conn.fetchrow(_RECORD + " WHERE id = $1", camera_id)
+    return _record(row) if row is not None else None
+
+
+async def list_records(conn: asyncpg.Connection | asyncpg.Pool) -> list[schemas.Camera]:
+    return [_record(r) for r in await conn.fetch(_RECORD + " ORDER BY id")]
+
+
+async def create(conn: asyncpg.Connection | asyncpg.Pool, new: schemas.CameraCreate) -> schemas.Camera | None:
+    """Create a camera; None when the id is taken."""
+    row = await conn.fetchrow(
+        "INSERT INTO cameras (id, name, enabled) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING"
+        " RETURNING id, name, folder, enabled, zones, created_at",
+        new.id,
+        new.name,
+        new.enabled,
+    )
+    return _record(row) if row is not None else None
+
+
+async def patch(
+    conn: asyncpg.Connection | asyncpg.Pool, camera_id: str, change: schemas.CameraPatch
+) -> schemas.Camera | None:
+    row = await conn.fetchrow(
+        "UPDATE cameras SET name = COALESCE($2, name), enabled = COALESCE($3, enabled), updated_at = now()"
+        " WHERE id = $1 RETURNING id, name, folder, enabled, zones, created_at",
+        camera_id,
+        change.name,
+        change.enabled,
+    )
+    return _record(row) if row is not None else None
+
+
+async def delete(conn: asyncpg.Connection | asyncpg.Pool, camera_id: str) -> bool:
+    status: str = await conn.execute("DELETE FROM cameras WHERE id = $1", camera_id)
+    return status != "DELETE 0"
+
+
+async def set_zones(
+    conn: asyncpg.Connection | asyncpg.Pool, camera_id: str, zones: schemas.ZoneList
+) -> schemas.ZoneList | None:
+    row = await conn.fetchrow(
+        "UPDATE cameras SET zones = $2, updated_at = now() WHERE id = $1 RETURNING zones",
+        camera_id,
+        [z.model_dump(mode="json") for z in zones.zones],
+    )
+    return schemas.ZoneList(zones=row["zones"]) if row is not None else None

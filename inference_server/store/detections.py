@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from inference_server.models.detector import Detection
+from inference_server.schemas import DetectionRecord
 
 
 async def insert_many(
@@ -32,3 +33,46 @@ async def for_image(conn: asyncpg.Connection | asyncpg.Pool, image_id: int) -> l
         image_id,
     )
     return [Detection(r["label"], r["confidence"], (r["x1"], r["y1"], r["x2"], r["y2"])) for r in rows]
+
+
+async def page(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    camera_id: str | None,
+    label: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    min_confidence: float | None,
+    limit: int,
+    before_id: int | None,
+) -> tuple[list[DetectionRecord], int | None]:
+    """Newest first (by id, which follows insertion)."""
+    rows = await conn.fetch(
+        "SELECT id, image_id, camera_id, label, category, confidence, x1, y1, x2, y2, zone, detected_at"
+        " FROM detections WHERE ($2::bigint IS NULL OR id < $2) AND ($3::text IS NULL OR camera_id = $3)"
+        " AND ($4::text IS NULL OR label = $4) AND ($5::timestamptz IS NULL OR detected_at >= $5)"
+        " AND ($6::timestamptz IS NULL OR detected_at < $6) AND ($7::float8 IS NULL OR confidence >= $7)"
+        " ORDER BY id DESC LIMIT $1",
+        limit + 1,
+        before_id,
+        camera_id,
+        label,
+        since,
+        until,
+        min_confidence,
+    )
+    records = [
+        DetectionRecord(
+            id=r["id"],
+            image_id=r["image_id"],
+            camera_id=r["camera_id"],
+            label=r["label"],
+            category=r["category"],
+            confidence=r["confidence"],
+            bbox=(r["x1"], r["y1"], r["x2"], r["y2"]),
+            zone=r["zone"],
+            detected_at=r["detected_at"],
+        )
+        for r in rows[:limit]
+    ]
+    return records, (records[-1].id if len(rows) > limit else None)

@@ -12,7 +12,7 @@ from uuid import UUID
 import asyncpg
 
 from inference_server.models.reasoner import Assessment
-from inference_server.schemas import DetectionOut, Event, RiskFactor, RiskLevel
+from inference_server.schemas import DetectionOut, Event, EventPatch, RiskFactor, RiskLevel
 
 
 class BadCursor(ValueError):
@@ -146,3 +146,34 @@ async def list_page(
     page = [_to_event(r) for r in rows[:limit]]
     next_cursor = encode_cursor(page[-1].started_at, page[-1].id) if len(rows) > limit else None
     return page, next_cursor
+
+
+async def patch(conn: asyncpg.Connection, event_id: UUID, change: EventPatch) -> Event | None:
+    """Apply the fields present in ``change``; None if there is no such event."""
+    fields = change.model_dump(exclude_unset=True)
+    updated = await conn.fetchval(
+        "UPDATE events SET reviewed = CASE WHEN $2 THEN $3 ELSE reviewed END,"
+        " notes = CASE WHEN $4 THEN $5 ELSE notes END, feedback = CASE WHEN $6 THEN $7 ELSE feedback END,"
+        " updated_at = now() WHERE id = $1 RETURNING id",
+        event_id,
+        "reviewed" in fields and fields["reviewed"] is not None,
+        fields.get("reviewed"),
+        "notes" in fields,
+        fields.get("notes"),
+        "feedback" in fields,
+        fields.get("feedback"),
+    )
+    if updated is None:
+        return None
+    return await get(conn, event_id)
+
+
+async def snapshot_path(conn: asyncpg.Connection | asyncpg.Pool, event_id: UUID) -> tuple[bool, str | None]:
+    """(event exists, its snapshot path)."""
+    row = await conn.fetchrow("SELECT snapshot_path FROM events WHERE id = $1", event_id)
+    return (row is not None, row["snapshot_path"] if row is not None else None)
+
+
+async def last_event_at(conn: asyncpg.Connection | asyncpg.Pool) -> datetime | None:
+    value: datetime | None = await conn.fetchval("SELECT max(started_at) FROM events")
+    return value

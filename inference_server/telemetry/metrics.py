@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -23,15 +23,11 @@ END_TO_END = Histogram(
     buckets=_STAGE_BUCKETS,
     registry=REGISTRY,
 )
-INGESTED = Counter(
-    "hsi_images_ingested_total", "Images accepted", ["camera_id", "source", "result"], registry=REGISTRY
-)
+INGESTED = Counter("hsi_images_ingested_total", "Images accepted", ["camera_id", "source", "result"], registry=REGISTRY)
 QUARANTINED = Counter("hsi_quarantined_total", "Inputs refused, by reason", ["reason"], registry=REGISTRY)
 EVENTS = Counter("hsi_events_total", "Events created", ["risk_level", "analysis_source"], registry=REGISTRY)
 JOBS_FAILED = Counter("hsi_job_failures_total", "Failed job attempts", ["outcome"], registry=REGISTRY)
-PUBLISHED = Counter(
-    "hsi_mqtt_published_total", "Outbox messages acknowledged by the broker", registry=REGISTRY
-)
+PUBLISHED = Counter("hsi_mqtt_published_total", "Outbox messages acknowledged by the broker", registry=REGISTRY)
 
 
 def now() -> float:
@@ -50,3 +46,9 @@ def stage_means_ms() -> dict[str, tuple[int, float]]:
             elif sample.name.endswith("_count"):
                 counts[stage] = int(sample.value)
     return {s: (counts[s], 1000 * sums[s] / counts[s]) for s in counts if counts[s]}
+
+
+QUEUE_DEPTH = Gauge("hsi_queue_jobs", "Jobs by state", ["state"], registry=REGISTRY)
+DLQ_SIZE = Gauge("hsi_dlq_size", "Jobs in the dead letters", registry=REGISTRY)
+IMAGES_PER_S = Gauge("hsi_images_per_second", "Images finished per second over the last minute", registry=REGISTRY)
+AUTH_FAILURES = Counter("hsi_auth_failures_total", "Requests refused for a missing or wrong key", registry=REGISTRY)

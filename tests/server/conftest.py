@@ -26,6 +26,7 @@ from inference_server.config import Settings
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.publish.broker import EmbeddedBroker
 from inference_server.publish.mqtt import BrokerAddress
+from inference_server.store import api_keys
 
 
 @pytest.fixture(scope="session")
@@ -132,6 +133,12 @@ async def running(settings: Settings, detector: UltralyticsDetector | None = Non
         yield server
     finally:
         await server.stop()
+
+
+async def auth_headers(server: Server, name: str = "tests") -> dict[str, str]:
+    """A fresh API key for ``server``, as an Authorization header."""
+    key = await api_keys.create(server.pool, name)
+    return {"Authorization": f"Bearer {key}"}
 
 
 class Subscriber:

@@ -14,7 +14,7 @@ from inference_server.config import Settings
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.schemas import CameraState, Event, EventMessage
 
-from .conftest import Subscriber, drop, running, wait_until
+from .conftest import Subscriber, auth_headers, drop, running, wait_until
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])
@@ -68,7 +68,7 @@ async def test_dropped_file_becomes_event_on_mqtt_and_rest(
             finally:
                 late.close()
 
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=await auth_headers(server)) as http:
                 async with http.get(f"{server.api_url}/api/v1/events/{published.id}") as resp:
                     assert resp.status == 200
                     over_rest = Event.model_validate(await resp.json())
@@ -124,7 +124,14 @@ async def test_empty_scene_stores_no_event(
 async def test_rest_reports_readiness_and_unknown_event(
     make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
 ) -> None:
-    async with running(make_settings(), pose_detector) as server, aiohttp.ClientSession() as http:
+    async with (
+        running(make_settings(), pose_detector) as server,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer x"}) as anonymous,
+    ):
+        async with anonymous.get(f"{server.api_url}/api/v1/health/ready") as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"]["code"] == "unauthorized"
+        http = aiohttp.ClientSession(headers=await auth_headers(server))
         async with http.get(f"{server.api_url}/api/v1/health/ready") as resp:
             body = await resp.json()
             assert resp.status == 200
@@ -137,6 +144,8 @@ async def test_rest_reports_readiness_and_unknown_event(
             assert (await resp.json())["error"]["code"] == "bad_cursor"
         async with http.get(f"{server.api_url}/api/v1/events", params={"min_risk": "high"}) as resp:
             assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "bad_parameter"
+        await http.close()
 
 
 async def test_polling_mode_for_network_shares_ingests_new_files(

@@ -1,0 +1,118 @@
+"""/cameras: CRUD and zones."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from inference_server.api.context import ctx
+from inference_server.api.errors import ApiError
+from inference_server.api.params import CameraPath
+from inference_server.api.registry import API
+from inference_server.schemas import Camera, CameraCreate, CameraList, CameraPatch, ZoneList
+from inference_server.store import cameras
+
+
+def _missing(camera_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"no camera {camera_id!r}")
+
+
+@API.route("GET", "/cameras", summary="List cameras", tag="cameras", response=CameraList)
+async def list_cameras(request: web.Request, _: None, __: None) -> CameraList:
+    return CameraList(cameras=await cameras.list_records(ctx(request).pool))
+
+
+@API.route(
+    "POST",
+    "/cameras",
+    summary="Add a camera",
+    tag="cameras",
+    body=CameraCreate,
+    response=Camera,
+    status=201,
+    errors=[409],
+)
+async def create_camera(request: web.Request, _: None, new: CameraCreate) -> Camera:
+    created = await cameras.create(ctx(request).pool, new)
+    if created is None:
+        raise ApiError(409, "conflict", f"camera {new.id!r} exists")
+    return created
+
+
+@API.route(
+    "GET",
+    "/cameras/{camera_id}",
+    summary="One camera",
+    tag="cameras",
+    params=CameraPath,
+    response=Camera,
+    errors=[404],
+)
+async def get_camera(request: web.Request, p: CameraPath, _: None) -> Camera:
+    found = await cameras.get_record(ctx(request).pool, p.camera_id)
+    if found is None:
+        raise _missing(p.camera_id)
+    return found
+
+
+@API.route(
+    "PATCH",
+    "/cameras/{camera_id}",
+    summary="Rename, enable or disable detection",
+    tag="cameras",
+    params=CameraPath,
+    body=CameraPatch,
+    response=Camera,
+    errors=[404],
+)
+async def patch_camera(request: web.Request, p: CameraPath, change: CameraPatch) -> Camera:
+    updated = await cameras.patch(ctx(request).pool, p.camera_id, change)
+    if updated is None:
+        raise _missing(p.camera_id)
+    return updated
+
+
+@API.route(
+    "DELETE",
+    "/cameras/{camera_id}",
+    summary="Delete a camera with its images and events",
+    tag="cameras",
+    params=CameraPath,
+    status=204,
+    errors=[404],
+)
+async def delete_camera(request: web.Request, p: CameraPath, _: None) -> None:
+    if not await cameras.delete(ctx(request).pool, p.camera_id):
+        raise _missing(p.camera_id)
+
+
+@API.route(
+    "GET",
+    "/cameras/{camera_id}/zones",
+    summary="The camera's zones",
+    tag="cameras",
+    params=CameraPath,
+    response=ZoneList,
+    errors=[404],
+)
+async def get_zones(request: web.Request, p: CameraPath, _: None) -> ZoneList:
+    found = await cameras.get_record(ctx(request).pool, p.camera_id)
+    if found is None:
+        raise _missing(p.camera_id)
+    return ZoneList(zones=found.zones)
+
+
+@API.route(
+    "PUT",
+    "/cameras/{camera_id}/zones",
+    summary="Replace the camera's zones",
+    tag="cameras",
+    params=CameraPath,
+    body=ZoneList,
+    response=ZoneList,
+    errors=[404],
+)
+async def put_zones(request: web.Request, p: CameraPath, zones: ZoneList) -> ZoneList:
+    stored = await cameras.set_zones(ctx(request).pool, p.camera_id, zones)
+    if stored is None:
+        raise _missing(p.camera_id)
+    return stored

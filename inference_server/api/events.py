@@ -1,0 +1,83 @@
+"""/events: list, detail, review, snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+
+from inference_server.api.context import ctx
+from inference_server.api.errors import ApiError
+from inference_server.api.params import EventPath, EventQuery
+from inference_server.api.registry import API
+from inference_server.schemas import Event, EventList, EventMessage, EventPatch
+from inference_server.store import events as events_store
+from inference_server.store import outbox
+
+
+@API.route("GET", "/events", summary="List events, newest first", tag="events", params=EventQuery, response=EventList)
+async def list_events(request: web.Request, q: EventQuery, _: None) -> EventList:
+    if q.since is not None and q.until is not None and q.since >= q.until:
+        raise ApiError(400, "bad_parameter", "since must be before until")
+    flt = events_store.EventFilter(
+        camera_id=q.camera, since=q.since, until=q.until, min_risk=q.min_risk, level=q.level, reviewed=q.reviewed
+    )
+    try:
+        page, cursor = await events_store.list_page(ctx(request).pool, flt, q.limit, q.cursor)
+    except events_store.BadCursor as err:
+        raise ApiError(400, "bad_cursor", str(err)) from err
+    return EventList(events=page, next_cursor=cursor)
+
+
+@API.route(
+    "GET", "/events/{event_id}", summary="One event", tag="events", params=EventPath, response=Event, errors=[404]
+)
+async def get_event(request: web.Request, p: EventPath, _: None) -> Event:
+    event = await events_store.get(ctx(request).pool, p.event_id)
+    if event is None:
+        raise ApiError(404, "not_found", f"no event {p.event_id}")
+    return event
+
+
+@API.route(
+    "PATCH",
+    "/events/{event_id}",
+    summary="Mark reviewed, add notes or feedback; publishes an `update` on hsi/events",
+    tag="events",
+    params=EventPath,
+    body=EventPatch,
+    response=Event,
+    errors=[404],
+)
+async def patch_event(request: web.Request, p: EventPath, change: EventPatch) -> Event:
+    context = ctx(request)
+    async with context.pool.acquire() as conn, conn.transaction():
+        event = await events_store.patch(conn, p.event_id, change)
+        if event is None:
+            raise ApiError(404, "not_found", f"no event {p.event_id}")
+        message = EventMessage(type="update", **event.model_dump())
+        await outbox.add(conn, context.topics.events, message.model_dump_json().encode())
+    return event
+
+
+@API.route(
+    "GET",
+    "/events/{event_id}/snapshot.jpg",
+    summary="The event's annotated snapshot",
+    tag="events",
+    params=EventPath,
+    response="image/jpeg",
+    errors=[404],
+)
+async def event_snapshot(request: web.Request, p: EventPath, _: None) -> web.Response:
+    exists, path = await events_store.snapshot_path(ctx(request).pool, p.event_id)
+    if not exists:
+        raise ApiError(404, "not_found", f"no event {p.event_id}")
+    if path is None:
+        raise ApiError(404, "not_found", "this event's snapshot was removed by retention")
+    try:
+        data = await asyncio.to_thread(Path(path).read_bytes)
+    except FileNotFoundError as err:
+        raise ApiError(404, "not_found", "snapshot file is missing") from err
+    return web.Response(body=data, content_type="image/jpeg")

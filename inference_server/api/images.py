@@ -1,0 +1,125 @@
+"""Image upload and job state."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from aiohttp import BodyPartReader, web
+
+from inference_server.api.context import ctx
+from inference_server.api.errors import ApiError
+from inference_server.api.params import JobPath, UploadParams
+from inference_server.api.registry import API, IMAGE_TYPES
+from inference_server.ingest.ingestor import CameraDisabled, UnknownCamera
+from inference_server.ingest.validate import InvalidImage
+from inference_server.jobs import queue
+from inference_server.schemas import JobState, UploadAccepted
+
+log = logging.getLogger(__name__)
+
+_STATUS_FOR = {
+    "too_large": 413,
+    "too_many_pixels": 413,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+}
+
+
+@API.route(
+    "POST",
+    "/cameras/{camera_id}/images",
+    summary="Upload a JPEG or PNG (raw body or multipart field `image`) for detection",
+    tag="images",
+    params=UploadParams,
+    body="image",
+    response=UploadAccepted,
+    status=202,
+    errors=[404, 409],
+)
+async def upload_image(request: web.Request, p: UploadParams, _: None) -> web.Response:
+    context = ctx(request)
+    limit = context.settings.upload_max_bytes
+    captured_at = p.captured_at
+    name: str | None = None
+    if request.content_type in IMAGE_TYPES:
+        data = await _read_limited(request, limit)
+    elif request.content_type == "multipart/form-data":
+        data, name, form_time = await _read_multipart(request, limit)
+        captured_at = captured_at or form_time
+    else:
+        raise ApiError(415, "unsupported_media_type", "send image/jpeg, image/png or multipart/form-data")
+    try:
+        result = await context.ingestor.ingest_bytes(p.camera_id, data, captured_at=captured_at, original_name=name)
+    except InvalidImage as bad:
+        raise ApiError(_STATUS_FOR.get(bad.reason, 400), bad.reason, bad.detail) from bad
+    except UnknownCamera as err:
+        raise ApiError(404, "not_found", f"no camera {p.camera_id!r}") from err
+    except CameraDisabled as err:
+        raise ApiError(409, "camera_disabled", f"detection is switched off for camera {p.camera_id!r}") from err
+    assert result.image_id is not None
+    accepted = UploadAccepted(job_id=result.job_id, image_id=result.image_id, duplicate=result.status == "duplicate")
+    return web.Response(text=accepted.model_dump_json(), status=202, content_type="application/json")
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "too_large", f"body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_multipart(request: web.Request, limit: int) -> tuple[bytes, str | None, datetime | None]:
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError) as err:
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {err}") from err
+    data: bytes | None = None
+    name: str | None = None
+    captured_at: datetime | None = None
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "image":
+            name = part.filename
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := await part.read_chunk(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "too_large", f"image over {limit} bytes")
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        elif part.name == "captured_at":
+            text = (await part.text()).strip()
+            try:
+                captured_at = datetime.fromisoformat(text)
+            except ValueError as err:
+                raise ApiError(400, "bad_parameter", "captured_at must be an ISO 8601 date-time") from err
+            if captured_at.tzinfo is None:
+                raise ApiError(400, "bad_parameter", "captured_at needs a time zone")
+    if data is None:
+        raise ApiError(400, "bad_multipart", "multipart body has no `image` part")
+    return data, name, captured_at
+
+
+@API.route(
+    "GET",
+    "/jobs/{job_id}",
+    summary="A job's state (and its event once done)",
+    tag="images",
+    params=JobPath,
+    response=JobState,
+    errors=[404],
+)
+async def get_job(request: web.Request, p: JobPath, _: None) -> JobState:
+    job = await queue.get_state(ctx(request).pool, p.job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {p.job_id}")
+    return job

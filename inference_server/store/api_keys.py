@@ -1,0 +1,83 @@
+"""api_keys table: API keys are shown once; only a salted hash is stored.
+
+A key is ``hsi_<key_id>_<secret>``: ``key_id`` (12 hex) finds the row, the secret (256
+random bits) is checked against ``sha256(salt || secret)`` in constant time. A fast hash
+is right here: the secret is random, not a password, so it cannot be guessed faster than
+by brute force over 2^256 (why no slow KDF: docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+_KEY = re.compile(r"^hsi_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    name: str
+    key_id: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode()).digest()
+
+
+async def create(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> str:
+    """Create a key named ``name`` and return it; it cannot be shown again."""
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    salt = secrets.token_bytes(16)
+    try:
+        await conn.execute(
+            "INSERT INTO api_keys (key_id, name, salt, hash) VALUES ($1, $2, $3, $4)",
+            key_id,
+            name,
+            salt,
+            _digest(salt, secret),
+        )
+    except asyncpg.UniqueViolationError as err:
+        raise ValueError(f"an active key named {name!r} exists; revoke it first") from err
+    return f"hsi_{key_id}_{secret}"
+
+
+async def verify(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> str | None:
+    """The name of the active key ``key``, or None."""
+    match = _KEY.match(key)
+    if match is None:
+        return None
+    key_id, secret = match.groups()
+    row = await conn.fetchrow(
+        "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING name, salt, hash",
+        key_id,
+    )
+    if row is None:
+        return None
+    if not hmac.compare_digest(_digest(bytes(row["salt"]), secret), bytes(row["hash"])):
+        return None
+    name: str = row["name"]
+    return name
+
+
+async def revoke(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> bool:
+    status: str = await conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
+    )
+    return status != "UPDATE 0"
+
+
+async def list_all(conn: asyncpg.Connection | asyncpg.Pool) -> list[ApiKeyInfo]:
+    rows = await conn.fetch(
+        "SELECT name, key_id, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at, id"
+    )
+    return [ApiKeyInfo(r["name"], r["key_id"], r["created_at"], r["last_used_at"], r["revoked_at"]) for r in rows]
