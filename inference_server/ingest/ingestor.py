@@ -55,7 +55,6 @@ def printable(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace").replace("\x00", "\\0")
 
 
-@dataclass(frozen=True, slots=True)
 class UnknownCamera(LookupError):
     """Upload for a camera id that does not exist."""
 

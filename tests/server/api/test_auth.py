@@ -1,0 +1,128 @@
+"""Every route but liveness needs a valid, unrevoked API key; failures are rate limited."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+
+import aiohttp
+
+from inference_server.api.app import build_app  # noqa: F401  (registers every route)
+from inference_server.api.registry import API
+from inference_server.config import Settings
+from inference_server.models.ultralytics_backend import UltralyticsDetector
+
+from ..conftest import running
+
+SAMPLE = {"camera_id": "front_door", "event_id": "00000000-0000-0000-0000-000000000000", "job_id": "1"}
+
+
+def _url(base: str, path: str) -> str:
+    return base + API.prefix + re.sub(r"{(\w+)}", lambda m: SAMPLE[m.group(1)], path)
+
+
+async def test_every_route_except_liveness_refuses_missing_and_wrong_keys(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    open_routes = {(r.method, r.path) for r in API.routes if not r.auth}
+    assert open_routes == {("GET", "/health/live"), ("GET", "/openapi.json")}
+    settings = make_settings(auth_failures_per_minute=1000)
+    async with running(settings, pose_detector) as server, aiohttp.ClientSession() as http:
+        checked = 0
+        for route in API.routes:
+            if not route.auth:
+                continue
+            for headers in ({}, {"Authorization": "Bearer hsi_000000000000_" + "A" * 43}, {"Authorization": "Basic x"}):
+                async with http.request(route.method, _url(server.api_url, route.path), headers=headers) as resp:
+                    assert resp.status == 401, (route.method, route.path, headers)
+                    assert (await resp.json())["error"]["code"] == "unauthorized"
+            checked += 1
+        assert checked == len(API.routes) - 2
+        async with http.get(server.api_url + "/api/v1/health/live") as resp:
+            assert resp.status == 200
+
+
+async def test_revoked_key_is_refused_and_only_a_salted_hash_is_stored(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    from inference_server.store import api_keys
+
+    async with running(make_settings(), pose_detector) as server, aiohttp.ClientSession() as http:
+        key = await api_keys.create(server.pool, "ha")
+        other = await api_keys.create(server.pool, "grafana")
+        url = server.api_url + "/api/v1/events"
+        async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200
+        row = await server.pool.fetchrow("SELECT salt, hash FROM api_keys WHERE name = 'ha'")
+        stored = bytes(row["salt"]) + bytes(row["hash"])
+        assert key.encode() not in stored and key.split("_")[2].encode() not in stored
+        assert len(row["hash"]) == 32 and len(row["salt"]) == 16
+        # Same secret shape, different salt: two keys never share a hash.
+        assert row["hash"] != await server.pool.fetchval("SELECT hash FROM api_keys WHERE name = 'grafana'")
+
+        assert await api_keys.revoke(server.pool, "ha")
+        async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 401
+        async with http.get(url, headers={"Authorization": f"Bearer {other}"}) as resp:
+            assert resp.status == 200
+        # A tampered secret for a real key id fails too.
+        tampered = other[:-1] + ("A" if other[-1] != "A" else "B")
+        async with http.get(url, headers={"Authorization": f"Bearer {tampered}"}) as resp:
+            assert resp.status == 401
+
+
+async def test_repeated_failures_are_rate_limited(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    async with (
+        running(make_settings(auth_failures_per_minute=3), pose_detector) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        url = server.api_url + "/api/v1/events"
+        statuses = []
+        for _ in range(5):
+            async with http.get(url, headers={"Authorization": "Bearer wrong"}) as resp:
+                statuses.append(resp.status)
+        assert statuses == [401, 401, 401, 429, 429]
+        async with http.get(url) as resp:
+            body = await resp.json()
+            assert resp.status == 429 and body["error"]["code"] == "too_many_failures"
+
+
+async def test_trusted_ingress_address_needs_no_key_and_is_audited_as_ingress(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = make_settings(trusted_proxies=["127.0.0.1"])
+    async with running(settings, pose_detector) as server, aiohttp.ClientSession() as http:
+        async with http.post(server.api_url + "/api/v1/cameras", json={"id": "gate", "name": "Gate"}) as resp:
+            assert resp.status == 201
+        row = await server.pool.fetchrow("SELECT who, action, target_id, status FROM audit_log")
+        assert dict(row) == {"who": "ingress", "action": "POST /cameras", "target_id": None, "status": 201}
+
+
+def test_apikey_cli_prints_the_key_once_and_revokes_it(database_url: str) -> None:
+    env = {"DATABASE_URL": database_url, "HSI_OPTIONS_FILE": "/nonexistent.json", "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "inference_server", "apikey", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    created = cli("create", "home-assistant")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert re.fullmatch(r"hsi_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", key)
+    assert "shown only this once" in created.stderr
+    assert cli("create", "home-assistant").returncode == 1  # one active key per name
+    listed = cli("list")
+    assert "home-assistant" in listed.stdout and "active" in listed.stdout
+    assert key not in listed.stdout  # the secret is never shown again
+    assert cli("revoke", "home-assistant").returncode == 0
+    assert "revoked" in cli("list").stdout
+    assert cli("revoke", "home-assistant").returncode == 1
