@@ -30,6 +30,7 @@ from inference_server.publish.topics import Topics
 from inference_server.schemas import DependencyHealth, Discovery
 from inference_server.store.db import EmbeddedPostgres, create_pool
 from inference_server.store.migrate import migrate
+from inference_server.store.retention import RetentionWorker
 from inference_server.telemetry.status import StatusReporter
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Server:
 
         self._spawn(OutboxRelay(self.pool, self._publisher).run(self._stop), "relay")
         self._spawn(self._publish_status(), "status")
+        self._spawn(RetentionWorker(self.pool, s).run(self._stop), "retention")
         if runs_api:
             self.watcher = FolderWatcher(
                 s.cameras_path,

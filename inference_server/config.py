@@ -132,6 +132,14 @@ class Settings(BaseSettings):
     # NoDecode: the environment gives a comma-separated list (HSI_DETECT_CLASSES=person,car), not JSON.
     detect_classes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SECURITY_CLASSES))
 
+    # --- batching, fast path --------------------------------------------------------------
+    batch_window_s: float = Field(default=90, gt=0, description="Longest a camera's activity batch stays open.")
+    batch_idle_s: float = Field(default=30, gt=0, description="A batch closes after this long without detections.")
+    fast_path: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=lambda: {"person": 0.90},
+        description="label:confidence pairs that open an event at once instead of waiting for the batch.",
+    )
+
     # --- reasoning ----------------------------------------------------------------------
     reasoner_backend: str = "rules"
     risk_medium: int = Field(default=30, ge=1, le=100)
@@ -174,6 +182,21 @@ class Settings(BaseSettings):
     def _split_classes(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("fast_path", mode="before")
+    @classmethod
+    def _parse_fast_path(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            pairs: dict[str, float] = {}
+            for part in (p.strip() for p in value.split(",")):
+                if not part:
+                    continue
+                label, sep, threshold = part.partition(":")
+                if not sep:
+                    raise ValueError(f"fast_path entries are label:confidence, got {part!r}")
+                pairs[label.strip()] = float(threshold)
+            return pairs
         return value
 
     @model_validator(mode="after")

@@ -1,0 +1,76 @@
+"""activity_hourly and feedback_stats: what is usual for a camera, and what people told us."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, timedelta
+
+import asyncpg
+
+from inference_server.models.reasoner import FeedbackCounts
+
+BASELINE_DAYS = 14
+#: Days of history (before today) needed before "unusual for this hour" is judged at all.
+MIN_DAYS_LEARNED = 3
+
+
+async def record(conn: asyncpg.Connection, camera_id: str, labels: Iterable[str], day: date, hour: int) -> None:
+    """Count one image per label seen in it, for the camera's day and hour (local time)."""
+    await conn.executemany(
+        "INSERT INTO activity_hourly (camera_id, label, day, hour, images) VALUES ($1, $2, $3, $4, 1)"
+        " ON CONFLICT (camera_id, label, hour, day) DO UPDATE SET images = activity_hourly.images + 1",
+        [(camera_id, label, day, hour) for label in sorted(set(labels))],
+    )
+
+
+async def baseline(conn: asyncpg.Connection, camera_id: str, today: date, hour: int) -> dict[str, float] | None:
+    """Average images per hour with each label at ``hour`` over the last BASELINE_DAYS days
+    before ``today``; None while fewer than MIN_DAYS_LEARNED days of history exist."""
+    start = today - timedelta(days=BASELINE_DAYS)
+    days = await conn.fetchval(
+        "SELECT count(DISTINCT day) FROM activity_hourly WHERE camera_id = $1 AND day >= $2 AND day < $3",
+        camera_id,
+        start,
+        today,
+    )
+    if days < MIN_DAYS_LEARNED:
+        return None
+    rows = await conn.fetch(
+        "SELECT label, sum(images) AS n FROM activity_hourly"
+        " WHERE camera_id = $1 AND hour = $2 AND day >= $3 AND day < $4 GROUP BY label",
+        camera_id,
+        hour,
+        start,
+        today,
+    )
+    span = min(BASELINE_DAYS, max(days, 1))
+    return {r["label"]: round(r["n"] / span, 3) for r in rows}
+
+
+async def add_feedback(
+    conn: asyncpg.Connection, camera_id: str, zone: str, label: str, hour: int, feedback: str
+) -> None:
+    if feedback not in ("false_alarm", "correct", "missed_threat"):
+        raise ValueError(f"unknown feedback {feedback!r}")
+    await conn.execute(
+        f"INSERT INTO feedback_stats (camera_id, zone, label, hour, {feedback}) VALUES ($1, $2, $3, $4, 1)"
+        f" ON CONFLICT (camera_id, zone, label, hour) DO UPDATE SET {feedback} = feedback_stats.{feedback} + 1",
+        camera_id,
+        zone,
+        label,
+        hour,
+    )
+
+
+async def feedback(conn: asyncpg.Connection, camera_id: str, zone: str, label: str, hour: int) -> FeedbackCounts:
+    row = await conn.fetchrow(
+        "SELECT false_alarm, correct, missed_threat FROM feedback_stats"
+        " WHERE camera_id = $1 AND zone = $2 AND label = $3 AND hour = $4",
+        camera_id,
+        zone,
+        label,
+        hour,
+    )
+    if row is None:
+        return FeedbackCounts()
+    return FeedbackCounts(row["false_alarm"], row["correct"], row["missed_threat"])

@@ -1,0 +1,126 @@
+"""batches and batch_images tables: a camera's burst of activity, durable across restarts."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: uuid.UUID
+    camera_id: str
+    opened_at: datetime
+    last_activity_at: datetime
+    event_id: uuid.UUID | None
+
+
+def _batch(row: asyncpg.Record) -> Batch:
+    return Batch(row["id"], row["camera_id"], row["opened_at"], row["last_activity_at"], row["event_id"])
+
+
+async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:
+    """The camera's open batch, locked for this transaction."""
+    row = await conn.fetchrow(
+        "SELECT id, camera_id, opened_at, last_activity_at, event_id FROM batches"
+        " WHERE camera_id = $1 AND closed_at IS NULL FOR UPDATE",
+        camera_id,
+    )
+    return _batch(row) if row is not None else None
+
+
+async def open_new(conn: asyncpg.Connection, camera_id: str, now: datetime) -> Batch:
+    row = await conn.fetchrow(
+        "INSERT INTO batches (id, camera_id, opened_at, last_activity_at) VALUES ($1, $2, $3, $3)"
+        " RETURNING id, camera_id, opened_at, last_activity_at, event_id",
+        uuid.uuid4(),
+        camera_id,
+        now,
+    )
+    assert row is not None
+    return _batch(row)
+
+
+async def add_image(conn: asyncpg.Connection, batch: Batch, image_id: int, now: datetime) -> Batch:
+    await conn.execute(
+        "INSERT INTO batch_images (batch_id, image_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", batch.id, image_id
+    )
+    row = await conn.fetchrow(
+        "UPDATE batches SET last_activity_at = greatest(last_activity_at, $2) WHERE id = $1"
+        " RETURNING id, camera_id, opened_at, last_activity_at, event_id",
+        batch.id,
+        now,
+    )
+    assert row is not None
+    return _batch(row)
+
+
+async def set_event(conn: asyncpg.Connection, batch_id: uuid.UUID, event_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE batches SET event_id = $2 WHERE id = $1", batch_id, event_id)
+
+
+async def close(conn: asyncpg.Connection, batch_id: uuid.UUID, now: datetime) -> None:
+    await conn.execute("UPDATE batches SET closed_at = $2 WHERE id = $1", batch_id, now)
+
+
+async def lock_due(
+    conn: asyncpg.Connection, now: datetime, window_s: float, idle_s: float, limit: int = 20
+) -> list[Batch]:
+    """Open batches whose window or idle time has run out, locked (skipping ones others hold)."""
+    rows = await conn.fetch(
+        "SELECT id, camera_id, opened_at, last_activity_at, event_id FROM batches"
+        " WHERE closed_at IS NULL AND (opened_at <= $1 - make_interval(secs => $2)"
+        "   OR last_activity_at <= $1 - make_interval(secs => $3))"
+        " ORDER BY opened_at LIMIT $4 FOR UPDATE SKIP LOCKED",
+        now,
+        window_s,
+        idle_s,
+        limit,
+    )
+    return [_batch(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDetection:
+    image_id: int
+    label: str
+    confidence: float
+    bbox: tuple[float, float, float, float]
+    zones: tuple[str, ...]
+    captured_at: datetime
+
+
+async def detections(conn: asyncpg.Connection, batch_id: uuid.UUID) -> list[BatchDetection]:
+    rows = await conn.fetch(
+        "SELECT d.image_id, d.label, d.confidence, d.x1, d.y1, d.x2, d.y2, d.zone, i.captured_at"
+        " FROM batch_images bi JOIN detections d ON d.image_id = bi.image_id JOIN images i ON i.id = bi.image_id"
+        " WHERE bi.batch_id = $1 ORDER BY i.captured_at, d.id",
+        batch_id,
+    )
+    return [
+        BatchDetection(
+            r["image_id"],
+            r["label"],
+            r["confidence"],
+            (r["x1"], r["y1"], r["x2"], r["y2"]),
+            tuple(z for z in (r["zone"] or "").split(",") if z),
+            r["captured_at"],
+        )
+        for r in rows
+    ]
+
+
+async def recent_person_visits(conn: asyncpg.Connection, camera_id: str, exclude: uuid.UUID, since: datetime) -> int:
+    """Other batches of this camera since ``since`` in which a person was detected."""
+    n: int = await conn.fetchval(
+        "SELECT count(*) FROM batches b WHERE b.camera_id = $1 AND b.id <> $2 AND b.opened_at >= $3"
+        " AND EXISTS (SELECT 1 FROM batch_images bi JOIN detections d ON d.image_id = bi.image_id"
+        "             WHERE bi.batch_id = b.id AND d.label = 'person')",
+        camera_id,
+        exclude,
+        since,
+    )
+    return n
