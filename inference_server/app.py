@@ -15,12 +15,15 @@ from aiohttp import web
 from inference_server import __version__
 from inference_server.api.app import build_app
 from inference_server.api.context import ApiContext, ReadinessCheck
+from inference_server.clock import Clock, SystemClock
 from inference_server.config import Settings
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.ingest.watcher import FolderWatcher
 from inference_server.jobs.queue import JobQueue, QueuePolicy
 from inference_server.models.detector import Detector, build_detector
-from inference_server.models.reasoner import build_reasoner
+from inference_server.models.reasoner import LevelThresholds
+from inference_server.models.rules import RulesReasoner
+from inference_server.pipeline.batch import BatchStage
 from inference_server.pipeline.detect import DetectWorker
 from inference_server.pipeline.reason import ReasonStage
 from inference_server.publish.broker import EmbeddedBroker
@@ -62,6 +65,7 @@ class Server:
 
     settings: Settings
     detector: Detector | None = None
+    clock: Clock = field(default_factory=SystemClock)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     pool: asyncpg.Pool = field(init=False)
@@ -70,6 +74,7 @@ class Server:
     topics: Topics = field(init=False)
     watcher: FolderWatcher | None = field(init=False, default=None)
     ingestor: Ingestor = field(init=False)
+    batches: BatchStage = field(init=False)
     status: StatusReporter = field(init=False)
     _embedded_pg: EmbeddedPostgres | None = field(init=False, default=None)
     _broker: EmbeddedBroker | None = field(init=False, default=None)
@@ -110,7 +115,7 @@ class Server:
         self.status = StatusReporter(
             self.pool,
             detector=f"{s.detector_backend}:{s.detector_weights.name}" if runs_worker else None,
-            reasoner=s.reasoner_backend if runs_worker else None,
+            reasoner=(f"rules+llm:{s.llm.backend}" if s.llm else "rules") if runs_worker else None,
             mqtt_connected=lambda: self._publisher is not None and self._publisher.connected.is_set(),
         )
         await self._start_api(runs_api)
@@ -143,8 +148,23 @@ class Server:
             await asyncio.wait_for(self.watcher.ready.wait(), 30)
         if runs_worker:
             assert self.detector is not None
-            reason = ReasonStage(s, self.pool, self._queue, build_reasoner(s), self.topics)
+            # The one place the reasoners are chosen: rules always (phase one), an LLM when configured.
+            rules = RulesReasoner(LevelThresholds(s.risk_medium, s.risk_high, s.risk_critical))
+            llm = None
+            llm_settings = s.llm
+            if llm_settings is not None:
+                from inference_server.models.llm_reasoner import LlmReasoner
+                from inference_server.pipeline.llm import LlmStage
+
+                llm = LlmReasoner.from_settings(llm_settings, rules.thresholds)
+            self.batches = BatchStage(s, self.pool, rules, self.topics, self.clock, llm_enabled=llm is not None)
+            reason = ReasonStage(s, self.pool, self._queue, self.batches)
             self._spawn(DetectWorker(s, self._queue, self.detector, reason).run(self._stop), "detect")
+            self._spawn(self.batches.run(self._stop), "batches")
+            if llm is not None and llm_settings is not None:
+                lease = max(60.0, llm_settings.timeout_s * 4)
+                stage = LlmStage(self.pool, self.batches, llm, self.topics, lease_s=lease)
+                self._spawn(stage.run(self._stop), "llm")
         log.info(
             "server started role=%s api=%s mqtt=%s worker_id=%s",
             s.role,
@@ -225,7 +245,11 @@ class Server:
             await self._publisher.stop()
         if self._queue is not None:
             await self._queue.close()
-        await self.pool.close()
+        try:
+            await asyncio.wait_for(self.pool.close(), 10)
+        except TimeoutError:
+            log.error("database connections did not close in 10 s; terminating them")
+            self.pool.terminate()
         if self._broker is not None:
             await self._broker.stop()
         if self._embedded_pg is not None:

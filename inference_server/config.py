@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -68,10 +68,47 @@ class OptionsFileSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
+class LlmSettings(BaseModel):
+    """Settings of the LLM phase (``HSI_LLM__BACKEND``, ``HSI_LLM__MODEL_PATH``, ... or ``llm`` in options.json)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str = Field(default="llamacpp", description="llamacpp (in process) or openai (HTTP server).")
+    model_path: Path | None = Field(default=None, description="GGUF file (llamacpp).")
+    base_url: str | None = Field(
+        default=None, description="OpenAI-compatible server root, e.g. http://127.0.0.1:8080 (a /v1 suffix is fine)."
+    )
+    model: str | None = Field(
+        default=None, description="Model name sent to the server (openai) and recorded on events; llamacpp: file stem."
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="Bearer token for the server (openai), if it wants one."
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Limit of one LLM request.")
+    max_concurrency: int = Field(default=1, ge=1, le=64, description="LLM requests in flight at once.")
+    circuit_failures: int = Field(default=3, ge=1, description="Consecutive failures that open the circuit.")
+    circuit_reset_s: float = Field(default=60.0, gt=0, description="Open circuit: wait this long, then try once.")
+    response_format: Literal["json_schema", "json_object"] = Field(
+        default="json_schema",
+        description="How the schema is sent (openai): json_schema for llama.cpp's llama-server, vLLM and Ollama;"
+        " json_object for llama-cpp-python's server (python -m llama_cpp.server).",
+    )
+    n_ctx: int = Field(default=4096, ge=512, description="Context window in tokens (llamacpp).")
+    n_threads: int | None = Field(default=None, ge=1, description="CPU threads (llamacpp); unset: half the cores.")
+    n_gpu_layers: Literal["auto"] | int = Field(
+        default="auto",
+        description="Layers offloaded to the GPU (llamacpp): auto = all if the build can, else 0; -1 = all.",
+    )
+    max_tokens: int = Field(default=512, ge=64, description="Most tokens the LLM may generate per answer.")
+    temperature: float = Field(default=0.2, ge=0, le=2)
+
+
 class Settings(BaseSettings):
     """All settings of the inference server."""
 
-    model_config = SettingsConfigDict(env_prefix="HSI_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="HSI_", extra="ignore", populate_by_name=True, env_nested_delimiter="__"
+    )
 
     # --- paths -------------------------------------------------------------------------
     data_dir: Path = Field(default=Path("hsi-data"), description="Root for database, images, snapshots.")
@@ -141,7 +178,9 @@ class Settings(BaseSettings):
     )
 
     # --- reasoning ----------------------------------------------------------------------
-    reasoner_backend: str = "rules"
+    llm: LlmSettings | None = Field(
+        default=None, description="The LLM phase (unset: rules only). HSI_LLM__BACKEND=llamacpp|openai, ..."
+    )
     risk_medium: int = Field(default=30, ge=1, le=100)
     risk_high: int = Field(default=60, ge=1, le=100)
     risk_critical: int = Field(default=85, ge=1, le=100)

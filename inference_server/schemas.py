@@ -31,6 +31,31 @@ class RiskFactor(_Model):
     detail: str
 
 
+AlarmState = Literal[
+    "disarmed",
+    "armed_home",
+    "armed_away",
+    "armed_night",
+    "armed_vacation",
+    "armed_custom_bypass",
+    "arming",
+    "pending",
+    "triggered",
+    "unknown",
+]
+
+
+class HouseholdContext(_Model):
+    """What Home Assistant knows about the house, used to judge events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    alarm_state: AlarmState = "unknown"
+    people_home: list[str] | None = Field(default=None, max_length=50, description="Names of people at home.")
+    open_entries: list[str] = Field(default_factory=list, max_length=100, description="Open doors and windows.")
+    sun: Literal["above_horizon", "below_horizon"] | None = None
+    notes: str | None = Field(default=None, max_length=1000)
+
+
 class Event(_Model):
     """A security event as REST returns it and as ``hsi/events`` carries it (plus ``type``)."""
 
@@ -52,6 +77,9 @@ class Event(_Model):
     reviewed: bool
     notes: str | None
     feedback: Literal["false_alarm", "correct", "missed_threat"] | None
+    context: HouseholdContext | None = Field(default=None, description="The household context it was judged with.")
+    model: str | None = Field(default=None, description="Model that made the current judgement (rules-v2, a GGUF...).")
+    prompt_version: str | None = None
 
 
 class EventMessage(Event):
@@ -213,31 +241,6 @@ class DetectionRecord(_Model):
 class DetectionList(_Model):
     detections: list[DetectionRecord]
     next_cursor: str | None
-
-
-AlarmState = Literal[
-    "disarmed",
-    "armed_home",
-    "armed_away",
-    "armed_night",
-    "armed_vacation",
-    "armed_custom_bypass",
-    "arming",
-    "pending",
-    "triggered",
-    "unknown",
-]
-
-
-class HouseholdContext(_Model):
-    """What Home Assistant knows about the house, used to judge events."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    alarm_state: AlarmState = "unknown"
-    people_home: list[str] | None = Field(default=None, max_length=50, description="Names of people at home.")
-    open_entries: list[str] = Field(default_factory=list, max_length=100, description="Open doors and windows.")
-    sun: Literal["above_horizon", "below_horizon"] | None = None
-    notes: str | None = Field(default=None, max_length=1000)
 
 
 class ContextState(_Model):

@@ -41,7 +41,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if err.status < 400:
             raise
         code = err.reason.lower().replace(" ", "_")
-        return error_response(err.status, code, err.text or err.reason)
+        response = error_response(err.status, code, err.text or err.reason)
+        if "Allow" in err.headers:  # a 405 must say which methods the path takes (RFC 9110 §15.5.6)
+            response.headers["Allow"] = err.headers["Allow"]
+        return response
     except Exception:
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return error_response(500, "internal_error", "internal server error (logged)")

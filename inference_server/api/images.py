@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from inference_server.api.context import ctx
 from inference_server.api.errors import ApiError
@@ -77,9 +78,12 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 
 async def _read_multipart(request: web.Request, limit: int) -> tuple[bytes, str | None, datetime | None]:
     try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError) as err:
+        return await _read_parts(await request.multipart(), limit)
+    except (ValueError, AssertionError, HttpProcessingError) as err:  # bad framing, part headers, or text
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {err}") from err
+
+
+async def _read_parts(reader: MultipartReader, limit: int) -> tuple[bytes, str | None, datetime | None]:
     data: bytes | None = None
     name: str | None = None
     captured_at: datetime | None = None

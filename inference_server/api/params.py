@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import re
+from typing import Annotated
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from inference_server.schemas import CAMERA_ID_PATTERN, RiskLevel
+
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _not_a_number(value: object) -> object:
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        raise ValueError("expected an ISO 8601 date-time with a time zone, not a number")
+    return value
+
+
+#: A date-time as the OpenAPI document promises it (RFC 3339 text). Pydantic alone would also
+#: take a number as Unix time, so ``until=0.5`` would silently mean 1970.
+DateTimeParam = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 
 
 class _Params(BaseModel):
@@ -37,8 +52,8 @@ class IdPage(_Params):
 
 class EventQuery(Page):
     camera: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN)
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: DateTimeParam | None = None
+    until: DateTimeParam | None = None
     min_risk: int | None = Field(default=None, ge=0, le=100)
     level: RiskLevel | None = None
     reviewed: bool | None = None
@@ -47,8 +62,8 @@ class EventQuery(Page):
 class DetectionQuery(IdPage):
     camera: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN)
     label: str | None = Field(default=None, max_length=64)
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: DateTimeParam | None = None
+    until: DateTimeParam | None = None
     min_confidence: float | None = Field(default=None, ge=0, le=1)
 
 
@@ -57,6 +72,6 @@ class DlqQuery(IdPage):
 
 
 class UploadParams(CameraPath):
-    captured_at: AwareDatetime | None = Field(
+    captured_at: DateTimeParam | None = Field(
         default=None, description="When the picture was taken (default: when it was received)."
     )

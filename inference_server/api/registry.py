@@ -90,7 +90,7 @@ class RouteTable:
         def register(handler: Handler) -> Handler:
             extra = {400} if params is not None else set()
             if body is not None:
-                extra |= {400, 413, 415, 422} if body == "image" else {400, 413, 422}
+                extra |= {400, 413, 415, 422}  # 415: a JSON body sent as anything but application/json
             if auth:
                 extra |= {401, 429}
             self.routes.append(
@@ -131,11 +131,14 @@ def _bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
             if request.content_type != "application/json":
                 raise ApiError(415, "unsupported_media_type", "send the body as application/json")
             try:
-                body = route.body.model_validate_json(raw)
+                # Strict: JSON types as the document states them (no 0 for false, no "1" for 1).
+                body = route.body.model_validate_json(raw, strict=True)
             except ValidationError as err:
                 if any(e["type"] == "json_invalid" for e in err.errors()):
                     raise ApiError(400, "bad_json", "body is not valid JSON") from err
                 raise
+            if _has_nul(body.model_dump()):
+                raise ApiError(422, "validation_error", "text must not contain NUL (\\u0000) characters")
         result = await route.handler(request, params, body)
         if isinstance(result, web.StreamResponse):
             return result
@@ -148,6 +151,17 @@ def _bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
     return handle
 
 
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL text and jsonb cannot hold U+0000: such input is refused, not a 500 later."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def route_of(request: web.Request) -> Route | None:
     """The declared route a request matched (None for 404s and non-API paths)."""
     found = getattr(request.match_info.handler, _ROUTE_ATTR, None)
@@ -158,6 +172,8 @@ def _parse_params(route: Route, request: web.Request) -> BaseModel:
     assert route.params is not None
     raw: dict[str, str] = dict(request.query)
     raw.update(request.match_info)
+    if _has_nul(raw):
+        raise ApiError(400, "bad_parameter", "parameters must not contain NUL (%00) characters")
     try:
         return route.params.model_validate(raw)
     except ValidationError as err:

@@ -206,7 +206,9 @@ class JobQueue:
 _STATE = (
     "SELECT j.id, j.image_id, j.camera_id, j.state, j.attempts, j.max_attempts, j.last_error, j.created_at,"
     " j.updated_at, j.finished_at,"
-    " (SELECT e.id FROM events e WHERE e.image_id = j.image_id ORDER BY e.started_at LIMIT 1) AS event_id"
+    # The event of the image's activity batch (None until the batch has produced one).
+    " (SELECT b.event_id FROM batch_images bi JOIN batches b ON b.id = bi.batch_id"
+    "   WHERE bi.image_id = j.image_id LIMIT 1) AS event_id"
     " FROM jobs j"
 )
 

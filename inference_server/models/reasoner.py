@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from inference_server.models.detector import Detection
 from inference_server.schemas import AnalysisSource, HouseholdContext, RiskFactor, RiskLevel, Zone
-
-if TYPE_CHECKING:
-    from inference_server.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,27 +84,3 @@ class Reasoner(Protocol):
     name: str
 
     async def assess(self, observation: Observation) -> Assessment: ...
-
-
-ReasonerFactory = Callable[["Settings"], Reasoner]
-_REASONERS: dict[str, ReasonerFactory] = {}
-
-
-def register_reasoner(name: str) -> Callable[[ReasonerFactory], ReasonerFactory]:
-    def wrap(factory: ReasonerFactory) -> ReasonerFactory:
-        _REASONERS[name] = factory
-        return factory
-
-    return wrap
-
-
-def build_reasoner(settings: Settings) -> Reasoner:
-    from inference_server.models import rules  # noqa: F401  (registers "rules")
-
-    try:
-        factory = _REASONERS[settings.reasoner_backend]
-    except KeyError:
-        raise ValueError(
-            f"unknown reasoner_backend {settings.reasoner_backend!r}; known: {sorted(_REASONERS)}"
-        ) from None
-    return factory(settings)

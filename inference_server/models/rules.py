@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from inference_server.config import Settings
 from inference_server.models.detector import Detection
 from inference_server.models.reasoner import (
     Assessment,
     LevelThresholds,
     Observation,
-    register_reasoner,
 )
 from inference_server.schemas import Category, RiskFactor, Zone
 
@@ -217,8 +215,3 @@ class RulesReasoner:
         if ctx is not None and ctx.alarm_state not in ("unknown", "disarmed"):
             summary += f", alarm {ctx.alarm_state.replace('_', ' ')}"
         return summary
-
-
-@register_reasoner("rules")
-def _build(settings: Settings) -> RulesReasoner:
-    return RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))

@@ -56,6 +56,8 @@ class MqttPublisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._lock = threading.Lock()
+        self._acked_early: set[int] = set()
+        self._untracked: set[int] = set()
         self.connected = asyncio.Event()
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
@@ -98,9 +100,12 @@ class MqttPublisher:
             log.error("mqtt connect refused reason=%s", reason)
             return
         log.info("mqtt connected host=%s port=%s", self.address.host, self.address.port)
-        client.publish(self.topics.availability, b"online", qos=1, retain=True)
-        for topic, payload in self._online_messages:
-            client.publish(topic, payload, qos=1, retain=True)
+        # Fire-and-forget (not awaited by anyone): remember their ids so their PUBACKs are ignored.
+        # This runs on paho's thread, which also handles PUBACKs, so none can arrive before we record it.
+        for topic, payload in [(self.topics.availability, b"online"), *self._online_messages]:
+            info = client.publish(topic, payload, qos=1, retain=True)
+            with self._lock:
+                self._untracked.add(info.mid)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.connected.set)
 
@@ -110,23 +115,39 @@ class MqttPublisher:
             self._loop.call_soon_threadsafe(self.connected.clear)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        # Runs on paho's thread while paho holds its own locks: take only our lock, briefly,
+        # and never call into paho while holding ours (that order inversion deadlocks).
         with self._lock:
+            if mid in self._untracked:
+                self._untracked.discard(mid)
+                return
             future = self._pending.pop(mid, None)
-        if future is not None and self._loop is not None and not self._loop.is_closed():
+            if future is None:
+                # The PUBACK beat ``send`` registering its future: ``send`` finds it here.
+                self._acked_early.add(mid)
+                return
+        self._resolve_threadsafe(future)
+
+    def _resolve_threadsafe(self, future: asyncio.Future[None]) -> None:
+        if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_resolve, future)
 
     def send(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> asyncio.Future[None]:
         """Hand a message to the client; the future resolves on the broker's acknowledgement."""
         assert self._loop is not None, "start() first"
         future: asyncio.Future[None] = self._loop.create_future()
-        with self._lock:
-            info = self._client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                future.set_exception(PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}"))
-            elif qos == 0:
-                future.set_result(None)
-            else:
-                self._pending[info.mid] = future
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            future.set_exception(PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}"))
+        elif qos == 0:
+            future.set_result(None)
+        else:
+            with self._lock:
+                if info.mid in self._acked_early:
+                    self._acked_early.discard(info.mid)
+                    future.set_result(None)
+                else:
+                    self._pending[info.mid] = future
         return future
 
     async def publish(

@@ -72,8 +72,8 @@ async def lock_due(
     """Open batches whose window or idle time has run out, locked (skipping ones others hold)."""
     rows = await conn.fetch(
         "SELECT id, camera_id, opened_at, last_activity_at, event_id FROM batches"
-        " WHERE closed_at IS NULL AND (opened_at <= $1 - make_interval(secs => $2)"
-        "   OR last_activity_at <= $1 - make_interval(secs => $3))"
+        " WHERE closed_at IS NULL AND (opened_at <= $1::timestamptz - make_interval(secs => $2)"
+        "   OR last_activity_at <= $1::timestamptz - make_interval(secs => $3))"
         " ORDER BY opened_at LIMIT $4 FOR UPDATE SKIP LOCKED",
         now,
         window_s,
@@ -123,4 +123,16 @@ async def recent_person_visits(conn: asyncpg.Connection, camera_id: str, exclude
         exclude,
         since,
     )
+    return n
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, batch_id: uuid.UUID) -> Batch | None:
+    row = await conn.fetchrow(
+        "SELECT id, camera_id, opened_at, last_activity_at, event_id FROM batches WHERE id = $1", batch_id
+    )
+    return _batch(row) if row is not None else None
+
+
+async def open_count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    n: int = await conn.fetchval("SELECT count(*) FROM batches WHERE closed_at IS NULL")
     return n

@@ -17,13 +17,19 @@ async def insert_many(
     camera_id: str,
     detected_at: datetime,
     detections: Sequence[Detection],
+    zones: Sequence[tuple[str, ...]] = (),
 ) -> None:
+    """Insert an image's detections; ``zones`` (parallel) are stored comma-joined."""
     if not detections:
         return
+    names = list(zones) or [()] * len(detections)
     await conn.executemany(
-        "INSERT INTO detections (image_id, camera_id, label, category, confidence, x1, y1, x2, y2,"
-        " detected_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        [(image_id, camera_id, d.label, d.category, d.confidence, *d.bbox, detected_at) for d in detections],
+        "INSERT INTO detections (image_id, camera_id, label, category, confidence, x1, y1, x2, y2, zone,"
+        " detected_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        [
+            (image_id, camera_id, d.label, d.category, d.confidence, *d.bbox, ",".join(z) or None, detected_at)
+            for d, z in zip(detections, names, strict=True)
+        ],
     )
 
 

@@ -12,7 +12,7 @@ from uuid import UUID
 import asyncpg
 
 from inference_server.models.reasoner import Assessment
-from inference_server.schemas import DetectionOut, Event, EventPatch, RiskFactor, RiskLevel
+from inference_server.schemas import DetectionOut, Event, EventPatch, HouseholdContext, RiskFactor, RiskLevel
 
 
 class BadCursor(ValueError):
@@ -29,24 +29,43 @@ class EventFilter:
     reviewed: bool | None = None
 
 
+def _assessment_json(a: Assessment) -> dict[str, Any]:
+    return {
+        "risk_score": a.risk_score,
+        "risk_level": a.risk_level,
+        "summary": a.summary,
+        "reasoning": a.reasoning,
+        "factors": [f.model_dump() for f in a.factors],
+        "analysis_source": a.analysis_source,
+        "model": a.model,
+        "prompt_version": a.prompt_version,
+    }
+
+
 async def insert(
     conn: asyncpg.Connection,
     *,
     event_id: UUID,
     camera_id: str,
     image_id: int,
+    batch_id: UUID | None,
     started_at: datetime,
     assessment: Assessment,
     is_fast_path: bool,
     snapshot_path: str | None,
+    context: HouseholdContext | None,
+    llm_pending: bool,
 ) -> None:
+    """A new event judged by the rules (phase one); ``llm_pending`` queues the LLM's phase two."""
     await conn.execute(
-        "INSERT INTO events (id, camera_id, image_id, started_at, risk_score, risk_level, summary,"
-        " reasoning, risk_factors, objects, analysis_source, is_fast_path, snapshot_path)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        "INSERT INTO events (id, camera_id, image_id, batch_id, started_at, risk_score, risk_level, summary,"
+        " reasoning, risk_factors, objects, analysis_source, is_fast_path, snapshot_path, context, rules_result,"
+        " llm_state, model, prompt_version)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         event_id,
         camera_id,
         image_id,
+        batch_id,
         started_at,
         assessment.risk_score,
         assessment.risk_level,
@@ -57,7 +76,101 @@ async def insert(
         assessment.analysis_source,
         is_fast_path,
         snapshot_path,
+        context.model_dump(mode="json") if context is not None else None,
+        _assessment_json(assessment),
+        "pending" if llm_pending else "skipped",
+        assessment.model,
+        assessment.prompt_version,
     )
+
+
+async def rescore(
+    conn: asyncpg.Connection,
+    event_id: UUID,
+    assessment: Assessment,
+    *,
+    image_id: int,
+    snapshot_path: str | None,
+) -> bool:
+    """New rules result as the batch grows. While the LLM has not answered (or failed) the rules
+    result is the event's; once the LLM has answered, its judgement stands and only the rules
+    result and the evidence are refreshed. Returns whether anything a consumer sees changed."""
+    row = await conn.fetchrow(
+        "UPDATE events e SET rules_result = $2, image_id = $3, snapshot_path = $4, objects = $5,"
+        " risk_score = CASE WHEN e.analysis_source = 'llm' THEN e.risk_score ELSE $6 END,"
+        " risk_level = CASE WHEN e.analysis_source = 'llm' THEN e.risk_level ELSE $7 END,"
+        " summary = CASE WHEN e.analysis_source = 'llm' THEN e.summary ELSE $8 END,"
+        " reasoning = CASE WHEN e.analysis_source = 'llm' THEN e.reasoning ELSE $9 END,"
+        " risk_factors = CASE WHEN e.analysis_source = 'llm' THEN e.risk_factors ELSE $10 END,"
+        " updated_at = now()"
+        " FROM (SELECT risk_score, risk_level, objects, image_id FROM events WHERE id = $1 FOR UPDATE) old"
+        " WHERE e.id = $1"
+        " RETURNING (old.risk_score, old.risk_level, old.objects) IS DISTINCT FROM"
+        "   (e.risk_score, e.risk_level, e.objects) AS changed",
+        event_id,
+        _assessment_json(assessment),
+        image_id,
+        snapshot_path,
+        assessment.objects,
+        assessment.risk_score,
+        assessment.risk_level,
+        assessment.summary,
+        assessment.reasoning,
+        [f.model_dump() for f in assessment.factors],
+    )
+    return bool(row is not None and row["changed"])
+
+
+async def end(conn: asyncpg.Connection, event_id: UUID, ended_at: datetime) -> None:
+    await conn.execute("UPDATE events SET ended_at = $2, updated_at = now() WHERE id = $1", event_id, ended_at)
+
+
+async def claim_llm(conn: asyncpg.Connection | asyncpg.Pool, lease_s: float) -> UUID | None:
+    """Take one event waiting for the LLM (or whose LLM worker died), oldest first."""
+    event_id: UUID | None = await conn.fetchval(
+        "UPDATE events SET llm_state = 'running', llm_claimed_until = now() + make_interval(secs => $1)"
+        " WHERE id = (SELECT id FROM events WHERE llm_state = 'pending'"
+        "   OR (llm_state = 'running' AND llm_claimed_until < now())"
+        "   ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+        lease_s,
+    )
+    return event_id
+
+
+async def batch_of(conn: asyncpg.Connection | asyncpg.Pool, event_id: UUID) -> UUID | None:
+    value: UUID | None = await conn.fetchval("SELECT batch_id FROM events WHERE id = $1", event_id)
+    return value
+
+
+async def finish_llm(
+    conn: asyncpg.Connection, event_id: UUID, result: Assessment | None, *, failure: str | None
+) -> None:
+    """Store the LLM phase. A success becomes the event's judgement; a failure is kept beside
+    the rules result (which stays the event's, labelled ``rules``) with its reason."""
+    if failure is None:
+        assert result is not None
+        await conn.execute(
+            "UPDATE events SET llm_state = 'done', llm_result = $2, risk_score = $3, risk_level = $4, summary = $5,"
+            " reasoning = $6, risk_factors = $7, analysis_source = 'llm', model = $8, prompt_version = $9,"
+            " updated_at = now() WHERE id = $1",
+            event_id,
+            _assessment_json(result),
+            result.risk_score,
+            result.risk_level,
+            result.summary,
+            result.reasoning,
+            [f.model_dump() for f in result.factors],
+            result.model,
+            result.prompt_version,
+        )
+    else:
+        await conn.execute(
+            "UPDATE events SET llm_state = 'failed', llm_result = $2, reasoning = reasoning || $3,"
+            " updated_at = now() WHERE id = $1",
+            event_id,
+            {"error": failure},
+            f" [LLM fallback: {failure}]",
+        )
 
 
 _SELECT = (
@@ -90,6 +203,9 @@ def _to_event(row: asyncpg.Record) -> Event:
         reviewed=row["reviewed"],
         notes=row["notes"],
         feedback=row["feedback"],
+        context=HouseholdContext.model_validate(row["context"]) if row["context"] is not None else None,
+        model=row["model"],
+        prompt_version=row["prompt_version"],
     )
 
 
@@ -177,3 +293,10 @@ async def snapshot_path(conn: asyncpg.Connection | asyncpg.Pool, event_id: UUID)
 async def last_event_at(conn: asyncpg.Connection | asyncpg.Pool) -> datetime | None:
     value: datetime | None = await conn.fetchval("SELECT max(started_at) FROM events")
     return value
+
+
+async def latest_for_camera(conn: asyncpg.Connection | asyncpg.Pool, camera_id: str) -> tuple[UUID, datetime] | None:
+    row = await conn.fetchrow(
+        "SELECT id, started_at FROM events WHERE camera_id = $1 ORDER BY started_at DESC LIMIT 1", camera_id
+    )
+    return (row["id"], row["started_at"]) if row is not None else None

@@ -67,8 +67,9 @@ async def overview(conn: asyncpg.Connection | asyncpg.Pool) -> list[ImageOvervie
         "SELECT i.id, i.camera_id, i.original_name,"
         " coalesce((SELECT jsonb_agg(jsonb_build_array(d.label, d.confidence) ORDER BY d.confidence DESC)"
         "   FROM detections d WHERE d.image_id = i.id), '[]'::jsonb) AS dets,"
-        " (SELECT to_jsonb(e) FROM (SELECT id, risk_score, risk_level, summary, reasoning, analysis_source"
-        "   FROM events WHERE image_id = i.id ORDER BY started_at LIMIT 1) e) AS event"
+        " (SELECT to_jsonb(e) FROM (SELECT ev.id, ev.risk_score, ev.risk_level, ev.summary, ev.reasoning,"
+        "   ev.analysis_source FROM batch_images bi JOIN events ev ON ev.batch_id = bi.batch_id"
+        "   WHERE bi.image_id = i.id LIMIT 1) e) AS event"
         " FROM images i ORDER BY i.id"
     )
     return [

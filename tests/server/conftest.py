@@ -118,6 +118,8 @@ def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
             "file_stable_s": 0.1,
             "job_poll_interval_s": 0.2,
             "camera_timezone": "UTC",
+            "batch_idle_s": 0.3,
+            "batch_window_s": 10,
         }
         values.update(overrides)
         return Settings(**values)

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from inference_server import demo_assets
+from inference_server import __version__, demo_assets
 from inference_server.config import Settings
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.schemas import CameraState, Event, EventMessage
@@ -30,10 +30,13 @@ async def test_dropped_file_becomes_event_on_mqtt_and_rest(
     subscriber = await Subscriber(broker_url).ready()
     try:
         async with running(settings, pose_detector) as server:
-            retained = await subscriber.wait_for(lambda m: m.topic == "hsi/availability")
-            assert retained.payload == b"online"
-            discovery = await subscriber.wait_for(lambda m: m.topic == "hsi/discovery")
-            assert json.loads(discovery.payload)["url"] == server.api_url
+            # (A broker shared by earlier tests may first replay their retained "offline".)
+            online = await subscriber.wait_for(lambda m: m.topic == "hsi/availability" and m.payload == b"online")
+            assert online.payload == b"online"
+            discovery = await subscriber.wait_for(
+                lambda m: m.topic == "hsi/discovery" and json.loads(m.payload)["url"] == server.api_url
+            )
+            assert json.loads(discovery.payload)["version"] == __version__
 
             drop(demo_assets.image("bus.jpg"), settings.cameras_path / "Front Door" / "MDAlarm_20261124-021000.jpg")
 
@@ -52,19 +55,27 @@ async def test_dropped_file_becomes_event_on_mqtt_and_rest(
             assert [r["label"] for r in rows] == ["person"] * 4
             assert (await server.pool.fetchval("SELECT count(*) FROM events")) == 1
 
+            # While the activity lasts, the camera's live object count says what is seen now...
+            live = await subscriber.wait_for(lambda m: m.topic == "hsi/cameras/front_door/objects/person")
+            assert live.payload == b"4"
+            # ...and when the camera goes quiet the batch closes: the event ends, the count drops to 0.
+            ended = EventMessage.model_validate_json(
+                (await subscriber.wait_for(lambda m: m.topic == "hsi/events" and b'"type":"end"' in m.payload)).payload
+            )
+            assert ended.id == published.id and ended.ended_at is not None
+
             # A client that subscribes later (Home Assistant restarting) gets the camera's retained state.
-            await subscriber.wait_for(lambda m: m.topic == "hsi/cameras/front_door/objects/person")
             late = await Subscriber(broker_url, "hsi/cameras/front_door/#").ready()
             try:
                 state = await late.wait_for(lambda m: m.topic == "hsi/cameras/front_door/state")
                 assert state.retain
                 camera_state = CameraState.model_validate_json(state.payload)
                 assert camera_state.last_event_id == published.id
-                assert camera_state.objects == {"person": 4}
+                assert (camera_state.objects, camera_state.risk_score) == ({}, 0)
                 snapshot = await late.wait_for(lambda m: m.topic == "hsi/cameras/front_door/snapshot")
                 assert snapshot.retain and snapshot.payload[:2] == b"\xff\xd8"
                 count = await late.wait_for(lambda m: m.topic == "hsi/cameras/front_door/objects/person")
-                assert count.payload == b"4"
+                assert count.payload == b"0"
             finally:
                 late.close()
 
@@ -74,7 +85,7 @@ async def test_dropped_file_becomes_event_on_mqtt_and_rest(
                     over_rest = Event.model_validate(await resp.json())
                 async with http.get(f"{server.api_url}/api/v1/events", params={"camera": "front_door"}) as resp:
                     listed: dict[str, Any] = await resp.json()
-            assert over_rest == Event.model_validate(published.model_dump(exclude={"type"}))
+            assert over_rest == Event.model_validate(ended.model_dump(exclude={"type"}))
             assert [e["id"] for e in listed["events"]] == [str(published.id)]
             assert await wait_until(
                 lambda: server.pool.fetchval("SELECT count(*) = 0 FROM outbox WHERE sent_at IS NULL")
@@ -93,6 +104,7 @@ async def test_same_bytes_twice_make_one_image_and_one_event(
         await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"))
         again = drop(demo_assets.image("zidane.jpg"), folder / "MDAlarm_20261124-100005.jpg")
         await wait_until(lambda: not again.exists())
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM events WHERE ended_at IS NOT NULL"))
         assert await server.pool.fetchval("SELECT count(*) FROM images") == 1
         assert await server.pool.fetchval("SELECT count(*) FROM jobs") == 1
         assert await server.pool.fetchval("SELECT count(*) FROM events") == 1

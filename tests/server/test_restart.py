@@ -40,6 +40,7 @@ async def test_job_is_reclaimed_after_sigkill_and_yields_exactly_one_event(
         "HSI_JOB_LEASE_S": "2",
         "HSI_FILE_STABLE_S": "0.1",
         "HSI_CAMERA_TIMEZONE": "UTC",
+        "HSI_BATCH_IDLE_S": "0.3",
         "HSI_OPTIONS_FILE": str(tmp_path / "no-options.json"),
     }
     log = tmp_path / "server.log"
@@ -73,6 +74,7 @@ async def test_job_is_reclaimed_after_sigkill_and_yields_exactly_one_event(
             )
             assert done["attempts"] == 2
             assert done["worker_id"] != claimed["worker_id"]
+            await wait_until(lambda: blocker.fetchval("SELECT count(*) > 0 FROM events WHERE ended_at IS NOT NULL"))
             events = await blocker.fetch("SELECT id FROM events")
             assert len(events) == 1
             assert await blocker.fetchval("SELECT count(*) FROM detections") == 2

@@ -123,7 +123,8 @@ async def test_dead_letters_can_be_listed_requeued_and_deleted(
             assert first["last_error"].startswith("corrupt_image") and first["id"] != second["id"]
 
             requeued = await _json(await http.post(f"/api/v1/dlq/{first['id']}/requeue"), 200)
-            assert requeued["attempts"] == 0 and requeued["state"] in ("queued", "running", "dead")
+            # Requeued with fresh attempts; a worker may already be on it (and fail it again).
+            assert requeued["id"] == first["id"] and requeued["attempts"] <= 1
             await wait_until(
                 lambda: server.pool.fetchval(
                     "SELECT state = 'dead' AND attempts = 1 FROM jobs WHERE id = $1", first["id"]

@@ -40,7 +40,8 @@ async def test_good_upload_is_accepted_and_becomes_an_event(
             async def job() -> dict[str, object] | None:
                 async with http.get(f"/api/v1/jobs/{accepted['job_id']}") as r:
                     body: dict[str, object] = await r.json()
-                    return body if body["state"] == "done" else None
+                    # The event exists once the camera's activity batch has been judged.
+                    return body if body["state"] == "done" and body["event_id"] else None
 
             done = await wait_until(job, timeout=30)
             async with http.get(f"/api/v1/events/{done['event_id']}") as resp:

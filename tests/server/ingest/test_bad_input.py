@@ -64,11 +64,13 @@ async def _settled(pool: asyncpg.Pool, images: int, quarantined: int) -> bool:
 
 
 async def _outcomes(pool: asyncpg.Pool) -> dict[str, tuple[str, bool, int]]:
-    """Per ingested file: its job's state, whether people were detected, how many events it made."""
+    """Per ingested file: its job's state, whether people were detected, and how many events the
+    camera activity it belongs to (its batch) produced."""
     rows = await pool.fetch(
         "SELECT i.original_name, j.state,"
         " (SELECT count(*) FROM detections d WHERE d.image_id = i.id) > 0 AS detected,"
-        " (SELECT count(*) FROM events e WHERE e.image_id = i.id) AS events"
+        " (SELECT count(*) FROM events e JOIN batch_images bi ON bi.batch_id = e.batch_id"
+        "  WHERE bi.image_id = i.id) AS events"
         " FROM images i JOIN jobs j ON j.image_id = i.id"
     )
     return {r["original_name"]: (r["state"], r["detected"], r["events"]) for r in rows}
@@ -145,6 +147,7 @@ async def test_bad_files_are_quarantined_while_good_ones_become_events(
         # Nothing is left behind for the next restart to trip over.
         assert _left_in(cams) == []
 
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 0 FROM batches WHERE closed_at IS NULL"))
         assert await _outcomes(server.pool) == {
             **{name: ("done", True, 1) for name in good},
             "front/MDAlarm_20261124-020001.jpg": ("dead", False, 0),
@@ -202,5 +205,5 @@ async def test_file_still_being_written_is_ingested_once_complete(
             {"sha256": hashlib.sha256(BUS).digest(), "size_bytes": len(BUS), "width": 810, "height": 1080}
         ]
         assert await server.pool.fetchval("SELECT count(*) FROM quarantine") == 0
-        assert await server.pool.fetchval("SELECT count(*) FROM events") == 1
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM events WHERE ended_at IS NOT NULL"))
         assert _left_in(settings.cameras_path) == []

@@ -1,0 +1,319 @@
+"""Batch stage: groups a camera's detections into one activity and turns it into one event.
+
+- Each image with detections joins its camera's open batch (or opens one). A batch closes
+  ``batch_window_s`` after it opened or ``batch_idle_s`` after its last detection.
+- Phase one, the rules engine, judges the whole batch so far. A fast-path detection (default
+  person ≥ 0.90) opens the event at once (``type: new``); otherwise the event is opened when
+  the batch closes. While open, a changed judgement is published as ``type: update``.
+- When the batch closes the event gets its end time (``type: end``) and the camera's live
+  state goes back to quiet. Phase two, the LLM, follows on its own worker (pipeline/llm.py).
+
+Batches live in PostgreSQL and are changed only inside the transaction that stores the
+image's result, so a restart continues them and never loses their detections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from inference_server.clock import Clock
+from inference_server.config import Settings
+from inference_server.models.detector import Detection, category_of
+from inference_server.models.reasoner import Assessment, Observation
+from inference_server.models.rules import RulesReasoner
+from inference_server.publish.topics import Topics
+from inference_server.schemas import CameraState, EventMessage, Zone
+from inference_server.store import activity, batches, cameras, context, outbox
+from inference_server.store import events as events_store
+from inference_server.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+Message = tuple[str, bytes, bool]
+_VISIT_WINDOW = timedelta(hours=1)
+
+
+def snapshot_file(settings: Settings, camera_id: str, image_id: int) -> Path:
+    return settings.snapshots_path / camera_id / f"{image_id}.jpg"
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """A batch observed and scored by the rules, with the image that best shows it."""
+
+    observation: Observation
+    assessment: Assessment
+    image_id: int
+    labels: frozenset[str]
+
+
+class BatchStage:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        rules: RulesReasoner,
+        topics: Topics,
+        clock: Clock,
+        *,
+        llm_enabled: bool,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.rules = rules
+        self.topics = topics
+        self.clock = clock
+        self.llm_enabled = llm_enabled
+        self.tz = ZoneInfo(settings.camera_timezone)
+        self.window = timedelta(seconds=settings.batch_window_s)
+        self.idle = timedelta(seconds=settings.batch_idle_s)
+
+    def _due(self, batch: batches.Batch, now: datetime) -> bool:
+        return now - batch.opened_at >= self.window or now - batch.last_activity_at >= self.idle
+
+    def is_fast(self, detections: Sequence[Detection]) -> bool:
+        return any(d.confidence >= self.settings.fast_path.get(d.label, 2.0) for d in detections)
+
+    # --- per image (inside the image's result transaction) ----------------------------------
+    async def on_detections(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        camera_id: str,
+        camera_name: str,
+        zones: Sequence[Zone],
+        image_id: int,
+        detections: Sequence[Detection],
+        jpeg: bytes,
+    ) -> list[Message]:
+        now = self.clock.now()
+        messages: list[Message] = []
+        batch = await batches.lock_open(conn, camera_id)
+        if batch is not None and self._due(batch, now):
+            messages += await self.close(conn, batch, now)
+            batch = None
+        if batch is None:
+            batch = await batches.open_new(conn, camera_id, now)
+            log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
+        batch = await batches.add_image(conn, batch, image_id, now)
+
+        started = metrics.now()
+        judged = await self.judge(conn, batch, camera_name, zones)
+        metrics.STAGE.labels("reason").observe(metrics.now() - started)
+        fast = self.is_fast(detections)
+        if batch.event_id is None and fast:
+            event_id = await self._open_event(conn, batch, judged, fast=True)
+            messages.append(await self._event_message(conn, event_id, "new"))
+        elif batch.event_id is not None:
+            changed = await events_store.rescore(
+                conn,
+                batch.event_id,
+                judged.assessment,
+                image_id=judged.image_id,
+                snapshot_path=str(snapshot_file(self.settings, camera_id, judged.image_id)),
+            )
+            if changed:
+                messages.append(await self._event_message(conn, batch.event_id, "update"))
+        live = dict(Counter(d.label for d in detections))
+        messages += await self._camera_state(conn, camera_id, judged.assessment, live, previous=frozenset())
+        messages.append((self.topics.camera_snapshot(camera_id), jpeg, True))
+        return messages
+
+    # --- batch closing -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Close due batches every moment (a fraction of the idle time, at most a second)."""
+        tick = max(0.05, min(1.0, self.settings.batch_idle_s / 4))
+        while not stop.is_set():
+            try:
+                await self.close_due()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+                log.error("closing batches failed, will retry error=%r", err)
+            try:
+                await asyncio.wait_for(stop.wait(), tick)
+            except TimeoutError:
+                continue
+
+    async def close_due(self) -> int:
+        closed = 0
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                now = self.clock.now()
+                due = await batches.lock_due(
+                    conn, now, self.settings.batch_window_s, self.settings.batch_idle_s, limit=1
+                )
+                if not due:
+                    return closed
+                await outbox.add_many(conn, await self.close(conn, due[0], now))
+                closed += 1
+
+    async def close(self, conn: asyncpg.Connection, batch: batches.Batch, now: datetime) -> list[Message]:
+        camera = await cameras.get_record(conn, batch.camera_id)
+        messages: list[Message] = []
+        if camera is None:  # deleted meanwhile: its events went with it
+            await batches.close(conn, batch.id, now)
+            return messages
+        judged = await self.judge(conn, batch, camera.name, camera.zones)
+        event_id = batch.event_id
+        if event_id is None:
+            event_id = await self._open_event(conn, batch, judged, fast=False)
+            messages.append(await self._event_message(conn, event_id, "new"))
+        else:
+            await events_store.rescore(
+                conn,
+                event_id,
+                judged.assessment,
+                image_id=judged.image_id,
+                snapshot_path=str(snapshot_file(self.settings, batch.camera_id, judged.image_id)),
+            )
+        last_seen = judged.observation.last_seen or batch.last_activity_at
+        await events_store.end(conn, event_id, last_seen)
+        await batches.close(conn, batch.id, now)
+        messages.append(await self._event_message(conn, event_id, "end"))
+        quiet = Assessment(0, "low", "quiet", "no activity", [], "rules", self.rules.name)
+        messages += await self._camera_state(conn, batch.camera_id, quiet, {}, previous=judged.labels)
+        log.info(
+            "batch closed batch_id=%s camera_id=%s event_id=%s risk_score=%s",
+            batch.id,
+            batch.camera_id,
+            event_id,
+            judged.assessment.risk_score,
+        )
+        return messages
+
+    # --- judging -------------------------------------------------------------------------------
+    async def judge(
+        self, conn: asyncpg.Connection, batch: batches.Batch, camera_name: str, zones: Sequence[Zone]
+    ) -> Judged:
+        observation, image_id = await self.observe(conn, batch, camera_name, zones)
+        assessment = self.rules.assess_now(observation)
+        labels = frozenset(d.label for d in observation.detections)
+        return Judged(observation, assessment, image_id, labels)
+
+    async def observe(
+        self, conn: asyncpg.Connection, batch: batches.Batch, camera_name: str, zones: Sequence[Zone]
+    ) -> tuple[Observation, int]:
+        """Everything the reasoners need about a batch, and the image that best shows it."""
+        rows = await batches.detections(conn, batch.id)
+        if not rows:
+            raise RuntimeError(f"batch {batch.id} has no detections")
+        detections = [Detection(r.label, r.confidence, r.bbox) for r in rows]
+        per_image: dict[int, Counter[str]] = defaultdict(Counter)
+        for r in rows:
+            per_image[r.image_id][r.label] += 1
+        max_counts: dict[str, int] = {}
+        for counts in per_image.values():
+            for label, n in counts.items():
+                max_counts[label] = max(max_counts.get(label, 0), n)
+        top_category = min(
+            (category_of(d.label) for d in detections),
+            key=("person", "vehicle", "object", "animal").index,
+        )
+        # The image showing the most of the top category (the latest on a tie) represents the event.
+        image_id = max(
+            per_image,
+            key=lambda i: (sum(n for lbl, n in per_image[i].items() if category_of(lbl) == top_category), i),
+        )
+        first_seen = rows[0].captured_at
+        last_seen = max(r.captured_at for r in rows)
+        local = last_seen.astimezone(self.tz)
+        ctx_state = await context.current(conn)
+        top = max((r for r in rows if category_of(r.label) == top_category), key=lambda r: r.confidence)
+        observation = Observation(
+            camera_id=batch.camera_id,
+            camera_name=camera_name,
+            captured_at=local,
+            detections=detections,
+            detection_zones=[r.zones for r in rows],
+            zones=zones,
+            context=ctx_state.context if ctx_state.set_at is not None else None,
+            max_counts=max_counts,
+            first_seen=first_seen,
+            last_seen=last_seen,
+            baseline=await activity.baseline(conn, batch.camera_id, local.date(), local.hour),
+            recent_visits=await batches.recent_person_visits(
+                conn, batch.camera_id, batch.id, batch.opened_at - _VISIT_WINDOW
+            ),
+            feedback=await activity.feedback(
+                conn, batch.camera_id, top.zones[0] if top.zones else "", top.label, local.hour
+            ),
+        )
+        return observation, image_id
+
+    # --- events and messages -------------------------------------------------------------------
+    async def _open_event(
+        self, conn: asyncpg.Connection, batch: batches.Batch, judged: Judged, *, fast: bool
+    ) -> uuid.UUID:
+        event_id = uuid.uuid4()
+        obs = judged.observation
+        await events_store.insert(
+            conn,
+            event_id=event_id,
+            camera_id=batch.camera_id,
+            image_id=judged.image_id,
+            batch_id=batch.id,
+            started_at=obs.first_seen or batch.opened_at,
+            assessment=judged.assessment,
+            is_fast_path=fast,
+            snapshot_path=str(snapshot_file(self.settings, batch.camera_id, judged.image_id)),
+            context=obs.context,
+            llm_pending=self.llm_enabled,
+        )
+        await batches.set_event(conn, batch.id, event_id)
+        if self.llm_enabled:
+            await conn.execute("NOTIFY hsi_llm")
+        a = judged.assessment
+        metrics.EVENTS.labels(a.risk_level, a.analysis_source).inc()
+        log.info(
+            "event created event_id=%s camera_id=%s batch_id=%s fast_path=%s risk_score=%s risk_level=%s summary=%r",
+            event_id,
+            batch.camera_id,
+            batch.id,
+            fast,
+            a.risk_score,
+            a.risk_level,
+            a.summary,
+        )
+        return event_id
+
+    async def _event_message(
+        self, conn: asyncpg.Connection, event_id: uuid.UUID, kind: Literal["new", "update", "end"]
+    ) -> Message:
+        event = await events_store.get(conn, event_id)
+        assert event is not None
+        message = EventMessage(type=kind, **event.model_dump())
+        return (self.topics.events, message.model_dump_json().encode(), False)
+
+    async def _camera_state(
+        self,
+        conn: asyncpg.Connection,
+        camera_id: str,
+        assessment: Assessment,
+        live: dict[str, int],
+        *,
+        previous: frozenset[str],
+    ) -> list[Message]:
+        last = await events_store.latest_for_camera(conn, camera_id)
+        camera = await cameras.get(conn, camera_id)
+        state = CameraState(
+            risk_score=assessment.risk_score,
+            risk_level=assessment.risk_level,
+            last_event_id=last[0] if last else None,
+            last_event_at=last[1] if last else None,
+            objects=live,
+            enabled=camera.enabled if camera else False,
+        )
+        messages: list[Message] = [(self.topics.camera_state(camera_id), state.model_dump_json().encode(), True)]
+        for label in sorted(set(live) | previous):
+            messages.append((self.topics.camera_objects(camera_id, label), str(live.get(label, 0)).encode(), True))
+        return messages

@@ -1,0 +1,133 @@
+"""LLM stage, phase two of an alert: the LLM's narrative and adjusted score for an event the
+rules already published, sent as ``type: update`` on the same event id.
+
+Events wait in the database (``llm_state = 'pending'``) and are claimed with a lease, so
+several workers share them and a crashed worker's event is taken up again. An LLM that is
+down, slow or wrong leaves the rules judgement in place, labelled ``rules``, with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from inference_server.models.llm_reasoner import LlmReasoner
+from inference_server.models.reasoner import Observation
+from inference_server.pipeline.batch import BatchStage
+from inference_server.publish.topics import Topics
+from inference_server.schemas import EventMessage, Zone
+from inference_server.store import batches, cameras, outbox
+from inference_server.store import events as events_store
+from inference_server.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "hsi_llm"
+
+
+def zones_text(observation: Observation, zones: Sequence[Zone]) -> str | None:
+    if not zones:
+        return None
+    where: dict[str, list[str]] = {z.name: [] for z in zones}
+    for det, names in zip(observation.detections, observation.detection_zones, strict=False):
+        for name in names:
+            if name in where:
+                where[name].append(f"{det.label} {det.confidence:.2f}")
+    return "; ".join(
+        f"{z.name} ({z.sensitivity} sensitivity): {', '.join(sorted(set(where[z.name]))) or 'nothing'}" for z in zones
+    )
+
+
+def baseline_text(observation: Observation) -> str:
+    hour = observation.captured_at.strftime("%H:00")
+    if observation.baseline is None:
+        return "not learned yet (fewer than 3 days of history)"
+    labels = sorted({d.label for d in observation.detections})
+    usual = ", ".join(f"{label} {observation.baseline.get(label, 0.0):.1f} images/hour" for label in labels)
+    return f"usually at {hour} on this camera: {usual}; {observation.recent_visits} other visit(s) in the last hour"
+
+
+class LlmStage:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        batch_stage: BatchStage,
+        reasoner: LlmReasoner,
+        topics: Topics,
+        *,
+        lease_s: float,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.pool = pool
+        self.batch_stage = batch_stage
+        self.reasoner = reasoner
+        self.topics = topics
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self._wakeup = asyncio.Event()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wakeup.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = await self.pool.acquire()
+        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        await self.reasoner.start()
+        try:
+            while not stop.is_set():
+                self._wakeup.clear()
+                try:
+                    event_id = await events_store.claim_llm(self.pool, self.lease_s)
+                    if event_id is not None:
+                        await self.process(event_id)
+                        continue
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+                    log.error("llm stage database error, will retry error=%r", err)
+                waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
+                await asyncio.wait(waiters, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            await self.pool.release(listener)
+            await self.reasoner.close()
+
+    async def process(self, event_id: uuid.UUID) -> None:
+        async with self.pool.acquire() as conn:
+            batch_id = await events_store.batch_of(conn, event_id)
+            batch = await batches.get(conn, batch_id) if batch_id is not None else None
+            camera = await cameras.get_record(conn, batch.camera_id) if batch is not None else None
+            if batch is None or camera is None:
+                log.warning("llm phase skipped: event has no batch event_id=%s", event_id)
+                await events_store.finish_llm(conn, event_id, None, failure="no batch to judge")
+                return
+            observation, _ = await self.batch_stage.observe(conn, batch, camera.name, camera.zones)
+        rules = self.batch_stage.rules.assess_now(observation)
+        started = metrics.now()
+        result = await self.reasoner.refine(
+            observation,
+            rules,
+            context=observation.context.model_dump(mode="json") if observation.context is not None else None,
+            zones=zones_text(observation, camera.zones),
+            baseline=baseline_text(observation),
+        )
+        metrics.STAGE.labels("llm").observe(metrics.now() - started)
+        failure = None if result.analysis_source == "llm" else result.reasoning.rpartition("LLM fallback: ")[2]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await events_store.finish_llm(conn, event_id, result, failure=failure)
+            event = await events_store.get(conn, event_id)
+            assert event is not None
+            message = EventMessage(type="update", **event.model_dump())
+            await outbox.add(conn, self.topics.events, message.model_dump_json().encode())
+        log.info(
+            "llm phase done event_id=%s source=%s risk_score=%s risk_level=%s failure=%s",
+            event_id,
+            result.analysis_source,
+            event.risk_score,
+            event.risk_level,
+            failure,
+        )
