@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -12,8 +13,8 @@ from inference_server.api.errors import ApiError
 from inference_server.api.params import EventPath, EventQuery
 from inference_server.api.registry import API
 from inference_server.schemas import Event, EventList, EventMessage, EventPatch
+from inference_server.store import activity, outbox
 from inference_server.store import events as events_store
-from inference_server.store import outbox
 
 
 @API.route("GET", "/events", summary="List events, newest first", tag="events", params=EventQuery, response=EventList)
@@ -53,9 +54,18 @@ async def get_event(request: web.Request, p: EventPath, _: None) -> Event:
 async def patch_event(request: web.Request, p: EventPath, change: EventPatch) -> Event:
     context = ctx(request)
     async with context.pool.acquire() as conn, conn.transaction():
+        before = await events_store.get(conn, p.event_id)
         event = await events_store.patch(conn, p.event_id, change)
-        if event is None:
+        if before is None or event is None:
             raise ApiError(404, "not_found", f"no event {p.event_id}")
+        if "feedback" in change.model_fields_set and before.detections:
+            # Feedback teaches the rules about this camera, zone, class and hour (docs/risk.md).
+            top = before.detections[0]
+            hour = before.started_at.astimezone(ZoneInfo(context.settings.camera_timezone)).hour
+            zone = top.zone.split(",")[0] if top.zone else ""
+            await activity.change_feedback(
+                conn, before.camera_id, zone, top.label, hour, before.feedback, change.feedback
+            )
         message = EventMessage(type="update", **event.model_dump())
         await outbox.add(conn, context.topics.events, message.model_dump_json().encode())
     return event

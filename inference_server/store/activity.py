@@ -50,11 +50,10 @@ async def baseline(conn: asyncpg.Connection, camera_id: str, today: date, hour: 
 async def add_feedback(
     conn: asyncpg.Connection, camera_id: str, zone: str, label: str, hour: int, feedback: str
 ) -> None:
-    if feedback not in ("false_alarm", "correct", "missed_threat"):
-        raise ValueError(f"unknown feedback {feedback!r}")
+    column = _column(feedback)
     await conn.execute(
-        f"INSERT INTO feedback_stats (camera_id, zone, label, hour, {feedback}) VALUES ($1, $2, $3, $4, 1)"
-        f" ON CONFLICT (camera_id, zone, label, hour) DO UPDATE SET {feedback} = feedback_stats.{feedback} + 1",
+        f"INSERT INTO feedback_stats (camera_id, zone, label, hour, {column}) VALUES ($1, $2, $3, $4, 1)"
+        f" ON CONFLICT (camera_id, zone, label, hour) DO UPDATE SET {column} = feedback_stats.{column} + 1",
         camera_id,
         zone,
         label,
@@ -74,3 +73,28 @@ async def feedback(conn: asyncpg.Connection, camera_id: str, zone: str, label: s
     if row is None:
         return FeedbackCounts()
     return FeedbackCounts(row["false_alarm"], row["correct"], row["missed_threat"])
+
+
+async def change_feedback(
+    conn: asyncpg.Connection, camera_id: str, zone: str, label: str, hour: int, old: str | None, new: str | None
+) -> None:
+    """Move an event's feedback from ``old`` to ``new`` in the stats (a correction is not a second vote)."""
+    if old == new:
+        return
+    if old is not None:
+        await conn.execute(
+            f"UPDATE feedback_stats SET {_column(old)} = greatest({_column(old)} - 1, 0)"
+            " WHERE camera_id = $1 AND zone = $2 AND label = $3 AND hour = $4",
+            camera_id,
+            zone,
+            label,
+            hour,
+        )
+    if new is not None:
+        await add_feedback(conn, camera_id, zone, label, hour, new)
+
+
+def _column(feedback: str) -> str:
+    if feedback not in ("false_alarm", "correct", "missed_threat"):
+        raise ValueError(f"unknown feedback {feedback!r}")
+    return feedback

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server import demo_assets
 from inference_server.app import Server, free_port
+from inference_server.clock import Clock
 from inference_server.config import Settings
+from inference_server.models.detector import Detector
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.publish.broker import EmbeddedBroker
 from inference_server.publish.mqtt import BrokerAddress
@@ -128,8 +131,10 @@ def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, detector: UltralyticsDetector | None = None) -> AsyncIterator[Server]:
-    server = Server(settings, detector=detector)
+async def running(
+    settings: Settings, detector: Detector | None = None, clock: Clock | None = None
+) -> AsyncIterator[Server]:
+    server = Server(settings, detector=detector) if clock is None else Server(settings, detector=detector, clock=clock)
     await server.start()
     try:
         yield server
@@ -216,3 +221,16 @@ def drop(src: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dest)
     return dest
+
+
+class FakeClock:
+    """A controllable clock for batch timing (fast path vs batch window/idle)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.current = start or datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
