@@ -163,7 +163,9 @@ class Server:
             self._spawn(self.batches.run(self._stop), "batches")
             if llm is not None and llm_settings is not None:
                 lease = max(60.0, llm_settings.timeout_s * 4)
-                stage = LlmStage(self.pool, self.batches, llm, self.topics, lease_s=lease)
+                stage = LlmStage(
+                    self.pool, self.batches, llm, self.topics, lease_s=lease, max_adjust=llm_settings.max_adjust
+                )
                 self._spawn(stage.run(self._stop), "llm")
         log.info(
             "server started role=%s api=%s mqtt=%s worker_id=%s",

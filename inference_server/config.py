@@ -101,6 +101,13 @@ class LlmSettings(BaseModel):
     )
     max_tokens: int = Field(default=512, ge=64, description="Most tokens the LLM may generate per answer.")
     temperature: float = Field(default=0.2, ge=0, le=2)
+    max_adjust: int = Field(
+        default=25,
+        ge=0,
+        le=100,
+        description="Most points the LLM may move the rules score, either way: a confused model cannot"
+        " silence a critical alert nor invent one.",
+    )
 
 
 class Settings(BaseSettings):

@@ -23,10 +23,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
 from inference_server import demo_assets
-from inference_server.config import Settings
+from inference_server.config import LlmSettings, Settings
 from inference_server.logging_setup import configure
 from inference_server.publish.mqtt import BrokerAddress
-from inference_server.store import api_keys, batches, images, outbox, quarantine
+from inference_server.schemas import CameraCreate, HouseholdContext, Zone, ZoneList
+from inference_server.store import api_keys, batches, cameras, context, events, images, outbox, quarantine
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,27 @@ class Subscriber:
 
     def __init__(self, url: str, prefix: str) -> None:
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        #: (monotonic arrival time, topic, payload) of every message, for timing the phases.
+        self.log: list[tuple[float, str, bytes]] = []
         address = BrokerAddress.parse(url)
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="hsi-demo-subscriber")
         self._client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
-        self._client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload), m.retain))
+        self._client.on_message = self._on_message
         self._client.connect(address.host, address.port)
         self._client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.log.append((time.monotonic(), message.topic, bytes(message.payload)))
+        self.messages.put((message.topic, bytes(message.payload), message.retain))
+
+    def event_messages(self, event_id: str) -> list[tuple[float, dict[str, Any]]]:
+        out = []
+        for when, topic, payload in list(self.log):
+            if topic.endswith("/events"):
+                body = json.loads(payload)
+                if body["id"] == event_id:
+                    out.append((when, body))
+        return out
 
     def drain(self) -> list[tuple[str, bytes, bool]]:
         out = []
@@ -98,6 +114,41 @@ def _place(upload: Upload, cameras: Path) -> Path:
     return dest
 
 
+def _demo_llm() -> LlmSettings | None:
+    """The real small GGUF in process, when it and llama-cpp-python are installed (scripts/bootstrap)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        gguf = demo_assets.smollm2_gguf()
+    except demo_assets.AssetMissing:
+        return None
+    return LlmSettings(backend="llamacpp", model_path=gguf, timeout_s=60, n_threads=2, temperature=0.0)
+
+
+async def _wait_quiet(server: Any, expected_jobs: int, deadline_s: float = 240) -> bool:
+    """Print progress each second until every job, batch, LLM phase and MQTT message is done."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        counts = await server.queue.counts()
+        finished = counts["done"] + counts["dead"]
+        unsent = await outbox.pending_count(server.pool)
+        active = await batches.open_count(server.pool)
+        thinking = await events.llm_waiting(server.pool)
+        say(
+            f"      jobs finished {finished}/{expected_jobs}, cameras still active {active},"
+            f" events waiting for the LLM {thinking}, MQTT messages waiting {unsent}"
+        )
+        if finished >= expected_jobs and active == 0 and thinking == 0 and unsent == 0:
+            await asyncio.sleep(0.3)
+            return True
+        if time.monotonic() > deadline:
+            say(f"      gave up waiting after {deadline_s:.0f} s")
+            return False
+        await asyncio.sleep(1.0)
+
+
 async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
     from inference_server.app import Server
 
@@ -118,8 +169,12 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
         # A camera's activity becomes one event when it goes quiet; the demo's cameras send one
         # picture each, so a short idle time keeps the demo brisk (the default is 30 s).
         batch_idle_s=2,
+        llm=_demo_llm(),
     )
-    say("[1/5] starting: embedded PostgreSQL, in-process MQTT broker, YOLO (yolo11n-pose.pt, CPU) ...")
+    llm_note = (
+        f"LLM {settings.llm.model_path.name} (llama.cpp, CPU)" if settings.llm and settings.llm.model_path else "no LLM"
+    )
+    say(f"[1/6] starting: embedded PostgreSQL, in-process MQTT broker, YOLO (yolo11n-pose.pt, CPU), {llm_note} ...")
     t0 = time.perf_counter()
     server = Server(settings)
     await server.start()
@@ -130,33 +185,18 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
     subscriber = Subscriber(server.mqtt_url, settings.mqtt_prefix)
     try:
         await asyncio.sleep(0.5)
-        say("[2/5] a camera uploads over FTP into the watched folders:")
+        say("[2/6] cameras upload over FTP into the watched folders:")
         placed: dict[str, Upload] = {}
         for upload in SCENE:
             dest = _place(upload, settings.cameras_path)
             placed[f"{upload.camera}/{upload.file_name}"] = upload
             say(f"      {dest.relative_to(root)}  ({upload.story})")
 
-        say("[3/5] detecting and reasoning ...")
-        deadline = time.monotonic() + 180
-        while True:
-            counts = await server.queue.counts()
-            finished = counts["done"] + counts["dead"]
-            unsent = await outbox.pending_count(server.pool)
-            active = await batches.open_count(server.pool)
-            say(
-                f"      jobs finished {finished}/{len(SCENE)}, cameras still active {active},"
-                f" MQTT messages waiting {unsent}"
-            )
-            if finished >= len(SCENE) and active == 0 and unsent == 0:
-                break
-            if time.monotonic() > deadline:
-                say("      gave up waiting after 180 s")
-                return 1
-            await asyncio.sleep(1.0)
-        await asyncio.sleep(0.5)
+        say("[3/6] detecting, batching each camera's activity, reasoning (rules, then the LLM) ...")
+        if not await _wait_quiet(server, len(SCENE)):
+            return 1
 
-        say("[4/5] what was found, per image:")
+        say("[4/6] what was found, per image, and the event each camera's activity became:")
         rows = await images.overview(server.pool)
         events_by_risk: list[tuple[int, str]] = []
         for row in rows:
@@ -167,18 +207,29 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
             event = row.event
             if event:
                 events_by_risk.append((event["risk_score"], event["id"]))
-                say(
-                    f"      event {event['id']}: risk {event['risk_score']} {event['risk_level'].upper()}"
-                    f" ({event['analysis_source']}) — {event['summary']}"
-                )
-                say(f"      reasoning: {event['reasoning']}")
+                rules = event["rules_result"]
+                say(f"      event {event['id']}")
+                say(f"        rules: risk {rules['risk_score']} {rules['risk_level'].upper()} — {rules['summary']}")
+                say(f"        why:   {rules['reasoning']}")
+                if event["analysis_source"] == "llm":
+                    say(
+                        f"        LLM ({event['model']}): risk {event['risk_score']} {event['risk_level'].upper()}"
+                        f" — {event['summary']}"
+                    )
+                elif event["llm_state"] == "failed":
+                    say(f"        LLM: fell back to the rules — {event['reasoning'].rpartition('LLM fallback: ')[2]}")
             else:
                 say("      no event (nothing to report)")
         quarantined = await quarantine.recent(server.pool)
         for q in quarantined:
             say(f"  • quarantined {q['original_path']}: {q['reason']} ({q['detail']})")
 
-        say("[5/5] MQTT messages received by a separate subscriber on hsi/#:")
+        say("[5/6] context matters: the same picture at the back door, judged in two situations")
+        compared = await _compare_contexts(server, settings, subscriber)
+        if compared is None:
+            return 1
+
+        say("[6/6] MQTT messages received by a separate subscriber on hsi/#:")
         for topic, payload, retain in subscriber.drain():
             say(f"      {topic}{' (retained)' if retain else ''}: {_short(payload)}")
 
@@ -202,3 +253,59 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
         await server.stop()
         if data_dir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+_SITUATIONS = (
+    (
+        "02:10, alarm armed away, nobody home, after dark",
+        HouseholdContext(alarm_state="armed_away", people_home=[], sun="below_horizon"),
+        "MDAlarm_20261125-021000.jpg",
+    ),
+    (
+        "12:00, alarm disarmed, Anna and Ben home, daylight",
+        HouseholdContext(alarm_state="disarmed", people_home=["Anna", "Ben"], sun="above_horizon"),
+        "MDAlarm_20261125-120000.jpg",
+    ),
+)
+
+
+async def _compare_contexts(server: Any, settings: Settings, subscriber: Subscriber) -> bool | None:
+    """Drop astronaut.png at the back door under two household contexts; print both judgements
+    and the timing of the alert's two phases (rules `new`, then the LLM's `update`)."""
+    await cameras.create(server.pool, CameraCreate(id="back_door", name="Back Door"))
+    doorstep = Zone(name="doorstep", polygon=[(0, 0.3), (1, 0.3), (1, 1), (0, 1)], sensitivity="high")
+    await cameras.set_zones(server.pool, "back_door", ZoneList(zones=[doorstep]))
+    say("      back door camera: zone 'doorstep' (high sensitivity) covers the lower two thirds")
+    source = demo_assets.image("astronaut.png")
+    for n, (label, situation, name) in enumerate(_SITUATIONS, start=1):
+        await context.put(server.pool, situation, "demo")
+        dest = settings.cameras_path / "back_door" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.open(source).convert("RGB").save(buf, format="JPEG", quality=90 - n)  # new bytes each time
+        landed = time.monotonic()
+        dest.write_bytes(buf.getvalue())
+        say(f"  • situation {n}: {label}")
+        if not await _wait_quiet(server, len(SCENE) + n):
+            return None
+        event_id = await server.pool.fetchval(
+            "SELECT e.id FROM events e JOIN images i ON i.id = e.image_id WHERE i.original_name = $1",
+            f"back_door/{name}",
+        )
+        phases = subscriber.event_messages(str(event_id))
+        final = phases[-1][1]
+        say(
+            f"      risk {final['risk_score']} {final['risk_level'].upper()} ({final['analysis_source']})"
+            f" — {final['summary']}"
+        )
+        rules = next(body for _, body in phases if body["type"] == "new")
+        for factor in rules["risk_factors"]:
+            say(f"        {factor['points']:+4d}  {factor['detail']}")
+        for when, body in phases:
+            say(
+                f"      {body['type']:>6} after {1000 * (when - landed):7.0f} ms: risk {body['risk_score']}"
+                f" {body['risk_level']} ({body['analysis_source']})"
+            )
+        if final["analysis_source"] == "llm":
+            say(f"      LLM says: {final['summary']} — {final['reasoning'][:300]}")
+    return True

@@ -185,7 +185,7 @@ class RulesReasoner:
             elif rate >= USUAL_RATE:
                 out.append(_factor("usual_hour", f"{top.label} usual here at {hour} ({rate:.1f}/h)"))
         if "person" in best and obs.recent_visits >= 2:
-            out.append(_factor("repeat_visit", f"{obs.recent_visits + 1}th visit within the hour"))
+            out.append(_factor("repeat_visit", f"visit number {obs.recent_visits + 1} within the hour"))
         fb = obs.feedback
         if fb is not None and (fb.false_alarm or fb.correct or fb.missed_threat):
             raw = (

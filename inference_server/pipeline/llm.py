@@ -12,11 +12,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
 import asyncpg
 
 from inference_server.models.llm_reasoner import LlmReasoner
-from inference_server.models.reasoner import Observation
+from inference_server.models.reasoner import Assessment, LevelThresholds, Observation
 from inference_server.pipeline.batch import BatchStage
 from inference_server.publish.topics import Topics
 from inference_server.schemas import EventMessage, Zone
@@ -51,6 +52,27 @@ def baseline_text(observation: Observation) -> str:
     return f"usually at {hour} on this camera: {usual}; {observation.recent_visits} other visit(s) in the last hour"
 
 
+def bound_adjustment(llm: Assessment, rules: Assessment, max_adjust: int, thresholds: LevelThresholds) -> Assessment:
+    """Keep the LLM's score within ``max_adjust`` points of the rules score (level recomputed), and
+    say so in its reasoning: the LLM explains and nudges, the rules set the floor and the ceiling."""
+    low, high = max(0, rules.risk_score - max_adjust), min(100, rules.risk_score + max_adjust)
+    if low <= llm.risk_score <= high:
+        return llm
+    bounded = min(max(llm.risk_score, low), high)
+    note = (
+        f" [Score bounded by the server: the LLM said {llm.risk_score}, more than {max_adjust} points"
+        f" from the rules' {rules.risk_score}; kept at {bounded}.]"
+    )
+    # The factors keep adding up to the score: the LLM's adjustment factor shrinks by the cut.
+    factors = [
+        f.model_copy(update={"points": f.points + bounded - llm.risk_score}) if f.name == "llm_adjustment" else f
+        for f in llm.factors
+    ]
+    return replace(
+        llm, risk_score=bounded, risk_level=thresholds.level(bounded), reasoning=llm.reasoning + note, factors=factors
+    )
+
+
 class LlmStage:
     def __init__(
         self,
@@ -60,8 +82,10 @@ class LlmStage:
         topics: Topics,
         *,
         lease_s: float,
+        max_adjust: int = 25,
         poll_s: float = 1.0,
     ) -> None:
+        self.max_adjust = max_adjust
         self.pool = pool
         self.batch_stage = batch_stage
         self.reasoner = reasoner
@@ -117,6 +141,8 @@ class LlmStage:
         )
         metrics.STAGE.labels("llm").observe(metrics.now() - started)
         failure = None if result.analysis_source == "llm" else result.reasoning.rpartition("LLM fallback: ")[2]
+        if failure is None:
+            result = bound_adjustment(result, rules, self.max_adjust, self.reasoner.thresholds)
         async with self.pool.acquire() as conn, conn.transaction():
             await events_store.finish_llm(conn, event_id, result, failure=failure)
             event = await events_store.get(conn, event_id)

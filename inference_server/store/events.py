@@ -300,3 +300,8 @@ async def latest_for_camera(conn: asyncpg.Connection | asyncpg.Pool, camera_id: 
         "SELECT id, started_at FROM events WHERE camera_id = $1 ORDER BY started_at DESC LIMIT 1", camera_id
     )
     return (row["id"], row["started_at"]) if row is not None else None
+
+
+async def llm_waiting(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    n: int = await conn.fetchval("SELECT count(*) FROM events WHERE llm_state IN ('pending', 'running')")
+    return n

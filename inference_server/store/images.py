@@ -68,7 +68,8 @@ async def overview(conn: asyncpg.Connection | asyncpg.Pool) -> list[ImageOvervie
         " coalesce((SELECT jsonb_agg(jsonb_build_array(d.label, d.confidence) ORDER BY d.confidence DESC)"
         "   FROM detections d WHERE d.image_id = i.id), '[]'::jsonb) AS dets,"
         " (SELECT to_jsonb(e) FROM (SELECT ev.id, ev.risk_score, ev.risk_level, ev.summary, ev.reasoning,"
-        "   ev.analysis_source FROM batch_images bi JOIN events ev ON ev.batch_id = bi.batch_id"
+        "   ev.analysis_source, ev.rules_result, ev.llm_state, ev.model"
+        "   FROM batch_images bi JOIN events ev ON ev.batch_id = bi.batch_id"
         "   WHERE bi.image_id = i.id LIMIT 1) e) AS event"
         " FROM images i ORDER BY i.id"
     )
