@@ -18,7 +18,7 @@ from datetime import datetime
 
 import asyncpg
 
-from inference_server.schemas import JobState
+from inference_server.schemas import JobState, Zone
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class ClaimedJob:
     max_attempts: int
     image_path: str
     captured_at: datetime
+    #: The camera's zones at claim time (for tagging detections without another query).
+    zones: tuple[Zone, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ class JobQueue:
             " FROM picked, images i, cameras c"
             " WHERE j.id = picked.id AND i.id = j.image_id AND c.id = j.camera_id"
             " RETURNING j.id, j.image_id, j.camera_id, c.name AS camera_name, j.attempts, j.max_attempts,"
-            "   i.path, i.captured_at",
+            "   i.path, i.captured_at, c.zones",
             limit,
             self.policy.lease_s,
             self.worker_id,
@@ -123,6 +125,7 @@ class JobQueue:
                 r["max_attempts"],
                 r["path"],
                 r["captured_at"],
+                tuple(Zone.model_validate(z) for z in r["zones"]),
             )
             for r in rows
         ]

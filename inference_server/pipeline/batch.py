@@ -94,7 +94,9 @@ class BatchStage:
         camera_name: str,
         zones: Sequence[Zone],
         image_id: int,
+        captured_at: datetime,
         detections: Sequence[Detection],
+        detection_zones: Sequence[tuple[str, ...]],
         jpeg: bytes,
     ) -> list[Message]:
         now = self.clock.now()
@@ -109,13 +111,32 @@ class BatchStage:
         batch = await batches.add_image(conn, batch, image_id, now)
 
         started = metrics.now()
+        fast = self.is_fast(detections)
+        if batch.event_id is None and not fast:
+            # Most images: the batch will be judged as a whole when it closes. The camera's live
+            # risk is this image alone in the current context (no history queries on the hot path).
+            household = await context.current(conn)
+            glance = Observation(
+                camera_id,
+                camera_name,
+                captured_at.astimezone(self.tz),
+                detections,
+                detection_zones,
+                zones,
+                context=household.context if household.set_at is not None else None,
+            )
+            live_assessment = self.rules.assess_now(glance)
+            metrics.STAGE.labels("reason").observe(metrics.now() - started)
+            live = dict(Counter(d.label for d in detections))
+            messages += await self._camera_state(conn, camera_id, live_assessment, live, previous=frozenset())
+            messages.append((self.topics.camera_snapshot(camera_id), jpeg, True))
+            return messages
         judged = await self.judge(conn, batch, camera_name, zones)
         metrics.STAGE.labels("reason").observe(metrics.now() - started)
-        fast = self.is_fast(detections)
-        if batch.event_id is None and fast:
+        if batch.event_id is None:
             event_id = await self._open_event(conn, batch, judged, fast=True)
             messages.append(await self._event_message(conn, event_id, "new"))
-        elif batch.event_id is not None:
+        else:
             changed = await events_store.rescore(
                 conn,
                 batch.event_id,

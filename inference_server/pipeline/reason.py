@@ -24,7 +24,7 @@ from inference_server.models.detector import Detection
 from inference_server.pipeline import snapshot
 from inference_server.pipeline.batch import BatchStage, snapshot_file
 from inference_server.pipeline.zones import zones_of
-from inference_server.store import activity, cameras, outbox
+from inference_server.store import activity, outbox
 from inference_server.store import detections as detections_store
 from inference_server.telemetry import metrics
 
@@ -56,8 +56,7 @@ class ReasonStage:
                 log.info("nothing detected camera_id=%s job_id=%s image_id=%s", job.camera_id, job.id, job.image_id)
                 metrics.STAGE.labels("store").observe(metrics.now() - started)
                 return
-            camera = await cameras.get_record(conn, job.camera_id)
-            zones = camera.zones if camera is not None else []
+            zones = list(job.zones)
             tagged = [zones_of(d, zones) for d in dets]
             await detections_store.insert_many(conn, job.image_id, job.camera_id, job.captured_at, dets, tagged)
             local = job.captured_at.astimezone(self.tz)
@@ -69,7 +68,9 @@ class ReasonStage:
                 camera_name=job.camera_name,
                 zones=zones,
                 image_id=job.image_id,
+                captured_at=job.captured_at,
                 detections=dets,
+                detection_zones=tagged,
                 jpeg=jpeg,
             )
             await outbox.add_many(conn, messages)

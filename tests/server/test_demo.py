@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,14 +10,20 @@ import pytest
 from inference_server.demo import run_demo
 
 
-async def test_demo_reports_detections_events_mqtt_and_rest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_demo_reports_detections_events_context_phases_mqtt_and_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert await run_demo(tmp_path / "demo") == 0
     out = capsys.readouterr().out
-    assert "4 people at Front Door at 02:10 (night)" in out
-    assert "risk 75 HIGH (rules)" in out
-    assert "1 person at Garden at 12:00" in out and "LOW (rules)" in out  # the cat, rated low
+    assert "rules: risk 75 HIGH — 4 people at Front Door at 02:10 (night)" in out
+    assert "rules: risk 28 LOW — 1 person at Garden at 12:00" in out  # the cat, rated low
     assert out.count("no event (nothing to report)") == 2  # coffee.png and rocket.jpg
+    # The same picture in two situations: clearly different scores, explained, with both phases timed.
+    news = [int(m) for m in re.findall(r"\bnew after +\d+ ms: risk (\d+) \w+ \(rules\)", out)]
+    assert len(news) == 2 and news[0] == 100 and news[1] <= news[0] - 40
+    assert "+25  alarm armed away" in out and "-15  alarm disarmed" in out
+    assert len(re.findall(r"update after +\d+ ms: risk \d+ \w+ \((llm|rules)\)", out)) == 2
     assert "hsi/events: {" in out and "hsi/cameras/front_door/state: {" in out
     assert "hsi/cameras/front_door/snapshot: <JPEG" in out
-    assert "→ 200" in out and '"analysis_source": "rules"' in out
+    assert "→ 200" in out and '"camera_id": "front_door"' in out
     assert "Done: 6 images, 4 events, 0 quarantined." in out
