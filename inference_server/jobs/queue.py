@@ -41,6 +41,8 @@ class ClaimedJob:
     captured_at: datetime
     #: The camera's zones at claim time (for tagging detections without another query).
     zones: tuple[Zone, ...] = ()
+    #: When the image was accepted (file seen complete, or upload received).
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ class JobQueue:
             " FROM picked, images i, cameras c"
             " WHERE j.id = picked.id AND i.id = j.image_id AND c.id = j.camera_id"
             " RETURNING j.id, j.image_id, j.camera_id, c.name AS camera_name, j.attempts, j.max_attempts,"
-            "   i.path, i.captured_at, c.zones",
+            "   i.path, i.captured_at, c.zones, i.received_at",
             limit,
             self.policy.lease_s,
             self.worker_id,
@@ -126,6 +128,7 @@ class JobQueue:
                 r["path"],
                 r["captured_at"],
                 tuple(Zone.model_validate(z) for z in r["zones"]),
+                r["received_at"],
             )
             for r in rows
         ]

@@ -141,6 +141,7 @@ class LlmStage:
         )
         metrics.STAGE.labels("llm").observe(metrics.now() - started)
         failure = None if result.analysis_source == "llm" else result.reasoning.rpartition("LLM fallback: ")[2]
+        metrics.LLM_CALLS.labels("ok" if failure is None else failure.split(" (")[0]).inc()
         if failure is None:
             result = bound_adjustment(result, rules, self.max_adjust, self.reasoner.thresholds)
         async with self.pool.acquire() as conn, conn.transaction():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -55,6 +56,7 @@ class ReasonStage:
             if not dets:
                 log.info("nothing detected camera_id=%s job_id=%s image_id=%s", job.camera_id, job.id, job.image_id)
                 metrics.STAGE.labels("store").observe(metrics.now() - started)
+                _observe_end_to_end(job)
                 return
             zones = list(job.zones)
             tagged = [zones_of(d, zones) for d in dets]
@@ -75,6 +77,12 @@ class ReasonStage:
             )
             await outbox.add_many(conn, messages)
         metrics.STAGE.labels("store").observe(metrics.now() - started)
+        _observe_end_to_end(job)
+
+
+def _observe_end_to_end(job: ClaimedJob) -> None:
+    if job.received_at is not None:
+        metrics.END_TO_END.observe((datetime.now(UTC) - job.received_at).total_seconds())
 
 
 def _write_snapshot(image: Image.Image, dets: Sequence[Detection], path: Path) -> bytes:

@@ -19,7 +19,7 @@ STAGE = Histogram(
 )
 END_TO_END = Histogram(
     "hsi_end_to_end_seconds",
-    "File seen (or upload received) to event committed",
+    "Image accepted (file seen complete or upload received) to its result committed",
     buckets=_STAGE_BUCKETS,
     registry=REGISTRY,
 )
@@ -52,3 +52,9 @@ QUEUE_DEPTH = Gauge("hsi_queue_jobs", "Jobs by state", ["state"], registry=REGIS
 DLQ_SIZE = Gauge("hsi_dlq_size", "Jobs in the dead letters", registry=REGISTRY)
 IMAGES_PER_S = Gauge("hsi_images_per_second", "Images finished per second over the last minute", registry=REGISTRY)
 AUTH_FAILURES = Counter("hsi_auth_failures_total", "Requests refused for a missing or wrong key", registry=REGISTRY)
+LLM_CALLS = Counter(
+    "hsi_llm_calls_total",
+    "LLM phase outcomes: ok, or the fallback reason (timeout, unreachable, invalid output, circuit open...)",
+    ["outcome"],
+    registry=REGISTRY,
+)

@@ -227,6 +227,7 @@ async def test_metrics_count_what_happened_and_gpu_series_are_absent_without_gpu
         assert 'hsi_queue_jobs{state="done"} 3.0' in text
         assert "hsi_dlq_size 0.0" in text
         assert 'hsi_stage_seconds_count{stage="infer"}' in text
+        assert "hsi_end_to_end_seconds_count" in text
         assert "hsi_gpu_" not in text  # no GPU here: the series do not exist at all
         assert status["gpu"] is None and status["queue"]["done"] == 3 and status["dlq_size"] == 0
         assert status["images_per_s"] > 0 and status["latency_ms_p95"] >= status["latency_ms_p50"] > 0

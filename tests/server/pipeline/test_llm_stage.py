@@ -12,6 +12,7 @@ from inference_server.models.reasoner import Assessment, LevelThresholds
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.pipeline.llm import bound_adjustment
 from inference_server.schemas import EventMessage, RiskFactor
+from inference_server.telemetry.metrics import REGISTRY
 
 from ..conftest import Subscriber, drop, running
 
@@ -70,6 +71,7 @@ async def test_unreachable_llm_leaves_the_rules_result_labelled_with_the_reason(
     assert update.analysis_source == "rules" and "LLM fallback: unreachable" in update.reasoning
     assert row["llm_state"] == "failed" and "unreachable" in row["llm_result"]["error"]
     assert row["analysis_source"] == "rules"
+    assert (REGISTRY.get_sample_value("hsi_llm_calls_total", {"outcome": "unreachable"}) or 0) >= 1
 
 
 def test_llm_cannot_move_the_score_further_than_allowed_from_the_rules() -> None:
