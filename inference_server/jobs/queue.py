@@ -43,6 +43,7 @@ class ClaimedJob:
     zones: tuple[Zone, ...] = ()
     #: When the image was accepted (file seen complete, or upload received).
     received_at: datetime | None = None
+    camera_enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ class JobQueue:
             " FROM picked, images i, cameras c"
             " WHERE j.id = picked.id AND i.id = j.image_id AND c.id = j.camera_id"
             " RETURNING j.id, j.image_id, j.camera_id, c.name AS camera_name, j.attempts, j.max_attempts,"
-            "   i.path, i.captured_at, c.zones, i.received_at",
+            "   i.path, i.captured_at, c.zones, i.received_at, c.enabled",
             limit,
             self.policy.lease_s,
             self.worker_id,
@@ -129,6 +130,7 @@ class JobQueue:
                 r["captured_at"],
                 tuple(Zone.model_validate(z) for z in r["zones"]),
                 r["received_at"],
+                r["enabled"],
             )
             for r in rows
         ]

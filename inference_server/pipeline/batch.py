@@ -92,6 +92,7 @@ class BatchStage:
         *,
         camera_id: str,
         camera_name: str,
+        camera_enabled: bool,
         zones: Sequence[Zone],
         image_id: int,
         captured_at: datetime,
@@ -128,7 +129,9 @@ class BatchStage:
             live_assessment = self.rules.assess_now(glance)
             metrics.STAGE.labels("reason").observe(metrics.now() - started)
             live = dict(Counter(d.label for d in detections))
-            messages += await self._camera_state(conn, camera_id, live_assessment, live, previous=frozenset())
+            messages += await self._camera_state(
+                conn, camera_id, camera_enabled, live_assessment, live, previous=frozenset()
+            )
             messages.append((self.topics.camera_snapshot(camera_id), jpeg, True))
             return messages
         judged = await self.judge(conn, batch, camera_name, zones)
@@ -147,7 +150,9 @@ class BatchStage:
             if changed:
                 messages.append(await self._event_message(conn, batch.event_id, "update"))
         live = dict(Counter(d.label for d in detections))
-        messages += await self._camera_state(conn, camera_id, judged.assessment, live, previous=frozenset())
+        messages += await self._camera_state(
+            conn, camera_id, camera_enabled, judged.assessment, live, previous=frozenset()
+        )
         messages.append((self.topics.camera_snapshot(camera_id), jpeg, True))
         return messages
 
@@ -202,7 +207,7 @@ class BatchStage:
         await batches.close(conn, batch.id, now)
         messages.append(await self._event_message(conn, event_id, "end"))
         quiet = Assessment(0, "low", "quiet", "no activity", [], "rules", self.rules.name)
-        messages += await self._camera_state(conn, batch.camera_id, quiet, {}, previous=judged.labels)
+        messages += await self._camera_state(conn, batch.camera_id, camera.enabled, quiet, {}, previous=judged.labels)
         log.info(
             "batch closed batch_id=%s camera_id=%s event_id=%s risk_score=%s",
             batch.id,
@@ -319,20 +324,20 @@ class BatchStage:
         self,
         conn: asyncpg.Connection,
         camera_id: str,
+        enabled: bool,
         assessment: Assessment,
         live: dict[str, int],
         *,
         previous: frozenset[str],
     ) -> list[Message]:
         last = await events_store.latest_for_camera(conn, camera_id)
-        camera = await cameras.get(conn, camera_id)
         state = CameraState(
             risk_score=assessment.risk_score,
             risk_level=assessment.risk_level,
             last_event_id=last[0] if last else None,
             last_event_at=last[1] if last else None,
             objects=live,
-            enabled=camera.enabled if camera else False,
+            enabled=enabled,
         )
         messages: list[Message] = [(self.topics.camera_state(camera_id), state.model_dump_json().encode(), True)]
         for label in sorted(set(live) | previous):

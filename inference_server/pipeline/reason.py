@@ -68,6 +68,7 @@ class ReasonStage:
                 conn,
                 camera_id=job.camera_id,
                 camera_name=job.camera_name,
+                camera_enabled=job.camera_enabled,
                 zones=zones,
                 image_id=job.image_id,
                 captured_at=job.captured_at,
