@@ -1,4 +1,4 @@
-"""The ``Reasoner`` interface: detections in context → a risk assessment. And its registry."""
+"""The ``Reasoner`` interface: a camera's activity in context → a risk assessment."""
 
 from __future__ import annotations
 

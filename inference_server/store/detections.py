@@ -33,14 +33,6 @@ async def insert_many(
     )
 
 
-async def for_image(conn: asyncpg.Connection | asyncpg.Pool, image_id: int) -> list[Detection]:
-    rows = await conn.fetch(
-        "SELECT label, confidence, x1, y1, x2, y2 FROM detections WHERE image_id = $1 ORDER BY confidence DESC, id",
-        image_id,
-    )
-    return [Detection(r["label"], r["confidence"], (r["x1"], r["y1"], r["x2"], r["y2"])) for r in rows]
-
-
 async def page(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
