@@ -63,3 +63,24 @@ def test_options_file_must_hold_an_object(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("HSI_OPTIONS_FILE", str(options))
     with pytest.raises(ValueError, match="JSON object"):
         Settings()
+
+
+def test_fast_path_and_nested_llm_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HSI_FAST_PATH", "person:0.8, car:0.95")
+    monkeypatch.setenv("HSI_LLM__BACKEND", "openai")
+    monkeypatch.setenv("HSI_LLM__BASE_URL", "http://ollama:11434")
+    monkeypatch.setenv("HSI_LLM__MAX_ADJUST", "10")
+    settings = Settings()
+    assert settings.fast_path == {"person": 0.8, "car": 0.95}
+    assert settings.llm is not None
+    assert (settings.llm.backend, settings.llm.base_url, settings.llm.max_adjust) == (
+        "openai",
+        "http://ollama:11434",
+        10,
+    )
+
+
+def test_fast_path_entries_need_a_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HSI_FAST_PATH", "person")
+    with pytest.raises(ValueError, match="label:confidence"):
+        Settings()
