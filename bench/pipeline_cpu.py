@@ -11,8 +11,10 @@ One process, the same weights, the same image bytes, a warm model for both:
 3. bare model again, after (so drift of the machine shows up as a gap between the two).
 
 Besides wall-clock figures it reads CPU time per thread of this process (/proc/self/task),
-of the embedded PostgreSQL's processes and of the whole machine (/proc/stat), so the cost of
-each part of the server is visible even where stages overlap in time.
+of the embedded PostgreSQL's processes, of everything else (to flag a run another job disturbed)
+and of the whole machine (/proc/stat), so the cost of each part of the server is visible even
+where stages overlap in time. A watchdog thread ends the run (stopping PostgreSQL and the broker,
+printing every thread's stack, exit status 3) if the server's event loop stops turning.
 
 Run from the repository root::
 

@@ -93,6 +93,21 @@ class UltralyticsDetector:
         )
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        """One batched inference per image size, results in input order.
+
+        Ultralytics pads every image of a batch to a square unless all share one shape; grouping
+        by size keeps each group on the cheap rectangular letterbox (measured: mixed batches cost
+        30-40 % more per image, docs/performance.md)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault(image.size, []).append(index)
+        out: list[list[Detection]] = [[] for _ in images]
+        for indices in groups.values():
+            for index, found in zip(indices, self._predict([images[i] for i in indices]), strict=True):
+                out[index] = found
+        return out
+
+    def _predict(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         if not images:
             return []
         precision = {"quantize": 16} if self.half else {}
