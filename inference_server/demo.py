@@ -288,10 +288,7 @@ async def _compare_contexts(server: Any, settings: Settings, subscriber: Subscri
         say(f"  • situation {n}: {label}")
         if not await _wait_quiet(server, len(SCENE) + n):
             return None
-        event_id = await server.pool.fetchval(
-            "SELECT e.id FROM events e JOIN images i ON i.id = e.image_id WHERE i.original_name = $1",
-            f"back_door/{name}",
-        )
+        event_id = await events.id_for_image_name(server.pool, f"back_door/{name}")
         phases = subscriber.event_messages(str(event_id))
         final = phases[-1][1]
         say(

@@ -204,10 +204,15 @@ class JobQueue:
         return requeued, dead
 
     async def counts(self) -> dict[str, int]:
-        rows = await self.pool.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
-        counts = {"queued": 0, "running": 0, "done": 0, "dead": 0}
-        counts.update({r["state"]: r["n"] for r in rows})
-        return counts
+        return await state_counts(self.pool)
+
+
+async def state_counts(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
+    """Jobs by state, every state present (0 when none)."""
+    rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+    counts = {"queued": 0, "running": 0, "done": 0, "dead": 0}
+    counts.update({r["state"]: r["n"] for r in rows})
+    return counts
 
 
 # --- read side for the API and status ----------------------------------------------------------
@@ -268,10 +273,7 @@ class Throughput:
 async def throughput(conn: asyncpg.Connection | asyncpg.Pool, window_s: float = 60.0) -> Throughput:
     """Queue depth by state, jobs finished per second over the window, and their latency
     from image received to job finished (p50/p95 of the last 500 finished jobs)."""
-    counts = {"queued": 0, "running": 0, "done": 0, "dead": 0}
-    counts.update(
-        {r["state"]: r["n"] for r in await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")}
-    )
+    counts = await state_counts(conn)
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM jobs WHERE state = 'done'"
         "        AND finished_at > now() - make_interval(secs => $1)) AS recent,"

@@ -305,3 +305,11 @@ async def latest_for_camera(conn: asyncpg.Connection | asyncpg.Pool, camera_id: 
 async def llm_waiting(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     n: int = await conn.fetchval("SELECT count(*) FROM events WHERE llm_state IN ('pending', 'running')")
     return n
+
+
+async def id_for_image_name(conn: asyncpg.Connection | asyncpg.Pool, original_name: str) -> UUID | None:
+    """The event whose picture is the image ingested under ``original_name`` (``<camera>/<file>``)."""
+    value: UUID | None = await conn.fetchval(
+        "SELECT e.id FROM events e JOIN images i ON i.id = e.image_id WHERE i.original_name = $1", original_name
+    )
+    return value
