@@ -58,13 +58,20 @@ async def verify(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> str | Non
         return None
     key_id, secret = match.groups()
     row = await conn.fetchrow(
-        "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING name, salt, hash",
+        "SELECT name, salt, hash FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL",
         key_id,
     )
     if row is None:
         return None
     if not hmac.compare_digest(_digest(bytes(row["salt"]), secret), bytes(row["hash"])):
         return None
+    # Only a verified key counts as used, and at most once a minute: a busy client must not turn
+    # every read request into a write.
+    await conn.execute(
+        "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1"
+        " AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
+        key_id,
+    )
     name: str = row["name"]
     return name
 

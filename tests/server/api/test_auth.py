@@ -73,6 +73,33 @@ async def test_revoked_key_is_refused_and_only_a_salted_hash_is_stored(
             assert resp.status == 401
 
 
+async def test_only_a_verified_key_is_marked_used_and_at_most_once_a_minute(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    from inference_server.store import api_keys
+
+    async with running(make_settings(), pose_detector) as server, aiohttp.ClientSession() as http:
+        key = await api_keys.create(server.pool, "ha")
+        url = server.api_url + "/api/v1/events"
+        used = "SELECT last_used_at FROM api_keys WHERE name = 'ha'"
+        tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
+        async with http.get(url, headers={"Authorization": f"Bearer {tampered}"}) as resp:
+            assert resp.status == 401
+        assert await server.pool.fetchval(used) is None
+        async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200
+        first = await server.pool.fetchval(used)
+        assert first is not None
+        for _ in range(3):
+            async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as resp:
+                assert resp.status == 200
+        assert await server.pool.fetchval(used) == first
+        await server.pool.execute("UPDATE api_keys SET last_used_at = now() - interval '2 minutes'")
+        async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200
+        assert await server.pool.fetchval(used) > first
+
+
 async def test_repeated_failures_are_rate_limited(
     make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
 ) -> None:
