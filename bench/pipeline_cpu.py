@@ -56,6 +56,7 @@ from inference_server import demo_assets
 from inference_server.app import Server, free_port
 from inference_server.config import Settings
 from inference_server.logging_setup import configure
+from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.pipeline.detect import decode
 from inference_server.publish.mqtt import BrokerAddress
 from inference_server.telemetry import metrics
@@ -290,7 +291,7 @@ def bare_loop(model: Any, paths: Sequence[Path], args: argparse.Namespace, meter
     before = meter.snapshot()
     started = time.perf_counter()
     for path in paths:
-        result = model.predict(str(path), device="cpu", imgsz=args.imgsz, conf=args.conf, verbose=False)[0]
+        result = model.predict(str(path), device=args.device, imgsz=args.imgsz, conf=args.conf, verbose=False)[0]
         found += len(result.boxes)
     seconds = time.perf_counter() - started
     return BareResult(label, len(paths), seconds, found, cpu_delta(before, meter.snapshot()))
@@ -306,7 +307,7 @@ def bare_batched(
     started = time.perf_counter()
     for i in range(0, len(images), args.batch_size):
         chunk = images[i : i + args.batch_size]
-        for result in model.predict(chunk, device="cpu", imgsz=args.imgsz, conf=args.conf, verbose=False):
+        for result in model.predict(chunk, device=args.device, imgsz=args.imgsz, conf=args.conf, verbose=False):
             found += len(result.boxes)
     seconds = time.perf_counter() - started
     return BareResult(label, len(paths), seconds, found, cpu_delta(before, meter.snapshot()))
@@ -546,7 +547,8 @@ async def run_server(
         mqtt_embedded_port=0,
         api_port=0,
         detector_weights=demo_assets.pose_weights(),
-        detector_device="cpu",
+        detector_device=args.device,
+        detector_runtime=args.runtime,
         detector_imgsz=args.imgsz,
         detector_confidence=args.conf,
         detector_batch_size=args.batch_size,
@@ -690,7 +692,7 @@ def report(
         f" switch interval {sys.getswitchinterval() * 1000:g} ms, server start-up {startup:.1f} s"
     )
     say()
-    say("1. Bare model: YOLO(yolo11n-pose.pt).predict(..., device='cpu'), same files")
+    say(f"1. Bare model: yolo11n-pose {args.runtime} .predict(..., device={args.device!r}), same files")
     rows: list[list[Any]] = [
         [
             b.label,
@@ -822,6 +824,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=Settings.model_fields["detector_batch_size"].default)
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--device", default="cpu", help="cpu, cuda:0 (bench.gpu_detect passes it)")
+    p.add_argument(
+        "--runtime", default="pytorch", choices=("pytorch", "tensorrt", "onnx"), help="detector runtime, both sides"
+    )
     p.add_argument("--conf", type=float, default=0.4)
     p.add_argument("--file-stable-s", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=8, help="server warm-up files, not measured")
@@ -849,8 +855,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    from ultralytics.models.yolo import YOLO
-
     configure(args.log_level, "text")
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
@@ -868,9 +872,18 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             path.write_bytes(shot.data)
             paths.append(path)
 
-        model = YOLO(str(demo_assets.pose_weights()))
+        # The bare engine is the very model the server runs: the same runtime and export (cached
+        # under the server's data dir, so the server reuses it rather than exporting again).
+        model = UltralyticsDetector(
+            demo_assets.pose_weights(),
+            device=args.device,
+            imgsz=args.imgsz,
+            runtime=args.runtime,
+            cache_dir=root / "data" / "models",
+            max_batch=args.batch_size,
+        ).model
         for path in paths[: len(SOURCES) * 2]:  # warm: every source shape, twice
-            model.predict(str(path), device="cpu", imgsz=args.imgsz, conf=args.conf, verbose=False)
+            model.predict(str(path), device=args.device, imgsz=args.imgsz, conf=args.conf, verbose=False)
         say("  bare model, before ...")
         bare = [bare_loop(model, paths, args, meter, "bare, before")]
         say(f"    {bare[0].images_per_s:.2f} images/s")

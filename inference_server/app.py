@@ -16,13 +16,14 @@ from inference_server import __version__
 from inference_server.api.app import build_app
 from inference_server.api.context import ApiContext, ReadinessCheck
 from inference_server.clock import Clock, SystemClock
-from inference_server.config import Settings
+from inference_server.config import LlmSettings, Settings
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.ingest.watcher import FolderWatcher
 from inference_server.jobs.queue import JobQueue, QueuePolicy
 from inference_server.models.detector import Detector, build_detector
 from inference_server.models.reasoner import LevelThresholds
 from inference_server.models.rules import RulesReasoner
+from inference_server.models.vram import VramBudget, detector_need_mb, llm_need_mb
 from inference_server.pipeline.batch import BatchStage
 from inference_server.pipeline.detect import DetectWorker
 from inference_server.pipeline.reason import ReasonStage
@@ -30,10 +31,11 @@ from inference_server.publish.broker import EmbeddedBroker
 from inference_server.publish.mqtt import BrokerAddress, MqttPublisher, PublishError
 from inference_server.publish.relay import OutboxRelay
 from inference_server.publish.topics import Topics
-from inference_server.schemas import DependencyHealth, Discovery
+from inference_server.schemas import DependencyHealth, Discovery, ModelStatus
 from inference_server.store.db import EmbeddedPostgres, create_pool
 from inference_server.store.migrate import migrate
 from inference_server.store.retention import RetentionWorker
+from inference_server.telemetry.gpu import GpuProbe, GpuReader
 from inference_server.telemetry.status import StatusReporter
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class Server:
     detector: Detector | None = None
     clock: Clock = field(default_factory=SystemClock)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: NVML by default; tests pass a fake (there is no GPU in CI).
+    gpu: GpuReader | None = None
 
     pool: asyncpg.Pool = field(init=False)
     api_url: str = field(init=False, default="")
@@ -76,6 +80,7 @@ class Server:
     ingestor: Ingestor = field(init=False)
     batches: BatchStage = field(init=False)
     status: StatusReporter = field(init=False)
+    vram: VramBudget = field(init=False)
     _embedded_pg: EmbeddedPostgres | None = field(init=False, default=None)
     _broker: EmbeddedBroker | None = field(init=False, default=None)
     _publisher: MqttPublisher | None = field(init=False, default=None)
@@ -107,15 +112,18 @@ class Server:
         runs_worker = s.role in ("all", "worker")
         runs_api = s.role in ("all", "api")
 
+        gpu = self.gpu or GpuProbe()
+        self.vram = VramBudget(gpu, s.vram_budget_mb)
         if runs_worker and self.detector is None:
-            self.detector = await asyncio.to_thread(build_detector, s)
-            await asyncio.to_thread(self.detector.warmup)
+            self.detector = await self._load_detector(s)
 
         self.ingestor = Ingestor(s, self.pool, self._queue)
         self.status = StatusReporter(
             self.pool,
-            detector=f"{s.detector_backend}:{s.detector_weights.name}" if runs_worker else None,
+            detector=self.detector.describe() if self.detector is not None else None,
             reasoner=(f"rules+llm:{s.llm.backend}" if s.llm else "rules") if runs_worker else None,
+            gpu=gpu,
+            models=self.vram.models,
             mqtt_connected=lambda: self._publisher is not None and self._publisher.connected.is_set(),
         )
         await self._start_api(runs_api)
@@ -151,7 +159,7 @@ class Server:
             # The one place the reasoners are chosen: rules always (phase one), an LLM when configured.
             rules = RulesReasoner(LevelThresholds(s.risk_medium, s.risk_high, s.risk_critical))
             llm = None
-            llm_settings = s.llm
+            llm_settings = self._place_llm(s.llm) if s.llm is not None else None
             if llm_settings is not None:
                 from inference_server.models.llm_reasoner import LlmReasoner
                 from inference_server.pipeline.llm import LlmStage
@@ -174,6 +182,44 @@ class Server:
             mqtt_url,
             self.worker_id,
         )
+
+    async def _load_detector(self, s: Settings) -> Detector:
+        """The detector first (VRAM priority): on the GPU if it fits the budget, else on the CPU."""
+        on_gpu = s.detector_device.startswith("cuda") or (s.detector_device == "auto" and self.vram.gpu_present)
+        estimate = detector_need_mb(s.detector_weights, s.detector_batch_size, s.detector_imgsz) if on_gpu else None
+        if estimate is not None and (refusal := self.vram.admit("detector", estimate)) is not None:
+            self.vram.refused("detector", refusal, fallback_device="cpu")
+            s = s.model_copy(update={"detector_device": "cpu"})
+            on_gpu = False
+        before = self.vram.used_mb()
+        detector = await asyncio.to_thread(build_detector, s)
+        await asyncio.to_thread(detector.warmup)
+        if on_gpu:
+            device = "cuda:0" if s.detector_device == "auto" else s.detector_device
+            self.vram.loaded("detector", device, before_mb=before, estimate_mb=estimate)
+        elif estimate is None:  # never asked for the GPU (a refusal is recorded already)
+            self.vram.loaded("detector", "cpu", before_mb=None, estimate_mb=None)
+        return detector
+
+    def _place_llm(self, llm: LlmSettings) -> LlmSettings:
+        """The LLM second: all layers on the GPU if they fit what the detector left, else on the CPU."""
+        if llm.backend != "llamacpp" or llm.model_path is None:
+            self.vram.models.append(
+                ModelStatus(name="llm", device="remote", state="loaded", vram_mb=None, detail=llm.base_url)
+            )
+            return llm
+        from inference_server.models.llm_llamacpp import resolve_gpu_layers
+
+        if not self.vram.gpu_present or resolve_gpu_layers(llm.n_gpu_layers) == 0 or not llm.model_path.exists():
+            self.vram.loaded("llm", "cpu", before_mb=None, estimate_mb=None)
+            return llm
+        need = llm_need_mb(llm.model_path, llm.n_ctx)
+        if (refusal := self.vram.admit("llm", need)) is not None:
+            self.vram.refused("llm", refusal, fallback_device="cpu")
+            return llm.model_copy(update={"n_gpu_layers": 0})
+        # llama.cpp loads the model when the LLM stage starts: the figure stays an estimate.
+        self.vram.loaded("llm", "cuda:0", before_mb=None, estimate_mb=need)
+        return llm
 
     async def _start_api(self, enabled: bool) -> None:
         if not enabled:

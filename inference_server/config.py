@@ -173,6 +173,22 @@ class Settings(BaseSettings):
     detector_confidence: float = Field(default=0.40, gt=0, lt=1)
     detector_imgsz: int = Field(default=640, ge=32)
     detector_batch_size: int = Field(default=4, ge=1, le=256)
+    detector_batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="A batch short of detector_batch_size waits this long for more jobs."
+    )
+    detector_runtime: Literal["auto", "pytorch", "tensorrt", "onnx", "openvino"] = Field(
+        default="auto", description="auto: TensorRT on an NVIDIA GPU when installed, else .pt; ONNX Runtime on CPU."
+    )
+    detector_half: bool | None = Field(default=None, description="fp16; unset: on for GPUs, off on CPU.")
+    detector_decode_threads: int = Field(
+        default=0, ge=0, le=64, description="JPEG decode threads; 0: one per core, at most 8."
+    )
+    tensorrt_workspace_gb: float = Field(
+        default=4.0, gt=0, description="TensorRT builder workspace when exporting an engine."
+    )
+    vram_budget_mb: float | None = Field(
+        default=None, gt=0, description="GPU memory the server's models may use; unset: whatever is free."
+    )
     # NoDecode: the environment gives a comma-separated list (HSI_DETECT_CLASSES=person,car), not JSON.
     detect_classes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SECURITY_CLASSES))
 

@@ -271,6 +271,16 @@ class GpuStatus(_Model):
     temperature_c: float
 
 
+class ModelStatus(_Model):
+    """A model of the server and where it runs (the VRAM budget's decisions, docs/configuration.md)."""
+
+    name: str = Field(description="detector, llm or enrichment")
+    device: str = Field(description="cuda:0, cpu, remote (an LLM server), none")
+    state: Literal["loaded", "cpu_fallback", "refused"]
+    vram_mb: float | None = Field(description="GPU memory it takes (measured when loaded here, else an estimate)")
+    detail: str | None = Field(description="measured / estimate, or why the GPU refused it")
+
+
 class SystemStatus(_Model):
     """``GET /system/status`` and the retained ``hsi/status`` payload."""
 
@@ -286,3 +296,4 @@ class SystemStatus(_Model):
     reasoner: str | None
     mqtt_connected: bool
     gpu: GpuStatus | None
+    models: list[ModelStatus] = Field(default_factory=list, description="Where each model runs (VRAM budget).")

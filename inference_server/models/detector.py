@@ -51,6 +51,10 @@ class Detector(Protocol):
 
     def warmup(self) -> None: ...
 
+    def describe(self) -> str:
+        """What runs: backend, weights and runtime (format, device, precision, any fallback)."""
+        ...
+
 
 DetectorFactory = Callable[["Settings"], Detector]
 _DETECTORS: dict[str, DetectorFactory] = {}

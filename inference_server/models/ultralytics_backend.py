@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ from PIL import Image
 
 from inference_server.config import Settings
 from inference_server.models.detector import Detection, register_detector
+from inference_server.models.runtime import Hardware, RequestedFormat, RuntimePlan, artifact_path, plan_runtime
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +39,34 @@ def _import_yolo() -> Any:
     return YOLO
 
 
-def resolve_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    import torch
+#: ultralytics' ``export`` format names for our runtime formats.
+_EXPORT_FORMAT = {"tensorrt": "engine", "onnx": "onnx", "openvino": "openvino"}
+#: What a failed export or load of an exported model raises (ultralytics asserts on bad arguments).
+_EXPORT_ERRORS = (RuntimeError, ImportError, OSError, ValueError, AssertionError, TypeError)
 
-    if torch.cuda.is_available():
-        return "cuda:0"
-    return "cpu"
+
+@contextlib.contextmanager
+def _quiet_ultralytics() -> Iterator[None]:
+    """ultralytics logs an export's progress at INFO to stdout; the server logs its own lines."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
 
 
 class UltralyticsDetector:
+    """Any ultralytics weights, run by the runtime ``plan_runtime`` picks for this machine.
+
+    The ``.pt`` weights are always the source: ONNX, TensorRT and OpenVINO models are exported
+    from them once, cached under ``cache_dir`` (see ``runtime.artifact_path`` for the key) and
+    reused. An export that fails falls back to the ``.pt`` model, logged and labelled in
+    ``runtime`` (and so in ``hsi/status``), never a crash.
+    """
+
     name = "ultralytics"
 
     def __init__(
@@ -56,6 +77,12 @@ class UltralyticsDetector:
         confidence: float = 0.4,
         imgsz: int = 640,
         keep_classes: Sequence[str] = (),
+        runtime: RequestedFormat = "pytorch",
+        half: bool | None = None,
+        cache_dir: Path | None = None,
+        max_batch: int = 8,
+        workspace_gb: float = 4.0,
+        hardware: Hardware | None = None,
     ) -> None:
         YOLO = _import_yolo()
 
@@ -64,12 +91,32 @@ class UltralyticsDetector:
                 f"detector weights not found: {weights} (set HSI_DETECTOR_WEIGHTS; see docs/configuration.md)"
             )
         self.weights = weights
-        self.device = resolve_device(device)
-        self.half = self.device.startswith("cuda")
         self.confidence = confidence
         self.imgsz = imgsz
-        self._model: Any = YOLO(str(weights))
-        names: dict[int, str] = dict(self._model.names)
+        hw = hardware or Hardware.probe()
+        plan = plan_runtime(runtime, device, half, hw)
+        source: Any = YOLO(str(weights))
+        self._model: Any = source
+        target = artifact_path(cache_dir or weights.parent, weights, plan, hw, imgsz=imgsz, batch=max_batch)
+        if target is not None:
+            try:
+                exported = self._export(YOLO, plan, target, max_batch=max_batch, workspace_gb=workspace_gb)
+                self._model = YOLO(str(exported), task=source.task)
+            except _EXPORT_ERRORS as err:
+                log.warning(
+                    "detector runtime %s unavailable, falling back to pytorch weights=%s error=%r",
+                    plan.format,
+                    weights,
+                    err,
+                )
+                on_gpu = plan.device.startswith("cuda")
+                plan = RuntimePlan("pytorch", plan.device, on_gpu, runtime, f"{plan.format} failed: {err}", True)
+        if plan.fallback:
+            log.warning("detector runtime fallback requested=%s using=%s", runtime, plan.describe())
+        self.runtime = plan
+        self.device = plan.device
+        self.half = plan.half
+        names: dict[int, str] = dict(source.names)
         self.names = names
         wanted = {c.lower() for c in keep_classes}
         kept = [i for i, n in names.items() if n.lower() in wanted]
@@ -85,12 +132,49 @@ class UltralyticsDetector:
         else:
             self.kept_ids = kept or None
         log.info(
-            "detector loaded backend=ultralytics weights=%s device=%s half=%s classes=%s",
+            "detector loaded backend=ultralytics weights=%s runtime=%s reason=%s classes=%s",
             weights,
-            self.device,
-            self.half,
+            plan.describe(),
+            plan.reason,
             [names[i] for i in self.kept_ids] if self.kept_ids is not None else "all",
         )
+
+    def describe(self) -> str:
+        return f"ultralytics:{self.weights.name} {self.runtime.describe()}"
+
+    @property
+    def model(self) -> Any:
+        """The ultralytics model that runs (benchmarks compare the server with it, bare)."""
+        return self._model
+
+    def _export(self, yolo: Any, plan: RuntimePlan, target: Path, *, max_batch: int, workspace_gb: float) -> Path:
+        if target.exists():
+            log.info("detector export reused path=%s", target)
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("detector export started format=%s path=%s (once per weights, GPU and TensorRT)", plan.format, target)
+        # ultralytics writes the export beside the weights it loaded: export a private copy in a
+        # temporary folder next to the cache, then move the result into place in one rename, so
+        # two workers exporting at once never load a half-written file.
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
+            copy = Path(tmp) / self.weights.name
+            shutil.copy2(self.weights, copy)
+            options: dict[str, Any] = {"workspace": workspace_gb} if plan.format == "tensorrt" else {}
+            if plan.half:
+                options["quantize"] = 16  # ultralytics' name for fp16 (``half`` is deprecated)
+            with _quiet_ultralytics():
+                produced = yolo(str(copy)).export(
+                    format=_EXPORT_FORMAT[plan.format],
+                    imgsz=self.imgsz,
+                    dynamic=True,
+                    batch=max_batch,
+                    device=plan.device,
+                    simplify=False,
+                    verbose=False,
+                    **options,
+                )
+            os.replace(produced, target)
+        return target
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         """One batched inference per image size, results in input order.
@@ -110,7 +194,8 @@ class UltralyticsDetector:
     def _predict(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         if not images:
             return []
-        precision = {"quantize": 16} if self.half else {}
+        # Exported models carry their precision; only a .pt model is told to run in fp16.
+        precision = {"quantize": 16} if self.half and self.runtime.format == "pytorch" else {}
         results = self._model.predict(
             list(images),
             conf=self.confidence,
@@ -147,4 +232,9 @@ def _build(settings: Settings) -> UltralyticsDetector:
         confidence=settings.detector_confidence,
         imgsz=settings.detector_imgsz,
         keep_classes=settings.detect_classes,
+        runtime=settings.detector_runtime,
+        half=settings.detector_half,
+        cache_dir=settings.data_dir / "models",
+        max_batch=settings.detector_batch_size,
+        workspace_gb=settings.tensorrt_workspace_gb,
     )

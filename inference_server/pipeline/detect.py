@@ -3,12 +3,17 @@
 Three coroutines joined by small bounded queues overlap the stages: while the model
 runs on batch k (in its own thread), batch k+1 is claimed and decoded and batch k-1
 is stored. The bounds keep at most a few batches leased at once.
+
+Dynamic batching: a claim that finds fewer jobs than ``detector_batch_size`` waits at most
+``detector_batch_wait_ms`` for more (woken by the queue's NOTIFY), so a GPU sees full batches
+under load while a lone image waits only milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +68,10 @@ class DetectWorker:
         self.batch_size = settings.detector_batch_size
         # One thread owns the model: frameworks are not re-entrant and a GPU runs one batch at a time.
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
-        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        self.batch_wait_s = settings.detector_batch_wait_ms / 1000
+        # Decoding runs in Pillow's C code without the GIL: one thread per core keeps a GPU fed.
+        threads = settings.detector_decode_threads or min(8, os.cpu_count() or 2)
+        self._decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def run(self, stop: asyncio.Event) -> None:
         decoded: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2)
@@ -92,6 +100,7 @@ class DetectWorker:
                 if not jobs:
                     await self.queue.wait_for_work(self.settings.job_poll_interval_s)
                     continue
+                jobs += await self._top_up(len(jobs))
                 metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
                 started = metrics.now()
                 results = await asyncio.gather(
@@ -114,6 +123,16 @@ class DetectWorker:
                     await out.put(items)
         finally:
             await out.put(_STOP)
+
+    async def _top_up(self, have: int) -> list[ClaimedJob]:
+        """More jobs for a short batch, waiting at most ``batch_wait_s`` in all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait_s
+        more: list[ClaimedJob] = []
+        while have + len(more) < self.batch_size and (left := deadline - loop.time()) > 0:
+            await self.queue.wait_for_work(left)
+            more += await self.queue.claim(self.batch_size - have - len(more))
+        return more
 
     async def _decode_failed(self, job: ClaimedJob, err: BaseException) -> None:
         if isinstance(err, DecodeError):

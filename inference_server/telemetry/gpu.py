@@ -4,11 +4,20 @@ invented numbers."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from inference_server.schemas import GpuStatus
 
 log = logging.getLogger(__name__)
+
+
+class GpuReader(Protocol):
+    """What reads the GPU: ``GpuProbe``, or a fake of one in tests (no GPU here)."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def read(self) -> GpuStatus | None: ...
 
 
 class GpuProbe:

@@ -13,10 +13,10 @@ from prometheus_client import Gauge
 
 from inference_server import __version__
 from inference_server.jobs.queue import throughput
-from inference_server.schemas import SystemStatus
+from inference_server.schemas import ModelStatus, SystemStatus
 from inference_server.store import events
 from inference_server.telemetry import metrics
-from inference_server.telemetry.gpu import GpuProbe
+from inference_server.telemetry.gpu import GpuProbe, GpuReader
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,11 @@ class StatusReporter:
         detector: str | None,
         reasoner: str | None,
         mqtt_connected: Callable[[], bool],
-        gpu: GpuProbe | None = None,
+        gpu: GpuReader | None = None,
+        models: list[ModelStatus] | None = None,
     ) -> None:
+        #: Where each model runs; the list is the VRAM budget's own, so later decisions show too.
+        self.models = models if models is not None else []
         self.pool = pool
         self.detector = detector
         self.reasoner = reasoner
@@ -64,6 +67,7 @@ class StatusReporter:
             reasoner=self.reasoner,
             mqtt_connected=self.mqtt_connected(),
             gpu=gpu,
+            models=list(self.models),
         )
         for state, n in tp.counts.items():
             metrics.QUEUE_DEPTH.labels(state).set(n)

@@ -23,13 +23,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server import demo_assets
 from inference_server.app import Server, free_port
-from inference_server.clock import Clock
+from inference_server.clock import Clock, SystemClock
 from inference_server.config import Settings
 from inference_server.models.detector import Detector
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.publish.broker import EmbeddedBroker
 from inference_server.publish.mqtt import BrokerAddress
 from inference_server.store import api_keys
+from inference_server.telemetry.gpu import GpuReader
 
 
 @pytest.fixture(scope="session")
@@ -132,9 +133,9 @@ def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, detector: Detector | None = None, clock: Clock | None = None
+    settings: Settings, detector: Detector | None = None, clock: Clock | None = None, gpu: GpuReader | None = None
 ) -> AsyncIterator[Server]:
-    server = Server(settings, detector=detector) if clock is None else Server(settings, detector=detector, clock=clock)
+    server = Server(settings, detector=detector, clock=clock or SystemClock(), gpu=gpu)
     await server.start()
     try:
         yield server

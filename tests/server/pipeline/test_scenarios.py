@@ -90,6 +90,9 @@ class LabelledDetections:
     def warmup(self) -> None:
         return None
 
+    def describe(self) -> str:
+        return "labelled-fixture (fake detector: boxes from a labelled fixture)"
+
 
 async def test_animal_at_noon_is_low(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
