@@ -77,8 +77,15 @@ def bench_rules(iterations: int) -> dict[str, float]:
     return {"iterations": iterations, "mean_us": 1e6 * statistics.fmean(times), "p95_us": 1e6 * pct(times, 0.95)}
 
 
-async def bench_llm(calls: int) -> dict[str, Any]:
-    settings = LlmSettings(backend="llamacpp", model_path=demo_assets.smollm2_gguf(), temperature=0.0, n_threads=2)
+async def bench_llm(calls: int, *, n_gpu_layers: int | None = 0, n_threads: int | None = 2) -> dict[str, Any]:
+    """Schema-constrained risk answers from the SmolLM2 GGUF (``n_gpu_layers=-1``: all on the GPU)."""
+    settings = LlmSettings(
+        backend="llamacpp",
+        model_path=demo_assets.smollm2_gguf(),
+        temperature=0.0,
+        n_threads=n_threads,
+        n_gpu_layers="auto" if n_gpu_layers is None else n_gpu_layers,
+    )
     t = time.perf_counter()
     reasoner = LlmReasoner.from_settings(settings, LevelThresholds())
     await reasoner.start()
