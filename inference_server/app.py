@@ -17,6 +17,7 @@ from inference_server.api.app import build_app
 from inference_server.api.context import ApiContext, ReadinessCheck
 from inference_server.clock import Clock, SystemClock
 from inference_server.config import LlmSettings, Settings
+from inference_server.ingest.ftp import FtpReceiver
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.ingest.watcher import FolderWatcher
 from inference_server.jobs.queue import JobQueue, QueuePolicy
@@ -77,6 +78,7 @@ class Server:
     mqtt_url: str = field(init=False, default="")
     topics: Topics = field(init=False)
     watcher: FolderWatcher | None = field(init=False, default=None)
+    ftp: FtpReceiver | None = field(init=False, default=None)
     ingestor: Ingestor = field(init=False)
     batches: BatchStage = field(init=False)
     status: StatusReporter = field(init=False)
@@ -154,6 +156,9 @@ class Server:
             )
             self._spawn(self.watcher.run(self._stop), "watcher")
             await asyncio.wait_for(self.watcher.ready.wait(), 30)
+            if s.ftp_enabled:
+                self.ftp = FtpReceiver(s, self.ingestor.ingest_file, asyncio.get_running_loop())
+                self.ftp.start()
         if runs_worker:
             assert self.detector is not None
             # The one place the reasoners are chosen: rules always (phase one), an LLM when configured.
@@ -282,6 +287,8 @@ class Server:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self.ftp is not None:
+            await asyncio.to_thread(self.ftp.stop)
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=15)
             for task in pending:

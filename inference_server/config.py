@@ -68,6 +68,20 @@ class OptionsFileSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
+class FtpUser(BaseModel):
+    """One login of the built-in FTP receiver."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    password: SecretStr = Field(min_length=8, description="At least 8 characters.")
+    camera: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._ -]+$",
+        description="Camera folder this user is jailed in; unset: the cameras folder, one subfolder per camera.",
+    )
+
+
 class LlmSettings(BaseModel):
     """Settings of the LLM phase (``HSI_LLM__BACKEND``, ``HSI_LLM__MODEL_PATH``, ... or ``llm`` in options.json)."""
 
@@ -147,6 +161,15 @@ class Settings(BaseSettings):
     # --- ingest -------------------------------------------------------------------------
     watch_polling: bool = Field(default=False, description="Poll the cameras folder (network shares).")
     watch_poll_interval_s: float = Field(default=1.0, gt=0)
+
+    # --- FTP receiver (cameras upload here directly) ----------------------------------------
+    ftp_enabled: bool = False
+    ftp_host: str = "0.0.0.0"
+    ftp_port: int = Field(default=2121, ge=0, le=65535, description="0: any free port (tests).")
+    ftp_passive_ports: str = Field(default="30000-30009", pattern=r"^\d{1,5}(-\d{1,5})?$")
+    ftp_users: list[FtpUser] = Field(default_factory=list)
+    ftp_tls_cert: Path | None = Field(default=None, description="PEM certificate: FTPS (explicit AUTH TLS) required.")
+    ftp_tls_key: Path | None = Field(default=None, description="PEM key, if not inside the certificate file.")
     file_stable_s: float = Field(
         default=0.5, ge=0, description="A file is complete once its size and mtime hold for this long."
     )

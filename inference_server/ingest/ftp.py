@@ -1,0 +1,225 @@
+"""Built-in FTP(S) receiver: cameras upload straight to the server, no separate FTP daemon.
+
+pyftpdlib speaks the protocol (docs/decisions.md says why it, not aioftp); this module only
+decides where an upload may go and what happens when it ends:
+
+- every user is jailed in a home folder (one camera's folder, or the cameras folder for a
+  shared user with per-camera subfolders); pyftpdlib resolves every path, ``../`` and symlinks
+  included, and refuses anything outside it;
+- an upload is written under a hidden ``.ftp-…part`` name the folder watcher ignores, renamed
+  to its real name only when the transfer completes, then handed to the ingestor at once;
+- a transfer that fails (connection lost, ABOR, over ``max_image_bytes``) is deleted: it never
+  becomes a job. FTP ends a file by closing the data connection, so a client that simply stops
+  sending looks complete to any server; such a truncated image fails ingest's JPEG/PNG end
+  check and is quarantined, not queued.
+
+pyftpdlib runs its own select loop: it gets a thread, and completed uploads cross to the
+server's event loop with ``run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.servers import FTPServer
+
+from inference_server.config import FtpUser, Settings
+from inference_server.ingest.filenames import camera_id_for_folder
+from inference_server.ingest.ingestor import IngestResult, printable
+
+log = logging.getLogger(__name__)
+
+#: Listing, changing folder, storing, creating folders, setting mtime. No reads of stored
+#: images, no delete, no rename, no append: a camera only ever adds whole files.
+_PERMISSIONS = "elwmT"
+_PART_PREFIX = ".ftp-"
+
+
+def parse_port_range(text: str) -> range | None:
+    """``"30000-30009"`` → that range; ``"0"`` → None (any free port, for tests)."""
+    if text == "0":
+        return None
+    start, _, end = text.partition("-")
+    low, high = int(start), int(end or start)
+    if not 0 < low <= high < 65536:
+        raise ValueError(f"bad passive port range {text!r}")
+    return range(low, high + 1)
+
+
+class FtpReceiver:
+    """The FTP server in its own thread; ``ingest`` runs on ``loop`` for each finished upload."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: Callable[[Path], Coroutine[Any, Any, IngestResult]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.settings = settings
+        self.root = settings.cameras_path
+        self._ingest = ingest
+        self._loop = loop
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.pending: set[Future[IngestResult]] = set()
+        self.port = settings.ftp_port
+        self.server = self._build_server()
+
+    def _build_server(self) -> FTPServer:
+        s = self.settings
+        authorizer = DummyAuthorizer()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for user in s.ftp_users:
+            home = self._home(user)
+            home.mkdir(parents=True, exist_ok=True)
+            authorizer.add_user(user.username, user.password.get_secret_value(), str(home), perm=_PERMISSIONS)
+        receiver = self
+        limit = s.max_image_bytes
+
+        class _LimitedDTP(DTPHandler):  # type: ignore[misc]
+            def handle_read(self) -> None:
+                super().handle_read()
+                if self.receive and self.tot_bytes_received > limit and not self._closed:
+                    self._resp = (f"552 File exceeds {limit} bytes; transfer aborted.", log.warning)
+                    self.transfer_finished = False
+                    self.close()
+
+            # pyftpdlib's loop calls handle_read_event, which the base class binds to its own
+            # handle_read: rebind it, or the limit is never checked.
+            handle_read_event = handle_read
+
+        ports = parse_port_range(s.ftp_passive_ports)
+        passive = list(ports) if ports is not None else None
+        base: type[FTPHandler] = FTPHandler
+        if s.ftp_tls_cert is not None:
+            from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
+
+            class _LimitedTlsDTP(TLS_DTPHandler, _LimitedDTP):  # type: ignore[misc]
+                pass
+
+            base = TLS_FTPHandler
+            dtp: type[DTPHandler] = _LimitedTlsDTP
+        else:
+            dtp = _LimitedDTP
+
+        class _CameraHandler(base):  # type: ignore[misc]
+            dtp_handler = dtp
+            banner = "Home Security Intelligence ready."
+            passive_ports: ClassVar[list[int] | None] = passive
+            permit_foreign_addresses = False
+            use_sendfile = False
+
+            def ftp_STOR(self, file: str, mode: str = "w") -> Any:
+                if "a" in mode or self._restart_position:
+                    self.respond("502 Append and resume are not supported; upload the whole file.")
+                    return None
+                final = Path(file)
+                if final.name.startswith("."):
+                    self.respond("553 Hidden file names are not accepted.")
+                    return None
+                part = final.with_name(f"{_PART_PREFIX}{secrets.token_hex(6)}-{final.name}.part")
+                self._hsi_final = final
+                return super().ftp_STOR(str(part), mode)
+
+            def ftp_STOU(self, line: str) -> None:
+                self.respond("502 STOU is not supported; name the file with STOR.")
+
+            def on_file_received(self, file: str) -> None:
+                receiver._finished(Path(file), self._hsi_final, self.username)
+
+            def on_incomplete_file_received(self, file: str) -> None:
+                log.warning("ftp upload incomplete, discarded user=%s file=%s", self.username, printable(file))
+                _remove(Path(file))
+
+            def on_login(self, username: str) -> None:
+                log.info("ftp login user=%s remote=%s", username, self.remote_ip)
+
+            def on_login_failed(self, username: str, password: str) -> None:
+                log.warning("ftp login failed user=%s remote=%s", username, self.remote_ip)
+
+        if s.ftp_tls_cert is not None:
+            _CameraHandler.certfile = str(s.ftp_tls_cert)
+            _CameraHandler.keyfile = str(s.ftp_tls_key) if s.ftp_tls_key else None
+            _CameraHandler.tls_control_required = True
+            _CameraHandler.tls_data_required = True
+        _CameraHandler.authorizer = authorizer
+        server = FTPServer((s.ftp_host, s.ftp_port), _CameraHandler)
+        server.max_cons = 64
+        server.max_cons_per_ip = 16
+        self.port = server.socket.getsockname()[1]
+        return server
+
+    def _home(self, user: FtpUser) -> Path:
+        if user.camera is None:
+            return self.root
+        return self.root / user.camera
+
+    def _finished(self, part: Path, final: Path, username: str) -> None:
+        """In the FTP thread: give the upload its real name and hand it to ingest now."""
+        try:
+            os.replace(part, final)
+        except OSError as err:
+            log.error("ftp upload could not be renamed user=%s file=%s error=%r", username, printable(final), err)
+            _remove(part)
+            return
+        log.info(
+            "ftp upload received user=%s camera_id=%s file=%s",
+            username,
+            camera_id_for_folder(final.relative_to(self.root).parts[0]) if final.is_relative_to(self.root) else None,
+            printable(final),
+        )
+        future = asyncio.run_coroutine_threadsafe(self._ingest(final), self._loop)
+        self.pending.add(future)
+        future.add_done_callback(self._ingested)
+
+    def _ingested(self, future: Future[IngestResult]) -> None:
+        self.pending.discard(future)
+        if future.cancelled():
+            return
+        err = future.exception()
+        if err is not None:
+            # The file stays in the camera folder: the watcher's rescan ingests it later.
+            log.error("ftp upload not ingested yet, the folder rescan retries error=%r", err)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="ftp", daemon=True)
+        self._thread.start()
+        log.info(
+            "ftp receiver listening host=%s port=%d passive=%s users=%d tls=%s",
+            self.settings.ftp_host,
+            self.port,
+            self.settings.ftp_passive_ports,
+            len(self.settings.ftp_users),
+            self.settings.ftp_tls_cert is not None,
+        )
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.server.serve_forever(timeout=0.2, blocking=False, handle_exit=False)
+        finally:
+            self.server.close_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        log.error("could not remove partial upload file=%s error=%r", printable(path), err)

@@ -1,0 +1,286 @@
+"""The built-in FTP receiver, driven by Python's ftplib the way a Foscam/Reolink/Hikvision
+camera uploads: login, dated folders, STOR of whole JPEGs."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ftplib
+import io
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inference_server import demo_assets
+from inference_server.app import Server
+from inference_server.config import Settings
+from inference_server.models.ultralytics_backend import UltralyticsDetector
+
+from ..conftest import running, wait_until
+
+PASSWORD = "s3cret-pass"
+BUS = demo_assets.image("bus.jpg").read_bytes()
+
+
+def _settings(make_settings: Callable[..., Settings], **overrides: Any) -> Settings:
+    users = [
+        {"username": "porch", "password": PASSWORD, "camera": "porch"},
+        {"username": "nvr", "password": PASSWORD},
+    ]
+    values: dict[str, Any] = {
+        "ftp_enabled": True,
+        "ftp_host": "127.0.0.1",
+        "ftp_port": 0,
+        "ftp_passive_ports": "0",
+        "ftp_users": users,
+    }
+    values.update(overrides)
+    return make_settings(**values)
+
+
+def _client(server: Server, user: str = "porch", password: str = PASSWORD) -> ftplib.FTP:
+    assert server.ftp is not None
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", server.ftp.port, timeout=10)
+    ftp.login(user, password)
+    return ftp
+
+
+async def _jobs(server: Server) -> list[tuple[str, str]]:
+    rows = await server.pool.fetch(
+        "SELECT i.camera_id, j.state FROM jobs j JOIN images i ON i.id = j.image_id ORDER BY j.id"
+    )
+    return [(r["camera_id"], r["state"]) for r in rows]
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+async def test_a_camera_upload_becomes_an_event_at_once(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    # A long watcher stability wait: only the receiver's direct hand-off can be this quick.
+    settings = _settings(make_settings, file_stable_s=30)
+    async with running(settings, pose_detector) as server:
+
+        def upload() -> None:
+            with _client(server) as ftp:
+                for part in ("2026", "11", "24"):  # Reolink-style dated folders
+                    ftp.mkd(part)
+                    ftp.cwd(part)
+                ftp.storbinary("STOR MDAlarm_20261124-021000.jpg", io.BytesIO(BUS))
+
+        await asyncio.to_thread(upload)
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"), 20)
+        assert await _jobs(server) == [("porch", "done")]
+        row = await server.pool.fetchrow("SELECT original_name, captured_at FROM images")
+        assert row["original_name"] == "porch/2026/11/24/MDAlarm_20261124-021000.jpg"
+        assert row["captured_at"] == dt.datetime(2026, 11, 24, 2, 10, tzinfo=dt.UTC)
+        assert await server.pool.fetchval("SELECT count(*) FROM detections WHERE label = 'person'") == 4
+        # The camera's activity batch closes after batch_idle_s: one event.
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM events WHERE camera_id = 'porch'"), 20)
+        # The upload left nothing behind in the camera folder.
+        assert _files(settings.cameras_path) == []
+
+
+async def test_a_shared_user_uploads_into_per_camera_folders(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = _settings(make_settings)
+    async with running(settings, pose_detector) as server:
+
+        def upload() -> None:
+            with _client(server, "nvr") as ftp:
+                for camera in ("garage", "garden"):
+                    ftp.mkd(f"/{camera}")
+                    ftp.storbinary(f"STOR /{camera}/snap_20261124_120000.jpg", io.BytesIO(BUS))
+
+        await asyncio.to_thread(upload)
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 2 FROM jobs WHERE state = 'done'"), 30)
+        assert sorted(await _jobs(server)) == [("garage", "done"), ("garden", "done")]
+
+
+async def test_wrong_password_append_and_hidden_names_are_refused_and_paths_stay_jailed(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = _settings(make_settings)
+    outside = settings.data_dir / "outside.jpg"
+    async with running(settings, pose_detector) as server:
+
+        def attempts() -> list[str]:
+            replies = []
+            with pytest.raises(ftplib.error_perm) as wrong:
+                _client(server, "porch", "not-the-password")
+            replies.append(str(wrong.value))
+            with _client(server) as ftp:
+                for command in ("STOR ../../outside.jpg", "STOR ../garden/x.jpg", "APPE x.jpg", "STOR .hidden.jpg"):
+                    try:
+                        ftp.storbinary(command, io.BytesIO(BUS))
+                    except ftplib.error_perm as err:
+                        replies.append(f"{command}: {err}")
+                    else:
+                        replies.append(f"{command}: accepted")
+                # pyftpdlib jails the user: ".." at the root is the root again.
+                ftp.cwd("../..")
+                replies.append(ftp.pwd())
+            return replies
+
+        replies = await asyncio.to_thread(attempts)
+        assert replies[0].startswith("530")
+        # Resolved inside the jail: "/outside.jpg" of this camera's folder, never above it.
+        assert replies[1] == "STOR ../../outside.jpg: accepted"
+        assert replies[2].startswith("STOR ../garden/x.jpg: 550")
+        assert replies[3].startswith("APPE x.jpg: 550")  # no "a" permission for cameras
+        assert replies[4].startswith("STOR .hidden.jpg: 553")
+        assert replies[5] == "/"
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"), 20)
+        assert await _jobs(server) == [("porch", "done")]
+        assert await server.pool.fetchval("SELECT original_name FROM images") == "porch/outside.jpg"
+        assert not outside.exists()
+        assert not (settings.cameras_path / "garden").exists()
+
+
+async def test_aborted_and_oversized_uploads_never_become_jobs(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = _settings(make_settings, max_image_bytes=100_000)
+    assert len(BUS) > 100_000
+    small = io.BytesIO()
+    from PIL import Image
+
+    with Image.open(demo_assets.image("zidane.jpg")) as img:
+        img.convert("RGB").resize((640, 360)).save(small, format="JPEG", quality=85)
+    async with running(settings, pose_detector) as server:
+
+        def aborted() -> str:
+            # 0. The camera aborts (ABOR) mid-transfer: the server knows the file is incomplete.
+            with _client(server) as ftp:
+                data = ftp.transfercmd("STOR MDAlarm_20261124-025959.jpg")
+                data.sendall(small.getvalue()[:20_000])
+                reply = ftp.abort()
+                data.close()
+                return reply
+
+        reply = await asyncio.to_thread(aborted)
+        assert reply.startswith("426")  # "Transfer aborted via ABOR."
+        await asyncio.sleep(0.5)
+        assert _files(settings.cameras_path) == []
+        assert await server.pool.fetchval("SELECT count(*) FROM quarantine") == 0
+        assert await _jobs(server) == []
+
+        def uploads() -> str:
+            # 1. The camera loses its connection mid-transfer: control and data sockets drop.
+            ftp = _client(server)
+            data = ftp.transfercmd("STOR MDAlarm_20261124-030000.jpg")
+            data.sendall(small.getvalue()[:20_000])
+            ftp.sock.shutdown(socket.SHUT_RDWR)
+            ftp.sock.close()
+            data.close()
+            # 2. Larger than max_image_bytes: the server cuts it off.
+            with _client(server) as ftp2:
+                try:
+                    ftp2.storbinary("STOR MDAlarm_20261124-030001.jpg", io.BytesIO(BUS))
+                except ftplib.error_perm as err:
+                    too_big = str(err)
+                else:
+                    too_big = "accepted"
+                # 3. A good one after both, on the same server.
+                ftp2.storbinary("STOR MDAlarm_20261124-030002.jpg", io.BytesIO(small.getvalue()))
+            return too_big
+
+        too_big = await asyncio.to_thread(uploads)
+        assert too_big.startswith("552")
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"), 20)
+        await asyncio.sleep(0.5)
+        names = [r["original_name"] for r in await server.pool.fetch("SELECT original_name FROM images")]
+        assert names == ["porch/MDAlarm_20261124-030002.jpg"]
+        # The dropped connection may reach the server as "data ended" before "control closed":
+        # then the half file is judged complete, and ingest's JPEG end check quarantines it.
+        reasons = [r["reason"] for r in await server.pool.fetch("SELECT reason FROM quarantine")]
+        assert set(reasons) <= {"truncated"} and len(reasons) <= 1
+        assert _files(settings.cameras_path) == []
+
+
+async def test_a_client_that_stops_mid_file_is_quarantined_as_truncated(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    # Stream-mode FTP ends a file by closing the data connection: a camera that stops sending
+    # halfway looks like a finished upload. The JPEG end check catches it: quarantine, no job.
+    settings = _settings(make_settings)
+    async with running(settings, pose_detector) as server:
+
+        def upload() -> None:
+            with _client(server) as ftp:
+                ftp.storbinary("STOR MDAlarm_20261124-040000.jpg", io.BytesIO(BUS[: len(BUS) // 2]))
+
+        await asyncio.to_thread(upload)
+        reason = await wait_until(lambda: server.pool.fetchval("SELECT reason FROM quarantine"), 20)
+        assert reason == "truncated"
+        assert await _jobs(server) == []
+
+
+async def test_ftps_login_and_upload(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, tmp_path: Path
+) -> None:
+    cert = _self_signed(tmp_path)
+    settings = _settings(make_settings, ftp_tls_cert=cert)
+    async with running(settings, pose_detector) as server:
+        assert server.ftp is not None
+        port = server.ftp.port
+
+        def upload() -> str:
+            plain = ftplib.FTP()
+            plain.connect("127.0.0.1", port, timeout=10)
+            try:
+                plain.login("porch", PASSWORD)
+            except ftplib.error_perm as err:
+                refused = str(err)
+            else:
+                refused = "plain login accepted"
+            plain.close()
+            import ssl
+
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # the test's own self-signed certificate
+            with ftplib.FTP_TLS(context=context) as ftps:
+                ftps.connect("127.0.0.1", port, timeout=10)
+                ftps.login("porch", PASSWORD)
+                ftps.prot_p()
+                ftps.storbinary("STOR MDAlarm_20261124-050000.jpg", io.BytesIO(BUS))
+            return refused
+
+        refused = await asyncio.to_thread(upload)
+        assert refused.startswith("550") or refused.startswith("530") or refused.startswith("521")
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"), 20)
+
+
+def _self_signed(folder: Path) -> Path:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hsi-test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path = folder / "ftps.pem"
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+    return path
