@@ -59,7 +59,8 @@ class OptionsFileSource(PydanticBaseSettingsSource):
             if not isinstance(loaded, dict):
                 raise ValueError(f"{path} must hold a JSON object, got {type(loaded).__name__}")
             known = set(settings_cls.model_fields)
-            self._values = {k: v for k, v in loaded.items() if k in known and v not in (None, "")}
+            # The add-on's schema leaves optional values empty ("", {}): empty means "not set".
+            self._values = {k: v for k, v in loaded.items() if k in known and v not in (None, "", {}, [])}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self._values.get(field_name), field_name, False

@@ -1,0 +1,159 @@
+"""The add-on repository: a valid config.yaml whose options are the server's own settings,
+documented and translated, lint-clean Dockerfile and s6 scripts, and valid YAML everywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inference_server import __version__
+from inference_server.config import FtpUser, LlmSettings, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ADDON = ROOT / "addon"
+BIN = Path(sys.executable).parent
+S6 = ADDON / "rootfs" / "etc" / "s6-overlay" / "s6-rc.d"
+
+
+def _config() -> dict[str, Any]:
+    loaded = yaml.safe_load((ADDON / "config.yaml").read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _optional(schema_value: Any) -> bool:
+    return isinstance(schema_value, str) and schema_value.endswith("?")
+
+
+def test_config_names_the_addon_consistently_with_the_package() -> None:
+    config = _config()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert config["slug"] == "home_security_intelligence"
+    assert config["version"] == project["version"] == __version__
+    assert config["services"] == ["mqtt:need"]
+    assert config["discovery"] == ["home_security_intelligence"]
+    assert config["init"] is False and config["hassio_api"] is True and config["ingress"] is True
+    assert config["ingress_port"] == Settings.model_fields["api_port"].default
+    assert set(config["arch"]) >= {"amd64", "aarch64"}
+    repository = yaml.safe_load((ROOT / "repository.yaml").read_text(encoding="utf-8"))
+    assert {"name", "url", "maintainer"} <= set(repository)
+    for image in ("icon.png", "logo.png"):
+        assert (ADDON / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_option_has_a_schema_entry_and_every_required_one_a_default() -> None:
+    config = _config()
+    options, schema = config["options"], config["schema"]
+    assert set(options) <= set(schema), set(options) - set(schema)
+    for key, value in schema.items():
+        if not _optional(value):
+            assert key in options, f"{key} is required by the schema but has no default"
+
+
+def test_every_option_is_a_server_setting_documented_and_translated() -> None:
+    config = _config()
+    docs = (ADDON / "DOCS.md").read_text(encoding="utf-8")
+    translations = yaml.safe_load((ADDON / "translations" / "en.yaml").read_text(encoding="utf-8"))
+    for key in config["schema"]:
+        # The server reads /data/options.json itself: an option is a Settings field or nothing.
+        assert key in Settings.model_fields, f"option {key} is not a server setting"
+        assert f"`{key}`" in docs, f"option {key} is not in DOCS.md"
+        entry = translations["configuration"].get(key)
+        assert entry and entry.get("name") and entry.get("description"), f"option {key} is not translated"
+    for port in config["ports"]:
+        assert port in translations["network"], f"port {port} has no description"
+    # The FTP passive range and the mapped ports agree.
+    low, high = (int(p) for p in config["options"]["ftp_passive_ports"].split("-"))
+    mapped = {int(p.split("/")[0]) for p in config["ports"]}
+    assert set(range(low, high + 1)) | {config["options"]["ftp_port"]} <= mapped
+
+
+def test_options_file_reaches_the_server_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config()
+    options = dict(config["options"])
+    # Values a user would fill in for the optional entries too.
+    options |= {
+        "detector_batch_size": 16,
+        "vram_budget_mb": 6000,
+        "ftp_users": [{"username": "porch", "password": "camera-pass-1", "camera": "porch"}],
+        "ftp_tls_cert": "/ssl/fullchain.pem",
+        "ftp_tls_key": "/ssl/privkey.pem",
+        "llm": {"backend": "openai", "base_url": "http://192.168.1.5:11434", "model": "qwen2.5:3b"},
+    }
+    assert set(options) == set(config["schema"])
+    path = tmp_path / "options.json"
+    path.write_text(json.dumps(options), encoding="utf-8")
+    for name in list(__import__("os").environ):
+        if name.startswith("HSI_") or name in ("DATABASE_URL", "MQTT_URL"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HSI_OPTIONS_FILE", str(path))
+    settings = Settings()
+    expected: dict[str, Any] = {
+        "cameras_dir": Path(options["cameras_dir"]),
+        "detector_weights": Path(options["detector_weights"]),
+        "fast_path": {"person": 0.9},
+        "ftp_users": [FtpUser(username="porch", password="camera-pass-1", camera="porch")],  # type: ignore[arg-type]
+        "ftp_tls_cert": Path("/ssl/fullchain.pem"),
+        "ftp_tls_key": Path("/ssl/privkey.pem"),
+        "llm": LlmSettings(backend="openai", base_url="http://192.168.1.5:11434", model="qwen2.5:3b"),
+    }
+    for key, value in options.items():
+        want = expected.get(key, value)
+        got = getattr(settings, key)
+        if key == "ftp_users":
+            assert [(u.username, u.password.get_secret_value(), u.camera) for u in got] == [
+                (u.username, u.password.get_secret_value(), u.camera) for u in want
+            ]
+        else:
+            assert got == want, key
+    # The add-on's default for the LLM is an empty section: rules only.
+    path.write_text(json.dumps(config["options"]), encoding="utf-8")
+    assert Settings().llm is None
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [str(BIN / "hadolint"), str(ADDON / "Dockerfile")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _shell_scripts() -> list[Path]:
+    scripts = sorted(S6.glob("*/run"))
+    assert {p.parent.name for p in scripts} == {"init-hsi", "postgres", "hsi", "discovery"}
+    scripts += [ROOT / ".ci" / "run", *sorted((ROOT / "scripts").iterdir())]
+    scripts += [ROOT / "bench" / "gpu-prepare", ROOT / "bench" / "gpu-run"]
+    return [p for p in scripts if p.is_file() and p.read_text(encoding="utf-8").startswith("#!")]
+
+
+def test_s6_services_are_wired_and_every_shell_script_passes_shellcheck() -> None:
+    for service in ("init-hsi", "postgres", "hsi", "discovery"):
+        assert (S6 / "user" / "contents.d" / service).exists()
+        kind = (S6 / service / "type").read_text().strip()
+        assert kind == ("oneshot" if service in ("init-hsi", "discovery") else "longrun")
+    assert (S6 / "hsi" / "dependencies.d" / "postgres").exists()
+    scripts = _shell_scripts()
+    for script in scripts:
+        assert script.stat().st_mode & 0o111, f"{script} is not executable"
+    # bashio scripts start with "#!/command/with-contenv bashio"; each says "shellcheck shell=bash".
+    result = subprocess.run(
+        [str(BIN / "shellcheck"), "-s", "bash", *map(str, scripts)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_all_yaml_passes_yamllint() -> None:
+    result = subprocess.run(
+        [str(BIN / "yamllint"), "-s", "-f", "parsable", "."], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    checked = [p for p in ROOT.rglob("*.y*ml") if not re.search(r"/\.venv|/\.whl|/hsi-data", str(p))]
+    assert len(checked) >= 5
