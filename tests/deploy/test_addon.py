@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from inference_server import __version__
+from inference_server.api.system import openapi
 from inference_server.config import FtpUser, LlmSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,8 @@ def test_config_names_the_addon_consistently_with_the_package() -> None:
     assert config["discovery"] == ["home_security_intelligence"]
     assert config["init"] is False and config["hassio_api"] is True and config["ingress"] is True
     assert config["ingress_port"] == Settings.model_fields["api_port"].default
+    # "Open Web UI" lands on a page the server really serves without a key: its OpenAPI document.
+    assert "/" + config["ingress_entry"] in openapi()["paths"]
     assert set(config["arch"]) >= {"amd64", "aarch64"}
     repository = yaml.safe_load((ROOT / "repository.yaml").read_text(encoding="utf-8"))
     assert {"name", "url", "maintainer"} <= set(repository)
@@ -70,6 +73,12 @@ def test_every_option_is_a_server_setting_documented_and_translated() -> None:
         assert entry and entry.get("name") and entry.get("description"), f"option {key} is not translated"
     for port in config["ports"]:
         assert port in translations["network"], f"port {port} has no description"
+    # Default paths, and the TLS files DOCS.md suggests, lie in folders the add-on maps.
+    mapped_folders = {m["type"] for m in config["map"]}
+    paths = [v for v in config["options"].values() if isinstance(v, str) and v.startswith("/")]
+    for path in [*paths, "/ssl/fullchain.pem"]:
+        assert path.split("/")[1] in mapped_folders, f"{path} is outside the add-on's mapped folders"
+    assert "/ssl/fullchain.pem" in docs
     # The FTP passive range and the mapped ports agree.
     low, high = (int(p) for p in config["options"]["ftp_passive_ports"].split("-"))
     mapped = {int(p.split("/")[0]) for p in config["ports"]}
