@@ -1,0 +1,122 @@
+"""REST client for the Home Security Intelligence server (its ``/api/v1`` contract)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+API_PREFIX = "/api/v1"
+TIMEOUT = aiohttp.ClientTimeout(total=15)
+
+
+class HsiError(Exception):
+    """Any failure talking to the server."""
+
+
+class HsiConnectionError(HsiError):
+    """The server cannot be reached or answered garbage."""
+
+
+class HsiAuthError(HsiError):
+    """The API key was rejected (401/403)."""
+
+
+class HsiApiError(HsiError):
+    """The server refused the request with its JSON error shape."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+class HsiClient:
+    """Thin async client over HA's shared aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, api_key: str) -> None:
+        self._session = session
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+
+    async def _request(self, method: str, path: str, *, content_type: str | None = None, **kwargs: Any) -> Any:
+        headers = {**self._headers, "Content-Type": content_type} if content_type else self._headers
+        try:
+            async with self._session.request(
+                method, f"{self.url}{API_PREFIX}{path}", headers=headers, timeout=TIMEOUT, **kwargs
+            ) as resp:
+                if resp.status in (401, 403):
+                    raise HsiAuthError(f"API key rejected ({resp.status})")
+                if resp.content_type == "image/jpeg":
+                    if resp.status != 200:
+                        raise HsiApiError(resp.status, "http_error", resp.reason or "")
+                    return await resp.read()
+                try:
+                    body = await resp.json()
+                except (aiohttp.ContentTypeError, ValueError) as err:
+                    raise HsiConnectionError(f"not an HSI server answer ({resp.status})") from err
+                if resp.status >= 400:
+                    error = body.get("error", {}) if isinstance(body, dict) else {}
+                    raise HsiApiError(resp.status, error.get("code", "error"), error.get("message", ""))
+                return body
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise HsiConnectionError(str(err) or type(err).__name__) from err
+
+    async def health_ready(self) -> dict[str, Any]:
+        """Readiness: 503 bodies still describe the dependencies, so they are returned too."""
+        try:
+            result: dict[str, Any] = await self._request("GET", "/health/ready")
+        except HsiApiError as err:
+            if err.status == 503:
+                return {"ready": False}
+            raise
+        return result
+
+    async def system_status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", "/system/status")
+        return result
+
+    async def list_cameras(self) -> list[dict[str, Any]]:
+        body = await self._request("GET", "/cameras")
+        cameras: list[dict[str, Any]] = body["cameras"]
+        return cameras
+
+    async def set_camera_enabled(self, camera_id: str, enabled: bool) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("PATCH", f"/cameras/{camera_id}", json={"enabled": enabled})
+        return result
+
+    async def get_events(self, **filters: Any) -> dict[str, Any]:
+        params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in filters.items() if v is not None}
+        result: dict[str, Any] = await self._request("GET", "/events", params=params)
+        return result
+
+    async def patch_event(self, event_id: str, **changes: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("PATCH", f"/events/{event_id}", json=changes)
+        return result
+
+    async def event_snapshot(self, event_id: str) -> bytes:
+        result: bytes = await self._request("GET", f"/events/{event_id}/snapshot.jpg")
+        return result
+
+    async def upload_image(self, camera_id: str, jpeg: bytes) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request(
+            "POST", f"/cameras/{camera_id}/images", data=jpeg, content_type="image/jpeg"
+        )
+        return result
+
+    async def get_job(self, job_id: int | str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", f"/jobs/{job_id}")
+        return result
+
+    async def list_dlq(self) -> list[dict[str, Any]]:
+        body = await self._request("GET", "/dlq")
+        jobs: list[dict[str, Any]] = body["jobs"]
+        return jobs
+
+    async def requeue_dlq(self, job_id: int | str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", f"/dlq/{job_id}/requeue")
+        return result
+
+    async def put_context(self, context: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("PUT", "/context", json=context)
+        return result

@@ -1,0 +1,44 @@
+"""Camera entity: the latest annotated snapshot the server published (retained MQTT)."""
+
+from __future__ import annotations
+
+from homeassistant.components.camera import Camera
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.dispatcher import async_dispatcher_connect
+from homeassistant.helpers.entity import EntityDescription
+from homeassistant.helpers.entity_platform import AddEntitiesCallback
+
+from . import HsiConfigEntry
+from .const import SIGNAL_NEW_CAMERA
+from .coordinator import HsiCoordinator
+from .entity import HsiCameraEntity
+
+PARALLEL_UPDATES = 0
+
+SNAPSHOT = EntityDescription(key="snapshot", translation_key="snapshot")
+
+
+async def async_setup_entry(
+    hass: HomeAssistant, entry: HsiConfigEntry, async_add_entities: AddEntitiesCallback
+) -> None:
+    coordinator = entry.runtime_data.coordinator
+
+    @callback
+    def add_camera(camera_id: str) -> None:
+        async_add_entities([HsiSnapshotCamera(coordinator, camera_id, SNAPSHOT)])
+
+    for camera_id in coordinator.cameras:
+        add_camera(camera_id)
+    entry.async_on_unload(async_dispatcher_connect(hass, SIGNAL_NEW_CAMERA.format(entry.entry_id), add_camera))
+
+
+class HsiSnapshotCamera(HsiCameraEntity, Camera):
+    _attr_content_type = "image/jpeg"
+
+    def __init__(self, coordinator: HsiCoordinator, camera_id: str, description: EntityDescription) -> None:
+        HsiCameraEntity.__init__(self, coordinator, camera_id, description)
+        Camera.__init__(self)
+
+    async def async_camera_image(self, width: int | None = None, height: int | None = None) -> bytes | None:
+        camera = self.coordinator.cameras.get(self.camera_id)
+        return camera.snapshot if camera else None

@@ -1,0 +1,203 @@
+"""Config flow: by hand (URL + API key), from MQTT discovery, from the Supervisor add-on;
+reauth, reconfigure, and options choosing the entities forwarded as household context."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import voluptuous as vol
+from homeassistant.config_entries import ConfigEntry, ConfigFlow, ConfigFlowResult, OptionsFlow
+from homeassistant.core import callback
+from homeassistant.helpers import selector
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.service_info.hassio import HassioServiceInfo
+from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
+
+from .api import HsiAuthError, HsiClient, HsiConnectionError, HsiError
+from .const import (
+    CONF_ALARM_ENTITY,
+    CONF_API_KEY,
+    CONF_ENTRY_ENTITIES,
+    CONF_PREFIX,
+    CONF_PRESENCE_ENTITIES,
+    CONF_SUN_ENTITY,
+    CONF_URL,
+    DEFAULT_PREFIX,
+    DOMAIN,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+
+async def _validate(flow: ConfigFlow, url: str, api_key: str) -> str | None:
+    """None if the server answers and accepts the key, else the error's translation key."""
+    client = HsiClient(async_get_clientsession(flow.hass), url, api_key)
+    try:
+        await client.health_ready()
+        await client.system_status()
+    except HsiAuthError:
+        return "invalid_auth"
+    except HsiConnectionError:
+        return "cannot_connect"
+    except HsiError:
+        _LOGGER.exception("unexpected answer from %s", url)
+        return "unknown"
+    return None
+
+
+class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
+    """Home Security Intelligence config flow."""
+
+    VERSION = 1
+
+    def __init__(self) -> None:
+        self._discovered: dict[str, Any] = {}
+
+    @staticmethod
+    @callback
+    def async_get_options_flow(config_entry: ConfigEntry) -> OptionsFlow:
+        return HsiOptionsFlow()
+
+    async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            prefix = user_input.get(CONF_PREFIX, DEFAULT_PREFIX)
+            await self.async_set_unique_id(prefix)
+            self._abort_if_unique_id_configured()
+            if (error := await _validate(self, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
+                return self.async_create_entry(title="Home Security Intelligence", data=user_input)
+            errors["base"] = error
+        schema = vol.Schema(
+            {
+                vol.Required(CONF_URL, default=(user_input or {}).get(CONF_URL, "http://")): str,
+                vol.Required(CONF_API_KEY): str,
+                vol.Optional(CONF_PREFIX, default=DEFAULT_PREFIX): str,
+            }
+        )
+        return self.async_show_form(step_id="user", data_schema=schema, errors=errors)
+
+    async def async_step_mqtt(self, discovery_info: MqttServiceInfo) -> ConfigFlowResult:
+        """The server's retained ``hsi/discovery``: ``{"id","name","version","url"}``."""
+        try:
+            payload = json.loads(discovery_info.payload)
+            server_id, url = str(payload["id"]), payload.get("url")
+        except (ValueError, KeyError, TypeError):
+            return self.async_abort(reason="invalid_discovery_info")
+        await self.async_set_unique_id(server_id)
+        self._abort_if_unique_id_configured(updates={CONF_URL: url} if url else None)
+        self._discovered = {CONF_PREFIX: server_id, CONF_URL: url or "http://", "name": payload.get("name", server_id)}
+        self.context["title_placeholders"] = {"name": self._discovered["name"]}
+        return await self.async_step_discovery_confirm()
+
+    async def async_step_hassio(self, discovery_info: HassioServiceInfo) -> ConfigFlowResult:
+        """The add-on's discovery, with its host, port and an API key it created for us."""
+        config = discovery_info.config
+        url = f"http://{config['host']}:{config['port']}"
+        await self.async_set_unique_id(DEFAULT_PREFIX)
+        self._abort_if_unique_id_configured(updates={CONF_URL: url, CONF_API_KEY: config["api_key"]})
+        self._discovered = {
+            CONF_PREFIX: DEFAULT_PREFIX,
+            CONF_URL: url,
+            CONF_API_KEY: config["api_key"],
+            "name": discovery_info.name,
+        }
+        self.context["title_placeholders"] = {"name": discovery_info.name}
+        return await self.async_step_hassio_confirm()
+
+    async def async_step_hassio_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            d = self._discovered
+            if (error := await _validate(self, d[CONF_URL], d[CONF_API_KEY])) is None:
+                return self.async_create_entry(
+                    title=d["name"],
+                    data={CONF_URL: d[CONF_URL], CONF_API_KEY: d[CONF_API_KEY], CONF_PREFIX: d[CONF_PREFIX]},
+                )
+            errors["base"] = error
+        return self.async_show_form(
+            step_id="hassio_confirm", description_placeholders={"name": self._discovered["name"]}, errors=errors
+        )
+
+    async def async_step_discovery_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            if (error := await _validate(self, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
+                return self.async_create_entry(
+                    title=self._discovered["name"], data={**user_input, CONF_PREFIX: self._discovered[CONF_PREFIX]}
+                )
+            errors["base"] = error
+        schema = vol.Schema(
+            {vol.Required(CONF_URL, default=self._discovered[CONF_URL]): str, vol.Required(CONF_API_KEY): str}
+        )
+        return self.async_show_form(
+            step_id="discovery_confirm",
+            data_schema=schema,
+            errors=errors,
+            description_placeholders={"name": self._discovered["name"]},
+        )
+
+    async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
+        return await self.async_step_reauth_confirm()
+
+    async def async_step_reauth_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        entry = self._get_reauth_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            if (error := await _validate(self, entry.data[CONF_URL], user_input[CONF_API_KEY])) is None:
+                return self.async_update_reload_and_abort(entry, data_updates=user_input)
+            errors["base"] = error
+        return self.async_show_form(
+            step_id="reauth_confirm", data_schema=vol.Schema({vol.Required(CONF_API_KEY): str}), errors=errors
+        )
+
+    async def async_step_reconfigure(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        entry = self._get_reconfigure_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            if (error := await _validate(self, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
+                return self.async_update_reload_and_abort(entry, data_updates=user_input)
+            errors["base"] = error
+        schema = vol.Schema(
+            {
+                vol.Required(CONF_URL, default=entry.data[CONF_URL]): str,
+                vol.Required(CONF_API_KEY, default=entry.data[CONF_API_KEY]): str,
+            }
+        )
+        return self.async_show_form(step_id="reconfigure", data_schema=schema, errors=errors)
+
+
+class HsiOptionsFlow(OptionsFlow):
+    """Which Home Assistant entities are forwarded to the server as household context."""
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        if user_input is not None:
+            return self.async_create_entry(data=user_input)
+        options = self.config_entry.options
+        schema = vol.Schema(
+            {
+                vol.Optional(CONF_ALARM_ENTITY, description={"suggested_value": options.get(CONF_ALARM_ENTITY)}): (
+                    selector.EntitySelector(selector.EntitySelectorConfig(domain="alarm_control_panel"))
+                ),
+                vol.Optional(CONF_PRESENCE_ENTITIES, default=options.get(CONF_PRESENCE_ENTITIES, [])): (
+                    selector.EntitySelector(
+                        selector.EntitySelectorConfig(domain=["person", "device_tracker"], multiple=True)
+                    )
+                ),
+                vol.Optional(CONF_ENTRY_ENTITIES, default=options.get(CONF_ENTRY_ENTITIES, [])): (
+                    selector.EntitySelector(
+                        selector.EntitySelectorConfig(
+                            domain="binary_sensor",
+                            device_class=["door", "window", "garage_door", "opening"],
+                            multiple=True,
+                        )
+                    )
+                ),
+                vol.Optional(CONF_SUN_ENTITY, default=options.get(CONF_SUN_ENTITY, "sun.sun")): (
+                    selector.EntitySelector(selector.EntitySelectorConfig(domain="sun"))
+                ),
+            }
+        )
+        return self.async_show_form(step_id="init", data_schema=schema)

@@ -1,0 +1,25 @@
+"""Constants of the Home Security Intelligence integration."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DOMAIN: Final = "home_security_intelligence"
+
+CONF_API_KEY: Final = "api_key"
+CONF_URL: Final = "url"
+CONF_PREFIX: Final = "prefix"
+CONF_SERVER_ID: Final = "server_id"
+
+# Options: the Home Assistant entities forwarded to the server as household context.
+CONF_ALARM_ENTITY: Final = "alarm_entity"
+CONF_PRESENCE_ENTITIES: Final = "presence_entities"
+CONF_ENTRY_ENTITIES: Final = "entry_entities"
+CONF_SUN_ENTITY: Final = "sun_entity"
+
+DEFAULT_PREFIX: Final = "hsi"
+RISK_LEVELS: Final = ["low", "medium", "high", "critical"]
+CATEGORIES: Final = ["person", "vehicle", "animal"]
+
+EVENT_BUS: Final = f"{DOMAIN}_event"
+SIGNAL_NEW_CAMERA: Final = f"{DOMAIN}_new_camera_{{}}"

@@ -1,0 +1,190 @@
+"""Entities, the bus event, availability, camera devices coming and going, unload and
+diagnostics — fed with the MQTT payloads the server's own models produce (tests/fixtures/mqtt)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.const import STATE_OFF, STATE_ON, STATE_UNAVAILABLE
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events, async_fire_mqtt_message
+from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
+
+from custom_components.home_security_intelligence.const import DOMAIN, EVENT_BUS
+from custom_components.home_security_intelligence.diagnostics import async_get_config_entry_diagnostics
+
+from .conftest import sample
+
+URL = "http://192.168.1.20:8765"
+KEY = "hsi_0123456789ab_" + "s" * 43
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"
+
+
+@pytest.fixture
+def expected_lingering_timers() -> bool:
+    """HA's ``mqtt_mock`` leaves MQTT's periodic housekeeping timer running (a harness trait)."""
+    return True
+
+
+@pytest.fixture
+async def entry(hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker) -> MockConfigEntry:
+    aioclient_mock.get(f"{URL}/api/v1/system/status", json=sample("status.json"))
+    aioclient_mock.get(
+        f"{URL}/api/v1/cameras",
+        json={"cameras": [{"id": "back_door", "name": "Back door", "folder": "back_door", "enabled": True}]},
+    )
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": KEY, "prefix": "hsi"})
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
+
+def _publish(hass: HomeAssistant, topic: str, payload: dict[str, Any] | str | bytes) -> None:
+    body = json.dumps(payload) if isinstance(payload, dict) else payload
+    async_fire_mqtt_message(hass, topic, body)
+
+
+async def _camera_online(hass: HomeAssistant) -> None:
+    _publish(hass, "hsi/availability", "online")
+    _publish(hass, "hsi/status", sample("status.json"))
+    _publish(hass, "hsi/cameras/back_door/state", sample("camera_state.json"))
+    await hass.async_block_till_done()
+
+
+async def test_camera_entities_follow_the_published_state(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    await _camera_online(hass)
+    assert hass.states.get("sensor.back_door_risk_score").state == "82"
+    level = hass.states.get("sensor.back_door_risk_level")
+    assert level.state == "high" and level.attributes["options"] == ["low", "medium", "high", "critical"]
+    assert hass.states.get("binary_sensor.back_door_person").state == STATE_ON
+    # "dog": 0 in the sample: the animal sensor is off, and there was no vehicle.
+    assert hass.states.get("binary_sensor.back_door_animal").state == STATE_OFF
+    assert hass.states.get("binary_sensor.back_door_vehicle").state == STATE_OFF
+    assert hass.states.get("switch.back_door_detection").state == STATE_ON
+    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, "hsi_back_door")})
+    assert device is not None and device.name == "Back door"
+    server = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, "hsi")})
+    assert device.via_device_id == server.id
+
+
+async def test_server_sensors_and_connectivity(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    await _camera_online(hass)
+    assert hass.states.get("sensor.home_security_intelligence_server_queue_depth").state == "4"
+    assert hass.states.get("sensor.home_security_intelligence_server_dead_letters").state == "2"
+    assert hass.states.get("sensor.home_security_intelligence_server_latency_p95").state == "380.0"
+    assert hass.states.get("binary_sensor.home_security_intelligence_server_server_connection").state == STATE_ON
+    # No GPU in the status: GPU sensors are unavailable, not zero.
+    assert hass.states.get("sensor.home_security_intelligence_server_gpu_utilization").state == STATE_UNAVAILABLE
+    registry = er.async_get(hass)
+    assert registry.async_get("sensor.home_security_intelligence_server_queue_depth").entity_category == "diagnostic"
+
+
+async def test_an_event_fires_the_event_entity_and_the_bus(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    await _camera_online(hass)
+    fired = async_capture_events(hass, EVENT_BUS)
+    _publish(hass, "hsi/events", sample("event_new.json"))
+    await hass.async_block_till_done()
+    state = hass.states.get("event.back_door_security_event")
+    assert state.attributes["event_type"] == "high"
+    assert state.attributes["event_id"] == "5f0c1f7e-2b7a-4c1e-9a55-0d3b1a6c9e21"
+    assert state.attributes["factors"] == ["person", "night", "armed_away", "sensitive_zone"]
+    assert state.attributes["summary"].startswith("1 person at Back door")
+    assert [e.data["type"] for e in fired] == ["new"]
+    assert fired[0].data["risk_level"] == "high" and fired[0].data["camera_id"] == "back_door"
+    # The LLM's update: same event id, new level and narrative.
+    _publish(hass, "hsi/events", sample("event_update.json"))
+    await hass.async_block_till_done()
+    state = hass.states.get("event.back_door_security_event")
+    assert state.attributes["event_type"] == "critical" and state.attributes["phase"] == "update"
+    assert state.attributes["analysis_source"] == "llm"
+    assert [e.data["type"] for e in fired] == ["new", "update"]
+    # "end" reaches the bus but does not fire the entity again.
+    _publish(hass, "hsi/events", sample("event_end.json"))
+    await hass.async_block_till_done()
+    assert [e.data["type"] for e in fired] == ["new", "update", "end"]
+    assert hass.states.get("event.back_door_security_event").attributes["phase"] == "update"
+
+
+async def test_snapshot_camera_serves_the_retained_jpeg(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    from homeassistant.components.camera import async_get_image
+
+    await _camera_online(hass)
+    async_fire_mqtt_message(hass, "hsi/cameras/back_door/snapshot", JPEG)
+    await hass.async_block_till_done()
+    image = await async_get_image(hass, "camera.back_door_latest_detection")
+    assert image.content == JPEG and image.content_type == "image/jpeg"
+
+
+async def test_everything_goes_unavailable_when_the_server_is_offline(
+    hass: HomeAssistant, entry: MockConfigEntry
+) -> None:
+    await _camera_online(hass)
+    _publish(hass, "hsi/availability", "offline")
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.back_door_risk_score").state == STATE_UNAVAILABLE
+    assert hass.states.get("binary_sensor.back_door_person").state == STATE_UNAVAILABLE
+    assert hass.states.get("binary_sensor.home_security_intelligence_server_server_connection").state == STATE_OFF
+    _publish(hass, "hsi/availability", "online")
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.back_door_risk_score").state == "82"
+
+
+async def test_new_cameras_appear_and_removed_ones_go(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    await _camera_online(hass)
+    _publish(hass, "hsi/cameras/garage/state", {**sample("camera_state.json"), "risk_score": 5, "risk_level": "low"})
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.garage_risk_score").state == "5"
+    devices = dr.async_get(hass)
+    assert devices.async_get_device(identifiers={(DOMAIN, "hsi_garage")}) is not None
+    # The server clears a deleted camera's retained state: its device goes.
+    async_fire_mqtt_message(hass, "hsi/cameras/garage/state", "")
+    await hass.async_block_till_done()
+    assert devices.async_get_device(identifiers={(DOMAIN, "hsi_garage")}) is None
+    assert hass.states.get("sensor.back_door_risk_score").state == "82"
+
+
+async def test_malformed_messages_are_ignored(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    await _camera_online(hass)
+    _publish(hass, "hsi/cameras/back_door/state", "{not json")
+    _publish(hass, "hsi/events", "[1, 2]")
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.back_door_risk_score").state == "82"
+
+
+async def test_unload_removes_the_subscriptions(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    await _camera_online(hass)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.NOT_LOADED
+    assert hass.states.get("sensor.back_door_risk_score").state == STATE_UNAVAILABLE
+    _publish(hass, "hsi/cameras/back_door/state", {**sample("camera_state.json"), "risk_score": 1})
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.back_door_risk_score").state == STATE_UNAVAILABLE
+
+
+async def test_diagnostics_redact_the_api_key(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    await _camera_online(hass)
+    diagnostics = await async_get_config_entry_diagnostics(hass, entry)
+    assert diagnostics["entry"]["data"]["api_key"] == "**REDACTED**"
+    assert KEY not in json.dumps(diagnostics, default=str)
+    assert diagnostics["cameras"]["back_door"]["state"]["risk_score"] == 82
+
+
+async def test_a_rejected_key_starts_reauth(
+    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker
+) -> None:
+    aioclient_mock.get(
+        f"{URL}/api/v1/system/status", status=401, json={"error": {"code": "unauthorized", "message": ""}}
+    )
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": KEY})
+    entry.add_to_hass(hass)
+    assert not await hass.config_entries.async_setup(entry.entry_id)
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [f["context"]["source"] for f in flows] == ["reauth"]
