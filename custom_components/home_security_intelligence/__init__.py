@@ -9,12 +9,17 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed, ConfigEntryNotReady
+from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.typing import ConfigType
 
 from .api import HsiAuthError, HsiClient, HsiConnectionError
 from .const import CONF_API_KEY, CONF_PREFIX, CONF_URL, DEFAULT_PREFIX, DOMAIN
 from .context import ContextForwarder
 from .coordinator import HsiCoordinator
+from .services import async_setup_services
+
+CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 
 PLATFORMS: list[Platform] = [
     Platform.BINARY_SENSOR,
@@ -35,6 +40,12 @@ class HsiData:
 
 
 type HsiConfigEntry = ConfigEntry[HsiData]
+
+
+async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
+    """Register the services once; each call names its server's config entry."""
+    async_setup_services(hass)
+    return True
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: HsiConfigEntry) -> bool:

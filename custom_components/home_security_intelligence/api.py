@@ -90,6 +90,10 @@ class HsiClient:
         result: dict[str, Any] = await self._request("GET", "/events", params=params)
         return result
 
+    async def get_event(self, event_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", f"/events/{event_id}")
+        return result
+
     async def patch_event(self, event_id: str, **changes: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("PATCH", f"/events/{event_id}", json=changes)
         return result
@@ -115,6 +119,11 @@ class HsiClient:
 
     async def requeue_dlq(self, job_id: int | str) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("POST", f"/dlq/{job_id}/requeue")
+        return result
+
+    async def get_context(self) -> dict[str, Any]:
+        """The household context the server holds (``{"context", "set_at", "set_by"}``)."""
+        result: dict[str, Any] = await self._request("GET", "/context")
         return result
 
     async def put_context(self, context: dict[str, Any]) -> dict[str, Any]:

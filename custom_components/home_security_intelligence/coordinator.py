@@ -162,6 +162,8 @@ class HsiCoordinator:
             EVENT_BUS,
             {
                 "type": event.get("type"),
+                # A new judgement (the rules' "new" or the LLM's "update"), not the event's "end".
+                "alert": event.get("type") in ("new", "update"),
                 "event_id": event.get("id"),
                 "camera_id": camera.camera_id,
                 "camera_name": event.get("camera_name", camera.name),

@@ -1,0 +1,102 @@
+"""A real HSI server for the integration's tests: a subprocess of the server's own environment
+(.venv, Python 3.11), with embedded PostgreSQL and its in-process broker, the real YOLO weights.
+The integration never imports the server: it only talks to this process over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_file(expression: str) -> Path:
+    """A path the server's environment knows (e.g. its real test images), asked of it."""
+    out = subprocess.run(
+        [str(SERVER_PYTHON), "-c", f"from inference_server import demo_assets; print({expression})"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "YOLO_OFFLINE": "1"},
+    )
+    return Path(out.stdout.strip())
+
+
+@dataclass
+class RealServer:
+    url: str
+    api_key: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def cameras(self) -> Path:
+        return self.data_dir / "cameras"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(data_dir: Path) -> RealServer:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HSI_")},
+        "HSI_DATA_DIR": str(data_dir),
+        "HSI_API_PORT": str(port),
+        "HSI_MQTT_EMBEDDED_PORT": str(free_port()),
+        "HSI_DETECTOR_WEIGHTS": str(server_file("demo_assets.pose_weights()")),
+        "HSI_DETECTOR_DEVICE": "cpu",
+        "HSI_DETECT_CLASSES": "person",
+        "HSI_FAST_PATH": "person:0.99",
+        "HSI_BATCH_IDLE_S": "0.5",
+        "HSI_FILE_STABLE_S": "0.1",
+        "HSI_CAMERA_TIMEZONE": "UTC",
+        "YOLO_OFFLINE": "1",
+        "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", f"/tmp/hsi-runtime-{os.getuid()}"),
+    }
+    Path(env["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
+    # The key first: the CLI opens the same embedded database, which must not be running yet.
+    key = subprocess.run(
+        [str(SERVER_PYTHON), "-m", "inference_server", "apikey", "create", "homeassistant"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.strip()
+    log = (data_dir / "server.log").open("wb")
+    process = subprocess.Popen(
+        [str(SERVER_PYTHON), "-m", "inference_server", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/health/live", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"server did not start; log: {(data_dir / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.3)
+    return RealServer(url, key, data_dir, process)

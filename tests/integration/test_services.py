@@ -1,0 +1,169 @@
+"""Services against a REAL running server (PostgreSQL, YOLO on a real image): the integration
+uploads a Home Assistant camera's image, and reads, reviews and requeues what the server made."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncGenerator, Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_socket
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import ServiceValidationError
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.home_security_intelligence.const import DOMAIN
+
+from .server import RealServer, server_file, start_server
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServer]:
+    # Started once per module, before the per-test socket guard of HA's harness applies.
+    pytest_socket.enable_socket()
+    server = start_server(tmp_path_factory.mktemp("hsi"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def expected_lingering_timers() -> bool:
+    """HA's ``mqtt_mock`` leaves MQTT's periodic housekeeping timer running (a harness trait)."""
+    return True
+
+
+@pytest.fixture
+async def entry(
+    hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: RealServer
+) -> AsyncGenerator[MockConfigEntry]:
+    pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
+    entry = MockConfigEntry(
+        domain=DOMAIN, unique_id="hsi", data={"url": real_server.url, "api_key": real_server.api_key, "prefix": "hsi"}
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    yield entry
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def _call(hass: HomeAssistant, service: str, entry: MockConfigEntry, **data: Any) -> Any:
+    return await hass.services.async_call(
+        DOMAIN, service, {"config_entry_id": entry.entry_id, **data}, blocking=True, return_response=True
+    )
+
+
+async def test_analyze_review_and_list_through_the_real_server(
+    hass: HomeAssistant, entry: MockConfigEntry, real_server: RealServer, tmp_path: Path
+) -> None:
+    # A Home Assistant camera showing a real picture (4 people at a bus stop).
+    picture = tmp_path / "porch.jpg"
+    shutil.copy(server_file("demo_assets.image('bus.jpg')"), picture)
+    hass.config.allowlist_external_dirs = {str(tmp_path)}
+    camera_entry = MockConfigEntry(
+        domain="local_file", title="Porch", options={"name": "Porch", "file_path": str(picture)}
+    )
+    camera_entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(camera_entry.entry_id)
+    await hass.async_block_till_done()
+    assert hass.states.get("camera.porch") is not None
+    # The server's camera: a folder it knows (created by the first file, here over REST).
+    client = entry.runtime_data.client
+    await client._request("POST", "/cameras", json={"id": "porch", "name": "Porch"})
+
+    await _call(hass, "set_context", entry, alarm_state="armed_away", people_home=[], sun="below_horizon")
+    result = await _call(hass, "analyze_snapshot", entry, entity_id="camera.porch", camera_id="porch", wait=True)
+    assert result["state"] == "done" and result["job_id"] > 0
+    event = result["event"]
+    assert event["camera_id"] == "porch" and event["objects"] == {"person": 4}
+    assert event["context"]["alarm_state"] == "armed_away"
+    assert event["risk_level"] in ("high", "critical")
+
+    reviewed = await _call(hass, "mark_reviewed", entry, event_id=event["id"], feedback="correct", notes="delivery")
+    assert reviewed["reviewed"] is True and reviewed["feedback"] == "correct" and reviewed["notes"] == "delivery"
+    listed = await _call(hass, "get_events", entry, camera="porch", reviewed=True)
+    assert [e["id"] for e in listed["events"]] == [event["id"]]
+
+
+async def test_requeue_dead_letters_through_the_real_server(
+    hass: HomeAssistant, entry: MockConfigEntry, real_server: RealServer
+) -> None:
+    # A JPEG whose header passes ingest but whose data cannot be decoded: the worker dead-letters it.
+    data = bytearray(server_file("demo_assets.image('bus.jpg')").read_bytes())
+    dht = data.index(b"\xff\xc4")
+    data[dht + 5 : dht + 21] = b"\xff" * 16
+    folder = real_server.cameras / "shed"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".upload.part").write_bytes(bytes(data))
+    (folder / ".upload.part").rename(folder / "MDAlarm_20261124-020000.jpg")
+    client = entry.runtime_data.client
+    for _ in range(200):
+        if await client.list_dlq():
+            break
+        await asyncio.sleep(0.2)
+    result = await _call(hass, "requeue_dead_letters", entry)
+    assert result == {"requeued": 1}
+
+
+async def test_a_service_for_an_unknown_entry_is_refused(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    with pytest.raises(ServiceValidationError) as err:
+        await hass.services.async_call(
+            DOMAIN, "get_events", {"config_entry_id": "nope"}, blocking=True, return_response=True
+        )
+    assert err.value.translation_key == "unknown_entry"
+
+
+async def test_chosen_entities_are_forwarded_as_context_debounced(
+    hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: RealServer
+) -> None:
+    from datetime import timedelta
+
+    from homeassistant.util import dt as dt_util
+    from pytest_homeassistant_custom_component.common import async_fire_time_changed
+
+    from custom_components.home_security_intelligence import context as context_module
+
+    pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
+    hass.states.async_set("alarm_control_panel.home", "disarmed")
+    hass.states.async_set("person.anna", "home", {"friendly_name": "Anna"})
+    hass.states.async_set("binary_sensor.back_door", "off", {"friendly_name": "Back door", "device_class": "door"})
+    hass.states.async_set("sun.sun", "above_horizon")
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        unique_id="hsi",
+        data={"url": real_server.url, "api_key": real_server.api_key, "prefix": "hsi"},
+        options={
+            "alarm_entity": "alarm_control_panel.home",
+            "presence_entities": ["person.anna"],
+            "entry_entities": ["binary_sensor.back_door"],
+            "sun_entity": "sun.sun",
+        },
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    client = entry.runtime_data.client
+    stored = (await client.get_context())["context"]
+    assert stored["alarm_state"] == "disarmed" and stored["people_home"] == ["Anna"]
+
+    # Three changes within the debounce window: one PUT with the final picture.
+    hass.states.async_set("person.anna", "not_home", {"friendly_name": "Anna"})
+    hass.states.async_set("alarm_control_panel.home", "armed_away")
+    hass.states.async_set("binary_sensor.back_door", "on", {"friendly_name": "Back door", "device_class": "door"})
+    await hass.async_block_till_done()
+    forwarder = entry.runtime_data.context
+    assert forwarder.last_sent is not None and forwarder.last_sent["alarm_state"] == "disarmed"
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=context_module.DEBOUNCE_S + 1))
+    await hass.async_block_till_done()
+    for _ in range(50):
+        stored = (await client.get_context())["context"]
+        if stored["alarm_state"] == "armed_away":
+            break
+        await asyncio.sleep(0.1)
+    assert stored["alarm_state"] == "armed_away"
+    assert stored["people_home"] == [] and stored["open_entries"] == ["Back door"]
+    assert stored["sun"] == "above_horizon"
+    assert await hass.config_entries.async_unload(entry.entry_id)
