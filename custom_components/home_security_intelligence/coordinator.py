@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ class CameraData:
     state: dict[str, Any] = field(default_factory=dict)
     snapshot: bytes | None = None
     last_event: dict[str, Any] | None = None
+    since_previous_s: float | None = None
 
 
 class HsiCoordinator:
@@ -46,6 +48,7 @@ class HsiCoordinator:
         self._names: dict[str, str] = {}
         self._listeners: list[CALLBACK_TYPE] = []
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._last_new: dict[str, float] = {}
         self._unsubscribe: list[CALLBACK_TYPE] = []
 
     @property
@@ -158,6 +161,11 @@ class HsiCoordinator:
             return
         camera = self._ensure_camera(str(event["camera_id"]))
         camera.last_event = event
+        now = time.time()
+        if event.get("type") == "new":
+            previous = self._last_new.get(camera.camera_id)
+            self._last_new[camera.camera_id] = now
+            camera.since_previous_s = round(now - previous, 1) if previous is not None else None
         self.hass.bus.async_fire(
             EVENT_BUS,
             {
@@ -172,6 +180,8 @@ class HsiCoordinator:
                 "summary": event.get("summary"),
                 "analysis_source": event.get("analysis_source"),
                 "started_at": event.get("started_at"),
+                # For per-camera cooldowns (the blueprint): seconds since this camera's previous event.
+                "seconds_since_previous_event": camera.since_previous_s,
             },
         )
         for listener in list(self._event_listeners):

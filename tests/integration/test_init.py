@@ -4,6 +4,7 @@ diagnostics — fed with the MQTT payloads the server's own models produce (test
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from custom_components.home_security_intelligence.diagnostics import async_get_c
 from .conftest import sample
 
 URL = "http://192.168.1.20:8765"
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "dashboard.yaml"
 KEY = "hsi_0123456789ab_" + "s" * 43
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"
 
@@ -188,3 +190,15 @@ async def test_a_rejected_key_starts_reauth(
     assert entry.state is ConfigEntryState.SETUP_ERROR
     flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
     assert [f["context"]["source"] for f in flows] == ["reauth"]
+
+
+async def test_every_entity_of_the_dashboard_exists(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    import re
+
+    await _camera_online(hass)
+    _publish(hass, "hsi/cameras/driveway/state", sample("camera_state.json"))
+    await hass.async_block_till_done()
+    text = await hass.async_add_executor_job(DASHBOARD.read_text, "utf-8")
+    entity_ids = set(re.findall(r"\b(?:sensor|binary_sensor|camera|switch|event)\.[a-z0-9_]+", text))
+    assert len(entity_ids) >= 20
+    assert sorted(e for e in entity_ids if hass.states.get(e) is None) == []

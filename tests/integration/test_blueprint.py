@@ -1,0 +1,99 @@
+"""The notification blueprint: notify at the chosen level, per-camera cooldown, and the same
+notification (tag) updated when the LLM's narrative arrives."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from homeassistant.components import automation
+from homeassistant.core import HomeAssistant
+from homeassistant.setup import async_setup_component
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_fire_mqtt_message,
+    async_mock_service,
+)
+from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
+
+from custom_components.home_security_intelligence.const import DOMAIN
+
+from .conftest import sample
+
+BLUEPRINT = (
+    Path(__file__).resolve().parents[2]
+    / "blueprints"
+    / "automation"
+    / "home_security_intelligence"
+    / "notify_on_risk.yaml"
+)
+URL = "http://192.168.1.20:8765"
+
+
+def _install(target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(BLUEPRINT, target / BLUEPRINT.name)
+
+
+@pytest.fixture
+def expected_lingering_timers() -> bool:
+    """HA's ``mqtt_mock`` leaves MQTT's periodic housekeeping timer running (a harness trait)."""
+    return True
+
+
+async def test_notifies_high_events_once_per_cooldown_and_updates_the_same_notification(
+    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker
+) -> None:
+    target = Path(hass.config.path("blueprints/automation/home_security_intelligence"))
+    await hass.async_add_executor_job(_install, target)
+    aioclient_mock.get(f"{URL}/api/v1/system/status", json=sample("status.json"))
+    aioclient_mock.get(f"{URL}/api/v1/cameras", json={"cameras": []})
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": "k", "prefix": "hsi"})
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    notifications = async_mock_service(hass, "notify", "phone")
+    assert await async_setup_component(
+        hass,
+        automation.DOMAIN,
+        {
+            automation.DOMAIN: {
+                "use_blueprint": {
+                    "path": f"home_security_intelligence/{BLUEPRINT.name}",
+                    "input": {"notify_service": "notify.phone", "min_level": "high", "cooldown": {"minutes": 5}},
+                }
+            }
+        },
+    )
+    await hass.async_block_till_done()
+
+    def publish(name: str, **changes: Any) -> None:
+        async_fire_mqtt_message(hass, "hsi/events", json.dumps({**sample(name), **changes}))
+
+    publish("event_new.json")  # high, back door
+    await hass.async_block_till_done()
+    assert len(notifications) == 1
+    first = notifications[0].data
+    assert first["title"] == "Back door: High (82)"
+    assert first["data"]["tag"] == "hsi-5f0c1f7e-2b7a-4c1e-9a55-0d3b1a6c9e21"
+
+    publish("event_update.json")  # the LLM: critical, same event
+    await hass.async_block_till_done()
+    assert len(notifications) == 2
+    assert notifications[1].data["data"]["tag"] == first["data"]["tag"]
+    assert notifications[1].data["title"] == "Back door: Critical (88)"
+
+    # A second event on the same camera within the cooldown: silent.
+    publish("event_new.json", id="11111111-2222-4333-8444-555555555555")
+    await hass.async_block_till_done()
+    assert len(notifications) == 2
+    # A low event elsewhere: below the chosen level, silent too.
+    publish("event_new.json", id="66666666-2222-4333-8444-555555555555", camera_id="garden", risk_level="low")
+    await hass.async_block_till_done()
+    assert len(notifications) == 2
+    # A high event on another camera: notified.
+    publish("event_new.json", id="77777777-2222-4333-8444-555555555555", camera_id="driveway")
+    await hass.async_block_till_done()
+    assert len(notifications) == 3
