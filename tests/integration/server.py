@@ -55,7 +55,25 @@ class RealServer:
             self.process.wait()
 
 
-def start_server(data_dir: Path) -> RealServer:
+def start_mosquitto(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Debian's mosquitto, the reference broker, on a free loopback port."""
+    port = free_port()
+    conf = folder / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n", encoding="utf-8")
+    binary = "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else "mosquitto"
+    process = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("mosquitto did not start")
+        time.sleep(0.05)
+
+
+def start_server(data_dir: Path, mqtt_url: str | None = None) -> RealServer:
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("HSI_")},
@@ -72,6 +90,8 @@ def start_server(data_dir: Path) -> RealServer:
         "YOLO_OFFLINE": "1",
         "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", f"/tmp/hsi-runtime-{os.getuid()}"),
     }
+    if mqtt_url is not None:
+        env["MQTT_URL"] = mqtt_url
     Path(env["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
     # The key first: the CLI opens the same embedded database, which must not be running yet.
     key = subprocess.run(

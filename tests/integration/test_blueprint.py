@@ -89,6 +89,10 @@ async def test_notifies_high_events_once_per_cooldown_and_updates_the_same_notif
     publish("event_new.json", id="11111111-2222-4333-8444-555555555555")
     await hass.async_block_till_done()
     assert len(notifications) == 2
+    # ... and so is the LLM's update of that silenced event.
+    publish("event_update.json", id="11111111-2222-4333-8444-555555555555")
+    await hass.async_block_till_done()
+    assert len(notifications) == 2
     # A low event elsewhere: below the chosen level, silent too.
     publish("event_new.json", id="66666666-2222-4333-8444-555555555555", camera_id="garden", risk_level="low")
     await hass.async_block_till_done()
