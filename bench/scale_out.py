@@ -5,6 +5,9 @@ It measures throughput (first file landed → last job done, i.e. detections sto
 worker, then with two, on the same images in the same run, and prints the ratio.
 
     YOLO_OFFLINE=1 XDG_RUNTIME_DIR=/tmp .venv/bin/python -m bench.scale_out --images 120
+    # fair split of the cores: 1 worker x 2 torch threads vs 2 workers x 1 thread, order reversed
+    YOLO_OFFLINE=1 XDG_RUNTIME_DIR=/tmp .venv/bin/python -m bench.scale_out --images 80 \
+        --runtime pytorch --cpu-threads 2 --workers 2 1
 
 ``Cluster`` is also what tests/server/test_scale_out.py runs, so the test and the figure come
 from the same processes.
@@ -183,8 +186,21 @@ async def _workers_warm(root: Path, workers: int) -> bool:
     return started == workers
 
 
-async def measure(root: Path, database_url: str, mqtt_url: str, workers: int, images: int) -> dict[str, float]:
-    async with cluster(root, database_url, mqtt_url, workers) as c:
+async def measure(
+    root: Path,
+    database_url: str,
+    mqtt_url: str,
+    workers: int,
+    images: int,
+    *,
+    runtime: str = "auto",
+    cpu_threads: int = 0,
+) -> dict[str, float]:
+    # cpu_threads > 0: that many torch/OpenMP threads in all, split evenly over the workers, so one
+    # worker with N threads is compared with two workers with N/2 each (ONNX Runtime sessions made
+    # by ultralytics ignore OMP_NUM_THREADS; use --runtime pytorch for a fair split).
+    extra = {"OMP_NUM_THREADS": str(max(1, cpu_threads // workers))} if cpu_threads else {}
+    async with cluster(root, database_url, mqtt_url, workers, runtime=runtime, extra_env=extra) as c:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
         try:
             before = await pool.fetchval("SELECT count(*) FROM jobs WHERE state IN ('done', 'dead')")
@@ -197,8 +213,13 @@ async def measure(root: Path, database_url: str, mqtt_url: str, workers: int, im
         finally:
             await pool.close()
     seconds = finished - started
-    return {"workers": workers, "images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "processes_that_worked": len(per_worker)}
+    return {
+        "workers": workers,
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "processes_that_worked": len(per_worker),
+    }
 
 
 async def amain(args: argparse.Namespace) -> None:
@@ -221,14 +242,23 @@ async def amain(args: argparse.Namespace) -> None:
             url = f"{base.rsplit('/', 1)[0]}/scale_{workers}?{query}"
             run_root = root / f"run{workers}"
             run_root.mkdir()
-            print(f"  {workers} worker process(es), {args.images} images ...", flush=True)
-            result = await measure(run_root, url, broker.url, workers, args.images)
-            print(f"    {result['images_per_s']:.2f} images/s ({result['seconds']:.1f} s),"
-                  f" {result['processes_that_worked']} process(es) took jobs", flush=True)
+            threads = f", {max(1, args.cpu_threads // workers)} thread(s) each" if args.cpu_threads else ""
+            print(
+                f"  {workers} worker process(es){threads}, runtime {args.runtime}, {args.images} images ...", flush=True
+            )
+            result = await measure(
+                run_root, url, broker.url, workers, args.images, runtime=args.runtime, cpu_threads=args.cpu_threads
+            )
+            print(
+                f"    {result['images_per_s']:.2f} images/s ({result['seconds']:.1f} s),"
+                f" {result['processes_that_worked']} process(es) took jobs",
+                flush=True,
+            )
             results.append(result)
         if len(results) >= 2:
-            ratio = results[1]["images_per_s"] / results[0]["images_per_s"]
-            print(f"ratio {results[1]['workers']} workers / {results[0]['workers']} worker: {ratio:.2f}")
+            few, many = sorted(results[:2], key=lambda r: r["workers"])
+            ratio = many["images_per_s"] / few["images_per_s"]
+            print(f"ratio {many['workers']:.0f} / {few['workers']:.0f} worker processes: {ratio:.2f}")
     finally:
         await broker.stop()
         server.cleanup()
@@ -240,6 +270,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--images", type=int, default=120)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--runtime", default="auto", choices=["auto", "pytorch", "onnx", "openvino", "tensorrt"])
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="torch/OpenMP threads in all, split over the workers (0: library default per worker)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the data and logs")
     args = p.parse_args(argv)
     print(f"HSI scale-out on {os.cpu_count()} CPUs: api + worker processes, one PostgreSQL, one broker")

@@ -16,9 +16,10 @@ from inference_server import __version__
 from inference_server.api.app import build_app
 from inference_server.api.context import ApiContext, ReadinessCheck
 from inference_server.clock import Clock, SystemClock
-from inference_server.config import LlmSettings, Settings
+from inference_server.config import LlmSettings, Settings, redact_url
 from inference_server.ingest.ftp import FtpReceiver
 from inference_server.ingest.ingestor import Ingestor
+from inference_server.ingest.mqtt import MqttIngest
 from inference_server.ingest.watcher import FolderWatcher
 from inference_server.jobs.queue import JobQueue, QueuePolicy
 from inference_server.models.detector import Detector, build_detector
@@ -76,6 +77,7 @@ class Server:
     pool: asyncpg.Pool = field(init=False)
     api_url: str = field(init=False, default="")
     mqtt_url: str = field(init=False, default="")
+    mqtt_ingest: MqttIngest | None = field(init=False, default=None)
     topics: Topics = field(init=False)
     watcher: FolderWatcher | None = field(init=False, default=None)
     ftp: FtpReceiver | None = field(init=False, default=None)
@@ -146,6 +148,15 @@ class Server:
         self._spawn(OutboxRelay(self.pool, self._publisher).run(self._stop), "relay")
         self._spawn(self._publish_status(), "status")
         self._spawn(RetentionWorker(self.pool, s).run(self._stop), "retention")
+        if runs_api and s.mqtt_ingest_enabled:
+            self.mqtt_ingest = MqttIngest(
+                BrokerAddress.parse(mqtt_url),
+                self.topics,
+                (s.mqtt_client_id or f"hsi-{self.worker_id}".replace(":", "-")) + "-ingest",
+                self.ingestor,
+                s.mqtt_ingest_queue,
+            )
+            self._spawn(self.mqtt_ingest.run(self._stop), "mqtt-ingest")
         if runs_api:
             self.watcher = FolderWatcher(
                 s.cameras_path,
@@ -184,7 +195,7 @@ class Server:
             "server started role=%s api=%s mqtt=%s worker_id=%s",
             s.role,
             self.api_url,
-            mqtt_url,
+            redact_url(mqtt_url),
             self.worker_id,
         )
 

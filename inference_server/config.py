@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -125,6 +126,18 @@ class LlmSettings(BaseModel):
     )
 
 
+_URL_FIELDS = frozenset({"database_url", "mqtt_url"})
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:***@host/...``: a URL fit for logs (the password, if any, masked)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 class Settings(BaseSettings):
     """All settings of the inference server."""
 
@@ -162,6 +175,8 @@ class Settings(BaseSettings):
     # --- ingest -------------------------------------------------------------------------
     watch_polling: bool = Field(default=False, description="Poll the cameras folder (network shares).")
     watch_poll_interval_s: float = Field(default=1.0, gt=0)
+    mqtt_ingest_enabled: bool = Field(default=True, description="Subscribe to <prefix>/ingest/+.")
+    mqtt_ingest_queue: int = Field(default=16, ge=1, le=1024, description="Images waiting for validation.")
 
     # --- FTP receiver (cameras upload here directly) ----------------------------------------
     ftp_enabled: bool = False
@@ -290,6 +305,11 @@ class Settings(BaseSettings):
         if not self.risk_medium < self.risk_high < self.risk_critical:
             raise ValueError("risk thresholds must satisfy risk_medium < risk_high < risk_critical")
         return self
+
+    def __repr_args__(self) -> Any:
+        # repr(settings) ends up in logs and bug reports: no passwords from the URLs.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
 
     @property
     def cameras_path(self) -> Path:

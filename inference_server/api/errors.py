@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from pydantic import ValidationError
 
+from inference_server.store.db import is_unavailable
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,6 +47,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if "Allow" in err.headers:  # a 405 must say which methods the path takes (RFC 9110 §15.5.6)
             response.headers["Allow"] = err.headers["Allow"]
         return response
-    except Exception:
+    except Exception as err:
+        if is_unavailable(err):
+            # PostgreSQL is down or restarting: the client should retry, nothing was accepted.
+            log.warning("database unavailable method=%s path=%s error=%r", request.method, request.path, err)
+            response = error_response(503, "database_unavailable", "the database is unavailable; retry later")
+            response.headers["Retry-After"] = "5"
+            return response
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return error_response(500, "internal_error", "internal server error (logged)")

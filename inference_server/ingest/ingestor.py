@@ -157,7 +157,13 @@ class Ingestor:
         return result
 
     async def ingest_bytes(
-        self, camera_id: str, data: bytes, *, captured_at: datetime | None, original_name: str | None
+        self,
+        camera_id: str,
+        data: bytes,
+        *,
+        captured_at: datetime | None,
+        original_name: str | None,
+        source: Literal["upload", "mqtt"] = "upload",
     ) -> IngestResult:
         """Ingest an uploaded image. Raises ``InvalidImage`` (nothing is stored), ``UnknownCamera``
         or ``CameraDisabled``. Uploads are decoded in full here, so a corrupt one is refused at once."""
@@ -170,10 +176,10 @@ class Ingestor:
             folder=None,
             loaded=loaded,
             source_file=None,
-            original_name=original_name or "upload",
+            original_name=original_name or source,
             captured_at=captured_at or datetime.now(UTC),
             captured_at_source=when_source,
-            source="upload",
+            source=source,
         )
 
     def _check_upload(self, data: bytes) -> _Loaded:

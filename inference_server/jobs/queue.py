@@ -19,6 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from inference_server.schemas import JobState, Zone
+from inference_server.store.db import is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,35 @@ class JobQueue:
         self._wakeup.set()
 
     async def close(self) -> None:
-        if self._listen_conn is not None:
-            await self._listen_conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(self._listen_conn)
-            self._listen_conn = None
+        conn, self._listen_conn = self._listen_conn, None
+        if conn is not None and self._listening(conn):
+            await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            await self.pool.release(conn)
+
+    @staticmethod
+    def _listening(conn: asyncpg.Connection) -> bool:
+        """Whether the LISTEN connection still lives (the pool takes back one PostgreSQL dropped)."""
+        try:
+            return not conn.is_closed()
+        except asyncpg.InterfaceError:  # released back to the pool after the connection died
+            return False
+
+    async def _relisten(self) -> None:
+        """After a database restart the LISTEN connection is gone: open a new one (or try later)."""
+        if self._listen_conn is not None and self._listening(self._listen_conn):
+            return
+        self._listen_conn = None
+        try:
+            await self.listen()
+        except Exception as err:
+            if not is_unavailable(err):
+                raise
+            return
+        log.info("listening for new jobs again")
+        self._wakeup.set()  # jobs committed while nobody listened
 
     async def wait_for_work(self, timeout: float) -> None:
+        await self._relisten()
         try:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
         except TimeoutError:

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-from PIL import Image
+from PIL import Image, ImageOps
 
 from inference_server.config import Settings
 from inference_server.jobs.queue import ClaimedJob, JobQueue, LeaseLost
 from inference_server.models.detector import Detection, Detector
 from inference_server.pipeline.reason import ReasonStage
 from inference_server.store import quarantine
+from inference_server.store.db import is_unavailable
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,20 @@ class DecodeError(ValueError):
     """The stored bytes cannot be decoded: retrying will not help."""
 
 
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
 def decode(path: Path, target: int) -> Image.Image:
     """Decode to RGB; JPEGs are decoded straight at the smallest DCT scale ≥ the model size."""
     try:
         with Image.open(path) as img:
             if img.format == "JPEG":
                 img.draft("RGB", (target, target))
-            rgb = img.convert("RGB")
+            upright = ImageOps.exif_transpose(img)  # cameras mounted sideways tag, not rotate
+            if upright.mode in _SIXTEEN_BIT:
+                # 16-bit grey (PNG): scale to 8 bits; convert("RGB") would clip everything to white.
+                upright = upright.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+            rgb = upright.convert("RGB")
             rgb.load()
             return rgb
     except FileNotFoundError:
@@ -66,6 +74,7 @@ class DetectWorker:
         self.detector = detector
         self.reason = reason
         self.batch_size = settings.detector_batch_size
+        self._db_backoff_s = 0.0
         # One thread owns the model: frameworks are not re-entrant and a GPU runs one batch at a time.
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self.batch_wait_s = settings.detector_batch_wait_ms / 1000
@@ -96,7 +105,7 @@ class DetectWorker:
         try:
             while not stop.is_set():
                 started = metrics.now()
-                jobs = await self.queue.claim(self.batch_size)
+                jobs = await self._claim(self.batch_size)
                 if not jobs:
                     await self.queue.wait_for_work(self.settings.job_poll_interval_s)
                     continue
@@ -131,8 +140,22 @@ class DetectWorker:
         more: list[ClaimedJob] = []
         while have + len(more) < self.batch_size and (left := deadline - loop.time()) > 0:
             await self.queue.wait_for_work(left)
-            more += await self.queue.claim(self.batch_size - have - len(more))
+            more += await self._claim(self.batch_size - have - len(more))
         return more
+
+    async def _claim(self, limit: int) -> list[ClaimedJob]:
+        """Claim jobs; while the database is unreachable, wait (growing to 10 s) and claim nothing."""
+        try:
+            jobs = await self.queue.claim(limit)
+        except Exception as err:
+            if not is_unavailable(err):
+                raise
+            self._db_backoff_s = min(10.0, max(0.5, self._db_backoff_s * 2))
+            log.error("claiming jobs failed, database unavailable; retry in %.1fs error=%r", self._db_backoff_s, err)
+            await asyncio.sleep(self._db_backoff_s)
+            return []
+        self._db_backoff_s = 0.0
+        return jobs
 
     async def _decode_failed(self, job: ClaimedJob, err: BaseException) -> None:
         if isinstance(err, DecodeError):
@@ -196,7 +219,12 @@ class DetectWorker:
     async def _reap_loop(self, stop: asyncio.Event) -> None:
         interval = max(1.0, min(30.0, self.settings.job_lease_s / 4))
         while not stop.is_set():
-            await self.queue.reap_expired()
+            try:
+                await self.queue.reap_expired()
+            except Exception as err:
+                if not is_unavailable(err):
+                    raise
+                log.error("reaping expired leases failed, database unavailable error=%r", err)
             try:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:

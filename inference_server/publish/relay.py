@@ -52,8 +52,12 @@ class OutboxRelay:
                 for waiter in waiters:
                     waiter.cancel()
         finally:
-            await listener.remove_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(listener)
+            try:
+                await listener.remove_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
+                await self.pool.release(listener)
+            except asyncpg.InterfaceError as err:
+                # PostgreSQL dropped this connection (a restart); the pool has taken it back.
+                log.info("outbox listener already closed: %r", err)
 
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; return how many were acknowledged."""

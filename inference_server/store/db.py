@@ -51,6 +51,31 @@ class EmbeddedPostgres:
             self._server = None
 
 
+#: What an unreachable, restarting or shutting-down PostgreSQL raises (beside ``OSError`` from connecting).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.InterfaceError,  # connection closed under us
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, crash recovery
+)
+
+
+def is_unavailable(err: BaseException) -> bool:
+    """Whether ``err`` means "the database cannot be reached right now" (retry later), not a bug.
+
+    ``OSError`` counts only when raised from asyncpg (connecting to a stopped server's socket),
+    so a missing image file is not mistaken for a database outage.
+    """
+    if isinstance(err, _UNAVAILABLE):
+        return True
+    if isinstance(err, OSError):
+        tb = err.__traceback__
+        while tb is not None:
+            if "asyncpg" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+    return False
+
+
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn, min_size=min(2, size), max_size=size, init=_init_connection, command_timeout=60

@@ -1,0 +1,226 @@
+"""Reliability tests: the real server as a subprocess, a real mosquitto, a persistent-session subscriber.
+
+The fixtures of ``tests/server/conftest.py`` (embedded PostgreSQL, mosquitto, YOLO) are re-used;
+what is added here is what a crash or outage test needs on top: a server process that can be
+SIGKILLed and restarted, a mosquitto that can be stopped and restarted on the same port with
+persistence on, and an MQTT subscriber with a persistent session (as Home Assistant uses QoS 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from inference_server import demo_assets
+from inference_server.app import free_port
+from tests.server.conftest import (  # noqa: F401  (fixtures re-exported for this folder)
+    _mosquitto_binary,
+    database_url,
+    mosquitto_url,
+    pg_uri,
+)
+
+
+def server_env(data: Path, dsn: str, mqtt_url: str, **extra: str) -> dict[str, str]:
+    """Environment for ``python -m inference_server serve`` on the test's PostgreSQL and broker."""
+    env = {
+        **os.environ,
+        "HSI_DATA_DIR": str(data),
+        "DATABASE_URL": dsn,
+        "MQTT_URL": mqtt_url,
+        "HSI_API_PORT": "0",
+        "HSI_DETECTOR_WEIGHTS": str(demo_assets.pose_weights()),
+        "HSI_DETECTOR_DEVICE": "cpu",
+        "HSI_JOB_LEASE_S": "2",
+        "HSI_FILE_STABLE_S": "0.1",
+        "HSI_JOB_POLL_INTERVAL_S": "0.2",
+        "HSI_CAMERA_TIMEZONE": "UTC",
+        "HSI_BATCH_IDLE_S": "0.3",
+        "HSI_BATCH_WINDOW_S": "5",
+        "HSI_OPTIONS_FILE": str(data.parent / "no-options.json"),
+    }
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """``python -m inference_server serve`` as a child process, its output appended to one log."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "inference_server", "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.starts += 1
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(10) == -signal.SIGKILL
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; return the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def api_url(self) -> str | None:
+        """The API address the current process logged (``server started ... api=http://...``)."""
+        text = self.log.read_text(errors="replace")
+        marker = "api=http://"
+        at = text.rfind(marker)
+        if at < 0:
+            return None
+        return "http://" + text[at + len(marker) :].split()[0]
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    """Collects the test's server processes and kills any still running at the end."""
+    made: list[ServerProcess] = []
+    yield made
+    for proc in made:
+        proc.cleanup()
+
+
+class RestartableMosquitto:
+    """Debian's mosquitto on a fixed loopback port, persistence on, stoppable and restartable."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
+            "max_queued_messages 100000\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [_mosquitto_binary(), "-c", str(self.conf)], stderr=(self.folder / "mosquitto.log").open("ab")
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        """SIGTERM: mosquitto saves its persistence file and exits."""
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def restartable_mosquitto(tmp_path: Path) -> Iterator[RestartableMosquitto]:
+    folder = tmp_path / "mosquitto"
+    folder.mkdir()
+    broker = RestartableMosquitto(folder)
+    broker.start()
+    yield broker
+    if broker.proc is not None:
+        broker.stop()
+
+
+class PersistentSubscriber:
+    """Home Assistant's view: QoS 1, persistent session (clean_session=False), reconnecting.
+
+    Messages queued by the broker while this client is away are delivered when it returns;
+    every message ever received is kept, duplicates included (at-least-once is what is tested).
+    """
+
+    def __init__(self, url: str, topic: str = "hsi/#") -> None:
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.received: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.seen: list[tuple[str, bytes, bool]] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"ha-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+        )
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.received.put((m.topic, bytes(m.payload), bool(m.retain)))
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.connect_async(host, int(port))
+        self.client.loop_start()
+
+    def wait_subscribed(self, timeout: float = 10) -> PersistentSubscriber:
+        if not self.subscribed.wait(timeout):
+            raise TimeoutError("subscriber did not subscribe")
+        return self
+
+    def messages(self) -> list[tuple[str, bytes, bool]]:
+        while True:
+            try:
+                self.seen.append(self.received.get_nowait())
+            except queue.Empty:
+                return list(self.seen)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def unique_jpeg(src: Path, tag: int) -> bytes:
+    """A real camera JPEG made unique by a comment segment (COM, 0xFFFE) after its start marker:
+    the server de-duplicates identical bytes, and these tests need many distinct images."""
+    data = src.read_bytes()
+    assert data[:2] == b"\xff\xd8"
+    text = f"hsi-reliability-{tag:08d}".encode()
+    return data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
+
+
+def put_file(dest: Path, data: bytes) -> None:
+    """Write as an FTP upload would (a temporary name, then a rename into the camera folder)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.part"
+    tmp.write_bytes(data)
+    tmp.rename(dest)

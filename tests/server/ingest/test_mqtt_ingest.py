@@ -1,0 +1,148 @@
+"""MQTT ingest (ARCHITECTURE §3 ``hsi/ingest/<camera>``): real brokers, real images → job → event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from inference_server import demo_assets, schemas
+from inference_server.app import Server
+from inference_server.config import Settings
+from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.publish.mqtt import BrokerAddress
+from inference_server.store import cameras
+
+from ..conftest import running, wait_until
+from .conftest import broken_huffman_jpeg
+
+ZIDANE = demo_assets.image("zidane.jpg").read_bytes()  # two people, 50 kB
+BUS = demo_assets.image("bus.jpg").read_bytes()  # four people, 137 kB
+
+
+async def publish(url: str, topic: str, payload: bytes) -> None:
+    """Publish as an edge node would (QoS 1), returning once the broker acknowledged."""
+    address = BrokerAddress.parse(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edge-node-test")
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1)
+        await asyncio.to_thread(info.wait_for_publish, 10)
+        assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def ingest_ready(server: Server) -> None:
+    assert server.mqtt_ingest is not None
+    await asyncio.wait_for(server.mqtt_ingest.subscribed.wait(), 10)
+
+
+async def add_camera(pool: asyncpg.Pool, camera_id: str, *, enabled: bool = True) -> None:
+    assert await cameras.create(pool, schemas.CameraCreate(id=camera_id, name=camera_id, enabled=enabled))
+
+
+async def event_for_image(pool: asyncpg.Pool, camera_id: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow(
+        "SELECT i.source, i.media_type, j.state, e.objects FROM images i JOIN jobs j ON j.image_id = i.id"
+        " LEFT JOIN events e ON e.camera_id = i.camera_id"
+        " WHERE i.camera_id = $1",
+        camera_id,
+    )
+    return dict(row) if row is not None and row["objects"] is not None else None
+
+
+async def refusals(pool: asyncpg.Pool) -> list[tuple[str, str | None, str, int]]:
+    rows = await pool.fetch("SELECT original_path, camera_id, reason, size_bytes, stored_path FROM quarantine")
+    assert all(r["stored_path"] is None for r in rows)  # refused MQTT payloads are not kept
+    return sorted((r["original_path"], r["camera_id"], r["reason"], r["size_bytes"]) for r in rows)
+
+
+async def test_images_published_on_mosquitto_become_events_and_bad_ones_are_quarantined(
+    make_settings: Callable[..., Settings], mosquitto_url: str, pose_detector: UltralyticsDetector
+) -> None:
+    # The limit sits between the two real images: zidane fits, bus is "too large".
+    settings = make_settings(mqtt_url=mosquitto_url, mqtt_prefix="t1", max_image_bytes=len(ZIDANE) + 1000)
+    async with running(settings, pose_detector) as server:
+        await ingest_ready(server)
+        await add_camera(server.pool, "porch")
+        await add_camera(server.pool, "garage", enabled=False)
+        await publish(mosquitto_url, "t1/ingest/porch", ZIDANE)
+        await publish(mosquitto_url, "t1/ingest/porch", BUS)  # over the limit
+        await publish(mosquitto_url, "t1/ingest/nowhere", ZIDANE)  # unknown camera
+        await publish(mosquitto_url, "t1/ingest/garage", ZIDANE)  # detection switched off
+        await publish(mosquitto_url, "t1/ingest/porch", broken_huffman_jpeg(ZIDANE))  # corrupt
+        await publish(mosquitto_url, "t1/ingest/porch", b"")  # empty
+
+        got = await wait_until(lambda: event_for_image(server.pool, "porch"), timeout=60)
+        assert got["source"] == "mqtt" and got["media_type"] == "image/jpeg" and got["state"] == "done"
+        assert _objects(got["objects"]) == {"person": 2}
+
+        async def all_refused() -> list[tuple[str, str | None, str, int]] | None:
+            found = await refusals(server.pool)
+            return found if len(found) >= 5 else None
+
+        assert await wait_until(all_refused, timeout=20) == sorted(
+            [
+                ("t1/ingest/porch", "porch", "too_large", len(BUS)),
+                ("t1/ingest/nowhere", None, "unknown_camera", len(ZIDANE)),
+                ("t1/ingest/garage", "garage", "camera_disabled", len(ZIDANE)),
+                ("t1/ingest/porch", "porch", "corrupt_image", len(ZIDANE)),
+                ("t1/ingest/porch", "porch", "empty_file", 0),
+            ]
+        )
+        # Only the one good image was stored.
+        assert await server.pool.fetchval("SELECT count(*) FROM images") == 1
+
+
+async def test_embedded_amqtt_broker_ingest_and_switch_off(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    async with running(make_settings(mqtt_prefix="t2"), pose_detector) as server:
+        await ingest_ready(server)
+        await add_camera(server.pool, "yard")
+        await publish(server.mqtt_url, "t2/ingest/yard", BUS)
+        got = await wait_until(lambda: event_for_image(server.pool, "yard"), timeout=60)
+        assert got["source"] == "mqtt" and _objects(got["objects"]) == {"person": 4}
+
+
+async def test_mqtt_ingest_can_be_switched_off(make_settings: Callable[..., Settings], amqtt_url: str) -> None:
+    settings = make_settings(mqtt_url=amqtt_url, mqtt_prefix="t3", mqtt_ingest_enabled=False, role="api")
+    async with running(settings) as server:
+        assert server.mqtt_ingest is None
+        await add_camera(server.pool, "porch")
+        await publish(amqtt_url, "t3/ingest/porch", ZIDANE)
+        await asyncio.sleep(1.0)  # a subscribed server stores it well within this (see tests above)
+        assert await server.pool.fetchval("SELECT count(*) FROM images") == 0
+
+
+def _objects(value: Any) -> dict[str, int]:
+    import json
+
+    return dict(json.loads(value) if isinstance(value, str) else value)
+
+
+async def test_a_full_ingest_queue_refuses_visibly_instead_of_blocking(
+    make_settings: Callable[..., Settings], amqtt_url: str
+) -> None:
+    from inference_server.ingest.mqtt import _Inbound
+
+    settings = make_settings(mqtt_url=amqtt_url, mqtt_prefix="t4", mqtt_ingest_queue=1, role="api")
+    async with running(settings) as server:
+        assert server.mqtt_ingest is not None
+        await add_camera(server.pool, "porch")
+        # Two arrivals hand over back to back (as paho's thread would), before the consumer runs.
+        server.mqtt_ingest._offer(_Inbound("t4/ingest/porch", "porch", ZIDANE))
+        server.mqtt_ingest._offer(_Inbound("t4/ingest/porch", "porch", BUS))
+        assert await wait_until(lambda: refusals(server.pool)) == [
+            ("t4/ingest/porch", "porch", "ingest_queue_full", len(BUS))
+        ]
+        assert await wait_until(lambda: server.pool.fetchval("SELECT count(*) FROM images")) == 1
