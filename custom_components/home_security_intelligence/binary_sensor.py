@@ -11,14 +11,12 @@ from homeassistant.components.binary_sensor import (
     BinarySensorEntityDescription,
 )
 from homeassistant.const import EntityCategory
-from homeassistant.core import HomeAssistant, callback
-from homeassistant.helpers.dispatcher import async_dispatcher_connect
+from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
 from . import HsiConfigEntry
-from .const import SIGNAL_NEW_CAMERA
 from .coordinator import CameraData, HsiCoordinator
-from .entity import HsiCameraEntity, HsiServerEntity
+from .entity import HsiCameraEntity, HsiServerEntity, async_add_camera_entities
 
 PARALLEL_UPDATES = 0
 
@@ -68,13 +66,13 @@ async def async_setup_entry(
     coordinator = entry.runtime_data.coordinator
     async_add_entities([HsiConnectivity(coordinator, CONNECTIVITY)])
 
-    @callback
-    def add_camera(camera_id: str) -> None:
-        async_add_entities(HsiOccupancy(coordinator, camera_id, description) for description in OCCUPANCY)
-
-    for camera_id in coordinator.cameras:
-        add_camera(camera_id)
-    entry.async_on_unload(async_dispatcher_connect(hass, SIGNAL_NEW_CAMERA.format(entry.entry_id), add_camera))
+    async_add_camera_entities(
+        hass,
+        entry,
+        coordinator,
+        async_add_entities,
+        lambda camera_id: (HsiOccupancy(coordinator, camera_id, d) for d in OCCUPANCY),
+    )
 
 
 class HsiOccupancy(HsiCameraEntity, BinarySensorEntity):

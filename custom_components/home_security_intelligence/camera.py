@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from homeassistant.components.camera import Camera
-from homeassistant.core import HomeAssistant, callback
-from homeassistant.helpers.dispatcher import async_dispatcher_connect
+from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity import EntityDescription
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
 from . import HsiConfigEntry
-from .const import SIGNAL_NEW_CAMERA
 from .coordinator import HsiCoordinator
-from .entity import HsiCameraEntity
+from .entity import HsiCameraEntity, async_add_camera_entities
 
 PARALLEL_UPDATES = 0
 
@@ -23,13 +21,13 @@ async def async_setup_entry(
 ) -> None:
     coordinator = entry.runtime_data.coordinator
 
-    @callback
-    def add_camera(camera_id: str) -> None:
-        async_add_entities([HsiSnapshotCamera(coordinator, camera_id, SNAPSHOT)])
-
-    for camera_id in coordinator.cameras:
-        add_camera(camera_id)
-    entry.async_on_unload(async_dispatcher_connect(hass, SIGNAL_NEW_CAMERA.format(entry.entry_id), add_camera))
+    async_add_camera_entities(
+        hass,
+        entry,
+        coordinator,
+        async_add_entities,
+        lambda camera_id: [HsiSnapshotCamera(coordinator, camera_id, SNAPSHOT)],
+    )
 
 
 class HsiSnapshotCamera(HsiCameraEntity, Camera):

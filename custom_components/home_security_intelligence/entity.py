@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
-from homeassistant.helpers.device_registry import DeviceInfo
-from homeassistant.helpers.entity import Entity, EntityDescription
+from collections.abc import Callable, Iterable
 
-from .const import DOMAIN
+from homeassistant.config_entries import ConfigEntry
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.device_registry import DeviceInfo
+from homeassistant.helpers.dispatcher import async_dispatcher_connect
+from homeassistant.helpers.entity import Entity, EntityDescription
+from homeassistant.helpers.entity_platform import AddEntitiesCallback
+
+from .const import DOMAIN, SIGNAL_NEW_CAMERA
 from .coordinator import HsiCoordinator
+
+
+@callback
+def async_add_camera_entities(
+    hass: HomeAssistant,
+    entry: ConfigEntry,
+    coordinator: HsiCoordinator,
+    async_add_entities: AddEntitiesCallback,
+    entities_for: Callable[[str], Iterable[Entity]],
+) -> None:
+    """Add a platform's entities for every known camera, and for each camera that appears later."""
+
+    @callback
+    def add_camera(camera_id: str) -> None:
+        async_add_entities(entities_for(camera_id))
+
+    for camera_id in coordinator.cameras:
+        add_camera(camera_id)
+    entry.async_on_unload(async_dispatcher_connect(hass, SIGNAL_NEW_CAMERA.format(entry.entry_id), add_camera))
 
 
 class HsiEntity(Entity):

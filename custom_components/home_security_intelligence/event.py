@@ -6,12 +6,11 @@ from typing import Any
 
 from homeassistant.components.event import EventEntity, EventEntityDescription
 from homeassistant.core import HomeAssistant, callback
-from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
 from . import HsiConfigEntry
-from .const import RISK_LEVELS, SIGNAL_NEW_CAMERA
-from .entity import HsiCameraEntity
+from .const import RISK_LEVELS
+from .entity import HsiCameraEntity, async_add_camera_entities
 
 PARALLEL_UPDATES = 0
 
@@ -23,13 +22,13 @@ async def async_setup_entry(
 ) -> None:
     coordinator = entry.runtime_data.coordinator
 
-    @callback
-    def add_camera(camera_id: str) -> None:
-        async_add_entities([HsiSecurityEvent(coordinator, camera_id, SECURITY_EVENT)])
-
-    for camera_id in coordinator.cameras:
-        add_camera(camera_id)
-    entry.async_on_unload(async_dispatcher_connect(hass, SIGNAL_NEW_CAMERA.format(entry.entry_id), add_camera))
+    async_add_camera_entities(
+        hass,
+        entry,
+        coordinator,
+        async_add_entities,
+        lambda camera_id: [HsiSecurityEvent(coordinator, camera_id, SECURITY_EVENT)],
+    )
 
 
 class HsiSecurityEvent(HsiCameraEntity, EventEntity):

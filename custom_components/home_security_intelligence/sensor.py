@@ -13,14 +13,13 @@ from homeassistant.components.sensor import (
     SensorStateClass,
 )
 from homeassistant.const import PERCENTAGE, EntityCategory, UnitOfInformation, UnitOfTemperature, UnitOfTime
-from homeassistant.core import HomeAssistant, callback
-from homeassistant.helpers.dispatcher import async_dispatcher_connect
+from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
 from . import HsiConfigEntry
-from .const import RISK_LEVELS, SIGNAL_NEW_CAMERA
+from .const import RISK_LEVELS
 from .coordinator import CameraData
-from .entity import HsiCameraEntity, HsiServerEntity
+from .entity import HsiCameraEntity, HsiServerEntity, async_add_camera_entities
 
 PARALLEL_UPDATES = 0
 
@@ -122,13 +121,13 @@ async def async_setup_entry(
     coordinator = entry.runtime_data.coordinator
     async_add_entities(HsiServerSensor(coordinator, description) for description in SERVER_SENSORS)
 
-    @callback
-    def add_camera(camera_id: str) -> None:
-        async_add_entities(HsiCameraSensor(coordinator, camera_id, description) for description in CAMERA_SENSORS)
-
-    for camera_id in coordinator.cameras:
-        add_camera(camera_id)
-    entry.async_on_unload(async_dispatcher_connect(hass, SIGNAL_NEW_CAMERA.format(entry.entry_id), add_camera))
+    async_add_camera_entities(
+        hass,
+        entry,
+        coordinator,
+        async_add_entities,
+        lambda camera_id: (HsiCameraSensor(coordinator, camera_id, d) for d in CAMERA_SENSORS),
+    )
 
 
 class HsiCameraSensor(HsiCameraEntity, SensorEntity):

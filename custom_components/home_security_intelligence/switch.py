@@ -6,15 +6,14 @@ from typing import Any
 
 from homeassistant.components.switch import SwitchEntity, SwitchEntityDescription
 from homeassistant.const import EntityCategory
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
 from . import HsiConfigEntry
 from .api import HsiError
-from .const import DOMAIN, SIGNAL_NEW_CAMERA
-from .entity import HsiCameraEntity
+from .const import DOMAIN
+from .entity import HsiCameraEntity, async_add_camera_entities
 
 PARALLEL_UPDATES = 1
 
@@ -26,13 +25,13 @@ async def async_setup_entry(
 ) -> None:
     coordinator = entry.runtime_data.coordinator
 
-    @callback
-    def add_camera(camera_id: str) -> None:
-        async_add_entities([HsiDetectionSwitch(coordinator, camera_id, DETECTION)])
-
-    for camera_id in coordinator.cameras:
-        add_camera(camera_id)
-    entry.async_on_unload(async_dispatcher_connect(hass, SIGNAL_NEW_CAMERA.format(entry.entry_id), add_camera))
+    async_add_camera_entities(
+        hass,
+        entry,
+        coordinator,
+        async_add_entities,
+        lambda camera_id: [HsiDetectionSwitch(coordinator, camera_id, DETECTION)],
+    )
 
 
 class HsiDetectionSwitch(HsiCameraEntity, SwitchEntity):
