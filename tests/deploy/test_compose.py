@@ -48,6 +48,8 @@ def test_compose_file_parses_and_refuses_to_start_without_a_database_password() 
     assert set(services) == {"server", "postgres", "mosquitto"}
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no healthcheck"
+    # The server's probe must be a route that answers without an API key.
+    assert services["server"]["healthcheck"]["test"][-1].endswith("/api/v1/health/live")
     server = services["server"]
     assert (ROOT / server["build"]["context"] / server["build"]["dockerfile"]).is_file()
     assert server["image"] == f"ghcr.io/home-security-intelligence/amd64-hsi:{__version__}"
