@@ -9,7 +9,7 @@ from inference_server.api.errors import ApiError
 from inference_server.api.params import CameraPath
 from inference_server.api.registry import API
 from inference_server.schemas import Camera, CameraCreate, CameraList, CameraPatch, ZoneList
-from inference_server.store import cameras
+from inference_server.store import cameras, outbox
 
 
 def _missing(camera_id: str) -> ApiError:
@@ -81,8 +81,17 @@ async def patch_camera(request: web.Request, p: CameraPath, change: CameraPatch)
     errors=[404],
 )
 async def delete_camera(request: web.Request, p: CameraPath, _: None) -> None:
-    if not await cameras.delete(ctx(request).pool, p.camera_id):
-        raise _missing(p.camera_id)
+    context = ctx(request)
+    topics = context.topics
+    async with context.pool.acquire() as conn, conn.transaction():
+        labels = await cameras.delete(conn, p.camera_id)
+        if labels is None:
+            raise _missing(p.camera_id)
+        # Empty retained messages clear the camera's topics, so subscribers (the Home Assistant
+        # integration) drop its device instead of showing its last state forever.
+        topic_names = [topics.camera_state(p.camera_id), topics.camera_snapshot(p.camera_id)]
+        topic_names += [topics.camera_objects(p.camera_id, label) for label in labels]
+        await outbox.add_many(conn, [(topic, b"", True) for topic in topic_names])
 
 
 @API.route(

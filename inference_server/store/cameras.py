@@ -90,9 +90,14 @@ async def patch(
     return _record(row) if row is not None else None
 
 
-async def delete(conn: asyncpg.Connection | asyncpg.Pool, camera_id: str) -> bool:
+async def delete(conn: asyncpg.Connection, camera_id: str) -> list[str] | None:
+    """Delete the camera with its images, detections and events (cascade). Returns the object
+    labels it ever had (their retained MQTT topics need clearing), or None if there was no such camera."""
+    labels = await conn.fetch("SELECT DISTINCT label FROM detections WHERE camera_id = $1 ORDER BY label", camera_id)
     status: str = await conn.execute("DELETE FROM cameras WHERE id = $1", camera_id)
-    return status != "DELETE 0"
+    if status == "DELETE 0":
+        return None
+    return [r["label"] for r in labels]
 
 
 async def set_zones(

@@ -232,3 +232,31 @@ async def test_metrics_count_what_happened_and_gpu_series_are_absent_without_gpu
         assert status["gpu"] is None and status["queue"]["done"] == 3 and status["dlq_size"] == 0
         assert status["images_per_s"] > 0 and status["latency_ms_p95"] >= status["latency_ms_p50"] > 0
         assert status["mqtt_connected"] is True
+
+
+async def test_deleting_a_camera_clears_its_retained_topics(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = make_settings()
+    async with running(settings, pose_detector) as server:
+        drop(demo_assets.image("bus.jpg"), settings.cameras_path / "porch" / "MDAlarm_20261124-021000.jpg")
+        first = Subscriber(server.mqtt_url, "hsi/cameras/porch/#")
+        try:
+            await first.ready()
+            await first.wait_for(lambda m: m.topic == "hsi/cameras/porch/state" and m.payload)
+            await first.wait_for(lambda m: m.topic == "hsi/cameras/porch/objects/person" and m.payload)
+            headers = await auth_headers(server)
+            async with aiohttp.ClientSession(base_url=server.api_url, headers=headers) as http:
+                await _json(await http.delete("/api/v1/cameras/porch"), 204)
+            for topic in ("state", "snapshot", "objects/person"):
+                await first.wait_for(lambda m, t=topic: m.topic == f"hsi/cameras/porch/{t}" and m.payload == b"")
+        finally:
+            first.close()
+        # A subscriber arriving later finds nothing retained for the deleted camera.
+        later = Subscriber(server.mqtt_url, "hsi/cameras/porch/#")
+        try:
+            await later.ready()
+            await asyncio.sleep(1.0)
+            assert later.drain() == []
+        finally:
+            later.close()
