@@ -199,6 +199,24 @@ async def test_every_entity_of_the_dashboard_exists(hass: HomeAssistant, entry: 
     _publish(hass, "hsi/cameras/driveway/state", sample("camera_state.json"))
     await hass.async_block_till_done()
     text = await hass.async_add_executor_job(DASHBOARD.read_text, "utf-8")
-    entity_ids = set(re.findall(r"\b(?:sensor|binary_sensor|camera|switch|event)\.[a-z0-9_]+", text))
+    entity_ids = set(re.findall(r"\b(?:sensor|binary_sensor|camera|switch|event|image)\.[a-z0-9_]+", text))
     assert len(entity_ids) >= 20
     assert sorted(e for e in entity_ids if hass.states.get(e) is None) == []
+
+
+async def test_last_event_image_is_fetched_from_the_server(
+    hass: HomeAssistant, entry: MockConfigEntry, aioclient_mock: AiohttpClientMocker, hass_client: Any
+) -> None:
+    event = sample("event_new.json")
+    aioclient_mock.get(
+        f"{URL}/api/v1/events/{event['id']}/snapshot.jpg", content=JPEG, headers={"Content-Type": "image/jpeg"}
+    )
+    await _camera_online(hass)
+    _publish(hass, "hsi/events", event)
+    await hass.async_block_till_done()
+    state = hass.states.get("image.back_door_last_event")
+    assert state is not None and state.state == "2026-11-24T02:10:03+00:00"
+    client = await hass_client()
+    resp = await client.get(state.attributes["entity_picture"])
+    assert resp.status == 200 and await resp.read() == JPEG
+    assert aioclient_mock.mock_calls[-1][3]["Authorization"] == f"Bearer {KEY}"
