@@ -160,13 +160,22 @@ class BatchStage:
     async def run(self, stop: asyncio.Event) -> None:
         """Close due batches every moment (a fraction of the idle time, at most a second)."""
         tick = max(0.05, min(1.0, self.settings.batch_idle_s / 4))
+        delay, failures = tick, 0
         while not stop.is_set():
             try:
                 await self.close_due()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
-                log.error("closing batches failed, will retry error=%r", err)
+                # A database outage: back off (up to 10 s) and log the first failure, then every tenth.
+                failures += 1
+                delay = min(10.0, delay * 2)
+                if failures == 1 or failures % 10 == 0:
+                    log.error("closing batches failed failures=%d retry_in_s=%.1f error=%r", failures, delay, err)
+            else:
+                if failures:
+                    log.info("closing batches works again after failures=%d", failures)
+                delay, failures = tick, 0
             try:
-                await asyncio.wait_for(stop.wait(), tick)
+                await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:
                 continue
 
