@@ -103,7 +103,14 @@ class HsiCoordinator:
 
     @callback
     def _on_availability(self, msg: mqtt.ReceiveMessage) -> None:
-        self.online = msg.payload == "online"
+        online = msg.payload == "online"
+        if online != self.online:
+            # Logged once per change, not per message (quality scale: log-when-unavailable).
+            if online:
+                _LOGGER.info("HSI server %s is online again", self.client.url)
+            else:
+                _LOGGER.warning("HSI server %s went offline (its MQTT last will)", self.client.url)
+        self.online = online
         self._notify()
 
     @callback

@@ -124,11 +124,16 @@ async def test_snapshot_camera_serves_the_retained_jpeg(hass: HomeAssistant, ent
 
 
 async def test_everything_goes_unavailable_when_the_server_is_offline(
-    hass: HomeAssistant, entry: MockConfigEntry
+    hass: HomeAssistant, entry: MockConfigEntry, caplog: pytest.LogCaptureFixture
 ) -> None:
     await _camera_online(hass)
     _publish(hass, "hsi/availability", "offline")
+    _publish(hass, "hsi/availability", "offline")
     await hass.async_block_till_done()
+    # Logged once per change, not once per message.
+    assert [r.getMessage() for r in caplog.records if "went offline" in r.getMessage()] == [
+        f"HSI server {URL} went offline (its MQTT last will)"
+    ]
     assert hass.states.get("sensor.back_door_risk_score").state == STATE_UNAVAILABLE
     assert hass.states.get("binary_sensor.back_door_person").state == STATE_UNAVAILABLE
     assert hass.states.get("binary_sensor.home_security_intelligence_server_server_connection").state == STATE_OFF
