@@ -20,11 +20,20 @@ async def _serve(settings: Settings) -> None:
     from inference_server.app import Server
 
     server = Server(settings)
-    await server.start()
+    # Handlers go in before start-up: a service manager may send SIGTERM while the model loads or
+    # the MQTT session is already announced ``online``. A stop asked for during start-up lets the
+    # start finish (no half-opened database or broker to leak) and then stops cleanly at once.
+    stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, server._stop.set)
+        loop.add_signal_handler(sig, stop_requested.set)
     try:
+        await server.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server._stop.set)
+        if stop_requested.is_set():
+            log.info("stop requested during start-up; stopping now")
+            server._stop.set()
         await server.wait_stopped()
     finally:
         await server.stop()

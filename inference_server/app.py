@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -61,6 +62,15 @@ async def open_database(settings: Settings) -> tuple[asyncpg.Pool, EmbeddedPostg
     applied = await migrate(pool)
     log.info("database ready migrations_applied=%s", applied or "none")
     return pool, embedded
+
+
+def ingest_client_id(settings: Settings) -> str:
+    """MQTT ingest's client id: stable across restarts (its persistent session is what makes the
+    broker hand back messages that arrived while the server was down), distinct per installation."""
+    if settings.mqtt_client_id:
+        return f"{settings.mqtt_client_id}-ingest"
+    digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"hsi-{socket.gethostname()}-{digest}-ingest"
 
 
 @dataclass
@@ -152,7 +162,7 @@ class Server:
             self.mqtt_ingest = MqttIngest(
                 BrokerAddress.parse(mqtt_url),
                 self.topics,
-                (s.mqtt_client_id or f"hsi-{self.worker_id}".replace(":", "-")) + "-ingest",
+                ingest_client_id(s),
                 self.ingestor,
                 s.mqtt_ingest_queue,
             )

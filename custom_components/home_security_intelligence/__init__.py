@@ -62,6 +62,9 @@ async def async_setup_entry(hass: HomeAssistant, entry: HsiConfigEntry) -> bool:
         raise ConfigEntryNotReady(
             translation_domain=DOMAIN, translation_key="cannot_connect", translation_placeholders={"error": str(err)}
         ) from err
+    # A key revoked later (seen by a service call, the context forwarder, the image entity) asks the
+    # user for a new one, as a rejected key at set-up does through ConfigEntryAuthFailed.
+    client.on_auth_error = lambda: entry.async_start_reauth(hass)
     coordinator = HsiCoordinator(hass, entry, client, entry.data.get(CONF_PREFIX, DEFAULT_PREFIX))
     context = ContextForwarder(hass, entry, client)
     entry.runtime_data = HsiData(client, coordinator, context)

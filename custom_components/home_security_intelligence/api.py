@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -34,10 +35,18 @@ class HsiApiError(HsiError):
 class HsiClient:
     """Thin async client over HA's shared aiohttp session."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, api_key: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        api_key: str,
+        on_auth_error: Callable[[], None] | None = None,
+    ) -> None:
         self._session = session
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"}
+        #: Called when the server rejects the key (revoked or rotated): the integration starts reauth.
+        self.on_auth_error = on_auth_error
 
     async def _request(self, method: str, path: str, *, content_type: str | None = None, **kwargs: Any) -> Any:
         headers = {**self._headers, "Content-Type": content_type} if content_type else self._headers
@@ -46,6 +55,8 @@ class HsiClient:
                 method, f"{self.url}{API_PREFIX}{path}", headers=headers, timeout=TIMEOUT, **kwargs
             ) as resp:
                 if resp.status in (401, 403):
+                    if self.on_auth_error is not None:
+                        self.on_auth_error()
                     raise HsiAuthError(f"API key rejected ({resp.status})")
                 if resp.content_type == "image/jpeg":
                     if resp.status != 200:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Final
 
 DOMAIN: Final = "home_security_intelligence"
@@ -20,6 +21,10 @@ CONF_SUN_ENTITY: Final = "sun_entity"
 DEFAULT_PREFIX: Final = "hsi"
 RISK_LEVELS: Final = ["low", "medium", "high", "critical"]
 CATEGORIES: Final = ["person", "vehicle", "animal"]
+
+#: How long the server may be offline (its MQTT will) before a repairs issue is raised.
+UNREACHABLE_ISSUE_AFTER: Final = timedelta(minutes=10)
+ISSUE_UNREACHABLE: Final = "server_unreachable_{}"
 
 EVENT_BUS: Final = f"{DOMAIN}_event"
 SIGNAL_NEW_CAMERA: Final = f"{DOMAIN}_new_camera_{{}}"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import voluptuous as vol
-from homeassistant.components.device_automation import DEVICE_TRIGGER_BASE_SCHEMA, InvalidDeviceAutomationConfig
+from homeassistant.components.device_automation import DEVICE_TRIGGER_BASE_SCHEMA
+from homeassistant.components.device_automation.exceptions import InvalidDeviceAutomationConfig
 from homeassistant.components.homeassistant.triggers import event as event_trigger
-from homeassistant.const import CONF_DEVICE_ID, CONF_DOMAIN, CONF_PLATFORM, CONF_TYPE
+from homeassistant.const import CONF_DEVICE_ID, CONF_DOMAIN, CONF_EVENT_DATA, CONF_PLATFORM, CONF_TYPE
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.trigger import TriggerActionType, TriggerInfo
@@ -54,13 +55,14 @@ async def async_attach_trigger(
     if config[CONF_TYPE] == EVENT_STARTED:
         data["type"] = "new"
     else:
-        # New judgements only ("new", and the LLM's "update"), not the "end" of an event.
-        data |= {"risk_level": LEVEL_TRIGGERS[config[CONF_TYPE]], "alert": True}
+        # A judgement that changed the level: the rules' "new", or an LLM "update" that moved it
+        # (an update confirming the same level, or the event's "end", fires nothing).
+        data |= {"risk_level": LEVEL_TRIGGERS[config[CONF_TYPE]], "alert": True, "level_changed": True}
     event_config = event_trigger.TRIGGER_SCHEMA(
         {
-            event_trigger.CONF_PLATFORM: "event",
+            CONF_PLATFORM: "event",
             event_trigger.CONF_EVENT_TYPE: EVENT_BUS,
-            event_trigger.CONF_EVENT_DATA: data,
+            CONF_EVENT_DATA: data,
         }
     )
     return await event_trigger.async_attach_trigger(hass, event_config, action, trigger_info, platform_type="device")

@@ -20,7 +20,7 @@ from .const import DOMAIN, RISK_LEVELS
 ATTR_CONFIG_ENTRY = "config_entry_id"
 WAIT_FOR_EVENT_S = 60.0
 
-_ENTRY = {vol.Required(ATTR_CONFIG_ENTRY): cv.string}
+_ENTRY: dict[vol.Marker, Any] = {vol.Required(ATTR_CONFIG_ENTRY): cv.string}
 
 ANALYZE_SCHEMA = vol.Schema(
     {

@@ -8,8 +8,12 @@ loop; it never blocks and never decodes. The loop holds at most ``queue_size`` i
 for validation. Anything refused (too large, queue full, unknown or disabled camera, not a
 valid image) becomes a quarantine row (``stored_path`` empty: the bytes are not kept) and a
 warning — MQTT has no reply channel, so the quarantine list is where a refusal is visible.
-paho acknowledges a QoS 1 message on receipt, before any of this: PUBACK means "received by
-the server process", not "stored"; see docs/guarantees.md.
+At least once: the client keeps a persistent session (``clean_session=False``, a client id
+stable across restarts) and acknowledges by hand (paho's ``manual_ack``). The PUBACK goes only
+after the image is committed (or its refusal recorded): a message the server was holding when
+it died, or that arrived while it was down, is delivered again by the broker when it comes back,
+and a redelivered image is recognised by its hash. During a database outage the message waits
+here, retried, unacknowledged. See docs/guarantees.md.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from inference_server.ingest.validate import InvalidImage
 from inference_server.publish.mqtt import BrokerAddress
 from inference_server.publish.topics import Topics
 from inference_server.store import quarantine
+from inference_server.store.db import is_unavailable
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ class _Inbound:
     topic: str
     camera_id: str
     data: bytes
+    mid: int
+    qos: int
 
 
 class MqttIngest:
@@ -54,7 +61,11 @@ class MqttIngest:
         self.subscribed = asyncio.Event()
         self._refusals: set[asyncio.Task[None]] = set()
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+            manual_ack=True,
         )
         if address.username:
             client.username_pw_set(address.username, address.password)
@@ -81,17 +92,40 @@ class MqttIngest:
                     getter.cancel()
                     break
                 item = getter.result()
-                try:
-                    await self._handle(item)
-                except Exception:
-                    # One bad message or a database outage must not end the subscription; the image
-                    # is lost (paho has acknowledged it already, see docs/guarantees.md).
-                    log.exception("mqtt ingest failed topic=%s", printable(item.topic))
-                    metrics.INGESTED.labels(item.camera_id, "mqtt", "failed").inc()
+                if await self._handle_until_stored(item, stop):
+                    self._ack(item)
         finally:
             stopper.cancel()
             self._client.disconnect()
             await asyncio.to_thread(self._client.loop_stop)
+
+    async def _handle_until_stored(self, item: _Inbound, stop: asyncio.Event) -> bool:
+        """Store (or refuse) one image; through a database outage, retry. False: stopping first."""
+        delay = 0.5
+        while True:
+            try:
+                await self._handle(item)
+                return True
+            except Exception as err:
+                if not is_unavailable(err):
+                    # A bug with this one message must not end the subscription or come back forever.
+                    log.exception("mqtt ingest failed topic=%s; message dropped", printable(item.topic))
+                    metrics.INGESTED.labels(item.camera_id, "mqtt", "failed").inc()
+                    return True
+                log.warning(
+                    "mqtt ingest waiting for the database topic=%s retry_in_s=%.1f", printable(item.topic), delay
+                )
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 10.0)
+                continue
+            # Stopping: not acknowledged, so the broker delivers it again to the next session.
+            return False
+
+    def _ack(self, item: _Inbound) -> None:
+        if item.qos > 0:
+            self._client.ack(item.mid, item.qos)
 
     # --- paho's thread ---------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -116,9 +150,15 @@ class MqttIngest:
         size = len(message.payload)
         if size > self.max_bytes:
             # Dropped here, on the network thread: the bytes never reach the loop or a decoder.
-            self._call(self._refuse_soon, topic, camera_id, "too_large", f"{size} bytes > limit {self.max_bytes}", size)
+            self._call(
+                self._refuse_soon,
+                _Inbound(topic, camera_id, b"", message.mid, message.qos),
+                "too_large",
+                f"{size} bytes > limit {self.max_bytes}",
+                size,
+            )
             return
-        self._call(self._offer, _Inbound(topic, camera_id, bytes(message.payload)))
+        self._call(self._offer, _Inbound(topic, camera_id, bytes(message.payload), message.mid, message.qos))
 
     def _call(self, fn: Any, *args: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -129,15 +169,15 @@ class MqttIngest:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            self._refuse_soon(
-                item.topic, item.camera_id, "ingest_queue_full", f"{self._queue.maxsize} images waiting", len(item.data)
-            )
+            self._refuse_soon(item, "ingest_queue_full", f"{self._queue.maxsize} images waiting", len(item.data))
 
-    def _refuse_soon(self, topic: str, camera_id: str, reason: str, detail: str, size: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._refuse(topic, camera_id, reason, detail, size))
+    def _refuse_soon(self, item: _Inbound, reason: str, detail: str, size: int) -> None:
+        """Record a refusal off the ingest path, then acknowledge (a refused message is final)."""
+        task = asyncio.get_running_loop().create_task(self._refuse(item.topic, item.camera_id, reason, detail, size))
         self._refusals.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._refusals.discard)
         task.add_done_callback(_log_failure)
+        task.add_done_callback(lambda _: self._ack(item))
 
     async def _handle(self, item: _Inbound) -> None:
         try:

@@ -39,6 +39,9 @@ class ImageLimits:
     min_side: int
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
     media_type: str
@@ -61,6 +64,10 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
     try:
         with parser(io.BytesIO(data)) as img:
             width, height = img.size
+            # Stored as it will be seen: a camera mounted sideways tags (EXIF 5–8) instead of rotating,
+            # and the detect stage turns the picture upright before detection.
+            if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
     except (OSError, SyntaxError, ValueError) as err:
         raise InvalidImage("corrupt_image", f"unreadable header: {err}") from err
     if width * height > limits.max_pixels:

@@ -19,7 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from inference_server.schemas import JobState, Zone
-from inference_server.store.db import is_unavailable
+from inference_server.store.db import connection_alive, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -92,21 +92,13 @@ class JobQueue:
 
     async def close(self) -> None:
         conn, self._listen_conn = self._listen_conn, None
-        if conn is not None and self._listening(conn):
+        if conn is not None and connection_alive(conn):
             await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
             await self.pool.release(conn)
 
-    @staticmethod
-    def _listening(conn: asyncpg.Connection) -> bool:
-        """Whether the LISTEN connection still lives (the pool takes back one PostgreSQL dropped)."""
-        try:
-            return not conn.is_closed()
-        except asyncpg.InterfaceError:  # released back to the pool after the connection died
-            return False
-
     async def _relisten(self) -> None:
         """After a database restart the LISTEN connection is gone: open a new one (or try later)."""
-        if self._listen_conn is not None and self._listening(self._listen_conn):
+        if self._listen_conn is not None and connection_alive(self._listen_conn):
             return
         self._listen_conn = None
         try:

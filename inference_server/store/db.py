@@ -59,6 +59,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def connection_alive(conn: asyncpg.Connection) -> bool:
+    """Whether a held connection (a LISTEN one) still lives; the pool takes back one PostgreSQL dropped."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # released back to the pool after the connection died
+        return False
+
+
 def is_unavailable(err: BaseException) -> bool:
     """Whether ``err`` means "the database cannot be reached right now" (retry later), not a bug.
 

@@ -4,6 +4,7 @@ documented and translated, lint-clean Dockerfile and s6 scripts, and valid YAML 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "addon"
 BIN = Path(sys.executable).parent
 S6 = ADDON / "rootfs" / "etc" / "s6-overlay" / "s6-rc.d"
+PG_BIN = ADDON / "rootfs" / "usr" / "local" / "bin" / "hsi-pg-bin"
 
 
 def _config() -> dict[str, Any]:
@@ -139,7 +141,7 @@ def _shell_scripts() -> list[Path]:
     scripts = sorted(S6.glob("*/run"))
     assert {p.parent.name for p in scripts} == {"init-hsi", "postgres", "hsi", "discovery"}
     scripts += [ROOT / ".ci" / "run", *sorted((ROOT / "scripts").iterdir())]
-    scripts += [ROOT / "bench" / "gpu-prepare", ROOT / "bench" / "gpu-run"]
+    scripts += [ROOT / "bench" / "gpu-prepare", ROOT / "bench" / "gpu-run", PG_BIN]
     return [p for p in scripts if p.is_file() and p.read_text(encoding="utf-8").startswith("#!")]
 
 
@@ -157,6 +159,29 @@ def test_s6_services_are_wired_and_every_shell_script_passes_shellcheck() -> Non
         [str(BIN / "shellcheck"), "-s", "bash", *map(str, scripts)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_postgresql_binaries_follow_the_cluster_version(tmp_path: Path) -> None:
+    """A new cluster gets the newest PostgreSQL in the image; an existing one keeps its own version,
+    and one whose version the image lacks stops with a message (never a server that cannot start)."""
+    root = tmp_path / "postgresql"
+    for version in ("15", "17"):
+        (root / version / "bin").mkdir(parents=True)
+        (root / version / "bin" / "postgres").write_text("#!/bin/sh\n")
+        (root / version / "bin" / "postgres").chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def pick() -> subprocess.CompletedProcess[str]:
+        env = {"PATH": os.environ["PATH"], "HSI_PG_ROOT": str(root), "PGDATA": str(data)}
+        return subprocess.run([str(PG_BIN)], env=env, capture_output=True, text=True, check=False)
+
+    assert pick().stdout.strip() == str(root / "17" / "bin")
+    (data / "PG_VERSION").write_text("15\n")
+    assert pick().stdout.strip() == str(root / "15" / "bin")
+    (data / "PG_VERSION").write_text("14\n")
+    refused = pick()
+    assert refused.returncode == 1 and "PostgreSQL 14" in refused.stderr and "pg_upgrade" in refused.stderr
 
 
 def test_all_yaml_passes_yamllint() -> None:

@@ -101,3 +101,17 @@ async def test_notifies_high_events_once_per_cooldown_and_updates_the_same_notif
     publish("event_new.json", id="77777777-2222-4333-8444-555555555555", camera_id="driveway")
     await hass.async_block_till_done()
     assert len(notifications) == 3
+
+    # A low event (the cat) does not silence the high one that follows on the same camera.
+    publish("event_new.json", id="88888888-2222-4333-8444-555555555555", camera_id="porch", risk_level="low")
+    publish("event_new.json", id="99999999-2222-4333-8444-555555555555", camera_id="porch")
+    await hass.async_block_till_done()
+    assert [n.data["data"]["tag"] for n in notifications[3:]] == ["hsi-99999999-2222-4333-8444-555555555555"]
+    # An escalation within the quiet period is told: a critical after a high.
+    publish("event_new.json", id="aaaaaaaa-2222-4333-8444-555555555555", camera_id="porch", risk_level="critical")
+    await hass.async_block_till_done()
+    assert len(notifications) == 5 and notifications[4].data["title"].endswith("Critical (82)")
+    # A second critical on that camera within the quiet period is not.
+    publish("event_new.json", id="bbbbbbbb-2222-4333-8444-555555555555", camera_id="porch", risk_level="critical")
+    await hass.async_block_till_done()
+    assert len(notifications) == 5

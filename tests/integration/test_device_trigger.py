@@ -72,6 +72,11 @@ async def test_camera_triggers_are_offered_and_fire(
     async_fire_mqtt_message(hass, "hsi/events", json.dumps(sample("event_update.json")))  # critical
     await hass.async_block_till_done()
     assert sorted(c.data["kind"] for c in service_calls) == ["event_started", "risk_level_critical", "risk_level_high"]
+    # An update that confirms the level is no change: "became critical" does not fire again.
+    again = {**sample("event_update.json"), "summary": "Same level, a second narrative"}
+    async_fire_mqtt_message(hass, "hsi/events", json.dumps(again))
+    await hass.async_block_till_done()
+    assert len(service_calls) == 3
     # The event's end repeats the level but is no new judgement: nothing fires.
     async_fire_mqtt_message(hass, "hsi/events", json.dumps(sample("event_end.json")))
     await hass.async_block_till_done()

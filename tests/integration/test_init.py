@@ -4,6 +4,7 @@ diagnostics — fed with the MQTT payloads the server's own models produce (test
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,20 @@ import pytest
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import STATE_OFF, STATE_ON, STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
-from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events, async_fire_mqtt_message
+from homeassistant.helpers import issue_registry as ir
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_capture_events,
+    async_fire_mqtt_message,
+    async_fire_time_changed,
+)
 from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
 
-from custom_components.home_security_intelligence.const import DOMAIN, EVENT_BUS
+from custom_components.home_security_intelligence.const import DOMAIN, EVENT_BUS, UNREACHABLE_ISSUE_AFTER
 from custom_components.home_security_intelligence.diagnostics import async_get_config_entry_diagnostics
 
 from .conftest import sample
@@ -197,6 +206,74 @@ async def test_a_rejected_key_starts_reauth(
     assert [f["context"]["source"] for f in flows] == ["reauth"]
 
 
+async def _let_time_pass(hass: HomeAssistant, delta: timedelta) -> None:
+    async_fire_time_changed(hass, dt_util.utcnow() + delta)
+    await hass.async_block_till_done()
+
+
+async def test_a_server_offline_for_long_raises_a_repairs_issue_that_clears_itself(
+    hass: HomeAssistant, entry: MockConfigEntry
+) -> None:
+    issues = ir.async_get(hass)
+    issue_id = f"server_unreachable_{entry.entry_id}"
+    await _camera_online(hass)
+    _publish(hass, "hsi/availability", "offline")
+    await hass.async_block_till_done()
+    # A short outage (a restart of the add-on) raises nothing.
+    await _let_time_pass(hass, UNREACHABLE_ISSUE_AFTER / 2)
+    assert issues.async_get_issue(DOMAIN, issue_id) is None
+    _publish(hass, "hsi/availability", "online")
+    _publish(hass, "hsi/availability", "offline")
+    await hass.async_block_till_done()
+    await _let_time_pass(hass, UNREACHABLE_ISSUE_AFTER * 0.9)
+    assert issues.async_get_issue(DOMAIN, issue_id) is None, "the clock restarts at each outage"
+    await _let_time_pass(hass, UNREACHABLE_ISSUE_AFTER * 1.2)
+    issue = issues.async_get_issue(DOMAIN, issue_id)
+    assert issue is not None
+    assert issue.severity is ir.IssueSeverity.ERROR and issue.translation_key == "server_unreachable"
+    assert issue.translation_placeholders == {"url": URL, "minutes": "10", "title": entry.title}
+    # Back online: the issue goes by itself.
+    _publish(hass, "hsi/availability", "online")
+    await hass.async_block_till_done()
+    assert issues.async_get_issue(DOMAIN, issue_id) is None
+
+
+async def test_a_server_that_never_comes_online_raises_the_issue_and_unload_clears_it(
+    hass: HomeAssistant, entry: MockConfigEntry
+) -> None:
+    issues = ir.async_get(hass)
+    issue_id = f"server_unreachable_{entry.entry_id}"
+    # No retained "online" ever arrived (the server's MQTT side is down, its REST side answered).
+    await _let_time_pass(hass, UNREACHABLE_ISSUE_AFTER * 1.1)
+    assert issues.async_get_issue(DOMAIN, issue_id) is not None
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert issues.async_get_issue(DOMAIN, issue_id) is None
+
+
+async def test_a_key_revoked_while_running_starts_reauth(
+    hass: HomeAssistant, entry: MockConfigEntry, aioclient_mock: AiohttpClientMocker
+) -> None:
+    await _camera_online(hass)
+    assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
+    aioclient_mock.clear_requests()
+    aioclient_mock.get(f"{URL}/api/v1/events", status=401, json={"error": {"code": "unauthorized", "message": ""}})
+    with pytest.raises(HomeAssistantError):
+        await hass.services.async_call(
+            DOMAIN, "get_events", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+        )
+    await hass.async_block_till_done()
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [f["context"]["source"] for f in flows] == ["reauth"]
+    # A second rejection does not open a second flow.
+    with pytest.raises(HomeAssistantError):
+        await hass.services.async_call(
+            DOMAIN, "get_events", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+        )
+    await hass.async_block_till_done()
+    assert len(hass.config_entries.flow.async_progress_by_handler(DOMAIN)) == 1
+
+
 async def test_every_entity_of_the_dashboard_exists(hass: HomeAssistant, entry: MockConfigEntry) -> None:
     import re
 
@@ -225,3 +302,65 @@ async def test_last_event_image_is_fetched_from_the_server(
     resp = await client.get(state.attributes["entity_picture"])
     assert resp.status == 200 and await resp.read() == JPEG
     assert aioclient_mock.mock_calls[-1][3]["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_detection_switch_goes_through_rest_and_reports_a_failure(
+    hass: HomeAssistant, entry: MockConfigEntry, aioclient_mock: AiohttpClientMocker
+) -> None:
+    await _camera_online(hass)
+    camera_url = f"{URL}/api/v1/cameras/back_door"
+    aioclient_mock.patch(camera_url, json={"id": "back_door", "name": "Back door", "enabled": False})
+    await hass.services.async_call("switch", "turn_off", {"entity_id": "switch.back_door_detection"}, blocking=True)
+    assert hass.states.get("switch.back_door_detection").state == STATE_OFF
+    assert aioclient_mock.mock_calls[-1][2] == {"enabled": False}
+    aioclient_mock.clear_requests()
+    aioclient_mock.patch(camera_url, status=500, json={"error": {"code": "internal", "message": "boom"}})
+    with pytest.raises(HomeAssistantError) as raised:
+        await hass.services.async_call("switch", "turn_on", {"entity_id": "switch.back_door_detection"}, blocking=True)
+    assert raised.value.translation_key == "camera_update_failed"
+    assert hass.states.get("switch.back_door_detection").state == STATE_OFF
+
+
+@pytest.mark.parametrize(
+    ("service", "data", "method", "path"),
+    [
+        ("mark_reviewed", {"event_id": "e1", "feedback": "false_alarm"}, "patch", "/events/e1"),
+        ("get_events", {"level": "high"}, "get", "/events"),
+        ("requeue_dead_letters", {}, "get", "/dlq"),
+        ("set_context", {"alarm_state": "armed_away"}, "put", "/context"),
+    ],
+)
+async def test_service_failures_are_reported_with_their_reason(
+    hass: HomeAssistant,
+    entry: MockConfigEntry,
+    aioclient_mock: AiohttpClientMocker,
+    service: str,
+    data: dict[str, Any],
+    method: str,
+    path: str,
+) -> None:
+    getattr(aioclient_mock, method)(
+        f"{URL}/api/v1{path}", status=503, json={"error": {"code": "database_unavailable", "message": "down"}}
+    )
+    with pytest.raises(HomeAssistantError) as raised:
+        await hass.services.async_call(
+            DOMAIN, service, {"config_entry_id": entry.entry_id, **data}, blocking=True, return_response=True
+        )
+    assert raised.value.translation_key == "server_error"
+    assert "database_unavailable" in str(raised.value.translation_placeholders)
+
+
+async def test_services_refuse_an_unknown_or_unloaded_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    from homeassistant.exceptions import ServiceValidationError
+
+    with pytest.raises(ServiceValidationError) as raised:
+        await hass.services.async_call(
+            DOMAIN, "get_events", {"config_entry_id": "nope"}, blocking=True, return_response=True
+        )
+    assert raised.value.translation_key == "unknown_entry"
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    with pytest.raises(ServiceValidationError) as raised:
+        await hass.services.async_call(
+            DOMAIN, "get_events", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+        )
+    assert raised.value.translation_key == "entry_not_loaded"

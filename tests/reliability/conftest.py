@@ -8,6 +8,7 @@ persistence on, and an MQTT subscriber with a persistent session (as Home Assist
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -27,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server import demo_assets
 from inference_server.app import free_port
+from inference_server.publish.mqtt import BrokerAddress
 from tests.server.conftest import (  # noqa: F401  (fixtures re-exported for this folder)
     _mosquitto_binary,
     database_url,
@@ -224,3 +226,22 @@ def put_file(dest: Path, data: bytes) -> None:
     tmp = dest.parent / f".{dest.name}.part"
     tmp.write_bytes(data)
     tmp.rename(dest)
+
+
+class EdgeNode:
+    """A camera-side publisher: QoS 1, each publish returns once the broker acknowledged it."""
+
+    def __init__(self, url: str) -> None:
+        address = BrokerAddress.parse(url)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edge-node-delivery")
+        self.client.connect(address.host, address.port)
+        self.client.loop_start()
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        await asyncio.to_thread(info.wait_for_publish, 10)
+        assert info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -3,8 +3,9 @@
 A PostgreSQL of this test's own (embedded, the same data folder stopped and started with the
 wheel's ``pg_ctl``). While it is down: ``/api/v1/health/ready`` answers 503 naming the database,
 REST uploads get 503 (the client retries; never a 500), files arriving in camera folders wait
-there. When it is back: the same server process (never restarted) is ready again, ingests the
-waiting files, processes every image and publishes every event.
+there, an image published on MQTT ingest waits in the server unacknowledged. When it is back: the
+same server process (never restarted) is ready again, listens again (job queue, outbox relay),
+ingests the waiting files and message, processes every image and publishes every event.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from inference_server import demo_assets
 from inference_server.store import api_keys
 
 from ..server.conftest import wait_until
-from .conftest import PersistentSubscriber, ServerProcess, put_file, server_env, unique_jpeg
+from .conftest import EdgeNode, PersistentSubscriber, ServerProcess, put_file, server_env, unique_jpeg
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +101,12 @@ async def test_server_rides_out_a_database_restart_and_loses_no_image(
                 assert (await resp.json())["error"]["code"] == "database_unavailable"
             for n in range(3, 6):
                 put_file(cameras / "hall" / f"MDAlarm_20261124-0100{n:02d}.jpg", unique_jpeg(source, n))
+            # MQTT ingest: the image waits in the server, unacknowledged, retried until it is stored.
+            edge = EdgeNode(mosquitto_url)
+            try:
+                await edge.publish("hsi/ingest/porch", unique_jpeg(source, 200))
+            finally:
+                edge.close()
             await asyncio.sleep(3)  # down for a while: workers, relay and watcher keep retrying
             assert len(list((cameras / "hall").glob("*.jpg"))) == 3  # waiting in the folder, not lost
             assert server.alive(), server.tail()
@@ -112,12 +119,12 @@ async def test_server_rides_out_a_database_restart_and_loses_no_image(
                 "/api/v1/cameras/porch/images", data=unique_jpeg(source, 101), headers={"Content-Type": "image/jpeg"}
             ) as resp:
                 assert resp.status == 202, await resp.text()
-            await wait_until(lambda: done_is(done, 8), 90)
+            await wait_until(lambda: done_is(done, 9), 90)
         assert list((cameras / "hall").glob("*.jpg")) == []
         db = await asyncpg.connect(dsn)
         try:
             await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox WHERE sent_at IS NULL"), 60)
-            assert await db.fetchval("SELECT count(*) FROM images") == 8
+            assert await db.fetchval("SELECT count(*) FROM images") == 9
             assert await db.fetchval("SELECT count(*) FROM jobs WHERE state <> 'done'") == 0
             events = {str(r["id"]) for r in await db.fetch("SELECT id FROM events")}
         finally:
@@ -129,6 +136,10 @@ async def test_server_rides_out_a_database_restart_and_loses_no_image(
 
         await wait_until(lambda: events <= received(), 30)
         assert server.starts == 1 and server.alive()
+        text = server.tail(200_000)
+        # The LISTEN connections died with PostgreSQL: the queue and the outbox relay listen again.
+        assert "listening for new jobs again" in text and "outbox relay listening again" in text
+        assert "mqtt ingest waiting for the database" in text
         assert server.stop() == 0, server.tail()
     finally:
         subscriber.close()

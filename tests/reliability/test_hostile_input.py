@@ -22,6 +22,7 @@ from PIL import Image
 
 from inference_server import schemas
 from inference_server.config import Settings
+from inference_server.ingest.validate import ImageLimits, inspect_image
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.pipeline.detect import decode
 from inference_server.store import cameras
@@ -72,6 +73,11 @@ def test_decoded_pictures_are_upright_rgb_with_real_grey_levels() -> None:
     diff = sum(abs(a - b) for a, b in zip(rotated.getdata(), good.convert("L").resize((64, 36)).getdata(), strict=True))
     assert diff / (64 * 36) < 10
     assert Image.open(CORPUS / "exif_rotated.jpg").size == (good.size[1], good.size[0])  # stored sideways
+    # ... and ingest records the size it will be seen at (upright), like the plain picture's.
+    limits = ImageLimits(max_bytes=10_000_000, max_pixels=50_000_000, min_side=32)
+    rotated_info = inspect_image((CORPUS / "exif_rotated.jpg").read_bytes(), limits)
+    plain_info = inspect_image((CORPUS / "good.jpg").read_bytes(), limits)
+    assert (rotated_info.width, rotated_info.height) == (plain_info.width, plain_info.height)
 
 
 async def test_every_hostile_file_gets_its_documented_outcome_on_every_path(

@@ -140,8 +140,8 @@ async def test_a_full_ingest_queue_refuses_visibly_instead_of_blocking(
         assert server.mqtt_ingest is not None
         await add_camera(server.pool, "porch")
         # Two arrivals hand over back to back (as paho's thread would), before the consumer runs.
-        server.mqtt_ingest._offer(_Inbound("t4/ingest/porch", "porch", ZIDANE))
-        server.mqtt_ingest._offer(_Inbound("t4/ingest/porch", "porch", BUS))
+        server.mqtt_ingest._offer(_Inbound("t4/ingest/porch", "porch", ZIDANE, 0, 0))
+        server.mqtt_ingest._offer(_Inbound("t4/ingest/porch", "porch", BUS, 0, 0))
         assert await wait_until(lambda: refusals(server.pool)) == [
             ("t4/ingest/porch", "porch", "ingest_queue_full", len(BUS))
         ]
