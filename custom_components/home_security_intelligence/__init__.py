@@ -55,7 +55,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: HsiConfigEntry) -> bool:
         raise ConfigEntryNotReady(translation_domain=DOMAIN, translation_key="mqtt_unavailable")
     client = HsiClient(async_get_clientsession(hass), entry.data[CONF_URL], entry.data[CONF_API_KEY])
     try:
-        await client.system_status()
+        status = await client.system_status()
     except HsiAuthError as err:
         raise ConfigEntryAuthFailed(translation_domain=DOMAIN, translation_key="invalid_auth") from err
     except HsiConnectionError as err:
@@ -66,6 +66,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: HsiConfigEntry) -> bool:
     # user for a new one, as a rejected key at set-up does through ConfigEntryAuthFailed.
     client.on_auth_error = lambda: entry.async_start_reauth(hass)
     coordinator = HsiCoordinator(hass, entry, client, entry.data.get(CONF_PREFIX, DEFAULT_PREFIX))
+    # The same model as the retained hsi/status, so entities know the server (a GPU?) before MQTT speaks.
+    coordinator.status = status
     context = ContextForwarder(hass, entry, client)
     entry.runtime_data = HsiData(client, coordinator, context)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from homeassistant.components.sensor import (
@@ -119,7 +119,18 @@ async def async_setup_entry(
     hass: HomeAssistant, entry: HsiConfigEntry, async_add_entities: AddEntitiesCallback
 ) -> None:
     coordinator = entry.runtime_data.coordinator
-    async_add_entities(HsiServerSensor(coordinator, description) for description in SERVER_SENSORS)
+    # GPU sensors of a CPU-only server would stay unavailable for good: disabled by default there
+    # (the choice is made when the entity is first registered; the user can enable them later).
+    has_gpu = bool((coordinator.status or {}).get("gpu"))
+    async_add_entities(
+        HsiServerSensor(
+            coordinator,
+            replace(description, entity_registry_enabled_default=has_gpu)
+            if description.key.startswith("gpu_")
+            else description,
+        )
+        for description in SERVER_SENSORS
+    )
 
     async_add_camera_entities(
         hass,

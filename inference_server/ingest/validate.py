@@ -65,8 +65,9 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
         with parser(io.BytesIO(data)) as img:
             width, height = img.size
             # Stored as it will be seen: a camera mounted sideways tags (EXIF 5–8) instead of rotating,
-            # and the detect stage turns the picture upright before detection.
-            if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            # and the detect stage turns the picture upright before detection. JPEG only: its EXIF
+            # sits in the header already read (a PNG's eXIf chunk may lie past a truncation).
+            if media_type == "image/jpeg" and img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
                 width, height = height, width
     except (OSError, SyntaxError, ValueError) as err:
         raise InvalidImage("corrupt_image", f"unreadable header: {err}") from err

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -78,6 +79,8 @@ class BatchStage:
         self.tz = ZoneInfo(settings.camera_timezone)
         self.window = timedelta(seconds=settings.batch_window_s)
         self.idle = timedelta(seconds=settings.batch_idle_s)
+        #: Per camera: monotonic time of the last snapshot message this worker queued.
+        self._snapshot_sent: dict[str, float] = {}
 
     def _due(self, batch: batches.Batch, now: datetime) -> bool:
         return now - batch.opened_at >= self.window or now - batch.last_activity_at >= self.idle
@@ -132,10 +135,11 @@ class BatchStage:
             messages += await self._camera_state(
                 conn, camera_id, camera_enabled, live_assessment, live, previous=frozenset()
             )
-            messages.append((self.topics.camera_snapshot(camera_id), jpeg, True))
+            messages += self._snapshot(camera_id, jpeg, always=False)
             return messages
         judged = await self.judge(conn, batch, camera_name, zones)
         metrics.STAGE.labels("reason").observe(metrics.now() - started)
+        changed = True
         if batch.event_id is None:
             event_id = await self._open_event(conn, batch, judged, fast=True)
             messages.append(await self._event_message(conn, event_id, "new"))
@@ -153,8 +157,24 @@ class BatchStage:
         messages += await self._camera_state(
             conn, camera_id, camera_enabled, judged.assessment, live, previous=frozenset()
         )
-        messages.append((self.topics.camera_snapshot(camera_id), jpeg, True))
+        messages += self._snapshot(camera_id, jpeg, always=changed)
         return messages
+
+    def _snapshot(self, camera_id: str, jpeg: bytes, *, always: bool) -> list[Message]:
+        """The camera's retained snapshot, at most once per ``snapshot_publish_interval_s``.
+
+        At 20 images/s per camera on a GPU, every frame's ~100 KiB JPEG through the outbox (a
+        bytea written, WAL-logged and read back) and the broker is MBs/s that no dashboard shows;
+        the file on disk is written for every image regardless. An image that opens or rescores
+        an event is always sent, so Home Assistant's picture matches the event.
+        """
+        now = time.monotonic()
+        last = self._snapshot_sent.get(camera_id)
+        if not always and last is not None and now - last < self.settings.snapshot_publish_interval_s:
+            metrics.SNAPSHOTS_SKIPPED.inc()
+            return []
+        self._snapshot_sent[camera_id] = now
+        return [(self.topics.camera_snapshot(camera_id), jpeg, True)]
 
     # --- batch closing -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:

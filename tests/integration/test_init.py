@@ -90,10 +90,38 @@ async def test_server_sensors_and_connectivity(hass: HomeAssistant, entry: MockC
     assert hass.states.get("sensor.home_security_intelligence_server_dead_letters").state == "2"
     assert hass.states.get("sensor.home_security_intelligence_server_latency_p95").state == "380.0"
     assert hass.states.get("binary_sensor.home_security_intelligence_server_server_connection").state == STATE_ON
-    # No GPU in the status: GPU sensors are unavailable, not zero.
-    assert hass.states.get("sensor.home_security_intelligence_server_gpu_utilization").state == STATE_UNAVAILABLE
     registry = er.async_get(hass)
     assert registry.async_get("sensor.home_security_intelligence_server_queue_depth").entity_category == "diagnostic"
+    # No GPU on this server: the GPU sensors exist but are disabled by the integration.
+    gpu = registry.async_get("sensor.home_security_intelligence_server_gpu_utilization")
+    assert gpu is not None and gpu.disabled_by is er.RegistryEntryDisabler.INTEGRATION
+    assert hass.states.get("sensor.home_security_intelligence_server_gpu_utilization") is None
+
+
+async def test_gpu_sensors_of_a_gpu_server_are_enabled_and_report(
+    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker
+) -> None:
+    gpu_status = {
+        **sample("status.json"),
+        "gpu": {
+            "name": "NVIDIA H200",
+            "utilization_percent": 71,
+            "memory_used_mb": 5120,
+            "memory_total_mb": 143771,
+            "temperature_c": 58,
+        },
+    }
+    aioclient_mock.get(f"{URL}/api/v1/system/status", json=gpu_status)
+    aioclient_mock.get(f"{URL}/api/v1/cameras", json={"cameras": []})
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": KEY, "prefix": "hsi"})
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    _publish(hass, "hsi/availability", "online")
+    _publish(hass, "hsi/status", gpu_status)
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.home_security_intelligence_server_gpu_utilization").state == "71"
+    assert hass.states.get("sensor.home_security_intelligence_server_gpu_temperature").state == "58"
 
 
 async def test_an_event_fires_the_event_entity_and_the_bus(hass: HomeAssistant, entry: MockConfigEntry) -> None:
@@ -283,7 +311,10 @@ async def test_every_entity_of_the_dashboard_exists(hass: HomeAssistant, entry: 
     text = await hass.async_add_executor_job(DASHBOARD.read_text, "utf-8")
     entity_ids = set(re.findall(r"\b(?:sensor|binary_sensor|camera|switch|event|image)\.[a-z0-9_]+", text))
     assert len(entity_ids) >= 20
-    assert sorted(e for e in entity_ids if hass.states.get(e) is None) == []
+    # Registered (GPU sensors of this CPU-only sample are registered but disabled, so have no state).
+    registry = er.async_get(hass)
+    assert sorted(e for e in entity_ids if registry.async_get(e) is None) == []
+    assert sorted(e for e in entity_ids if hass.states.get(e) is None and "_gpu_" not in e) == []
 
 
 async def test_last_event_image_is_fetched_from_the_server(
