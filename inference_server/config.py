@@ -222,6 +222,13 @@ class Settings(BaseSettings):
     detector_decode_threads: int = Field(
         default=0, ge=0, le=64, description="JPEG decode threads; 0: one per core, at most 8."
     )
+    store_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Results of different cameras stored at once (each its own transaction); "
+        "one camera's images stay in order. Keep db_pool_size above it by 4 or more.",
+    )
     tensorrt_workspace_gb: float = Field(
         default=4.0, gt=0, description="TensorRT builder workspace when exporting an engine."
     )

@@ -81,6 +81,7 @@ class DetectWorker:
         # Decoding runs in Pillow's C code without the GIL: one thread per core keeps a GPU fed.
         threads = settings.detector_decode_threads or min(8, os.cpu_count() or 2)
         self._decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self._store_slots = asyncio.Semaphore(settings.store_concurrency)
 
     async def run(self, stop: asyncio.Event) -> None:
         decoded: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2)
@@ -199,7 +200,17 @@ class DetectWorker:
             await out.put(_STOP)
 
     async def _finish_loop(self, source: asyncio.Queue[list[_Item] | None]) -> None:
+        """Store each batch's results: cameras side by side (``store_concurrency`` transactions at
+        once), each camera's images one after another in arrival order, as its activity batch and
+        its MQTT messages need. One transaction per image, as before: exactly once is unchanged."""
         while (items := await source.get()) is not _STOP:
+            by_camera: dict[str, list[_Item]] = {}
+            for item in items:
+                by_camera.setdefault(item.job.camera_id, []).append(item)
+            await asyncio.gather(*(self._finish_in_order(group) for group in by_camera.values()))
+
+    async def _finish_in_order(self, items: list[_Item]) -> None:
+        async with self._store_slots:
             for item in items:
                 try:
                     await self.reason.finish(item.job, item.image, item.detections)
