@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
@@ -45,8 +45,14 @@ class Detector(Protocol):
 
     name: str
 
-    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
-        """Return the kept detections of each image, in input order (one batched call)."""
+    def prepare(self, image: Image.Image) -> Any:
+        """The model's input for ``image``, made on a decode thread (thread-safe, no model state):
+        the resizing and conversion ``detect`` would otherwise do on the one inference thread."""
+        ...
+
+    def detect(self, images: Sequence[Any]) -> list[list[Detection]]:
+        """Return the kept detections of each input (a PIL image or what ``prepare`` made of one),
+        in input order (one batched call). Boxes are normalised to the picture, whatever its scale."""
         ...
 
     def warmup(self) -> None: ...

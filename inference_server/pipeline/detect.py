@@ -17,6 +17,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from PIL import Image, ImageOps
@@ -63,8 +64,11 @@ def decode(path: Path, target: int) -> Image.Image:
 @dataclass(slots=True)
 class _Item:
     job: ClaimedJob
+    #: The decoded picture (snapshots are drawn on it).
     image: Image.Image
     detections: list[Detection]
+    #: What the detector runs on (``Detector.prepare``, made on a decode thread); the image if unset.
+    model_input: Any = None
 
 
 class DetectWorker:
@@ -114,25 +118,27 @@ class DetectWorker:
                 metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
                 started = metrics.now()
                 results = await asyncio.gather(
-                    *(
-                        loop.run_in_executor(
-                            self._decode_pool, decode, Path(j.image_path), self.settings.detector_imgsz
-                        )
-                        for j in jobs
-                    ),
+                    *(loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path)) for j in jobs),
                     return_exceptions=True,
                 )
                 metrics.STAGE.labels("decode").observe((metrics.now() - started) / len(jobs))
                 items: list[_Item] = []
                 for job, result in zip(jobs, results, strict=True):
-                    if isinstance(result, Image.Image):
-                        items.append(_Item(job, result, []))
-                    elif isinstance(result, BaseException):
+                    if isinstance(result, BaseException):
                         await self._decode_failed(job, result)
+                    else:
+                        image, model_input = result
+                        items.append(_Item(job, image, [], model_input))
                 if items:
                     await out.put(items)
         finally:
             await out.put(_STOP)
+
+    def _load(self, path: Path) -> tuple[Image.Image, Any]:
+        """On a decode thread: decode, then the detector's own preparation (resize, colour order),
+        so the single inference thread only runs the model."""
+        image = decode(path, self.settings.detector_imgsz)
+        return image, self.detector.prepare(image)
 
     async def _top_up(self, have: int) -> list[ClaimedJob]:
         """More jobs for a short batch, waiting at most ``batch_wait_s`` in all."""
@@ -184,7 +190,8 @@ class DetectWorker:
             while (items := await source.get()) is not _STOP:
                 started = metrics.now()
                 try:
-                    found = await loop.run_in_executor(self._infer_pool, self.detector.detect, [i.image for i in items])
+                    inputs = [i.image if i.model_input is None else i.model_input for i in items]
+                    found = await loop.run_in_executor(self._infer_pool, self.detector.detect, inputs)
                 except (RuntimeError, OSError, ValueError) as err:
                     log.error("inference failed batch=%d error=%r", len(items), err)
                     for item in items:

@@ -9,6 +9,7 @@ positive the rules engine has to rate low.
 
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image
 
 from inference_server import demo_assets
@@ -80,3 +81,29 @@ def test_loading_ultralytics_leaves_pillow_unpatched(pose_detector: UltralyticsD
     assert Image.open.__module__ == "PIL.Image"
     with pytest.raises(UnidentifiedImageError):
         Image.open(io.BytesIO(b"this is not a picture"))
+
+
+def test_prepared_inputs_give_the_same_detections_as_the_pictures(pose_detector: UltralyticsDetector) -> None:
+    """``prepare`` (run on decode threads) does the letterbox's resize and the colour order:
+    the inference thread's own letterbox then only pads, and the detections are the same."""
+    for name in ("bus.jpg", "zidane.jpg", "chelsea.png"):
+        with Image.open(demo_assets.image(name)) as img:
+            picture = img.convert("RGB")
+        prepared = pose_detector.prepare(picture)
+        assert prepared.dtype.name == "uint8" and prepared.flags["C_CONTIGUOUS"]
+        assert max(prepared.shape[:2]) == pose_detector.imgsz  # the longest side at the model's size
+        # Aspect kept (within a pixel's rounding) and BGR order: blue first.
+        assert abs(prepared.shape[1] / prepared.shape[0] - picture.width / picture.height) < 0.01
+        rgb = np.asarray(picture)
+        assert abs(float(prepared[..., 0].mean()) - float(rgb[..., 2].mean())) < 2.0
+        assert abs(float(prepared[..., 2].mean()) - float(rgb[..., 0].mean())) < 2.0
+        [direct], [via_prepare] = pose_detector.detect([picture]), pose_detector.detect([prepared])
+        assert [d.label for d in via_prepare] == [d.label for d in direct], name
+        for a, b in zip(direct, via_prepare, strict=True):
+            assert abs(a.confidence - b.confidence) < 0.02, name
+            assert max(abs(p - q) for p, q in zip(a.bbox, b.bbox, strict=True)) < 0.01, name
+    # A batch mixing sizes keeps each result with its input.
+    with Image.open(demo_assets.image("bus.jpg")) as bus, Image.open(demo_assets.image("zidane.jpg")) as zidane:
+        inputs = [pose_detector.prepare(bus.convert("RGB")), zidane.convert("RGB"), pose_detector.prepare(bus)]
+    found = pose_detector.detect(inputs)
+    assert [len(f) for f in found] == [4, 2, 4]

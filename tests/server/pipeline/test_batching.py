@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -29,7 +30,10 @@ class RecordingDetector:
         self.batches: list[int] = []
         self._lock = threading.Lock()
 
-    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+    def prepare(self, image: Image.Image) -> Any:
+        return self.inner.prepare(image)
+
+    def detect(self, images: Sequence[Any]) -> list[list[Detection]]:
         with self._lock:
             self.batches.append(len(images))
         return self.inner.detect(images)

@@ -84,6 +84,9 @@ class LabelledDetections:
     def __init__(self, detections: list[Detection]) -> None:
         self.detections = detections
 
+    def prepare(self, image: Image.Image) -> Image.Image:
+        return image
+
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         return [list(self.detections) for _ in images]
 
