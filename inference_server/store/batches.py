@@ -45,14 +45,14 @@ async def open_new(conn: asyncpg.Connection, camera_id: str, now: datetime) -> B
 
 
 async def add_image(conn: asyncpg.Connection, batch: Batch, image_id: int, now: datetime) -> Batch:
-    await conn.execute(
-        "INSERT INTO batch_images (batch_id, image_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", batch.id, image_id
-    )
+    # One round trip: the link and the batch's activity time (a data-modifying CTE always runs).
     row = await conn.fetchrow(
-        "UPDATE batches SET last_activity_at = greatest(last_activity_at, $2) WHERE id = $1"
+        "WITH linked AS (INSERT INTO batch_images (batch_id, image_id) VALUES ($1, $3) ON CONFLICT DO NOTHING)"
+        " UPDATE batches SET last_activity_at = greatest(last_activity_at, $2) WHERE id = $1"
         " RETURNING id, camera_id, opened_at, last_activity_at, event_id",
         batch.id,
         now,
+        image_id,
     )
     assert row is not None
     return _batch(row)

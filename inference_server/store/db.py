@@ -84,8 +84,17 @@ def is_unavailable(err: BaseException) -> bool:
     return False
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset query (``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL``): one round trip per transaction, and this server leaves no session
+    state on a released connection. It never SETs session settings or keeps cursors outside a
+    transaction; the one advisory lock (migrations) is released explicitly; LISTEN connections
+    are held and UNLISTEN before they go back. asyncpg still rolls back an open transaction and
+    forgets listeners before this runs. See docs/decisions.md."""
+
+
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=min(2, size), max_size=size, init=_init_connection, command_timeout=60
+        dsn, min_size=min(2, size), max_size=size, init=_init_connection, reset=_keep_session, command_timeout=60
     )
     return pool

@@ -33,10 +33,24 @@ async def add(conn: asyncpg.Connection, topic: str, payload: bytes, *, retain: b
     return mid
 
 
+_ADD_MANY = (
+    "WITH added AS ("
+    " INSERT INTO outbox (topic, payload, retain, qos)"
+    " SELECT m.topic, m.payload, m.retain, 1"
+    " FROM unnest($1::text[], $2::bytea[], $3::boolean[]) WITH ORDINALITY AS m(topic, payload, retain, n)"
+    " ORDER BY m.n"  # ids in the caller's order: the relay sends in id order (order per camera)
+    " RETURNING 1)"
+    f" SELECT pg_notify('{NOTIFY_CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM added)"
+)
+
+
 async def add_many(conn: asyncpg.Connection, messages: list[tuple[str, bytes, bool]]) -> None:
-    """Queue (topic, payload, retain) messages at QoS 1 in one round trip."""
-    await conn.executemany("INSERT INTO outbox (topic, payload, retain, qos) VALUES ($1, $2, $3, 1)", messages)
-    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    """Queue (topic, payload, retain) messages at QoS 1 and wake the relay, in one round trip
+    (the notification is delivered when the caller's transaction commits, like ``NOTIFY``)."""
+    if not messages:
+        return
+    topics, payloads, retains = zip(*messages, strict=True)
+    await conn.execute(_ADD_MANY, list(topics), list(payloads), list(retains))
 
 
 async def lock_pending(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
