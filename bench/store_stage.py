@@ -23,12 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from inference_server import demo_assets
 from inference_server.app import open_database
 from inference_server.clock import SystemClock
 from inference_server.config import Settings
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.jobs.queue import JobQueue, QueuePolicy
+from inference_server.models.detector import Detector
 from inference_server.models.reasoner import LevelThresholds
 from inference_server.models.rules import RulesReasoner
 from inference_server.models.ultralytics_backend import UltralyticsDetector
@@ -43,10 +46,23 @@ def _unique(data: bytes, tag: int) -> bytes:
     return data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
 
 
+async def store_pipeline(
+    settings: Settings, pool: asyncpg.Pool, detector: Detector, cameras: list[str]
+) -> tuple[DetectWorker, Ingestor, JobQueue]:
+    """A detect worker wired as the server wires it (rules only, no LLM, no MQTT), its ingestor
+    and queue, with ``cameras`` created (also used by tests/server/pipeline)."""
+    queue = JobQueue(pool, QueuePolicy(lease_s=600), "store-bench")
+    ingestor = Ingestor(settings, pool, queue)
+    rules = RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))
+    batches = BatchStage(settings, pool, rules, Topics("hsi"), SystemClock(), llm_enabled=False)
+    worker = DetectWorker(settings, queue, detector, ReasonStage(settings, pool, queue, batches))
+    for camera in cameras:
+        await pool.execute("INSERT INTO cameras (id, name, folder) VALUES ($1, $1, $1)", camera)
+    return worker, ingestor, queue
+
+
 async def _run(pg_uri: str, work: Path, detector: UltralyticsDetector, args: argparse.Namespace, k: int) -> float:
     """Images stored per second with ``store_concurrency`` k (a fresh database per run)."""
-    import asyncpg
-
     name = f"store_{k}_{int(time.time() * 1000)}"
     admin = await asyncpg.connect(pg_uri)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -64,14 +80,8 @@ async def _run(pg_uri: str, work: Path, detector: UltralyticsDetector, args: arg
     )
     pool, _ = await open_database(settings)
     try:
-        queue = JobQueue(pool, QueuePolicy(lease_s=600), "bench")
-        ingestor = Ingestor(settings, pool, queue)
-        rules = RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))
-        batches = BatchStage(settings, pool, rules, Topics("hsi"), SystemClock(), llm_enabled=False)
-        worker = DetectWorker(settings, queue, detector, ReasonStage(settings, pool, queue, batches))
         cameras = [f"cam{c:02d}" for c in range(args.cameras)]
-        for camera in cameras:
-            await pool.execute("INSERT INTO cameras (id, name, folder) VALUES ($1, $1, $1)", camera)
+        worker, ingestor, queue = await store_pipeline(settings, pool, detector, cameras)
         sources = [demo_assets.image("bus.jpg"), demo_assets.image("zidane.jpg")]
         raw = [p.read_bytes() for p in sources]
         pictures = [decode(p, settings.detector_imgsz) for p in sources]

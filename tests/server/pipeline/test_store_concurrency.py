@@ -6,19 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from bench.store_stage import store_pipeline
 from inference_server import demo_assets
 from inference_server.app import open_database
-from inference_server.clock import SystemClock
 from inference_server.config import Settings
-from inference_server.ingest.ingestor import Ingestor
-from inference_server.jobs.queue import JobQueue, QueuePolicy
-from inference_server.models.reasoner import LevelThresholds
-from inference_server.models.rules import RulesReasoner
 from inference_server.models.ultralytics_backend import UltralyticsDetector
-from inference_server.pipeline.batch import BatchStage
-from inference_server.pipeline.detect import DetectWorker, _Item, decode
-from inference_server.pipeline.reason import ReasonStage
-from inference_server.publish.topics import Topics
+from inference_server.pipeline.detect import _Item, decode
 from tests.server.ingest.conftest import with_comment
 
 CAMERAS = ["front", "garden", "hall"]
@@ -32,13 +25,7 @@ async def test_cameras_are_stored_side_by_side_and_each_camera_in_order(
     pool, embedded = await open_database(settings)
     assert embedded is None
     try:
-        queue = JobQueue(pool, QueuePolicy(lease_s=600), "test-worker")
-        ingestor = Ingestor(settings, pool, queue)
-        rules = RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))
-        batches = BatchStage(settings, pool, rules, Topics("hsi"), SystemClock(), llm_enabled=False)
-        worker = DetectWorker(settings, queue, pose_detector, ReasonStage(settings, pool, queue, batches))
-        for camera in CAMERAS:
-            await pool.execute("INSERT INTO cameras (id, name, folder) VALUES ($1, $1, $1)", camera)
+        worker, ingestor, queue = await store_pipeline(settings, pool, pose_detector, CAMERAS)
         source = demo_assets.image("zidane.jpg")
         raw = source.read_bytes()
         picture = decode(source, settings.detector_imgsz)
