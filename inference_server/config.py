@@ -157,7 +157,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("database_url", "HSI_DATABASE_URL", "DATABASE_URL"),
         description="External PostgreSQL; unset starts the embedded PostgreSQL under <data_dir>/postgres.",
     )
-    db_pool_size: int = Field(default=8, ge=2, le=100)
+    db_pool_size: int = Field(
+        default=12,
+        ge=2,
+        le=100,
+        description="Up to 3 held LISTEN connections, store_concurrency stores, and room for claims, the relay, "
+        "the batch closer and the API.",
+    )
     mqtt_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("mqtt_url", "HSI_MQTT_URL", "MQTT_URL"),
