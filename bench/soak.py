@@ -37,8 +37,10 @@ from inference_server import demo_assets
 CAMERAS = ["front", "garden", "hall", "drive"]
 
 
-def _unique(data: bytes, tag: int) -> bytes:
-    text = f"soak-{tag:08d}".encode()
+def tagged_jpeg(data: bytes, tag: int, prefix: str = "soak") -> bytes:
+    """The same JPEG with distinct bytes (a comment segment after SOI): the server de-duplicates
+    identical bytes, and a load test needs many distinct images."""
+    text = f"{prefix}-{tag:08d}".encode()
     return data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
 
 
@@ -114,7 +116,8 @@ async def soak(
                 due = int((now - t0) * rate)
                 while dropped < due:
                     camera = CAMERAS[dropped % len(CAMERAS)]
-                    _put(data / "cameras" / camera / f"img-{dropped:07d}.jpg", _unique(sources[dropped % 2], dropped))
+                    image = tagged_jpeg(sources[dropped % 2], dropped)
+                    _put(data / "cameras" / camera / f"img-{dropped:07d}.jpg", image)
                     dropped += 1
             if now >= next_sample:
                 counts = await _counts(db)

@@ -25,6 +25,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.soak import tagged_jpeg
 from inference_server import demo_assets
 from inference_server.app import open_database
 from inference_server.clock import SystemClock
@@ -39,11 +40,6 @@ from inference_server.pipeline.batch import BatchStage
 from inference_server.pipeline.detect import DetectWorker, _Item, decode
 from inference_server.pipeline.reason import ReasonStage
 from inference_server.publish.topics import Topics
-
-
-def _unique(data: bytes, tag: int) -> bytes:
-    text = f"hsi-store-bench-{tag:08d}".encode()
-    return data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
 
 
 async def store_pipeline(
@@ -87,9 +83,8 @@ async def _run(pg_uri: str, work: Path, detector: UltralyticsDetector, args: arg
         pictures = [decode(p, settings.detector_imgsz) for p in sources]
         found = detector.detect(pictures)
         for n in range(args.images):
-            await ingestor.ingest_bytes(
-                cameras[n % len(cameras)], _unique(raw[n % 2], n), captured_at=None, original_name=f"{n}.jpg"
-            )
+            image = tagged_jpeg(raw[n % 2], n, "hsi-store-bench")
+            await ingestor.ingest_bytes(cameras[n % len(cameras)], image, captured_at=None, original_name=f"{n}.jpg")
         jobs = await queue.claim(args.images)
         assert len(jobs) == args.images, len(jobs)
         by_id = {j.id: j for j in jobs}

@@ -19,7 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from inference_server.schemas import JobState, Zone
-from inference_server.store.db import connection_alive, is_unavailable
+from inference_server.store.db import Listener
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class JobQueue:
         self.policy = policy
         self.worker_id = worker_id
         self._wakeup = asyncio.Event()
-        self._listen_conn: asyncpg.Connection | None = None
+        self._listener = Listener(pool, NOTIFY_CHANNEL, self._on_notify)
 
     # --- producer side -------------------------------------------------------------------
     async def enqueue(self, conn: asyncpg.Connection, image_id: int, camera_id: str) -> int:
@@ -83,32 +83,19 @@ class JobQueue:
     # --- consumer side -------------------------------------------------------------------
     async def listen(self) -> None:
         """Wake ``wait_for_work`` as soon as a job is committed (LISTEN/NOTIFY)."""
-        conn = await self.pool.acquire()
-        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        self._listen_conn = conn
+        await self._listener.ensure()
 
     def _on_notify(self, *_: object) -> None:
         self._wakeup.set()
 
     async def close(self) -> None:
-        conn, self._listen_conn = self._listen_conn, None
-        if conn is not None and connection_alive(conn):
-            await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(conn)
+        await self._listener.close()
 
     async def _relisten(self) -> None:
         """After a database restart the LISTEN connection is gone: open a new one (or try later)."""
-        if self._listen_conn is not None and connection_alive(self._listen_conn):
-            return
-        self._listen_conn = None
-        try:
-            await self.listen()
-        except Exception as err:
-            if not is_unavailable(err):
-                raise
-            return
-        log.info("listening for new jobs again")
-        self._wakeup.set()  # jobs committed while nobody listened
+        if await self._listener.ensure():
+            log.info("listening for new jobs again")
+            self._wakeup.set()  # jobs committed while nobody listened
 
     async def wait_for_work(self, timeout: float) -> None:
         await self._relisten()

@@ -14,7 +14,7 @@ import asyncpg
 
 from inference_server.publish.mqtt import MqttPublisher, PublishError
 from inference_server.store import outbox
-from inference_server.store.db import connection_alive, is_unavailable
+from inference_server.store.db import Listener
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,7 @@ class OutboxRelay:
         self.publisher = publisher
         self.poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
-        self._listened = False
+        self._listener = Listener(pool, outbox.NOTIFY_CHANNEL, self._on_notify)
 
     def _on_notify(self, *_: object) -> None:
         self._wakeup.set()
@@ -38,7 +37,10 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
-                await self._relisten()
+                if await self._listener.ensure():
+                    # LISTEN again after a database restart (until then the relay polled).
+                    log.info("outbox relay listening again")
+                    self._wakeup.set()  # rows committed while nobody listened
                 sent = 0
                 if self.publisher.connected.is_set():
                     try:
@@ -54,45 +56,7 @@ class OutboxRelay:
                 for waiter in waiters:
                     waiter.cancel()
         finally:
-            await self._unlisten()
-
-    async def _relisten(self) -> None:
-        """LISTEN for committed outbox rows; after a database restart, on a new connection.
-
-        Until it succeeds the relay still polls every ``poll_interval_s``: nothing waits on it.
-        """
-        if self._listener is not None and connection_alive(self._listener):
-            return
-        self._listener = None
-        try:
-            conn = await self.pool.acquire()
-        except Exception as err:
-            if not is_unavailable(err):
-                raise
-            return
-        try:
-            await conn.add_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
-        except Exception as err:
-            await self.pool.release(conn)
-            if not is_unavailable(err):
-                raise
-            return
-        self._listener = conn
-        if self._listened:
-            log.info("outbox relay listening again")
-            self._wakeup.set()  # rows committed while nobody listened
-        self._listened = True
-
-    async def _unlisten(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is None or not connection_alive(conn):
-            return
-        try:
-            await conn.remove_listener(outbox.NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(conn)
-        except (asyncpg.InterfaceError, OSError) as err:
-            # PostgreSQL dropped this connection while stopping; the pool has taken it back.
-            log.info("outbox listener already closed: %r", err)
+            await self._listener.close()
 
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; return how many were acknowledged."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,55 @@ def is_unavailable(err: BaseException) -> bool:
                 return True
             tb = tb.tb_next
     return False
+
+
+class Listener:
+    """A pooled connection held for ``LISTEN channel``, listened on again after PostgreSQL dropped it.
+
+    Used by the job queue and the outbox relay: both also poll, so a notification missed while
+    nobody listened only costs latency, and ``ensure`` says when to look again at once.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, channel: str, callback: Callable[..., object]) -> None:
+        self.pool = pool
+        self.channel = channel
+        self.callback = callback
+        self._conn: asyncpg.Connection | None = None
+        self._listened = False
+
+    async def ensure(self) -> bool:
+        """LISTEN unless already listening; while the database is unreachable, try at the next call.
+        True when listening again after the connection was lost (notifications may have been missed)."""
+        if self._conn is not None and connection_alive(self._conn):
+            return False
+        self._conn = None
+        try:
+            conn = await self.pool.acquire()
+        except Exception as err:
+            if not is_unavailable(err):
+                raise
+            return False
+        try:
+            await conn.add_listener(self.channel, self.callback)
+        except Exception as err:
+            await self.pool.release(conn)
+            if not is_unavailable(err):
+                raise
+            return False
+        self._conn = conn
+        again, self._listened = self._listened, True
+        return again
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or not connection_alive(conn):
+            return
+        try:
+            await conn.remove_listener(self.channel, self.callback)
+            await self.pool.release(conn)
+        except (asyncpg.InterfaceError, OSError) as err:
+            # PostgreSQL dropped this connection while stopping; the pool has taken it back.
+            log.info("%s listener already closed: %r", self.channel, err)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
