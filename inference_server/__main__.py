@@ -16,7 +16,9 @@ from inference_server.logging_setup import configure
 log = logging.getLogger("inference_server")
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings) -> int:
+    """Run the server until SIGTERM/SIGINT (exit status 0) or until a component fails (1: a
+    supervisor — systemd, Docker, the add-on's — restarts it)."""
     from inference_server.app import Server
 
     server = Server(settings)
@@ -37,6 +39,9 @@ async def _serve(settings: Settings) -> None:
         await server.wait_stopped()
     finally:
         await server.stop()
+    if server.failure is not None:
+        log.critical("exiting with status %d: %s", server.exit_status, server.failure)
+    return server.exit_status
 
 
 async def _migrate(settings: Settings) -> None:
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure(settings.log_level, settings.log_format)
     if args.command == "serve":
-        asyncio.run(_serve(settings))
+        return asyncio.run(_serve(settings))
     elif args.command == "apikey":
         return asyncio.run(_apikey(settings, args.action, args.name))
     else:

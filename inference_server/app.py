@@ -14,7 +14,7 @@ import asyncpg
 from aiohttp import web
 
 from inference_server import __version__
-from inference_server.api.app import build_app
+from inference_server.api.app import build_app, build_runner
 from inference_server.api.context import ApiContext, ReadinessCheck
 from inference_server.clock import Clock, SystemClock
 from inference_server.config import LlmSettings, Settings, redact_url
@@ -102,6 +102,8 @@ class Server:
     _runner: web.AppRunner | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
     _stop: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    #: Why the server stopped on its own (a component crashed); None while running or after a requested stop.
+    failure: str | None = field(init=False, default=None)
 
     async def start(self) -> None:
         s = self.settings
@@ -252,7 +254,7 @@ class Server:
             return
         checks: dict[str, ReadinessCheck] = {"database": self._check_db, "mqtt": self._check_mqtt}
         api = build_app(ApiContext(self.pool, self.settings, self.ingestor, self.status, self.topics, checks))
-        self._runner = web.AppRunner(api, access_log=None)
+        self._runner = build_runner(api)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.api_host, self.settings.api_port)
         await site.start()
@@ -291,12 +293,25 @@ class Server:
         self._tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A component ended while the server was running: that is a failure (each one runs
+        until ``stop``; errors about one job or one file are handled inside it). The server stops,
+        and ``failure`` makes ``serve`` exit non-zero so a supervisor restarts it."""
         if task.cancelled() or self._stop.is_set():
             return
         err = task.exception()
         if err is not None:
             log.critical("component crashed, stopping task=%s", task.get_name(), exc_info=err)
+            self.failure = f"component {task.get_name()} crashed: {err!r}"
+        else:
+            log.critical("component ended unexpectedly, stopping task=%s", task.get_name())
+            self.failure = f"component {task.get_name()} ended unexpectedly"
         self._stop.set()
+
+    @property
+    def exit_status(self) -> int:
+        """The process exit status for this server's run: 0 after a requested stop, 1 if it
+        stopped because a component failed (``failure``)."""
+        return 0 if self.failure is None else 1
 
     @property
     def queue(self) -> JobQueue:

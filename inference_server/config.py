@@ -182,7 +182,12 @@ class Settings(BaseSettings):
     watch_polling: bool = Field(default=False, description="Poll the cameras folder (network shares).")
     watch_poll_interval_s: float = Field(default=1.0, gt=0)
     mqtt_ingest_enabled: bool = Field(default=True, description="Subscribe to <prefix>/ingest/+.")
-    mqtt_ingest_queue: int = Field(default=16, ge=1, le=1024, description="Images waiting for validation.")
+    mqtt_ingest_queue: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Images waiting for validation; when full, reading from the broker pauses.",
+    )
 
     # --- FTP receiver (cameras upload here directly) ----------------------------------------
     ftp_enabled: bool = False
@@ -192,6 +197,18 @@ class Settings(BaseSettings):
     ftp_users: list[FtpUser] = Field(default_factory=list)
     ftp_tls_cert: Path | None = Field(default=None, description="PEM certificate: FTPS (explicit AUTH TLS) required.")
     ftp_tls_key: Path | None = Field(default=None, description="PEM key, if not inside the certificate file.")
+    ftp_max_connections: int = Field(
+        default=256, ge=8, le=4096, description="Open sockets of the FTP receiver in all (control and data)."
+    )
+    ftp_max_connections_per_ip: int = Field(
+        default=8, ge=1, le=1024, description="Control connections from one source address."
+    )
+    ftp_login_timeout_s: float = Field(
+        default=15, gt=0, le=300, description="A connection that has not logged in by then is closed."
+    )
+    ftp_idle_timeout_s: float = Field(
+        default=300, gt=0, le=3600, description="A logged-in session that sends no command for this long is closed."
+    )
     file_stable_s: float = Field(
         default=0.5, ge=0, description="A file is complete once its size and mtime hold for this long."
     )
@@ -202,6 +219,15 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     min_image_side: int = Field(default=32, gt=0)
+    max_image_aspect_ratio: float = Field(
+        default=20.0, ge=1, description="Longest side over shortest: a longer strip is refused (bad_aspect_ratio)."
+    )
+    decode_memory_mb: int = Field(
+        default=512,
+        ge=64,
+        description="Decoded pixels held at once by all image decodes (ingest checks and detection); "
+        "a decode waits for its share. One image larger than this decodes alone.",
+    )
 
     # --- jobs ---------------------------------------------------------------------------
     job_lease_s: float = Field(default=60.0, gt=0)
@@ -275,6 +301,15 @@ class Settings(BaseSettings):
         default=10, ge=1, description="Failed authentications per client per minute before 429."
     )
     upload_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest accepted upload body.")
+    api_header_timeout_s: float = Field(
+        default=10, gt=0, description="A request's line and headers must arrive within this long, else 408."
+    )
+    api_body_timeout_s: float = Field(
+        default=20, gt=0, description="A request body gets this long, plus 1 s per api_body_min_rate bytes received."
+    )
+    api_body_min_rate: float = Field(
+        default=1024, gt=0, description="Bytes per second a request body must keep up after api_body_timeout_s."
+    )
     retention_days: float = Field(
         default=14, gt=0, description="Images, snapshots, detections and quarantine kept this long."
     )

@@ -10,7 +10,8 @@ from typing import Any
 
 import voluptuous as vol
 from homeassistant.config_entries import ConfigEntry, ConfigFlow, ConfigFlowResult, OptionsFlow
-from homeassistant.core import callback
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers import selector
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.service_info.hassio import HassioServiceInfo
@@ -27,14 +28,15 @@ from .const import (
     CONF_URL,
     DEFAULT_PREFIX,
     DOMAIN,
+    ISSUE_DISCOVERED_URL,
 )
 
 _LOGGER = logging.getLogger(__name__)
 
 
-async def _validate(flow: ConfigFlow, url: str, api_key: str) -> str | None:
+async def validate_server(hass: HomeAssistant, url: str, api_key: str) -> str | None:
     """None if the server answers and accepts the key, else the error's translation key."""
-    client = HsiClient(async_get_clientsession(flow.hass), url, api_key)
+    client = HsiClient(async_get_clientsession(hass), url, api_key)
     try:
         await client.health_ready()
         await client.system_status()
@@ -46,6 +48,40 @@ async def _validate(flow: ConfigFlow, url: str, api_key: str) -> str | None:
         _LOGGER.exception("unexpected answer from %s", url)
         return "unknown"
     return None
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/").lower() == b.rstrip("/").lower()
+
+
+@callback
+def _flag_discovered_url(hass: HomeAssistant, entry: ConfigEntry, url: str | None) -> None:
+    """Raise (or update) the repair asking the user to confirm ``url``; clear it once the
+    announcement matches the configured URL again."""
+    issue_id = ISSUE_DISCOVERED_URL.format(entry.entry_id)
+    if not url:  # a server without a public URL announces none: nothing to confirm or clear
+        return
+    if _same_url(url, entry.data[CONF_URL]):
+        ir.async_delete_issue(hass, DOMAIN, issue_id)
+        return
+    _LOGGER.warning(
+        "MQTT discovery announced %s for the configured HSI server %s (%s); not applied until confirmed in Repairs",
+        url,
+        entry.title,
+        entry.data[CONF_URL],
+    )
+    ir.async_create_issue(
+        hass,
+        DOMAIN,
+        issue_id,
+        data={"entry_id": entry.entry_id, CONF_URL: url},
+        is_fixable=True,
+        is_persistent=False,
+        severity=ir.IssueSeverity.WARNING,
+        translation_key="discovered_url",
+        translation_placeholders={"title": entry.title, "old_url": entry.data[CONF_URL], "new_url": url},
+        learn_more_url="https://github.com/home-security-intelligence/hsi/blob/main/docs/integration.md",
+    )
 
 
 class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
@@ -67,7 +103,7 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
             prefix = user_input.get(CONF_PREFIX, DEFAULT_PREFIX)
             await self.async_set_unique_id(prefix)
             self._abort_if_unique_id_configured()
-            if (error := await _validate(self, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
+            if (error := await validate_server(self.hass, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
                 return self.async_create_entry(title="Home Security Intelligence", data=user_input)
             errors["base"] = error
         schema = vol.Schema(
@@ -87,7 +123,13 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
         except (ValueError, KeyError, TypeError):
             return self.async_abort(reason="invalid_discovery_info")
         await self.async_set_unique_id(server_id)
-        self._abort_if_unique_id_configured(updates={CONF_URL: url} if url else None)
+        if (entry := self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, server_id)) is not None:
+            # Anyone who may publish on the broker can write hsi/discovery: a URL from it is a claim, not
+            # a fact. It never replaces the configured one (HA would send its key there); the user decides
+            # through a repair (repairs.py). docs/decisions.md: "MQTT discovery never re-points a configured server".
+            if CONF_URL in entry.data:  # an ignored discovery's entry has no data
+                _flag_discovered_url(self.hass, entry, url if isinstance(url, str) else None)
+            return self.async_abort(reason="already_configured")
         self._discovered = {CONF_PREFIX: server_id, CONF_URL: url or "http://", "name": payload.get("name", server_id)}
         self.context["title_placeholders"] = {"name": self._discovered["name"]}
         return await self.async_step_discovery_confirm()
@@ -111,7 +153,7 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
         errors: dict[str, str] = {}
         if user_input is not None:
             d = self._discovered
-            if (error := await _validate(self, d[CONF_URL], d[CONF_API_KEY])) is None:
+            if (error := await validate_server(self.hass, d[CONF_URL], d[CONF_API_KEY])) is None:
                 return self.async_create_entry(
                     title=d["name"],
                     data={CONF_URL: d[CONF_URL], CONF_API_KEY: d[CONF_API_KEY], CONF_PREFIX: d[CONF_PREFIX]},
@@ -124,7 +166,7 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
     async def async_step_discovery_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         errors: dict[str, str] = {}
         if user_input is not None:
-            if (error := await _validate(self, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
+            if (error := await validate_server(self.hass, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
                 return self.async_create_entry(
                     title=self._discovered["name"], data={**user_input, CONF_PREFIX: self._discovered[CONF_PREFIX]}
                 )
@@ -136,7 +178,7 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
             step_id="discovery_confirm",
             data_schema=schema,
             errors=errors,
-            description_placeholders={"name": self._discovered["name"]},
+            description_placeholders={"name": self._discovered["name"], "url": self._discovered[CONF_URL]},
         )
 
     async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
@@ -146,7 +188,7 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
         entry = self._get_reauth_entry()
         errors: dict[str, str] = {}
         if user_input is not None:
-            if (error := await _validate(self, entry.data[CONF_URL], user_input[CONF_API_KEY])) is None:
+            if (error := await validate_server(self.hass, entry.data[CONF_URL], user_input[CONF_API_KEY])) is None:
                 return self.async_update_reload_and_abort(entry, data_updates=user_input)
             errors["base"] = error
         return self.async_show_form(
@@ -157,7 +199,7 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
         entry = self._get_reconfigure_entry()
         errors: dict[str, str] = {}
         if user_input is not None:
-            if (error := await _validate(self, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
+            if (error := await validate_server(self.hass, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
                 return self.async_update_reload_and_abort(entry, data_updates=user_input)
             errors["base"] = error
         schema = vol.Schema(

@@ -25,6 +25,8 @@ CATEGORIES: Final = ["person", "vehicle", "animal"]
 #: How long the server may be offline (its MQTT will) before a repairs issue is raised.
 UNREACHABLE_ISSUE_AFTER: Final = timedelta(minutes=10)
 ISSUE_UNREACHABLE: Final = "server_unreachable_{}"
+#: An MQTT discovery announced another URL for a configured server: the user must confirm it.
+ISSUE_DISCOVERED_URL: Final = "discovered_url_{}"
 
 EVENT_BUS: Final = f"{DOMAIN}_event"
 SIGNAL_NEW_CAMERA: Final = f"{DOMAIN}_new_camera_{{}}"

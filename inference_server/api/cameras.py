@@ -9,7 +9,7 @@ from inference_server.api.errors import ApiError
 from inference_server.api.params import CameraPath
 from inference_server.api.registry import API
 from inference_server.schemas import Camera, CameraCreate, CameraList, CameraPatch, ZoneList
-from inference_server.store import cameras, outbox
+from inference_server.store import cameras, outbox, retention
 
 
 def _missing(camera_id: str) -> ApiError:
@@ -74,7 +74,7 @@ async def patch_camera(request: web.Request, p: CameraPath, change: CameraPatch)
 @API.route(
     "DELETE",
     "/cameras/{camera_id}",
-    summary="Delete a camera with its images and events",
+    summary="Delete a camera with its images, events, snapshots and quarantined files",
     tag="cameras",
     params=CameraPath,
     status=204,
@@ -84,14 +84,17 @@ async def delete_camera(request: web.Request, p: CameraPath, _: None) -> None:
     context = ctx(request)
     topics = context.topics
     async with context.pool.acquire() as conn, conn.transaction():
-        labels = await cameras.delete(conn, p.camera_id)
-        if labels is None:
+        deleted = await cameras.delete(conn, p.camera_id)
+        if deleted is None:
             raise _missing(p.camera_id)
         # Empty retained messages clear the camera's topics, so subscribers (the Home Assistant
         # integration) drop its device instead of showing its last state forever.
         topic_names = [topics.camera_state(p.camera_id), topics.camera_snapshot(p.camera_id)]
-        topic_names += [topics.camera_objects(p.camera_id, label) for label in labels]
+        topic_names += [topics.camera_objects(p.camera_id, label) for label in deleted.labels]
         await outbox.add_many(conn, [(topic, b"", True) for topic in topic_names])
+    # Only after the commit: a rolled-back delete keeps its files. A crash before this line
+    # leaves files without a camera; retention sweeps those folders.
+    await retention.remove_camera_files(context.pool, context.settings, deleted)
 
 
 @API.route(

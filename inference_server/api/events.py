@@ -15,6 +15,7 @@ from inference_server.api.registry import API
 from inference_server.schemas import Event, EventList, EventMessage, EventPatch
 from inference_server.store import activity, outbox
 from inference_server.store import events as events_store
+from inference_server.timerange import query_time_problem
 
 
 @API.route("GET", "/events", summary="List events, newest first", tag="events", params=EventQuery, response=EventList)
@@ -25,6 +26,11 @@ async def list_events(request: web.Request, q: EventQuery, _: None) -> EventList
         camera_id=q.camera, since=q.since, until=q.until, min_risk=q.min_risk, level=q.level, reviewed=q.reviewed
     )
     try:
+        if q.cursor is not None:
+            # A cursor is a time and an id: its time is held to the range of since and until.
+            after, _after_id = events_store.decode_cursor(q.cursor)
+            if (problem := query_time_problem(after)) is not None:
+                raise events_store.BadCursor(f"invalid cursor: {problem}")
         page, cursor = await events_store.list_page(ctx(request).pool, flt, q.limit, q.cursor)
     except events_store.BadCursor as err:
         raise ApiError(400, "bad_cursor", str(err)) from err

@@ -16,6 +16,7 @@ from inference_server.ingest.ingestor import CameraDisabled, UnknownCamera
 from inference_server.ingest.validate import InvalidImage
 from inference_server.jobs import queue
 from inference_server.schemas import JobState, UploadAccepted
+from inference_server.timerange import capture_time_problem
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ async def _read_parts(reader: MultipartReader, limit: int) -> tuple[bytes, str |
                 raise ApiError(400, "bad_parameter", "captured_at must be an ISO 8601 date-time") from err
             if captured_at.tzinfo is None:
                 raise ApiError(400, "bad_parameter", "captured_at needs a time zone")
+            if (problem := capture_time_problem(captured_at)) is not None:
+                raise ApiError(400, "bad_parameter", f"captured_at: {problem}")
     if data is None:
         raise ApiError(400, "bad_multipart", "multipart body has no `image` part")
     return data, name, captured_at

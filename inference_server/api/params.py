@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from inference_server.schemas import CAMERA_ID_PATTERN, RiskLevel
+from inference_server.timerange import capture_time_problem, query_time_problem
 
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 
@@ -19,9 +21,25 @@ def _not_a_number(value: object) -> object:
     return value
 
 
+def _query_time(value: datetime) -> datetime:
+    if (problem := query_time_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _capture_time(value: datetime) -> datetime:
+    if (problem := capture_time_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
 #: A date-time as the OpenAPI document promises it (RFC 3339 text). Pydantic alone would also
-#: take a number as Unix time, so ``until=0.5`` would silently mean 1970.
-DateTimeParam = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
+#: take a number as Unix time, so ``until=0.5`` would silently mean 1970. Query bounds lie in
+#: ``timerange``'s query range (1970 .. 3000): year 1 or 9999 with an offset cannot even be
+#: converted to UTC, and was a 500 from the database driver.
+DateTimeParam = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_query_time)]
+#: A picture's capture time: ``timerange``'s capture range (2000-01-01 .. now + 1 day).
+CaptureTimeParam = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_capture_time)]
 
 
 class _Params(BaseModel):
@@ -72,6 +90,7 @@ class DlqQuery(IdPage):
 
 
 class UploadParams(CameraPath):
-    captured_at: DateTimeParam | None = Field(
-        default=None, description="When the picture was taken (default: when it was received)."
+    captured_at: CaptureTimeParam | None = Field(
+        default=None,
+        description="When the picture was taken (default: when it was received); 2000-01-01 .. now + 1 day.",
     )

@@ -35,9 +35,22 @@ def timestamp_from_name(name: str, tz: ZoneInfo) -> datetime | None:
     return None
 
 
+def _folder_hash(folder: str) -> str:
+    return hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def camera_id_for_folder(folder: str) -> str:
     """A stable id (``[a-z0-9][a-z0-9_-]{0,63}``) for a camera folder name."""
     slug = _SLUG_BAD.sub("_", folder.strip().lower()).strip("_-")
     if not slug:
-        slug = "camera_" + hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        slug = "camera_" + _folder_hash(folder)[:8]
     return slug[:64]
+
+
+def camera_id_candidates(folder: str) -> tuple[str, ...]:
+    """The ids ``folder`` may get, in order of preference: its slug, then the slug with a short
+    hash of the exact folder name. ``Front Door`` and ``front_door`` slug alike; the second of
+    them to appear takes the hashed id, so two folders never merge into one camera."""
+    slug = camera_id_for_folder(folder)
+    digest = _folder_hash(folder)
+    return (slug, *(f"{slug[: 63 - n].rstrip('_-')}_{digest[:n]}" for n in (8, 16)))

@@ -45,6 +45,10 @@ _PERMISSIONS = "elwmT"
 _PART_PREFIX = ".ftp-"
 
 
+def _debug(msg: str) -> None:
+    log.debug("%s", msg)
+
+
 def parse_port_range(text: str) -> range | None:
     """``"30000-30009"`` → that range; ``"0"`` → None (any free port, for tests)."""
     if text == "0":
@@ -98,6 +102,18 @@ class FtpReceiver:
             # handle_read: rebind it, or the limit is never checked.
             handle_read_event = handle_read
 
+            def close(self) -> None:
+                # pyftpdlib replies "226" here, before on_file_received: give the upload its
+                # real name first, so a name that cannot take it (a folder made meanwhile, a
+                # rename error) is answered with an error instead of 226 and a silent drop.
+                if not self._closed and self.receive and self.transfer_finished and self.file_obj is not None:
+                    self.file_obj.close()
+                    refusal = self.cmd_channel.commit_upload(Path(self.file_obj.name))
+                    if refusal is not None:
+                        self._resp = (refusal, log.warning)
+                        self.transfer_finished = False
+                super().close()
+
         ports = parse_port_range(s.ftp_passive_ports)
         passive = list(ports) if ports is not None else None
         base: type[FTPHandler] = FTPHandler
@@ -118,12 +134,51 @@ class FtpReceiver:
             passive_ports: ClassVar[list[int] | None] = passive
             permit_foreign_addresses = False
             use_sendfile = False
+            timeout = s.ftp_idle_timeout_s
+            login_timeout = s.ftp_login_timeout_s
+            _hsi_final: Path | None = None
+            _hsi_login_deadline: Any = None
+
+            def on_connect(self) -> None:
+                # pyftpdlib's `timeout` is an idle timeout, reset by every command: without a
+                # deadline of its own, a connection that never logs in holds a slot for ever.
+                self._hsi_login_deadline = self.ioloop.call_later(
+                    self.login_timeout, self._hsi_login_expired, _errback=self.handle_error
+                )
+
+            def _hsi_login_expired(self) -> None:
+                if self.authenticated or self._closed:
+                    return
+                log.info("ftp login timed out, connection closed remote=%s", self.remote_ip)
+                if not getattr(self, "_ssl_accepting", False):  # no reply in a TLS handshake
+                    self.respond("421 Login timed out.", logfun=_debug)
+                # close(), not close_when_done(): a client that does not read must not keep
+                # the connection open by leaving the reply unsent.
+                self.close()
+
+            def _hsi_cancel_login_deadline(self) -> None:
+                deadline = self._hsi_login_deadline
+                if deadline is not None and not deadline.cancelled:
+                    deadline.cancel()
+                self._hsi_login_deadline = None
+
+            def ftp_REST(self, line: str) -> None:
+                # Resuming needs the first part of a file, and a failed upload is deleted, never
+                # committed: refuse REST here and keep no restart state that a later STOR of
+                # the session would trip over. "REST 0" (a no-op some clients send) is fine.
+                if line.strip() == "0":
+                    self.respond("350 Restarting at position 0.")
+                else:
+                    self.respond("502 REST (resume) is not supported; upload the whole file.")
 
             def ftp_STOR(self, file: str, mode: str = "w") -> Any:
-                if "a" in mode or self._restart_position:
-                    self.respond("502 Append and resume are not supported; upload the whole file.")
+                if "a" in mode:
+                    self.respond("502 Append is not supported; upload the whole file.")
                     return None
                 final = Path(file)
+                if self.fs.isdir(file):
+                    self.respond("550 A folder has that name; name the file.")
+                    return None
                 if final.name.startswith("."):
                     self.respond("553 Hidden file names are not accepted.")
                     return None
@@ -134,18 +189,67 @@ class FtpReceiver:
             def ftp_STOU(self, line: str) -> None:
                 self.respond("502 STOU is not supported; name the file with STOR.")
 
+            def commit_upload(self, part: Path) -> str | None:
+                """Rename a complete upload to its real name; the error reply if it cannot be."""
+                final = self._hsi_final
+                if final is None:
+                    _remove(part)
+                    return "451 Upload lost its name; send it again."
+                try:
+                    os.replace(part, final)
+                except OSError as err:
+                    log.warning(
+                        "ftp upload refused, cannot take its name user=%s file=%s error=%r",
+                        self.username,
+                        printable(final),
+                        err,
+                    )
+                    _remove(part)
+                    self._hsi_final = None
+                    return f"550 Cannot store {final.name!r}: {err.strerror or 'rename failed'}."
+                return None
+
             def on_file_received(self, file: str) -> None:
-                receiver._finished(Path(file), self._hsi_final, self.username)
+                final, self._hsi_final = self._hsi_final, None
+                if final is not None:
+                    receiver._finished(final, self.username)
 
             def on_incomplete_file_received(self, file: str) -> None:
+                self._hsi_final = None
                 log.warning("ftp upload incomplete, discarded user=%s file=%s", self.username, printable(file))
                 _remove(Path(file))
 
             def on_login(self, username: str) -> None:
+                self._hsi_cancel_login_deadline()
                 log.info("ftp login user=%s remote=%s", username, self.remote_ip)
+
+            def on_logout(self, username: str) -> None:
+                # USER again or REIN: unauthenticated once more, so the login deadline applies.
+                self.on_connect()
 
             def on_login_failed(self, username: str, password: str) -> None:
                 log.warning("ftp login failed user=%s remote=%s", username, self.remote_ip)
+
+            def close(self) -> None:
+                self._hsi_cancel_login_deadline()
+                super().close()
+
+            def log(self, msg: str, logfun: Callable[[str], object] = _debug) -> None:
+                # pyftpdlib logs each session's open, close, login, MKD/CWD and transfer at INFO,
+                # in its own format: five lines per camera upload. The key=value lines of this
+                # module say what matters; pyftpdlib's own go to DEBUG.
+                log.debug(
+                    "ftp session remote=%s:%s user=%s message=%r", self.remote_ip, self.remote_port, self.username, msg
+                )
+
+            def logerror(self, msg: str) -> None:
+                log.error(
+                    "ftp session error remote=%s:%s user=%s message=%r",
+                    self.remote_ip,
+                    self.remote_port,
+                    self.username,
+                    msg,
+                )
 
         if s.ftp_tls_cert is not None:
             _CameraHandler.certfile = str(s.ftp_tls_cert)
@@ -154,8 +258,8 @@ class FtpReceiver:
             _CameraHandler.tls_data_required = True
         _CameraHandler.authorizer = authorizer
         server = FTPServer((s.ftp_host, s.ftp_port), _CameraHandler)
-        server.max_cons = 64
-        server.max_cons_per_ip = 16
+        server.max_cons = s.ftp_max_connections
+        server.max_cons_per_ip = s.ftp_max_connections_per_ip
         self.port = server.socket.getsockname()[1]
         return server
 
@@ -164,14 +268,8 @@ class FtpReceiver:
             return self.root
         return self.root / user.camera
 
-    def _finished(self, part: Path, final: Path, username: str) -> None:
-        """In the FTP thread: give the upload its real name and hand it to ingest now."""
-        try:
-            os.replace(part, final)
-        except OSError as err:
-            log.error("ftp upload could not be renamed user=%s file=%s error=%r", username, printable(final), err)
-            _remove(part)
-            return
+    def _finished(self, final: Path, username: str) -> None:
+        """In the FTP thread: hand an upload, already under its real name, to ingest now."""
         log.info(
             "ftp upload received user=%s camera_id=%s file=%s",
             username,
@@ -204,9 +302,13 @@ class FtpReceiver:
         )
 
     def _serve(self) -> None:
+        # Poll pyftpdlib's IOLoop, as serve_forever(blocking=False) does, but without it:
+        # serve_forever logs ">>> starting FTP server" at INFO on every call, so every 0.2 s.
+        # start() logs the start once; the short poll lets stop() end the thread promptly.
+        ioloop = self.server.ioloop
         try:
             while not self._stop.is_set():
-                self.server.serve_forever(timeout=0.2, blocking=False, handle_exit=False)
+                ioloop.loop(timeout=0.2, blocking=False)
         finally:
             self.server.close_all()
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import io
 import logging
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass
@@ -23,20 +23,25 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 import asyncpg
-from PIL import Image
 
+from inference_server import decode_budget
 from inference_server.config import Settings
-from inference_server.ingest.filenames import camera_id_for_folder, timestamp_from_name
-from inference_server.ingest.validate import ImageInfo, ImageLimits, InvalidImage, inspect_image
+from inference_server.ingest.filenames import camera_id_candidates, timestamp_from_name
+from inference_server.ingest.validate import ImageInfo, ImageLimits, InvalidImage, check_pixels, inspect_image
 from inference_server.jobs.queue import JobQueue
+from inference_server.schemas import CAMERA_ID_PATTERN
 from inference_server.store import cameras, images, quarantine
 from inference_server.telemetry import metrics
+from inference_server.timerange import CAPTURED_AT_OUT_OF_RANGE, capture_time_problem
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+#: Quarantine reasons of a file whose real place is outside the cameras folder: recorded, never moved.
+OUTSIDE_REASONS = frozenset({"outside_cameras_folder", "outside_camera_folder"})
 _NAME_MAX = 255  # bytes in one file name (ext4, XFS, btrfs, ZFS, SMB shares)
 _EXT = {"image/jpeg": "jpg", "image/png": "png"}
+_CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
 
 Status = Literal["queued", "duplicate", "quarantined", "vanished"]
 
@@ -63,6 +68,32 @@ class CameraDisabled(RuntimeError):
     """The camera exists but its detection is switched off."""
 
 
+class CameraIdConflict(UnknownCamera):
+    """The id chosen for a new camera folder was taken meanwhile (another folder registered it,
+    or this folder was registered under another id): nothing is stored, look the id up again."""
+
+
+class _Refused(Exception):
+    """A camera file whose real place is not where it may be read or removed."""
+
+    def __init__(self, reason: str, detail: str, entry: Path | None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        #: The directory entry that may be moved to quarantine (a link inside the camera
+        #: folder), or None: the file is outside, record it and leave it alone.
+        self.entry = entry
+
+
+@dataclass(frozen=True, slots=True)
+class _Located:
+    #: The file's directory entry at its real place, inside its camera folder.
+    entry: Path
+    #: What to read: the entry, or the target of a link inside the same camera folder.
+    source: Path
+    st: os.stat_result
+
+
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     data: bytes
@@ -77,67 +108,95 @@ class Ingestor:
         self.queue = queue
         self.root = settings.cameras_path.resolve()
         self.tz = ZoneInfo(settings.camera_timezone)
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.min_image_side)
+        self.limits = ImageLimits(
+            settings.max_image_bytes,
+            settings.max_image_pixels,
+            settings.min_image_side,
+            settings.max_image_aspect_ratio,
+        )
 
     # ---------------------------------------------------------------------------------
     async def ingest_file(self, path: Path) -> IngestResult:
-        """Ingest one complete file found under the cameras folder."""
-        started = metrics.now()
+        """Ingest one complete file found under the cameras folder.
+
+        Nothing outside the cameras folder is ever read, moved or removed: the file's folder is
+        resolved (symlinked folders at any depth, or a symlinked camera folder, lead out) and must
+        really be inside its camera's folder; a file there that is a symlink is followed only to
+        a target inside that folder. A file whose real place is outside is quarantined as
+        ``outside_camera_folder``: recorded, and left where it is.
+        """
         try:
-            rel = path.relative_to(self.root)
-        except ValueError:
-            return await self._quarantine(path, None, "outside_cameras_folder", f"not under {self.root}")
+            return await self._ingest_file(path)
+        except CameraIdConflict as conflict:
+            # Another folder took the id chosen for a new folder (or the folder was registered
+            # under another id) between the look-up and the insert: look the id up again.
+            log.info("camera id changed meanwhile, ingesting again camera_id=%s file=%s", conflict, printable(path))
+            return await self._ingest_file(path)
+
+    def _relative(self, path: Path) -> Path | None:
+        """``path`` relative to the cameras folder (as resolved, or as configured), or None."""
+        for base in (self.root, self.settings.cameras_path.absolute()):
+            if path.is_absolute() and path.is_relative_to(base):
+                rel = path.relative_to(base)
+                return None if ".." in rel.parts else rel
+        return None
+
+    async def _camera_id_for_folder(self, folder: str) -> str:
+        return await cameras.id_for_folder(self.pool, printable(folder), camera_id_candidates(folder))
+
+    async def _ingest_file(self, path: Path) -> IngestResult:
+        started = metrics.now()
+        rel = self._relative(path)
+        if rel is None:
+            return await self._quarantine(path, None, "outside_cameras_folder", f"not under {self.root}", move=False)
         if len(rel.parts) < 2:
+            if await asyncio.to_thread(os.path.islink, self.root / rel):
+                return await self._quarantine(
+                    self.root / rel,
+                    None,
+                    "symlinked_camera_folder",
+                    "a camera folder must be a real folder: through a link the server would read and"
+                    " delete files outside the cameras folder (mount the other disk there instead)",
+                )
             return await self._quarantine(
                 path, None, "not_in_camera_folder", "files go in <cameras>/<camera>/, not the top folder"
             )
         folder = rel.parts[0]
-        camera_id = camera_id_for_folder(folder)
+        camera_id = await self._camera_id_for_folder(folder)
         try:
-            st = os.lstat(path)
+            found = await asyncio.to_thread(_locate, self.root / rel, self.root / folder)
         except FileNotFoundError:
             return IngestResult("vanished", camera_id)
-        source = path
-        if stat.S_ISLNK(st.st_mode):
-            target = await asyncio.to_thread(path.resolve)
-            if not target.is_relative_to(self.root / folder):
-                return await self._quarantine(
-                    path, camera_id, "symlink_outside_camera_folder", f"link points to {printable(target)}"
-                )
-            source = target
-            try:
-                st = os.stat(target)
-            except FileNotFoundError:
-                return await self._quarantine(path, camera_id, "broken_symlink", "link target is missing")
+        except _Refused as refused:
+            return await self._quarantine(
+                path, camera_id, refused.reason, refused.detail, entry=refused.entry, move=refused.entry is not None
+            )
+        entry, source, st = found.entry, found.source, found.st
         if not stat.S_ISREG(st.st_mode):
-            return await self._quarantine(path, camera_id, "not_a_file", "not a regular file")
+            return await self._quarantine(path, camera_id, "not_a_file", "not a regular file", entry=entry)
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             return await self._quarantine(
                 path,
                 camera_id,
                 "unsupported_file_type",
                 f"suffix {printable(path.suffix)!r} is not .jpg/.png",
+                entry=entry,
             )
         if st.st_size > self.limits.max_bytes:
             return await self._quarantine(
-                path, camera_id, "too_large", f"{st.st_size} bytes > limit {self.limits.max_bytes}"
+                path, camera_id, "too_large", f"{st.st_size} bytes > limit {self.limits.max_bytes}", entry=entry
             )
         try:
             loaded = await asyncio.to_thread(self._load, source)
         except InvalidImage as bad:
-            return await self._quarantine(path, camera_id, bad.reason, bad.detail)
+            return await self._quarantine(path, camera_id, bad.reason, bad.detail, entry=entry)
         except FileNotFoundError:
             return IngestResult("vanished", camera_id)
 
-        stamp = timestamp_from_name(path.name, self.tz)
-        captured_at, when_source = (
-            (stamp, "filename")
-            if stamp
-            else (
-                datetime.fromtimestamp(st.st_mtime, UTC),
-                "mtime",
-            )
-        )
+        when = _capture_time(path.name, st.st_mtime, self.tz)
+        if isinstance(when, str):
+            return await self._quarantine(path, camera_id, CAPTURED_AT_OUT_OF_RANGE, when)
+        captured_at, when_source = when
         metrics.STAGE.labels("validate").observe(metrics.now() - started)
         try:
             result = await self._commit(
@@ -151,9 +210,23 @@ class Ingestor:
                 source="folder",
             )
         except CameraDisabled:
-            return await self._quarantine(path, camera_id, "camera_disabled", "detection is off for this camera")
+            return await self._quarantine(
+                path, camera_id, "camera_disabled", "detection is off for this camera", entry=entry
+            )
         if result.status in ("queued", "duplicate"):
-            await asyncio.to_thread(_unlink_quietly, path)
+            try:
+                await asyncio.to_thread(_take_out, entry, self.root, None)
+            except FileNotFoundError:
+                # Already gone: a camera retrying the upload, or a second watcher.
+                log.debug("ingested file already removed camera_id=%s file=%s", camera_id, printable(path))
+            except _Refused as refused:
+                log.warning(
+                    "ingested file left in place camera_id=%s reason=%s detail=%s file=%s",
+                    camera_id,
+                    refused.reason,
+                    refused.detail,
+                    printable(path),
+                )
         return result
 
     async def ingest_bytes(
@@ -166,7 +239,10 @@ class Ingestor:
         source: Literal["upload", "mqtt"] = "upload",
     ) -> IngestResult:
         """Ingest an uploaded image. Raises ``InvalidImage`` (nothing is stored), ``UnknownCamera``
-        or ``CameraDisabled``. Uploads are decoded in full here, so a corrupt one is refused at once."""
+        or ``CameraDisabled``. Uploads are read in full here, so a corrupt one is refused at once;
+        so is a ``captured_at`` outside ``timerange``'s capture range (reason ``captured_at_out_of_range``)."""
+        if captured_at is not None and (problem := capture_time_problem(captured_at)) is not None:
+            raise InvalidImage(CAPTURED_AT_OUT_OF_RANGE, problem)
         started = metrics.now()
         loaded = await asyncio.to_thread(self._check_upload, data)
         metrics.STAGE.labels("validate").observe(metrics.now() - started)
@@ -183,19 +259,16 @@ class Ingestor:
         )
 
     def _check_upload(self, data: bytes) -> _Loaded:
+        """Headers, then all of the data read in bounded memory (``check_pixels``): a corrupt or
+        cut-short upload is refused at once, without decoding it at full size."""
         info = inspect_image(data, self.limits)
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise InvalidImage("corrupt_image", f"cannot be decoded: {err}") from err
+        check_pixels(data, info, decode_budget.shared(self.settings.decode_memory_mb))
         return _Loaded(data, info, hashlib.sha256(data).digest())
 
     def _load(self, source: Path) -> _Loaded:
         with open(source, "rb") as fh:
             data = fh.read(self.limits.max_bytes + 1)
-        info = inspect_image(data, self.limits)
-        return _Loaded(data, info, hashlib.sha256(data).digest())
+        return self._check_upload(data)
 
     async def _commit(
         self,
@@ -210,6 +283,10 @@ class Ingestor:
         source: str,
     ) -> IngestResult:
         started = metrics.now()
+        if folder is None:
+            # An upload names its camera (anyone on the broker can name any): look it up before a
+            # folder is made for it, so an unknown, disabled or malformed id leaves nothing on disk.
+            await self._require_camera(camera_id)
         day = captured_at.astimezone(UTC).strftime("%Y-%m-%d")
         stored = (
             self.settings.images_path / camera_id / day / f"{loaded.sha256.hex()[:32]}.{_EXT[loaded.info.media_type]}"
@@ -220,8 +297,10 @@ class Ingestor:
                 camera_id, folder, loaded, stored, original_name, captured_at, captured_at_source, source
             )
         except (UnknownCamera, CameraDisabled):
+            # Deleted or switched off since the look-up: take back the file and the folders made for it.
             if placed_now:
                 await asyncio.to_thread(_unlink_quietly, stored)
+                await asyncio.to_thread(_remove_empty_folders, stored.parent, self.settings.images_path)
             raise
         metrics.STAGE.labels("enqueue").observe(metrics.now() - started)
         if image_id is None:
@@ -241,6 +320,16 @@ class Ingestor:
         )
         return IngestResult("queued", camera_id, image_id, job_id)
 
+    async def _require_camera(self, camera_id: str) -> None:
+        """Raise ``UnknownCamera`` (also for an id outside the camera id grammar) or ``CameraDisabled``."""
+        if _CAMERA_ID.fullmatch(camera_id) is None:
+            raise UnknownCamera(camera_id)
+        camera = await cameras.get(self.pool, camera_id)
+        if camera is None:
+            raise UnknownCamera(camera_id)
+        if not camera.enabled:
+            raise CameraDisabled(camera_id)
+
     async def _insert(
         self,
         camera_id: str,
@@ -256,7 +345,10 @@ class Ingestor:
         job_id: int | None = None
         async with self.pool.acquire() as conn, conn.transaction():
             if folder is not None:
-                camera, created = await cameras.ensure_for_folder(conn, camera_id, printable(folder))
+                try:
+                    camera, created = await cameras.ensure_for_folder(conn, camera_id, printable(folder))
+                except cameras.FolderIdConflict as conflict:
+                    raise CameraIdConflict(camera_id) from conflict
                 if created:
                     log.info("camera registered camera_id=%s folder=%s", camera.id, printable(folder))
             else:
@@ -288,19 +380,34 @@ class Ingestor:
                 job_id = await self.queue.enqueue(conn, image_id, camera.id)
         return image_id, job_id, camera.id
 
-    async def _quarantine(self, path: Path, camera_id: str | None, reason: str, detail: str) -> IngestResult:
+    async def _quarantine(
+        self,
+        path: Path,
+        camera_id: str | None,
+        reason: str,
+        detail: str,
+        *,
+        entry: Path | None = None,
+        move: bool = True,
+    ) -> IngestResult:
+        """Record ``path`` as refused and move the file (``entry``: its directory entry at its real
+        place, by default ``path``) out of the camera folder into the quarantine folder.
+        ``move=False``: the file's real place is outside the cameras folder, so it is only
+        recorded, never moved."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         dest = self.settings.quarantine_path / (camera_id or "_unknown") / _fit_name(f"{stamp}_", path.name)
-        size: int | None
-        try:
-            size = os.lstat(path).st_size
-            await asyncio.to_thread(_move, path, dest)
-            stored: str | None = str(dest)
-        except FileNotFoundError:
-            return IngestResult("vanished", camera_id)
-        except OSError as err:
-            log.error("quarantine move failed path=%s error=%s", printable(path), err)
-            size, stored = None, None
+        size: int | None = None
+        stored: str | None = None
+        if move:
+            try:
+                size = await asyncio.to_thread(_take_out, entry or path, self.root, dest)
+                stored = str(dest)
+            except FileNotFoundError:
+                return IngestResult("vanished", camera_id)
+            except _Refused as refused:
+                log.warning("quarantine left the file in place path=%s detail=%s", printable(path), refused.detail)
+            except OSError as err:
+                log.error("quarantine move failed path=%s error=%s", printable(path), err)
         await quarantine.add(
             self.pool,
             camera_id=camera_id,
@@ -319,6 +426,21 @@ class Ingestor:
             printable(path),
         )
         return IngestResult("quarantined", camera_id, reason=reason)
+
+
+def _capture_time(name: str, mtime: float, tz: ZoneInfo) -> tuple[datetime, str] | str:
+    """A camera file's capture time and where it came from (its name's stamp, else its mtime),
+    or why it has none the server accepts (see ``timerange``)."""
+    stamp = timestamp_from_name(name, tz)
+    if stamp is not None:
+        when, source = stamp, "filename"
+    else:
+        try:
+            when, source = datetime.fromtimestamp(mtime, UTC), "mtime"
+        except (OverflowError, OSError, ValueError):
+            return f"mtime: {mtime} is not a date"
+    problem = capture_time_problem(when)
+    return f"{source}: {problem}" if problem is not None else (when, source)
 
 
 def _place(source_file: Path | None, data: bytes, stored: Path) -> bool:
@@ -345,6 +467,18 @@ def _place(source_file: Path | None, data: bytes, stored: Path) -> bool:
     return True
 
 
+def _remove_empty_folders(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and its parents below ``root`` while they are empty."""
+    while folder != root and folder.is_relative_to(root):
+        try:
+            folder.rmdir()
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                return  # in use by another image (or already gone): keep it
+            raise
+        folder = folder.parent
+
+
 def _fit_name(prefix: str, name: str) -> str:
     """``prefix + name``, the name's stem shortened to fit in one file name; the suffix is kept."""
     suffix = Path(name).suffix
@@ -356,14 +490,71 @@ def _fit_name(prefix: str, name: str) -> str:
     return prefix + stem + suffix
 
 
-def _move(path: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def _locate(path: Path, camera_dir: Path) -> _Located:
+    """Where the camera file ``path`` really is; ``_Refused`` unless inside ``camera_dir`` (real).
+
+    ``path``'s folder is resolved: a symlinked folder at any depth, or a symlinked camera
+    folder, leads out and is refused without touching the file. A file that is itself a link
+    may be followed to a target inside ``camera_dir`` only; the link is then what is moved.
+    """
+    real_dir = Path(os.path.realpath(path.parent))
+    if not _inside(real_dir, camera_dir):
+        raise _Refused("outside_camera_folder", f"its folder is really {printable(real_dir)}", None)
+    entry = real_dir / path.name
+    st = os.lstat(entry)
+    if not stat.S_ISLNK(st.st_mode):
+        return _Located(entry, entry, st)
+    target = Path(os.path.realpath(entry))
+    if not _inside(target, camera_dir):
+        raise _Refused("symlink_outside_camera_folder", f"link points to {printable(target)}", entry)
     try:
-        os.replace(path, dest)
-    except OSError as err:
-        if err.errno != errno.EXDEV:
-            raise
-        shutil.move(str(path), str(dest))
+        return _Located(entry, target, os.stat(target))
+    except FileNotFoundError:
+        raise _Refused("broken_symlink", "link target is missing", entry) from None
+
+
+def _take_out(entry: Path, tree: Path, dest: Path | None) -> int:
+    """Remove the directory entry ``entry`` (a file or a link, never what a link points to), or
+    move it to ``dest``; return its size. ``_Refused`` unless its folder really is inside
+    ``tree``. The folder is held open while checked and used, so a link swapped in for it
+    meanwhile cannot redirect the removal outside."""
+    folder_fd = os.open(entry.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        real_dir = Path(os.path.realpath(entry.parent))
+        if not _inside(real_dir, tree) or not os.path.samestat(os.stat(real_dir), os.fstat(folder_fd)):
+            raise _Refused("outside_camera_folder", f"its folder is really {printable(real_dir)}", None)
+        size = os.stat(entry.name, dir_fd=folder_fd, follow_symlinks=False).st_size
+        if dest is None:
+            os.unlink(entry.name, dir_fd=folder_fd)
+            return size
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(entry.name, dest, src_dir_fd=folder_fd)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            _copy_entry(folder_fd, entry.name, dest)
+            os.unlink(entry.name, dir_fd=folder_fd)
+        return size
+    finally:
+        os.close(folder_fd)
+
+
+def _copy_entry(folder_fd: int, name: str, dest: Path) -> None:
+    """Copy a file or a link (as a link) to another file system, never following a link."""
+    st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(name, dir_fd=folder_fd), dest)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file, cannot be copied", name)
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+    with open(fd, "rb") as src, open(dest, "xb") as out:
+        shutil.copyfileobj(src, out)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -3,11 +3,19 @@
 A separate paho client (client id ``<server id>-ingest``) subscribes with QoS 1, so the
 publisher's PUBACK bookkeeping and lock (publish/mqtt.py) are untouched by inbound traffic.
 
-paho's network thread only looks at the payload's length and hands the bytes to the event
-loop; it never blocks and never decodes. The loop holds at most ``queue_size`` images waiting
-for validation. Anything refused (too large, queue full, unknown or disabled camera, not a
-valid image) becomes a quarantine row (``stored_path`` empty: the bytes are not kept) and a
-warning — MQTT has no reply channel, so the quarantine list is where a refusal is visible.
+paho's network thread only checks the topic's last level against the camera id grammar and the
+payload's length, and hands the message to a bounded queue on the event loop; it never decodes.
+When that queue is full it *waits* for room: paho stops reading the socket, TCP holds the broker
+back, and the broker keeps the rest (in flight, then queued for the session). Nothing is refused
+for lack of room, so no message the broker holds is lost (docs/decisions.md, "MQTT ingest:
+back-pressure"). A wait lasts as long as the event loop takes to store one image; only while the
+database is down can it outlast the keepalive, and then the broker drops the connection and
+delivers the unacknowledged messages again after paho reconnects (recognised by their hash).
+
+Anything refused (a topic level that is not a camera id, too large, unknown or disabled camera,
+not a valid image) becomes a quarantine row (``stored_path`` empty: the bytes are not kept) and a
+warning — MQTT has no reply channel, so the quarantine list is where a refusal is visible. A
+refused topic never names a folder: the camera id is checked before anything touches the disk.
 At least once: the client keeps a persistent session (``clean_session=False``, a client id
 stable across restarts) and acknowledges by hand (paho's ``manual_ack``). The PUBACK goes only
 after the image is committed (or its refusal recorded): a message the server was holding when
@@ -19,7 +27,11 @@ here, retried, unacknowledged. See docs/guarantees.md.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,20 +42,53 @@ from inference_server.ingest.ingestor import CameraDisabled, Ingestor, UnknownCa
 from inference_server.ingest.validate import InvalidImage
 from inference_server.publish.mqtt import BrokerAddress
 from inference_server.publish.topics import Topics
+from inference_server.schemas import CAMERA_ID_PATTERN
 from inference_server.store import quarantine
 from inference_server.store.db import is_unavailable
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
+_CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
+_SHOWN = 200  # characters of a topic kept in a quarantine row or a log line (topics reach 64 KiB)
+_KEEPALIVE_S = 30
+_PAUSE_LOGGED_S = 1.0  # a read pause at least this long is logged (it shows a slow database)
+
 
 @dataclass(frozen=True, slots=True)
 class _Inbound:
     topic: str
-    camera_id: str
+    camera_id: str | None  # None: the topic's last level is not a camera id
     data: bytes
+    size: int
     mid: int
     qos: int
+    refusal: tuple[str, str] | None = None  # (reason, detail) decided on paho's thread
+
+
+def _shown(text: str) -> str:
+    """Printable, and at most ``_SHOWN`` characters (with the full length when cut)."""
+    text = printable(text)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}… ({len(text)} characters)"
+
+
+def _inbound(message: mqtt.MQTTMessage, max_bytes: int) -> _Inbound:
+    """What paho's thread decides about a message: a refusal (bytes dropped) or an image to check."""
+    try:
+        topic = message.topic
+    except UnicodeDecodeError:  # MQTT topics are UTF-8; a broker that lets another through
+        topic = message._topic.decode("utf-8", "backslashreplace")
+    level = topic.rsplit("/", 1)[-1]
+    size = len(message.payload)
+    if _CAMERA_ID.fullmatch(level) is None:
+        # Refused before anything else: the camera id becomes a folder name further on.
+        detail = f"topic level {_shown(level)!r} is not a camera id ([a-z0-9][a-z0-9_-]{{0,63}})"
+        return _Inbound(topic, None, b"", size, message.mid, message.qos, ("invalid_camera_id", detail))
+    if size > max_bytes:
+        # Dropped here, on the network thread: the bytes never reach the loop or a decoder.
+        detail = f"{size} bytes > limit {max_bytes}"
+        return _Inbound(topic, level, b"", size, message.mid, message.qos, ("too_large", detail))
+    return _Inbound(topic, level, bytes(message.payload), size, message.mid, message.qos)
 
 
 class MqttIngest:
@@ -58,8 +103,8 @@ class MqttIngest:
         self.max_bytes = ingestor.limits.max_bytes
         self._queue: asyncio.Queue[_Inbound] = asyncio.Queue(queue_size)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = threading.Event()
         self.subscribed = asyncio.Event()
-        self._refusals: set[asyncio.Task[None]] = set()
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -81,7 +126,7 @@ class MqttIngest:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe (again after every reconnect) and ingest until ``stop`` is set."""
         self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self.address.host, self.address.port, keepalive=30)
+        self._client.connect_async(self.address.host, self.address.port, keepalive=_KEEPALIVE_S)
         self._client.loop_start()
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -95,6 +140,9 @@ class MqttIngest:
                 if await self._handle_until_stored(item, stop):
                     self._ack(item)
         finally:
+            # Release paho's thread if it waits for room; what it held is not acknowledged, so the
+            # broker delivers it again to the next session.
+            self._closing.set()
             stopper.cancel()
             self._client.disconnect()
             await asyncio.to_thread(self._client.loop_stop)
@@ -104,17 +152,14 @@ class MqttIngest:
         delay = 0.5
         while True:
             try:
-                await self._handle(item)
+                await self._handle_or_record_failure(item)
                 return True
             except Exception as err:
                 if not is_unavailable(err):
-                    # A bug with this one message must not end the subscription or come back forever.
-                    log.exception("mqtt ingest failed topic=%s; message dropped", printable(item.topic))
-                    metrics.INGESTED.labels(item.camera_id, "mqtt", "failed").inc()
+                    # Even recording the failure failed: a bug, not an outage; do not loop on it.
+                    log.exception("mqtt ingest failed topic=%s; message dropped", _shown(item.topic))
                     return True
-                log.warning(
-                    "mqtt ingest waiting for the database topic=%s retry_in_s=%.1f", printable(item.topic), delay
-                )
+                log.warning("mqtt ingest waiting for the database topic=%s retry_in_s=%.1f", _shown(item.topic), delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:
@@ -122,6 +167,20 @@ class MqttIngest:
                 continue
             # Stopping: not acknowledged, so the broker delivers it again to the next session.
             return False
+
+    async def _handle_or_record_failure(self, item: _Inbound) -> None:
+        try:
+            await self._handle(item)
+        except Exception as err:
+            if is_unavailable(err):
+                raise
+            # A bug with this one message must not end the subscription or come back forever,
+            # and must not vanish either: it is acknowledged with a quarantine row.
+            log.exception("mqtt ingest failed camera_id=%s topic=%s", item.camera_id or "-", _shown(item.topic))
+            metrics.INGESTED.labels(item.camera_id or "-", "mqtt", "failed").inc()
+            await self._refuse(
+                item.topic, item.camera_id, "ingest_failed", f"{type(err).__name__}: {err}"[:500], item.size
+            )
 
     def _ack(self, item: _Inbound) -> None:
         if item.qos > 0:
@@ -142,62 +201,74 @@ class MqttIngest:
         self._call(self.subscribed.set)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not self._closing.is_set():
+            log.warning("mqtt ingest disconnected reason=%s", reason)
         self._call(self.subscribed.clear)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        topic = message.topic
-        camera_id = topic.rsplit("/", 1)[-1]
-        size = len(message.payload)
-        if size > self.max_bytes:
-            # Dropped here, on the network thread: the bytes never reach the loop or a decoder.
-            self._call(
-                self._refuse_soon,
-                _Inbound(topic, camera_id, b"", message.mid, message.qos),
-                "too_large",
-                f"{size} bytes > limit {self.max_bytes}",
-                size,
-            )
+        self._hand_over(_inbound(message, self.max_bytes))
+
+    def _hand_over(self, item: _Inbound) -> None:
+        """Put ``item`` on the loop's queue, waiting (this thread, so paho reads nothing more) while
+        it is full. Returns without it when the server is stopping: it is then never acknowledged."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
             return
-        self._call(self._offer, _Inbound(topic, camera_id, bytes(message.payload), message.mid, message.qos))
+        started = time.monotonic()
+        putting = self._queue.put(item)
+        try:
+            put = asyncio.run_coroutine_threadsafe(putting, loop)
+        except RuntimeError:  # the loop closed since the check: stopping, so not acknowledged
+            putting.close()
+            return
+        while True:
+            try:
+                put.result(timeout=0.2)
+                break
+            except TimeoutError:
+                if self._closing.is_set():
+                    put.cancel()
+                    return
+            except concurrent.futures.CancelledError:
+                return
+        waited = time.monotonic() - started
+        if waited >= _PAUSE_LOGGED_S:
+            log.info(
+                "mqtt ingest read paused camera_id=%s waited_s=%.1f queue=%d",
+                item.camera_id or "-",
+                waited,
+                self._queue.maxsize,
+            )
 
     def _call(self, fn: Any, *args: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
 
     # --- event loop ------------------------------------------------------------------------
-    def _offer(self, item: _Inbound) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self._refuse_soon(item, "ingest_queue_full", f"{self._queue.maxsize} images waiting", len(item.data))
-
-    def _refuse_soon(self, item: _Inbound, reason: str, detail: str, size: int) -> None:
-        """Record a refusal off the ingest path, then acknowledge (a refused message is final)."""
-        task = asyncio.get_running_loop().create_task(self._refuse(item.topic, item.camera_id, reason, detail, size))
-        self._refusals.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._refusals.discard)
-        task.add_done_callback(_log_failure)
-        task.add_done_callback(lambda _: self._ack(item))
-
     async def _handle(self, item: _Inbound) -> None:
+        if item.refusal is not None:
+            reason, detail = item.refusal
+            await self._refuse(item.topic, item.camera_id, reason, detail, item.size)
+            return
+        assert item.camera_id is not None  # set whenever there is no refusal
         try:
             await self.ingestor.ingest_bytes(
-                item.camera_id, item.data, captured_at=None, original_name=item.topic, source="mqtt"
+                item.camera_id, item.data, captured_at=None, original_name=_shown(item.topic), source="mqtt"
             )
         except InvalidImage as bad:
-            await self._refuse(item.topic, item.camera_id, bad.reason, bad.detail, len(item.data))
+            await self._refuse(item.topic, item.camera_id, bad.reason, bad.detail, item.size)
         except UnknownCamera:
-            await self._refuse(item.topic, None, "unknown_camera", f"no camera {item.camera_id!r}", len(item.data))
+            await self._refuse(item.topic, None, "unknown_camera", f"no camera {item.camera_id!r}", item.size)
         except CameraDisabled:
             await self._refuse(
-                item.topic, item.camera_id, "camera_disabled", "detection is off for this camera", len(item.data)
+                item.topic, item.camera_id, "camera_disabled", "detection is off for this camera", item.size
             )
 
     async def _refuse(self, topic: str, camera_id: str | None, reason: str, detail: str, size: int) -> None:
         await quarantine.add(
             self.ingestor.pool,
             camera_id=camera_id,
-            original_path=printable(topic),
+            original_path=_shown(topic),
             stored_path=None,
             reason=reason,
             detail=detail,
@@ -206,13 +277,8 @@ class MqttIngest:
         metrics.QUARANTINED.labels(reason).inc()
         log.warning(
             "mqtt image refused camera_id=%s reason=%s detail=%s topic=%s",
-            printable(camera_id or "-"),
+            camera_id or "-",
             reason,
             detail,
-            printable(topic),
+            _shown(topic),
         )
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("recording an mqtt refusal failed: %s", task.exception())

@@ -3,6 +3,11 @@ hands each one to the ingestor once it is complete.
 
 "Complete" means the file's size and mtime have not changed for ``file_stable_s``: an FTP
 upload grows in chunks, and a camera gives no other signal that it has finished.
+
+Symlinked folders are never descended into: the scans list them, and the ingestor moves the
+link itself to quarantine. The start-up scan does so before notification starts, because the
+notify crate follows symlinked folders when it sets up its watches; a file that still arrives
+through one is refused by the ingestor (its real place is outside) and left alone.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import asyncpg
 from watchfiles import Change, awatch
 from watchfiles._rust_notify import WatchfilesRustInternalError
 
-from inference_server.ingest.ingestor import Ingestor, printable
+from inference_server.ingest.ingestor import OUTSIDE_REASONS, Ingestor, printable
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,21 @@ _FIRST_RESCAN_S = 2.0
 _RESCAN_EVERY_S = 60.0
 
 
-def _walk(folder: Path) -> list[Path]:
-    return [Path(dirpath) / name for dirpath, _dirs, files in os.walk(folder) for name in files]
+@dataclass(frozen=True, slots=True)
+class _Found:
+    files: list[Path]
+    #: Symlinks to folders met on the way: listed, never followed.
+    linked_folders: list[Path]
+
+
+def _walk(folder: Path) -> _Found:
+    files: list[Path] = []
+    links: list[Path] = []
+    for dirpath, dirs, names in os.walk(folder, followlinks=False):
+        here = Path(dirpath)
+        files += (here / name for name in names)
+        links += (here / name for name in dirs if os.path.islink(here / name))
+    return _Found(files, links)
 
 
 def is_temporary(name: str) -> bool:
@@ -65,6 +83,9 @@ class FolderWatcher:
         self._tick = max(0.02, min(0.25, stable_s / 4))
         self.ready = asyncio.Event()
         self._rescanning = False
+        #: Paths refused as outside the camera folders (seen through a symlinked folder the
+        #: notifier follows): not handed to the ingestor again until the next full rescan.
+        self._outside: set[Path] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -114,16 +135,24 @@ class FolderWatcher:
 
     async def _rescan(self) -> None:
         # Walk in a thread, register on the loop: only the loop touches _pending.
-        for path in await asyncio.to_thread(_walk, self.root):
+        found = await asyncio.to_thread(_walk, self.root)
+        self._outside.clear()
+        for path in found.files:
             self._see(path)
+        # Symlinked folders go to quarantine now, not after file_stable_s: at start-up this
+        # runs before the notifier sets up its watches (it would follow them out).
+        for link in found.linked_folders:
+            if link not in self._pending:
+                await self._ingest(link, None)
 
     def _see(self, path: Path) -> None:
-        if is_temporary(path.name) or path in self._pending:
+        if is_temporary(path.name) or path in self._pending or path in self._outside:
             return
         if path.is_dir() and not path.is_symlink():
             # A folder copied in whole can hold files written before its watch existed.
-            for found in _walk(path):
-                self._see(found)
+            found = _walk(path)
+            for file in (*found.files, *found.linked_folders):
+                self._see(file)
             return
         self._pending[path] = None
 
@@ -157,18 +186,23 @@ class FolderWatcher:
             if now - seen.stable_since >= self.stable_s and now >= seen.not_before:
                 ready.append(path)
         for path in sorted(ready):
-            seen = self._pending.pop(path)
-            try:
-                await self.ingestor.ingest_file(path)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
-                # The database or the disk is unhappy: keep the file and try again later.
-                log.error("ingest failed, will retry file=%s error=%r", printable(path), err)
-                self._retry_later(path, seen)
-            except Exception:
-                # A bug met by one file must not end this loop: every camera's ingest would
-                # stop silently. Keep the file and try it again later, as above.
-                log.exception("ingest crashed, will retry file=%s", printable(path))
-                self._retry_later(path, seen)
+            await self._ingest(path, self._pending.pop(path))
+
+    async def _ingest(self, path: Path, seen: _Seen | None) -> None:
+        try:
+            result = await self.ingestor.ingest_file(path)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            # The database or the disk is unhappy: keep the file and try again later.
+            log.error("ingest failed, will retry file=%s error=%r", printable(path), err)
+            self._retry_later(path, seen)
+        except Exception:
+            # A bug met by one file must not end this loop: every camera's ingest would
+            # stop silently. Keep the file and try it again later, as above.
+            log.exception("ingest crashed, will retry file=%s", printable(path))
+            self._retry_later(path, seen)
+        else:
+            if result.reason in OUTSIDE_REASONS:
+                self._outside.add(path)
 
     def _retry_later(self, path: Path, seen: _Seen | None) -> None:
         if seen is not None:

@@ -121,22 +121,29 @@ class JobQueue:
             self.policy.lease_s,
             self.worker_id,
         )
-        jobs = [
-            ClaimedJob(
-                r["id"],
-                r["image_id"],
-                r["camera_id"],
-                r["camera_name"],
-                r["attempts"],
-                r["max_attempts"],
-                r["path"],
-                r["captured_at"],
-                tuple(Zone.model_validate(z) for z in r["zones"]),
-                r["received_at"],
-                r["enabled"],
-            )
-            for r in rows
-        ]
+        jobs: list[ClaimedJob] = []
+        for r in rows:
+            try:
+                jobs.append(
+                    ClaimedJob(
+                        r["id"],
+                        r["image_id"],
+                        r["camera_id"],
+                        r["camera_name"],
+                        r["attempts"],
+                        r["max_attempts"],
+                        r["path"],
+                        r["captured_at"],
+                        tuple(Zone.model_validate(z) for z in r["zones"]),
+                        r["received_at"],
+                        r["enabled"],
+                    )
+                )
+            except Exception as err:  # one job's odd row must not fail the claim of the others
+                log.exception("claimed job unreadable job_id=%s camera_id=%s", r["id"], r["camera_id"])
+                await self._record_failure(
+                    r["id"], r["camera_id"], r["attempts"], r["max_attempts"], f"claim: {err!r}", retryable=True
+                )
         jobs.sort(key=lambda j: j.id)
         return jobs
 
@@ -153,31 +160,44 @@ class JobQueue:
             raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {self.worker_id}")
 
     async def fail(self, job: ClaimedJob, error: str, *, retryable: bool) -> str:
-        """Record a failed attempt; return the job's new state (``queued`` or ``dead``)."""
-        dead = not retryable or job.attempts >= job.max_attempts
+        """Record a failed attempt; return the job's new state (``queued`` or ``dead``, or ``lost``
+        if the lease was lost). A retryable failure is retried after the backoff until the job's
+        attempts are used up; then, or at once when not retryable, the job is dead-lettered with
+        ``error`` as its ``last_error``."""
+        return await self._record_failure(
+            job.id, job.camera_id, job.attempts, job.max_attempts, error, retryable=retryable
+        )
+
+    async def _record_failure(
+        self, job_id: int, camera_id: str, attempts: int, max_attempts: int, error: str, *, retryable: bool
+    ) -> str:
+        dead = not retryable or attempts >= max_attempts
         state = "dead" if dead else "queued"
-        delay = 0.0 if dead else self.policy.backoff(job.attempts)
+        delay = 0.0 if dead else self.policy.backoff(attempts)
+        # The error text may quote the input (a decoder's message, a file name): PostgreSQL text
+        # cannot hold NUL, and a failure that cannot be recorded would come back forever.
+        error = error[:2000].replace("\x00", "\\0")
         updated = await self.pool.fetchval(
             "UPDATE jobs SET state = $4, last_error = $5, lease_until = NULL, updated_at = now(),"
             "  run_after = now() + make_interval(secs => $6),"
             "  finished_at = CASE WHEN $4 = 'dead' THEN now() END"
             " WHERE id = $1 AND state = 'running' AND worker_id = $2 AND attempts = $3 RETURNING id",
-            job.id,
+            job_id,
             self.worker_id,
-            job.attempts,
+            attempts,
             state,
-            error[:2000],
+            error,
             delay,
         )
         if updated is None:
-            log.warning("job failure not recorded: lease lost job_id=%s error=%s", job.id, error)
+            log.warning("job failure not recorded: lease lost job_id=%s error=%s", job_id, error)
             return "lost"
         log.warning(
             "job failed job_id=%s camera_id=%s attempt=%s/%s state=%s retry_in_s=%.1f error=%s",
-            job.id,
-            job.camera_id,
-            job.attempts,
-            job.max_attempts,
+            job_id,
+            camera_id,
+            attempts,
+            max_attempts,
             state,
             delay,
             error,

@@ -37,6 +37,7 @@ from inference_server.publish.topics import Topics
 from inference_server.schemas import CameraState, EventMessage, Zone
 from inference_server.store import activity, batches, cameras, context, outbox
 from inference_server.store import events as events_store
+from inference_server.store.db import is_unavailable
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class BatchStage:
         messages: list[Message] = []
         batch = await batches.lock_open(conn, camera_id)
         if batch is not None and self._due(batch, now):
-            messages += await self.close(conn, batch, now)
+            messages += await self.close_guarded(conn, batch, now)
             batch = None
         if batch is None:
             batch = await batches.open_new(conn, camera_id, now)
@@ -209,8 +210,37 @@ class BatchStage:
                 )
                 if not due:
                     return closed
-                await outbox.add_many(conn, await self.close(conn, due[0], now))
+                await outbox.add_many(conn, await self.close_guarded(conn, due[0], now))
                 closed += 1
+
+    async def close_guarded(self, conn: asyncpg.Connection, batch: batches.Batch, now: datetime) -> list[Message]:
+        """``close``, in a savepoint; if judging this one batch raises (a bug or a value its data
+        triggers), it is closed unjudged instead: its event, if it has one, ends with the score it
+        has. Otherwise the batch would stay due and fail again on every tick (and every restart),
+        and the camera's next images, which close it on arrival, would fail with it.
+        Database outages propagate (nothing is closed; the caller retries)."""
+        try:
+            async with conn.transaction():
+                return await self.close(conn, batch, now)
+        except Exception as err:
+            if is_unavailable(err):
+                raise
+            log.exception(
+                "closing batch failed, closing it unjudged batch_id=%s camera_id=%s", batch.id, batch.camera_id
+            )
+        messages: list[Message] = []
+        if batch.event_id is not None:
+            try:
+                async with conn.transaction():
+                    await events_store.end(conn, batch.event_id, batch.last_activity_at)
+                    messages.append(await self._event_message(conn, batch.event_id, "end"))
+            except Exception as err:
+                if is_unavailable(err):
+                    raise
+                log.exception("ending the event of an unjudged batch failed event_id=%s", batch.event_id)
+                messages = []
+        await batches.close(conn, batch.id, now)
+        return messages
 
     async def close(self, conn: asyncpg.Connection, batch: batches.Batch, now: datetime) -> list[Message]:
         camera = await cameras.get_record(conn, batch.camera_id)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from PIL import Image, ImageOps
 
+from inference_server import decode_budget
 from inference_server.config import Settings
+from inference_server.decode_budget import DecodeBudget
 from inference_server.jobs.queue import ClaimedJob, JobQueue, LeaseLost
 from inference_server.models.detector import Detection, Detector
 from inference_server.pipeline.reason import ReasonStage
@@ -42,16 +43,28 @@ class DecodeError(ValueError):
 _SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
-def decode(path: Path, target: int) -> Image.Image:
-    """Decode to RGB; JPEGs are decoded straight at the smallest DCT scale ≥ the model size."""
+def decode(path: Path, target: int, budget: DecodeBudget | None = None) -> Image.Image:
+    """Decode to RGB at about the model size, both sides kept ≥ ``target``: a JPEG straight at the
+    smallest DCT scale (draft), a PNG (which Pillow decodes only whole) reduced right after by the
+    largest whole factor. The decode first waits for its estimated memory in ``budget`` (default:
+    the process's shared one) and gives it back when done."""
+    budget = budget or decode_budget.shared()
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img, budget.hold(_decoded_bytes(img, target)):
+            scale = _scale(img.size, target)
             if img.format == "JPEG":
                 img.draft("RGB", (target, target))
-            upright = ImageOps.exif_transpose(img)  # cameras mounted sideways tag, not rotate
-            if upright.mode in _SIXTEEN_BIT:
+                scale = 1  # the DCT did it
+            img.load()  # also reads a PNG's eXIf chunk that follows the pixels
+            picture: Image.Image = img
+            if picture.mode in _SIXTEEN_BIT:
                 # 16-bit grey (PNG): scale to 8 bits; convert("RGB") would clip everything to white.
-                upright = upright.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+                picture = picture.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+            elif picture.mode not in _REDUCIBLE and scale > 1:
+                picture = picture.convert("RGB")  # palette or 1-bit: average colours, not indices
+            if scale > 1:
+                picture = picture.reduce(scale)  # keeps info (EXIF) for the transpose below
+            upright = ImageOps.exif_transpose(picture)  # cameras mounted sideways tag, not rotate
             rgb = upright.convert("RGB")
             rgb.load()
             return rgb
@@ -59,6 +72,31 @@ def decode(path: Path, target: int) -> Image.Image:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DecodeError(f"{type(err).__name__}: {err}") from err
+
+
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"})
+
+
+def _scale(size: tuple[int, int], target: int) -> int:
+    """The largest whole factor that keeps both sides ≥ ``target`` (JPEG: a power of two, as draft)."""
+    return max(1, min(size[0] // target, size[1] // target))
+
+
+def _decoded_bytes(img: Image.Image, target: int) -> int:
+    """An upper estimate of the memory ``decode`` needs for ``img`` (header read, not decoded)."""
+    width, height = img.size
+    if img.format == "JPEG":
+        scale = next(s for s in (8, 4, 2, 1) if s <= _scale(img.size, target))
+        decoded = 0  # counted in the output copies below
+        if img.info.get("progressive"):
+            decoded = decode_budget.jpeg_coefficient_bytes(width, height, len(img.getbands()))
+    else:
+        scale = _scale(img.size, target)
+        decoded = decode_budget.pillow_bytes(img.mode, width, height)
+        if img.mode in _SIXTEEN_BIT or (img.mode not in _REDUCIBLE and scale > 1):
+            decoded += 2 * decode_budget.pillow_bytes("I", width, height)  # converted before reducing
+    # The output and up to three copies of it (reduce, transpose, convert), Pillow's 4 bytes a pixel.
+    return decoded + 4 * decode_budget.pillow_bytes("RGBA", -(-width // scale), -(-height // scale))
 
 
 @dataclass(slots=True)
@@ -137,7 +175,7 @@ class DetectWorker:
     def _load(self, path: Path) -> tuple[Image.Image, Any]:
         """On a decode thread: decode, then the detector's own preparation (resize, colour order),
         so the single inference thread only runs the model."""
-        image = decode(path, self.settings.detector_imgsz)
+        image = decode(path, self.settings.detector_imgsz, decode_budget.shared(self.settings.decode_memory_mb))
         return image, self.detector.prepare(image)
 
     async def _top_up(self, have: int) -> list[ClaimedJob]:
@@ -165,7 +203,11 @@ class DetectWorker:
         return jobs
 
     async def _decode_failed(self, job: ClaimedJob, err: BaseException) -> None:
-        if isinstance(err, DecodeError):
+        if not isinstance(err, DecodeError):
+            log.error("decoding failed camera_id=%s job_id=%s error=%r", job.camera_id, job.id, err)
+            await self._fail_job(job, f"decode: {err!r}", retryable=True)
+            return
+        try:
             await quarantine.add(
                 self.queue.pool,
                 camera_id=job.camera_id,
@@ -176,35 +218,73 @@ class DetectWorker:
                 size_bytes=None,
             )
             metrics.QUARANTINED.labels("corrupt_image").inc()
-            log.warning("image undecodable, quarantined camera_id=%s job_id=%s error=%s", job.camera_id, job.id, err)
-            outcome = await self.queue.fail(job, f"corrupt_image: {err}", retryable=False)
-        else:
-            outcome = await self.queue.fail(job, f"decode: {err!r}", retryable=True)
+        except Exception as failure:
+            if not is_unavailable(failure):
+                # The dead letter below still records the image; the quarantine row is a courtesy.
+                log.exception("quarantine row not written camera_id=%s job_id=%s", job.camera_id, job.id)
+        log.warning("image undecodable, quarantined camera_id=%s job_id=%s error=%s", job.camera_id, job.id, err)
+        await self._fail_job(job, f"corrupt_image: {err}", retryable=False)
+
+    async def _fail_job(self, job: ClaimedJob, error: str, *, retryable: bool) -> None:
+        """Record one job's failed attempt (retried after the queue's backoff, then dead-lettered).
+        While the database is unreachable nothing can be recorded: the lease expires and the
+        reaper requeues the job. Any other error here is not about one job and propagates."""
+        try:
+            outcome = await self.queue.fail(job, error, retryable=retryable)
+        except Exception as err:
+            if not is_unavailable(err):
+                raise
+            log.error(
+                "job failure not recorded, database unavailable job_id=%s camera_id=%s error=%r",
+                job.id,
+                job.camera_id,
+                err,
+            )
+            outcome = "lease_will_expire"
         metrics.JOBS_FAILED.labels(outcome).inc()
 
     async def _infer_loop(
         self, source: asyncio.Queue[list[_Item] | None], out: asyncio.Queue[list[_Item] | None]
     ) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while (items := await source.get()) is not _STOP:
                 started = metrics.now()
                 try:
-                    inputs = [i.image if i.model_input is None else i.model_input for i in items]
-                    found = await loop.run_in_executor(self._infer_pool, self.detector.detect, inputs)
-                except (RuntimeError, OSError, ValueError) as err:
-                    log.error("inference failed batch=%d error=%r", len(items), err)
+                    await self._detect(items)
+                except Exception as err:
+                    if len(items) == 1:
+                        await self._inference_failed(items[0], err)
+                        continue
+                    # One image may be what breaks the batch: run each alone, so only its job fails.
+                    log.error("inference failed batch=%d, trying its images one by one error=%r", len(items), err)
+                    done: list[_Item] = []
                     for item in items:
-                        metrics.JOBS_FAILED.labels(
-                            await self.queue.fail(item.job, f"inference: {err!r}", retryable=True)
-                        ).inc()
-                    continue
+                        try:
+                            await self._detect([item])
+                        except Exception as single:
+                            await self._inference_failed(item, single)
+                        else:
+                            done.append(item)
+                    items = done
+                    if not items:
+                        continue
                 metrics.STAGE.labels("infer").observe((metrics.now() - started) / len(items))
-                for item, dets in zip(items, found, strict=True):
-                    item.detections = dets
                 await out.put(items)
         finally:
             await out.put(_STOP)
+
+    async def _detect(self, items: list[_Item]) -> None:
+        """One batched inference on the model's thread; each item gets its detections."""
+        inputs = [i.image if i.model_input is None else i.model_input for i in items]
+        found = await asyncio.get_running_loop().run_in_executor(self._infer_pool, self.detector.detect, inputs)
+        if len(found) != len(items):
+            raise RuntimeError(f"detector returned {len(found)} results for {len(items)} images")
+        for item, dets in zip(items, found, strict=True):
+            item.detections = list(dets)
+
+    async def _inference_failed(self, item: _Item, err: Exception) -> None:
+        log.error("inference failed job_id=%s camera_id=%s error=%r", item.job.id, item.job.camera_id, err)
+        await self._fail_job(item.job, f"inference: {err!r}", retryable=True)
 
     async def _finish_loop(self, source: asyncio.Queue[list[_Item] | None]) -> None:
         """Store each batch's results: cameras side by side (``store_concurrency`` transactions at
@@ -224,15 +304,21 @@ class DetectWorker:
                 except LeaseLost as err:
                     log.warning("result discarded: %s", err)
                     metrics.JOBS_FAILED.labels("lease_lost").inc()
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
-                    # The result was not committed; the job is retried (or its lease expires
-                    # and the reaper requeues it if the database is unreachable right now).
-                    log.error("storing result failed job_id=%s error=%r", item.job.id, err)
-                    try:
-                        outcome = await self.queue.fail(item.job, f"store: {err!r}", retryable=True)
-                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                        outcome = "lease_will_expire"
-                    metrics.JOBS_FAILED.labels(outcome).inc()
+                except Exception as err:
+                    # Whatever this one image's result met (a database error, or a bug or a value
+                    # its data triggers, as a capture time near year 1 or 9999 did) fails its job,
+                    # never this stage: the result was not committed; the job is retried after the
+                    # queue's backoff and dead-lettered with this error once its attempts are used up.
+                    if is_unavailable(err):
+                        log.error(
+                            "storing result failed, database unavailable job_id=%s camera_id=%s error=%r",
+                            item.job.id,
+                            item.job.camera_id,
+                            err,
+                        )
+                    else:
+                        log.exception("storing result failed job_id=%s camera_id=%s", item.job.id, item.job.camera_id)
+                    await self._fail_job(item.job, f"store: {err!r}", retryable=True)
 
     async def _reap_loop(self, stop: asyncio.Event) -> None:
         interval = max(1.0, min(30.0, self.settings.job_lease_s / 4))

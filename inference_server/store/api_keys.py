@@ -51,6 +51,18 @@ async def create(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> str:
     return f"hsi_{key_id}_{secret}"
 
 
+def key_id_of(key: str) -> str | None:
+    """The key id of a well-formed key (no database, no hashing), or None."""
+    match = _KEY.match(key)
+    return match.group(1) if match is not None else None
+
+
+async def active_key_ids(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
+    """The ids of the keys not revoked."""
+    rows = await conn.fetch("SELECT key_id FROM api_keys WHERE revoked_at IS NULL")
+    return [row["key_id"] for row in rows]
+
+
 async def verify(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> str | None:
     """The name of the active key ``key``, or None."""
     match = _KEY.match(key)

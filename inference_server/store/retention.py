@@ -8,12 +8,19 @@ critical event still needs; sent outbox rows after a day.
 Rows are deleted in bounded batches, each its own short transaction, and the files those
 rows named are removed after the commit, in a thread. A file is only ever removed from
 the folder its kind lives in under the data directory, whatever a row says.
+
+Camera folders under ``images/``, ``snapshots/`` and ``quarantine/`` whose camera no longer
+exists (a crash between a camera's delete and the removal of its files) are swept: their
+files that no row names go once unchanged for ``ORPHAN_GRACE_S``, then their empty folders.
+Deleting a camera removes its files at once with :func:`remove_camera_files`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +32,7 @@ import asyncpg
 from prometheus_client import Counter
 
 from inference_server.config import Settings
+from inference_server.store import cameras
 from inference_server.telemetry.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,9 @@ BATCH_SIZE = 1000
 OUTBOX_SENT_RETENTION = timedelta(days=1)
 #: The first run waits this long (or one interval, if shorter) so start-up settles first.
 FIRST_RUN_DELAY_S = 30.0
+#: A file or folder in the folder of a camera that does not exist is swept only once unchanged
+#: this long: a new camera's first image is stored moments before its camera row commits.
+ORPHAN_GRACE_S = 3600.0
 
 DELETED = Counter(
     "hsi_retention_deleted_total",
@@ -57,6 +68,8 @@ class RetentionReport:
     snapshots: int = 0
     outbox: int = 0
     quarantine: int = 0
+    #: Files no row names, swept from the folders of cameras that no longer exist.
+    orphan_files: int = 0
     freed_bytes: int = 0
 
     def counts(self) -> dict[str, int]:
@@ -115,6 +128,12 @@ _DELETE_EXPIRED_QUARANTINE = (
 )
 # A corrupt image is quarantined in place: its quarantine row names the image's own file.
 _PATHS_OWNED_BY_IMAGES = "SELECT path FROM images WHERE path = ANY($1::text[])"
+# A file some row names is never swept, whichever folder it is in.
+_NAMED_PATHS = (
+    "SELECT path AS p FROM images WHERE path = ANY($1::text[])"
+    " UNION SELECT snapshot_path FROM events WHERE snapshot_path = ANY($1::text[])"
+    " UNION SELECT stored_path FROM quarantine WHERE stored_path = ANY($1::text[])"
+)
 
 
 def _affected(status: str) -> int:
@@ -129,6 +148,7 @@ async def run_retention(
     now: datetime,
     batch_size: int = BATCH_SIZE,
     stop: asyncio.Event | None = None,
+    orphan_grace_s: float = ORPHAN_GRACE_S,
 ) -> RetentionReport:
     """Apply the retention rules as of ``now`` (timezone-aware); return what was removed.
 
@@ -193,12 +213,171 @@ async def run_retention(
         if len(rows) < batch_size:
             break
 
+    if not stopping():
+        files_swept, freed = await _sweep_orphan_folders(pool, settings, orphan_grace_s)
+        report.orphan_files += files_swept
+        report.freed_bytes += freed
+
     for kind, count in report.counts().items():
         if count:
             DELETED.labels(kind).inc(count)
     if report.freed_bytes:
         FREED_BYTES.inc(report.freed_bytes)
     return report
+
+
+def _kind_roots(settings: Settings) -> dict[str, Path]:
+    """The data folders that hold one folder per camera, by the kind of file they hold."""
+    return {
+        "image": settings.images_path,
+        "snapshot": settings.snapshots_path,
+        "quarantine": settings.quarantine_path,
+    }
+
+
+async def remove_camera_files(pool: asyncpg.Pool, settings: Settings, deleted: cameras.DeletedCamera) -> int:
+    """Remove a deleted camera's files, once its delete has committed; return the bytes freed.
+
+    The files its rows named go first (only from the folder each kind lives in; one a row names
+    again meanwhile, a camera of the same id re-created, is kept); then whatever else is in its
+    folders under ``images/``, ``snapshots/`` and ``quarantine/``, as the orphan sweep does, and
+    the folders once empty. Running it again removes nothing more.
+    """
+    files = _FileRemover(settings)
+    named = [*deleted.image_paths, *deleted.snapshot_paths, *deleted.quarantine_paths]
+    freed = 0
+    try:
+        again = await _named_paths(pool, named)
+        for kind, paths in (
+            ("image", deleted.image_paths),
+            ("snapshot", deleted.snapshot_paths),
+            ("quarantine", deleted.quarantine_paths),
+        ):
+            freed += await files.remove(kind, [p for p in paths if p not in again])
+        emptied = {os.path.dirname(p) for p in named}
+        for kind, root in _kind_roots(settings).items():
+            _, swept = await _sweep_folder(pool, kind, root, deleted.camera_id, ORPHAN_GRACE_S, emptied)
+            freed += swept
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        # The camera is deleted all the same; the orphan sweep of the next retention run
+        # removes what is left.
+        log.warning("camera files not all removed camera_id=%s error=%r", deleted.camera_id, err)
+    log.info("camera files removed camera_id=%s freed_bytes=%d", deleted.camera_id, freed)
+    return freed
+
+
+async def _named_paths(pool: asyncpg.Pool, paths: Sequence[str]) -> set[str]:
+    named: set[str] = set()
+    for start in range(0, len(paths), BATCH_SIZE):
+        rows = await pool.fetch(_NAMED_PATHS, list(paths[start : start + BATCH_SIZE]))
+        named.update(r["p"] for r in rows)
+    return named
+
+
+async def _sweep_orphan_folders(pool: asyncpg.Pool, settings: Settings, grace_s: float) -> tuple[int, int]:
+    """Sweep the folders of cameras that no longer exist; return (files removed, bytes freed)."""
+    listed = {kind: await asyncio.to_thread(_folder_names, root) for kind, root in _kind_roots(settings).items()}
+    known = await cameras.ids(pool)
+    removed = freed = 0
+    for kind, names in listed.items():
+        for name in sorted(names - known):
+            count, size = await _sweep_folder(pool, kind, _kind_roots(settings)[kind], name, grace_s)
+            removed += count
+            freed += size
+    return removed, freed
+
+
+async def _sweep_folder(
+    pool: asyncpg.Pool, kind: str, root: Path, name: str, grace_s: float, emptied: set[str] | None = None
+) -> tuple[int, int]:
+    """Remove the files under ``root/name`` that no row names and that are unchanged for
+    ``grace_s``, then its empty folders (``emptied``: folders files were just removed from,
+    which go however recently changed); return (files removed, bytes freed)."""
+    cutoff = time.time() - grace_s
+    old = await asyncio.to_thread(_old_files, root, name, cutoff)
+    named = await _named_paths(pool, [_as_text(p) for p in old])
+    victims = [p for p in old if _as_text(p) not in named]
+    removed, freed = await asyncio.to_thread(_remove_and_prune, kind, victims, root, name, cutoff, emptied or set())
+    if removed or freed:
+        log.info("orphaned camera files removed kind=%s folder=%r files=%d freed_bytes=%d", kind, name, removed, freed)
+    return removed, freed
+
+
+def _as_text(path: str) -> str:
+    """``path`` as rows hold it: a name that is not UTF-8 is stored with its bytes escaped
+    (as the ingestor's ``printable`` does), and PostgreSQL takes no undecodable text."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").replace("\x00", "\\0")
+
+
+def _folder_names(root: Path) -> set[str]:
+    """Names of the real folders (not links) directly under ``root``."""
+    try:
+        with os.scandir(root) as entries:
+            return {e.name for e in entries if e.is_dir(follow_symlinks=False)}
+    except FileNotFoundError:
+        return set()
+
+
+def _camera_folder(root: Path, name: str) -> Path | None:
+    """``root/name`` when it is a real folder directly in ``root`` (resolved), else None."""
+    real_root = root.resolve()
+    folder = real_root / name
+    if name in ("", ".", "..") or "/" in name or folder.parent != real_root:
+        return None
+    try:
+        return folder if stat.S_ISDIR(folder.lstat().st_mode) else None
+    except FileNotFoundError:
+        return None
+
+
+def _old_files(root: Path, name: str, cutoff: float) -> list[str]:
+    """Everything but folders under ``root/name`` (links are listed, never followed) whose
+    last change (ctime: a hard link made or a file written) is before ``cutoff``."""
+    if _camera_folder(root, name) is None:
+        return []
+    found: list[str] = []
+    # Walked as configured (not resolved), so the paths compare equal to the ones rows hold.
+    for dirpath, dirs, names in os.walk(root / name, followlinks=False):
+        for entry in (*names, *(d for d in dirs if os.path.islink(os.path.join(dirpath, d)))):
+            path = os.path.join(dirpath, entry)
+            try:
+                if os.lstat(path).st_ctime < cutoff:
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def _remove_and_prune(
+    kind: str, paths: list[str], root: Path, name: str, cutoff: float, emptied_before: set[str]
+) -> tuple[int, int]:
+    real_root = root.resolve()
+    removed = freed = 0
+    emptied = set(emptied_before)
+    for raw in paths:
+        size = _remove_file(kind, raw, [real_root])
+        if size is not None:
+            removed += 1
+            freed += size
+            emptied.add(os.path.dirname(raw))
+    folder = _camera_folder(root, name)
+    if folder is None:
+        return removed, freed
+    emptied = {os.path.realpath(d) for d in emptied}
+    # Deepest first, so a day folder goes before its camera folder. A folder is removed when
+    # this sweep emptied it or it has been empty since before the cutoff: a fresh empty folder
+    # may be a new image's, made a moment before the image is linked into it.
+    for dirpath, _dirs, _names in os.walk(folder, topdown=False, followlinks=False):
+        try:
+            if dirpath in emptied or os.lstat(dirpath).st_ctime < cutoff:
+                os.rmdir(dirpath)
+                emptied.add(os.path.dirname(dirpath))
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                log.warning("could not remove folder kind=%s path=%r error=%s", kind, dirpath, err)
+    return removed, freed
 
 
 class _FileRemover:
@@ -221,33 +400,33 @@ class _FileRemover:
 
 def _remove_files(kind: str, paths: list[str], roots: Sequence[Path]) -> int:
     resolved = [root.resolve() for root in roots]
-    return sum(_remove_file(kind, raw, resolved) for raw in paths)
+    return sum(_remove_file(kind, raw, resolved) or 0 for raw in paths)
 
 
-def _remove_file(kind: str, raw: str, roots: Sequence[Path]) -> int:
-    """Unlink one file; return its size, or 0 when it is gone, refused or cannot be removed."""
+def _remove_file(kind: str, raw: str, roots: Sequence[Path]) -> int | None:
+    """Unlink one file; return its size, or None when it is gone, refused or cannot be removed."""
     path = Path(raw)
     try:
         # Resolve the folder, not the file itself: a symlink is removed, never followed.
         target = path.parent.resolve() / path.name
     except (OSError, RuntimeError, ValueError) as err:
         log.warning("retention skipped unresolvable path kind=%s path=%r error=%s", kind, raw, err)
-        return 0
+        return None
     if path.name in ("", ".", "..") or not any(target != root and target.is_relative_to(root) for root in roots):
         log.warning("retention refused to remove a file outside its data folder kind=%s path=%r", kind, raw)
-        return 0
+        return None
     try:
         info = target.lstat()
         if stat.S_ISDIR(info.st_mode):
             log.warning("retention refused to remove a directory kind=%s path=%r", kind, raw)
-            return 0
+            return None
         target.unlink()
     except FileNotFoundError:
         log.debug("retention file already gone kind=%s path=%r", kind, raw)
-        return 0
+        return None
     except (OSError, ValueError) as err:
         log.warning("retention could not remove file kind=%s path=%r error=%s", kind, raw, err)
-        return 0
+        return None
     return info.st_size
 
 

@@ -46,6 +46,34 @@ class RealServer:
     def cameras(self) -> Path:
         return self.data_dir / "cameras"
 
+    def add_damaged_image(self, camera_id: str, data: bytes) -> None:
+        """An image that went bad in the server's image store after it was accepted (the door
+        refuses a corrupt upload, so only the store can hold one): its row and job are written
+        into the server's own database by the server's environment (tests.server.conftest)."""
+        log = (self.data_dir / "server.log").read_text(errors="replace")
+        dsn = log.split("embedded postgres ready", 1)[1].split("uri=", 1)[1].split()[0]
+        path = self.data_dir / "images" / camera_id / "damaged" / "MDAlarm_20261124-020000.jpg"
+        script = (
+            "import asyncio, sys, asyncpg\n"
+            "from pathlib import Path\n"
+            "from tests.server.conftest import enqueue_stored\n"
+            "async def main():\n"
+            "    db = await asyncpg.connect(sys.argv[1])\n"
+            "    try:\n"
+            "        await enqueue_stored(db, sys.argv[2], Path(sys.argv[3]), sys.stdin.buffer.read())\n"
+            "    finally:\n"
+            "        await db.close()\n"
+            "asyncio.run(main())\n"
+        )
+        subprocess.run(
+            [str(SERVER_PYTHON), "-c", script, dsn, camera_id, str(path)],
+            input=data,
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+
     def stop(self) -> None:
         self.process.terminate()
         try:

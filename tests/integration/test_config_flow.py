@@ -5,22 +5,31 @@ tests/integration/test_init.py and the services run against responses of the sam
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from unittest.mock import patch
 
 import aiohttp
+import paho.mqtt.client as paho
 import pytest
-from homeassistant import config_entries
+import pytest_socket
+from homeassistant import config_entries, data_entry_flow
+from homeassistant.components.repairs import repairs_flow_manager
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.service_info.hassio import HassioServiceInfo
 from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
+from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
 
 from custom_components.home_security_intelligence.const import DOMAIN
 
 from .conftest import sample
+from .server import start_mosquitto
 
 URL = "http://192.168.1.20:8765"
 KEY = "hsi_0123456789ab_" + "s" * 43
@@ -33,9 +42,18 @@ def _server(aioclient_mock: AiohttpClientMocker, url: str = URL, status: int = 2
 
 
 @pytest.fixture(autouse=True)
-def no_setup() -> object:
+def no_setup(request: pytest.FixtureRequest) -> object:
+    if request.node.get_closest_marker("real_setup"):
+        yield None  # the entry is set up for real (MQTT and REST as in test_init.py)
+        return
     with patch("custom_components.home_security_intelligence.async_setup_entry", return_value=True) as mocked:
         yield mocked
+
+
+@pytest.fixture
+def expected_lingering_timers(request: pytest.FixtureRequest) -> bool:
+    """With a real MQTT entry, HA's client leaves its periodic housekeeping timer running (a harness trait)."""
+    return request.node.get_closest_marker("real_setup") is not None
 
 
 async def test_user_step_checks_the_server_and_creates_the_entry(
@@ -110,14 +128,144 @@ async def test_mqtt_discovery_asks_for_a_key_and_creates_the_entry(
     assert result["title"] == "Home Security Intelligence"
 
 
-async def test_mqtt_discovery_of_a_known_server_updates_its_url(hass: HomeAssistant) -> None:
-    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": "http://old:8765", "api_key": KEY})
+ATTACKER = "http://192.168.1.66:8765"
+
+
+def _issue(hass: HomeAssistant, entry: MockConfigEntry) -> ir.IssueEntry | None:
+    return ir.async_get(hass).async_get_issue(DOMAIN, f"discovered_url_{entry.entry_id}")
+
+
+@pytest.mark.real_setup
+async def test_forged_mqtt_discovery_never_repoints_a_configured_server(
+    hass: HomeAssistant, socket_enabled: None, aioclient_mock: AiohttpClientMocker, tmp_path: Path
+) -> None:
+    """Issue 13, item 2: anyone on an open broker retains an hsi/discovery naming their own URL.
+    Home Assistant must keep the configured URL and never send the key there; a repair asks."""
+    pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
+    broker, port = start_mosquitto(tmp_path)
+    try:
+        _server(aioclient_mock)
+        aioclient_mock.get(f"{URL}/api/v1/cameras", json={"cameras": []})
+        # The attacker's URL answers like a server, so a flow that went there would succeed.
+        _server(aioclient_mock, url=ATTACKER)
+        aioclient_mock.get(f"{ATTACKER}/api/v1/cameras", json={"cameras": []})
+        mqtt_entry = MockConfigEntry(
+            domain="mqtt", data={"broker": "127.0.0.1", "port": port}, version=1, minor_version=2
+        )
+        mqtt_entry.add_to_hass(hass)
+        with patch("homeassistant.config.load_yaml_config_file", return_value={}):
+            assert await hass.config_entries.async_setup(mqtt_entry.entry_id)
+            await hass.async_block_till_done()
+        entry = MockConfigEntry(
+            domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": KEY, "prefix": "hsi"}, title="HSI"
+        )
+        entry.add_to_hass(hass)
+        assert await hass.config_entries.async_setup(entry.entry_id)
+        await hass.async_block_till_done()
+
+        # The attacker: an anonymous client of the same broker, retaining a discovery with its URL.
+        forged = {**sample("discovery.json"), "url": ATTACKER}
+        attacker = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        attacker.connect("127.0.0.1", port)
+        attacker.loop_start()
+        attacker.publish("hsi/discovery", json.dumps(forged), qos=1, retain=True).wait_for_publish(5)
+        attacker.loop_stop()
+        attacker.disconnect()
+        for _ in range(100):
+            if _issue(hass, entry) is not None:
+                break
+            await asyncio.sleep(0.05)
+        await hass.async_block_till_done()
+
+        # Before the fix the entry was re-pointed and reloaded: GET /system/status with the key went there.
+        assert not [call for call in aioclient_mock.mock_calls if str(call[1]).startswith(ATTACKER)]
+        assert entry.data["url"] == URL
+        assert entry.state is ConfigEntryState.LOADED
+        issue = _issue(hass, entry)
+        assert issue is not None and issue.is_fixable and issue.translation_key == "discovered_url"
+        assert issue.data == {"entry_id": entry.entry_id, "url": ATTACKER}
+        assert issue.translation_placeholders == {"title": "HSI", "old_url": URL, "new_url": ATTACKER}
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        assert await hass.config_entries.async_unload(mqtt_entry.entry_id)
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+
+
+async def _known_server(hass: HomeAssistant, url: str = URL) -> MockConfigEntry:
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": url, "api_key": KEY}, title="HSI")
     entry.add_to_hass(hass)
+    return entry
+
+
+async def _discover(hass: HomeAssistant, url: str) -> None:
     result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": config_entries.SOURCE_MQTT}, data=_mqtt_info(sample("discovery.json"))
+        DOMAIN,
+        context={"source": config_entries.SOURCE_MQTT},
+        data=_mqtt_info({**sample("discovery.json"), "url": url}),
     )
     assert result["type"] is FlowResultType.ABORT and result["reason"] == "already_configured"
+
+
+async def test_an_announcement_of_the_configured_url_clears_the_repair(hass: HomeAssistant) -> None:
+    entry = await _known_server(hass)
+    await _discover(hass, ATTACKER)
+    assert _issue(hass, entry) is not None
+    # One without a URL (a server with no public_url) settles nothing.
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_MQTT}, data=_mqtt_info({"id": "hsi", "name": "HSI"})
+    )
+    assert result["type"] is FlowResultType.ABORT and _issue(hass, entry) is not None
+    # The genuine server's retained discovery comes back (with a trailing slash): nothing to confirm.
+    await _discover(hass, URL + "/")
+    assert _issue(hass, entry) is None and entry.data["url"] == URL
+
+
+async def _fix_flow(hass: HomeAssistant, entry: MockConfigEntry) -> data_entry_flow.FlowResult:
+    # Repairs finds the fix flow of integrations that are set up (the entry itself is patched here).
+    assert await async_setup_component(hass, DOMAIN, {})
+    assert await async_setup_component(hass, "repairs", {})
+    manager = repairs_flow_manager(hass)
+    assert manager is not None
+    result = await manager.async_init(DOMAIN, data={"issue_id": f"discovered_url_{entry.entry_id}"})
+    assert result["type"] is FlowResultType.FORM and result["step_id"] == "confirm"
+    assert result["description_placeholders"] == {"title": "HSI", "old_url": URL, "new_url": ATTACKER}
+    return result
+
+
+async def test_the_repair_sends_the_key_to_the_new_url_only_once_the_user_confirms(
+    hass: HomeAssistant, aioclient_mock: AiohttpClientMocker
+) -> None:
+    entry = await _known_server(hass)
+    await _discover(hass, ATTACKER)
+    moved = ATTACKER  # here the user did move the server
+    aioclient_mock.get(f"{moved}/api/v1/health/ready", exc=aiohttp.ClientConnectionError())
+    result = await _fix_flow(hass, entry)
+    # Opening the repair sends nothing anywhere.
+    assert aioclient_mock.call_count == 0
+    manager = repairs_flow_manager(hass)
+    assert manager is not None
+    result = await manager.async_configure(result["flow_id"], {})
+    assert result["type"] is FlowResultType.FORM and result["errors"] == {"base": "cannot_connect"}
     assert entry.data["url"] == URL
+    aioclient_mock.clear_requests()
+    _server(aioclient_mock, url=moved)
+    result = await manager.async_configure(result["flow_id"], {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert entry.data["url"] == moved and entry.data["api_key"] == KEY
+    assert aioclient_mock.mock_calls[-1][3]["Authorization"] == f"Bearer {KEY}"
+    assert _issue(hass, entry) is None
+
+
+async def test_the_repair_of_a_removed_entry_aborts(hass: HomeAssistant) -> None:
+    entry = await _known_server(hass)
+    await _discover(hass, ATTACKER)
+    result = await _fix_flow(hass, entry)
+    assert await hass.config_entries.async_remove(entry.entry_id)
+    manager = repairs_flow_manager(hass)
+    assert manager is not None
+    result = await manager.async_configure(result["flow_id"], {})
+    assert result["type"] is FlowResultType.ABORT and result["reason"] == "entry_removed"
 
 
 async def test_bad_mqtt_discovery_payload_aborts(hass: HomeAssistant) -> None:

@@ -91,14 +91,11 @@ async def test_analyze_review_and_list_through_the_real_server(
 async def test_requeue_dead_letters_through_the_real_server(
     hass: HomeAssistant, entry: MockConfigEntry, real_server: RealServer
 ) -> None:
-    # A JPEG whose header passes ingest but whose data cannot be decoded: the worker dead-letters it.
+    # A JPEG whose data cannot be decoded, damaged in the image store: the worker dead-letters it.
     data = bytearray(server_file("demo_assets.image('bus.jpg')").read_bytes())
     dht = data.index(b"\xff\xc4")
     data[dht + 5 : dht + 21] = b"\xff" * 16
-    folder = real_server.cameras / "shed"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / ".upload.part").write_bytes(bytes(data))
-    (folder / ".upload.part").rename(folder / "MDAlarm_20261124-020000.jpg")
+    await asyncio.to_thread(real_server.add_damaged_image, "shed", bytes(data))
     client = entry.runtime_data.client
     for _ in range(200):
         if await client.list_dlq():

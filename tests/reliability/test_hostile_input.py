@@ -125,7 +125,7 @@ async def test_every_hostile_file_gets_its_documented_outcome_on_every_path(
             assert real.is_relative_to(await asyncio.to_thread(settings.images_path.resolve))
             status, code, _ = await upload(with_comment(GOOD, "unicode"), "Kamera Haustür ☃.jpg")
             assert (status, code) == (202, None)
-            await publish(mosquitto_url, "hostile/ingest/Kamera-Süd", GOOD)  # no such camera (ids are ASCII)
+            await publish(mosquitto_url, "hostile/ingest/Kamera-Süd", GOOD)  # not a camera id (ids are a-z0-9_-)
 
         assert rest == {n: (m["rest"]["status"], m["rest"]["error"]) for n, m in MANIFEST.items()}  # type: ignore[index]
 
@@ -147,7 +147,7 @@ async def test_every_hostile_file_gets_its_documented_outcome_on_every_path(
                 assert refused == expected_refused, path
         # Files left the camera folder: every one was either taken or quarantined.
         assert sorted(p.name for p in folder.iterdir()) == []
-        assert await _reasons(server.pool, None) == Counter({"unknown_camera": 1})
+        assert await _reasons(server.pool, None) == Counter({"invalid_camera_id": 1})
 
 
 async def _counted(pool: asyncpg.Pool, camera: str, total: int) -> Counter[str] | None:

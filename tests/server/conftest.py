@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import queue
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from inference_server import demo_assets
 from inference_server.app import Server, free_port
 from inference_server.clock import Clock, SystemClock
 from inference_server.config import Settings
+from inference_server.jobs.queue import NOTIFY_CHANNEL
 from inference_server.models.detector import Detector
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.publish.broker import EmbeddedBroker
@@ -215,6 +217,46 @@ async def wait_until(check: Callable[[], Any], timeout: float = 60, interval: fl
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def enqueue_stored(
+    db: asyncpg.Connection | asyncpg.Pool,
+    camera_id: str,
+    path: Path,
+    data: bytes,
+    *,
+    captured_at: datetime | None = None,
+    size: tuple[int, int] = (810, 1080),
+    max_attempts: int = 3,
+) -> int:
+    """Write ``data`` at ``path`` in the image store and add its image row and job as the ingestor
+    does, without the door's checks: what a file damaged on disk after it was accepted (or a row
+    the door now refuses) looks like to the workers. The camera is created if missing; returns
+    the job id."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(path.write_bytes, data)
+    await db.execute("INSERT INTO cameras (id, name, folder) VALUES ($1, $1, $1) ON CONFLICT DO NOTHING", camera_id)
+    image_id = await db.fetchval(
+        "INSERT INTO images (camera_id, sha256, path, source, original_name, media_type, width, height,"
+        " size_bytes, captured_at, captured_at_source)"
+        " VALUES ($1, $2, $3, 'upload', $4, 'image/jpeg', $5, $6, $7, $8, 'client') RETURNING id",
+        camera_id,
+        hashlib.sha256(data).digest(),
+        str(path),
+        path.name,
+        size[0],
+        size[1],
+        len(data),
+        captured_at or datetime.now(UTC),
+    )
+    job_id: int = await db.fetchval(
+        "INSERT INTO jobs (image_id, camera_id, max_attempts) VALUES ($1, $2, $3) RETURNING id",
+        image_id,
+        camera_id,
+        max_attempts,
+    )
+    await db.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return job_id
 
 
 def drop(src: Path, dest: Path) -> Path:

@@ -2,8 +2,10 @@
 documented outcome per ingest path (docs/guarantees.md, "Hostile input").
 
 Run ``python tests/data/hostile/generate.py`` to regenerate; the files are committed (about
-400 kB: the decompression bomb is a real JPEG header declaring 20000x20000, not 400 Mpx).
-Every picture is made from the committed demo image ``zidane.jpg`` (two people), scaled down.
+700 kB: the decompression bomb is a real JPEG header declaring 20000x20000, not 400 Mpx; the
+6300x6300 RGBA PNG, one flat colour, is 170 kB and 159 MB decoded).
+Every picture is made from the committed demo image ``zidane.jpg`` (two people), scaled down
+(or stretched, for the strips).
 """
 
 from __future__ import annotations
@@ -41,14 +43,36 @@ def _segments_until_sos(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
-def bomb(jpeg: bytes) -> bytes:
-    """The same small JPEG with its frame header (SOF0) claiming 20000x20000 pixels."""
+def bomb(jpeg: bytes, width: int = 20000, height: int = 20000) -> bytes:
+    """The same small JPEG with its frame header (SOF0, or SOF2 if progressive) claiming
+    ``width``x``height`` pixels: a few hundred bytes that decode to as many pixels as they say."""
     data = bytearray(jpeg)
     for marker, pos in _segments_until_sos(jpeg):
-        if marker == 0xC0:
-            data[pos + 5 : pos + 9] = struct.pack(">HH", 20000, 20000)
+        if marker in (0xC0, 0xC2):
+            data[pos + 5 : pos + 9] = struct.pack(">HH", height, width)
             return bytes(data)
-    raise ValueError("no SOF0")
+    raise ValueError("no SOF0/SOF2")
+
+
+def cut_with_end_marker(jpeg: bytes) -> bytes:
+    """Half a JPEG with an end-of-image marker appended: passes a check of the file's last bytes."""
+    return jpeg[: len(jpeg) // 2] + b"\xff\xd9"
+
+
+def big_flat_png(tag: str = "") -> bytes:
+    """6300x6300 RGBA (39.7 Mpx, under the default 40 Mpx limit), one colour: 170 kB that decode
+    to 159 MB. ``tag`` (a text chunk) makes distinct files of the same picture."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if tag:
+        info.add_text("Comment", tag)
+    return _save(Image.new("RGBA", (6300, 6300), (90, 120, 150, 255)), "PNG", optimize=True, pnginfo=info)
+
+
+def strip(img: Image.Image, size: tuple[int, int], fmt: str) -> bytes:
+    """A strip far longer than any camera's frame, in the picture's mean colour (flat: small files)."""
+    return _save(Image.new("RGB", size, img.resize((1, 1)).getpixel((0, 0))), fmt)
 
 
 def broken_huffman(jpeg: bytes) -> bytes:
@@ -84,13 +108,22 @@ def build() -> dict[str, bytes]:
         "cmyk.jpg": _save(img.convert("CMYK"), "JPEG", quality=80),
         "grey16.png": _save(grey16, "PNG"),
         "huge_exif.jpg": _save(img, "JPEG", quality=80, exif=big_exif.tobytes()),
+        "cut_with_end_marker.jpg": cut_with_end_marker(jpeg),
+        "declares_6000x6000.jpg": bomb(_save(img.resize((32, 32)), "JPEG", quality=50), 6000, 6000),
+        "progressive_declares_6000x6000.jpg": bomb(
+            _save(img.resize((32, 32)), "JPEG", quality=50, progressive=True), 6000, 6000
+        ),
+        "rgba_6300x6300.png": big_flat_png(),
+        "strip_32x65000.jpg": strip(img, (32, 65000), "JPEG"),
+        "strip_65000x32.jpg": strip(img, (65000, 32), "JPEG"),
+        "strip_32x200000.png": strip(small, (32, 200000), "PNG"),
     }
 
 
 #: name -> (folder and MQTT outcome: "processed" or the quarantine reason, REST: HTTP status, code or None)
 OUTCOMES: dict[str, tuple[str, int, str | None]] = {
     "good.jpg": ("processed", 202, None),
-    "corrupt.jpg": ("corrupt_image", 400, "corrupt_image"),  # folder: found when decoded (job dead)
+    "corrupt.jpg": ("corrupt_image", 400, "corrupt_image"),  # refused at the door on every path
     "truncated.jpg": ("truncated", 400, "truncated"),
     "empty.jpg": ("empty_file", 400, "empty_file"),
     "wrong_magic.jpg": ("not_an_image", 415, "not_an_image"),
@@ -102,6 +135,13 @@ OUTCOMES: dict[str, tuple[str, int, str | None]] = {
     "cmyk.jpg": ("processed", 202, None),  # converted to RGB
     "grey16.png": ("processed", 202, None),  # scaled to 8 bits, not clipped to white
     "huge_exif.jpg": ("processed", 202, None),
+    "cut_with_end_marker.jpg": ("truncated", 400, "truncated"),  # the end marker is forged
+    "declares_6000x6000.jpg": ("truncated", 400, "truncated"),  # 700 bytes: the data ends long before
+    "progressive_declares_6000x6000.jpg": ("truncated", 400, "truncated"),
+    "rgba_6300x6300.png": ("processed", 202, None),  # decoded within the decode budget, then reduced
+    "strip_32x65000.jpg": ("bad_aspect_ratio", 400, "bad_aspect_ratio"),
+    "strip_65000x32.jpg": ("bad_aspect_ratio", 400, "bad_aspect_ratio"),
+    "strip_32x200000.png": ("bad_aspect_ratio", 400, "bad_aspect_ratio"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -116,6 +117,60 @@ async def test_repeated_failures_are_rate_limited(
         async with http.get(url) as resp:
             body = await resp.json()
             assert resp.status == 429 and body["error"]["code"] == "too_many_failures"
+
+
+async def test_concurrent_wrong_keys_get_exactly_the_limit_of_401_and_a_right_key_is_still_served(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """60 wrong keys at once from one address: 10 are judged (401), 50 refused (429); the count
+    cannot be overrun by requests checked side by side. Then Home Assistant, behind the same
+    address (NAT, proxy), is still served with its right key."""
+    from inference_server.store import api_keys
+
+    async with (
+        running(make_settings(auth_failures_per_minute=10), pose_detector) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        key = await api_keys.create(server.pool, "ha")
+        url = server.api_url + "/api/v1/events"
+
+        async def status(authorization: str | None) -> int:
+            headers = {"Authorization": authorization} if authorization is not None else {}
+            async with http.get(url, headers=headers) as resp:
+                return resp.status
+
+        # Well-formed keys with made-up key ids: each is looked up in the database (an await
+        # between the limiter's check and its count was what let 19 through).
+        wrong = [f"Bearer hsi_{i:012x}_" + "A" * 43 for i in range(60)]
+        statuses = await asyncio.gather(*(status(w) for w in wrong))
+        assert (statuses.count(401), statuses.count(429)) == (10, 50)
+
+        assert await status(f"Bearer {key}") == 200
+        tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
+        assert await status(f"Bearer {tampered}") == 429  # the right key id is no way round the limit
+        assert await status(None) == 429
+        assert await status(wrong[0]) == 429
+        assert await status(f"Bearer {key}") == 200
+        assert await api_keys.revoke(server.pool, "ha")
+        assert await status(f"Bearer {key}") == 429  # revoked: checked, refused
+
+
+async def test_a_right_key_gives_back_its_slot_so_it_never_counts_as_a_failure(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    from inference_server.store import api_keys
+
+    async with (
+        running(make_settings(auth_failures_per_minute=3), pose_detector) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        key = await api_keys.create(server.pool, "ha")
+        url = server.api_url + "/api/v1/events"
+        statuses = []
+        for authorization in [f"Bearer {key}"] * 20 + ["Bearer wrong"] * 4:
+            async with http.get(url, headers={"Authorization": authorization}) as resp:
+                statuses.append(resp.status)
+        assert statuses == [200] * 20 + [401, 401, 401, 429]
 
 
 async def test_trusted_ingress_address_needs_no_key_and_is_audited_as_ingress(

@@ -15,7 +15,7 @@ from inference_server.config import Settings
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.schemas import EventMessage
 
-from ..conftest import Subscriber, auth_headers, drop, running, wait_until
+from ..conftest import Subscriber, auth_headers, drop, enqueue_stored, running, wait_until
 
 
 async def _json(resp: aiohttp.ClientResponse, status: int) -> Any:
@@ -109,10 +109,12 @@ async def test_dead_letters_can_be_listed_requeued_and_deleted(
     settings = make_settings()
     async with running(settings, pose_detector) as server:
         for n in (1, 2):
-            path = settings.cameras_path / "shed" / f"MDAlarm_20261124-12000{n}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Two distinct files: a one-byte JPEG comment (COM segment) after the start marker.
-            path.write_bytes(b"\xff\xd8\xff\xfe\x00\x03" + bytes([n]) + bytes(corrupt[2:]))
+            # Two distinct files (a one-byte JPEG comment after the start marker) that went bad in
+            # the image store after they were accepted: the door would have refused them.
+            path = settings.images_path / "shed" / "damaged" / f"MDAlarm_20261124-12000{n}.jpg"
+            await enqueue_stored(
+                server.pool, "shed", path, b"\xff\xd8\xff\xfe\x00\x03" + bytes([n]) + bytes(corrupt[2:])
+            )
         await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 2 FROM jobs WHERE state = 'dead'"))
         headers = await auth_headers(server)
         async with aiohttp.ClientSession(base_url=server.api_url, headers=headers) as http:

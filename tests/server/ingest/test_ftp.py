@@ -7,7 +7,9 @@ import asyncio
 import datetime as dt
 import ftplib
 import io
+import logging
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from inference_server.config import Settings
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 
 from ..conftest import running, wait_until
+from .conftest import with_comment
 
 PASSWORD = "s3cret-pass"
 BUS = demo_assets.image("bus.jpg").read_bytes()
@@ -257,6 +260,178 @@ async def test_ftps_login_and_upload(
         refused = await asyncio.to_thread(upload)
         assert refused.startswith("550") or refused.startswith("530") or refused.startswith("521")
         await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"), 20)
+
+
+def _raw_connect(port: int, source: str) -> tuple[socket.socket, str]:
+    """A bare TCP connection from ``source`` (any 127.x address is this host): the first reply."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    first = b""
+    while not first.endswith(b"\r\n") and (chunk := sock.recv(1)):
+        first += chunk
+    return sock, first.decode()
+
+
+async def test_idle_connections_from_other_addresses_cannot_lock_out_a_camera(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    # The attack of issue 13 item 5: four LAN hosts open 16 idle connections each and never log
+    # in. With the default limits each host gets its per-address share, the rest a 421, and
+    # both a camera already logged in and one that connects now still upload.
+    settings = _settings(make_settings, ftp_login_timeout_s=120)
+    per_ip = 8  # the default ftp_max_connections_per_ip
+    async with running(settings, pose_detector) as server:
+        assert server.ftp is not None
+        port = server.ftp.port
+
+        def attack() -> tuple[dict[str, list[str]], list[socket.socket]]:
+            replies: dict[str, list[str]] = {}
+            held: list[socket.socket] = []
+            for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+                for _ in range(16):
+                    sock, first = _raw_connect(port, host)
+                    held.append(sock)
+                    replies.setdefault(host, []).append(first[:3])
+            return replies, held
+
+        def camera_uploads(logged_in: ftplib.FTP) -> None:
+            logged_in.storbinary("STOR MDAlarm_20261124-060000.jpg", io.BytesIO(with_comment(BUS, "before")))
+            with _client(server) as fresh:
+                fresh.storbinary("STOR MDAlarm_20261124-060001.jpg", io.BytesIO(with_comment(BUS, "fresh")))
+
+        before = await asyncio.to_thread(_client, server)
+        replies, held = await asyncio.to_thread(attack)
+        try:
+            await asyncio.to_thread(camera_uploads, before)
+        finally:
+            before.close()
+            for sock in held:
+                sock.close()
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 2 FROM images"), 20)
+        names = sorted(r["original_name"] for r in await server.pool.fetch("SELECT original_name FROM images"))
+        assert names == ["porch/MDAlarm_20261124-060000.jpg", "porch/MDAlarm_20261124-060001.jpg"]
+        for codes in replies.values():
+            assert codes == ["220"] * per_ip + ["421"] * (16 - per_ip)
+
+
+async def test_a_connection_that_does_not_log_in_is_closed_at_the_login_deadline(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = _settings(make_settings, ftp_login_timeout_s=0.5)
+    async with running(settings, pose_detector) as server:
+        assert server.ftp is not None
+        port = server.ftp.port
+
+        def idle_then_check() -> tuple[bytes, float, str]:
+            camera = _client(server)  # logs in well before the deadline
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0))
+            started = time.monotonic()
+            received = b""
+            try:
+                while chunk := sock.recv(4096):  # the idle timeout (300 s) would not end this
+                    received += chunk
+            except TimeoutError:
+                received += b"(still open after 10 s)"
+            elapsed = time.monotonic() - started
+            sock.close()
+            # The camera that logged in is past the deadline too, and still served.
+            alive = camera.voidcmd("NOOP")
+            camera.close()
+            return received, elapsed, alive
+
+        received, elapsed, alive = await asyncio.to_thread(idle_then_check)
+        assert received == b"220 Home Security Intelligence ready.\r\n421 Login timed out.\r\n"
+        assert elapsed < 10
+        assert alive.startswith("200")
+
+
+async def test_the_ftp_server_logs_its_start_once_and_sessions_below_info(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = _settings(make_settings)
+    async with running(settings, pose_detector) as server:
+
+        def session() -> None:
+            with _client(server) as ftp:
+                ftp.mkd("2026")
+                ftp.cwd("2026")
+                ftp.storbinary("STOR MDAlarm_20261124-070000.jpg", io.BytesIO(BUS))
+
+        await asyncio.to_thread(session)
+        await asyncio.sleep(1.2)  # pyftpdlib's loop runs ~6 rounds of 0.2 s
+    starts = [r for r in caplog.records if "starting" in r.getMessage() and "FTP" in r.getMessage()]
+    assert len(starts) <= 1
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("pyftpdlib")] == []
+    ours = [r.getMessage() for r in caplog.records if r.name == "inference_server.ingest.ftp"]
+    assert ours[0].startswith("ftp receiver listening host=127.0.0.1 port=")
+    assert "ftp login user=porch remote=127.0.0.1" in ours
+    assert any(m.startswith("ftp upload received user=porch camera_id=porch file=") for m in ours)
+    assert len(ours) == 3
+
+
+async def test_a_refused_resume_does_not_break_later_uploads_of_the_session(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = _settings(make_settings)
+    async with running(settings, pose_detector) as server:
+
+        def session() -> list[str]:
+            replies: list[str] = []
+            with _client(server) as ftp:
+                ftp.voidcmd("TYPE I")
+                for rest in (10, None, 10, None):
+                    name = f"STOR MDAlarm_20261124-08000{len(replies)}.jpg"
+                    try:
+                        replies.append(ftp.storbinary(name, io.BytesIO(with_comment(BUS, name)), rest=rest))
+                    except ftplib.error_perm as err:
+                        replies.append(str(err))
+            return replies
+
+        replies = await asyncio.to_thread(session)
+        assert replies[0].startswith("502 REST (resume) is not supported")
+        assert replies[1].startswith("226")
+        assert replies[2].startswith("502 REST (resume) is not supported")
+        assert replies[3].startswith("226")
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 2 FROM images"), 20)
+        names = sorted(r["original_name"] for r in await server.pool.fetch("SELECT original_name FROM images"))
+        assert names == ["porch/MDAlarm_20261124-080001.jpg", "porch/MDAlarm_20261124-080003.jpg"]
+
+
+async def test_stor_onto_a_folder_name_is_refused_not_dropped(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = _settings(make_settings)
+    async with running(settings, pose_detector) as server:
+
+        def session() -> list[str]:
+            replies: list[str] = []
+            with _client(server) as ftp:
+                ftp.mkd("2026")
+                for name in ("2026", ".", "/"):
+                    try:
+                        replies.append(ftp.storbinary(f"STOR {name}", io.BytesIO(BUS)))
+                    except ftplib.error_perm as err:
+                        replies.append(str(err))
+                # A folder of that name appears while the file is on its way: the reply after
+                # the data still says the file was not stored.
+                data = ftp.transfercmd("STOR MDAlarm_20261124-090000.jpg")
+                data.sendall(BUS)
+                (settings.cameras_path / "porch" / "MDAlarm_20261124-090000.jpg").mkdir()
+                data.close()
+                try:
+                    replies.append(ftp.voidresp())
+                except ftplib.error_perm as err:
+                    replies.append(str(err))
+                replies.append(ftp.storbinary("STOR MDAlarm_20261124-090001.jpg", io.BytesIO(BUS)))
+            return replies
+
+        replies = await asyncio.to_thread(session)
+        assert [r[:3] for r in replies] == ["550", "550", "550", "550", "226"]
+        assert replies[0] == "550 A folder has that name; name the file."
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"), 20)
+        assert await server.pool.fetchval("SELECT original_name FROM images") == "porch/MDAlarm_20261124-090001.jpg"
+        # No partial or renamed copy was left anywhere, in the jail or above it.
+        assert _files(settings.cameras_path) == []
 
 
 def _self_signed(folder: Path) -> Path:

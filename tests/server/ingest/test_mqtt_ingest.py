@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from PIL import Image
 
 from inference_server import demo_assets, schemas
 from inference_server.app import Server
@@ -130,19 +135,88 @@ def _objects(value: Any) -> dict[str, int]:
     return dict(json.loads(value) if isinstance(value, str) else value)
 
 
-async def test_a_full_ingest_queue_refuses_visibly_instead_of_blocking(
-    make_settings: Callable[..., Settings], amqtt_url: str
-) -> None:
-    from inference_server.ingest.mqtt import _Inbound
+def small_jpeg(n: int) -> bytes:
+    """A distinct, valid 64×48 JPEG per ``n`` (the server de-duplicates identical bytes)."""
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 120, 99)).save(out, "JPEG", quality=90)
+    data, text = out.getvalue(), f"hsi-{n:08d}".encode()
+    # The number in a comment segment (COM, 0xFFFE) after the start marker: same pixels, other bytes.
+    return data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
 
-    settings = make_settings(mqtt_url=amqtt_url, mqtt_prefix="t4", mqtt_ingest_queue=1, role="api")
+
+async def publish_burst(url: str, topic: str, payloads: list[bytes]) -> None:
+    """Publish back to back (QoS 1, nothing awaited in between), then wait for every PUBACK."""
+    address = BrokerAddress.parse(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edge-node-burst")
+    client.max_inflight_messages_set(0)  # as fast as the broker takes them
+    client.max_queued_messages_set(0)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=1) for payload in payloads]
+        for info in infos:
+            await asyncio.to_thread(info.wait_for_publish, 30)
+            assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def test_a_burst_larger_than_the_ingest_queue_waits_in_the_broker_and_is_stored_whole(
+    make_settings: Callable[..., Settings], mosquitto_url: str
+) -> None:
+    # One place in the server's queue, mosquitto sends up to 20 unacknowledged: the server must
+    # hold the rest back (paho stops reading) instead of refusing them.
+    settings = make_settings(mqtt_url=mosquitto_url, mqtt_prefix="t4", mqtt_ingest_queue=1, role="api")
     async with running(settings) as server:
-        assert server.mqtt_ingest is not None
+        await ingest_ready(server)
         await add_camera(server.pool, "porch")
-        # Two arrivals hand over back to back (as paho's thread would), before the consumer runs.
-        server.mqtt_ingest._offer(_Inbound("t4/ingest/porch", "porch", ZIDANE, 0, 0))
-        server.mqtt_ingest._offer(_Inbound("t4/ingest/porch", "porch", BUS, 0, 0))
-        assert await wait_until(lambda: refusals(server.pool)) == [
-            ("t4/ingest/porch", "porch", "ingest_queue_full", len(BUS))
+        burst = [small_jpeg(n) for n in range(80)]
+        await publish_burst(mosquitto_url, "t4/ingest/porch", burst)
+
+        async def all_stored() -> bool:
+            return bool(await server.pool.fetchval("SELECT count(*) = 80 FROM jobs"))
+
+        await wait_until(all_stored, timeout=60)
+        assert await refusals(server.pool) == []
+        stored = await server.pool.fetch("SELECT sha256 FROM images WHERE camera_id = 'porch' AND source = 'mqtt'")
+        assert {bytes(r["sha256"]) for r in stored} == {hashlib.sha256(b).digest() for b in burst}
+
+
+async def test_topic_levels_that_are_not_camera_ids_are_refused_before_anything_touches_the_disk(
+    make_settings: Callable[..., Settings], mosquitto_url: str
+) -> None:
+    settings = make_settings(mqtt_url=mosquitto_url, mqtt_prefix="t5", role="api")
+    async with running(settings) as server:
+        await ingest_ready(server)
+        await add_camera(server.pool, "porch")
+        await add_camera(server.pool, "garage", enabled=False)
+        before = _folders(settings.data_dir)
+        long_level = "a" * 300
+        for level in ("..", long_level, "Porch", "nowhere", "garage"):
+            await publish(mosquitto_url, f"t5/ingest/{level}", ZIDANE)
+        await publish(mosquitto_url, "t5/ingest/porch", ZIDANE)  # handled after the five above
+
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) FROM images"), timeout=20)
+        rows = await server.pool.fetch("SELECT original_path, camera_id, reason, detail FROM quarantine ORDER BY id")
+        assert [(r["original_path"], r["camera_id"], r["reason"]) for r in rows] == [
+            ("t5/ingest/..", None, "invalid_camera_id"),
+            (f"t5/ingest/{long_level[:190]}… (310 characters)", None, "invalid_camera_id"),
+            ("t5/ingest/Porch", None, "invalid_camera_id"),
+            ("t5/ingest/nowhere", None, "unknown_camera"),
+            ("t5/ingest/garage", "garage", "camera_disabled"),
         ]
-        assert await wait_until(lambda: server.pool.fetchval("SELECT count(*) FROM images")) == 1
+        assert "'..' is not a camera id" in rows[0]["detail"]
+        assert len(rows[1]["detail"]) < 300  # the 300-character level is shown cut, not whole
+        # The only folders made are the accepted image's: nothing for a refused id, nothing
+        # outside images/ (".." named the data folder), no empty folder per unknown camera.
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        images_dir = settings.images_path
+        made = _folders(settings.data_dir) - before
+        assert made <= {images_dir, images_dir / "porch", images_dir / "porch" / day}
+        assert (images_dir / "porch" / day).is_dir()
+        assert sorted(p.name for p in images_dir.iterdir()) == ["porch"]
+
+
+def _folders(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_dir() and "postgres" not in p.parts}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from inference_server import demo_assets
-from inference_server.ingest.validate import ImageInfo, ImageLimits, InvalidImage, inspect_image
+from inference_server.decode_budget import DecodeBudget
+from inference_server.ingest.validate import ImageInfo, ImageLimits, InvalidImage, check_pixels, inspect_image
 from inference_server.models.ultralytics_backend import UltralyticsDetector
 
 from .conftest import broken_huffman_jpeg, cut_in_half, encoded
@@ -130,7 +133,151 @@ def test_image_over_the_configured_pixel_limit_is_refused() -> None:
     assert refusal(demo_assets.image("bus.jpg").read_bytes(), limits) == "too_many_pixels"
 
 
-def test_broken_pixel_data_passes_the_header_check_for_the_decoder_to_catch() -> None:
-    # Only headers are read here; detect's full decode quarantines this one (test_bad_input).
+def test_broken_pixel_data_passes_the_header_check_and_fails_the_pixel_check() -> None:
     corrupt = broken_huffman_jpeg(demo_assets.image("bus.jpg").read_bytes())
     assert inspect_image(corrupt, LIMITS) == ImageInfo("image/jpeg", 810, 1080)
+    assert pixel_refusal(corrupt) == "corrupt_image"
+
+
+# --- aspect ratio ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt"),
+    [((32, 65000), "JPEG"), ((65000, 32), "JPEG"), ((32, 200000), "PNG"), ((661, 32), "PNG")],
+    ids=["32x65000-jpeg", "65000x32-jpeg", "32x200000-png", "just-over-20-to-1"],
+)
+def test_strips_longer_than_the_aspect_ratio_limit_are_refused(size: tuple[int, int], fmt: str) -> None:
+    # The detector's letterbox would scale the short side to 0 px (OpenCV: inv_scale_x > 0), five times.
+    assert refusal(encoded(size, fmt)) == "bad_aspect_ratio"
+
+
+def test_a_strip_at_the_aspect_ratio_limit_is_accepted_and_the_limit_is_a_setting() -> None:
+    assert inspect_image(encoded((640, 32), "PNG"), LIMITS) == ImageInfo("image/png", 640, 32)
+    wide = encoded((1920, 480), "JPEG")  # 4:1, e.g. a panorama camera
+    narrow = ImageLimits(LIMITS.max_bytes, LIMITS.max_pixels, LIMITS.min_side, max_aspect_ratio=3)
+    assert refusal(wide, narrow) == "bad_aspect_ratio"
+    assert inspect_image(wide, LIMITS).width == 1920
+
+
+# --- the pixel check: all of the data, read in bounded memory ----------------------------------
+
+BUDGET = DecodeBudget(512 * 1024 * 1024)
+
+
+def checked(data: bytes) -> ImageInfo:
+    info = inspect_image(data, LIMITS)
+    check_pixels(data, info, BUDGET)
+    return info
+
+
+def pixel_refusal(data: bytes) -> str:
+    info = inspect_image(data, LIMITS)
+    with pytest.raises(InvalidImage) as refused:
+        check_pixels(data, info, BUDGET)
+    return refused.value.reason
+
+
+def _picture(mode: str = "RGB", size: tuple[int, int] = (320, 180)) -> Image.Image:
+    with Image.open(demo_assets.image("zidane.jpg")) as img:
+        return img.convert("RGB").resize(size).convert(mode)
+
+
+def _saved(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(demo_assets.image("bus.jpg").read_bytes(), id="bus-jpeg"),
+        pytest.param(demo_assets.image("astronaut.png").read_bytes(), id="astronaut-png"),
+        pytest.param(_saved(_picture("CMYK"), "JPEG"), id="cmyk-jpeg"),
+        pytest.param(_saved(_picture("L"), "JPEG"), id="grey-jpeg"),
+        pytest.param(_saved(_picture(), "JPEG", progressive=True), id="progressive-jpeg"),
+        pytest.param(_saved(_picture(), "PNG", interlace=1), id="interlaced-png"),
+        pytest.param(_saved(_picture("P"), "PNG"), id="palette-png"),
+        pytest.param(
+            _saved(_picture("L").convert("I").point(lambda v: v * 257).convert("I;16"), "PNG"), id="16bit-png"
+        ),
+        pytest.param(_saved(_picture("1"), "PNG"), id="1bit-png"),
+        pytest.param(_saved(_picture("LA"), "PNG"), id="grey-alpha-png"),
+    ],
+)
+def test_whole_pictures_pass_the_pixel_check(data: bytes) -> None:
+    assert checked(data).width > 0
+
+
+def test_jpeg_with_extraneous_bytes_before_a_restart_marker_is_accepted() -> None:
+    # Some cameras pad the scan at restart markers; libjpeg warns, but the picture is whole.
+    with_restarts = _saved(_picture(size=(1280, 720)), "JPEG", restart_marker_rows=1)
+    at = with_restarts.index(b"\xff\xd1", with_restarts.index(b"\xff\xda"))
+    padded = with_restarts[:at] + bytes(64) + with_restarts[at:]
+    assert checked(padded) == ImageInfo("image/jpeg", 1280, 720)
+
+
+@pytest.mark.parametrize("name", ["bus.jpg", "zidane.jpg"])
+def test_jpeg_cut_in_half_with_an_end_marker_appended_is_refused_as_truncated(name: str) -> None:
+    # The header check sees the end marker; Pillow and OpenCV decode it silently, grey at the bottom.
+    forged = cut_in_half(demo_assets.image(name).read_bytes()) + b"\xff\xd9"
+    assert inspect_image(forged, LIMITS).width > 0
+    assert pixel_refusal(forged) == "truncated"
+
+
+def test_progressive_jpeg_cut_with_an_end_marker_appended_is_refused_as_truncated() -> None:
+    progressive = _saved(_picture(size=(1280, 720)), "JPEG", progressive=True)
+    assert pixel_refusal(cut_in_half(progressive) + b"\xff\xd9") == "truncated"
+
+
+def test_tiny_jpeg_declaring_6000x6000_is_refused_without_decoding_it_at_full_size() -> None:
+    corpus = Path(__file__).resolve().parents[2] / "data" / "hostile"
+    for name in ("declares_6000x6000.jpg", "progressive_declares_6000x6000.jpg"):
+        data = (corpus / name).read_bytes()
+        assert len(data) < 1000
+        assert (inspect_image(data, LIMITS).width, pixel_refusal(data)) == (6000, "truncated"), name
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return out
+
+
+def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    body = b"".join(struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks)
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def _with_idat(png: bytes, idat: bytes) -> bytes:
+    chunks = [(k, d) for k, d in _png_chunks(png) if k != b"IDAT"]
+    return _png([*chunks[:-1], (b"IDAT", idat), chunks[-1]])
+
+
+def _idat(png: bytes) -> bytes:
+    return b"".join(d for k, d in _png_chunks(png) if k == b"IDAT")
+
+
+def test_png_cut_short_with_its_end_chunk_appended_is_refused_as_truncated() -> None:
+    png = demo_assets.image("astronaut.png").read_bytes()
+    idat = _idat(png)
+    assert pixel_refusal(_with_idat(png, idat[: len(idat) // 2])) == "truncated"
+
+
+def test_png_whose_image_data_is_garbled_is_refused_as_corrupt() -> None:
+    png = _saved(_picture(), "PNG")
+    raw = zlib.decompress(_idat(png))
+    garbled = bytearray(_idat(png))
+    garbled[len(garbled) // 2 : len(garbled) // 2 + 64] = bytes(64)
+    assert pixel_refusal(_with_idat(png, bytes(garbled))) == "corrupt_image"  # CRC fixed, deflate broken
+    bad_filter = bytearray(raw)
+    bad_filter[0] = 9  # filter types are 0-4
+    assert pixel_refusal(_with_idat(png, zlib.compress(bytes(bad_filter)))) == "corrupt_image"
+    wrong_crc = bytearray(png)
+    at = png.index(b"IDAT") + 10
+    wrong_crc[at] ^= 0xFF
+    assert pixel_refusal(bytes(wrong_crc)) == "corrupt_image"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -211,7 +212,7 @@ async def test_first_run_deletes_exactly_what_has_expired_and_nothing_else(full:
         + sum(full.snapshot_files[n].stat().st_size for n in gone_snapshots)
         + 3001
     )
-    kinds = ("events", "images", "jobs", "detections", "snapshots", "outbox", "quarantine")
+    kinds = ("events", "images", "jobs", "detections", "snapshots", "outbox", "quarantine", "orphan_files")
     before = {k: _metric("hsi_retention_deleted_total", k) for k in kinds}
     bytes_before = _metric("hsi_retention_freed_bytes_total")
 
@@ -300,6 +301,47 @@ async def test_protected_event_expires_with_event_retention_and_takes_its_eviden
     assert (report.events, report.images, report.snapshots) == (1, 1, 1)
     assert await world.images_left() == set()
     assert not world.image_files["kept"].exists() and not world.snapshot_files["kept"].exists()
+
+
+async def test_folders_of_cameras_that_no_longer_exist_are_swept_once_old_enough(world: World, tmp_path: Path) -> None:
+    # What a crash between a camera's delete and the removal of its files leaves behind.
+    s = world.settings
+    outside = _write(tmp_path / "outside" / "keep.jpg", 100)
+    outside_dir = tmp_path / "outside_dir"
+    _write(outside_dir / "keep.jpg", 100)
+    orphans = [
+        _write(s.images_path / "ghost" / "2025-05-01" / "a.jpg", 1000),
+        _write(s.snapshots_path / "ghost" / "7.jpg", 200),
+        _write(s.quarantine_path / "ghost" / "20250510_bad.jpg", 30),
+    ]
+    (s.images_path / "ghost" / "2025-05-02").mkdir()  # an empty day folder
+    link = s.images_path / "ghost" / "2025-05-01" / "link.jpg"
+    link.symlink_to(outside)  # the link goes, never what it points to
+    (s.images_path / "linked").symlink_to(outside_dir, target_is_directory=True)  # never followed
+    named = _write(s.quarantine_path / "_unknown" / "20250530_named.jpg", 40)
+    await world.quarantined("named", 1, named)  # a row names it: kept
+    latin1 = _write(s.quarantine_path / "_unknown" / os.fsdecode(b"20250530_caf\xe9.jpg"), 10)  # not UTF-8
+    await world.quarantined("latin1", 1, os.fsencode(latin1).decode("utf-8", "backslashreplace"))  # as rows hold it
+    stray = _write(s.images_path / "front" / "2025-05-01" / "stray.jpg", 50)  # its camera exists: kept
+
+    fresh = await run_retention(world.pool, s, now=NOW)
+
+    # Just written: may be a new camera's first image, stored a moment before its row commits.
+    assert fresh.orphan_files == 0
+    assert all(p.exists() for p in orphans)
+
+    report = await run_retention(world.pool, s, now=NOW, orphan_grace_s=0)
+
+    assert report == RetentionReport(orphan_files=4, freed_bytes=1230 + len(str(outside)))
+    assert [(root / "ghost").exists() for root in (s.images_path, s.snapshots_path, s.quarantine_path)] == [
+        False,
+        False,
+        False,
+    ]
+    assert outside.exists() and (outside_dir / "keep.jpg").exists()
+    assert (s.images_path / "linked").is_symlink()
+    assert named.exists() and stray.exists() and latin1.exists()
+    assert await run_retention(world.pool, s, now=NOW, orphan_grace_s=0) == RetentionReport()
 
 
 async def test_image_with_a_queued_job_is_kept_until_the_job_is_finished(world: World) -> None:

@@ -1,0 +1,104 @@
+"""The process-wide decode budget: decoded bytes held at once never exceed it, and a decode that
+does not fit waits (in the ingest check and in the detect stage) instead of allocating."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from inference_server.decode_budget import MIB, DecodeBudget, shared
+from inference_server.ingest.validate import ImageLimits, check_pixels, inspect_image
+from inference_server.pipeline.detect import decode
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "hostile"
+BIG_PNG = CORPUS / "rgba_6300x6300.png"  # 170 kB, 159 MB decoded
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_concurrent_holders_never_exceed_the_budget() -> None:
+    budget = DecodeBudget(100)
+    peak = 0
+    lock = threading.Lock()
+    gate = threading.Barrier(8, timeout=30)
+
+    def decode_like(size: int) -> None:
+        nonlocal peak
+        gate.wait()  # all eight ask at once
+        for _ in range(50):
+            with budget.hold(size):
+                with lock:
+                    peak = max(peak, budget.used)
+                time.sleep(0.0005)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(decode_like, [30, 30, 40, 40, 60, 60, 10, 10]))
+    assert 60 <= peak <= 100
+    assert (budget.used, budget.waiting) == (0, 0)
+
+
+def test_a_request_larger_than_the_budget_runs_alone() -> None:
+    budget = DecodeBudget(100)
+    with budget.hold(10_000) as taken:
+        assert (taken, budget.used) == (100, 100)
+    assert budget.used == 0
+
+
+def test_a_large_waiter_is_not_overtaken_by_small_ones() -> None:
+    budget = DecodeBudget(100)
+    first = budget.acquire(60)
+    with ThreadPoolExecutor(2) as pool:
+        large = pool.submit(budget.acquire, 80)
+        _eventually(lambda: budget.waiting == 1)
+        small = pool.submit(lambda: budget.acquire(10))  # would fit now, but the large one came first
+        _eventually(lambda: budget.waiting == 2)
+        assert not large.done() and not small.done()
+        budget.release(first)
+        assert large.result(30) == 80
+        _eventually(lambda: small.done())
+        assert small.result() == 10
+    assert budget.used == 90
+
+
+def test_detect_decode_of_a_large_png_waits_for_the_budget_and_frees_it() -> None:
+    budget = DecodeBudget(200 * MIB)
+    held = budget.acquire(150 * MIB)
+    with ThreadPoolExecutor(1) as pool:
+        decoding: Future[object] = pool.submit(decode, BIG_PNG, 640, budget)
+        _eventually(lambda: budget.waiting == 1)
+        assert not decoding.done()
+        budget.release(held)
+        picture = decoding.result(60)
+    # Reduced right after decoding, as a JPEG is by its DCT: 6300 // 640 = 9, so 700x700.
+    assert (picture.mode, picture.size) == ("RGB", (700, 700))  # type: ignore[attr-defined]
+    assert (budget.used, budget.waiting) == (0, 0)
+
+
+def test_ingest_check_of_a_progressive_jpeg_waits_for_the_budget() -> None:
+    # A progressive JPEG's decoder holds every coefficient at any scale: 6000x6000x3x2 = 206 MiB.
+    data = (CORPUS / "progressive_declares_6000x6000.jpg").read_bytes()
+    info = inspect_image(data, ImageLimits(20 * MIB, 40_000_000, 32))
+    assert info.progressive
+    budget = DecodeBudget(512 * MIB)
+    held = budget.acquire(400 * MIB)
+    with ThreadPoolExecutor(1) as pool:
+        checking = pool.submit(check_pixels, data, info, budget)
+        _eventually(lambda: budget.waiting == 1)
+        assert not checking.done()
+        budget.release(held)
+        refused = checking.exception(60)
+    assert getattr(refused, "reason", None) == "truncated"
+    assert budget.used == 0
+
+
+def test_the_shared_budget_follows_the_setting() -> None:
+    assert shared(256) is shared(512)
+    assert shared(512).total == 512 * MIB
