@@ -1,4 +1,5 @@
-"""Every file of the hostile corpus (tests/data/hostile) through all three ingest paths, each
+"""Every file of the hostile corpus (tests/data/hostile) through all four ingest paths (camera
+folder, FTP, REST, MQTT), each
 followed by a good real image: each file gets the outcome its manifest documents, every good
 image becomes a finished job, and the server keeps going.
 
@@ -10,7 +11,9 @@ other two paths (path traversal, unicode) are exercised here.
 from __future__ import annotations
 
 import asyncio
+import ftplib
 import hashlib
+import io
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +40,23 @@ GOOD = (CORPUS / "good.jpg").read_bytes()
 
 def _good(n: int, path: str) -> bytes:
     return with_comment(GOOD, f"{path} good {n}")
+
+
+def _ftp_upload(port: int, files: list[tuple[str, bytes]]) -> list[str]:
+    """Upload as a camera does (one session, STOR of whole files); the final reply of each."""
+    replies = []
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", port, timeout=30)
+        ftp.login("viaftp", FTP_PASSWORD)
+        for name, data in files:
+            try:
+                replies.append(ftp.storbinary(f"STOR {name}", io.BytesIO(data)))
+            except ftplib.error_perm as err:
+                replies.append(str(err))
+    return replies
+
+
+FTP_PASSWORD = "hostile-pass"
 
 
 def _sha(data: bytes) -> bytes:
@@ -85,9 +105,18 @@ async def test_every_hostile_file_gets_its_documented_outcome_on_every_path(
     pose_detector: UltralyticsDetector,  # noqa: F811
     mosquitto_url: str,
 ) -> None:
-    settings = make_settings(mqtt_url=mosquitto_url, mqtt_prefix="hostile", max_image_pixels=40_000_000)
+    settings = make_settings(
+        mqtt_url=mosquitto_url,
+        mqtt_prefix="hostile",
+        max_image_pixels=40_000_000,
+        ftp_enabled=True,
+        ftp_host="127.0.0.1",
+        ftp_port=0,
+        ftp_passive_ports="0",
+        ftp_users=[{"username": "viaftp", "password": FTP_PASSWORD, "camera": "viaftp"}],
+    )
     names = sorted(MANIFEST)
-    goods = {path: [_good(i, path) for i in range(len(names))] for path in ("folder", "rest", "mqtt")}
+    goods = {path: [_good(i, path) for i in range(len(names))] for path in ("folder", "ftp", "rest", "mqtt")}
     async with running(settings, pose_detector) as server:
         for camera in ("viarest", "viamqtt"):
             await cameras.create(server.pool, schemas.CameraCreate(id=camera, name=camera))
@@ -127,11 +156,20 @@ async def test_every_hostile_file_gets_its_documented_outcome_on_every_path(
             assert (status, code) == (202, None)
             await publish(mosquitto_url, "hostile/ingest/Kamera-Süd", GOOD)  # not a camera id (ids are a-z0-9_-)
 
+        # FTP: what a camera's upload meets is the folder's outcome; every STOR is answered 226
+        # (the file is whole on disk; judging it is the watcher's), and the session goes on.
+        assert server.ftp is not None
+        uploads: list[tuple[str, bytes]] = []
+        for i, name in enumerate(names):
+            uploads += [(name, (CORPUS / name).read_bytes()), (f"good_{i}.jpg", goods["ftp"][i])]
+        replies = await asyncio.to_thread(_ftp_upload, server.ftp.port, uploads)
+        assert all(r.startswith("226") for r in replies), replies
+
         assert rest == {n: (m["rest"]["status"], m["rest"]["error"]) for n, m in MANIFEST.items()}  # type: ignore[index]
 
         expected_processed = [n for n in names if MANIFEST[n]["folder"] == "processed"]
         expected_refused = Counter(str(MANIFEST[n]["folder"]) for n in names if MANIFEST[n]["folder"] != "processed")
-        for path, camera in (("folder", "viafolder"), ("rest", "viarest"), ("mqtt", "viamqtt")):
+        for path, camera in (("folder", "viafolder"), ("ftp", "viaftp"), ("rest", "viarest"), ("mqtt", "viamqtt")):
             shas = [_sha(g) for g in goods[path]] + [_sha((CORPUS / n).read_bytes()) for n in expected_processed]
 
             async def finished(camera: str = camera, shas: list[bytes] = shas) -> bool:
@@ -140,7 +178,7 @@ async def test_every_hostile_file_gets_its_documented_outcome_on_every_path(
 
             await wait_until(finished, timeout=120)
             assert set(await _job_states(server.pool, camera, shas)) == {"done"}, path
-            if path != "rest":
+            if path != "rest":  # FTP files land in the camera folder: the folder's outcomes
                 refused = await wait_until(
                     lambda camera=camera: _counted(server.pool, camera, sum(expected_refused.values())), timeout=30
                 )
