@@ -8,10 +8,8 @@ import os
 import pwd
 import queue
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from inference_server import __version__
+from inference_server.app import free_port
 from inference_server.config import Settings
+from tests.server.conftest import start_mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,20 +109,6 @@ def _volume_sources(service: dict[str, Any]) -> list[str]:
 # that compose.yaml mounts, and a password file written by compose's own mosquitto-init script.
 
 
-def _mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if found is None or shutil.which("mosquitto_passwd") is None:
-        pytest.fail("mosquitto is not installed (scripts/test installs it)")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _host_path(path: str, mounts: dict[str, Path]) -> str:
     """Where a path inside the container lies here, through the mounts compose.yaml declares."""
     for target in sorted(mounts, key=len, reverse=True):
@@ -134,13 +120,14 @@ def _host_path(path: str, mounts: dict[str, Path]) -> str:
 @pytest.fixture
 def compose_broker() -> Iterator[int]:
     """compose's mosquitto-init, then its mosquitto, on a loopback port; yields the port."""
-    binary = _mosquitto_binary()
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.fail("mosquitto is not installed (scripts/test installs it)")
     # Not pytest's tmp_path: mosquitto started as root drops to its own user, which must reach it.
     with tempfile.TemporaryDirectory(prefix="hsi-compose-broker-") as folder:
-        yield from _run_compose_broker(binary, Path(folder))
+        yield from _run_compose_broker(Path(folder))
 
 
-def _run_compose_broker(binary: str, tmp_path: Path) -> Iterator[int]:
+def _run_compose_broker(tmp_path: Path) -> Iterator[int]:
     services = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))["services"]
     mounts: dict[str, Path] = {}
     for volume in (*services["mosquitto"]["volumes"], *services["mosquitto-init"]["volumes"]):
@@ -165,7 +152,7 @@ def _run_compose_broker(binary: str, tmp_path: Path) -> Iterator[int]:
     env = {"PATH": os.environ["PATH"] + ":/usr/sbin", **PASSWORDS, "HSI_MQTT_INGEST_PASSWORD": "ingest-secret-3"}
     subprocess.run(["/bin/sh", "-euc", script], env=env, check=True, timeout=30)
 
-    port = _free_port()
+    port = free_port()
     conf_lines = []
     for line in mounts[services["mosquitto"]["command"][-1]].read_text(encoding="utf-8").splitlines():
         key, _, value = line.partition(" ")
@@ -176,15 +163,7 @@ def _run_compose_broker(binary: str, tmp_path: Path) -> Iterator[int]:
         conf_lines.append(line)
     conf = tmp_path / "mosquitto.conf"
     conf.write_text("\n".join(conf_lines) + "\n", encoding="utf-8")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail(f"mosquitto did not start: {proc.communicate()[0].decode()}")
+    proc = start_mosquitto(conf, port)
     yield port
     proc.terminate()
     proc.wait(5)

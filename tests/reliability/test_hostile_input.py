@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import ftplib
 import hashlib
-import io
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from inference_server.pipeline.detect import decode
 from inference_server.store import cameras
 from tests.server.conftest import auth_headers, make_settings, pose_detector, running, wait_until  # noqa: F401
 from tests.server.ingest.conftest import with_comment
+from tests.server.ingest.test_ftp import stor_replies
 from tests.server.ingest.test_mqtt_ingest import publish
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "hostile"
@@ -44,16 +44,10 @@ def _good(n: int, path: str) -> bytes:
 
 def _ftp_upload(port: int, files: list[tuple[str, bytes]]) -> list[str]:
     """Upload as a camera does (one session, STOR of whole files); the final reply of each."""
-    replies = []
     with ftplib.FTP() as ftp:
         ftp.connect("127.0.0.1", port, timeout=30)
         ftp.login("viaftp", FTP_PASSWORD)
-        for name, data in files:
-            try:
-                replies.append(ftp.storbinary(f"STOR {name}", io.BytesIO(data)))
-            except ftplib.error_perm as err:
-                replies.append(str(err))
-    return replies
+        return stor_replies(ftp, [(name, data, None) for name, data in files])
 
 
 FTP_PASSWORD = "hostile-pass"

@@ -13,51 +13,19 @@ disconnected on the way (the waits stay far below the keepalive).
 from __future__ import annotations
 
 import asyncio
-import io
 from pathlib import Path
 
 import asyncpg
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from PIL import Image
-
-from inference_server.publish.mqtt import BrokerAddress
 
 from ..server.conftest import wait_until
+from ..server.ingest.test_mqtt_ingest import publish_burst, small_jpeg
 from .conftest import ServerProcess, server_env
 
 pytestmark = pytest.mark.slow
 
 BACKLOG = 250
 BURST = 250
-
-
-def small_jpeg(n: int) -> bytes:
-    """A distinct, valid 64×48 JPEG per ``n`` (the server de-duplicates identical bytes)."""
-    out = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 120, 77)).save(out, "JPEG", quality=90)
-    data, text = out.getvalue(), f"hsi-{n:08d}".encode()
-    # The number in a comment segment (COM, 0xFFFE) after the start marker: same pixels, other bytes.
-    return data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
-
-
-async def publish_all(url: str, topic: str, payloads: list[bytes]) -> None:
-    """QoS 1, back to back; returns once the broker acknowledged every one (it holds them)."""
-    address = BrokerAddress.parse(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edge-node-backlog")
-    client.max_inflight_messages_set(0)
-    client.max_queued_messages_set(0)
-    client.connect(address.host, address.port)
-    client.loop_start()
-    try:
-        infos = [client.publish(topic, payload, qos=1) for payload in payloads]
-        for info in infos:
-            await asyncio.to_thread(info.wait_for_publish, 30)
-            assert info.is_published()
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 async def test_a_backlog_and_a_burst_far_larger_than_the_ingest_queue_are_stored_whole(
@@ -82,7 +50,7 @@ async def test_a_backlog_and_a_burst_far_larger_than_the_ingest_queue_are_stored
         assert server.stop() == 0, server.tail()
 
         backlog = [small_jpeg(n) for n in range(BACKLOG)]
-        await publish_all(mosquitto_url, "backlog/ingest/porch", backlog)
+        await publish_burst(mosquitto_url, "backlog/ingest/porch", backlog)
         assert await db.fetchval("SELECT count(*) FROM images") == 0
 
         server.start()
@@ -90,7 +58,7 @@ async def test_a_backlog_and_a_burst_far_larger_than_the_ingest_queue_are_stored
         assert await db.fetch("SELECT reason, detail FROM quarantine") == []
 
         burst = [small_jpeg(n) for n in range(BACKLOG, BACKLOG + BURST)]
-        await publish_all(mosquitto_url, "backlog/ingest/porch", burst)
+        await publish_burst(mosquitto_url, "backlog/ingest/porch", burst)
         await wait_until(lambda: jobs(BACKLOG + BURST), 120)
         await asyncio.sleep(1)  # a duplicate or a stray redelivery would show up now
 

@@ -9,11 +9,9 @@ user might paste into a bug report is read: repr(settings), /system/status, /met
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import secrets
-import socket
 import subprocess
 import time
 import uuid
@@ -30,7 +28,7 @@ from inference_server import demo_assets, schemas
 from inference_server.app import free_port
 from inference_server.config import Settings, redact_url
 from inference_server.store import api_keys, cameras
-from tests.server.conftest import _mosquitto_binary, make_settings, running, wait_until  # noqa: F401
+from tests.server.conftest import make_settings, running, start_mosquitto, wait_until  # noqa: F401
 
 MQTT_USER = "hsi-server"
 
@@ -54,15 +52,7 @@ def protected_mosquitto(tmp_path_factory: pytest.TempPathFactory, mqtt_password:
         # As root, mosquitto would switch to its own user, which cannot read our 0600 file.
         "user root\n"
     )
-    proc = subprocess.Popen([_mosquitto_binary(), "-c", str(conf)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("mosquitto did not start")
+    proc = start_mosquitto(conf, port)
     yield f"mqtt://{MQTT_USER}:{mqtt_password}@127.0.0.1:{port}"
     proc.terminate()
     proc.wait(5)

@@ -70,6 +70,26 @@ def _mosquitto_binary() -> str:
     return found
 
 
+def start_mosquitto(conf: Path, port: int) -> subprocess.Popen[bytes]:
+    """Debian's mosquitto with ``conf``, once it accepts connections on ``port`` (the test fails
+    with mosquitto's own output if it does not start in 10 s). Its output goes to
+    ``mosquitto.log`` beside ``conf``: a pipe nobody reads would stall it once full."""
+    import socket
+
+    log = conf.parent / "mosquitto.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([_mosquitto_binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"mosquitto did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
 @pytest.fixture(scope="session")
 def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's mosquitto, the reference broker, on a loopback port."""
@@ -77,17 +97,7 @@ def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("mosquitto")
     conf = folder / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([_mosquitto_binary(), "-c", str(conf)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    import socket
-
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("mosquitto did not start")
+    proc = start_mosquitto(conf, port)
     yield f"mqtt://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(5)

@@ -72,6 +72,14 @@ async def _trickle(writer: asyncio.StreamWriter, data: bytes, interval_s: float 
         return
 
 
+def _upload_head(headers: dict[str, str], length: int) -> bytes:
+    """The request line and headers of a raw JPEG upload to camera ``porch``."""
+    return (
+        b"POST /api/v1/cameras/porch/images HTTP/1.1\r\nHost: hsi\r\nContent-Type: image/jpeg\r\n"
+        + f"Authorization: {headers['Authorization']}\r\nContent-Length: {length}\r\n\r\n".encode()
+    )
+
+
 async def test_headers_sent_a_byte_at_a_time_get_408_and_the_connection_is_closed(
     make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
 ) -> None:
@@ -102,11 +110,7 @@ async def test_an_upload_body_trickled_a_byte_at_a_time_gets_408_and_the_connect
         headers = await auth_headers(server)
         await _add_camera(server.api_url, headers)
         async with _connection(server.api_url) as (reader, writer):
-            writer.write(
-                b"POST /api/v1/cameras/porch/images HTTP/1.1\r\nHost: hsi\r\nContent-Type: image/jpeg\r\n"
-                + f"Authorization: {headers['Authorization']}\r\nContent-Length: 100000\r\n\r\n".encode()
-                + demo_assets.image("zidane.jpg").read_bytes()[:100]
-            )
+            writer.write(_upload_head(headers, 100_000) + demo_assets.image("zidane.jpg").read_bytes()[:100])
             slow = asyncio.create_task(_trickle(writer, b"\0" * 500))
             try:
                 status, response_headers, body = await _read_response(reader)
@@ -127,10 +131,7 @@ async def test_a_slow_but_steady_upload_and_an_idle_kept_alive_connection_are_se
         headers = await auth_headers(server)
         await _add_camera(server.api_url, headers)
         async with _connection(server.api_url) as (reader, writer):
-            writer.write(
-                b"POST /api/v1/cameras/porch/images HTTP/1.1\r\nHost: hsi\r\nContent-Type: image/jpeg\r\n"
-                + f"Authorization: {headers['Authorization']}\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-            )
+            writer.write(_upload_head(headers, len(jpeg)))
             # Four pieces 0.7 s apart: 2.1 s in all, past the 1 s grace, but far above 1000 bytes/s.
             quarter = len(jpeg) // 4 + 1
             for at in range(0, len(jpeg), quarter):

@@ -52,6 +52,18 @@ def _client(server: Server, user: str = "porch", password: str = PASSWORD) -> ft
     return ftp
 
 
+def stor_replies(ftp: ftplib.FTP, uploads: list[tuple[str, bytes, int | None]]) -> list[str]:
+    """``STOR`` each (name, data, ``REST`` offset) in one session: the final reply of each, a
+    refusal included (the session goes on)."""
+    replies: list[str] = []
+    for name, data, rest in uploads:
+        try:
+            replies.append(ftp.storbinary(f"STOR {name}", io.BytesIO(data), rest=rest))
+        except ftplib.error_perm as err:
+            replies.append(str(err))
+    return replies
+
+
 async def _jobs(server: Server) -> list[tuple[str, str]]:
     rows = await server.pool.fetch(
         "SELECT i.camera_id, j.state FROM jobs j JOIN images i ON i.id = j.image_id ORDER BY j.id"
@@ -376,16 +388,11 @@ async def test_a_refused_resume_does_not_break_later_uploads_of_the_session(
     async with running(settings, pose_detector) as server:
 
         def session() -> list[str]:
-            replies: list[str] = []
+            names = [f"MDAlarm_20261124-08000{n}.jpg" for n in range(4)]
             with _client(server) as ftp:
                 ftp.voidcmd("TYPE I")
-                for rest in (10, None, 10, None):
-                    name = f"STOR MDAlarm_20261124-08000{len(replies)}.jpg"
-                    try:
-                        replies.append(ftp.storbinary(name, io.BytesIO(with_comment(BUS, name)), rest=rest))
-                    except ftplib.error_perm as err:
-                        replies.append(str(err))
-            return replies
+                rests = (10, None, 10, None)
+                return stor_replies(ftp, [(n, with_comment(BUS, n), r) for n, r in zip(names, rests, strict=True)])
 
         replies = await asyncio.to_thread(session)
         assert replies[0].startswith("502 REST (resume) is not supported")
@@ -404,14 +411,9 @@ async def test_stor_onto_a_folder_name_is_refused_not_dropped(
     async with running(settings, pose_detector) as server:
 
         def session() -> list[str]:
-            replies: list[str] = []
             with _client(server) as ftp:
                 ftp.mkd("2026")
-                for name in ("2026", ".", "/"):
-                    try:
-                        replies.append(ftp.storbinary(f"STOR {name}", io.BytesIO(BUS)))
-                    except ftplib.error_perm as err:
-                        replies.append(str(err))
+                replies = stor_replies(ftp, [(name, BUS, None) for name in ("2026", ".", "/")])
                 # A folder of that name appears while the file is on its way: the reply after
                 # the data still says the file was not stored.
                 data = ftp.transfercmd("STOR MDAlarm_20261124-090000.jpg")
