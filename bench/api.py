@@ -42,10 +42,11 @@ from typing import Any
 
 import aiohttp
 
+from bench.report import finish, say
 from inference_server import demo_assets
-from inference_server.app import Server
 from inference_server.config import Settings
 from inference_server.logging_setup import configure
+from inference_server.server import Server
 from inference_server.store import api_keys
 from inference_server.store import events as events_store
 
@@ -53,10 +54,6 @@ CAMERAS = (("front_door", "Front Door"), ("driveway", "Driveway"), ("back_door",
 UPLOAD_CAMERA = "front_door"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def with_comment(jpeg: bytes, text: str) -> bytes:
@@ -407,15 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv == ["--client"]:
         return client_main()
     args = parse_args(argv)
-    figures = asyncio.run(amain(args))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
-        say(f"figures written to {args.json}")
-    if not figures["ok"]:
-        say("some requests failed or some uploads were not stored: see the table above")
-        return 1
-    return 0
+    return finish(
+        asyncio.run(amain(args)), args.json, "some requests failed or some uploads were not stored: see the table above"
+    )
 
 
 if __name__ == "__main__":

@@ -36,13 +36,17 @@ from typing import Any
 from PIL import Image
 
 from inference_server import demo_assets
-from inference_server.models.runtime import Hardware
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.runtime import Hardware
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 
 SOURCES = ("bus.jpg", "zidane.jpg", "astronaut.png", "chelsea.png")
 #: (label, runtime, half) in the order the issue asks for them.
-CONFIGS = (("pt fp32", "pytorch", False), ("pt fp16", "pytorch", True), ("tensorrt fp16", "tensorrt", True),
-           ("onnx fp32", "onnx", False))
+CONFIGS = (
+    ("pt fp32", "pytorch", False),
+    ("pt fp16", "pytorch", True),
+    ("tensorrt fp16", "tensorrt", True),
+    ("onnx fp32", "onnx", False),
+)
 
 
 def say(text: str = "") -> None:
@@ -89,9 +93,14 @@ def bare_matrix(args: argparse.Namespace, hw: Hardware, cache: Path) -> list[dic
             continue
         started = time.perf_counter()
         detector = UltralyticsDetector(
-            demo_assets.pose_weights(), device=device, imgsz=args.imgsz, keep_classes=["person"],
+            demo_assets.pose_weights(),
+            device=device,
+            imgsz=args.imgsz,
+            keep_classes=["person"],
             runtime=runtime,  # type: ignore[arg-type]
-            half=half, cache_dir=cache, max_batch=max(args.batches),
+            half=half,
+            cache_dir=cache,
+            max_batch=max(args.batches),
         )
         load_s = time.perf_counter() - started
         plan = detector.runtime
@@ -103,8 +112,10 @@ def bare_matrix(args: argparse.Namespace, hw: Hardware, cache: Path) -> list[dic
         for batch in args.batches:
             figures = measure(detector, batch, args.calls, args.warm)
             rows.append({"config": label, "runtime": plan.describe(), "batch": batch, **figures})
-            say(f"    batch {batch:3}: {figures['images_per_s']:8.1f} images/s  p50 {figures['p50_ms']:8.1f} ms"
-                f"  p95 {figures['p95_ms']:8.1f} ms  (per batch call)")
+            say(
+                f"    batch {batch:3}: {figures['images_per_s']:8.1f} images/s  p50 {figures['p50_ms']:8.1f} ms"
+                f"  p95 {figures['p95_ms']:8.1f} ms  (per batch call)"
+            )
     return rows
 
 
@@ -124,8 +135,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     hw = Hardware.probe()
-    say(f"HSI detector runtimes — {platform.node()} {hw.gpu_name or platform.processor() or 'CPU'}"
-        f" TensorRT={hw.tensorrt} onnxruntime={hw.onnxruntime} imgsz={args.imgsz}")
+    say(
+        f"HSI detector runtimes — {platform.node()} {hw.gpu_name or platform.processor() or 'CPU'}"
+        f" TensorRT={hw.tensorrt} onnxruntime={hw.onnxruntime} imgsz={args.imgsz}"
+    )
     cache = Path(tempfile.mkdtemp(prefix="hsi-gpu-bench-", dir="/tmp"))
     figures: dict[str, Any] = {"hardware": dataclasses.asdict(hw)}
     try:
@@ -137,11 +150,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             best = max(measured, key=lambda r: r["images_per_s"])
             runtime = best["runtime"].split()[0]
             say(f"  end to end with the fastest runtime: {best['runtime']} batch {best['batch']}")
-            e2e_args = pipeline_cpu.parse_args([
-                "--images", str(args.e2e_images), "--batch-size", str(best["batch"]),
-                "--device", "cuda:0" if hw.cuda else "cpu", "--runtime", runtime,
-                "--paced-images", "0", "--broker", "mosquitto" if shutil.which("mosquitto") else "amqtt",
-            ])
+            e2e_args = pipeline_cpu.parse_args(
+                [
+                    "--images",
+                    str(args.e2e_images),
+                    "--batch-size",
+                    str(best["batch"]),
+                    "--device",
+                    "cuda:0" if hw.cuda else "cpu",
+                    "--runtime",
+                    runtime,
+                    "--paced-images",
+                    "0",
+                    "--broker",
+                    "mosquitto" if shutil.which("mosquitto") else "amqtt",
+                ]
+            )
             figures["e2e"] = asyncio.run(pipeline_cpu.amain(e2e_args))
     finally:
         shutil.rmtree(cache, ignore_errors=True)

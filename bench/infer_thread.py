@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_server import demo_assets
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.pipeline.detect import decode
 
 

@@ -44,8 +44,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server import demo_assets
-from inference_server.app import free_port
 from inference_server.store import api_keys
+from tests.support.net import free_port
 
 PATHS = ("rest", "folder", "mqtt")
 

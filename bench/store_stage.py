@@ -27,19 +27,19 @@ import asyncpg
 
 from bench.soak import tagged_jpeg
 from inference_server import demo_assets
-from inference_server.app import open_database
 from inference_server.clock import SystemClock
+from inference_server.comms.topics import Topics
 from inference_server.config import Settings
+from inference_server.detection.detector import Detector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.jobs.queue import JobQueue, QueuePolicy
-from inference_server.models.detector import Detector
-from inference_server.models.reasoner import LevelThresholds
-from inference_server.models.rules import RulesReasoner
-from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.pipeline.batch import BatchStage
 from inference_server.pipeline.detect import DetectWorker, _Item, decode
-from inference_server.pipeline.reason import ReasonStage
-from inference_server.publish.topics import Topics
+from inference_server.pipeline.result import ResultStage
+from inference_server.reasoning.reasoner import LevelThresholds
+from inference_server.reasoning.rules import RulesReasoner
+from inference_server.server import open_database
 
 
 async def store_pipeline(
@@ -51,7 +51,7 @@ async def store_pipeline(
     ingestor = Ingestor(settings, pool, queue)
     rules = RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))
     batches = BatchStage(settings, pool, rules, Topics("hsi"), SystemClock(), llm_enabled=False)
-    worker = DetectWorker(settings, queue, detector, ReasonStage(settings, pool, queue, batches))
+    worker = DetectWorker(settings, queue, detector, ResultStage(settings, pool, queue, batches))
     for camera in cameras:
         await pool.execute("INSERT INTO cameras (id, name, folder) VALUES ($1, $1, $1)", camera)
     return worker, ingestor, queue

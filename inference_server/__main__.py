@@ -19,7 +19,7 @@ log = logging.getLogger("inference_server")
 async def _serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT (exit status 0) or until a component fails (1: a
     supervisor — systemd, Docker, the add-on's — restarts it)."""
-    from inference_server.app import Server
+    from inference_server.server import Server
 
     server = Server(settings)
     # Handlers go in before start-up: a service manager may send SIGTERM while the model loads or
@@ -45,7 +45,7 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings) -> None:
-    from inference_server.app import open_database
+    from inference_server.server import open_database
 
     pool, embedded = await open_database(settings)
     await pool.close()
@@ -54,7 +54,7 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _apikey(settings: Settings, action: str, name: str | None) -> int:
-    from inference_server.app import open_database
+    from inference_server.server import open_database
     from inference_server.store import api_keys
 
     pool, embedded = await open_database(settings)

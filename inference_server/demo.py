@@ -23,9 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
 from inference_server import demo_assets
+from inference_server.comms.mqtt import BrokerAddress
 from inference_server.config import LlmSettings, Settings
 from inference_server.logging_setup import configure
-from inference_server.publish.mqtt import BrokerAddress
 from inference_server.schemas import CameraCreate, HouseholdContext, Zone, ZoneList
 from inference_server.store import api_keys, batches, cameras, context, events, images, outbox, quarantine
 
@@ -150,7 +150,7 @@ async def _wait_quiet(server: Any, expected_jobs: int, deadline_s: float = 240) 
 
 
 async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
-    from inference_server.app import Server
+    from inference_server.server import Server
 
     configure("WARNING", "text")
     root = data_dir or Path(tempfile.mkdtemp(prefix="hsi-demo-"))

@@ -69,9 +69,8 @@ async def async_setup_entry(
     async_add_camera_entities(
         hass,
         entry,
-        coordinator,
         async_add_entities,
-        lambda camera_id: (HsiOccupancy(coordinator, camera_id, d) for d in OCCUPANCY),
+        lambda coordinator, camera_id: (HsiOccupancy(coordinator, camera_id, d) for d in OCCUPANCY),
     )
 
 

@@ -19,14 +19,8 @@ SNAPSHOT = EntityDescription(key="snapshot", translation_key="snapshot")
 async def async_setup_entry(
     hass: HomeAssistant, entry: HsiConfigEntry, async_add_entities: AddEntitiesCallback
 ) -> None:
-    coordinator = entry.runtime_data.coordinator
-
     async_add_camera_entities(
-        hass,
-        entry,
-        coordinator,
-        async_add_entities,
-        lambda camera_id: [HsiSnapshotCamera(coordinator, camera_id, SNAPSHOT)],
+        hass, entry, async_add_entities, lambda coord, camera_id: [HsiSnapshotCamera(coord, camera_id, SNAPSHOT)]
     )
 
 

@@ -1,5 +1,6 @@
 """State of one HSI server, pushed over MQTT (no polling): availability, status, cameras,
-snapshots and events. Entities listen to it; it fires the HA bus event per published event."""
+snapshots and events. Entities listen to it; it fires the HA bus event per published event, whose
+data (when an event alerts) alerts.py decides."""
 
 from __future__ import annotations
 
@@ -18,18 +19,17 @@ from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_call_later
 
+from .alerts import AlertTracker
 from .api import HsiClient, HsiError
 from .const import (
     DOMAIN,
     EVENT_BUS,
     ISSUE_UNREACHABLE,
-    RISK_LEVELS,
     SIGNAL_NEW_CAMERA,
     UNREACHABLE_ISSUE_AFTER,
 )
 
 _LOGGER = logging.getLogger(__name__)
-MAX_OPEN_EVENTS = 1000
 
 
 @dataclass
@@ -41,7 +41,6 @@ class CameraData:
     state: dict[str, Any] = field(default_factory=dict)
     snapshot: bytes | None = None
     last_event: dict[str, Any] | None = None
-    since_previous_s: float | None = None
 
 
 class HsiCoordinator:
@@ -58,13 +57,8 @@ class HsiCoordinator:
         self._names: dict[str, str] = {}
         self._listeners: list[CALLBACK_TYPE] = []
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._last_new: dict[str, float] = {}
-        #: Level of each open event's latest judgement, so "risk level became X" fires on a change only.
-        self._event_levels: dict[str, str | None] = {}
-        #: Per camera and level: (event id, time) of the latest judgement at that level or above, and
-        #: of the latest one from another event — the blueprint's quiet period per camera and level.
-        self._at_level: dict[str, dict[str, tuple[str, float]]] = {}
-        self._at_level_other: dict[str, dict[str, tuple[str, float]]] = {}
+        #: When an event alerts: what each ``hsi/events`` message tells the bus (alerts.py).
+        self._alerts = AlertTracker()
         self._unsubscribe: list[CALLBACK_TYPE] = []
         self._unreachable_timer: CALLBACK_TYPE | None = None
 
@@ -231,76 +225,10 @@ class HsiCoordinator:
             return
         camera = self._ensure_camera(str(event["camera_id"]))
         camera.last_event = event
-        now = time.time()
-        if event.get("type") == "new":
-            previous = self._last_new.get(camera.camera_id)
-            self._last_new[camera.camera_id] = now
-            camera.since_previous_s = round(now - previous, 1) if previous is not None else None
-        level_changed, previous_level = self._track_level(event)
-        since_at_level = self._since_at_level(camera.camera_id, event, now)
-        self.hass.bus.async_fire(
-            EVENT_BUS,
-            {
-                "type": event.get("type"),
-                # A new judgement (the rules' "new" or the LLM's "update"), not the event's "end".
-                "alert": event.get("type") in ("new", "update"),
-                "event_id": event.get("id"),
-                "camera_id": camera.camera_id,
-                "camera_name": event.get("camera_name", camera.name),
-                "risk_score": event.get("risk_score"),
-                "risk_level": event.get("risk_level"),
-                # True on "new", and on an "update" whose level differs from the event's previous judgement.
-                "level_changed": level_changed,
-                "previous_risk_level": previous_level,
-                "summary": event.get("summary"),
-                "analysis_source": event.get("analysis_source"),
-                "started_at": event.get("started_at"),
-                # For per-camera cooldowns (the blueprint): seconds since this camera's previous event.
-                "seconds_since_previous_event": camera.since_previous_s,
-                # Per level: seconds since another event of this camera was judged at that level or
-                # above (None: never). A cat at 02:08 says nothing about the high event at 02:10.
-                "seconds_since_previous_at_level": since_at_level,
-            },
-        )
+        self.hass.bus.async_fire(EVENT_BUS, self._alerts.bus_event(event, camera.camera_id, camera.name, time.time()))
         for listener in list(self._event_listeners):
             listener(event)
         self._notify()
-
-    def _since_at_level(self, camera_id: str, event: dict[str, Any], now: float) -> dict[str, float | None]:
-        event_id = str(event.get("id"))
-        latest = self._at_level.setdefault(camera_id, {})
-        other = self._at_level_other.setdefault(camera_id, {})
-        since: dict[str, float | None] = {}
-        for level in RISK_LEVELS:
-            seen = latest.get(level)
-            if seen is not None and seen[0] == event_id:
-                seen = other.get(level)
-            since[level] = round(now - seen[1], 1) if seen is not None else None
-        judged = event.get("risk_level")
-        if event.get("type") in ("new", "update") and judged in RISK_LEVELS:
-            for reached in RISK_LEVELS[: RISK_LEVELS.index(judged) + 1]:
-                seen = latest.get(reached)
-                if seen is not None and seen[0] != event_id:
-                    other[reached] = seen
-                latest[reached] = (event_id, now)
-        return since
-
-    def _track_level(self, event: dict[str, Any]) -> tuple[bool, str | None]:
-        event_id = str(event.get("id"))
-        kind = event.get("type")
-        previous = self._event_levels.get(event_id)
-        if kind == "end":
-            self._event_levels.pop(event_id, None)
-            return False, previous
-        if kind not in ("new", "update"):
-            return False, previous
-        level = event.get("risk_level")
-        changed = kind == "new" or level != previous
-        self._event_levels[event_id] = level
-        while len(self._event_levels) > MAX_OPEN_EVENTS:
-            # An "end" missed (HA restarted mid-event): forget the oldest.
-            del self._event_levels[next(iter(self._event_levels))]
-        return changed, previous if kind == "update" else None
 
 
 def _json(msg: mqtt.ReceiveMessage) -> dict[str, Any] | None:

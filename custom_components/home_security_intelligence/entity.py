@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.device_registry import DeviceInfo
 from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity import Entity, EntityDescription
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
+from . import HsiConfigEntry
 from .const import DOMAIN, SIGNAL_NEW_CAMERA
 from .coordinator import HsiCoordinator
 
@@ -18,16 +18,16 @@ from .coordinator import HsiCoordinator
 @callback
 def async_add_camera_entities(
     hass: HomeAssistant,
-    entry: ConfigEntry,
-    coordinator: HsiCoordinator,
+    entry: HsiConfigEntry,
     async_add_entities: AddEntitiesCallback,
-    entities_for: Callable[[str], Iterable[Entity]],
+    entities_for: Callable[[HsiCoordinator, str], Iterable[Entity]],
 ) -> None:
     """Add a platform's entities for every known camera, and for each camera that appears later."""
+    coordinator = entry.runtime_data.coordinator
 
     @callback
     def add_camera(camera_id: str) -> None:
-        async_add_entities(entities_for(camera_id))
+        async_add_entities(entities_for(coordinator, camera_id))
 
     for camera_id in coordinator.cameras:
         add_camera(camera_id)

@@ -20,14 +20,8 @@ SECURITY_EVENT = EventEntityDescription(key="security_event", translation_key="s
 async def async_setup_entry(
     hass: HomeAssistant, entry: HsiConfigEntry, async_add_entities: AddEntitiesCallback
 ) -> None:
-    coordinator = entry.runtime_data.coordinator
-
     async_add_camera_entities(
-        hass,
-        entry,
-        coordinator,
-        async_add_entities,
-        lambda camera_id: [HsiSecurityEvent(coordinator, camera_id, SECURITY_EVENT)],
+        hass, entry, async_add_entities, lambda coord, camera_id: [HsiSecurityEvent(coord, camera_id, SECURITY_EVENT)]
     )
 
 

@@ -24,13 +24,11 @@ EVENT_SNAPSHOT = EntityDescription(key="event_snapshot", translation_key="event_
 async def async_setup_entry(
     hass: HomeAssistant, entry: HsiConfigEntry, async_add_entities: AddEntitiesCallback
 ) -> None:
-    coordinator = entry.runtime_data.coordinator
     async_add_camera_entities(
         hass,
         entry,
-        coordinator,
         async_add_entities,
-        lambda camera_id: [HsiEventSnapshot(hass, coordinator, camera_id, EVENT_SNAPSHOT)],
+        lambda coordinator, camera_id: [HsiEventSnapshot(hass, coordinator, camera_id, EVENT_SNAPSHOT)],
     )
 
 

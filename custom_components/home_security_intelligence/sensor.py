@@ -135,9 +135,8 @@ async def async_setup_entry(
     async_add_camera_entities(
         hass,
         entry,
-        coordinator,
         async_add_entities,
-        lambda camera_id: (HsiCameraSensor(coordinator, camera_id, d) for d in CAMERA_SENSORS),
+        lambda coordinator, camera_id: (HsiCameraSensor(coordinator, camera_id, d) for d in CAMERA_SENSORS),
     )
 
 

@@ -23,14 +23,8 @@ DETECTION = SwitchEntityDescription(key="detection", translation_key="detection"
 async def async_setup_entry(
     hass: HomeAssistant, entry: HsiConfigEntry, async_add_entities: AddEntitiesCallback
 ) -> None:
-    coordinator = entry.runtime_data.coordinator
-
     async_add_camera_entities(
-        hass,
-        entry,
-        coordinator,
-        async_add_entities,
-        lambda camera_id: [HsiDetectionSwitch(coordinator, camera_id, DETECTION)],
+        hass, entry, async_add_entities, lambda coord, camera_id: [HsiDetectionSwitch(coord, camera_id, DETECTION)]
     )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 # Route modules register their routes on API when imported.
-from inference_server.api import cameras, dlq, events, images, system  # noqa: F401
+from inference_server.api import audit, cameras, context, detections, dlq, events, health, images, openapi, status  # noqa: F401
 from inference_server.api.auth import KEY_IDS, LIMITER, FailureLimiter, KeyIds, audit_middleware, auth_middleware
-from inference_server.api.context import CTX, ApiContext
 from inference_server.api.deadlines import DeadlineAppRunner, body_deadline_middleware
+from inference_server.api.deps import CTX, ApiContext
 from inference_server.api.errors import error_middleware
 from inference_server.api.registry import API
 
@@ -16,17 +16,17 @@ from inference_server.api.registry import API
 _BODY_SLACK = 64 * 1024
 
 
-def build_app(context: ApiContext) -> web.Application:
-    settings = context.settings
+def build_app(deps: ApiContext) -> web.Application:
+    settings = deps.settings
     # The body deadline sits inside the error middleware (which would make its timeout a 500) and
     # before authentication (the body arrives while the key is checked).
     body_deadline = body_deadline_middleware(settings.api_body_timeout_s, settings.api_body_min_rate)
     app = web.Application(
         middlewares=[error_middleware, body_deadline, auth_middleware, audit_middleware],
-        client_max_size=context.settings.upload_max_bytes + _BODY_SLACK,
+        client_max_size=deps.settings.upload_max_bytes + _BODY_SLACK,
     )
-    app[CTX] = context
-    app[LIMITER] = FailureLimiter(context.settings.auth_failures_per_minute)
+    app[CTX] = deps
+    app[LIMITER] = FailureLimiter(deps.settings.auth_failures_per_minute)
     app[KEY_IDS] = KeyIds()
     API.add_to(app)
     return app

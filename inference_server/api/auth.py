@@ -11,7 +11,7 @@ from collections import defaultdict, deque
 import asyncpg
 from aiohttp import web
 
-from inference_server.api.context import CTX, PRINCIPAL
+from inference_server.api.deps import CTX, PRINCIPAL
 from inference_server.api.errors import ApiError, Handler
 from inference_server.api.registry import route_of
 from inference_server.store import api_keys, audit

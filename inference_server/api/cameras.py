@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from inference_server.api.context import ctx
-from inference_server.api.errors import ApiError
+from inference_server.api.deps import ctx
+from inference_server.api.errors import ApiError, found, not_found
 from inference_server.api.params import CameraPath
 from inference_server.api.registry import API
 from inference_server.schemas import Camera, CameraCreate, CameraList, CameraPatch, ZoneList
 from inference_server.store import cameras, outbox, retention
-
-
-def _missing(camera_id: str) -> ApiError:
-    return ApiError(404, "not_found", f"no camera {camera_id!r}")
 
 
 @API.route("GET", "/cameras", summary="List cameras", tag="cameras", response=CameraList)
@@ -48,10 +44,7 @@ async def create_camera(request: web.Request, _: None, new: CameraCreate) -> Cam
     errors=[404],
 )
 async def get_camera(request: web.Request, p: CameraPath, _: None) -> Camera:
-    found = await cameras.get_record(ctx(request).pool, p.camera_id)
-    if found is None:
-        raise _missing(p.camera_id)
-    return found
+    return found(await cameras.get_record(ctx(request).pool, p.camera_id), f"camera {p.camera_id!r}")
 
 
 @API.route(
@@ -65,10 +58,7 @@ async def get_camera(request: web.Request, p: CameraPath, _: None) -> Camera:
     errors=[404],
 )
 async def patch_camera(request: web.Request, p: CameraPath, change: CameraPatch) -> Camera:
-    updated = await cameras.patch(ctx(request).pool, p.camera_id, change)
-    if updated is None:
-        raise _missing(p.camera_id)
-    return updated
+    return found(await cameras.patch(ctx(request).pool, p.camera_id, change), f"camera {p.camera_id!r}")
 
 
 @API.route(
@@ -86,7 +76,7 @@ async def delete_camera(request: web.Request, p: CameraPath, _: None) -> None:
     async with context.pool.acquire() as conn, conn.transaction():
         deleted = await cameras.delete(conn, p.camera_id)
         if deleted is None:
-            raise _missing(p.camera_id)
+            raise not_found(f"camera {p.camera_id!r}")
         # Empty retained messages clear the camera's topics, so subscribers (the Home Assistant
         # integration) drop its device instead of showing its last state forever.
         topic_names = [topics.camera_state(p.camera_id), topics.camera_snapshot(p.camera_id)]
@@ -107,10 +97,8 @@ async def delete_camera(request: web.Request, p: CameraPath, _: None) -> None:
     errors=[404],
 )
 async def get_zones(request: web.Request, p: CameraPath, _: None) -> ZoneList:
-    found = await cameras.get_record(ctx(request).pool, p.camera_id)
-    if found is None:
-        raise _missing(p.camera_id)
-    return ZoneList(zones=found.zones)
+    camera = found(await cameras.get_record(ctx(request).pool, p.camera_id), f"camera {p.camera_id!r}")
+    return ZoneList(zones=camera.zones)
 
 
 @API.route(
@@ -124,7 +112,4 @@ async def get_zones(request: web.Request, p: CameraPath, _: None) -> ZoneList:
     errors=[404],
 )
 async def put_zones(request: web.Request, p: CameraPath, zones: ZoneList) -> ZoneList:
-    stored = await cameras.set_zones(ctx(request).pool, p.camera_id, zones)
-    if stored is None:
-        raise _missing(p.camera_id)
-    return stored
+    return found(await cameras.set_zones(ctx(request).pool, p.camera_id, zones), f"camera {p.camera_id!r}")

@@ -1,36 +1,27 @@
-"""What route handlers get: the pool, settings, ingest, status (one object per app)."""
+"""The household context from Home Assistant: ``PUT /context``, ``GET /context``."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
-import asyncpg
 from aiohttp import web
 
-from inference_server.config import Settings
-from inference_server.ingest.ingestor import Ingestor
-from inference_server.publish.topics import Topics
-from inference_server.schemas import DependencyHealth
-from inference_server.telemetry.status import StatusReporter
-
-ReadinessCheck = Callable[[], Awaitable[DependencyHealth]]
+from inference_server.api.deps import PRINCIPAL, ctx
+from inference_server.api.registry import API
+from inference_server.schemas import ContextState, HouseholdContext
+from inference_server.store import context
 
 
-@dataclass(slots=True)
-class ApiContext:
-    pool: asyncpg.Pool
-    settings: Settings
-    ingestor: Ingestor
-    status: StatusReporter
-    topics: Topics
-    checks: dict[str, ReadinessCheck]
+@API.route(
+    "PUT",
+    "/context",
+    summary="Household context from Home Assistant (alarm, presence, open doors, sun)",
+    tag="context",
+    body=HouseholdContext,
+    response=ContextState,
+)
+async def put_context(request: web.Request, _: None, new: HouseholdContext) -> ContextState:
+    return await context.put(ctx(request).pool, new, request.get(PRINCIPAL, "anonymous"))
 
 
-CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
-#: Who made the request: an API key's name, or "ingress" for a trusted proxy.
-PRINCIPAL: web.RequestKey[str] = web.RequestKey("principal", str)
-
-
-def ctx(request: web.Request) -> ApiContext:
-    return request.app[CTX]
+@API.route("GET", "/context", summary="The current household context", tag="context", response=ContextState)
+async def get_context(request: web.Request, _: None, __: None) -> ContextState:
+    return await context.current(ctx(request).pool)

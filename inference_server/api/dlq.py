@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from inference_server.api.context import ctx
-from inference_server.api.errors import ApiError
+from inference_server.api.deps import ctx
+from inference_server.api.errors import not_found
 from inference_server.api.params import DlqQuery, JobPath
 from inference_server.api.registry import API
 from inference_server.jobs import queue
@@ -30,7 +30,7 @@ async def list_dlq(request: web.Request, q: DlqQuery, _: None) -> JobList:
 async def requeue_dlq(request: web.Request, p: JobPath, _: None) -> JobState:
     pool = ctx(request).pool
     if not await queue.requeue_dead(pool, p.job_id):
-        raise ApiError(404, "not_found", f"no dead job {p.job_id}")
+        raise not_found(f"dead job {p.job_id}")
     job = await queue.get_state(pool, p.job_id)
     assert job is not None
     return job
@@ -39,4 +39,4 @@ async def requeue_dlq(request: web.Request, p: JobPath, _: None) -> JobState:
 @API.route("DELETE", "/dlq/{job_id}", summary="Forget a dead job", tag="dlq", params=JobPath, status=204, errors=[404])
 async def delete_dlq(request: web.Request, p: JobPath, _: None) -> None:
     if not await queue.delete_dead(ctx(request).pool, p.job_id):
-        raise ApiError(404, "not_found", f"no dead job {p.job_id}")
+        raise not_found(f"dead job {p.job_id}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -15,6 +16,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+T = TypeVar("T")
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -22,6 +25,18 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+def not_found(what: str) -> ApiError:
+    """The 404 for a resource that does not exist: code ``not_found``, message ``no {what}``."""
+    return ApiError(404, "not_found", f"no {what}")
+
+
+def found(value: T | None, what: str) -> T:
+    """``value`` when the store found it; `not_found` for ``what`` when it is None."""
+    if value is None:
+        raise not_found(what)
+    return value
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:

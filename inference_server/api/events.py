@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from inference_server.api.context import ctx
-from inference_server.api.errors import ApiError
+from inference_server.api.deps import ctx
+from inference_server.api.errors import ApiError, found, not_found
 from inference_server.api.params import EventPath, EventQuery
 from inference_server.api.registry import API
 from inference_server.schemas import Event, EventList, EventMessage, EventPatch
@@ -41,10 +41,7 @@ async def list_events(request: web.Request, q: EventQuery, _: None) -> EventList
     "GET", "/events/{event_id}", summary="One event", tag="events", params=EventPath, response=Event, errors=[404]
 )
 async def get_event(request: web.Request, p: EventPath, _: None) -> Event:
-    event = await events_store.get(ctx(request).pool, p.event_id)
-    if event is None:
-        raise ApiError(404, "not_found", f"no event {p.event_id}")
-    return event
+    return found(await events_store.get(ctx(request).pool, p.event_id), f"event {p.event_id}")
 
 
 @API.route(
@@ -63,7 +60,7 @@ async def patch_event(request: web.Request, p: EventPath, change: EventPatch) ->
         before = await events_store.get(conn, p.event_id)
         event = await events_store.patch(conn, p.event_id, change)
         if before is None or event is None:
-            raise ApiError(404, "not_found", f"no event {p.event_id}")
+            raise not_found(f"event {p.event_id}")
         if "feedback" in change.model_fields_set and before.detections:
             # Feedback teaches the rules about this camera, zone, class and hour (docs/risk.md).
             top = before.detections[0]
@@ -89,7 +86,7 @@ async def patch_event(request: web.Request, p: EventPath, change: EventPatch) ->
 async def event_snapshot(request: web.Request, p: EventPath, _: None) -> web.Response:
     exists, path = await events_store.snapshot_path(ctx(request).pool, p.event_id)
     if not exists:
-        raise ApiError(404, "not_found", f"no event {p.event_id}")
+        raise not_found(f"event {p.event_id}")
     if path is None:
         raise ApiError(404, "not_found", "this event's snapshot was removed by retention")
     try:

@@ -8,8 +8,8 @@ from datetime import datetime
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from inference_server.api.context import ctx
-from inference_server.api.errors import ApiError
+from inference_server.api.deps import ctx
+from inference_server.api.errors import ApiError, found, not_found
 from inference_server.api.params import JobPath, UploadParams
 from inference_server.api.registry import API, IMAGE_TYPES
 from inference_server.ingest.ingestor import CameraDisabled, UnknownCamera
@@ -56,7 +56,7 @@ async def upload_image(request: web.Request, p: UploadParams, _: None) -> web.Re
     except InvalidImage as bad:
         raise ApiError(_STATUS_FOR.get(bad.reason, 400), bad.reason, bad.detail) from bad
     except UnknownCamera as err:
-        raise ApiError(404, "not_found", f"no camera {p.camera_id!r}") from err
+        raise not_found(f"camera {p.camera_id!r}") from err
     except CameraDisabled as err:
         raise ApiError(409, "camera_disabled", f"detection is switched off for camera {p.camera_id!r}") from err
     assert result.image_id is not None
@@ -126,7 +126,4 @@ async def _read_parts(reader: MultipartReader, limit: int) -> tuple[bytes, str |
     errors=[404],
 )
 async def get_job(request: web.Request, p: JobPath, _: None) -> JobState:
-    job = await queue.get_state(ctx(request).pool, p.job_id)
-    if job is None:
-        raise ApiError(404, "not_found", f"no job {p.job_id}")
-    return job
+    return found(await queue.get_state(ctx(request).pool, p.job_id), f"job {p.job_id}")

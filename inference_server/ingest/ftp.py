@@ -87,177 +87,7 @@ class FtpReceiver:
             home = self._home(user)
             home.mkdir(parents=True, exist_ok=True)
             authorizer.add_user(user.username, user.password.get_secret_value(), str(home), perm=_PERMISSIONS)
-        receiver = self
-        limit = s.max_image_bytes
-
-        class _LimitedDTP(DTPHandler):  # type: ignore[misc]
-            def handle_read(self) -> None:
-                super().handle_read()
-                if self.receive and self.tot_bytes_received > limit and not self._closed:
-                    self._resp = (f"552 File exceeds {limit} bytes; transfer aborted.", log.warning)
-                    self.transfer_finished = False
-                    self.close()
-
-            # pyftpdlib's loop calls handle_read_event, which the base class binds to its own
-            # handle_read: rebind it, or the limit is never checked.
-            handle_read_event = handle_read
-
-            def close(self) -> None:
-                # pyftpdlib replies "226" here, before on_file_received: give the upload its
-                # real name first, so a name that cannot take it (a folder made meanwhile, a
-                # rename error) is answered with an error instead of 226 and a silent drop.
-                if not self._closed and self.receive and self.transfer_finished and self.file_obj is not None:
-                    self.file_obj.close()
-                    refusal = self.cmd_channel.commit_upload(Path(self.file_obj.name))
-                    if refusal is not None:
-                        self._resp = (refusal, log.warning)
-                        self.transfer_finished = False
-                super().close()
-
-        ports = parse_port_range(s.ftp_passive_ports)
-        passive = list(ports) if ports is not None else None
-        base: type[FTPHandler] = FTPHandler
-        if s.ftp_tls_cert is not None:
-            from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
-
-            class _LimitedTlsDTP(TLS_DTPHandler, _LimitedDTP):  # type: ignore[misc]
-                pass
-
-            base = TLS_FTPHandler
-            dtp: type[DTPHandler] = _LimitedTlsDTP
-        else:
-            dtp = _LimitedDTP
-
-        class _CameraHandler(base):  # type: ignore[misc]
-            dtp_handler = dtp
-            banner = "Home Security Intelligence ready."
-            passive_ports: ClassVar[list[int] | None] = passive
-            permit_foreign_addresses = False
-            use_sendfile = False
-            timeout = s.ftp_idle_timeout_s
-            login_timeout = s.ftp_login_timeout_s
-            _hsi_final: Path | None = None
-            _hsi_login_deadline: Any = None
-
-            def on_connect(self) -> None:
-                # pyftpdlib's `timeout` is an idle timeout, reset by every command: without a
-                # deadline of its own, a connection that never logs in holds a slot for ever.
-                self._hsi_login_deadline = self.ioloop.call_later(
-                    self.login_timeout, self._hsi_login_expired, _errback=self.handle_error
-                )
-
-            def _hsi_login_expired(self) -> None:
-                if self.authenticated or self._closed:
-                    return
-                log.info("ftp login timed out, connection closed remote=%s", self.remote_ip)
-                if not getattr(self, "_ssl_accepting", False):  # no reply in a TLS handshake
-                    self.respond("421 Login timed out.", logfun=_debug)
-                # close(), not close_when_done(): a client that does not read must not keep
-                # the connection open by leaving the reply unsent.
-                self.close()
-
-            def _hsi_cancel_login_deadline(self) -> None:
-                deadline = self._hsi_login_deadline
-                if deadline is not None and not deadline.cancelled:
-                    deadline.cancel()
-                self._hsi_login_deadline = None
-
-            def ftp_REST(self, line: str) -> None:
-                # Resuming needs the first part of a file, and a failed upload is deleted, never
-                # committed: refuse REST here and keep no restart state that a later STOR of
-                # the session would trip over. "REST 0" (a no-op some clients send) is fine.
-                if line.strip() == "0":
-                    self.respond("350 Restarting at position 0.")
-                else:
-                    self.respond("502 REST (resume) is not supported; upload the whole file.")
-
-            def ftp_STOR(self, file: str, mode: str = "w") -> Any:
-                if "a" in mode:
-                    self.respond("502 Append is not supported; upload the whole file.")
-                    return None
-                final = Path(file)
-                if self.fs.isdir(file):
-                    self.respond("550 A folder has that name; name the file.")
-                    return None
-                if final.name.startswith("."):
-                    self.respond("553 Hidden file names are not accepted.")
-                    return None
-                part = final.with_name(f"{_PART_PREFIX}{secrets.token_hex(6)}-{final.name}.part")
-                self._hsi_final = final
-                return super().ftp_STOR(str(part), mode)
-
-            def ftp_STOU(self, line: str) -> None:
-                self.respond("502 STOU is not supported; name the file with STOR.")
-
-            def commit_upload(self, part: Path) -> str | None:
-                """Rename a complete upload to its real name; the error reply if it cannot be."""
-                final = self._hsi_final
-                if final is None:
-                    _remove(part)
-                    return "451 Upload lost its name; send it again."
-                try:
-                    os.replace(part, final)
-                except OSError as err:
-                    log.warning(
-                        "ftp upload refused, cannot take its name user=%s file=%s error=%r",
-                        self.username,
-                        printable(final),
-                        err,
-                    )
-                    _remove(part)
-                    self._hsi_final = None
-                    return f"550 Cannot store {final.name!r}: {err.strerror or 'rename failed'}."
-                return None
-
-            def on_file_received(self, file: str) -> None:
-                final, self._hsi_final = self._hsi_final, None
-                if final is not None:
-                    receiver._finished(final, self.username)
-
-            def on_incomplete_file_received(self, file: str) -> None:
-                self._hsi_final = None
-                log.warning("ftp upload incomplete, discarded user=%s file=%s", self.username, printable(file))
-                _remove(Path(file))
-
-            def on_login(self, username: str) -> None:
-                self._hsi_cancel_login_deadline()
-                log.info("ftp login user=%s remote=%s", username, self.remote_ip)
-
-            def on_logout(self, username: str) -> None:
-                # USER again or REIN: unauthenticated once more, so the login deadline applies.
-                self.on_connect()
-
-            def on_login_failed(self, username: str, password: str) -> None:
-                log.warning("ftp login failed user=%s remote=%s", username, self.remote_ip)
-
-            def close(self) -> None:
-                self._hsi_cancel_login_deadline()
-                super().close()
-
-            def log(self, msg: str, logfun: Callable[[str], object] = _debug) -> None:
-                # pyftpdlib logs each session's open, close, login, MKD/CWD and transfer at INFO,
-                # in its own format: five lines per camera upload. The key=value lines of this
-                # module say what matters; pyftpdlib's own go to DEBUG.
-                log.debug(
-                    "ftp session remote=%s:%s user=%s message=%r", self.remote_ip, self.remote_port, self.username, msg
-                )
-
-            def logerror(self, msg: str) -> None:
-                log.error(
-                    "ftp session error remote=%s:%s user=%s message=%r",
-                    self.remote_ip,
-                    self.remote_port,
-                    self.username,
-                    msg,
-                )
-
-        if s.ftp_tls_cert is not None:
-            _CameraHandler.certfile = str(s.ftp_tls_cert)
-            _CameraHandler.keyfile = str(s.ftp_tls_key) if s.ftp_tls_key else None
-            _CameraHandler.tls_control_required = True
-            _CameraHandler.tls_data_required = True
-        _CameraHandler.authorizer = authorizer
-        server = FTPServer((s.ftp_host, s.ftp_port), _CameraHandler)
+        server = FTPServer((s.ftp_host, s.ftp_port), _handler_class(s, self, authorizer))
         server.max_cons = s.ftp_max_connections
         server.max_cons_per_ip = s.ftp_max_connections_per_ip
         self.port = server.socket.getsockname()[1]
@@ -316,6 +146,188 @@ class FtpReceiver:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class _LimitedDTP(DTPHandler):  # type: ignore[misc]
+    """Data channel that aborts an upload past ``max_bytes``, set per server by `_handler_class`."""
+
+    max_bytes: ClassVar[int]
+
+    def handle_read(self) -> None:
+        super().handle_read()
+        limit = self.max_bytes
+        if self.receive and self.tot_bytes_received > limit and not self._closed:
+            self._resp = (f"552 File exceeds {limit} bytes; transfer aborted.", log.warning)
+            self.transfer_finished = False
+            self.close()
+
+    # pyftpdlib's loop calls handle_read_event, which the base class binds to its own
+    # handle_read: rebind it, or the limit is never checked.
+    handle_read_event = handle_read
+
+    def close(self) -> None:
+        # pyftpdlib replies "226" here, before on_file_received: give the upload its
+        # real name first, so a name that cannot take it (a folder made meanwhile, a
+        # rename error) is answered with an error instead of 226 and a silent drop.
+        if not self._closed and self.receive and self.transfer_finished and self.file_obj is not None:
+            self.file_obj.close()
+            refusal = self.cmd_channel.commit_upload(Path(self.file_obj.name))
+            if refusal is not None:
+                self._resp = (refusal, log.warning)
+                self.transfer_finished = False
+        super().close()
+
+
+class _CameraHandler(FTPHandler):  # type: ignore[misc]
+    """One camera's FTP session: jailed uploads under a part name, committed whole or deleted.
+
+    pyftpdlib configures a session through class attributes, so `_handler_class` derives one
+    subclass per server that sets the receiver, passive ports, timeouts, data channel and TLS.
+    """
+
+    banner = "Home Security Intelligence ready."
+    passive_ports: ClassVar[list[int] | None] = None
+    permit_foreign_addresses = False
+    use_sendfile = False
+    _hsi_receiver: ClassVar[FtpReceiver]
+    _hsi_final: Path | None = None
+    _hsi_login_deadline: Any = None
+
+    def on_connect(self) -> None:
+        # pyftpdlib's `timeout` is an idle timeout, reset by every command: without a
+        # deadline of its own, a connection that never logs in holds a slot for ever.
+        self._hsi_login_deadline = self.ioloop.call_later(
+            self.login_timeout, self._hsi_login_expired, _errback=self.handle_error
+        )
+
+    def _hsi_login_expired(self) -> None:
+        if self.authenticated or self._closed:
+            return
+        log.info("ftp login timed out, connection closed remote=%s", self.remote_ip)
+        if not getattr(self, "_ssl_accepting", False):  # no reply in a TLS handshake
+            self.respond("421 Login timed out.", logfun=_debug)
+        # close(), not close_when_done(): a client that does not read must not keep
+        # the connection open by leaving the reply unsent.
+        self.close()
+
+    def _hsi_cancel_login_deadline(self) -> None:
+        deadline = self._hsi_login_deadline
+        if deadline is not None and not deadline.cancelled:
+            deadline.cancel()
+        self._hsi_login_deadline = None
+
+    def ftp_REST(self, line: str) -> None:
+        # Resuming needs the first part of a file, and a failed upload is deleted, never
+        # committed: refuse REST here and keep no restart state that a later STOR of
+        # the session would trip over. "REST 0" (a no-op some clients send) is fine.
+        if line.strip() == "0":
+            self.respond("350 Restarting at position 0.")
+        else:
+            self.respond("502 REST (resume) is not supported; upload the whole file.")
+
+    def ftp_STOR(self, file: str, mode: str = "w") -> Any:
+        if "a" in mode:
+            self.respond("502 Append is not supported; upload the whole file.")
+            return None
+        final = Path(file)
+        if self.fs.isdir(file):
+            self.respond("550 A folder has that name; name the file.")
+            return None
+        if final.name.startswith("."):
+            self.respond("553 Hidden file names are not accepted.")
+            return None
+        part = final.with_name(f"{_PART_PREFIX}{secrets.token_hex(6)}-{final.name}.part")
+        self._hsi_final = final
+        return super().ftp_STOR(str(part), mode)
+
+    def ftp_STOU(self, line: str) -> None:
+        self.respond("502 STOU is not supported; name the file with STOR.")
+
+    def commit_upload(self, part: Path) -> str | None:
+        """Rename a complete upload to its real name; the error reply if it cannot be."""
+        final = self._hsi_final
+        if final is None:
+            _remove(part)
+            return "451 Upload lost its name; send it again."
+        try:
+            os.replace(part, final)
+        except OSError as err:
+            log.warning(
+                "ftp upload refused, cannot take its name user=%s file=%s error=%r",
+                self.username,
+                printable(final),
+                err,
+            )
+            _remove(part)
+            self._hsi_final = None
+            return f"550 Cannot store {final.name!r}: {err.strerror or 'rename failed'}."
+        return None
+
+    def on_file_received(self, file: str) -> None:
+        final, self._hsi_final = self._hsi_final, None
+        if final is not None:
+            self._hsi_receiver._finished(final, self.username)
+
+    def on_incomplete_file_received(self, file: str) -> None:
+        self._hsi_final = None
+        log.warning("ftp upload incomplete, discarded user=%s file=%s", self.username, printable(file))
+        _remove(Path(file))
+
+    def on_login(self, username: str) -> None:
+        self._hsi_cancel_login_deadline()
+        log.info("ftp login user=%s remote=%s", username, self.remote_ip)
+
+    def on_logout(self, username: str) -> None:
+        # USER again or REIN: unauthenticated once more, so the login deadline applies.
+        self.on_connect()
+
+    def on_login_failed(self, username: str, password: str) -> None:
+        log.warning("ftp login failed user=%s remote=%s", username, self.remote_ip)
+
+    def close(self) -> None:
+        self._hsi_cancel_login_deadline()
+        super().close()
+
+    def log(self, msg: str, logfun: Callable[[str], object] = _debug) -> None:
+        # pyftpdlib logs each session's open, close, login, MKD/CWD and transfer at INFO,
+        # in its own format: five lines per camera upload. The key=value lines of this
+        # module say what matters; pyftpdlib's own go to DEBUG.
+        log.debug("ftp session remote=%s:%s user=%s message=%r", self.remote_ip, self.remote_port, self.username, msg)
+
+    def logerror(self, msg: str) -> None:
+        log.error(
+            "ftp session error remote=%s:%s user=%s message=%r",
+            self.remote_ip,
+            self.remote_port,
+            self.username,
+            msg,
+        )
+
+
+def _handler_class(settings: Settings, receiver: FtpReceiver, authorizer: DummyAuthorizer) -> type[FTPHandler]:
+    """A `_CameraHandler` subclass configured for one server (over TLS when a certificate is set)."""
+    ports = parse_port_range(settings.ftp_passive_ports)
+    dtp: type[DTPHandler] = type("LimitedDTP", (_LimitedDTP,), {"max_bytes": settings.max_image_bytes})
+    attrs: dict[str, Any] = {
+        "authorizer": authorizer,
+        "passive_ports": list(ports) if ports is not None else None,
+        "timeout": settings.ftp_idle_timeout_s,
+        "login_timeout": settings.ftp_login_timeout_s,
+        "_hsi_receiver": receiver,
+    }
+    if settings.ftp_tls_cert is None:
+        return type("CameraHandler", (_CameraHandler,), {**attrs, "dtp_handler": dtp})
+    # pyftpdlib defines its TLS handlers only when pyOpenSSL is installed.
+    from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
+
+    attrs.update(
+        dtp_handler=type("LimitedTlsDTP", (TLS_DTPHandler, dtp), {}),
+        certfile=str(settings.ftp_tls_cert),
+        keyfile=str(settings.ftp_tls_key) if settings.ftp_tls_key else None,
+        tls_control_required=True,
+        tls_data_required=True,
+    )
+    return type("TlsCameraHandler", (_CameraHandler, TLS_FTPHandler), attrs)
 
 
 def _remove(path: Path) -> None:

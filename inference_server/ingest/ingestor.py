@@ -408,22 +408,15 @@ class Ingestor:
                 log.warning("quarantine left the file in place path=%s detail=%s", printable(path), refused.detail)
             except OSError as err:
                 log.error("quarantine move failed path=%s error=%s", printable(path), err)
-        await quarantine.add(
+        await quarantine.record(
             self.pool,
+            source="file",
             camera_id=camera_id,
             original_path=printable(path),
             stored_path=printable(stored) if stored else None,
             reason=reason,
             detail=detail,
             size_bytes=size,
-        )
-        metrics.QUARANTINED.labels(reason).inc()
-        log.warning(
-            "file quarantined camera_id=%s reason=%s detail=%s file=%s",
-            camera_id,
-            reason,
-            detail,
-            printable(path),
         )
         return IngestResult("quarantined", camera_id, reason=reason)
 

@@ -1,7 +1,7 @@
 """MQTT ingest: edge nodes publish an image as the payload of ``<prefix>/ingest/<camera_id>``.
 
 A separate paho client (client id ``<server id>-ingest``) subscribes with QoS 1, so the
-publisher's PUBACK bookkeeping and lock (publish/mqtt.py) are untouched by inbound traffic.
+publisher's PUBACK bookkeeping and lock (comms/mqtt.py) are untouched by inbound traffic.
 
 paho's network thread only checks the topic's last level against the camera id grammar and the
 payload's length, and hands the message to a bounded queue on the event loop; it never decodes.
@@ -38,10 +38,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from inference_server.comms.mqtt import BrokerAddress
+from inference_server.comms.topics import Topics
 from inference_server.ingest.ingestor import CameraDisabled, Ingestor, UnknownCamera, printable
 from inference_server.ingest.validate import InvalidImage
-from inference_server.publish.mqtt import BrokerAddress
-from inference_server.publish.topics import Topics
 from inference_server.schemas import CAMERA_ID_PATTERN
 from inference_server.store import quarantine
 from inference_server.store.db import is_unavailable
@@ -265,20 +265,13 @@ class MqttIngest:
             )
 
     async def _refuse(self, topic: str, camera_id: str | None, reason: str, detail: str, size: int) -> None:
-        await quarantine.add(
+        await quarantine.record(
             self.ingestor.pool,
+            source="mqtt",
             camera_id=camera_id,
             original_path=_shown(topic),
             stored_path=None,
             reason=reason,
             detail=detail,
             size_bytes=size,
-        )
-        metrics.QUARANTINED.labels(reason).inc()
-        log.warning(
-            "mqtt image refused camera_id=%s reason=%s detail=%s topic=%s",
-            camera_id or "-",
-            reason,
-            detail,
-            _shown(topic),
         )

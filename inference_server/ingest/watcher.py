@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 from watchfiles import Change, awatch
 from watchfiles._rust_notify import WatchfilesRustInternalError
 
 from inference_server.ingest.ingestor import OUTSIDE_REASONS, Ingestor, printable
+from inference_server.store.db import DB_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class FolderWatcher:
     async def _ingest(self, path: Path, seen: _Seen | None) -> None:
         try:
             result = await self.ingestor.ingest_file(path)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        except DB_ERRORS as err:
             # The database or the disk is unhappy: keep the file and try again later.
             log.error("ingest failed, will retry file=%s error=%r", printable(path), err)
             self._retry_later(path, seen)

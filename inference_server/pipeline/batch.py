@@ -16,38 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Literal
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from inference_server.clock import Clock
+from inference_server.comms.topics import Topics
 from inference_server.config import Settings
-from inference_server.models.detector import Detection, category_of
-from inference_server.models.reasoner import Assessment, Observation
-from inference_server.models.rules import RulesReasoner
-from inference_server.publish.topics import Topics
-from inference_server.schemas import CameraState, EventMessage, Zone
+from inference_server.domain import Assessment, Detection, Observation, category_of
+from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, event_message
+from inference_server.pipeline.snapshot import snapshot_file
+from inference_server.reasoning.rules import RulesReasoner
+from inference_server.schemas import Zone
 from inference_server.store import activity, batches, cameras, context, outbox
 from inference_server.store import events as events_store
-from inference_server.store.db import is_unavailable
+from inference_server.store.db import DB_ERRORS, is_unavailable
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-Message = tuple[str, bytes, bool]
 _VISIT_WINDOW = timedelta(hours=1)
-
-
-def snapshot_file(settings: Settings, camera_id: str, image_id: int) -> Path:
-    return settings.snapshots_path / camera_id / f"{image_id}.jpg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +73,7 @@ class BatchStage:
         self.tz = ZoneInfo(settings.camera_timezone)
         self.window = timedelta(seconds=settings.batch_window_s)
         self.idle = timedelta(seconds=settings.batch_idle_s)
-        #: Per camera: monotonic time of the last snapshot message this worker queued.
-        self._snapshot_sent: dict[str, float] = {}
+        self._snapshots = SnapshotThrottle(topics, settings.snapshot_publish_interval_s)
 
     def _due(self, batch: batches.Batch, now: datetime) -> bool:
         return now - batch.opened_at >= self.window or now - batch.last_activity_at >= self.idle
@@ -133,17 +125,17 @@ class BatchStage:
             live_assessment = self.rules.assess_now(glance)
             metrics.STAGE.labels("reason").observe(metrics.now() - started)
             live = dict(Counter(d.label for d in detections))
-            messages += await self._camera_state(
-                conn, camera_id, camera_enabled, live_assessment, live, previous=frozenset()
+            messages += await camera_state(
+                conn, self.topics, camera_id, camera_enabled, live_assessment, live, previous=frozenset()
             )
-            messages += self._snapshot(camera_id, jpeg, always=False)
+            messages += self._snapshots.messages(camera_id, jpeg, always=False)
             return messages
         judged = await self.judge(conn, batch, camera_name, zones)
         metrics.STAGE.labels("reason").observe(metrics.now() - started)
         changed = True
         if batch.event_id is None:
             event_id = await self._open_event(conn, batch, judged, fast=True)
-            messages.append(await self._event_message(conn, event_id, "new"))
+            messages.append(await event_message(conn, self.topics, event_id, "new"))
         else:
             changed = await events_store.rescore(
                 conn,
@@ -153,29 +145,13 @@ class BatchStage:
                 snapshot_path=str(snapshot_file(self.settings, camera_id, judged.image_id)),
             )
             if changed:
-                messages.append(await self._event_message(conn, batch.event_id, "update"))
+                messages.append(await event_message(conn, self.topics, batch.event_id, "update"))
         live = dict(Counter(d.label for d in detections))
-        messages += await self._camera_state(
-            conn, camera_id, camera_enabled, judged.assessment, live, previous=frozenset()
+        messages += await camera_state(
+            conn, self.topics, camera_id, camera_enabled, judged.assessment, live, previous=frozenset()
         )
-        messages += self._snapshot(camera_id, jpeg, always=changed)
+        messages += self._snapshots.messages(camera_id, jpeg, always=changed)
         return messages
-
-    def _snapshot(self, camera_id: str, jpeg: bytes, *, always: bool) -> list[Message]:
-        """The camera's retained snapshot, at most once per ``snapshot_publish_interval_s``.
-
-        At 20 images/s per camera on a GPU, every frame's ~100 KiB JPEG through the outbox (a
-        bytea written, WAL-logged and read back) and the broker is MBs/s that no dashboard shows;
-        the file on disk is written for every image regardless. An image that opens or rescores
-        an event is always sent, so Home Assistant's picture matches the event.
-        """
-        now = time.monotonic()
-        last = self._snapshot_sent.get(camera_id)
-        if not always and last is not None and now - last < self.settings.snapshot_publish_interval_s:
-            metrics.SNAPSHOTS_SKIPPED.inc()
-            return []
-        self._snapshot_sent[camera_id] = now
-        return [(self.topics.camera_snapshot(camera_id), jpeg, True)]
 
     # --- batch closing -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -185,7 +161,7 @@ class BatchStage:
         while not stop.is_set():
             try:
                 await self.close_due()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            except DB_ERRORS as err:
                 # A database outage: back off (up to 10 s) and log the first failure, then every tenth.
                 failures += 1
                 delay = min(10.0, delay * 2)
@@ -233,7 +209,7 @@ class BatchStage:
             try:
                 async with conn.transaction():
                     await events_store.end(conn, batch.event_id, batch.last_activity_at)
-                    messages.append(await self._event_message(conn, batch.event_id, "end"))
+                    messages.append(await event_message(conn, self.topics, batch.event_id, "end"))
             except Exception as err:
                 if is_unavailable(err):
                     raise
@@ -252,7 +228,7 @@ class BatchStage:
         event_id = batch.event_id
         if event_id is None:
             event_id = await self._open_event(conn, batch, judged, fast=False)
-            messages.append(await self._event_message(conn, event_id, "new"))
+            messages.append(await event_message(conn, self.topics, event_id, "new"))
         else:
             await events_store.rescore(
                 conn,
@@ -264,9 +240,11 @@ class BatchStage:
         last_seen = judged.observation.last_seen or batch.last_activity_at
         await events_store.end(conn, event_id, last_seen)
         await batches.close(conn, batch.id, now)
-        messages.append(await self._event_message(conn, event_id, "end"))
+        messages.append(await event_message(conn, self.topics, event_id, "end"))
         quiet = Assessment(0, "low", "quiet", "no activity", [], "rules", self.rules.name)
-        messages += await self._camera_state(conn, batch.camera_id, camera.enabled, quiet, {}, previous=judged.labels)
+        messages += await camera_state(
+            conn, self.topics, batch.camera_id, camera.enabled, quiet, {}, previous=judged.labels
+        )
         log.info(
             "batch closed batch_id=%s camera_id=%s event_id=%s risk_score=%s",
             batch.id,
@@ -335,7 +313,7 @@ class BatchStage:
         )
         return observation, image_id
 
-    # --- events and messages -------------------------------------------------------------------
+    # --- events ----------------------------------------------------------------------------------
     async def _open_event(
         self, conn: asyncpg.Connection, batch: batches.Batch, judged: Judged, *, fast: bool
     ) -> uuid.UUID:
@@ -370,35 +348,3 @@ class BatchStage:
             a.summary,
         )
         return event_id
-
-    async def _event_message(
-        self, conn: asyncpg.Connection, event_id: uuid.UUID, kind: Literal["new", "update", "end"]
-    ) -> Message:
-        event = await events_store.get(conn, event_id)
-        assert event is not None
-        message = EventMessage(type=kind, **event.model_dump())
-        return (self.topics.events, message.model_dump_json().encode(), False)
-
-    async def _camera_state(
-        self,
-        conn: asyncpg.Connection,
-        camera_id: str,
-        enabled: bool,
-        assessment: Assessment,
-        live: dict[str, int],
-        *,
-        previous: frozenset[str],
-    ) -> list[Message]:
-        last = await events_store.latest_for_camera(conn, camera_id)
-        state = CameraState(
-            risk_score=assessment.risk_score,
-            risk_level=assessment.risk_level,
-            last_event_id=last[0] if last else None,
-            last_event_at=last[1] if last else None,
-            objects=live,
-            enabled=enabled,
-        )
-        messages: list[Message] = [(self.topics.camera_state(camera_id), state.model_dump_json().encode(), True)]
-        for label in sorted(set(live) | previous):
-            messages.append((self.topics.camera_objects(camera_id, label), str(live.get(label, 0)).encode(), True))
-        return messages

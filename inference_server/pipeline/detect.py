@@ -24,9 +24,10 @@ from PIL import Image, ImageOps
 from inference_server import decode_budget
 from inference_server.config import Settings
 from inference_server.decode_budget import DecodeBudget
+from inference_server.detection.detector import Detector
+from inference_server.domain import Detection
 from inference_server.jobs.queue import ClaimedJob, JobQueue, LeaseLost
-from inference_server.models.detector import Detection, Detector
-from inference_server.pipeline.reason import ReasonStage
+from inference_server.pipeline.result import ResultStage
 from inference_server.store import quarantine
 from inference_server.store.db import is_unavailable
 from inference_server.telemetry import metrics
@@ -110,11 +111,11 @@ class _Item:
 
 
 class DetectWorker:
-    def __init__(self, settings: Settings, queue: JobQueue, detector: Detector, reason: ReasonStage) -> None:
+    def __init__(self, settings: Settings, queue: JobQueue, detector: Detector, result: ResultStage) -> None:
         self.settings = settings
         self.queue = queue
         self.detector = detector
-        self.reason = reason
+        self.result = result
         self.batch_size = settings.detector_batch_size
         self._db_backoff_s = 0.0
         # One thread owns the model: frameworks are not re-entrant and a GPU runs one batch at a time.
@@ -208,8 +209,9 @@ class DetectWorker:
             await self._fail_job(job, f"decode: {err!r}", retryable=True)
             return
         try:
-            await quarantine.add(
+            await quarantine.record(
                 self.queue.pool,
+                source="decode",
                 camera_id=job.camera_id,
                 original_path=job.image_path,
                 stored_path=job.image_path,
@@ -217,12 +219,11 @@ class DetectWorker:
                 detail=str(err),
                 size_bytes=None,
             )
-            metrics.QUARANTINED.labels("corrupt_image").inc()
         except Exception as failure:
+            # The dead letter below still records the image; the quarantine row is a courtesy.
             if not is_unavailable(failure):
-                # The dead letter below still records the image; the quarantine row is a courtesy.
                 log.exception("quarantine row not written camera_id=%s job_id=%s", job.camera_id, job.id)
-        log.warning("image undecodable, quarantined camera_id=%s job_id=%s error=%s", job.camera_id, job.id, err)
+            log.warning("image undecodable camera_id=%s job_id=%s error=%s", job.camera_id, job.id, err)
         await self._fail_job(job, f"corrupt_image: {err}", retryable=False)
 
     async def _fail_job(self, job: ClaimedJob, error: str, *, retryable: bool) -> None:
@@ -300,7 +301,7 @@ class DetectWorker:
         async with self._store_slots:
             for item in items:
                 try:
-                    await self.reason.finish(item.job, item.image, item.detections)
+                    await self.result.finish(item.job, item.image, item.detections)
                 except LeaseLost as err:
                     log.warning("result discarded: %s", err)
                     metrics.JOBS_FAILED.labels("lease_lost").inc()

@@ -16,13 +16,15 @@ from dataclasses import replace
 
 import asyncpg
 
-from inference_server.models.llm_reasoner import LlmReasoner
-from inference_server.models.reasoner import Assessment, LevelThresholds, Observation
+from inference_server.comms.topics import Topics
+from inference_server.domain import Assessment, Observation
 from inference_server.pipeline.batch import BatchStage
-from inference_server.publish.topics import Topics
+from inference_server.reasoning.llm import LlmReasoner
+from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.schemas import EventMessage, Zone
 from inference_server.store import batches, cameras, outbox
 from inference_server.store import events as events_store
+from inference_server.store.db import DB_ERRORS
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ class LlmStage:
                     if event_id is not None:
                         await self.process(event_id)
                         continue
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+                except DB_ERRORS as err:
                     log.error("llm stage database error, will retry error=%r", err)
                 waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
                 await asyncio.wait(waiters, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from inference_server.models.detector import Detection
+from inference_server.config import Settings
+from inference_server.domain import Detection
 
 _COLOURS = {
     "person": (230, 57, 70),
@@ -15,6 +17,11 @@ _COLOURS = {
     "animal": (42, 157, 143),
     "object": (244, 162, 97),
 }
+
+
+def snapshot_file(settings: Settings, camera_id: str, image_id: int) -> Path:
+    """Where the annotated snapshot of ``image_id`` is written (and the event row points)."""
+    return settings.snapshots_path / camera_id / f"{image_id}.jpg"
 
 
 def render(image: Image.Image, detections: Sequence[Detection], quality: int = 80) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from inference_server.models.detector import Detection
+from inference_server.domain import Detection
 from inference_server.schemas import Zone
 
 

@@ -1,1 +1,1 @@
-"""Publishing: MQTT topics, the outbox relay, the embedded broker."""
+"""Publishing: the outbox relay, which sends what the pipeline committed to MQTT (``comms/``)."""

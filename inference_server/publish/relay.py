@@ -12,9 +12,9 @@ import logging
 
 import asyncpg
 
-from inference_server.publish.mqtt import MqttPublisher, PublishError
+from inference_server.comms.mqtt import MqttPublisher, PublishError
 from inference_server.store import outbox
-from inference_server.store.db import Listener
+from inference_server.store.db import DB_ERRORS, Listener
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class OutboxRelay:
                 if self.publisher.connected.is_set():
                     try:
                         sent = await self.relay_once()
-                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+                    except DB_ERRORS as err:
                         log.error("outbox relay database error: %r", err)
                         await asyncio.sleep(_RETRY_S)
                 if sent == _BATCH:

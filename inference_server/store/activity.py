@@ -7,7 +7,7 @@ from datetime import date, timedelta
 
 import asyncpg
 
-from inference_server.models.reasoner import FeedbackCounts
+from inference_server.domain import FeedbackCounts
 
 BASELINE_DAYS = 14
 #: Days of history (before today) needed before "unusual for this hour" is judged at all.

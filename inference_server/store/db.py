@@ -140,6 +140,12 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+#: What a database call may raise because of the database or the connection rather than the
+#: caller: a worker catches these around a step it must survive, and `is_unavailable` tells an
+#: outage (retry later) from the rest.
+DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
 def connection_alive(conn: asyncpg.Connection) -> bool:
     """Whether a held connection (a LISTEN one) still lives; the pool takes back one PostgreSQL dropped."""
     try:

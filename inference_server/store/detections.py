@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from inference_server.models.detector import Detection
+from inference_server.domain import Detection
 from inference_server.schemas import DetectionRecord
 
 

@@ -11,8 +11,8 @@ from uuid import UUID
 
 import asyncpg
 
-from inference_server.models.reasoner import Assessment
-from inference_server.schemas import DetectionOut, Event, EventPatch, HouseholdContext, RiskFactor, RiskLevel
+from inference_server.domain import Assessment
+from inference_server.schemas import Event, EventPatch, HouseholdContext, RiskLevel
 
 
 class BadCursor(ValueError):
@@ -184,29 +184,8 @@ _SELECT = (
 
 
 def _to_event(row: asyncpg.Record) -> Event:
-    return Event(
-        id=row["id"],
-        camera_id=row["camera_id"],
-        camera_name=row["camera_name"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        risk_score=row["risk_score"],
-        risk_level=row["risk_level"],
-        summary=row["summary"],
-        reasoning=row["reasoning"],
-        risk_factors=[RiskFactor.model_validate(f) for f in row["risk_factors"]],
-        objects=row["objects"],
-        detections=[DetectionOut.model_validate(d) for d in row["detections"]],
-        analysis_source=row["analysis_source"],
-        is_fast_path=row["is_fast_path"],
-        image_id=row["image_id"],
-        reviewed=row["reviewed"],
-        notes=row["notes"],
-        feedback=row["feedback"],
-        context=HouseholdContext.model_validate(row["context"]) if row["context"] is not None else None,
-        model=row["model"],
-        prompt_version=row["prompt_version"],
-    )
+    # The columns carry the fields' names (jsonb ones decoded); columns Event lacks are ignored.
+    return Event.model_validate(dict(row))
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, event_id: UUID) -> Event | None:
@@ -239,18 +218,15 @@ async def list_page(
         args.append(value)
         return f"${len(args)}"
 
-    if flt.camera_id is not None:
-        where.append(f"e.camera_id = {arg(flt.camera_id)}")
-    if flt.since is not None:
-        where.append(f"e.started_at >= {arg(flt.since)}")
-    if flt.until is not None:
-        where.append(f"e.started_at < {arg(flt.until)}")
-    if flt.min_risk is not None:
-        where.append(f"e.risk_score >= {arg(flt.min_risk)}")
-    if flt.level is not None:
-        where.append(f"e.risk_level = {arg(flt.level)}")
-    if flt.reviewed is not None:
-        where.append(f"e.reviewed = {arg(flt.reviewed)}")
+    conditions: list[tuple[str, Any]] = [
+        ("e.camera_id =", flt.camera_id),
+        ("e.started_at >=", flt.since),
+        ("e.started_at <", flt.until),
+        ("e.risk_score >=", flt.min_risk),
+        ("e.risk_level =", flt.level),
+        ("e.reviewed =", flt.reviewed),
+    ]
+    where += [f"{condition} {arg(value)}" for condition, value in conditions if value is not None]
     if cursor is not None:
         after_time, after_id = decode_cursor(cursor)
         where.append(f"(e.started_at, e.id) < ({arg(after_time)}, {arg(after_id)})")

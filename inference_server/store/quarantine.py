@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
 
+from inference_server.telemetry import metrics
 
-async def add(
+log = logging.getLogger(__name__)
+
+
+async def record(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
+    source: str,
     camera_id: str | None,
     original_path: str,
     stored_path: str | None,
@@ -17,6 +23,11 @@ async def add(
     detail: str,
     size_bytes: int | None,
 ) -> int:
+    """Quarantine one refused input: its row, one ``hsi_quarantined_total{reason}`` and a warning.
+
+    ``source`` says in the log line where the input came from (``file``, ``mqtt``, ``decode``).
+    Nothing is counted or logged when the row cannot be written: the error propagates.
+    """
     qid: int = await conn.fetchval(
         "INSERT INTO quarantine (camera_id, original_path, stored_path, reason, detail, size_bytes)"
         " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -26,6 +37,15 @@ async def add(
         reason,
         detail,
         size_bytes,
+    )
+    metrics.QUARANTINED.labels(reason).inc()
+    log.warning(
+        "input quarantined source=%s camera_id=%s reason=%s detail=%s original=%s",
+        source,
+        camera_id or "-",
+        reason,
+        detail,
+        original_path,
     )
     return qid
 

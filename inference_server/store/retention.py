@@ -33,6 +33,7 @@ from prometheus_client import Counter
 
 from inference_server.config import Settings
 from inference_server.store import cameras
+from inference_server.store.db import DB_ERRORS
 from inference_server.telemetry.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ async def remove_camera_files(pool: asyncpg.Pool, settings: Settings, deleted: c
         for kind, root in _kind_roots(settings).items():
             _, swept = await _sweep_folder(pool, kind, root, deleted.camera_id, ORPHAN_GRACE_S, emptied)
             freed += swept
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+    except DB_ERRORS as err:
         # The camera is deleted all the same; the orphan sweep of the next retention run
         # removes what is left.
         log.warning("camera files not all removed camera_id=%s error=%r", deleted.camera_id, err)
@@ -466,7 +467,7 @@ class RetentionWorker:
         started = time.monotonic()
         try:
             report = await run_retention(self.pool, self.settings, now=self.clock(), stop=stop)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+        except DB_ERRORS as err:
             log.error("retention run failed error=%r", err)
             return None
         log.info("retention run done %s duration_s=%.3f", report.summary(), time.monotonic() - started)

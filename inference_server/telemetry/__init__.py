@@ -1,1 +1,1 @@
-"""Metrics (Prometheus) and hardware telemetry."""
+"""Metrics (Prometheus) and GPU telemetry: leaves that every layer may use and that use none."""

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from inference_server import __version__
-from inference_server.api.system import openapi
+from inference_server.api.openapi import openapi
 from inference_server.config import FtpUser, LlmSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,17 +139,29 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def _shell_scripts() -> list[Path]:
     scripts = sorted(S6.glob("*/run"))
-    assert {p.parent.name for p in scripts} == {"init-hsi", "postgres", "hsi", "discovery"}
+    assert {p.parent.name for p in scripts} == {"init-hsi", "postgres", "init-database", "hsi", "discovery"}
+    scripts += sorted(S6.glob("*/finish"))
     scripts += [ROOT / ".ci" / "run", *sorted((ROOT / "scripts").iterdir())]
     scripts += [ROOT / "bench" / "gpu-prepare", ROOT / "bench" / "gpu-run", PG_BIN]
     return [p for p in scripts if p.is_file() and p.read_text(encoding="utf-8").startswith("#!")]
 
 
+def _s6_services() -> dict[str, str]:
+    """Each s6-rc service of the add-on and its type (the ``user`` bundle aside)."""
+    return {d.name: (d / "type").read_text().strip() for d in S6.iterdir() if d.name != "user"}
+
+
+def _s6_dependencies(service: str) -> set[str]:
+    folder = S6 / service / "dependencies.d"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
 def test_s6_services_are_wired_and_every_shell_script_passes_shellcheck() -> None:
-    for service in ("init-hsi", "postgres", "hsi", "discovery"):
+    services = _s6_services()
+    oneshots = {"init-hsi", "init-database", "discovery"}
+    assert services == {**dict.fromkeys(oneshots, "oneshot"), "postgres": "longrun", "hsi": "longrun"}
+    for service in services:
         assert (S6 / "user" / "contents.d" / service).exists()
-        kind = (S6 / service / "type").read_text().strip()
-        assert kind == ("oneshot" if service in ("init-hsi", "discovery") else "longrun")
     assert (S6 / "hsi" / "dependencies.d" / "postgres").exists()
     scripts = _shell_scripts()
     for script in scripts:
@@ -159,6 +171,58 @@ def test_s6_services_are_wired_and_every_shell_script_passes_shellcheck() -> Non
         [str(BIN / "shellcheck"), "-s", "bash", *map(str, scripts)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_longrun_has_a_finish_script_and_the_server_halts_the_addon_on_a_crash() -> None:
+    longruns = [name for name, kind in _s6_services().items() if kind == "longrun"]
+    assert sorted(longruns) == ["hsi", "postgres"]
+    for service in longruns:
+        finish = S6 / service / "finish"
+        assert finish.is_file() and finish.stat().st_mode & 0o111, f"{service} has no executable finish"
+        text = finish.read_text(encoding="utf-8")
+        assert text.startswith("#!/command/with-contenv bashio\n"), service
+        assert "${1}" in text, f"{service}'s finish does not log the exit code"
+    # The main service takes the add-on down on a crash (not on a signal, 256), as the official
+    # add-ons do, so that the Supervisor restarts it.
+    server = (S6 / "hsi" / "finish").read_text(encoding="utf-8")
+    assert "-ne 256" in server and "exec /run/s6/basedir/bin/halt" in server
+
+
+def test_the_database_is_set_up_by_a_oneshot_before_the_server_starts() -> None:
+    assert _s6_services()["init-database"] == "oneshot"
+    up = (S6 / "init-database" / "up").read_text(encoding="utf-8").strip()
+    script = ADDON / "rootfs" / up.removeprefix("/")
+    assert up.startswith("/etc/s6-overlay/s6-rc.d/") and script.is_file() and script.stat().st_mode & 0o111
+    text = script.read_text(encoding="utf-8")
+    assert "createdb" in text and "inference_server migrate" in text
+    assert _s6_dependencies("init-database") == {"postgres"}
+    assert "init-database" in _s6_dependencies("hsi")
+    # The cluster exists before PostgreSQL starts.
+    assert "initdb" in (S6 / "init-hsi" / "run").read_text(encoding="utf-8")
+    assert "init-hsi" in _s6_dependencies("postgres")
+
+
+def test_the_s6_dependency_graph_is_complete_and_acyclic() -> None:
+    services = _s6_services()
+    # Complete: every service is in the user bundle and depends only on services that exist
+    # (or on s6-overlay's own "base" bundle, as the official add-ons' init services do).
+    assert {p.name for p in (S6 / "user" / "contents.d").iterdir()} == set(services)
+    graph = {service: _s6_dependencies(service) for service in services}
+    for service, needs in graph.items():
+        assert needs <= set(services) | {"base"}, f"{service} depends on unknown {needs - set(services)}"
+    # init-hsi (folders, environment, the cluster) starts first, once s6-overlay's base is up.
+    assert graph["init-hsi"] == {"base"}
+    # Acyclic: a topological order exists (Kahn's algorithm).
+    ordered: list[str] = []
+    pending = {service: needs - {"base"} for service, needs in graph.items()}
+    while ready := sorted(s for s, needs in pending.items() if not needs):
+        for service in ready:
+            ordered.append(service)
+            del pending[service]
+        for needs in pending.values():
+            needs.difference_update(ready)
+    assert not pending, f"a dependency cycle among {sorted(pending)}"
+    assert ordered == ["init-hsi", "postgres", "init-database", "hsi", "discovery"]
 
 
 def test_postgresql_binaries_follow_the_cluster_version(tmp_path: Path) -> None:

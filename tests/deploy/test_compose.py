@@ -22,9 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from inference_server import __version__
-from inference_server.app import free_port
 from inference_server.config import Settings
-from tests.server.conftest import start_mosquitto
+from tests.support.mosquitto import start_mosquitto
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

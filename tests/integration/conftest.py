@@ -8,8 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from homeassistant.core import HomeAssistant
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_mqtt_message
+from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
+
+from custom_components.home_security_intelligence.const import DOMAIN
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mqtt"
+URL = "http://192.168.1.20:8765"
+KEY = "hsi_0123456789ab_" + "s" * 43
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"
 
 
 @pytest.fixture(autouse=True)
@@ -18,8 +26,43 @@ def auto_enable_custom_integrations(enable_custom_integrations: None) -> Generat
     yield
 
 
+@pytest.fixture
+def expected_lingering_timers(request: pytest.FixtureRequest) -> bool:
+    """HA's ``mqtt_mock`` leaves MQTT's periodic housekeeping timer running (a harness trait)."""
+    return "mqtt_mock" in request.fixturenames
+
+
 def sample(name: str) -> dict[str, Any]:
     """An MQTT payload the server's own models produced (tests/fixtures/mqtt, checked server-side)."""
     loaded = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
     assert isinstance(loaded, dict)
     return loaded
+
+
+@pytest.fixture
+async def entry(hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker) -> MockConfigEntry:
+    """An entry set up against a mocked server (REST) with one camera, "back_door"."""
+    aioclient_mock.get(f"{URL}/api/v1/system/status", json=sample("status.json"))
+    aioclient_mock.get(
+        f"{URL}/api/v1/cameras",
+        json={"cameras": [{"id": "back_door", "name": "Back door", "folder": "back_door", "enabled": True}]},
+    )
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": KEY, "prefix": "hsi"})
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
+
+def publish(hass: HomeAssistant, topic: str, payload: dict[str, Any] | str | bytes) -> None:
+    """What the server would publish on ``topic`` (a dict is sent as JSON)."""
+    body = json.dumps(payload) if isinstance(payload, dict) else payload
+    async_fire_mqtt_message(hass, topic, body)
+
+
+async def camera_online(hass: HomeAssistant) -> None:
+    """The server online, its status and camera "back_door"'s state, as its retained messages say."""
+    publish(hass, "hsi/availability", "online")
+    publish(hass, "hsi/status", sample("status.json"))
+    publish(hass, "hsi/cameras/back_door/state", sample("camera_state.json"))
+    await hass.async_block_till_done()

@@ -5,22 +5,16 @@ The integration never imports the server: it only talks to this process over HTT
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.net import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PYTHON = ROOT / ".venv" / "bin" / "python"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_file(expression: str) -> Path:
@@ -81,24 +75,6 @@ class RealServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def start_mosquitto(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Debian's mosquitto, the reference broker, on a free loopback port."""
-    port = free_port()
-    conf = folder / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n", encoding="utf-8")
-    binary = "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else "mosquitto"
-    process = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process, port
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("mosquitto did not start")
-        time.sleep(0.05)
 
 
 def start_server(data_dir: Path, mqtt_url: str | None = None) -> RealServer:

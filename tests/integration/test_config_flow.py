@@ -27,9 +27,9 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
 
 from custom_components.home_security_intelligence.const import DOMAIN
+from tests.support.mosquitto import plain_mosquitto
 
 from .conftest import sample
-from .server import start_mosquitto
 
 URL = "http://192.168.1.20:8765"
 KEY = "hsi_0123456789ab_" + "s" * 43
@@ -142,7 +142,7 @@ async def test_forged_mqtt_discovery_never_repoints_a_configured_server(
     """Issue 13, item 2: anyone on an open broker retains an hsi/discovery naming their own URL.
     Home Assistant must keep the configured URL and never send the key there; a repair asks."""
     pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
-    broker, port = start_mosquitto(tmp_path)
+    broker, port = plain_mosquitto(tmp_path)
     try:
         _server(aioclient_mock)
         aioclient_mock.get(f"{URL}/api/v1/cameras", json={"cameras": []})

@@ -21,8 +21,9 @@ from homeassistant.core import Event, HomeAssistant, callback
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.home_security_intelligence.const import DOMAIN, EVENT_BUS
+from tests.support.mosquitto import plain_mosquitto
 
-from .server import RealServer, server_file, start_mosquitto, start_server
+from .server import RealServer, server_file, start_server
 
 IMAGES = 6
 
@@ -31,7 +32,7 @@ IMAGES = 6
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Generator[tuple[RealServer, int]]:
     pytest_socket.enable_socket()
     folder = tmp_path_factory.mktemp("e2e")
-    broker, port = start_mosquitto(folder)
+    broker, port = plain_mosquitto(folder)
     server = start_server(folder / "hsi", mqtt_url=f"mqtt://127.0.0.1:{port}")
     yield server, port
     server.stop()

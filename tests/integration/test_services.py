@@ -1,5 +1,6 @@
 """Services against a REAL running server (PostgreSQL, YOLO on a real image): the integration
-uploads a Home Assistant camera's image, and reads, reviews and requeues what the server made."""
+uploads a Home Assistant camera's image, and reads, reviews and requeues what the server made;
+and how they report a server's failure or a wrong entry (a mocked server, the ``entry`` fixture)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 import pytest
 import pytest_socket
 from homeassistant.core import HomeAssistant
-from homeassistant.exceptions import ServiceValidationError
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
 
 from custom_components.home_security_intelligence.const import DOMAIN
 
+from .conftest import URL
 from .server import RealServer, server_file, start_server
 
 
@@ -36,18 +39,18 @@ def expected_lingering_timers() -> bool:
 
 
 @pytest.fixture
-async def entry(
+async def real_entry(
     hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: RealServer
 ) -> AsyncGenerator[MockConfigEntry]:
     pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
-    entry = MockConfigEntry(
+    real_entry = MockConfigEntry(
         domain=DOMAIN, unique_id="hsi", data={"url": real_server.url, "api_key": real_server.api_key, "prefix": "hsi"}
     )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
+    real_entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(real_entry.entry_id)
     await hass.async_block_till_done()
-    yield entry
-    assert await hass.config_entries.async_unload(entry.entry_id)
+    yield real_entry
+    assert await hass.config_entries.async_unload(real_entry.entry_id)
 
 
 async def _call(hass: HomeAssistant, service: str, entry: MockConfigEntry, **data: Any) -> Any:
@@ -57,7 +60,7 @@ async def _call(hass: HomeAssistant, service: str, entry: MockConfigEntry, **dat
 
 
 async def test_analyze_review_and_list_through_the_real_server(
-    hass: HomeAssistant, entry: MockConfigEntry, real_server: RealServer, tmp_path: Path
+    hass: HomeAssistant, real_entry: MockConfigEntry, real_server: RealServer, tmp_path: Path
 ) -> None:
     # A Home Assistant camera showing a real picture (4 people at a bus stop).
     picture = tmp_path / "porch.jpg"
@@ -71,41 +74,43 @@ async def test_analyze_review_and_list_through_the_real_server(
     await hass.async_block_till_done()
     assert hass.states.get("camera.porch") is not None
     # The server's camera: a folder it knows (created by the first file, here over REST).
-    client = entry.runtime_data.client
+    client = real_entry.runtime_data.client
     await client._request("POST", "/cameras", json={"id": "porch", "name": "Porch"})
 
-    await _call(hass, "set_context", entry, alarm_state="armed_away", people_home=[], sun="below_horizon")
-    result = await _call(hass, "analyze_snapshot", entry, entity_id="camera.porch", camera_id="porch", wait=True)
+    await _call(hass, "set_context", real_entry, alarm_state="armed_away", people_home=[], sun="below_horizon")
+    result = await _call(hass, "analyze_snapshot", real_entry, entity_id="camera.porch", camera_id="porch", wait=True)
     assert result["state"] == "done" and result["job_id"] > 0
     event = result["event"]
     assert event["camera_id"] == "porch" and event["objects"] == {"person": 4}
     assert event["context"]["alarm_state"] == "armed_away"
     assert event["risk_level"] in ("high", "critical")
 
-    reviewed = await _call(hass, "mark_reviewed", entry, event_id=event["id"], feedback="correct", notes="delivery")
+    reviewed = await _call(
+        hass, "mark_reviewed", real_entry, event_id=event["id"], feedback="correct", notes="delivery"
+    )
     assert reviewed["reviewed"] is True and reviewed["feedback"] == "correct" and reviewed["notes"] == "delivery"
-    listed = await _call(hass, "get_events", entry, camera="porch", reviewed=True)
+    listed = await _call(hass, "get_events", real_entry, camera="porch", reviewed=True)
     assert [e["id"] for e in listed["events"]] == [event["id"]]
 
 
 async def test_requeue_dead_letters_through_the_real_server(
-    hass: HomeAssistant, entry: MockConfigEntry, real_server: RealServer
+    hass: HomeAssistant, real_entry: MockConfigEntry, real_server: RealServer
 ) -> None:
     # A JPEG whose data cannot be decoded, damaged in the image store: the worker dead-letters it.
     data = bytearray(server_file("demo_assets.image('bus.jpg')").read_bytes())
     dht = data.index(b"\xff\xc4")
     data[dht + 5 : dht + 21] = b"\xff" * 16
     await asyncio.to_thread(real_server.add_damaged_image, "shed", bytes(data))
-    client = entry.runtime_data.client
+    client = real_entry.runtime_data.client
     for _ in range(200):
         if await client.list_dlq():
             break
         await asyncio.sleep(0.2)
-    result = await _call(hass, "requeue_dead_letters", entry)
+    result = await _call(hass, "requeue_dead_letters", real_entry)
     assert result == {"requeued": 1}
 
 
-async def test_a_service_for_an_unknown_entry_is_refused(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+async def test_a_service_for_an_unknown_entry_is_refused(hass: HomeAssistant, real_entry: MockConfigEntry) -> None:
     with pytest.raises(ServiceValidationError) as err:
         await hass.services.async_call(
             DOMAIN, "get_events", {"config_entry_id": "nope"}, blocking=True, return_response=True
@@ -164,3 +169,46 @@ async def test_chosen_entities_are_forwarded_as_context_debounced(
     assert stored["people_home"] == [] and stored["open_entries"] == ["Back door"]
     assert stored["sun"] == "above_horizon"
     assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+@pytest.mark.parametrize(
+    ("service", "data", "method", "path"),
+    [
+        ("mark_reviewed", {"event_id": "e1", "feedback": "false_alarm"}, "patch", "/events/e1"),
+        ("get_events", {"level": "high"}, "get", "/events"),
+        ("requeue_dead_letters", {}, "get", "/dlq"),
+        ("set_context", {"alarm_state": "armed_away"}, "put", "/context"),
+    ],
+)
+async def test_service_failures_are_reported_with_their_reason(
+    hass: HomeAssistant,
+    entry: MockConfigEntry,
+    aioclient_mock: AiohttpClientMocker,
+    service: str,
+    data: dict[str, Any],
+    method: str,
+    path: str,
+) -> None:
+    getattr(aioclient_mock, method)(
+        f"{URL}/api/v1{path}", status=503, json={"error": {"code": "database_unavailable", "message": "down"}}
+    )
+    with pytest.raises(HomeAssistantError) as raised:
+        await hass.services.async_call(
+            DOMAIN, service, {"config_entry_id": entry.entry_id, **data}, blocking=True, return_response=True
+        )
+    assert raised.value.translation_key == "server_error"
+    assert "database_unavailable" in str(raised.value.translation_placeholders)
+
+
+async def test_services_refuse_an_unknown_or_unloaded_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    with pytest.raises(ServiceValidationError) as raised:
+        await hass.services.async_call(
+            DOMAIN, "get_events", {"config_entry_id": "nope"}, blocking=True, return_response=True
+        )
+    assert raised.value.translation_key == "unknown_entry"
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    with pytest.raises(ServiceValidationError) as raised:
+        await hass.services.async_call(
+            DOMAIN, "get_events", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+        )
+    assert raised.value.translation_key == "entry_not_loaded"

@@ -9,16 +9,10 @@ persistence on, and an MQTT subscriber with a persistent session (as Home Assist
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import queue
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,14 +21,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server import demo_assets
-from inference_server.app import free_port
-from inference_server.publish.mqtt import BrokerAddress
+from inference_server.comms.mqtt import BrokerAddress
 from tests.server.conftest import (  # noqa: F401  (fixtures re-exported for this folder)
-    _mosquitto_binary,
     database_url,
     mosquitto_url,
     pg_uri,
 )
+from tests.support.mosquitto import RestartableMosquitto
 
 
 def server_env(data: Path, dsn: str, mqtt_url: str, **extra: str) -> dict[str, str]:
@@ -121,43 +114,6 @@ def server_process(tmp_path: Path) -> Iterator[list[ServerProcess]]:
         proc.cleanup()
 
 
-class RestartableMosquitto:
-    """Debian's mosquitto on a fixed loopback port, persistence on, stoppable and restartable."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
-            "max_queued_messages 100000\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [_mosquitto_binary(), "-c", str(self.conf)], stderr=(self.folder / "mosquitto.log").open("ab")
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        """SIGTERM: mosquitto saves its persistence file and exits."""
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(10)
-        self.proc = None
-
-
 @pytest.fixture
 def restartable_mosquitto(tmp_path: Path) -> Iterator[RestartableMosquitto]:
     folder = tmp_path / "mosquitto"
@@ -167,48 +123,6 @@ def restartable_mosquitto(tmp_path: Path) -> Iterator[RestartableMosquitto]:
     yield broker
     if broker.proc is not None:
         broker.stop()
-
-
-class PersistentSubscriber:
-    """Home Assistant's view: QoS 1, persistent session (clean_session=False), reconnecting.
-
-    Messages queued by the broker while this client is away are delivered when it returns;
-    every message ever received is kept, duplicates included (at-least-once is what is tested).
-    """
-
-    def __init__(self, url: str, topic: str = "hsi/#") -> None:
-        host, port = url.removeprefix("mqtt://").split(":")
-        self.received: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
-        self.seen: list[tuple[str, bytes, bool]] = []
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"ha-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
-            clean_session=False,
-        )
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = lambda c, u, m: self.received.put((m.topic, bytes(m.payload), bool(m.retain)))
-        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
-        self.client.connect_async(host, int(port))
-        self.client.loop_start()
-
-    def wait_subscribed(self, timeout: float = 10) -> PersistentSubscriber:
-        if not self.subscribed.wait(timeout):
-            raise TimeoutError("subscriber did not subscribe")
-        return self
-
-    def messages(self) -> list[tuple[str, bytes, bool]]:
-        while True:
-            try:
-                self.seen.append(self.received.get_nowait())
-            except queue.Empty:
-                return list(self.seen)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def unique_jpeg(src: Path, tag: int) -> bytes:

@@ -17,16 +17,11 @@ import asyncpg
 import pytest
 
 from inference_server import demo_assets
+from tests.support.mosquitto import RestartableMosquitto
+from tests.support.mqtt import PersistentSubscriber
+from tests.support.waiting import wait_until
 
-from ..server.conftest import wait_until
-from .conftest import (
-    PersistentSubscriber,
-    RestartableMosquitto,
-    ServerProcess,
-    put_file,
-    server_env,
-    unique_jpeg,
-)
+from .conftest import ServerProcess, put_file, server_env, unique_jpeg
 
 pytestmark = pytest.mark.slow
 

@@ -28,9 +28,10 @@ import asyncpg
 import pytest
 
 from inference_server import demo_assets
+from tests.support.mqtt import PersistentSubscriber
+from tests.support.waiting import wait_until
 
-from ..server.conftest import wait_until
-from .conftest import PersistentSubscriber, ServerProcess, put_file, server_env, unique_jpeg
+from .conftest import ServerProcess, put_file, server_env, unique_jpeg
 
 IMAGES_PER_ROUND = 50
 PHASES = ["claim", "inference", "transaction", "publish", "claim", "publish"]

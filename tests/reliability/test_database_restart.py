@@ -22,9 +22,11 @@ import pytest
 
 from inference_server import demo_assets
 from inference_server.store import api_keys
+from inference_server.store.db import DB_ERRORS
+from tests.support.mqtt import PersistentSubscriber
+from tests.support.waiting import wait_until
 
-from ..server.conftest import wait_until
-from .conftest import EdgeNode, PersistentSubscriber, ServerProcess, put_file, server_env, unique_jpeg
+from .conftest import EdgeNode, ServerProcess, put_file, server_env, unique_jpeg
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +150,7 @@ async def test_server_rides_out_a_database_restart_and_loses_no_image(
 async def done_is(count: Any, expected: int) -> bool:
     try:
         return bool(await count() == expected)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except DB_ERRORS:
         return False
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ..server.conftest import wait_until
+from tests.support.waiting import wait_until
+
 from .conftest import ServerProcess, server_env
 
 pytestmark = pytest.mark.slow

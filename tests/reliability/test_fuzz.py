@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server import demo_assets, schemas
-from inference_server.app import Server
 from inference_server.config import Settings
 from inference_server.ingest.filenames import timestamp_from_name
+from inference_server.server import Server
 from inference_server.store import api_keys, cameras
 from tests.server.conftest import make_settings  # noqa: F401
 from tests.server.ingest.conftest import with_comment

@@ -24,14 +24,15 @@ from PIL import Image
 
 from inference_server import schemas
 from inference_server.config import Settings
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.ingest.validate import ImageLimits, inspect_image
-from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.pipeline.detect import decode
 from inference_server.store import cameras
-from tests.server.conftest import auth_headers, make_settings, pose_detector, running, wait_until  # noqa: F401
+from tests.server.conftest import auth_headers, make_settings, pose_detector, running  # noqa: F401
 from tests.server.ingest.conftest import with_comment
 from tests.server.ingest.test_ftp import stor_replies
 from tests.server.ingest.test_mqtt_ingest import publish
+from tests.support.waiting import wait_until
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "hostile"
 MANIFEST: dict[str, dict[str, object]] = json.loads((CORPUS / "manifest.json").read_text())

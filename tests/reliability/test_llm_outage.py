@@ -1,7 +1,7 @@
 """End to end through the running server: an LLM that is slow or down never holds back an alert.
 
 The LLM here is ``FakeLlmServer``, a fake of an external OpenAI-compatible service (the real
-llama.cpp server is exercised in tests/server/models/test_llm_openai.py; here what matters is
+llama.cpp server is exercised in tests/server/reasoning/backends/test_openai.py; here what matters is
 the server's behaviour around it, and a fake lets the test switch it between slow, failing and
 healthy at will). The LLM stage's circuit breaker is set to open after 2 failures and to try
 again after 3 s.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ import pytest
 from aiohttp import web
 
 from inference_server import demo_assets
+from tests.support.mqtt import PersistentSubscriber
+from tests.support.waiting import wait_until
 
-from ..server.conftest import wait_until
-from .conftest import PersistentSubscriber, ServerProcess, put_file, server_env, unique_jpeg
+from .conftest import ServerProcess, put_file, server_env, unique_jpeg
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +139,9 @@ async def test_slow_and_failing_llm_leave_rules_alerts_and_the_circuit_recovers(
 
         llm.mode = "error"
         new, update = await alert("garden", 2)
+        # The second failure in a row opened the circuit before this update was published: the
+        # breaker lets a trial call through at most HSI_LLM__CIRCUIT_RESET_S (3 s) from now.
+        half_open_by = time.monotonic() + 3
         assert update["analysis_source"] == "rules" and "LLM fallback" in update["reasoning"]
         # Two failures in a row: the circuit is open, the next event does not wait for the LLM at all.
         asked = llm.requests
@@ -147,7 +152,7 @@ async def test_slow_and_failing_llm_leave_rules_alerts_and_the_circuit_recovers(
 
         # Healthy again; after the reset time one trial call goes through and closes the circuit.
         llm.mode = "ok"
-        await asyncio.sleep(3.5)
+        await asyncio.sleep(max(0.0, half_open_by - time.monotonic()))
         new, update = await alert("hall", 4)
         assert update["analysis_source"] == "llm" and update["model"] == "fake-llm"
         assert new["analysis_source"] == "rules"

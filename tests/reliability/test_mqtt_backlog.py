@@ -18,7 +18,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ..server.conftest import wait_until
+from tests.support.waiting import wait_until
+
 from ..server.ingest.test_mqtt_ingest import publish_burst, small_jpeg
 from .conftest import ServerProcess, server_env
 

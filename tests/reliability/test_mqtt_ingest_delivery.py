@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from inference_server import demo_assets
+from tests.support.waiting import wait_until
 
-from ..server.conftest import wait_until
 from .conftest import EdgeNode, ServerProcess, server_env, unique_jpeg
 
 pytestmark = pytest.mark.slow

@@ -27,8 +27,9 @@ import pytest
 
 from inference_server import demo_assets
 from inference_server.store.migrate import migrate
+from tests.support.waiting import wait_until
 
-from ..server.conftest import enqueue_stored, wait_until
+from ..server.conftest import enqueue_stored
 from .conftest import ServerProcess, put_file, server_env, unique_jpeg
 
 pytestmark = pytest.mark.slow

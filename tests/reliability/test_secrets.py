@@ -25,10 +25,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server import demo_assets, schemas
-from inference_server.app import free_port
 from inference_server.config import Settings, redact_url
 from inference_server.store import api_keys, cameras
-from tests.server.conftest import make_settings, running, start_mosquitto, wait_until  # noqa: F401
+from tests.server.conftest import make_settings, running  # noqa: F401
+from tests.support.mosquitto import start_mosquitto
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 MQTT_USER = "hsi-server"
 

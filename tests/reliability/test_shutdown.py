@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ..server.conftest import wait_until
+from tests.support.waiting import wait_until
+
 from .conftest import ServerProcess, server_env
 
 pytestmark = pytest.mark.slow

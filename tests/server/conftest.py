@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import queue
 import shutil
-import subprocess
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,21 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server import demo_assets
-from inference_server.app import Server, free_port
 from inference_server.clock import Clock, SystemClock
+from inference_server.comms.broker import EmbeddedBroker
 from inference_server.config import Settings
+from inference_server.detection.detector import Detector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.jobs.queue import NOTIFY_CHANNEL
-from inference_server.models.detector import Detector
-from inference_server.models.ultralytics_backend import UltralyticsDetector
-from inference_server.publish.broker import EmbeddedBroker
-from inference_server.publish.mqtt import BrokerAddress
+from inference_server.server import Server
 from inference_server.store import api_keys
 from inference_server.telemetry.gpu import GpuReader
+from tests.support.mosquitto import plain_mosquitto
+from tests.support.net import free_port
 
 
 @pytest.fixture(scope="session")
@@ -63,41 +58,10 @@ async def database_url(pg_uri: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-def _mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if found is None:
-        pytest.fail("mosquitto is not installed (scripts/test installs it)")
-    return found
-
-
-def start_mosquitto(conf: Path, port: int) -> subprocess.Popen[bytes]:
-    """Debian's mosquitto with ``conf``, once it accepts connections on ``port`` (the test fails
-    with mosquitto's own output if it does not start in 10 s). Its output goes to
-    ``mosquitto.log`` beside ``conf``: a pipe nobody reads would stall it once full."""
-    import socket
-
-    log = conf.parent / "mosquitto.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([_mosquitto_binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"mosquitto did not start: {log.read_text(errors='replace')[-2000:]}")
-
-
 @pytest.fixture(scope="session")
 def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's mosquitto, the reference broker, on a loopback port."""
-    port = free_port()
-    folder = tmp_path_factory.mktemp("mosquitto")
-    conf = folder / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = start_mosquitto(conf, port)
+    proc, port = plain_mosquitto(tmp_path_factory.mktemp("mosquitto"))
     yield f"mqtt://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(5)
@@ -159,74 +123,6 @@ async def auth_headers(server: Server, name: str = "tests") -> dict[str, str]:
     """A fresh API key for ``server``, as an Authorization header."""
     key = await api_keys.create(server.pool, name)
     return {"Authorization": f"Bearer {key}"}
-
-
-class Subscriber:
-    """A real MQTT client, as Home Assistant would be, recording what it receives."""
-
-    def __init__(self, url: str, topic: str = "hsi/#") -> None:
-        self.received: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.seen: list[mqtt.MQTTMessage] = []
-        address = BrokerAddress.parse(url)
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = lambda c, u, m: self.received.put(m)
-        self._subscribed = subscribed
-        self._where = f"{topic} on {url}"
-        self.client.connect_async(address.host, address.port)
-        self.client.loop_start()
-
-    async def ready(self, timeout: float = 10) -> Subscriber:
-        """Wait (without blocking the loop, which may run the broker) until subscribed."""
-        deadline = time.monotonic() + timeout
-        while not self._subscribed.is_set():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not subscribe to {self._where}")
-            await asyncio.sleep(0.02)
-        return self
-
-    async def wait_for(self, predicate: Callable[[mqtt.MQTTMessage], bool], timeout: float = 30) -> mqtt.MQTTMessage:
-        deadline = time.monotonic() + timeout
-        for message in self.seen:
-            if predicate(message):
-                return message
-        while time.monotonic() < deadline:
-            try:
-                message = self.received.get_nowait()
-            except queue.Empty:
-                await asyncio.sleep(0.05)
-                continue
-            self.seen.append(message)
-            if predicate(message):
-                return message
-        raise TimeoutError("expected MQTT message did not arrive")
-
-    def drain(self) -> list[mqtt.MQTTMessage]:
-        while True:
-            try:
-                self.seen.append(self.received.get_nowait())
-            except queue.Empty:
-                return list(self.seen)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-async def wait_until(check: Callable[[], Any], timeout: float = 60, interval: float = 0.1) -> Any:
-    """Await ``check()`` (sync or async) until truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 async def enqueue_stored(

@@ -11,10 +11,12 @@ import pytest
 
 from inference_server import __version__, demo_assets
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.schemas import CameraState, Event, EventMessage
+from tests.support.mqtt import Subscriber
+from tests.support.waiting import wait_until
 
-from .conftest import Subscriber, auth_headers, drop, running, wait_until
+from .conftest import auth_headers, drop, running
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])

@@ -13,11 +13,11 @@ import pytest
 
 from inference_server import demo_assets, logging_setup
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 
 from .conftest import auth_headers, running
 
-FORGED = "2026-12-02 00:00:00,000 level=INFO logger=inference_server.app server stopped"
+FORGED = "2026-12-02 00:00:00,000 level=INFO logger=inference_server.server server stopped"
 #: LF, CR, an ANSI "clear screen", NEL (C1) and U+2028: each is a line break to some reader.
 HOSTILE = f"x\n{FORGED}\r\x1b[2J\x85\u2028end"
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import asyncpg
 
 from inference_server import demo_assets
+from tests.support.mqtt import Subscriber
+from tests.support.waiting import wait_until
 
-from .conftest import Subscriber, drop, wait_until
+from .conftest import drop
 
 
 def _start_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

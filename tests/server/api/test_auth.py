@@ -13,7 +13,7 @@ import aiohttp
 from inference_server.api.app import build_app  # noqa: F401  (registers every route)
 from inference_server.api.registry import API
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 
 from ..conftest import running
 

@@ -10,9 +10,10 @@ import aiohttp
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from tests.support.waiting import wait_until
 
-from ..conftest import auth_headers, drop, running, wait_until
+from ..conftest import auth_headers, drop, running
 
 
 def _files(folder: Path) -> list[str]:

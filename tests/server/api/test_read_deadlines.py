@@ -16,7 +16,7 @@ import aiohttp
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 
 from ..conftest import auth_headers, running
 

@@ -12,10 +12,12 @@ import aiohttp
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.schemas import EventMessage
+from tests.support.mqtt import Subscriber
+from tests.support.waiting import wait_until
 
-from ..conftest import Subscriber, auth_headers, drop, enqueue_stored, running, wait_until
+from ..conftest import auth_headers, drop, enqueue_stored, running
 
 
 async def _json(resp: aiohttp.ClientResponse, status: int) -> Any:
@@ -258,7 +260,7 @@ async def test_deleting_a_camera_clears_its_retained_topics(
         later = Subscriber(server.mqtt_url, "hsi/cameras/porch/#")
         try:
             await later.ready()
-            await asyncio.sleep(1.0)
+            await later.caught_up()  # what the broker retained for porch/# has been delivered by now
             assert later.drain() == []
         finally:
             later.close()

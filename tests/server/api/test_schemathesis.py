@@ -31,10 +31,11 @@ from schemathesis.transport.serialization import Binary
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.schemas import CAMERA_ID_PATTERN
+from tests.support.waiting import wait_until
 
-from ..conftest import auth_headers, running, wait_until
+from ..conftest import auth_headers, running
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 #: Chosen one by one; each is a promise the document makes to a client.
 CHECKS = {
-    # Bad input never becomes a 500 (ARCHITECTURE.md §4).
+    # Bad input never becomes a 500 (docs/architecture.md, "REST").
     "not_a_server_error",
     # Every status the server answers with is listed for that operation...
     "status_code_conformance",

@@ -14,10 +14,11 @@ import asyncpg
 
 from inference_server import demo_assets
 from inference_server.config import Settings
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.ingest.filenames import camera_id_for_folder
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from tests.support.waiting import wait_until
 
-from ..conftest import running, wait_until
+from ..conftest import running
 from .conftest import broken_huffman_jpeg, cut_in_half, encoded, with_comment
 
 BUS = demo_assets.image("bus.jpg").read_bytes()  # four people

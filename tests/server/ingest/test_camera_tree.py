@@ -13,13 +13,14 @@ import pytest
 
 from inference_server import demo_assets
 from inference_server.config import Settings
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.jobs.queue import JobQueue, QueuePolicy
-from inference_server.models.ultralytics_backend import UltralyticsDetector
 from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
+from tests.support.waiting import wait_until
 
-from ..conftest import running, wait_until
+from ..conftest import running
 from .conftest import with_comment
 
 BUS = demo_assets.image("bus.jpg").read_bytes()

@@ -14,8 +14,9 @@ import pytest
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.ingest.validate import InvalidImage
+from tests.support.waiting import wait_until
 
-from ..conftest import running, wait_until
+from ..conftest import running
 from .conftest import with_comment
 
 BUS = demo_assets.image("bus.jpg").read_bytes()

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 from inference_server import demo_assets
-from inference_server.app import Server
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.server import Server
+from tests.support.waiting import wait_until
 
-from ..conftest import running, wait_until
+from ..conftest import running
 from .conftest import with_comment
 
 PASSWORD = "s3cret-pass"

@@ -1,4 +1,4 @@
-"""MQTT ingest (ARCHITECTURE §3 ``hsi/ingest/<camera>``): real brokers, real images → job → event."""
+"""MQTT ingest (docs/architecture.md, ``hsi/ingest/<camera>``): real brokers, real images → job → event."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
 from inference_server import demo_assets, schemas
-from inference_server.app import Server
+from inference_server.comms.mqtt import BrokerAddress
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
-from inference_server.publish.mqtt import BrokerAddress
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.server import Server
 from inference_server.store import cameras
+from tests.support.waiting import wait_until
 
-from ..conftest import running, wait_until
+from ..conftest import running
 from .conftest import broken_huffman_jpeg
 
 ZIDANE = demo_assets.image("zidane.jpg").read_bytes()  # two people, 50 kB

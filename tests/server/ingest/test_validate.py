@@ -12,8 +12,8 @@ from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.decode_budget import DecodeBudget
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.ingest.validate import ImageInfo, ImageLimits, InvalidImage, check_pixels, inspect_image
-from inference_server.models.ultralytics_backend import UltralyticsDetector
 
 from .conftest import broken_huffman_jpeg, cut_in_half, encoded
 

@@ -10,12 +10,13 @@ from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.models.detector import Detection
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.domain import Detection
 from inference_server.schemas import CameraCreate
 from inference_server.store import cameras
+from tests.support.waiting import wait_until
 
-from ..conftest import enqueue_stored, running, wait_until
+from ..conftest import enqueue_stored, running
 
 GOOD = ("bus.jpg", "zidane.jpg", "astronaut.png")
 

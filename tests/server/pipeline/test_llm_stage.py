@@ -6,15 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from inference_server import demo_assets
-from inference_server.app import free_port
 from inference_server.config import LlmSettings, Settings
-from inference_server.models.reasoner import Assessment, LevelThresholds
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.domain import Assessment
 from inference_server.pipeline.llm import bound_adjustment
+from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.schemas import EventMessage, RiskFactor
 from inference_server.telemetry.metrics import REGISTRY
+from tests.support.mqtt import Subscriber
+from tests.support.net import free_port
 
-from ..conftest import Subscriber, drop, running
+from ..conftest import drop, running
 
 
 async def _phases(subscriber: Subscriber) -> tuple[EventMessage, EventMessage]:

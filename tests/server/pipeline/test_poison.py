@@ -25,10 +25,11 @@ from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.models.detector import Detection
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.domain import Detection
+from tests.support.waiting import wait_until
 
-from ..conftest import running, wait_until
+from ..conftest import running
 from ..ingest.conftest import with_comment
 
 POISON_SIZE = (641, 479)

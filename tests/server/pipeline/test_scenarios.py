@@ -10,12 +10,13 @@ from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.models.detector import Detection
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.domain import Detection
 from inference_server.schemas import CameraCreate, HouseholdContext, Zone, ZoneList
 from inference_server.store import cameras, context
+from tests.support.waiting import wait_until
 
-from ..conftest import FakeClock, drop, running, wait_until
+from ..conftest import FakeClock, drop, running
 
 WHOLE_FRAME = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]
 ARMED_AWAY_NOBODY_HOME = HouseholdContext(alarm_state="armed_away", people_home=[], sun="below_horizon")

@@ -12,10 +12,11 @@ import pytest
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from tests.server.ingest.conftest import with_comment
+from tests.support.waiting import wait_until
 
-from ..conftest import running, wait_until
+from ..conftest import running
 
 IMAGES = 4
 

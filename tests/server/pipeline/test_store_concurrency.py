@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from bench.store_stage import store_pipeline
 from inference_server import demo_assets
-from inference_server.app import open_database
 from inference_server.config import Settings
-from inference_server.models.ultralytics_backend import UltralyticsDetector
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.pipeline.detect import _Item, decode
+from inference_server.server import open_database
 from tests.server.ingest.conftest import with_comment
 
 CAMERAS = ["front", "garden", "hall"]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from inference_server.models.detector import Detection
+from inference_server.domain import Detection
 from inference_server.pipeline.zones import contains, zones_of
 from inference_server.schemas import Zone
 

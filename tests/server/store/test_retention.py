@@ -20,8 +20,7 @@ from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
 from inference_server.store.retention import RetentionReport, RetentionWorker, run_retention
 from inference_server.telemetry.metrics import REGISTRY
-
-from ..conftest import wait_until
+from tests.support.waiting import wait_until
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 RETENTION_DAYS = 14

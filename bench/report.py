@@ -1,0 +1,23 @@
+"""What every bench script does at the end: print, write the figures as JSON, exit non-zero on failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def finish(figures: dict[str, Any], json_path: Path | None, failure: str) -> int:
+    """Write ``figures`` to ``json_path`` (if given); 1 with ``failure`` said when not ``figures["ok"]``."""
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
+        say(f"figures written to {json_path}")
+    if not figures["ok"]:
+        say(failure)
+        return 1
+    return 0

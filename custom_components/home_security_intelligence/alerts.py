@@ -1,0 +1,96 @@
+"""When an HSI event alerts. Each message on ``hsi/events`` (the rules' "new", the LLM's "update",
+the event's "end") becomes one Home Assistant bus event, ``EVENT_BUS``, read by the device triggers
+("an event started", "risk level became X") and the blueprint (its quiet period per camera and
+level). The state that decides what that bus event says — per camera and per open event — is here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .const import RISK_LEVELS
+
+#: Open events whose level is remembered; beyond it the oldest is forgotten.
+MAX_OPEN_EVENTS = 1000
+#: The message types that carry a new judgement (not the event's "end").
+JUDGEMENTS = ("new", "update")
+
+
+class AlertTracker:
+    """Turns ``hsi/events`` messages into bus event data, remembering what the next one needs."""
+
+    def __init__(self) -> None:
+        #: Per camera: when its latest event started, and seconds from the one before to it.
+        self._last_new: dict[str, float] = {}
+        self._since_previous: dict[str, float | None] = {}
+        #: Level of each open event's latest judgement, so "risk level became X" fires on a change only.
+        self._event_levels: dict[str, str | None] = {}
+        #: Per camera and level: (event id, time) of the latest judgement at that level or above, and
+        #: of the latest one from another event — the blueprint's quiet period per camera and level.
+        self._at_level: dict[str, dict[str, tuple[str, float]]] = {}
+        self._at_level_other: dict[str, dict[str, tuple[str, float]]] = {}
+
+    def bus_event(self, event: dict[str, Any], camera_id: str, camera_name: str, now: float) -> dict[str, Any]:
+        """The data of the bus event for one parsed ``hsi/events`` message received at ``now``."""
+        if event.get("type") == "new":
+            previous = self._last_new.get(camera_id)
+            self._last_new[camera_id] = now
+            self._since_previous[camera_id] = round(now - previous, 1) if previous is not None else None
+        level_changed, previous_level = self._track_level(event)
+        since_at_level = self._since_at_level(camera_id, event, now)
+        return {
+            "type": event.get("type"),
+            # A new judgement (the rules' "new" or the LLM's "update"), not the event's "end".
+            "alert": event.get("type") in JUDGEMENTS,
+            "event_id": event.get("id"),
+            "camera_id": camera_id,
+            "camera_name": event.get("camera_name", camera_name),
+            "risk_score": event.get("risk_score"),
+            "risk_level": event.get("risk_level"),
+            # True on "new", and on an "update" whose level differs from the event's previous judgement.
+            "level_changed": level_changed,
+            "previous_risk_level": previous_level,
+            "summary": event.get("summary"),
+            "analysis_source": event.get("analysis_source"),
+            "started_at": event.get("started_at"),
+            # For per-camera cooldowns (the blueprint): seconds since this camera's previous event.
+            "seconds_since_previous_event": self._since_previous.get(camera_id),
+            # Per level: seconds since another event of this camera was judged at that level or
+            # above (None: never). A cat at 02:08 says nothing about the high event at 02:10.
+            "seconds_since_previous_at_level": since_at_level,
+        }
+
+    def _since_at_level(self, camera_id: str, event: dict[str, Any], now: float) -> dict[str, float | None]:
+        event_id = str(event.get("id"))
+        latest = self._at_level.setdefault(camera_id, {})
+        other = self._at_level_other.setdefault(camera_id, {})
+        since: dict[str, float | None] = {}
+        for level in RISK_LEVELS:
+            seen = latest.get(level)
+            if seen is not None and seen[0] == event_id:
+                seen = other.get(level)
+            since[level] = round(now - seen[1], 1) if seen is not None else None
+        judged = event.get("risk_level")
+        if event.get("type") in JUDGEMENTS and judged in RISK_LEVELS:
+            for reached in RISK_LEVELS[: RISK_LEVELS.index(judged) + 1]:
+                seen = latest.get(reached)
+                if seen is not None and seen[0] != event_id:
+                    other[reached] = seen
+                latest[reached] = (event_id, now)
+        return since
+
+    def _track_level(self, event: dict[str, Any]) -> tuple[bool, str | None]:
+        event_id = str(event.get("id"))
+        kind = event.get("type")
+        previous = self._event_levels.get(event_id)
+        if kind == "end":
+            self._event_levels.pop(event_id, None)
+            return False, previous
+        if kind not in JUDGEMENTS:
+            return False, previous
+        level = event.get("risk_level")
+        changed = kind == "new" or level != previous
+        self._event_levels[event_id] = level
+        while len(self._event_levels) > MAX_OPEN_EVENTS:
+            # An "end" missed (HA restarted mid-event): forget the oldest.
+            del self._event_levels[next(iter(self._event_levels))]
+        return changed, previous if kind == "update" else None

@@ -1,0 +1,87 @@
+"""GPU memory budget: models are admitted onto the GPU in priority order (detector, LLM,
+enrichment) while they fit, the rest run on the CPU — logged and listed in ``hsi/status``.
+
+The need of a model is an estimate before it loads (a GPU cannot be asked "would this fit");
+where the load happens here, the NVML reading after it replaces the estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from inference_server.schemas import ModelStatus
+from inference_server.telemetry.gpu import GpuReader
+
+log = logging.getLogger(__name__)
+
+#: Load order (``server.py`` follows it): what matters most for an alert gets the GPU first.
+PRIORITY = ("detector", "llm", "enrichment")
+#: A CUDA context and the framework's workspace, before any weights (measured order of size).
+CUDA_OVERHEAD_MB = 500.0
+
+
+def detector_need_mb(weights: Path, batch: int, imgsz: int) -> float:
+    """Weights in fp32, plus activations of one batch (YOLO-n/s class models), plus the context."""
+    weights_mb = weights.stat().st_size / 2**20
+    activations_mb = batch * (imgsz / 640) ** 2 * 60
+    return round(CUDA_OVERHEAD_MB + 4 * weights_mb + activations_mb, 1)
+
+
+def llm_need_mb(model_path: Path, n_ctx: int) -> float:
+    """A GGUF's tensors as stored, 20 % for compute buffers, and a KV cache of ``n_ctx`` tokens."""
+    return round(model_path.stat().st_size / 2**20 * 1.2 + n_ctx * 0.25, 1)
+
+
+class VramBudget:
+    def __init__(self, gpu: GpuReader | None, budget_mb: float | None) -> None:
+        self.gpu = gpu
+        self.budget_mb = budget_mb
+        self.models: list[ModelStatus] = []
+        self._granted: dict[str, float] = {}
+
+    @property
+    def gpu_present(self) -> bool:
+        return self.gpu is not None and self.gpu.read() is not None
+
+    def used_mb(self) -> float | None:
+        reading = self.gpu.read() if self.gpu is not None else None
+        return reading.memory_used_mb if reading is not None else None
+
+    def admit(self, name: str, need_mb: float) -> str | None:
+        """None if ``name`` may load on the GPU (its need is then reserved), else why not."""
+        if name in self._granted:
+            raise ValueError(f"{name} was already admitted")
+        reading = self.gpu.read() if self.gpu is not None else None
+        if reading is None:
+            return "no GPU"
+        granted = sum(self._granted.values())
+        if self.budget_mb is not None and granted + need_mb > self.budget_mb:
+            left = max(0.0, self.budget_mb - granted)
+            return f"needs ~{need_mb:.0f} MB, {left:.0f} MB of the {self.budget_mb:.0f} MB budget left"
+        free = reading.memory_total_mb - reading.memory_used_mb
+        if need_mb > free:
+            return f"needs ~{need_mb:.0f} MB, the GPU has {free:.0f} MB free"
+        self._granted[name] = need_mb
+        return None
+
+    def loaded(self, name: str, device: str, *, before_mb: float | None, estimate_mb: float | None) -> None:
+        """Record a model that is now loaded; on a GPU its VRAM is measured when it can be."""
+        vram: float | None = None
+        detail = None
+        if device.startswith("cuda"):
+            after = self.used_mb()
+            if before_mb is not None and after is not None and after > before_mb:
+                vram, detail = round(after - before_mb, 1), "measured"
+                self._granted[name] = vram
+            else:
+                vram, detail = estimate_mb, "estimate"
+        self.models.append(ModelStatus(name=name, device=device, state="loaded", vram_mb=vram, detail=detail))
+        log.info("model loaded name=%s device=%s vram_mb=%s (%s)", name, device, vram, detail)
+
+    def refused(self, name: str, reason: str, *, fallback_device: str | None) -> None:
+        state = "cpu_fallback" if fallback_device else "refused"
+        self.models.append(
+            ModelStatus(name=name, device=fallback_device or "none", state=state, vram_mb=None, detail=reason)
+        )
+        log.warning("model refused on the GPU name=%s reason=%s runs_on=%s", name, reason, fallback_device or "nothing")

@@ -1,0 +1,91 @@
+"""The payload types every layer shares: what a detector found, what a reasoner judges and what
+it concludes. Plain frozen dataclasses with no behaviour beyond naming a label's category; they
+depend on nothing in the server but the contract's ``schemas``, so ``store/`` can persist them
+and ``detection/``, ``reasoning/`` and ``pipeline/`` can pass them around without importing
+each other (docs/architecture.md, "The dependency rule")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from inference_server.schemas import AnalysisSource, Category, HouseholdContext, RiskFactor, RiskLevel, Zone
+
+_VEHICLES = frozenset({"bicycle", "car", "motorcycle", "bus", "truck", "boat", "train", "airplane"})
+_ANIMALS = frozenset({"bird", "cat", "dog", "horse", "sheep", "cow", "bear", "elephant", "zebra", "giraffe"})
+
+
+def category_of(label: str) -> Category:
+    """Map a model's class name onto the categories Home Assistant shows as occupancy."""
+    name = label.lower()
+    if name == "person":
+        return "person"
+    if name in _VEHICLES:
+        return "vehicle"
+    if name in _ANIMALS:
+        return "animal"
+    return "object"
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    label: str
+    confidence: float
+    #: x1, y1, x2, y2 normalised to 0..1 of the image.
+    bbox: tuple[float, float, float, float]
+
+    @property
+    def category(self) -> Category:
+        return category_of(self.label)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackCounts:
+    """What people said about earlier events like this one (camera, zone, class, hour)."""
+
+    false_alarm: int = 0
+    correct: int = 0
+    missed_threat: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What a reasoner judges: one camera's activity (one image, or a batch of them) in context.
+
+    Only the first four fields are required; the rest default to "unknown", and a reasoner
+    must not invent a factor from an unknown."""
+
+    camera_id: str
+    camera_name: str
+    #: When the activity was seen, in the camera's local time.
+    captured_at: datetime
+    #: Every detection of the activity (all images of a batch).
+    detections: Sequence[Detection]
+    #: Zone names of each detection, parallel to ``detections``.
+    detection_zones: Sequence[tuple[str, ...]] = ()
+    zones: Sequence[Zone] = ()
+    context: HouseholdContext | None = None
+    #: Most of each label seen together in one image (default: counted over ``detections``).
+    max_counts: Mapping[str, int] | None = None
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    #: Average images per hour with each label at this hour of day; None until learned.
+    baseline: Mapping[str, float] | None = None
+    #: Earlier batches with a person on this camera within the last hour.
+    recent_visits: int = 0
+    feedback: FeedbackCounts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    risk_score: int
+    risk_level: RiskLevel
+    summary: str
+    reasoning: str
+    factors: list[RiskFactor]
+    analysis_source: AnalysisSource
+    model: str
+    objects: dict[str, int] = field(default_factory=dict)
+    #: The LLM prompt that produced this assessment (``prompts.PROMPT_VERSION``); None for rules.
+    prompt_version: str | None = None

@@ -1,1 +1,0 @@
-"""Model backends behind small interfaces; each backend registers itself by name."""

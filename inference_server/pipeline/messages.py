@@ -1,0 +1,85 @@
+"""The MQTT messages the batch stage queues in the outbox: events, camera state, snapshots.
+
+Each is a `Message` (topic, payload, retain) built from the ``schemas`` payloads, written to the
+outbox in the transaction that changed what it describes (``publish/relay.py`` sends it).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+import asyncpg
+
+from inference_server.comms.topics import Topics
+from inference_server.domain import Assessment
+from inference_server.schemas import CameraState, EventMessage
+from inference_server.store import events as events_store
+from inference_server.telemetry import metrics
+
+#: One outbox entry: topic, payload, retain.
+Message = tuple[str, bytes, bool]
+
+
+async def event_message(
+    conn: asyncpg.Connection, topics: Topics, event_id: uuid.UUID, kind: Literal["new", "update", "end"]
+) -> Message:
+    """``hsi/events``: the stored event as it is now in ``conn``'s transaction, typed ``kind``."""
+    event = await events_store.get(conn, event_id)
+    assert event is not None
+    message = EventMessage(type=kind, **event.model_dump())
+    return (topics.events, message.model_dump_json().encode(), False)
+
+
+async def camera_state(
+    conn: asyncpg.Connection,
+    topics: Topics,
+    camera_id: str,
+    enabled: bool,
+    assessment: Assessment,
+    live: dict[str, int],
+    *,
+    previous: frozenset[str],
+) -> list[Message]:
+    """The camera's retained state and one retained count per label in ``live`` or ``previous``
+    (a label seen before and gone now is published as 0)."""
+    last = await events_store.latest_for_camera(conn, camera_id)
+    state = CameraState(
+        risk_score=assessment.risk_score,
+        risk_level=assessment.risk_level,
+        last_event_id=last[0] if last else None,
+        last_event_at=last[1] if last else None,
+        objects=live,
+        enabled=enabled,
+    )
+    messages: list[Message] = [(topics.camera_state(camera_id), state.model_dump_json().encode(), True)]
+    for label in sorted(set(live) | previous):
+        messages.append((topics.camera_objects(camera_id, label), str(live.get(label, 0)).encode(), True))
+    return messages
+
+
+class SnapshotThrottle:
+    """The camera's retained snapshot, at most once per ``interval_s`` per camera.
+
+    At 20 images/s per camera on a GPU, every frame's ~100 KiB JPEG through the outbox (a
+    bytea written, WAL-logged and read back) and the broker is MBs/s that no dashboard shows;
+    the file on disk is written for every image regardless. An image that opens or rescores
+    an event is always sent (``always``), so Home Assistant's picture matches the event.
+    """
+
+    def __init__(self, topics: Topics, interval_s: float) -> None:
+        self.topics = topics
+        self.interval_s = interval_s
+        #: Per camera: monotonic time of the last snapshot message queued.
+        self._sent: dict[str, float] = {}
+
+    def messages(self, camera_id: str, jpeg: bytes, *, always: bool) -> list[Message]:
+        """The snapshot message for ``jpeg``, or none while the camera's last one is recent."""
+        now = time.monotonic()
+        last = self._sent.get(camera_id)
+        if not always and last is not None and now - last < self.interval_s:
+            metrics.SNAPSHOTS_SKIPPED.inc()
+            return []
+        self._sent[camera_id] = now
+        return [(self.topics.camera_snapshot(camera_id), jpeg, True)]

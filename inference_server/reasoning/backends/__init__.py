@@ -1,0 +1,1 @@
+"""LLM backends, one module per backend, registered by name in ``base``."""

@@ -1,0 +1,163 @@
+"""LLM backend: llama.cpp in process (llama-cpp-python), a GGUF file, JSON-schema-constrained output.
+
+The model is loaded once and every llama.cpp call runs in one dedicated thread, never on the
+event loop; llama.cpp contexts are not thread-safe, so one thread also serialises them. The
+completion is streamed inside that thread so a timed-out or cancelled request stops at its next
+token instead of generating to ``max_tokens`` while later requests wait behind it (processing
+of the prompt, once begun, runs to its end; llama.cpp reuses the cached prefix of the previous
+prompt, so the fixed system message is processed once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from inference_server.config import LlmSettings
+from inference_server.reasoning.backends.base import LlmError, LlmReply, register_llm_backend
+from inference_server.reasoning.prompts import ChatMessage
+
+log = logging.getLogger(__name__)
+
+#: Mild repetition penalty: small models otherwise loop on one phrase until the length limit.
+REPEAT_PENALTY = 1.1
+
+
+def resolve_gpu_layers(requested: int | Literal["auto"]) -> int:
+    """``auto``: all layers (-1) if this llama.cpp build can offload to a GPU, else 0."""
+    if requested != "auto":
+        return requested
+    import llama_cpp
+
+    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+
+class LlamaCppBackend:
+    """One GGUF model in this process. ``start`` loads it; ``complete`` loads it on first use too."""
+
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        model: str | None = None,
+        n_ctx: int = 4096,
+        n_gpu_layers: int | Literal["auto"] = "auto",
+        n_threads: int | None = None,
+        max_tokens: int = 512,
+        temperature: float = 0.2,
+    ) -> None:
+        if not model_path.is_file():
+            raise FileNotFoundError(f"LLM model not found: {model_path} (set the llm model_path to a GGUF file)")
+        self.model_path = model_path
+        self.model = model or model_path.name.removesuffix(".gguf")
+        self.n_ctx = n_ctx
+        self.n_gpu_layers = n_gpu_layers
+        self.n_threads = n_threads
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        #: Seconds the last load took (None until loaded).
+        self.load_seconds: float | None = None
+        self._llama: Any = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-llamacpp")
+
+    async def start(self) -> None:
+        await asyncio.wrap_future(self._thread.submit(self._load))
+
+    async def complete(self, messages: Sequence[ChatMessage], schema: Mapping[str, Any]) -> LlmReply:
+        """One constrained chat completion; on cancellation the generation stops at the next token."""
+        stop = threading.Event()
+        future = self._thread.submit(self._generate, list(messages), dict(schema), stop)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    async def close(self) -> None:
+        await asyncio.wrap_future(self._thread.submit(self._unload))
+        self._thread.shutdown(wait=False)
+
+    # --- in the dedicated thread ---------------------------------------------------------------
+
+    def _load(self) -> Any:
+        if self._llama is not None:
+            return self._llama
+        from llama_cpp import Llama
+
+        layers = resolve_gpu_layers(self.n_gpu_layers)
+        started = time.perf_counter()
+        try:
+            self._llama = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_gpu_layers=layers,
+                n_threads=self.n_threads,
+                verbose=False,
+            )
+        except ValueError as err:  # llama-cpp-python's "Failed to load model from file"
+            raise LlmError(f"cannot load {self.model_path}: {err}") from err
+        self.load_seconds = time.perf_counter() - started
+        log.info(
+            "llm model loaded backend=llamacpp model=%s n_ctx=%d n_gpu_layers=%d n_threads=%d seconds=%.2f",
+            self.model,
+            self.n_ctx,
+            layers,
+            self._llama.n_threads,
+            self.load_seconds,
+        )
+        return self._llama
+
+    def _generate(self, messages: list[ChatMessage], schema: dict[str, Any], stop: threading.Event) -> LlmReply:
+        llama = self._load()
+        started = time.perf_counter()
+        parts: list[str] = []
+        tokens = 0
+        try:
+            chunks = llama.create_chat_completion(
+                messages=messages,
+                response_format={"type": "json_object", "schema": schema},
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                repeat_penalty=REPEAT_PENALTY,
+                stream=True,
+            )
+            for chunk in chunks:
+                if stop.is_set():
+                    chunks.close()
+                    break
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    parts.append(piece)
+                    tokens += 1
+        except (ValueError, RuntimeError) as err:  # prompt over n_ctx, decode failure
+            raise LlmError(f"llama.cpp: {err}") from err
+        # Streaming reports no usage; llama-cpp-python streams one chunk per generated token.
+        return LlmReply(text="".join(parts), seconds=time.perf_counter() - started, completion_tokens=tokens)
+
+    def _unload(self) -> None:
+        if self._llama is not None:
+            self._llama.close()
+            self._llama = None
+
+
+@register_llm_backend("llamacpp")
+def _build(settings: LlmSettings) -> LlamaCppBackend:
+    if settings.model_path is None:
+        raise ValueError("the llamacpp LLM backend needs model_path (a GGUF file)")
+    return LlamaCppBackend(
+        settings.model_path,
+        model=settings.model,
+        n_ctx=settings.n_ctx,
+        n_gpu_layers=settings.n_gpu_layers,
+        n_threads=settings.n_threads,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+    )

@@ -1,0 +1,375 @@
+"""Wiring: builds every component from the settings (the one place backends are chosen)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from inference_server import __version__
+from inference_server.api.app import build_app, build_runner
+from inference_server.api.deps import ApiContext, ReadinessCheck
+from inference_server.clock import Clock, SystemClock
+from inference_server.comms.broker import EmbeddedBroker
+from inference_server.comms.mqtt import BrokerAddress, MqttPublisher, PublishError
+from inference_server.comms.topics import Topics
+from inference_server.config import LlmSettings, Settings, redact_url
+from inference_server.detection.detector import Detector, build_detector
+from inference_server.detection.vram import VramBudget, detector_need_mb, llm_need_mb
+from inference_server.ingest.ftp import FtpReceiver
+from inference_server.ingest.ingestor import Ingestor
+from inference_server.ingest.mqtt import MqttIngest
+from inference_server.ingest.watcher import FolderWatcher
+from inference_server.jobs.queue import JobQueue, QueuePolicy
+from inference_server.pipeline.batch import BatchStage
+from inference_server.pipeline.detect import DetectWorker
+from inference_server.pipeline.result import ResultStage
+from inference_server.publish.relay import OutboxRelay
+from inference_server.reasoning.reasoner import LevelThresholds
+from inference_server.reasoning.rules import RulesReasoner
+from inference_server.schemas import DependencyHealth, Discovery, ModelStatus
+from inference_server.status import StatusReporter
+from inference_server.store.db import DB_ERRORS, EmbeddedPostgres, create_pool
+from inference_server.store.migrate import migrate
+from inference_server.store.retention import RetentionWorker
+from inference_server.telemetry.gpu import GpuProbe, GpuReader
+
+log = logging.getLogger(__name__)
+
+#: What keeps one ``hsi/status`` from being published: the next interval tries again.
+_STATUS_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, PublishError)
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def open_database(settings: Settings) -> tuple[asyncpg.Pool, EmbeddedPostgres | None]:
+    """Connect (starting the embedded PostgreSQL when no URL is set) and migrate."""
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded = EmbeddedPostgres(settings.postgres_path)
+        dsn = await embedded.start()
+    pool = await create_pool(dsn, settings.db_pool_size)
+    applied = await migrate(pool)
+    log.info("database ready migrations_applied=%s", applied or "none")
+    return pool, embedded
+
+
+def ingest_client_id(settings: Settings) -> str:
+    """MQTT ingest's client id: stable across restarts (its persistent session is what makes the
+    broker hand back messages that arrived while the server was down), distinct per installation."""
+    if settings.mqtt_client_id:
+        return f"{settings.mqtt_client_id}-ingest"
+    digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"hsi-{socket.gethostname()}-{digest}-ingest"
+
+
+@dataclass
+class Server:
+    """The whole inference server in one process (roles: all, api, worker)."""
+
+    settings: Settings
+    detector: Detector | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: NVML by default; tests pass a fake (there is no GPU in CI).
+    gpu: GpuReader | None = None
+
+    pool: asyncpg.Pool = field(init=False)
+    api_url: str = field(init=False, default="")
+    mqtt_url: str = field(init=False, default="")
+    mqtt_ingest: MqttIngest | None = field(init=False, default=None)
+    topics: Topics = field(init=False)
+    watcher: FolderWatcher | None = field(init=False, default=None)
+    ftp: FtpReceiver | None = field(init=False, default=None)
+    ingestor: Ingestor = field(init=False)
+    batches: BatchStage = field(init=False)
+    status: StatusReporter = field(init=False)
+    vram: VramBudget = field(init=False)
+    _embedded_pg: EmbeddedPostgres | None = field(init=False, default=None)
+    _broker: EmbeddedBroker | None = field(init=False, default=None)
+    _publisher: MqttPublisher | None = field(init=False, default=None)
+    _queue: JobQueue | None = field(init=False, default=None)
+    _runner: web.AppRunner | None = field(init=False, default=None)
+    _tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
+    _stop: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    #: Why the server stopped on its own (a component crashed); None while running or after a requested stop.
+    failure: str | None = field(init=False, default=None)
+
+    async def start(self) -> None:
+        """Start what ``settings.role`` runs, each part after those it uses: the database, the MQTT
+        broker, the job queue, the detector, the API, the publisher and background tasks, ingest,
+        then the pipeline's workers."""
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.topics = Topics(s.mqtt_prefix)
+        self.pool, self._embedded_pg = await open_database(s)
+        self.mqtt_url = await self._start_broker()
+        self._queue = queue = await self._open_queue()
+        runs_worker = s.role in ("all", "worker")
+        runs_api = s.role in ("all", "api")
+
+        gpu = self.gpu or GpuProbe()
+        self.vram = VramBudget(gpu, s.vram_budget_mb)
+        if runs_worker and self.detector is None:
+            self.detector = await self._load_detector(s)
+
+        self.ingestor = Ingestor(s, self.pool, queue)
+        self.status = StatusReporter(
+            self.pool,
+            detector=self.detector.describe() if self.detector is not None else None,
+            reasoner=(f"rules+llm:{s.llm.backend}" if s.llm else "rules") if runs_worker else None,
+            gpu=gpu,
+            models=self.vram.models,
+            mqtt_connected=lambda: self._publisher is not None and self._publisher.connected.is_set(),
+        )
+        await self._start_api(runs_api)
+        publisher = await self._start_publisher()
+        self._spawn(OutboxRelay(self.pool, publisher).run(self._stop), "relay")
+        self._spawn(self._publish_status(), "status")
+        self._spawn(RetentionWorker(self.pool, s).run(self._stop), "retention")
+        if runs_api:
+            await self._start_ingest()
+        if runs_worker:
+            self._start_workers(queue)
+        log.info(
+            "server started role=%s api=%s mqtt=%s worker_id=%s",
+            s.role,
+            self.api_url,
+            redact_url(self.mqtt_url),
+            self.worker_id,
+        )
+
+    async def _start_broker(self) -> str:
+        """The MQTT broker's URL: the configured one, else an embedded broker started here."""
+        if self.settings.mqtt_url is not None:
+            return self.settings.mqtt_url
+        port = self.settings.mqtt_embedded_port or _free_port()
+        self._broker = EmbeddedBroker("127.0.0.1", port)
+        await self._broker.start()
+        return self._broker.url
+
+    async def _open_queue(self) -> JobQueue:
+        s = self.settings
+        queue = JobQueue(
+            self.pool,
+            QueuePolicy(s.job_lease_s, s.job_max_attempts, s.job_backoff_base_s, s.job_backoff_max_s),
+            self.worker_id,
+        )
+        await queue.listen()
+        return queue
+
+    async def _start_publisher(self) -> MqttPublisher:
+        """The MQTT connection for everything the server sends, announcing it on ``hsi/discovery``."""
+        s = self.settings
+        discovery = Discovery(
+            id=s.mqtt_prefix,
+            name="Home Security Intelligence",
+            version=__version__,
+            url=s.public_url or self.api_url,
+        )
+        self._publisher = MqttPublisher(
+            BrokerAddress.parse(self.mqtt_url),
+            self.topics,
+            s.mqtt_client_id or f"hsi-{self.worker_id}".replace(":", "-"),
+            [(self.topics.discovery, discovery.model_dump_json().encode())],
+        )
+        await self._publisher.start()
+        return self._publisher
+
+    async def _start_ingest(self) -> None:
+        """MQTT ingest (when enabled), the folder watcher (ready before this returns) and FTP."""
+        s = self.settings
+        if s.mqtt_ingest_enabled:
+            self.mqtt_ingest = MqttIngest(
+                BrokerAddress.parse(self.mqtt_url),
+                self.topics,
+                ingest_client_id(s),
+                self.ingestor,
+                s.mqtt_ingest_queue,
+            )
+            self._spawn(self.mqtt_ingest.run(self._stop), "mqtt-ingest")
+        self.watcher = FolderWatcher(
+            s.cameras_path,
+            self.ingestor,
+            stable_s=s.file_stable_s,
+            polling=s.watch_polling,
+            poll_interval_s=s.watch_poll_interval_s,
+        )
+        self._spawn(self.watcher.run(self._stop), "watcher")
+        await asyncio.wait_for(self.watcher.ready.wait(), 30)
+        if s.ftp_enabled:
+            self.ftp = FtpReceiver(s, self.ingestor.ingest_file, asyncio.get_running_loop())
+            self.ftp.start()
+
+    def _start_workers(self, queue: JobQueue) -> None:
+        """The pipeline: detect → result → batch, and the LLM stage when an LLM is configured."""
+        s = self.settings
+        assert self.detector is not None
+        # The one place the reasoners are chosen: rules always (phase one), an LLM when configured.
+        rules = RulesReasoner(LevelThresholds(s.risk_medium, s.risk_high, s.risk_critical))
+        llm = None
+        llm_settings = self._place_llm(s.llm) if s.llm is not None else None
+        if llm_settings is not None:
+            from inference_server.pipeline.llm import LlmStage
+            from inference_server.reasoning.llm import LlmReasoner
+
+            llm = LlmReasoner.from_settings(llm_settings, rules.thresholds)
+        self.batches = BatchStage(s, self.pool, rules, self.topics, self.clock, llm_enabled=llm is not None)
+        result = ResultStage(s, self.pool, queue, self.batches)
+        self._spawn(DetectWorker(s, queue, self.detector, result).run(self._stop), "detect")
+        self._spawn(self.batches.run(self._stop), "batches")
+        if llm is not None and llm_settings is not None:
+            lease = max(60.0, llm_settings.timeout_s * 4)
+            stage = LlmStage(
+                self.pool, self.batches, llm, self.topics, lease_s=lease, max_adjust=llm_settings.max_adjust
+            )
+            self._spawn(stage.run(self._stop), "llm")
+
+    async def _load_detector(self, s: Settings) -> Detector:
+        """The detector first (VRAM priority): on the GPU if it fits the budget, else on the CPU."""
+        on_gpu = s.detector_device.startswith("cuda") or (s.detector_device == "auto" and self.vram.gpu_present)
+        estimate = detector_need_mb(s.detector_weights, s.detector_batch_size, s.detector_imgsz) if on_gpu else None
+        if estimate is not None and (refusal := self.vram.admit("detector", estimate)) is not None:
+            self.vram.refused("detector", refusal, fallback_device="cpu")
+            s = s.model_copy(update={"detector_device": "cpu"})
+            on_gpu = False
+        before = self.vram.used_mb()
+        detector = await asyncio.to_thread(build_detector, s)
+        await asyncio.to_thread(detector.warmup)
+        if on_gpu:
+            device = "cuda:0" if s.detector_device == "auto" else s.detector_device
+            self.vram.loaded("detector", device, before_mb=before, estimate_mb=estimate)
+        elif estimate is None:  # never asked for the GPU (a refusal is recorded already)
+            self.vram.loaded("detector", "cpu", before_mb=None, estimate_mb=None)
+        return detector
+
+    def _place_llm(self, llm: LlmSettings) -> LlmSettings:
+        """The LLM second: all layers on the GPU if they fit what the detector left, else on the CPU."""
+        if llm.backend != "llamacpp" or llm.model_path is None:
+            self.vram.models.append(
+                ModelStatus(name="llm", device="remote", state="loaded", vram_mb=None, detail=llm.base_url)
+            )
+            return llm
+        from inference_server.reasoning.backends.llamacpp import resolve_gpu_layers
+
+        if not self.vram.gpu_present or resolve_gpu_layers(llm.n_gpu_layers) == 0 or not llm.model_path.exists():
+            self.vram.loaded("llm", "cpu", before_mb=None, estimate_mb=None)
+            return llm
+        need = llm_need_mb(llm.model_path, llm.n_ctx)
+        if (refusal := self.vram.admit("llm", need)) is not None:
+            self.vram.refused("llm", refusal, fallback_device="cpu")
+            return llm.model_copy(update={"n_gpu_layers": 0})
+        # llama.cpp loads the model when the LLM stage starts: the figure stays an estimate.
+        self.vram.loaded("llm", "cuda:0", before_mb=None, estimate_mb=need)
+        return llm
+
+    async def _start_api(self, enabled: bool) -> None:
+        if not enabled:
+            return
+        checks: dict[str, ReadinessCheck] = {"database": self._check_db, "mqtt": self._check_mqtt}
+        api = build_app(ApiContext(self.pool, self.settings, self.ingestor, self.status, self.topics, checks))
+        self._runner = build_runner(api)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.api_host, self.settings.api_port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.api_url = f"http://{host}:{port}"
+
+    async def _publish_status(self) -> None:
+        """Retained ``hsi/status`` every ``status_interval_s`` (live state: not via the outbox)."""
+        while not self._stop.is_set():
+            publisher = self._publisher
+            if publisher is not None and publisher.connected.is_set():
+                try:
+                    status = await self.status.current()
+                    await publisher.publish(self.topics.status, status.model_dump_json().encode(), retain=True)
+                except _STATUS_ERRORS as err:
+                    log.warning("status not published: %r", err)
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.status_interval_s)
+            except TimeoutError:
+                continue
+
+    async def _check_db(self) -> DependencyHealth:
+        try:
+            await self.pool.fetchval("SELECT 1")
+        except DB_ERRORS as err:
+            return DependencyHealth(ok=False, detail=repr(err))
+        return DependencyHealth(ok=True, detail="connected")
+
+    async def _check_mqtt(self) -> DependencyHealth:
+        ok = self._publisher is not None and self._publisher.connected.is_set()
+        return DependencyHealth(ok=ok, detail="connected" if ok else "not connected")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A component ended while the server was running: that is a failure (each one runs
+        until ``stop``; errors about one job or one file are handled inside it). The server stops,
+        and ``failure`` makes ``serve`` exit non-zero so a supervisor restarts it."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        err = task.exception()
+        if err is not None:
+            log.critical("component crashed, stopping task=%s", task.get_name(), exc_info=err)
+            self.failure = f"component {task.get_name()} crashed: {err!r}"
+        else:
+            log.critical("component ended unexpectedly, stopping task=%s", task.get_name())
+            self.failure = f"component {task.get_name()} ended unexpectedly"
+        self._stop.set()
+
+    @property
+    def exit_status(self) -> int:
+        """The process exit status for this server's run: 0 after a requested stop, 1 if it
+        stopped because a component failed (``failure``)."""
+        return 0 if self.failure is None else 1
+
+    @property
+    def queue(self) -> JobQueue:
+        assert self._queue is not None, "start() first"
+        return self._queue
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.ftp is not None:
+            await asyncio.to_thread(self.ftp.stop)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=15)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._publisher is not None:
+            await self._publisher.stop()
+        if self._queue is not None:
+            await self._queue.close()
+        try:
+            await asyncio.wait_for(self.pool.close(), 10)
+        except TimeoutError:
+            log.error("database connections did not close in 10 s; terminating them")
+            self.pool.terminate()
+        if self._broker is not None:
+            await self._broker.stop()
+        if self._embedded_pg is not None:
+            await self._embedded_pg.stop()
+        log.info("server stopped")

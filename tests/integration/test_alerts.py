@@ -1,0 +1,58 @@
+"""When an event alerts: the bus event data AlertTracker makes of each ``hsi/events`` message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from custom_components.home_security_intelligence.alerts import MAX_OPEN_EVENTS, AlertTracker
+
+from .conftest import sample
+
+
+def _message(kind: str, event_id: str, level: str | None = "high") -> dict[str, Any]:
+    return {**sample("event_new.json"), "type": kind, "id": event_id, "risk_level": level}
+
+
+def test_a_level_change_is_reported_on_new_and_on_an_update_that_changes_it() -> None:
+    alerts = AlertTracker()
+    new = alerts.bus_event(_message("new", "e1", "medium"), "back_door", "Back door", 100.0)
+    assert new["alert"] and new["level_changed"] and new["previous_risk_level"] is None
+    same = alerts.bus_event(_message("update", "e1", "medium"), "back_door", "Back door", 101.0)
+    assert same["alert"] and not same["level_changed"] and same["previous_risk_level"] == "medium"
+    raised = alerts.bus_event(_message("update", "e1", "critical"), "back_door", "Back door", 102.0)
+    assert raised["level_changed"] and raised["previous_risk_level"] == "medium"
+    end = alerts.bus_event(_message("end", "e1", "critical"), "back_door", "Back door", 103.0)
+    assert not end["alert"] and not end["level_changed"] and end["previous_risk_level"] == "critical"
+    # After its "end" the event is forgotten: an unknown type changes nothing either.
+    other = alerts.bus_event(_message("heartbeat", "e1"), "back_door", "Back door", 104.0)
+    assert not other["alert"] and not other["level_changed"] and other["previous_risk_level"] is None
+
+
+def test_quiet_periods_count_per_camera_and_level_from_other_events() -> None:
+    alerts = AlertTracker()
+    first = alerts.bus_event(_message("new", "cat", "low"), "back_door", "Back door", 100.0)
+    assert first["seconds_since_previous_event"] is None
+    assert first["seconds_since_previous_at_level"] == {"low": None, "medium": None, "high": None, "critical": None}
+    person = alerts.bus_event(_message("new", "person", "high"), "back_door", "Back door", 220.0)
+    assert person["seconds_since_previous_event"] == 120.0
+    assert person["seconds_since_previous_at_level"] == {"low": 120.0, "medium": None, "high": None, "critical": None}
+    # The same event judged again counts from the events before it, not from itself.
+    update = alerts.bus_event(_message("update", "person", "high"), "back_door", "Back door", 230.0)
+    assert update["seconds_since_previous_event"] == 120.0
+    assert update["seconds_since_previous_at_level"]["low"] == 130.0
+    assert update["seconds_since_previous_at_level"]["high"] is None
+    # Another camera has its own clock.
+    garage = alerts.bus_event(_message("new", "car", "high"), "garage", "Garage", 240.0)
+    assert garage["seconds_since_previous_event"] is None and garage["camera_id"] == "garage"
+    assert set(garage["seconds_since_previous_at_level"].values()) == {None}
+
+
+def test_the_oldest_open_event_is_forgotten_beyond_the_limit() -> None:
+    alerts = AlertTracker()
+    for n in range(MAX_OPEN_EVENTS + 1):
+        alerts.bus_event(_message("new", f"e{n}", "low"), "back_door", "Back door", float(n))
+    # "e0" missed its "end": "e1"'s update is judged against its level, "e0"'s counts as a first one.
+    kept = alerts.bus_event(_message("update", "e1", "low"), "back_door", "Back door", 2000.0)
+    assert not kept["level_changed"] and kept["previous_risk_level"] == "low"
+    forgotten = alerts.bus_event(_message("update", "e0", "low"), "back_door", "Back door", 2001.0)
+    assert forgotten["level_changed"] and forgotten["previous_risk_level"] is None
