@@ -1,0 +1,78 @@
+"""store/activity.py: hourly label counts become a baseline once learned; feedback is counted and corrected."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import date, timedelta
+
+import asyncpg
+import pytest
+
+from inference_server.domain import FeedbackCounts
+from inference_server.schemas import CameraCreate
+from inference_server.store import activity, cameras
+
+TODAY = date(2025, 6, 15)
+
+
+@pytest.fixture
+async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    await cameras.create(pool, CameraCreate(id="front", name="Front"))
+    async with pool.acquire() as conn:
+        yield conn
+
+
+async def test_each_image_counts_once_per_distinct_label_in_its_hour(conn: asyncpg.Connection) -> None:
+    await activity.record(conn, "front", ["person", "person", "car"], TODAY, 9)
+    await activity.record(conn, "front", ["person"], TODAY, 9)
+    await activity.record(conn, "front", ["person"], TODAY, 10)
+
+    rows = await conn.fetch("SELECT label, hour, images FROM activity_hourly ORDER BY hour, label")
+    assert [tuple(r) for r in rows] == [("car", 9, 1), ("person", 9, 2), ("person", 10, 1)]
+
+
+async def test_no_baseline_until_enough_days_are_learned_then_the_average_per_day(conn: asyncpg.Connection) -> None:
+    for back in range(1, activity.MIN_DAYS_LEARNED):
+        await activity.record(conn, "front", ["person"], TODAY - timedelta(days=back), 9)
+    await activity.record(conn, "front", ["person"], TODAY, 9)  # today is not history
+    assert await activity.baseline(conn, "front", TODAY, 9) is None
+
+    await activity.record(conn, "front", ["car"], TODAY - timedelta(days=activity.MIN_DAYS_LEARNED), 20)
+    await activity.record(conn, "front", ["person"], TODAY - timedelta(days=activity.BASELINE_DAYS + 1), 9)  # too old
+
+    baseline = await activity.baseline(conn, "front", TODAY, 9)
+    days = activity.MIN_DAYS_LEARNED
+    assert baseline == {"person": round((days - 1) / days, 3)}
+    assert await activity.baseline(conn, "front", TODAY, 20) == {"car": round(1 / days, 3)}
+    assert await activity.baseline(conn, "front", TODAY, 3) == {}
+
+
+async def test_feedback_is_counted_per_camera_zone_label_and_hour(conn: asyncpg.Connection) -> None:
+    assert await activity.feedback(conn, "front", "porch", "person", 9) == FeedbackCounts()
+
+    await activity.add_feedback(conn, "front", "porch", "person", 9, "false_alarm")
+    await activity.add_feedback(conn, "front", "porch", "person", 9, "false_alarm")
+    await activity.add_feedback(conn, "front", "porch", "person", 9, "correct")
+
+    assert await activity.feedback(conn, "front", "porch", "person", 9) == FeedbackCounts(2, 1, 0)
+    assert await activity.feedback(conn, "front", "porch", "person", 10) == FeedbackCounts()
+
+
+async def test_a_correction_moves_the_vote_and_never_goes_below_zero(conn: asyncpg.Connection) -> None:
+    await activity.add_feedback(conn, "front", "", "person", 9, "false_alarm")
+
+    await activity.change_feedback(conn, "front", "", "person", 9, "false_alarm", "missed_threat")
+    assert await activity.feedback(conn, "front", "", "person", 9) == FeedbackCounts(0, 0, 1)
+
+    await activity.change_feedback(conn, "front", "", "person", 9, "missed_threat", "missed_threat")  # no change
+    await activity.change_feedback(conn, "front", "", "person", 9, "correct", None)  # nothing there to take
+    assert await activity.feedback(conn, "front", "", "person", 9) == FeedbackCounts(0, 0, 1)
+
+    await activity.change_feedback(conn, "front", "", "person", 9, "missed_threat", None)
+    assert await activity.feedback(conn, "front", "", "person", 9) == FeedbackCounts()
+
+
+async def test_an_unknown_kind_of_feedback_is_refused(conn: asyncpg.Connection) -> None:
+    with pytest.raises(ValueError, match="unknown feedback"):
+        await activity.add_feedback(conn, "front", "", "person", 9, "maybe")
+    assert await conn.fetchval("SELECT count(*) FROM feedback_stats") == 0

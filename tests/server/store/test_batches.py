@@ -1,0 +1,159 @@
+"""store/batches.py: one open batch per camera, its images and detections, and which are due to close."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from inference_server.domain import Detection
+from inference_server.schemas import CameraCreate
+from inference_server.store import batches, cameras, detections, images
+
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    for camera_id in ("front", "back"):
+        await cameras.create(pool, CameraCreate(id=camera_id, name=camera_id.title()))
+    async with pool.acquire() as conn:
+        yield conn
+
+
+async def _image(conn: asyncpg.Connection, name: str, captured_at: datetime, *labels: str) -> int:
+    image_id = await images.insert(
+        conn,
+        images.NewImage(
+            "front",
+            name.encode(),
+            f"front/{name}.jpg",
+            "folder",
+            None,
+            "image/jpeg",
+            64,
+            48,
+            10,
+            captured_at,
+            "filename",
+        ),
+    )
+    assert image_id is not None
+    dets = [Detection(label, 0.8, (0.1, 0.1, 0.5, 0.5)) for label in labels]
+    await detections.insert_many(conn, image_id, "front", captured_at, dets)
+    return image_id
+
+
+async def test_a_camera_has_one_open_batch_which_locking_finds_until_it_is_closed(conn: asyncpg.Connection) -> None:
+    assert await batches.lock_open(conn, "front") is None
+    batch = await batches.open_new(conn, "front", T0)
+    assert (batch.camera_id, batch.opened_at, batch.last_activity_at, batch.event_id) == ("front", T0, T0, None)
+
+    async with conn.transaction():
+        assert await batches.lock_open(conn, "front") == batch
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await batches.open_new(conn, "front", T0)
+    await batches.open_new(conn, "back", T0)
+    assert await batches.open_count(conn) == 2
+
+    await batches.close(conn, batch.id, T0 + timedelta(minutes=1))
+
+    assert await batches.lock_open(conn, "front") is None
+    assert await batches.open_count(conn) == 1
+    assert (await batches.open_new(conn, "front", T0 + timedelta(minutes=2))).id != batch.id
+
+
+async def test_adding_an_image_links_it_once_and_activity_time_only_moves_forward(conn: asyncpg.Connection) -> None:
+    batch = await batches.open_new(conn, "front", T0)
+    image_id = await _image(conn, "a", T0)
+
+    later = await batches.add_image(conn, batch, image_id, T0 + timedelta(seconds=30))
+    again = await batches.add_image(conn, later, image_id, T0 + timedelta(seconds=10))
+
+    assert later.last_activity_at == T0 + timedelta(seconds=30)
+    assert again.last_activity_at == T0 + timedelta(seconds=30)
+    assert await conn.fetchval("SELECT count(*) FROM batch_images WHERE batch_id = $1", batch.id) == 1
+
+
+async def test_the_event_of_a_batch_is_recorded_and_read_back(conn: asyncpg.Connection) -> None:
+    batch = await batches.open_new(conn, "front", T0)
+    event_id = uuid.uuid4()
+
+    await batches.set_event(conn, batch.id, event_id)
+
+    got = await batches.get(conn, batch.id)
+    assert got is not None and got.event_id == event_id
+    assert await batches.get(conn, uuid.uuid4()) is None
+
+
+async def test_batches_are_due_when_their_window_or_idle_time_has_run_out_oldest_first(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    await cameras.create(pool, CameraCreate(id="side", name="Side"))
+    window_over = await batches.open_new(conn, "front", T0 - timedelta(seconds=120))
+    busy = await batches.add_image(conn, window_over, await _image(conn, "w", T0), T0)  # active, but too long open
+    idle = await batches.open_new(conn, "back", T0 - timedelta(seconds=50))
+    await batches.open_new(conn, "side", T0 - timedelta(seconds=10))  # neither: not due
+
+    async with conn.transaction():
+        due = await batches.lock_due(conn, T0, window_s=90, idle_s=30)
+
+    assert [b.id for b in due] == [busy.id, idle.id]
+
+
+async def test_a_due_batch_locked_by_another_transaction_is_skipped(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    first = await batches.open_new(conn, "front", T0 - timedelta(minutes=10))
+    second = await batches.open_new(conn, "back", T0 - timedelta(minutes=5))
+
+    async with pool.acquire() as other, other.transaction():
+        assert [b.id for b in await batches.lock_due(other, T0, 60, 60, limit=1)] == [first.id]
+        async with conn.transaction():
+            assert [b.id for b in await batches.lock_due(conn, T0, 60, 60)] == [second.id]
+
+
+async def test_a_batch_detections_come_in_capture_order_with_their_zones(conn: asyncpg.Connection) -> None:
+    batch = await batches.open_new(conn, "front", T0)
+    late = await _image(conn, "late", T0 + timedelta(seconds=5), "car")
+    early = await images.insert(
+        conn,
+        images.NewImage("front", b"early", "front/early.jpg", "folder", None, "image/jpeg", 64, 48, 10, T0, "filename"),
+    )
+    assert early is not None
+    await detections.insert_many(
+        conn, early, "front", T0, [Detection("person", 0.9, (0.1, 0.2, 0.3, 0.4))], [("porch", "drive")]
+    )
+    await _image(conn, "elsewhere", T0, "dog")  # not in the batch
+    for image_id in (late, early):
+        batch = await batches.add_image(conn, batch, image_id, T0)
+
+    found = await batches.detections(conn, batch.id)
+
+    assert [(d.image_id, d.label, d.zones, d.captured_at) for d in found] == [
+        (early, "person", ("porch", "drive"), T0),
+        (late, "car", (), T0 + timedelta(seconds=5)),
+    ]
+    assert found[0].bbox == (0.1, 0.2, 0.3, 0.4) and found[0].confidence == 0.9
+
+
+async def test_recent_person_visits_count_other_batches_of_the_camera_with_a_person(conn: asyncpg.Connection) -> None:
+    old = await batches.open_new(conn, "front", T0 - timedelta(hours=2))
+    await batches.add_image(conn, old, await _image(conn, "old", T0, "person"), T0)
+    await batches.close(conn, old.id, T0)
+    visit = await batches.open_new(conn, "front", T0 - timedelta(minutes=30))
+    await batches.add_image(conn, visit, await _image(conn, "visit", T0, "person", "car"), T0)
+    await batches.close(conn, visit.id, T0)
+    cat = await batches.open_new(conn, "front", T0 - timedelta(minutes=20))
+    await batches.add_image(conn, cat, await _image(conn, "cat", T0, "cat"), T0)
+    await batches.close(conn, cat.id, T0)
+    current = await batches.open_new(conn, "front", T0)
+    await batches.add_image(conn, current, await _image(conn, "now", T0, "person"), T0)
+
+    since = T0 - timedelta(hours=1)
+    assert await batches.recent_person_visits(conn, "front", current.id, since) == 1
+    assert await batches.recent_person_visits(conn, "front", visit.id, since) == 1  # the current one counts then
+    assert await batches.recent_person_visits(conn, "back", current.id, since) == 0

@@ -1,0 +1,297 @@
+"""store/events.py: an event is written by the rules, rescored, judged by the LLM, reviewed and
+paged through newest first with a cursor that never repeats or skips a row."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from inference_server.domain import Assessment, Detection
+from inference_server.schemas import CameraCreate, EventPatch, HouseholdContext, RiskFactor
+from inference_server.store import cameras, detections, events, images
+
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    for camera_id in ("front", "back"):
+        await cameras.create(pool, CameraCreate(id=camera_id, name=camera_id.title()))
+    async with pool.acquire() as conn:
+        yield conn
+
+
+def _rules(score: int, level: str = "low", objects: dict[str, int] | None = None) -> Assessment:
+    return Assessment(
+        risk_score=score,
+        risk_level=level,  # type: ignore[arg-type]
+        summary=f"rules {score}",
+        reasoning="rules reasoning",
+        factors=[RiskFactor(name="person", points=score, detail="a person")],
+        analysis_source="rules",
+        model="rules-v2",
+        objects=objects if objects is not None else {"person": 1},
+    )
+
+
+async def _image(conn: asyncpg.Connection, camera_id: str, name: str) -> int:
+    image_id = await images.insert(
+        conn,
+        images.NewImage(
+            camera_id=camera_id,
+            sha256=name.encode().ljust(32, b"\0"),
+            path=f"{camera_id}/{name}.jpg",
+            source="folder",
+            original_name=f"{camera_id}/{name}.jpg",
+            media_type="image/jpeg",
+            width=640,
+            height=480,
+            size_bytes=1000,
+            captured_at=T0,
+            captured_at_source="filename",
+        ),
+    )
+    assert image_id is not None
+    return image_id
+
+
+async def _event(
+    conn: asyncpg.Connection,
+    *,
+    camera_id: str = "front",
+    started_at: datetime = T0,
+    score: int = 20,
+    level: str = "low",
+    llm_pending: bool = False,
+    event_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    event_id = event_id or uuid.uuid4()
+    image_id = await _image(conn, camera_id, str(event_id))
+    await events.insert(
+        conn,
+        event_id=event_id,
+        camera_id=camera_id,
+        image_id=image_id,
+        batch_id=None,
+        started_at=started_at,
+        assessment=_rules(score, level),
+        is_fast_path=False,
+        snapshot_path=f"snapshots/{event_id}.jpg",
+        context=None,
+        llm_pending=llm_pending,
+    )
+    return event_id
+
+
+async def test_an_inserted_event_reads_back_with_its_camera_context_and_detections_strongest_first(
+    conn: asyncpg.Connection,
+) -> None:
+    image_id = await _image(conn, "front", "one")
+    await detections.insert_many(
+        conn,
+        image_id,
+        "front",
+        T0,
+        [Detection("car", 0.6, (0.1, 0.1, 0.2, 0.2)), Detection("person", 0.9, (0.3, 0.3, 0.5, 0.9))],
+        [(), ("porch",)],
+    )
+    event_id = uuid.uuid4()
+    home = HouseholdContext(alarm_state="armed_away", people_home=[])
+    await events.insert(
+        conn,
+        event_id=event_id,
+        camera_id="front",
+        image_id=image_id,
+        batch_id=None,
+        started_at=T0,
+        assessment=_rules(55, "medium", {"person": 1, "car": 1}),
+        is_fast_path=True,
+        snapshot_path="snapshots/one.jpg",
+        context=home,
+        llm_pending=True,
+    )
+
+    event = await events.get(conn, event_id)
+
+    assert event is not None
+    assert (event.camera_id, event.camera_name, event.started_at, event.ended_at) == ("front", "Front", T0, None)
+    assert (event.risk_score, event.risk_level, event.analysis_source, event.model) == (
+        55,
+        "medium",
+        "rules",
+        "rules-v2",
+    )
+    assert event.objects == {"person": 1, "car": 1} and event.is_fast_path and event.context == home
+    assert event.risk_factors == [RiskFactor(name="person", points=55, detail="a person")]
+    assert [(d.label, d.category, d.zone) for d in event.detections] == [
+        ("person", "person", "porch"),
+        ("car", "vehicle", None),
+    ]
+    assert await conn.fetchval("SELECT llm_state FROM events WHERE id = $1", event_id) == "pending"
+    assert await events.get(conn, uuid.uuid4()) is None
+
+
+async def test_rescoring_replaces_the_rules_judgement_and_reports_only_a_visible_change(
+    conn: asyncpg.Connection,
+) -> None:
+    event_id = await _event(conn, score=20)
+    newer_image = await _image(conn, "front", "newer")
+
+    same = await events.rescore(conn, event_id, _rules(20), image_id=newer_image, snapshot_path="s/2.jpg")
+    changed = await events.rescore(conn, event_id, _rules(60, "high"), image_id=newer_image, snapshot_path="s/3.jpg")
+
+    assert same is False and changed is True
+    event = await events.get(conn, event_id)
+    assert event is not None
+    assert (event.risk_score, event.risk_level, event.summary, event.image_id) == (60, "high", "rules 60", newer_image)
+    assert await events.snapshot_path(conn, event_id) == (True, "s/3.jpg")
+    assert await events.rescore(conn, uuid.uuid4(), _rules(1), image_id=newer_image, snapshot_path=None) is False
+
+
+async def test_once_the_llm_has_answered_rescoring_keeps_its_judgement_and_refreshes_only_the_rules_result(
+    conn: asyncpg.Connection,
+) -> None:
+    event_id = await _event(conn, score=20, llm_pending=True)
+    llm = Assessment(80, "critical", "llm says", "llm reasoning", [], "llm", "some.gguf", {"person": 1}, "p3")
+    await events.finish_llm(conn, event_id, llm, failure=None)
+
+    changed = await events.rescore(
+        conn, event_id, _rules(30), image_id=await _image(conn, "front", "x"), snapshot_path=None
+    )
+
+    assert changed is False  # score, level and objects are the LLM's and the same
+    event = await events.get(conn, event_id)
+    assert event is not None
+    assert (event.risk_score, event.risk_level, event.summary, event.analysis_source) == (
+        80,
+        "critical",
+        "llm says",
+        "llm",
+    )
+    row = await conn.fetchrow("SELECT llm_state, rules_result, llm_result FROM events WHERE id = $1", event_id)
+    assert row["llm_state"] == "done" and row["rules_result"]["risk_score"] == 30
+    assert row["llm_result"]["prompt_version"] == "p3"
+
+
+async def test_a_failed_llm_leaves_the_rules_judgement_and_appends_the_reason(conn: asyncpg.Connection) -> None:
+    event_id = await _event(conn, score=45, level="medium", llm_pending=True)
+
+    await events.finish_llm(conn, event_id, None, failure="timeout")
+
+    event = await events.get(conn, event_id)
+    assert event is not None
+    assert (event.risk_score, event.analysis_source) == (45, "rules")
+    assert event.reasoning == "rules reasoning [LLM fallback: timeout]"
+    row = await conn.fetchrow("SELECT llm_state, llm_result FROM events WHERE id = $1", event_id)
+    assert (row["llm_state"], row["llm_result"]) == ("failed", {"error": "timeout"})
+
+
+async def test_the_llm_claims_pending_events_oldest_first_once_each_and_reclaims_an_expired_lease(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    first = await _event(conn, llm_pending=True)
+    second = await _event(conn, llm_pending=True)
+    await _event(conn, llm_pending=False)  # skipped: never claimed
+    assert await events.llm_waiting(pool) == 2
+
+    assert await events.claim_llm(pool, 300) == first
+    assert await events.claim_llm(pool, -60) == second  # a lease already run out
+    assert await events.claim_llm(pool, 300) == second  # ...is taken again
+    assert await events.claim_llm(pool, 300) is None
+    assert await events.llm_waiting(pool) == 2  # running still counts as waiting
+
+
+async def test_pages_run_newest_first_without_repeats_or_gaps_even_when_start_times_tie(
+    conn: asyncpg.Connection,
+) -> None:
+    ids = [await _event(conn, started_at=T0 + timedelta(minutes=m)) for m in (0, 1, 1, 1, 2)]
+    expected = sorted(
+        zip([T0, *[T0 + timedelta(minutes=1)] * 3, T0 + timedelta(minutes=2)], ids, strict=True),
+        reverse=True,
+    )
+
+    seen: list[uuid.UUID] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page, cursor = await events.list_page(conn, events.EventFilter(), 2, cursor)
+        pages += 1
+        seen += [e.id for e in page]
+        if cursor is None:
+            break
+
+    assert pages == 3
+    assert seen == [event_id for _, event_id in expected]
+
+
+async def test_a_page_that_ends_exactly_at_the_last_row_has_no_next_cursor(conn: asyncpg.Connection) -> None:
+    for m in range(2):
+        await _event(conn, started_at=T0 + timedelta(minutes=m))
+
+    page, cursor = await events.list_page(conn, events.EventFilter(), 2, None)
+
+    assert len(page) == 2 and cursor is None
+
+
+async def test_filters_select_by_camera_time_risk_level_and_review(conn: asyncpg.Connection) -> None:
+    low = await _event(conn, camera_id="front", started_at=T0, score=10, level="low")
+    high = await _event(conn, camera_id="front", started_at=T0 + timedelta(hours=1), score=70, level="high")
+    back = await _event(conn, camera_id="back", started_at=T0 + timedelta(hours=2), score=90, level="critical")
+    await events.patch(conn, high, EventPatch(reviewed=True))
+
+    async def ids(**kwargs: object) -> list[uuid.UUID]:
+        page, _ = await events.list_page(conn, events.EventFilter(**kwargs), 10, None)  # type: ignore[arg-type]
+        return [e.id for e in page]
+
+    assert await ids(camera_id="front") == [high, low]
+    assert await ids(min_risk=70) == [back, high]
+    assert await ids(level="low") == [low]
+    assert await ids(reviewed=False) == [back, low]
+    assert await ids(since=T0 + timedelta(hours=1), until=T0 + timedelta(hours=2)) == [high]
+
+
+async def test_a_cursor_not_made_by_the_server_is_refused(conn: asyncpg.Connection) -> None:
+    with pytest.raises(events.BadCursor):
+        await events.list_page(conn, events.EventFilter(), 10, "not-a-cursor!")
+    when, event_id = events.decode_cursor(events.encode_cursor(T0, uuid.UUID(int=7)))
+    assert (when, event_id) == (T0, uuid.UUID(int=7))
+
+
+async def test_a_patch_changes_only_the_fields_sent_and_a_missing_event_gives_none(conn: asyncpg.Connection) -> None:
+    event_id = await _event(conn)
+
+    noted = await events.patch(conn, event_id, EventPatch(notes="the postman"))
+    reviewed = await events.patch(conn, event_id, EventPatch(reviewed=True, feedback="false_alarm"))
+    cleared = await events.patch(conn, event_id, EventPatch(notes=None))
+
+    assert noted is not None and (noted.notes, noted.reviewed, noted.feedback) == ("the postman", False, None)
+    assert reviewed is not None and (reviewed.notes, reviewed.reviewed, reviewed.feedback) == (
+        "the postman",
+        True,
+        "false_alarm",
+    )
+    assert cleared is not None and (cleared.notes, cleared.reviewed, cleared.feedback) == (None, True, "false_alarm")
+    assert await events.patch(conn, uuid.uuid4(), EventPatch(reviewed=True)) is None
+
+
+async def test_lookups_find_the_latest_event_its_snapshot_batch_and_image_name(conn: asyncpg.Connection) -> None:
+    assert await events.last_event_at(conn) is None
+    assert await events.latest_for_camera(conn, "front") is None
+    older = await _event(conn, started_at=T0)
+    newer = await _event(conn, started_at=T0 + timedelta(minutes=5))
+    await _event(conn, camera_id="back", started_at=T0 + timedelta(minutes=9))
+    await events.end(conn, newer, T0 + timedelta(minutes=6))
+
+    assert await events.last_event_at(conn) == T0 + timedelta(minutes=9)
+    assert await events.latest_for_camera(conn, "front") == (newer, T0 + timedelta(minutes=5))
+    assert await events.snapshot_path(conn, older) == (True, f"snapshots/{older}.jpg")
+    assert await events.snapshot_path(conn, uuid.uuid4()) == (False, None)
+    assert await events.batch_of(conn, older) is None
+    assert await events.id_for_image_name(conn, f"front/{older}.jpg") == older
+    assert await events.id_for_image_name(conn, "front/nothing.jpg") is None
+    ended = await events.get(conn, newer)
+    assert ended is not None and ended.ended_at == T0 + timedelta(minutes=6)
