@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from inference_server.schemas import CameraCreate
+from inference_server.store import cameras
 from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
 
@@ -19,3 +21,12 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a database with two cameras, ``front`` and ``back``."""
+    for camera_id in ("front", "back"):
+        await cameras.create(pool, CameraCreate(id=camera_id, name=camera_id.title()))
+    async with pool.acquire() as conn:
+        yield conn

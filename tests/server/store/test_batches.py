@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -14,14 +13,6 @@ from inference_server.schemas import CameraCreate
 from inference_server.store import batches, cameras, detections, images
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    for camera_id in ("front", "back"):
-        await cameras.create(pool, CameraCreate(id=camera_id, name=camera_id.title()))
-    async with pool.acquire() as conn:
-        yield conn
 
 
 async def _image(conn: asyncpg.Connection, name: str, captured_at: datetime, *labels: str) -> int:

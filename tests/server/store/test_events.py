@@ -4,25 +4,16 @@ paged through newest first with a cursor that never repeats or skips a row."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from inference_server.domain import Assessment, Detection
-from inference_server.schemas import CameraCreate, EventPatch, HouseholdContext, RiskFactor
-from inference_server.store import cameras, detections, events, images
+from inference_server.schemas import EventPatch, HouseholdContext, RiskFactor
+from inference_server.store import detections, events, images
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    for camera_id in ("front", "back"):
-        await cameras.create(pool, CameraCreate(id=camera_id, name=camera_id.title()))
-    async with pool.acquire() as conn:
-        yield conn
 
 
 def _rules(score: int, level: str = "low", objects: dict[str, int] | None = None) -> Assessment:

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from inference_server.domain import Assessment, Detection
-from inference_server.schemas import CameraCreate
-from inference_server.store import batches, cameras, detections, events, images
+from inference_server.store import batches, detections, events, images
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    for camera_id in ("front", "back"):
-        await cameras.create(pool, CameraCreate(id=camera_id, name=camera_id.title()))
-    async with pool.acquire() as conn:
-        yield conn
 
 
 def _new(camera_id: str, sha256: bytes, name: str) -> images.NewImage:
