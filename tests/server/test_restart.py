@@ -3,7 +3,6 @@ reclaimed when its lease expires and the image yields exactly one event."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from inference_server import demo_assets
+from tests.reliability.conftest import server_env
 from tests.support.mqtt import Subscriber
 from tests.support.waiting import wait_until
 
@@ -31,20 +31,7 @@ async def test_job_is_reclaimed_after_sigkill_and_yields_exactly_one_event(
     tmp_path: Path, database_url: str, mosquitto_url: str
 ) -> None:
     data = tmp_path / "data"
-    env = {
-        **os.environ,
-        "HSI_DATA_DIR": str(data),
-        "DATABASE_URL": database_url,
-        "MQTT_URL": mosquitto_url,
-        "HSI_API_PORT": "0",
-        "HSI_DETECTOR_WEIGHTS": str(demo_assets.pose_weights()),
-        "HSI_DETECTOR_DEVICE": "cpu",
-        "HSI_JOB_LEASE_S": "2",
-        "HSI_FILE_STABLE_S": "0.1",
-        "HSI_CAMERA_TIMEZONE": "UTC",
-        "HSI_BATCH_IDLE_S": "0.3",
-        "HSI_OPTIONS_FILE": str(tmp_path / "no-options.json"),
-    }
+    env = server_env(data, database_url, mosquitto_url)
     log = tmp_path / "server.log"
     subscriber = await Subscriber(mosquitto_url, "hsi/events").ready()
     blocker = await asyncpg.connect(database_url)

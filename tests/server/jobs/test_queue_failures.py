@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-import pytest
 
 from inference_server.jobs.queue import JobQueue, QueuePolicy
-from inference_server.store.db import create_pool
-from inference_server.store.migrate import migrate
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, 4)
-    await migrate(pool)
-    await pool.execute("INSERT INTO cameras (id, name) VALUES ('cam', 'Cam'), ('odd', 'Odd')")
-    yield pool
-    await pool.close()
 
 
 async def _enqueue(pool: asyncpg.Pool, queue: JobQueue, camera_id: str, n: int) -> int:
