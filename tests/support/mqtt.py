@@ -8,10 +8,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+T = TypeVar("T")
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -19,7 +22,26 @@ def _host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "localhost", parts.port or 1883
 
 
-class Subscriber:
+class _Recording(Generic[T]):
+    """What a recording client shares: its paho client and every message it received, in order."""
+
+    client: mqtt.Client
+    received: queue.Queue[T]
+    seen: list[T]
+
+    def _all(self) -> list[T]:
+        while True:
+            try:
+                self.seen.append(self.received.get_nowait())
+            except queue.Empty:
+                return list(self.seen)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Subscriber(_Recording[mqtt.MQTTMessage]):
     """A real MQTT client, as Home Assistant would be, recording what it receives."""
 
     def __init__(self, url: str, topic: str = "hsi/#") -> None:
@@ -80,18 +102,10 @@ class Subscriber:
         raise TimeoutError("expected MQTT message did not arrive")
 
     def drain(self) -> list[mqtt.MQTTMessage]:
-        while True:
-            try:
-                self.seen.append(self.received.get_nowait())
-            except queue.Empty:
-                return list(self.seen)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        return self._all()
 
 
-class PersistentSubscriber:
+class PersistentSubscriber(_Recording[tuple[str, bytes, bool]]):
     """Home Assistant's view: QoS 1, persistent session (clean_session=False), reconnecting.
 
     Messages queued by the broker while this client is away are delivered when it returns;
@@ -121,12 +135,4 @@ class PersistentSubscriber:
         return self
 
     def messages(self) -> list[tuple[str, bytes, bool]]:
-        while True:
-            try:
-                self.seen.append(self.received.get_nowait())
-            except queue.Empty:
-                return list(self.seen)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        return self._all()
