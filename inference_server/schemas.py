@@ -84,6 +84,10 @@ class Event(_Model):
 
 class EventMessage(Event):
     type: Literal["new", "update", "end"]
+    alert: bool = Field(
+        description="A new judgement that may alert (the rules' `new`, a rescoring, the LLM's verdict);"
+        " false on `end`, on a review (PATCH) and on an LLM failure that leaves the rules' judgement."
+    )
 
 
 class EventList(_Model):

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from inference_server.api.app import build_app, build_runner
 from inference_server.api.deps import ApiContext, ReadinessCheck
 from inference_server.clock import Clock, SystemClock
 from inference_server.comms.broker import EmbeddedBroker
+from inference_server.comms.messages import camera_state
 from inference_server.comms.mqtt import BrokerAddress, MqttPublisher, PublishError
 from inference_server.comms.topics import Topics
 from inference_server.config import LlmSettings, Settings, redact_url
@@ -36,6 +38,7 @@ from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.reasoning.rules import RulesReasoner
 from inference_server.schemas import DependencyHealth, Discovery, ModelStatus
 from inference_server.status import StatusReporter
+from inference_server.store import cameras, outbox
 from inference_server.store.db import DB_ERRORS, EmbeddedPostgres, create_pool
 from inference_server.store.migrate import migrate
 from inference_server.store.retention import RetentionWorker
@@ -45,6 +48,16 @@ log = logging.getLogger(__name__)
 
 #: What keeps one ``hsi/status`` from being published: the next interval tries again.
 _STATUS_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, PublishError)
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``waits`` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -105,6 +118,8 @@ class Server:
     _runner: web.AppRunner | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
     _stop: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    #: Set on every MQTT (re)connection: the cameras' retained states are to be queued again.
+    _states_wanted: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     #: Why the server stopped on its own (a component crashed); None while running or after a requested stop.
     failure: str | None = field(init=False, default=None)
 
@@ -138,6 +153,7 @@ class Server:
         await self._start_api(runs_api)
         publisher = await self._start_publisher()
         self._spawn(OutboxRelay(self.pool, publisher).run(self._stop), "relay")
+        self._spawn(self._republish_states(), "camera-states")
         self._spawn(self._publish_status(), "status")
         self._spawn(RetentionWorker(self.pool, s).run(self._stop), "retention")
         if runs_api:
@@ -185,6 +201,7 @@ class Server:
             self.topics,
             s.mqtt_client_id or f"hsi-{self.worker_id}".replace(":", "-"),
             [(self.topics.discovery, discovery.model_dump_json().encode())],
+            on_connected=self._states_wanted.set,
         )
         await self._publisher.start()
         return self._publisher
@@ -302,6 +319,31 @@ class Server:
                 await asyncio.wait_for(self._stop.wait(), self.settings.status_interval_s)
             except TimeoutError:
                 continue
+
+    async def _republish_states(self) -> None:
+        """After every MQTT (re)connection, queue each camera's retained state (and its object
+        counts) as the database has it then: a broker restarted without persistence, or a server
+        that restarted, would otherwise leave the cameras unavailable until their next image.
+        Through the outbox, so they go out after, never before, the messages queued earlier."""
+        delay = 1.0
+        while not self._stop.is_set():
+            await _first(self._states_wanted.wait(), self._stop.wait())
+            if self._stop.is_set():
+                return
+            self._states_wanted.clear()
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    states = await cameras.states(conn)
+                    messages = [m for cid, st in states.items() for m in camera_state(self.topics, cid, st)]
+                    await outbox.add_many(conn, messages)
+            except DB_ERRORS as err:
+                log.error("queueing the camera states failed, retry_in_s=%.0f error=%r", delay, err)
+                self._states_wanted.set()
+                await _first(asyncio.sleep(delay), self._stop.wait())
+                delay = min(30.0, delay * 2)
+            else:
+                log.info("camera states queued cameras=%d", len(states))
+                delay = 1.0
 
     async def _check_db(self) -> DependencyHealth:
         try:

@@ -1,7 +1,12 @@
 """When an HSI event alerts. Each message on ``hsi/events`` (the rules' "new", the LLM's "update",
 the event's "end") becomes one Home Assistant bus event, ``EVENT_BUS``, read by the device triggers
 ("an event started", "risk level became X") and the blueprint (its quiet period per camera and
-level). The state that decides what that bus event says — per camera and per open event — is here."""
+level). The state that decides what that bus event says — per camera and per event — is here.
+
+An event alerts once per level rise: its ``new``, then only a judgement above the highest level it
+already alerted at. The LLM's ``update`` often comes after the ``end`` (an event closes with its
+batch), so events are remembered well past their end; a review, a failed LLM phase (the server's
+``alert: false``) and an update that repeats the level alert nobody."""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from typing import Any
 
 from .const import RISK_LEVELS
 
-#: Open events whose level is remembered; beyond it the oldest is forgotten.
-MAX_OPEN_EVENTS = 1000
+#: Events (open or ended) whose levels are remembered; beyond it the least recently judged is
+#: forgotten. An event's LLM update arrives within minutes of its end, long before 1000 newer ones.
+MAX_EVENTS = 1000
 #: The message types that carry a new judgement (not the event's "end").
 JUDGEMENTS = ("new", "update")
 
@@ -22,8 +28,8 @@ class AlertTracker:
         #: Per camera: when its latest event started, and seconds from the one before to it.
         self._last_new: dict[str, float] = {}
         self._since_previous: dict[str, float | None] = {}
-        #: Level of each open event's latest judgement, so "risk level became X" fires on a change only.
-        self._event_levels: dict[str, str | None] = {}
+        #: Per event: the level of its latest judgement and the highest level it alerted at.
+        self._events: dict[str, tuple[str | None, str | None]] = {}
         #: Per camera and level: (event id, time) of the latest judgement at that level or above, and
         #: of the latest one from another event — the blueprint's quiet period per camera and level.
         self._at_level: dict[str, dict[str, tuple[str, float]]] = {}
@@ -35,18 +41,20 @@ class AlertTracker:
             previous = self._last_new.get(camera_id)
             self._last_new[camera_id] = now
             self._since_previous[camera_id] = round(now - previous, 1) if previous is not None else None
-        level_changed, previous_level = self._track_level(event)
+        alert, level_changed, previous_level = self._track_level(event)
         since_at_level = self._since_at_level(camera_id, event, now)
         return {
             "type": event.get("type"),
-            # A new judgement (the rules' "new" or the LLM's "update"), not the event's "end".
-            "alert": event.get("type") in JUDGEMENTS,
+            # A judgement that takes the event above every level it already alerted at (its "new",
+            # an escalation); never the "end", a review, a failed LLM phase or a repeated level.
+            "alert": alert,
             "event_id": event.get("id"),
             "camera_id": camera_id,
             "camera_name": event.get("camera_name", camera_name),
             "risk_score": event.get("risk_score"),
             "risk_level": event.get("risk_level"),
-            # True on "new", and on an "update" whose level differs from the event's previous judgement.
+            # True on "new", and on an "update" whose level differs from the event's previous judgement
+            # (remembered past the event's "end"): informative; "alert" is what notifies.
             "level_changed": level_changed,
             "previous_risk_level": previous_level,
             "summary": event.get("summary"),
@@ -70,7 +78,7 @@ class AlertTracker:
                 seen = other.get(level)
             since[level] = round(now - seen[1], 1) if seen is not None else None
         judged = event.get("risk_level")
-        if event.get("type") in JUDGEMENTS and judged in RISK_LEVELS:
+        if _is_judgement(event) and judged in RISK_LEVELS:
             for reached in RISK_LEVELS[: RISK_LEVELS.index(judged) + 1]:
                 seen = latest.get(reached)
                 if seen is not None and seen[0] != event_id:
@@ -78,19 +86,26 @@ class AlertTracker:
                 latest[reached] = (event_id, now)
         return since
 
-    def _track_level(self, event: dict[str, Any]) -> tuple[bool, str | None]:
+    def _track_level(self, event: dict[str, Any]) -> tuple[bool, bool, str | None]:
+        """(alert, level changed, previous level) of one message; remembers the event's levels."""
         event_id = str(event.get("id"))
         kind = event.get("type")
-        previous = self._event_levels.get(event_id)
-        if kind == "end":
-            self._event_levels.pop(event_id, None)
-            return False, previous
+        previous, alerted = self._events.get(event_id, (None, None))
         if kind not in JUDGEMENTS:
-            return False, previous
+            return False, False, previous
         level = event.get("risk_level")
         changed = kind == "new" or level != previous
-        self._event_levels[event_id] = level
-        while len(self._event_levels) > MAX_OPEN_EVENTS:
-            # An "end" missed (HA restarted mid-event): forget the oldest.
-            del self._event_levels[next(iter(self._event_levels))]
-        return changed, previous if kind == "update" else None
+        rises = level in RISK_LEVELS and (alerted is None or RISK_LEVELS.index(level) > RISK_LEVELS.index(alerted))
+        alert = rises and _is_judgement(event)
+        # Most recently judged last: the oldest is forgotten first.
+        self._events.pop(event_id, None)
+        self._events[event_id] = (level, level if alert else alerted)
+        while len(self._events) > MAX_EVENTS:
+            del self._events[next(iter(self._events))]
+        return alert, changed, previous if kind == "update" else None
+
+
+def _is_judgement(event: dict[str, Any]) -> bool:
+    """A new judgement: "new" or "update", unless the server says it alerts nobody (a review, a failed
+    LLM phase: ``alert: false``; a server without the flag sends judgements only)."""
+    return event.get("type") in JUDGEMENTS and event.get("alert", True) is not False

@@ -140,3 +140,10 @@ class HsiClient:
     async def put_context(self, context: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("PUT", "/context", json=context)
         return result
+
+    async def update_context(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change only the fields in ``changes``: the server's ``PUT /context`` replaces the whole
+        context, so the fields another writer (the options forwarder, ``set_context``) set are
+        read first and sent back unchanged."""
+        current: dict[str, Any] = (await self.get_context())["context"]
+        return await self.put_context(current | changes)

@@ -1,5 +1,6 @@
 """Household context forwarding: the entities chosen in the options (alarm panel, people,
-doors and windows, sun) → a debounced ``PUT /api/v1/context`` whenever one of them changes."""
+doors and windows, sun) → a debounced ``PUT /api/v1/context`` whenever one of them changes,
+changing only the fields those entities feed."""
 
 from __future__ import annotations
 
@@ -68,10 +69,13 @@ class ContextForwarder:
         self.hass.async_create_task(self._debouncer.async_call())
 
     def build(self) -> dict[str, Any]:
-        """The server's ``HouseholdContext`` from the chosen entities' current states."""
-        body: dict[str, Any] = {"alarm_state": "unknown", "open_entries": []}
-        if self.alarm and (state := self.hass.states.get(self.alarm)) is not None:
-            body["alarm_state"] = state.state if state.state in ALARM_STATES else "unknown"
+        """The fields of the server's ``HouseholdContext`` this forwarder owns (those with an entity
+        chosen), from the chosen entities' current states; the others (``notes``, and what
+        ``set_context`` set) are left as the server holds them."""
+        body: dict[str, Any] = {}
+        if self.alarm:
+            state = self.hass.states.get(self.alarm)
+            body["alarm_state"] = state.state if state is not None and state.state in ALARM_STATES else "unknown"
         if self.presence:
             home = []
             for entity_id in self.presence:
@@ -79,19 +83,21 @@ class ContextForwarder:
                 if state is not None and state.state == "home":
                     home.append(state.name)
             body["people_home"] = home
-        for entity_id in self.entries:
-            state = self.hass.states.get(entity_id)
-            if state is not None and state.state == STATE_ON:
-                body["open_entries"].append(state.name)
-        sun = self.hass.states.get(self.sun) if self.sun else None
-        if sun is not None and sun.state in ("above_horizon", "below_horizon"):
-            body["sun"] = sun.state
+        if self.entries:
+            body["open_entries"] = [
+                state.name
+                for entity_id in self.entries
+                if (state := self.hass.states.get(entity_id)) is not None and state.state == STATE_ON
+            ]
+        if self.sun:
+            sun = self.hass.states.get(self.sun)
+            body["sun"] = sun.state if sun is not None and sun.state in ("above_horizon", "below_horizon") else None
         return body
 
     async def _send(self) -> None:
         body = self.build()
         try:
-            await self.client.put_context(body)
+            await self.client.update_context(body)
         except HsiError as err:
             _LOGGER.warning("household context not sent to the server: %s", err)
             return

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from homeassistant.components import mqtt
@@ -18,6 +19,7 @@ from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_call_later
+from homeassistant.util import dt as dt_util
 
 from .alerts import AlertTracker
 from .api import HsiClient, HsiError
@@ -41,6 +43,17 @@ class CameraData:
     state: dict[str, Any] = field(default_factory=dict)
     snapshot: bytes | None = None
     last_event: dict[str, Any] | None = None
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The camera's latest event as its retained state names it (survives reloads and restarts)."""
+        event_id = self.state.get("last_event_id")
+        return str(event_id) if event_id else None
+
+    @property
+    def last_event_at(self) -> datetime | None:
+        """When that event started (the retained state's ``last_event_at``)."""
+        return dt_util.parse_datetime(str(self.state.get("last_event_at") or ""))
 
 
 class HsiCoordinator:

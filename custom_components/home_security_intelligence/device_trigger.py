@@ -55,9 +55,10 @@ async def async_attach_trigger(
     if config[CONF_TYPE] == EVENT_STARTED:
         data["type"] = "new"
     else:
-        # A judgement that changed the level: the rules' "new", or an LLM "update" that moved it
-        # (an update confirming the same level, or the event's "end", fires nothing).
-        data |= {"risk_level": LEVEL_TRIGGERS[config[CONF_TYPE]], "alert": True, "level_changed": True}
+        # The same rule as notifications (alerts.py): the event's "new", or a judgement above every
+        # level the event already alerted at. A review, a repeated or lower level, a failed LLM
+        # phase or the event's "end" (also when the LLM's update comes after it) fires nothing.
+        data |= {"risk_level": LEVEL_TRIGGERS[config[CONF_TYPE]], "alert": True}
     event_config = event_trigger.TRIGGER_SCHEMA(
         {
             CONF_PLATFORM: "event",

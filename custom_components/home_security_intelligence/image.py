@@ -46,8 +46,26 @@ class HsiEventSnapshot(HsiCameraEntity, ImageEntity):
         self._image: bytes | None = None
 
     async def async_added_to_hass(self) -> None:
+        # Before the base class's listener, so each state written already shows the retained event.
+        self._adopt_retained_event()
+        self.async_on_remove(self.coordinator.async_add_listener(self._adopt_retained_event))
         await super().async_added_to_hass()
         self.async_on_remove(self.coordinator.async_add_event_listener(self._on_event))
+
+    @callback
+    def _adopt_retained_event(self) -> None:
+        """The camera's retained state names its last event: after a reload or restart that is
+        the only source, so a newer event there replaces the one shown (an older one never does)."""
+        camera = self.coordinator.cameras.get(self.camera_id)
+        if camera is None or camera.last_event_id is None or camera.last_event_id == self._event_id:
+            return
+        started = camera.last_event_at
+        shown = self._attr_image_last_updated
+        if shown is not None and (started is None or started <= shown):
+            return
+        self._event_id = camera.last_event_id
+        self._image = None
+        self._attr_image_last_updated = started or dt_util.utcnow()
 
     @callback
     def _on_event(self, event: dict[str, Any]) -> None:

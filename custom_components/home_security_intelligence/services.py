@@ -5,6 +5,7 @@ call names the server's config entry."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 import voluptuous as vol
@@ -13,6 +14,7 @@ from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, SupportsResponse
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import config_validation as cv
+from homeassistant.util import dt as dt_util
 
 from .api import HsiClient, HsiError
 from .const import DOMAIN, RISK_LEVELS
@@ -124,7 +126,11 @@ async def _events(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
     client = _client(hass, call)
     filters = {k: call.data.get(k) for k in ("camera", "level", "min_risk", "reviewed", "limit")}
     if "since" in call.data:
-        filters["since"] = call.data["since"].isoformat()
+        since: datetime = call.data["since"]
+        if since.tzinfo is None:
+            # The UI's datetime selector sends a naive time, meant in Home Assistant's time zone.
+            since = since.replace(tzinfo=dt_util.get_default_time_zone())
+        filters["since"] = since.isoformat()
     try:
         page: dict[str, Any] = await client.get_events(**filters)
     except HsiError as err:
@@ -147,7 +153,7 @@ async def _context(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
     client = _client(hass, call)
     body = {k: v for k, v in call.data.items() if k != ATTR_CONFIG_ENTRY}
     try:
-        stored: dict[str, Any] = await client.put_context(body)
+        stored: dict[str, Any] = await client.update_context(body)
     except HsiError as err:
         raise _failed(err) from err
     return stored

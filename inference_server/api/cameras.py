@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 
 from inference_server.api.deps import ctx
 from inference_server.api.errors import ApiError, found, not_found
 from inference_server.api.params import CameraPath
 from inference_server.api.registry import API
+from inference_server.comms.messages import camera_state
+from inference_server.comms.topics import Topics
 from inference_server.schemas import Camera, CameraCreate, CameraList, CameraPatch, ZoneList
 from inference_server.store import cameras, outbox, retention
 
@@ -28,9 +31,12 @@ async def list_cameras(request: web.Request, _: None, __: None) -> CameraList:
     errors=[409],
 )
 async def create_camera(request: web.Request, _: None, new: CameraCreate) -> Camera:
-    created = await cameras.create(ctx(request).pool, new)
-    if created is None:
-        raise ApiError(409, "conflict", f"camera {new.id!r} exists")
+    context = ctx(request)
+    async with context.pool.acquire() as conn, conn.transaction():
+        created = await cameras.create(conn, new)
+        if created is None:
+            raise ApiError(409, "conflict", f"camera {new.id!r} exists")
+        await _publish_state(conn, context.topics, created.id)
     return created
 
 
@@ -58,7 +64,18 @@ async def get_camera(request: web.Request, p: CameraPath, _: None) -> Camera:
     errors=[404],
 )
 async def patch_camera(request: web.Request, p: CameraPath, change: CameraPatch) -> Camera:
-    return found(await cameras.patch(ctx(request).pool, p.camera_id, change), f"camera {p.camera_id!r}")
+    context = ctx(request)
+    async with context.pool.acquire() as conn, conn.transaction():
+        patched = found(await cameras.patch(conn, p.camera_id, change), f"camera {p.camera_id!r}")
+        await _publish_state(conn, context.topics, p.camera_id)
+    return patched
+
+
+async def _publish_state(conn: asyncpg.Connection, topics: Topics, camera_id: str) -> None:
+    """Queue the camera's retained state as this transaction leaves it (its ``enabled`` switch),
+    so Home Assistant, reloaded or not, shows what the server does."""
+    states = await cameras.states(conn, camera_id)
+    await outbox.add_many(conn, [m for s in states.values() for m in camera_state(topics, camera_id, s)])
 
 
 @API.route(

@@ -69,7 +69,8 @@ async def patch_event(request: web.Request, p: EventPath, change: EventPatch) ->
             await activity.change_feedback(
                 conn, before.camera_id, zone, top.label, hour, before.feedback, change.feedback
             )
-        message = EventMessage(type="update", **event.model_dump())
+        # A review is no new judgement: the update tells readers, it never alerts.
+        message = EventMessage(type="update", alert=False, **event.model_dump())
         await outbox.add(conn, context.topics.events, message.model_dump_json().encode())
     return event
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -48,11 +49,19 @@ class MqttPublisher:
     """Keeps one connection; ``publish`` returns once the broker acknowledged (QoS 1)."""
 
     def __init__(
-        self, address: BrokerAddress, topics: Topics, client_id: str, online_messages: list[tuple[str, bytes]]
+        self,
+        address: BrokerAddress,
+        topics: Topics,
+        client_id: str,
+        online_messages: list[tuple[str, bytes]],
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.address = address
         self.topics = topics
         self._online_messages = online_messages
+        #: Called on the event loop after every (re)connection, e.g. to republish what the
+        #: broker may have lost (a broker restarted without persistence keeps no retained message).
+        self._on_connected = on_connected
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._lock = threading.Lock()
@@ -108,6 +117,8 @@ class MqttPublisher:
                 self._untracked.add(info.mid)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.connected.set)
+            if self._on_connected is not None:
+                self._loop.call_soon_threadsafe(self._on_connected)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         log.warning("mqtt disconnected reason=%s", reason)

@@ -150,7 +150,9 @@ class LlmStage:
             await events_store.finish_llm(conn, event_id, result, failure=failure)
             event = await events_store.get(conn, event_id)
             assert event is not None
-            message = EventMessage(type="update", **event.model_dump())
+            # A failure leaves the rules' judgement, already told by `new`: the update records the
+            # fallback for readers but alerts nobody (docs/integration.md).
+            message = EventMessage(type="update", alert=failure is None, **event.model_dump())
             await outbox.add(conn, self.topics.events, message.model_dump_json().encode())
         log.info(
             "llm phase done event_id=%s source=%s risk_score=%s risk_level=%s failure=%s",

@@ -12,23 +12,25 @@ from typing import Literal
 
 import asyncpg
 
+from inference_server.comms.messages import Message
+from inference_server.comms.messages import camera_state as state_messages
 from inference_server.comms.topics import Topics
 from inference_server.domain import Assessment
 from inference_server.schemas import CameraState, EventMessage
 from inference_server.store import events as events_store
 from inference_server.telemetry import metrics
 
-#: One outbox entry: topic, payload, retain.
-Message = tuple[str, bytes, bool]
+__all__ = ["Message", "SnapshotThrottle", "camera_state", "event_message"]
 
 
 async def event_message(
     conn: asyncpg.Connection, topics: Topics, event_id: uuid.UUID, kind: Literal["new", "update", "end"]
 ) -> Message:
-    """``hsi/events``: the stored event as it is now in ``conn``'s transaction, typed ``kind``."""
+    """``hsi/events``: the stored event as it is now in ``conn``'s transaction, typed ``kind``
+    (a ``new`` or ``update`` from the batch stage is a judgement and alerts; an ``end`` does not)."""
     event = await events_store.get(conn, event_id)
     assert event is not None
-    message = EventMessage(type=kind, **event.model_dump())
+    message = EventMessage(type=kind, alert=kind != "end", **event.model_dump())
     return (topics.events, message.model_dump_json().encode(), False)
 
 
@@ -53,10 +55,7 @@ async def camera_state(
         objects=live,
         enabled=enabled,
     )
-    messages: list[Message] = [(topics.camera_state(camera_id), state.model_dump_json().encode(), True)]
-    for label in sorted(set(live) | previous):
-        messages.append((topics.camera_objects(camera_id, label), str(live.get(label, 0)).encode(), True))
-    return messages
+    return state_messages(topics, camera_id, state, previous)
 
 
 class SnapshotThrottle:

@@ -181,3 +181,47 @@ async def set_zones(
         [z.model_dump(mode="json") for z in zones.zones],
     )
     return schemas.ZoneList(zones=row["zones"]) if row is not None else None
+
+
+_STATES = """
+SELECT c.id, c.enabled, last.id AS last_event_id, last.started_at AS last_event_at,
+       COALESCE(live.risk_score, 0) AS risk_score, COALESCE(live.risk_level, 'low') AS risk_level,
+       COALESCE(live.objects, '{}'::jsonb) AS objects
+FROM cameras c
+LEFT JOIN LATERAL (
+    SELECT e.id, e.started_at FROM events e WHERE e.camera_id = c.id ORDER BY e.started_at DESC LIMIT 1
+) last ON true
+LEFT JOIN LATERAL (
+    SELECT e.risk_score, e.risk_level,
+           (SELECT jsonb_object_agg(d.label, d.n) FROM (
+                SELECT label, count(*) AS n FROM detections
+                WHERE image_id = (SELECT max(bi.image_id) FROM batch_images bi WHERE bi.batch_id = b.id)
+                GROUP BY label) d) AS objects
+    FROM batches b LEFT JOIN events e ON e.id = b.event_id
+    WHERE b.camera_id = c.id AND b.closed_at IS NULL
+) live ON true
+"""
+
+
+async def states(
+    conn: asyncpg.Connection | asyncpg.Pool, camera_id: str | None = None
+) -> dict[str, schemas.CameraState]:
+    """Each camera's retained ``CameraState`` as the database has it now (one camera's with
+    ``camera_id``): its switch, its latest event, and while a batch is open the objects of the
+    batch's latest image with the risk of its event (quiet, 0, before the batch has an event;
+    the next image or the batch's closing publishes the rules' live score)."""
+    if camera_id is None:
+        rows = await conn.fetch(_STATES + " ORDER BY c.id")
+    else:
+        rows = await conn.fetch(_STATES + " WHERE c.id = $1", camera_id)
+    return {
+        r["id"]: schemas.CameraState(
+            risk_score=r["risk_score"],
+            risk_level=r["risk_level"],
+            last_event_id=r["last_event_id"],
+            last_event_at=r["last_event_at"],
+            objects=r["objects"],
+            enabled=r["enabled"],
+        )
+        for r in rows
+    }

@@ -81,3 +81,9 @@ async def test_camera_triggers_are_offered_and_fire(
     async_fire_mqtt_message(hass, "hsi/events", json.dumps(sample("event_end.json")))
     await hass.async_block_till_done()
     assert len(service_calls) == 3
+    # Issue 15: the LLM's update arriving after the "end", and a review, fire nothing either.
+    async_fire_mqtt_message(hass, "hsi/events", json.dumps(sample("event_update.json")))
+    review = {**sample("event_update.json"), "alert": False, "reviewed": True}
+    async_fire_mqtt_message(hass, "hsi/events", json.dumps(review))
+    await hass.async_block_till_done()
+    assert len(service_calls) == 3

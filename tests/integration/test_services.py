@@ -89,7 +89,8 @@ async def test_analyze_review_and_list_through_the_real_server(
         hass, "mark_reviewed", real_entry, event_id=event["id"], feedback="correct", notes="delivery"
     )
     assert reviewed["reviewed"] is True and reviewed["feedback"] == "correct" and reviewed["notes"] == "delivery"
-    listed = await _call(hass, "get_events", real_entry, camera="porch", reviewed=True)
+    # A naive time, as the UI's datetime selector sends it: Home Assistant's time zone.
+    listed = await _call(hass, "get_events", real_entry, camera="porch", reviewed=True, since="2020-01-01 00:00:00")
     assert [e["id"] for e in listed["events"]] == [event["id"]]
 
 
@@ -177,7 +178,8 @@ async def test_chosen_entities_are_forwarded_as_context_debounced(
         ("mark_reviewed", {"event_id": "e1", "feedback": "false_alarm"}, "patch", "/events/e1"),
         ("get_events", {"level": "high"}, "get", "/events"),
         ("requeue_dead_letters", {}, "get", "/dlq"),
-        ("set_context", {"alarm_state": "armed_away"}, "put", "/context"),
+        # set_context changes only the fields it is given: it reads the context first.
+        ("set_context", {"alarm_state": "armed_away"}, "get", "/context"),
     ],
 )
 async def test_service_failures_are_reported_with_their_reason(
@@ -212,3 +214,54 @@ async def test_services_refuse_an_unknown_or_unloaded_entry(hass: HomeAssistant,
             DOMAIN, "get_events", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
         )
     assert raised.value.translation_key == "entry_not_loaded"
+
+
+@pytest.mark.parametrize(
+    ("since", "sent"),
+    [
+        # The UI's datetime selector: a naive time, meant in Home Assistant's time zone.
+        ("2026-12-02 19:00:00", "2026-12-02T19:00:00+01:00"),
+        ("2026-07-02 19:00:00", "2026-07-02T19:00:00+02:00"),
+        # An explicit offset is kept as given.
+        ("2026-12-02T19:00:00+00:00", "2026-12-02T19:00:00+00:00"),
+    ],
+)
+async def test_get_events_reads_a_naive_since_in_home_assistants_time_zone(
+    hass: HomeAssistant, entry: MockConfigEntry, aioclient_mock: AiohttpClientMocker, since: str, sent: str
+) -> None:
+    await hass.config.async_set_time_zone("Europe/Berlin")
+    aioclient_mock.get(f"{URL}/api/v1/events", json={"events": [], "next_cursor": None})
+    result = await _call(hass, "get_events", entry, since=since)
+    assert result == {"events": [], "next_cursor": None}
+    url = aioclient_mock.mock_calls[-1][1]
+    assert url.query["since"] == sent
+
+
+async def test_saving_the_options_keeps_what_set_context_set(hass: HomeAssistant, real_entry: MockConfigEntry) -> None:
+    client = real_entry.runtime_data.client
+    await client.put_context({})  # the module's server: start from an empty context
+    await _call(hass, "set_context", real_entry, alarm_state="armed_away", notes="on holiday")
+    # set_context changes only the fields it is given, too.
+    await _call(hass, "set_context", real_entry, open_entries=["Garage"])
+    stored = (await client.get_context())["context"]
+    assert stored["alarm_state"] == "armed_away" and stored["notes"] == "on holiday"
+    assert stored["open_entries"] == ["Garage"]
+
+    # The options name no alarm panel and no doors: the forwarder owns only presence and the sun.
+    hass.states.async_set("person.anna", "home", {"friendly_name": "Anna"})
+    hass.states.async_set("sun.sun", "below_horizon")
+    result = await hass.config_entries.options.async_init(real_entry.entry_id)
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {"presence_entities": ["person.anna"], "sun_entity": "sun.sun"}
+    )
+    await hass.async_block_till_done()
+    forwarder = real_entry.runtime_data.context
+    assert forwarder.last_sent == {"people_home": ["Anna"], "sun": "below_horizon"}
+    stored = (await client.get_context())["context"]
+    assert stored == {
+        "alarm_state": "armed_away",
+        "people_home": ["Anna"],
+        "open_entries": ["Garage"],
+        "sun": "below_horizon",
+        "notes": "on holiday",
+    }

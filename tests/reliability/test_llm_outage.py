@@ -136,6 +136,7 @@ async def test_slow_and_failing_llm_leave_rules_alerts_and_the_circuit_recovers(
         assert new["analysis_source"] == "rules" and new["risk_score"] > 0
         assert update["analysis_source"] == "rules" and "timeout" in update["reasoning"].lower()
         assert update["risk_score"] == new["risk_score"]
+        assert new["alert"] is True and update["alert"] is False  # the timeout repeats the rules: no alert
 
         llm.mode = "error"
         new, update = await alert("garden", 2)
@@ -154,7 +155,7 @@ async def test_slow_and_failing_llm_leave_rules_alerts_and_the_circuit_recovers(
         llm.mode = "ok"
         await asyncio.sleep(max(0.0, half_open_by - time.monotonic()))
         new, update = await alert("hall", 4)
-        assert update["analysis_source"] == "llm" and update["model"] == "fake-llm"
+        assert update["analysis_source"] == "llm" and update["model"] == "fake-llm" and update["alert"] is True
         assert new["analysis_source"] == "rules"
         rows = await db.fetch("SELECT camera_id, analysis_source, llm_state FROM events ORDER BY camera_id")
         assert [(r["camera_id"], r["analysis_source"], r["llm_state"]) for r in rows] == [

@@ -48,16 +48,18 @@ def plain_mosquitto(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 class RestartableMosquitto:
-    """Debian's mosquitto on a fixed loopback port, persistence on, stoppable and restartable."""
+    """Debian's mosquitto on a fixed loopback port, stoppable and restartable; with persistence
+    (the default) it keeps retained messages and sessions across a restart, without it loses them."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, persistence: bool = True) -> None:
         self.port = free_port()
         self.folder = folder
         self.conf = folder / "mosquitto.conf"
+        saved = f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
-            "max_queued_messages 100000\n"
+            + (saved if persistence else "persistence false\n")
+            + "max_queued_messages 100000\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

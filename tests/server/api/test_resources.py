@@ -98,6 +98,7 @@ async def test_reviewing_an_event_stores_it_and_publishes_an_update(
             update = await subscriber.wait_for(lambda m: b'"type":"update"' in m.payload)
             message = EventMessage.model_validate_json(update.payload)
             assert message.id == event_id and message.reviewed and message.feedback == "false_alarm"
+            assert message.alert is False  # a review tells readers, it never alerts again
     finally:
         subscriber.close()
 

@@ -42,7 +42,8 @@ async def test_llm_update_follows_the_rules_alert_on_the_same_event(
             row = await server.pool.fetchrow("SELECT llm_state, rules_result, llm_result FROM events")
     finally:
         subscriber.close()
-    assert new.analysis_source == "rules" and new.id == update.id
+    assert new.analysis_source == "rules" and new.id == update.id and new.alert
+    assert update.alert is (row["llm_state"] == "done")  # a fallback repeats the rules: no new alert
     assert row["rules_result"]["risk_score"] == new.risk_score  # phase one is kept beside phase two
     if row["llm_state"] == "done":
         assert update.analysis_source == "llm" and update.model == "SmolLM2-135M-Instruct.Q4_1"
@@ -71,6 +72,8 @@ async def test_unreachable_llm_leaves_the_rules_result_labelled_with_the_reason(
         subscriber.close()
     assert (new.risk_score, new.risk_level) == (update.risk_score, update.risk_level)
     assert update.analysis_source == "rules" and "LLM fallback: unreachable" in update.reasoning
+    # The rules' judgement was told by `new`; the fallback's update records it and alerts nobody.
+    assert new.alert and not update.alert
     assert row["llm_state"] == "failed" and "unreachable" in row["llm_result"]["error"]
     assert row["analysis_source"] == "rules"
     assert (REGISTRY.get_sample_value("hsi_llm_calls_total", {"outcome": "unreachable"}) or 0) >= 1

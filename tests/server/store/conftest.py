@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
+from inference_server.domain import Assessment
 from inference_server.schemas import CameraCreate
-from inference_server.store import cameras
+from inference_server.store import cameras, events
 from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
 
@@ -30,3 +33,31 @@ async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         await cameras.create(pool, CameraCreate(id=camera_id, name=camera_id.title()))
     async with pool.acquire() as conn:
         yield conn
+
+
+async def add_event(
+    conn: asyncpg.Connection,
+    image_id: int,
+    score: int,
+    level: str,
+    *,
+    batch_id: uuid.UUID | None = None,
+    is_fast_path: bool = False,
+    snapshot_path: str | None = None,
+) -> uuid.UUID:
+    """An event on camera ``front``, judged by the rules at 2025-06-01 12:00 UTC; its id."""
+    event_id = uuid.uuid4()
+    await events.insert(
+        conn,
+        event_id=event_id,
+        camera_id="front",
+        image_id=image_id,
+        batch_id=batch_id,
+        started_at=datetime(2025, 6, 1, 12, 0, tzinfo=UTC),
+        assessment=Assessment(score, level, "someone", "why", [], "rules", "rules-v2"),
+        is_fast_path=is_fast_path,
+        snapshot_path=snapshot_path,
+        context=None,
+        llm_pending=False,
+    )
+    return event_id

@@ -3,16 +3,17 @@ deleting a camera takes its rows with it and names the files to remove."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
-from inference_server.domain import Assessment, Detection
+from inference_server.domain import Detection
 from inference_server.schemas import CameraCreate, CameraPatch, Zone, ZoneList
-from inference_server.store import cameras, detections, events, images, quarantine
+from inference_server.store import batches, cameras, detections, images, quarantine
+
+from .conftest import add_event
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -125,19 +126,7 @@ async def test_deleting_a_camera_removes_its_rows_and_names_its_files_and_labels
         image_ids.append(image_id)
         await detections.insert_many(conn, image_id, camera_id, T0, [Detection("person", 0.9, (0, 0, 1, 1))])
     await detections.insert_many(conn, image_ids[1], "front", T0, [Detection("car", 0.7, (0, 0, 1, 1))])
-    await events.insert(
-        conn,
-        event_id=uuid.uuid4(),
-        camera_id="front",
-        image_id=image_ids[0],
-        batch_id=None,
-        started_at=T0,
-        assessment=Assessment(10, "low", "s", "r", [], "rules", "rules-v2"),
-        is_fast_path=False,
-        snapshot_path="snapshots/front.jpg",
-        context=None,
-        llm_pending=False,
-    )
+    await add_event(conn, image_ids[0], 10, "low", snapshot_path="snapshots/front.jpg")
     for camera_id, stored in (("front", "q/front.jpg"), ("front", None), ("back", "q/back.jpg")):
         await quarantine.record(
             conn,
@@ -161,3 +150,50 @@ async def test_deleting_a_camera_removes_its_rows_and_names_its_files_and_labels
     assert await conn.fetchval("SELECT count(*) FROM images WHERE camera_id = 'back'") == 1
     assert await conn.fetchval("SELECT count(*) FROM quarantine WHERE camera_id = 'back'") == 1
     assert await cameras.delete(conn, "front") is None
+
+
+async def test_states_say_each_camera_as_stored_with_its_open_batch_latest_image_and_event(
+    conn: asyncpg.Connection,
+) -> None:
+    for camera_id in ("front", "back"):
+        await cameras.create(conn, CameraCreate(id=camera_id, name=camera_id))
+    await cameras.patch(conn, "back", CameraPatch(enabled=False))
+    image_ids = []
+    for name, labels in (("a", ["person"]), ("b", ["person", "person", "car"])):
+        image_id = await images.insert(
+            conn,
+            images.NewImage(
+                "front", name.encode(), f"front/{name}.jpg", "folder", None, "image/jpeg", 8, 8, 1, T0, "filename"
+            ),
+        )
+        assert image_id is not None
+        dets = [Detection(label, 0.9, (0, 0, 1, 1)) for label in labels]
+        await detections.insert_many(conn, image_id, "front", T0, dets)
+        image_ids.append(image_id)
+    quiet = await cameras.states(conn)
+    assert {cid: (s.risk_score, s.risk_level, s.objects, s.enabled, s.last_event_id) for cid, s in quiet.items()} == {
+        "back": (0, "low", {}, False, None),
+        "front": (0, "low", {}, True, None),
+    }
+
+    batch = await batches.open_new(conn, "front", T0)
+    for image_id in image_ids:
+        batch = await batches.add_image(conn, batch, image_id, T0)
+    open_batch = (await cameras.states(conn, "front"))["front"]
+    assert (open_batch.risk_score, open_batch.objects) == (0, {"person": 2, "car": 1})  # no event yet
+
+    event_id = await add_event(conn, image_ids[1], 70, "high", batch_id=batch.id, is_fast_path=True)
+    await batches.set_event(conn, batch.id, event_id)
+    assert await cameras.states(conn, "nowhere") == {}
+    state = (await cameras.states(conn, "front"))["front"]
+    assert (state.risk_score, state.risk_level, state.objects, state.last_event_id, state.last_event_at) == (
+        70,
+        "high",
+        {"person": 2, "car": 1},
+        event_id,
+        T0,
+    )
+
+    await batches.close(conn, batch.id, T0)
+    closed = (await cameras.states(conn))["front"]
+    assert (closed.risk_score, closed.objects, closed.last_event_id) == (0, {}, event_id)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
-from inference_server.domain import Assessment, Detection
-from inference_server.store import batches, detections, events, images
+from inference_server.domain import Detection
+from inference_server.store import batches, detections, images
+
+from .conftest import add_event
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -58,20 +59,7 @@ async def test_the_overview_lists_images_with_detections_strongest_first_and_the
     )
     batch = await batches.open_new(conn, "front", T0)
     await batches.add_image(conn, batch, seen, T0)
-    event_id = uuid.uuid4()
-    await events.insert(
-        conn,
-        event_id=event_id,
-        camera_id="front",
-        image_id=seen,
-        batch_id=batch.id,
-        started_at=T0,
-        assessment=Assessment(35, "medium", "someone", "why", [], "rules", "rules-v2"),
-        is_fast_path=False,
-        snapshot_path=None,
-        context=None,
-        llm_pending=False,
-    )
+    event_id = await add_event(conn, seen, 35, "medium", batch_id=batch.id)
 
     first, second = await images.overview(conn)
 
