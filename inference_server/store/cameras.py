@@ -214,14 +214,5 @@ async def states(
         rows = await conn.fetch(_STATES + " ORDER BY c.id")
     else:
         rows = await conn.fetch(_STATES + " WHERE c.id = $1", camera_id)
-    return {
-        r["id"]: schemas.CameraState(
-            risk_score=r["risk_score"],
-            risk_level=r["risk_level"],
-            last_event_id=r["last_event_id"],
-            last_event_at=r["last_event_at"],
-            objects=r["objects"],
-            enabled=r["enabled"],
-        )
-        for r in rows
-    }
+    fields = schemas.CameraState.model_fields
+    return {r["id"]: schemas.CameraState.model_validate({f: r[f] for f in fields}) for r in rows}
