@@ -73,13 +73,11 @@ class CameraIdConflict(UnknownCamera):
     or this folder was registered under another id): nothing is stored, look the id up again."""
 
 
-class _Refused(Exception):
+class _Refused(InvalidImage):
     """A camera file whose real place is not where it may be read or removed."""
 
     def __init__(self, reason: str, detail: str, entry: Path | None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
         #: The directory entry that may be moved to quarantine (a link inside the camera
         #: folder), or None: the file is outside, record it and leave it alone.
         self.entry = entry
