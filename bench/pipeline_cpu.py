@@ -683,7 +683,8 @@ def report(
     bare_mean = sum(bare_rates) / len(bare_rates)
     burst = phases[0]
     say()
-    say(f"Machine: {os.cpu_count()} CPUs, no GPU; torch threads {torch.get_num_threads()}")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    say(f"Machine: {os.cpu_count()} CPUs, {gpu}; device {args.device}; torch threads {torch.get_num_threads()}")
     say(
         f"Settings: {args.images} images, batch size {args.batch_size}, imgsz {args.imgsz}, conf {args.conf},"
         f" file_stable_s {args.file_stable_s}, log level {args.log_level}, broker {args.broker},"

@@ -283,6 +283,11 @@ class Settings(BaseSettings):
         default_factory=lambda: {"person": 0.90},
         description="label:confidence pairs that open an event at once instead of waiting for the batch.",
     )
+    alert_open_level: Literal["low", "medium", "high", "critical"] = Field(
+        default="high",
+        description="An activity the rules judge at this level or above opens its event at once (type new), "
+        "whatever the detector's confidence; lower levels wait for the batch to close.",
+    )
 
     # --- reasoning ----------------------------------------------------------------------
     llm: LlmSettings | None = Field(

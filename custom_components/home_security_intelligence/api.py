@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import yarl
 
 API_PREFIX = "/api/v1"
 TIMEOUT = aiohttp.ClientTimeout(total=15)
+#: The server's 429 message says "retry in N s" where no Retry-After header came with it.
+_RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?) s")
+
+
+def normalize_url(url: str) -> str:
+    """The server's base URL as the client wants it: no trailing slashes and no ``/api/v1``
+    (users paste the API's address too). ValueError for anything but an http(s) URL with a host."""
+    text = url.strip()
+    parsed = yarl.URL(text)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"not an http(s) URL with a host: {url!r}")
+    text = text.rstrip("/")
+    while text.lower().endswith(API_PREFIX):
+        text = text[: -len(API_PREFIX)].rstrip("/")
+    return text
 
 
 class HsiError(Exception):
@@ -26,10 +43,21 @@ class HsiAuthError(HsiError):
 class HsiApiError(HsiError):
     """The server refused the request with its JSON error shape."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
+        self.message = message
+        #: Seconds the server asked to wait (its Retry-After header, or the "retry in N s" of a 429).
+        self.retry_after = retry_after
+
+
+def _retry_after(resp: aiohttp.ClientResponse, message: str) -> float | None:
+    header = resp.headers.get("Retry-After", "")
+    if header.isdigit():
+        return float(header)
+    match = _RETRY_IN.search(message)
+    return float(match.group(1)) if match is not None else None
 
 
 class HsiClient:
@@ -43,7 +71,7 @@ class HsiClient:
         on_auth_error: Callable[[], None] | None = None,
     ) -> None:
         self._session = session
-        self.url = url.rstrip("/")
+        self.url = url.rstrip("/")  # the config flow stores `normalize_url`'s form
         self._headers = {"Authorization": f"Bearer {api_key}"}
         #: Called when the server rejects the key (revoked or rotated): the integration starts reauth.
         self.on_auth_error = on_auth_error
@@ -68,7 +96,10 @@ class HsiClient:
                     raise HsiConnectionError(f"not an HSI server answer ({resp.status})") from err
                 if resp.status >= 400:
                     error = body.get("error", {}) if isinstance(body, dict) else {}
-                    raise HsiApiError(resp.status, error.get("code", "error"), error.get("message", ""))
+                    message = str(error.get("message", ""))
+                    raise HsiApiError(
+                        resp.status, str(error.get("code", "error")), message, _retry_after(resp, message)
+                    )
                 return body
         except (aiohttp.ClientError, TimeoutError) as err:
             raise HsiConnectionError(str(err) or type(err).__name__) from err

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import voluptuous as vol
 from homeassistant.config_entries import ConfigEntry, ConfigFlow, ConfigFlowResult, OptionsFlow
@@ -17,7 +18,7 @@ from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.service_info.hassio import HassioServiceInfo
 from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
 
-from .api import HsiAuthError, HsiClient, HsiConnectionError, HsiError
+from .api import HsiApiError, HsiAuthError, HsiClient, HsiConnectionError, normalize_url
 from .const import (
     CONF_ALARM_ENTITY,
     CONF_API_KEY,
@@ -32,22 +33,60 @@ from .const import (
 )
 
 _LOGGER = logging.getLogger(__name__)
+#: Shown when a 429 names no wait: the server's failure window is a minute.
+RETRY_AFTER_DEFAULT_S = 60
 
 
-async def validate_server(hass: HomeAssistant, url: str, api_key: str) -> str | None:
-    """None if the server answers and accepts the key, else the error's translation key."""
+class ServerCheck(NamedTuple):
+    """Why a server was not accepted: the error's translation key and its placeholders."""
+
+    error: str
+    placeholders: dict[str, str]
+
+
+async def check_server(hass: HomeAssistant, url: str, api_key: str) -> ServerCheck | None:
+    """None if the server answers and accepts the key, else the translated error to show.
+
+    Every answer the server can give has its own translated error; none is logged as a traceback
+    (a wrong key or a refused request is the user's input, not a bug of the integration)."""
     client = HsiClient(async_get_clientsession(hass), url, api_key)
     try:
         await client.health_ready()
         await client.system_status()
     except HsiAuthError:
-        return "invalid_auth"
-    except HsiConnectionError:
-        return "cannot_connect"
-    except HsiError:
-        _LOGGER.exception("unexpected answer from %s", url)
-        return "unknown"
+        return ServerCheck("invalid_auth", {})
+    except HsiConnectionError as err:
+        _LOGGER.debug("cannot reach %s: %s", url, err)
+        return ServerCheck("cannot_connect", {})
+    except HsiApiError as err:
+        if err.status == 429:
+            # The server's failure lockout for this address (inference_server/api/auth.py): its
+            # valid keys are still served, so the right key works at once; a wrong one must wait.
+            wait = math.ceil(err.retry_after) if err.retry_after is not None else RETRY_AFTER_DEFAULT_S
+            _LOGGER.warning("%s refuses further API keys from this address for %d s", url, wait)
+            return ServerCheck("too_many_failures", {"retry_after": str(wait)})
+        _LOGGER.warning("%s refused the check: %s", url, err)
+        return ServerCheck("server_refused", {"status": str(err.status), "message": err.message or err.code})
     return None
+
+
+async def validate_server(hass: HomeAssistant, url: str, api_key: str) -> str | None:
+    """`check_server`'s error key alone (the repair flow's errors take no placeholders)."""
+    check = await check_server(hass, url, api_key)
+    return None if check is None else check.error
+
+
+def _url_error(url: str) -> tuple[str, ServerCheck | None]:
+    """The URL as stored (`normalize_url`), or the ``invalid_url`` error."""
+    try:
+        return normalize_url(url), None
+    except ValueError:
+        return url, ServerCheck("invalid_url", {})
+
+
+#: The key field in every form: a password field, never shown in the clear.
+_KEY_SELECTOR = selector.TextSelector(selector.TextSelectorConfig(type=selector.TextSelectorType.PASSWORD))
+_URL_SELECTOR = selector.TextSelector(selector.TextSelectorConfig(type=selector.TextSelectorType.URL))
 
 
 def _same_url(a: str, b: str) -> bool:
@@ -99,21 +138,32 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         errors: dict[str, str] = {}
+        placeholders: dict[str, str] = {}
         if user_input is not None:
             prefix = user_input.get(CONF_PREFIX, DEFAULT_PREFIX)
-            await self.async_set_unique_id(prefix)
+            # A discovered card of the same server may be pending: the user's own flow takes over
+            # (HA aborts the discovered one when this one creates the entry) instead of ending in
+            # ``already_in_progress`` after the key was typed.
+            await self.async_set_unique_id(prefix, raise_on_progress=False)
             self._abort_if_unique_id_configured()
-            if (error := await validate_server(self.hass, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
-                return self.async_create_entry(title="Home Security Intelligence", data=user_input)
-            errors["base"] = error
+            url, check = _url_error(user_input[CONF_URL])
+            if check is None:
+                check = await check_server(self.hass, url, user_input[CONF_API_KEY])
+            if check is None:
+                return self.async_create_entry(
+                    title="Home Security Intelligence", data={**user_input, CONF_URL: url, CONF_PREFIX: prefix}
+                )
+            errors["base"], placeholders = check
         schema = vol.Schema(
             {
-                vol.Required(CONF_URL, default=(user_input or {}).get(CONF_URL, "http://")): str,
-                vol.Required(CONF_API_KEY): str,
+                vol.Required(CONF_URL, default=(user_input or {}).get(CONF_URL, "http://")): _URL_SELECTOR,
+                vol.Required(CONF_API_KEY): _KEY_SELECTOR,
                 vol.Optional(CONF_PREFIX, default=DEFAULT_PREFIX): str,
             }
         )
-        return self.async_show_form(step_id="user", data_schema=schema, errors=errors)
+        return self.async_show_form(
+            step_id="user", data_schema=schema, errors=errors, description_placeholders=placeholders
+        )
 
     async def async_step_mqtt(self, discovery_info: MqttServiceInfo) -> ConfigFlowResult:
         """The server's retained ``hsi/discovery``: ``{"id","name","version","url"}``."""
@@ -151,34 +201,49 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
 
     async def async_step_hassio_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         errors: dict[str, str] = {}
+        placeholders: dict[str, str] = {}
         if user_input is not None:
             d = self._discovered
-            if (error := await validate_server(self.hass, d[CONF_URL], d[CONF_API_KEY])) is None:
+            if (check := await check_server(self.hass, d[CONF_URL], d[CONF_API_KEY])) is None:
                 return self.async_create_entry(
                     title=d["name"],
                     data={CONF_URL: d[CONF_URL], CONF_API_KEY: d[CONF_API_KEY], CONF_PREFIX: d[CONF_PREFIX]},
                 )
-            errors["base"] = error
+            errors["base"], placeholders = check
         return self.async_show_form(
-            step_id="hassio_confirm", description_placeholders={"name": self._discovered["name"]}, errors=errors
+            step_id="hassio_confirm",
+            description_placeholders={**placeholders, "name": self._discovered["name"]},
+            errors=errors,
         )
 
     async def async_step_discovery_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         errors: dict[str, str] = {}
+        placeholders: dict[str, str] = {}
         if user_input is not None:
-            if (error := await validate_server(self.hass, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
+            url, check = _url_error(user_input[CONF_URL])
+            if check is None:
+                check = await check_server(self.hass, url, user_input[CONF_API_KEY])
+            if check is None:
                 return self.async_create_entry(
-                    title=self._discovered["name"], data={**user_input, CONF_PREFIX: self._discovered[CONF_PREFIX]}
+                    title=self._discovered["name"],
+                    data={**user_input, CONF_URL: url, CONF_PREFIX: self._discovered[CONF_PREFIX]},
                 )
-            errors["base"] = error
+            errors["base"], placeholders = check
         schema = vol.Schema(
-            {vol.Required(CONF_URL, default=self._discovered[CONF_URL]): str, vol.Required(CONF_API_KEY): str}
+            {
+                vol.Required(CONF_URL, default=self._discovered[CONF_URL]): _URL_SELECTOR,
+                vol.Required(CONF_API_KEY): _KEY_SELECTOR,
+            }
         )
         return self.async_show_form(
             step_id="discovery_confirm",
             data_schema=schema,
             errors=errors,
-            description_placeholders={"name": self._discovered["name"], "url": self._discovered[CONF_URL]},
+            description_placeholders={
+                **placeholders,
+                "name": self._discovered["name"],
+                "url": self._discovered[CONF_URL],
+            },
         )
 
     async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
@@ -187,28 +252,41 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
     async def async_step_reauth_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         entry = self._get_reauth_entry()
         errors: dict[str, str] = {}
+        placeholders: dict[str, str] = {}
         if user_input is not None:
-            if (error := await validate_server(self.hass, entry.data[CONF_URL], user_input[CONF_API_KEY])) is None:
-                return self.async_update_reload_and_abort(entry, data_updates=user_input)
-            errors["base"] = error
+            if (check := await check_server(self.hass, entry.data[CONF_URL], user_input[CONF_API_KEY])) is None:
+                return self.async_update_reload_and_abort(entry, data_updates={CONF_API_KEY: user_input[CONF_API_KEY]})
+            errors["base"], placeholders = check
         return self.async_show_form(
-            step_id="reauth_confirm", data_schema=vol.Schema({vol.Required(CONF_API_KEY): str}), errors=errors
+            step_id="reauth_confirm",
+            data_schema=vol.Schema({vol.Required(CONF_API_KEY): _KEY_SELECTOR}),
+            errors=errors,
+            description_placeholders=placeholders,
         )
 
     async def async_step_reconfigure(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """URL and key; the key field starts empty and an empty one keeps the stored key (the form
+        never sends the whole key back to the browser)."""
         entry = self._get_reconfigure_entry()
         errors: dict[str, str] = {}
+        placeholders: dict[str, str] = {}
         if user_input is not None:
-            if (error := await validate_server(self.hass, user_input[CONF_URL], user_input[CONF_API_KEY])) is None:
-                return self.async_update_reload_and_abort(entry, data_updates=user_input)
-            errors["base"] = error
+            api_key = user_input.get(CONF_API_KEY) or entry.data[CONF_API_KEY]
+            url, check = _url_error(user_input[CONF_URL])
+            if check is None:
+                check = await check_server(self.hass, url, api_key)
+            if check is None:
+                return self.async_update_reload_and_abort(entry, data_updates={CONF_URL: url, CONF_API_KEY: api_key})
+            errors["base"], placeholders = check
         schema = vol.Schema(
             {
-                vol.Required(CONF_URL, default=entry.data[CONF_URL]): str,
-                vol.Required(CONF_API_KEY, default=entry.data[CONF_API_KEY]): str,
+                vol.Required(CONF_URL, default=(user_input or {}).get(CONF_URL, entry.data[CONF_URL])): _URL_SELECTOR,
+                vol.Optional(CONF_API_KEY): _KEY_SELECTOR,
             }
         )
-        return self.async_show_form(step_id="reconfigure", data_schema=schema, errors=errors)
+        return self.async_show_form(
+            step_id="reconfigure", data_schema=schema, errors=errors, description_placeholders=placeholders
+        )
 
 
 class HsiOptionsFlow(OptionsFlow):

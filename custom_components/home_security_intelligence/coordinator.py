@@ -1,6 +1,7 @@
 """State of one HSI server, pushed over MQTT (no polling): availability, status, cameras,
 snapshots and events. Entities listen to it; it fires the HA bus event per published event, whose
-data (when an event alerts) alerts.py decides."""
+data (when an event alerts) alerts.py decides, and one ``EVENT_ALERT`` per alert (the logbook's
+line). It also keeps each camera's current risk level (CameraRisk: held, then decaying)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from homeassistant.components import mqtt
@@ -18,7 +19,7 @@ from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.dispatcher import async_dispatcher_send
-from homeassistant.helpers.event import async_call_later
+from homeassistant.helpers.event import async_call_later, async_track_point_in_utc_time
 from homeassistant.util import dt as dt_util
 
 from .alerts import AlertTracker
@@ -27,11 +28,111 @@ from .const import (
     DOMAIN,
     EVENT_BUS,
     ISSUE_UNREACHABLE,
+    RISK_LEVELS,
     SIGNAL_NEW_CAMERA,
     UNREACHABLE_ISSUE_AFTER,
 )
 
 _LOGGER = logging.getLogger(__name__)
+
+#: The "current risk level" (how worried to be now) of a camera: the highest level of its active
+#: events (``new`` until ``end``, following ``update``s); after an event ends its level holds for
+#: RISK_HOLD, then steps down one level every RISK_STEP (critical: 10 min critical, then high,
+#: medium, and low 30 min after the end). Never below the camera's live risk level.
+RISK_HOLD = timedelta(minutes=10)
+RISK_STEP = timedelta(minutes=10)
+#: An event whose ``end`` never arrived (HA was down, or the broker lost it) counts as ended this
+#: long after its last message, so a lost ``end`` cannot pin the level for good.
+RISK_ACTIVE_TIMEOUT = timedelta(minutes=30)
+#: Fired once per alerting judgement (an event's ``new``, then each level rise): the logbook's line.
+EVENT_ALERT = f"{DOMAIN}_alert"
+
+
+def _level_index(level: Any) -> int | None:
+    return RISK_LEVELS.index(level) if level in RISK_LEVELS else None
+
+
+@dataclass
+class CameraRisk:
+    """The events behind a camera's current risk level: level and time per event id."""
+
+    #: Open events: (level index, time of its latest message).
+    active: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+    #: Ended events still decaying: (level index, when it ended).
+    ended: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+
+    def on_event(self, event: dict[str, Any], now: datetime) -> None:
+        """Follow one ``hsi/events`` message received at ``now``."""
+        event_id = str(event.get("id"))
+        level = _level_index(event.get("risk_level"))
+        kind = event.get("type")
+        if kind == "end":
+            opened = self.active.pop(event_id, None)
+            # The end carries the event's latest judgement; without a level, the last one heard.
+            final = level if level is not None else (opened[0] if opened is not None else None)
+            if final is not None and event_id not in self.ended:
+                self.ended[event_id] = (final, now)
+        elif kind in ("new", "update") and level is not None:
+            if event_id in self.ended:
+                # The LLM's verdict after the end (the usual order): the ended event takes it.
+                self.ended[event_id] = (level, self.ended[event_id][1])
+            else:
+                self.active[event_id] = (level, now)
+
+    def level(self, now: datetime) -> int | None:
+        """The highest level the events justify at ``now`` (None: no event does)."""
+        self._expire(now)
+        levels = [level for level, _ in self.active.values()]
+        levels += [_decayed(level, ended, now) for level, ended in self.ended.values()]
+        return max(levels, default=None)
+
+    def next_change(self, now: datetime) -> datetime | None:
+        """When ``level`` may next change without a message (a decay step, a lost ``end``)."""
+        self._expire(now)
+        times = [seen + RISK_ACTIVE_TIMEOUT for _, seen in self.active.values()]
+        for level, ended in self.ended.values():
+            if now < ended + RISK_HOLD:
+                times.append(ended + RISK_HOLD)
+            elif _decayed(level, ended, now) > 0:
+                steps = (now - ended - RISK_HOLD) // RISK_STEP + 1
+                times.append(ended + RISK_HOLD + steps * RISK_STEP)
+        return min(times, default=None)
+
+    def _expire(self, now: datetime) -> None:
+        for event_id, (level, seen) in list(self.active.items()):
+            if now >= seen + RISK_ACTIVE_TIMEOUT:
+                del self.active[event_id]
+                self.ended[event_id] = (level, seen + RISK_ACTIVE_TIMEOUT)
+        for event_id, (level, ended) in list(self.ended.items()):
+            if _decayed(level, ended, now) == 0:
+                del self.ended[event_id]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON for RestoreEntity: survives a reload or restart of Home Assistant."""
+        return {
+            part: {event_id: [RISK_LEVELS[level], at.isoformat()] for event_id, (level, at) in events.items()}
+            for part, events in (("active", self.active), ("ended", self.ended))
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Add what ``as_dict`` saved, for events this run has not heard of (live messages win)."""
+        for part, events in (("active", self.active), ("ended", self.ended)):
+            saved = data.get(part)
+            if not isinstance(saved, dict):
+                continue
+            for event_id, value in saved.items():
+                if event_id in self.active or event_id in self.ended or not isinstance(value, list | tuple):
+                    continue
+                level = _level_index(value[0]) if value else None
+                at = dt_util.parse_datetime(str(value[1])) if len(value) > 1 else None
+                if level is not None and at is not None:
+                    events[event_id] = (level, at)
+
+
+def _decayed(level: int, ended: datetime, now: datetime) -> int:
+    if now < ended + RISK_HOLD:
+        return level
+    return max(0, level - 1 - (now - ended - RISK_HOLD) // RISK_STEP)
 
 
 @dataclass
@@ -43,6 +144,15 @@ class CameraData:
     state: dict[str, Any] = field(default_factory=dict)
     snapshot: bytes | None = None
     last_event: dict[str, Any] | None = None
+    risk: CameraRisk = field(default_factory=CameraRisk)
+    #: Whether ``last_event`` alerted (its "new", a level rise): the event entity fires on those.
+    last_event_alerted: bool = False
+
+    def current_level(self, now: datetime) -> str | None:
+        """How worried to be now: the events' held or decaying level, never below the live one."""
+        levels = [self.risk.level(now), _level_index(self.state.get("risk_level"))]
+        known = [level for level in levels if level is not None]
+        return RISK_LEVELS[max(known)] if known else None
 
     @property
     def last_event_id(self) -> str | None:
@@ -74,6 +184,14 @@ class HsiCoordinator:
         self._alerts = AlertTracker()
         self._unsubscribe: list[CALLBACK_TYPE] = []
         self._unreachable_timer: CALLBACK_TYPE | None = None
+        #: The next decay step of any camera's current risk level (one timer, no polling).
+        self._risk_timer: CALLBACK_TYPE | None = None
+        #: Whether the server was ever seen offline (or never online) since it was last online:
+        #: "online again" is only logged after a real outage.
+        self._was_online = False
+        self._names_task_running = False
+        #: Cameras first seen after set-up whose name is being asked of the server.
+        self._unnamed: set[str] = set()
 
     @property
     def issue_id(self) -> str:
@@ -107,6 +225,9 @@ class HsiCoordinator:
         while self._unsubscribe:
             self._unsubscribe.pop()()
         self._cancel_unreachable_timer()
+        if self._risk_timer is not None:
+            self._risk_timer()
+            self._risk_timer = None
         # An unloaded entry raises no issue: it is no longer watching the server.
         ir.async_delete_issue(self.hass, DOMAIN, self.issue_id)
 
@@ -171,11 +292,14 @@ class HsiCoordinator:
         online = msg.payload == "online"
         if online != self.online:
             # Logged once per change, not per message (quality scale: log-when-unavailable).
-            if online:
+            if online and self._was_online:
                 _LOGGER.info("HSI server %s is online again", self.client.url)
+            elif online:
+                _LOGGER.debug("HSI server %s is online", self.client.url)
             else:
                 _LOGGER.warning("HSI server %s went offline (its MQTT last will)", self.client.url)
         if online:
+            self._was_online = True
             self._cancel_unreachable_timer()
             ir.async_delete_issue(self.hass, DOMAIN, self.issue_id)
         else:
@@ -194,13 +318,98 @@ class HsiCoordinator:
         return topic.removeprefix(f"{self.prefix}/cameras/").split("/", 1)[0]
 
     @callback
-    def _ensure_camera(self, camera_id: str) -> CameraData:
+    def _ensure_camera(self, camera_id: str, name: str | None = None) -> CameraData:
+        """The camera's data; a camera first seen here gets its entities (and device) named by the
+        server: ``name``, a name loaded at set-up, else the server's REST API is asked first."""
         camera = self.cameras.get(camera_id)
         if camera is None:
-            camera = CameraData(camera_id, self._names.get(camera_id, camera_id))
+            known = name or self._names.get(camera_id)
+            camera = CameraData(camera_id, known or camera_id)
             self.cameras[camera_id] = camera
-            async_dispatcher_send(self.hass, SIGNAL_NEW_CAMERA.format(self.entry.entry_id), camera_id)
+            if known is None:
+                # A camera added on the server after set-up: its entities wait for its name (one
+                # REST call), so the device and entity ids never carry the raw id by accident.
+                self._unnamed.add(camera_id)
+                self._refresh_names()
+            else:
+                self._announce(camera_id)
+        elif name and camera_id in self._unnamed:
+            # Its name arrived with an event before the server's camera list: no need to wait.
+            self._unnamed.discard(camera_id)
+            camera.name = name
+            self._names[camera_id] = name
+            self._announce(camera_id)
+        elif name and name != camera.name:
+            self._rename_camera(camera, name)
         return camera
+
+    @callback
+    def _announce(self, camera_id: str) -> None:
+        async_dispatcher_send(self.hass, SIGNAL_NEW_CAMERA.format(self.entry.entry_id), camera_id)
+
+    @callback
+    def _refresh_names(self) -> None:
+        if not self._names_task_running:
+            self._names_task_running = True
+            self.entry.async_create_background_task(self.hass, self._async_refresh_names(), "hsi camera names")
+
+    async def _async_refresh_names(self) -> None:
+        names: dict[str, str] = {}
+        try:
+            names = {c["id"]: c["name"] for c in await self.client.list_cameras()}
+        except HsiError as err:
+            _LOGGER.warning("camera names not loaded; new cameras are named by their id for now: %s", err)
+        finally:
+            self._names_task_running = False
+        self._names.update(names)
+        for camera in list(self.cameras.values()):
+            if (name := names.get(camera.camera_id)) and name != camera.name:
+                self._rename_camera(camera, name)
+        while self._unnamed:
+            camera_id = self._unnamed.pop()
+            if camera_id in self.cameras:
+                self._announce(camera_id)
+
+    @callback
+    def _rename_camera(self, camera: CameraData, name: str) -> None:
+        """The server's new name for a camera, on its device too (a name the user set is kept)."""
+        camera.name = name
+        self._names[camera.camera_id] = name
+        registry = dr.async_get(self.hass)
+        device = registry.async_get_device(identifiers={(DOMAIN, f"{self.server_id}_{camera.camera_id}")})
+        if device is not None and device.name != name:
+            registry.async_update_device(device.id, name=name)
+
+    @callback
+    def async_restore_risk(self, camera_id: str, data: dict[str, Any]) -> None:
+        """Events a camera's current level followed before a reload or restart (RestoreEntity)."""
+        camera = self.cameras.get(camera_id)
+        if camera is not None:
+            camera.risk.restore(data)
+            self._schedule_risk_timer()
+
+    @callback
+    def _schedule_risk_timer(self) -> None:
+        now = dt_util.utcnow()
+        changes = [c for c in (camera.risk.next_change(now) for camera in self.cameras.values()) if c is not None]
+        if self._risk_timer is not None:
+            self._risk_timer()
+            self._risk_timer = None
+        if changes:
+            self._risk_timer = async_track_point_in_utc_time(self.hass, self._on_risk_timer, min(changes))
+
+    @callback
+    def _on_risk_timer(self, _now: datetime) -> None:
+        self._risk_timer = None
+        self._schedule_risk_timer()
+        self._notify()
+
+    def home_level(self) -> str | None:
+        """The highest current risk level over all cameras (None: no camera)."""
+        now = dt_util.utcnow()
+        levels = [_level_index(camera.current_level(now)) for camera in self.cameras.values()]
+        known = [level for level in levels if level is not None]
+        return RISK_LEVELS[max(known)] if known else None
 
     @callback
     def _on_camera_state(self, msg: mqtt.ReceiveMessage) -> None:
@@ -236,12 +445,50 @@ class HsiCoordinator:
         event = _json(msg)
         if event is None or "camera_id" not in event:
             return
-        camera = self._ensure_camera(str(event["camera_id"]))
-        camera.last_event = event
-        self.hass.bus.async_fire(EVENT_BUS, self._alerts.bus_event(event, camera.camera_id, camera.name, time.time()))
+        name = event.get("camera_name")
+        camera = self._ensure_camera(str(event["camera_id"]), str(name) if name else None)
+        if _is_latest(event, camera.last_event):
+            camera.last_event = event
+        camera.risk.on_event(event, dt_util.utcnow())
+        self._schedule_risk_timer()
+        data = self._alerts.bus_event(event, camera.camera_id, camera.name, time.time())
+        self.hass.bus.async_fire(EVENT_BUS, data)
+        if data["alert"]:
+            # The logbook's one line per event (and per level rise): logbook.py describes it.
+            self.hass.bus.async_fire(
+                EVENT_ALERT, {**data, "server_id": self.server_id, "context": _context_line(event)}
+            )
+        camera.last_event_alerted = bool(data["alert"])
         for listener in list(self._event_listeners):
             listener(event)
         self._notify()
+
+
+def _is_latest(event: dict[str, Any], last: dict[str, Any] | None) -> bool:
+    """Whether ``event`` is (a message of) the camera's latest event: the LLM's late ``update`` of an
+    older event does not replace a newer event."""
+    if last is None or event.get("id") == last.get("id"):
+        return True
+    started, last_started = (
+        dt_util.parse_datetime(str(event.get("started_at") or "")),
+        dt_util.parse_datetime(str(last.get("started_at") or "")),
+    )
+    return started is None or last_started is None or started >= last_started
+
+
+def _context_line(event: dict[str, Any]) -> str | None:
+    """The household context the event was judged in, for the logbook ("armed away, nobody home")."""
+    context = event.get("context")
+    if not isinstance(context, dict):
+        return None
+    parts: list[str] = []
+    alarm = context.get("alarm_state")
+    if alarm and alarm != "unknown":
+        parts.append(str(alarm).replace("_", " "))
+    people = context.get("people_home")
+    if isinstance(people, list):
+        parts.append(f"home: {', '.join(map(str, people))}" if people else "nobody home")
+    return ", ".join(parts) or None
 
 
 def _json(msg: mqtt.ReceiveMessage) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""Event entity per camera: fires for each security event (``new``) and its LLM update."""
+"""Event entity per camera: fires when a security event opens (``new``) and when it rises to a
+higher level, as the notifications do; an unchanged update, a review or an end fire nothing."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ class HsiSecurityEvent(HsiCameraEntity, EventEntity):
 
     @callback
     def _on_event(self, event: dict[str, Any]) -> None:
-        if event.get("camera_id") != self.camera_id or event.get("type") not in ("new", "update"):
+        camera = self.coordinator.cameras.get(self.camera_id)
+        if event.get("camera_id") != self.camera_id or camera is None or not camera.last_event_alerted:
             return
         level = event.get("risk_level")
         if level not in RISK_LEVELS:

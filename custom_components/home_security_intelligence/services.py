@@ -16,7 +16,7 @@ from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import config_validation as cv
 from homeassistant.util import dt as dt_util
 
-from .api import HsiClient, HsiError
+from .api import HsiClient, HsiConnectionError, HsiError
 from .const import DOMAIN, RISK_LEVELS
 
 ATTR_CONFIG_ENTRY = "config_entry_id"
@@ -75,8 +75,10 @@ def _client(hass: HomeAssistant, call: ServiceCall) -> HsiClient:
 
 
 def _failed(err: HsiError) -> HomeAssistantError:
+    # Unreachable is not a refusal: the server never answered (issue 15, item 14).
+    key = "cannot_connect" if isinstance(err, HsiConnectionError) else "server_error"
     return HomeAssistantError(
-        translation_domain=DOMAIN, translation_key="server_error", translation_placeholders={"error": str(err)}
+        translation_domain=DOMAIN, translation_key=key, translation_placeholders={"error": str(err)}
     )
 
 

@@ -12,7 +12,7 @@ import asyncpg
 from aiohttp import web
 
 from inference_server.api.deps import CTX, PRINCIPAL
-from inference_server.api.errors import ApiError, Handler
+from inference_server.api.errors import ApiError, Handler, error_response
 from inference_server.api.registry import route_of
 from inference_server.store import api_keys, audit
 from inference_server.telemetry import metrics
@@ -132,8 +132,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 request[PRINCIPAL] = name
                 return await handler(request)
         metrics.AUTH_FAILURES.inc()
-        wait = limiter.blocked_for(client)
-        raise ApiError(429, "too_many_failures", f"too many failed authentications; retry in {wait:.0f} s")
+        wait = max(1, math.ceil(limiter.blocked_for(client)))
+        response = error_response(429, "too_many_failures", f"too many failed authentications; retry in {wait} s")
+        response.headers["Retry-After"] = str(wait)  # RFC 9110: clients (the HA config flow) show the wait
+        return response
     try:
         name = await api_keys.verify(context.pool, key) if key is not None else None
     except BaseException:

@@ -2,9 +2,11 @@
 
 - Each image with detections joins its camera's open batch (or opens one). A batch closes
   ``batch_window_s`` after it opened or ``batch_idle_s`` after its last detection.
-- Phase one, the rules engine, judges the whole batch so far. A fast-path detection (default
-  person ≥ 0.90) opens the event at once (``type: new``); otherwise the event is opened when
-  the batch closes. While open, a changed judgement is published as ``type: update``.
+- Phase one, the rules engine, judges the whole batch so far. The event opens at once
+  (``type: new``) on a fast-path detection (default person ≥ 0.90) or as soon as the rules
+  judge the batch at ``alert_open_level`` (default high) or above, whatever the detector's
+  confidence; lower-risk activity opens its event when the batch closes. While open, a
+  changed judgement is published as ``type: update``.
 - When the batch closes the event gets its end time (``type: end``) and the camera's live
   state goes back to quiet. Phase two, the LLM, follows on its own worker (pipeline/llm.py).
 
@@ -74,6 +76,8 @@ class BatchStage:
         self.window = timedelta(seconds=settings.batch_window_s)
         self.idle = timedelta(seconds=settings.batch_idle_s)
         self._snapshots = SnapshotThrottle(topics, settings.snapshot_publish_interval_s)
+        #: The score from which an activity opens its event at once (``alert_open_level``).
+        self.alert_score = rules.thresholds.score_of(settings.alert_open_level)
 
     def _due(self, batch: batches.Batch, now: datetime) -> bool:
         return now - batch.opened_at >= self.window or now - batch.last_activity_at >= self.idle
@@ -108,10 +112,11 @@ class BatchStage:
         batch = await batches.add_image(conn, batch, image_id, now)
 
         started = metrics.now()
-        fast = self.is_fast(detections)
-        if batch.event_id is None and not fast:
-            # Most images: the batch will be judged as a whole when it closes. The camera's live
-            # risk is this image alone in the current context (no history queries on the hot path).
+        live = dict(Counter(d.label for d in detections))
+        opens = "confident detection" if self.is_fast(detections) else None
+        if batch.event_id is None and opens is None:
+            # Most images: the batch is judged as a whole when it closes. The camera's live risk
+            # is this image alone in the current context (no history queries on the hot path)...
             household = await context.current(conn)
             glance = Observation(
                 camera_id,
@@ -122,19 +127,27 @@ class BatchStage:
                 zones,
                 context=household.context if household.set_at is not None else None,
             )
-            live_assessment = self.rules.assess_now(glance)
-            metrics.STAGE.labels("reason").observe(metrics.now() - started)
-            live = dict(Counter(d.label for d in detections))
-            messages += await camera_state(
-                conn, self.topics, camera_id, camera_enabled, live_assessment, live, previous=frozenset()
-            )
-            messages += self._snapshots.messages(camera_id, jpeg, always=False)
-            return messages
-        judged = await self.judge(conn, batch, camera_name, zones)
+            assessment = self.rules.assess_now(glance)
+            if assessment.risk_score + self.rules.batch_headroom(assessment) >= self.alert_score:
+                # ...unless its history could lift it to the alert level: then the batch is judged
+                # now, and an alert-worthy judgement opens the event at once, whatever the confidence.
+                judged = await self.judge(conn, batch, camera_name, zones)
+                assessment = judged.assessment
+                if assessment.risk_score >= self.alert_score:
+                    opens = f"judged {assessment.risk_level}"
+            if opens is None:
+                metrics.STAGE.labels("reason").observe(metrics.now() - started)
+                messages += await camera_state(
+                    conn, self.topics, camera_id, camera_enabled, assessment, live, previous=frozenset()
+                )
+                messages += self._snapshots.messages(camera_id, jpeg, always=False)
+                return messages
+        else:
+            judged = await self.judge(conn, batch, camera_name, zones)
         metrics.STAGE.labels("reason").observe(metrics.now() - started)
         changed = True
         if batch.event_id is None:
-            event_id = await self._open_event(conn, batch, judged, fast=True)
+            event_id = await self._open_event(conn, batch, judged, opened_by=opens)
             messages.append(await event_message(conn, self.topics, event_id, "new"))
         else:
             changed = await events_store.rescore(
@@ -146,7 +159,6 @@ class BatchStage:
             )
             if changed:
                 messages.append(await event_message(conn, self.topics, batch.event_id, "update"))
-        live = dict(Counter(d.label for d in detections))
         messages += await camera_state(
             conn, self.topics, camera_id, camera_enabled, judged.assessment, live, previous=frozenset()
         )
@@ -227,7 +239,7 @@ class BatchStage:
         judged = await self.judge(conn, batch, camera.name, camera.zones)
         event_id = batch.event_id
         if event_id is None:
-            event_id = await self._open_event(conn, batch, judged, fast=False)
+            event_id = await self._open_event(conn, batch, judged, opened_by=None)
             messages.append(await event_message(conn, self.topics, event_id, "new"))
         else:
             await events_store.rescore(
@@ -315,8 +327,10 @@ class BatchStage:
 
     # --- events ----------------------------------------------------------------------------------
     async def _open_event(
-        self, conn: asyncpg.Connection, batch: batches.Batch, judged: Judged, *, fast: bool
+        self, conn: asyncpg.Connection, batch: batches.Batch, judged: Judged, *, opened_by: str | None
     ) -> uuid.UUID:
+        """``opened_by``: why the event opens while its batch is still open (a confident detection,
+        an alert-worthy judgement: stored as ``is_fast_path``); None when the batch closes."""
         event_id = uuid.uuid4()
         obs = judged.observation
         await events_store.insert(
@@ -327,7 +341,7 @@ class BatchStage:
             batch_id=batch.id,
             started_at=obs.first_seen or batch.opened_at,
             assessment=judged.assessment,
-            is_fast_path=fast,
+            is_fast_path=opened_by is not None,
             snapshot_path=str(snapshot_file(self.settings, batch.camera_id, judged.image_id)),
             context=obs.context,
             llm_pending=self.llm_enabled,
@@ -338,11 +352,11 @@ class BatchStage:
         a = judged.assessment
         metrics.EVENTS.labels(a.risk_level, a.analysis_source).inc()
         log.info(
-            "event created event_id=%s camera_id=%s batch_id=%s fast_path=%s risk_score=%s risk_level=%s summary=%r",
+            "event created event_id=%s camera_id=%s batch_id=%s opened_by=%s risk_score=%s risk_level=%s summary=%r",
             event_id,
             batch.camera_id,
             batch.id,
-            fast,
+            opened_by or "batch closed",
             a.risk_score,
             a.risk_level,
             a.summary,

@@ -18,7 +18,7 @@ from importlib import resources
 from string import Template
 from typing import Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inference_server.domain import Assessment, Observation
 from inference_server.reasoning.reasoner import LevelThresholds
@@ -47,6 +47,16 @@ class LlmFactor(BaseModel):
 
     name: str = Field(min_length=1, max_length=FACTOR_NAME_MAX_CHARS)
     detail: str = Field(min_length=1, max_length=FACTOR_DETAIL_MAX_CHARS)
+
+    @field_validator("name", mode="after")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        """A factor name is an identifier like the rules' (``group``, ``dwell``): models write
+        ``group,`` or ``Dwell time``; anything else becomes ``_`` and the ends are trimmed."""
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        if not slug:
+            raise ValueError(f"factor name {name!r} has no letters or digits")
+        return slug
 
 
 class LlmAssessment(BaseModel):

@@ -18,6 +18,10 @@ class LevelThresholds:
     high: int = 60
     critical: int = 85
 
+    def score_of(self, level: RiskLevel) -> int:
+        """The lowest score that has this level."""
+        return {"low": 0, "medium": self.medium, "high": self.high, "critical": self.critical}[level]
+
     def level(self, score: int) -> RiskLevel:
         if score >= self.critical:
             return "critical"

@@ -125,6 +125,20 @@ class RulesReasoner:
             objects=objects,
         )
 
+    def batch_headroom(self, glance: Assessment) -> int:
+        """The most points that judging the whole batch could add to a one-image ``glance``: the
+        factors only a batch has (dwell, unusual hour, repeat visit, feedback), the rest of the
+        group points, and the class points a more confident frame would still add. The batch stage
+        judges the batch at once only when the glance plus this could reach the alert level."""
+        got = {f.name: f.points for f in glance.factors}
+        batch_only = sum(WEIGHTS[name] for name in ("dwell", "unusual_hour", "repeat_visit", "feedback_cap"))
+        group = WEIGHTS["extra_person_cap"] - max(0, got.get("group", 0))
+        surer = max(
+            (WEIGHTS[c] - got[f"{c}_seen"] for c in _CATEGORY_ORDER if f"{c}_seen" in got),
+            default=0,
+        )
+        return batch_only + group + max(0, surer)
+
     # --- factor groups -----------------------------------------------------------------------
     def _context_factors(self, obs: Observation, clock: str, *, has_person: bool) -> list[RiskFactor]:
         out: list[RiskFactor] = []

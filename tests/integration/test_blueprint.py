@@ -18,6 +18,7 @@ from pytest_homeassistant_custom_component.common import (
     async_mock_service,
 )
 from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
+from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
 from custom_components.home_security_intelligence.const import DOMAIN
 
@@ -62,7 +63,12 @@ async def test_notifies_high_events_once_per_cooldown_and_updates_the_same_notif
             automation.DOMAIN: {
                 "use_blueprint": {
                     "path": f"home_security_intelligence/{BLUEPRINT.name}",
-                    "input": {"notify_service": "notify.phone", "min_level": "high", "cooldown": {"minutes": 5}},
+                    "input": {
+                        "notification_kind": "notify",
+                        "notify_service": "notify.phone",
+                        "min_level": "high",
+                        "cooldown": {"minutes": 5},
+                    },
                 }
             }
         },
@@ -115,3 +121,54 @@ async def test_notifies_high_events_once_per_cooldown_and_updates_the_same_notif
     publish("event_new.json", id="bbbbbbbb-2222-4333-8444-555555555555", camera_id="porch", risk_level="critical")
     await hass.async_block_till_done()
     assert len(notifications) == 5
+
+
+async def test_persistent_notifications_one_per_event_replaced_by_its_rise(
+    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker, hass_ws_client: WebSocketGenerator
+) -> None:
+    target = Path(hass.config.path("blueprints/automation/home_security_intelligence"))
+    await hass.async_add_executor_job(_install, target)
+    aioclient_mock.get(f"{URL}/api/v1/system/status", json=sample("status.json"))
+    aioclient_mock.get(f"{URL}/api/v1/cameras", json={"cameras": []})
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": "k", "prefix": "hsi"})
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    assert await async_setup_component(hass, "persistent_notification", {})
+    assert await async_setup_component(
+        hass,
+        automation.DOMAIN,
+        {
+            automation.DOMAIN: {
+                "use_blueprint": {
+                    "path": f"home_security_intelligence/{BLUEPRINT.name}",
+                    "input": {"notification_kind": "persistent_notification", "min_level": "high"},
+                }
+            }
+        },
+    )
+    await hass.async_block_till_done()
+    client = await hass_ws_client(hass)
+
+    async def shown() -> dict[str, str]:
+        await client.send_json_auto_id({"type": "persistent_notification/get"})
+        response = await client.receive_json()
+        assert response["success"], response
+        return {n["notification_id"]: n["title"] for n in response["result"]}
+
+    def publish(name: str, **changes: Any) -> None:
+        async_fire_mqtt_message(hass, "hsi/events", json.dumps({**sample(name), **changes}))
+
+    publish("event_new.json")
+    await hass.async_block_till_done()
+    assert await shown() == {"hsi-5f0c1f7e-2b7a-4c1e-9a55-0d3b1a6c9e21": "Back door: High (82)"}
+    # The rise to critical replaces it in place: still one notification for the event.
+    publish("event_update.json")
+    await hass.async_block_till_done()
+    assert await shown() == {"hsi-5f0c1f7e-2b7a-4c1e-9a55-0d3b1a6c9e21": "Back door: Critical (88)"}
+    # Another camera's event: a second notification.
+    publish("event_new.json", id="77777777-2222-4333-8444-555555555555", camera_id="driveway", camera_name="Driveway")
+    await hass.async_block_till_done()
+    assert await shown() == {
+        "hsi-5f0c1f7e-2b7a-4c1e-9a55-0d3b1a6c9e21": "Back door: Critical (88)",
+        "hsi-77777777-2222-4333-8444-555555555555": "Driveway: High (82)",
+    }

@@ -7,29 +7,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 from unittest.mock import patch
 
 import aiohttp
 import paho.mqtt.client as paho
 import pytest
 import pytest_socket
+import voluptuous as vol
 from homeassistant import config_entries, data_entry_flow
 from homeassistant.components.repairs import repairs_flow_manager
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers import selector
 from homeassistant.helpers.service_info.hassio import HassioServiceInfo
 from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
 
+import custom_components.home_security_intelligence
 from custom_components.home_security_intelligence.const import DOMAIN
 from tests.support.mosquitto import plain_mosquitto
 
 from .conftest import sample
+from .server import RealServer, start_server
 
 URL = "http://192.168.1.20:8765"
 KEY = "hsi_0123456789ab_" + "s" * 43
@@ -338,3 +346,243 @@ async def test_options_choose_the_context_entities(hass: HomeAssistant) -> None:
     result = await hass.config_entries.options.async_configure(result["flow_id"], choice)
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert dict(entry.options) == choice
+
+
+async def test_a_manual_flow_takes_over_a_pending_discovered_card(
+    hass: HomeAssistant, aioclient_mock: AiohttpClientMocker
+) -> None:
+    """Issue 15, item 9: "Add integration" by hand while the discovered card waits ended, after the
+    key was typed, in an untranslated ``already_in_progress``; now the manual flow creates the
+    entry and HA drops the discovered card."""
+    _server(aioclient_mock)
+    discovered = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_MQTT}, data=_mqtt_info(sample("discovery.json"))
+    )
+    assert discovered["type"] is FlowResultType.FORM and discovered["step_id"] == "discovery_confirm"
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"url": URL, "api_key": KEY, "prefix": "hsi"}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert result["result"].unique_id == "hsi"
+    assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
+
+
+@pytest.mark.parametrize("typed", [URL + "/api/v1", URL + "/api/v1/", URL + "/", " " + URL + "//"])
+async def test_a_pasted_api_address_is_normalised(
+    hass: HomeAssistant, aioclient_mock: AiohttpClientMocker, typed: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15, item 11: ``.../api/v1`` gave ``unknown`` and an ERROR traceback."""
+    _server(aioclient_mock)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {"url": typed, "api_key": KEY})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["data"]["url"] == URL
+    assert [str(call[1]) for call in aioclient_mock.mock_calls] == [
+        f"{URL}/api/v1/health/ready",
+        f"{URL}/api/v1/system/status",
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("typed", ["http://", "192.168.1.20:8765", "ftp://192.168.1.20", "not a url"])
+async def test_a_url_that_is_no_server_address_is_invalid_url(
+    hass: HomeAssistant, aioclient_mock: AiohttpClientMocker, typed: str
+) -> None:
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {"url": typed, "api_key": KEY})
+    assert result["type"] is FlowResultType.FORM and result["errors"] == {"base": "invalid_url"}
+    assert aioclient_mock.call_count == 0  # the key went nowhere
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "error", "placeholders"),
+    [
+        (
+            429,
+            {"Retry-After": "42"},
+            {"error": {"code": "too_many_failures", "message": "too many failed authentications; retry in 42 s"}},
+            "too_many_failures",
+            {"retry_after": "42"},
+        ),
+        (  # no header: the wait is read from the server's message
+            429,
+            {},
+            {"error": {"code": "too_many_failures", "message": "too many failed authentications; retry in 17 s"}},
+            "too_many_failures",
+            {"retry_after": "17"},
+        ),
+        (404, {}, {"error": {"code": "not_found", "message": "no route"}}, "server_refused", {"status": "404"}),
+        (400, {}, {"error": {"code": "bad_request"}}, "server_refused", {"status": "400"}),
+    ],
+)
+async def test_server_refusals_are_translated_errors_without_a_traceback(
+    hass: HomeAssistant,
+    aioclient_mock: AiohttpClientMocker,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    headers: dict[str, str],
+    body: dict[str, object],
+    error: str,
+    placeholders: dict[str, str],
+) -> None:
+    """Issue 15, items 10 and 11: a 429 said "unexpected answer" (``unknown``) and every 4xx was
+    logged as an "Unexpected exception" traceback."""
+    aioclient_mock.get(f"{URL}/api/v1/health/ready", status=status, json=body, headers=headers)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {"url": URL, "api_key": KEY})
+    assert result["type"] is FlowResultType.FORM and result["errors"] == {"base": error}
+    assert placeholders.items() <= result["description_placeholders"].items()
+    if error == "server_refused":
+        assert result["description_placeholders"]["message"] in ("no route", "bad_request")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert [r.levelno for r in caplog.records if r.name.endswith("config_flow")] == [logging.WARNING]
+
+
+async def test_every_form_shows_the_lockout_with_its_wait_and_keeps_its_own_placeholders(
+    hass: HomeAssistant, aioclient_mock: AiohttpClientMocker
+) -> None:
+    """The 429 of item 10 in the discovered, add-on and reconfigure forms too."""
+    body = {"error": {"code": "too_many_failures", "message": "too many failed authentications; retry in 9 s"}}
+    addon_url = "http://local-home-security-intelligence:8765"
+    for url in (URL, addon_url):
+        aioclient_mock.get(f"{url}/api/v1/health/ready", status=429, json=body, headers={"Retry-After": "9"})
+    # (another server id than the add-on's "hsi", whose flow would otherwise be the same one)
+    announcement = {**sample("discovery.json"), "id": "garage"}
+    discovered = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_MQTT}, data=_mqtt_info(announcement)
+    )
+    discovered = await hass.config_entries.flow.async_configure(
+        discovered["flow_id"], {"url": URL + "/api/v1", "api_key": KEY}
+    )
+    info = HassioServiceInfo(
+        config={"host": "local-home-security-intelligence", "port": 8765, "api_key": KEY},
+        name="HSI add-on",
+        slug="home_security_intelligence",
+        uuid="1234",
+    )
+    addon = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_HASSIO}, data=info
+    )
+    addon = await hass.config_entries.flow.async_configure(addon["flow_id"], {})
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="other", data={"url": URL, "api_key": KEY})
+    entry.add_to_hass(hass)
+    reconfigure = await entry.start_reconfigure_flow(hass)
+    reconfigure = await hass.config_entries.flow.async_configure(reconfigure["flow_id"], {"url": URL, "api_key": KEY})
+    for result in (discovered, addon, reconfigure):
+        assert result["type"] is FlowResultType.FORM, result
+        assert result["errors"] == {"base": "too_many_failures"}
+        assert result["description_placeholders"]["retry_after"] == "9"
+    assert discovered["description_placeholders"]["name"] == "Home Security Intelligence"
+    assert addon["description_placeholders"]["name"] == "HSI add-on"
+    assert dict(entry.data) == {"url": URL, "api_key": KEY}
+
+
+def _key_field(result: data_entry_flow.FlowResult) -> tuple[vol.Marker, selector.TextSelector]:
+    schema = result["data_schema"]
+    assert schema is not None
+    (marker, field) = next((k, v) for k, v in schema.schema.items() if k == "api_key")
+    assert isinstance(field, selector.TextSelector)
+    return marker, field
+
+
+async def test_the_key_is_a_password_field_in_every_form(
+    hass: HomeAssistant, aioclient_mock: AiohttpClientMocker
+) -> None:
+    """Issue 15, item 14: the key was a plain text field and reconfigure showed it whole."""
+    forms = [
+        await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER}),
+        await hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": config_entries.SOURCE_MQTT}, data=_mqtt_info(sample("discovery.json"))
+        ),
+    ]
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="other", data={"url": URL, "api_key": KEY})
+    entry.add_to_hass(hass)
+    forms.append(await entry.start_reauth_flow(hass))
+    reconfigure = await entry.start_reconfigure_flow(hass)
+    forms.append(reconfigure)
+    for form in forms:
+        _, field = _key_field(form)
+        assert field.config["type"] == selector.TextSelectorType.PASSWORD, form["step_id"]
+    marker, _ = _key_field(reconfigure)
+    assert isinstance(marker, vol.Optional) and marker.default is vol.UNDEFINED and not marker.description
+    assert KEY not in str(reconfigure)
+
+
+async def test_reconfigure_with_an_empty_key_keeps_the_stored_key(
+    hass: HomeAssistant, aioclient_mock: AiohttpClientMocker
+) -> None:
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": "http://old:8765", "api_key": KEY})
+    entry.add_to_hass(hass)
+    _server(aioclient_mock)
+    result = await entry.start_reconfigure_flow(hass)
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {"url": URL + "/api/v1"})
+    assert result["type"] is FlowResultType.ABORT and result["reason"] == "reconfigure_successful"
+    assert dict(entry.data) == {"url": URL, "api_key": KEY}
+    assert aioclient_mock.mock_calls[-1][3]["Authorization"] == f"Bearer {KEY}"
+
+
+def test_every_reason_and_error_of_the_flow_is_translated() -> None:
+    """Every abort reason and error the flow (or HA for it) can show has its text in strings.json
+    and translations/en.json; ``already_in_progress`` had none."""
+    component = Path(custom_components.home_security_intelligence.__file__).parent
+    source = (component / "config_flow.py").read_text(encoding="utf-8")
+    reasons = set(re.findall(r'reason="(\w+)"', source)) | {"already_configured", "already_in_progress"}
+    reasons |= {"reauth_successful", "reconfigure_successful"}
+    errors = set(re.findall(r'ServerCheck\("(\w+)"', source))
+    assert {"invalid_auth", "cannot_connect", "too_many_failures", "server_refused", "invalid_url"} <= errors
+    for name in ("strings.json", "translations/en.json"):
+        config = json.loads((component / name).read_text(encoding="utf-8"))["config"]
+        assert reasons <= set(config["abort"]), (name, reasons - set(config["abort"]))
+        assert errors <= set(config["error"]), (name, errors - set(config["error"]))
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServer]:
+    # Started once per module, before the per-test socket guard of HA's harness applies.
+    pytest_socket.enable_socket()
+    server = start_server(tmp_path_factory.mktemp("hsi"))
+    yield server
+    server.stop()
+
+
+@pytest.mark.real_setup
+async def test_wrong_keys_in_a_second_flow_lock_out_neither_the_right_key_nor_the_working_entry(
+    hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: RealServer
+) -> None:
+    """Issue 15, item 10: 10 wrong keys typed in a second flow (same address as the working entry)
+    must give a clear, translated error, the right key must still be accepted, and the working
+    entry's service calls must go on (the server locks out wrong keys, never a right one)."""
+    pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
+    working = MockConfigEntry(
+        domain=DOMAIN, unique_id="hsi", data={"url": real_server.url, "api_key": real_server.api_key, "prefix": "hsi"}
+    )
+    working.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(working.entry_id)
+    await hass.async_block_till_done()
+
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
+    wrong = "hsi_0123456789ab_" + "w" * 43
+    errors = []
+    for _ in range(11):
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"url": real_server.url, "api_key": wrong, "prefix": "second"}
+        )
+        assert result["type"] is FlowResultType.FORM
+        errors.append(result["errors"]["base"])
+    assert errors == ["invalid_auth"] * 10 + ["too_many_failures"]
+    retry_in = int(result["description_placeholders"]["retry_after"])
+    assert 0 < retry_in <= 60
+
+    # The working entry is not locked out by someone else's wrong keys from its address.
+    page = await hass.services.async_call(
+        DOMAIN, "get_events", {"config_entry_id": working.entry_id}, blocking=True, return_response=True
+    )
+    assert page is not None and "events" in page
+
+    # The right key is still accepted in the flow.
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"url": real_server.url, "api_key": real_server.api_key, "prefix": "second"}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result.get("errors")
+    assert await hass.config_entries.async_unload(working.entry_id)

@@ -34,3 +34,18 @@ async def test_an_event_fires_the_event_entity_and_the_bus(hass: HomeAssistant, 
     await hass.async_block_till_done()
     assert [e.data["type"] for e in fired] == ["new", "update", "end"]
     assert hass.states.get("event.back_door_security_event").attributes["phase"] == "update"
+
+
+async def test_a_review_or_an_unchanged_update_does_not_fire_the_event_entity(
+    hass: HomeAssistant, entry: MockConfigEntry
+) -> None:
+    await camera_online(hass)
+    publish(hass, "hsi/events", sample("event_new.json"))
+    await hass.async_block_till_done()
+    fired_at = hass.states.get("event.back_door_security_event").state
+    # The LLM agrees (same level), then the user reviews it (the server's alert: false).
+    publish(hass, "hsi/events", {**sample("event_update.json"), "risk_level": "high", "alert": True})
+    publish(hass, "hsi/events", {**sample("event_update.json"), "reviewed": True, "alert": False})
+    await hass.async_block_till_done()
+    state = hass.states.get("event.back_door_security_event")
+    assert state.state == fired_at and state.attributes["phase"] == "new"

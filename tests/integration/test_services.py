@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, Generator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_socket
 from homeassistant.core import HomeAssistant
@@ -200,6 +201,20 @@ async def test_service_failures_are_reported_with_their_reason(
         )
     assert raised.value.translation_key == "server_error"
     assert "database_unavailable" in str(raised.value.translation_placeholders)
+
+
+async def test_an_unreachable_server_is_cannot_connect_not_a_refusal(
+    hass: HomeAssistant, entry: MockConfigEntry, aioclient_mock: AiohttpClientMocker
+) -> None:
+    """Issue 15, item 14: "refused the request: Cannot connect to host" said the server refused
+    what it never received."""
+    aioclient_mock.get(f"{URL}/api/v1/events", exc=aiohttp.ClientConnectionError("Cannot connect to host"))
+    with pytest.raises(HomeAssistantError) as raised:
+        await hass.services.async_call(
+            DOMAIN, "get_events", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+        )
+    assert raised.value.translation_key == "cannot_connect"
+    assert raised.value.translation_placeholders == {"error": "Cannot connect to host"}
 
 
 async def test_services_refuse_an_unknown_or_unloaded_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:

@@ -117,6 +117,11 @@ async def test_repeated_failures_are_rate_limited(
         async with http.get(url) as resp:
             body = await resp.json()
             assert resp.status == 429 and body["error"]["code"] == "too_many_failures"
+            # Issue 15, item 10: the wait is said in a standard header (the HA config flow shows it)
+            # and in the message, the same whole number of seconds.
+            wait = int(resp.headers["Retry-After"])
+            assert 1 <= wait <= 60
+            assert body["error"]["message"] == f"too many failed authentications; retry in {wait} s"
 
 
 async def test_concurrent_wrong_keys_get_exactly_the_limit_of_401_and_a_right_key_is_still_served(

@@ -3,6 +3,7 @@ images, context and capture time set per scenario. The rules engine carries the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -146,13 +147,70 @@ async def test_fast_path_opens_at_once_while_a_doubtful_detection_waits_for_the_
         )
 
 
+async def test_an_alert_worthy_activity_opens_its_event_at_once_whatever_the_confidence(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """Issue 15.1: zidane.jpg's people (0.89, 0.84) are under the 0.90 fast path, but at 02:10 with
+    the house armed away and nobody home the rules judge them high or worse: the event opens (and
+    is published as ``new``) with the image, not when the batch closes 30 s later."""
+    clock = FakeClock()  # frozen: the batch can only close if the test moves the clock
+    settings = make_settings(batch_idle_s=30, batch_window_s=90)
+    async with running(settings, pose_detector, clock) as server:
+        await context.put(server.pool, ARMED_AWAY_NOBODY_HOME, "test")
+        drop(demo_assets.image("zidane.jpg"), settings.cameras_path / "back_door" / "MDAlarm_20261124-021000.jpg")
+        event = await wait_until(
+            lambda: server.pool.fetchrow(
+                "SELECT id, risk_level, is_fast_path, ended_at FROM events WHERE camera_id = 'back_door'"
+            ),
+            timeout=30,
+        )
+        assert event["risk_level"] in ("high", "critical") and event["is_fast_path"] is True
+        assert event["ended_at"] is None
+        assert await server.pool.fetchval("SELECT count(*) FROM batches WHERE closed_at IS NULL") == 1
+        published = await wait_until(
+            lambda: server.pool.fetch("SELECT payload FROM outbox WHERE topic = $1", server.topics.events)
+        )
+        assert [(m["type"], m["id"]) for m in map(json.loads, (r["payload"] for r in published))] == [
+            ("new", str(event["id"]))
+        ]
+
+
+async def test_the_alert_level_that_opens_an_event_at_once_is_a_setting(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """Without context, zidane.jpg at 02:10 is high (people at night): with ``alert_open_level``
+    critical it waits for its batch; with the default (high) it opens at once."""
+    clock = FakeClock()
+    waits = make_settings(batch_idle_s=30, batch_window_s=90, alert_open_level="critical")
+    async with running(waits, pose_detector, clock) as server:
+        drop(demo_assets.image("zidane.jpg"), waits.cameras_path / "porch" / "MDAlarm_20261124-021000.jpg")
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"))
+        assert await server.pool.fetchval("SELECT count(*) FROM events") == 0
+        clock.advance(31)
+        await server.batches.close_due()
+        closed = await wait_until(lambda: server.pool.fetchrow("SELECT risk_level, is_fast_path FROM events"))
+        assert dict(closed) == {"risk_level": "high", "is_fast_path": False}
+
+    opens = make_settings(batch_idle_s=30, batch_window_s=90)
+    async with running(opens, pose_detector, FakeClock()) as server:
+        drop(demo_assets.image("zidane.jpg"), opens.cameras_path / "gate" / "MDAlarm_20261124-021000.jpg")
+        event = await wait_until(
+            lambda: server.pool.fetchrow(
+                "SELECT risk_level, is_fast_path, ended_at IS NULL AS open FROM events WHERE camera_id = 'gate'"
+            ),
+            timeout=30,
+        )
+        assert dict(event) == {"risk_level": "high", "is_fast_path": True, "open": True}
+
+
 async def test_an_open_batch_survives_a_restart_and_becomes_its_event(
     make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
 ) -> None:
     clock = FakeClock()
     settings = make_settings(batch_idle_s=30, batch_window_s=90)
     async with running(settings, pose_detector, clock) as server:
-        drop(demo_assets.image("bus.jpg"), settings.cameras_path / "street" / "MDAlarm_20261124-021000.jpg")
+        # At noon without context four people are medium: the event waits for the batch.
+        drop(demo_assets.image("bus.jpg"), settings.cameras_path / "street" / "MDAlarm_20261124-121000.jpg")
         await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"))
         assert await server.pool.fetchval("SELECT count(*) FROM events") == 0
     clock.advance(60)
@@ -162,7 +220,7 @@ async def test_an_open_batch_survives_a_restart_and_becomes_its_event(
             lambda: server.pool.fetchrow("SELECT objects, summary, ended_at IS NOT NULL AS ended FROM events")
         )
     assert row["ended"] and row["objects"] == {"person": 4}
-    assert row["summary"] == "4 people at Street at 02:10 (night)"
+    assert row["summary"] == "4 people at Street at 12:10"
 
 
 async def test_false_alarm_feedback_lowers_the_next_similar_event(

@@ -1,7 +1,8 @@
 """Camera snapshots on MQTT are rate-limited per camera; the annotated files on disk are not.
 
-Four people-pictures of one camera arrive together. No fast path, a long batch: none of them opens
-or rescores an event, so only the interval decides which snapshots go through the outbox.
+Four people-pictures of one camera arrive together at noon. No fast path, a long batch, and people
+at noon without context are judged below the alert level: none of them opens or rescores an event,
+so only the interval decides which snapshots go through the outbox.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ async def test_camera_snapshots_are_published_at_most_once_per_interval(
         folder = settings.cameras_path / "porch"
         folder.mkdir(parents=True)
         for n in range(IMAGES):
-            (folder / f"MDAlarm_20261124-22000{n}.jpg").write_bytes(with_comment(source, f"shot {n}"))
+            (folder / f"MDAlarm_20261124-12000{n}.jpg").write_bytes(with_comment(source, f"shot {n}"))
         await wait_until(
             lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", IMAGES), 60
         )

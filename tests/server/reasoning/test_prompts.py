@@ -13,6 +13,7 @@ from inference_server.reasoning.prompts import (
     PROMPT_VERSION,
     SUMMARY_MAX_CHARS,
     LlmAssessment,
+    LlmFactor,
     answer_schema,
     build_messages,
     parse_reply,
@@ -115,3 +116,17 @@ def test_reply_is_validated_by_the_same_model() -> None:
     for bad in ("the intruder seems fine", too_long, out_of_range, extra_key, '{"risk_score": 5}'):
         with pytest.raises(ValidationError):
             parse_reply(bad)
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [("group,", "group"), ("Dwell time!", "dwell_time"), ("night", "night"), (" open-door ", "open_door")],
+)
+def test_factor_names_from_the_model_are_identifiers(written: str, stored: str) -> None:
+    """Issue 15.14: a factor named ``group,`` by the model reached HA as ``llm_group,``."""
+    assert LlmFactor(name=written, detail="why").name == stored
+
+
+def test_a_factor_name_without_letters_or_digits_is_refused() -> None:
+    with pytest.raises(ValidationError, match="no letters or digits"):
+        LlmFactor(name=",;", detail="why")
