@@ -15,8 +15,10 @@ from typing import Any
 
 from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigEntry
+from homeassistant.const import ATTR_DEVICE_ID, ATTR_ENTITY_ID
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_call_later, async_track_point_in_utc_time
@@ -441,6 +443,22 @@ class HsiCoordinator:
             self._notify()
 
     @callback
+    def _alert_data(self, data: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+        """``EVENT_ALERT``'s data: the bus event's, plus the camera's event entity and device.
+        The logbook finds a bus event for an entity's or a device's logbook (and a logbook card's
+        entities) by the ``entity_id`` / ``device_id`` in its data."""
+        alert = {**data, "server_id": self.server_id, "context": _context_line(event)}
+        entity_id = er.async_get(self.hass).async_get_entity_id(
+            "event", DOMAIN, f"{self.server_id}_{data['camera_id']}_security_event"
+        )
+        if entity_id is not None:
+            alert[ATTR_ENTITY_ID] = entity_id
+            entry = er.async_get(self.hass).async_get(entity_id)
+            if entry is not None and entry.device_id is not None:
+                alert[ATTR_DEVICE_ID] = entry.device_id
+        return alert
+
+    @callback
     def _on_event(self, msg: mqtt.ReceiveMessage) -> None:
         event = _json(msg)
         if event is None or "camera_id" not in event:
@@ -455,9 +473,7 @@ class HsiCoordinator:
         self.hass.bus.async_fire(EVENT_BUS, data)
         if data["alert"]:
             # The logbook's one line per event (and per level rise): logbook.py describes it.
-            self.hass.bus.async_fire(
-                EVENT_ALERT, {**data, "server_id": self.server_id, "context": _context_line(event)}
-            )
+            self.hass.bus.async_fire(EVENT_ALERT, self._alert_data(data, event))
         camera.last_event_alerted = bool(data["alert"])
         for listener in list(self._event_listeners):
             listener(event)
@@ -476,11 +492,11 @@ def _is_latest(event: dict[str, Any], last: dict[str, Any] | None) -> bool:
     return started is None or last_started is None or started >= last_started
 
 
-def _context_line(event: dict[str, Any]) -> str | None:
-    """The household context the event was judged in, for the logbook ("armed away, nobody home")."""
+def _context_line(event: dict[str, Any]) -> list[str]:
+    """The household context the event was judged in, for the logbook (["armed away", "nobody home"])."""
     context = event.get("context")
     if not isinstance(context, dict):
-        return None
+        return []
     parts: list[str] = []
     alarm = context.get("alarm_state")
     if alarm and alarm != "unknown":
@@ -488,7 +504,7 @@ def _context_line(event: dict[str, Any]) -> str | None:
     people = context.get("people_home")
     if isinstance(people, list):
         parts.append(f"home: {', '.join(map(str, people))}" if people else "nobody home")
-    return ", ".join(parts) or None
+    return parts
 
 
 def _json(msg: mqtt.ReceiveMessage) -> dict[str, Any] | None:

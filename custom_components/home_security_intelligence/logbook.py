@@ -1,0 +1,62 @@
+"""The logbook's line per security event: "Back door: high (82) — 1 person at 02:10 …; armed away,
+nobody home", once when the event opens and once per level rise (the coordinator fires
+``EVENT_ALERT`` on exactly those judgements, never on an unchanged update, a review or an end)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from homeassistant.components.logbook.const import LOGBOOK_ENTRY_ENTITY_ID, LOGBOOK_ENTRY_MESSAGE, LOGBOOK_ENTRY_NAME
+from homeassistant.const import ATTR_ENTITY_ID
+from homeassistant.core import Event, HomeAssistant, callback
+from homeassistant.helpers import entity_registry as er
+
+from .const import DOMAIN
+from .coordinator import EVENT_ALERT
+
+
+@callback
+def async_describe_events(
+    hass: HomeAssistant,
+    async_describe_event: Callable[[str, str, Callable[[Event], dict[str, str]]], None],
+) -> None:
+    """Describe the integration's alert event for the logbook."""
+
+    @callback
+    def describe(event: Event) -> dict[str, str]:
+        data = event.data
+        described = {
+            LOGBOOK_ENTRY_NAME: str(data.get("camera_name") or data.get("camera_id")),
+            LOGBOOK_ENTRY_MESSAGE: describe_alert(data),
+        }
+        entity_id = data.get(ATTR_ENTITY_ID) or _event_entity(hass, data)
+        if entity_id is not None:
+            described[LOGBOOK_ENTRY_ENTITY_ID] = entity_id
+        return described
+
+    async_describe_event(DOMAIN, EVENT_ALERT, describe)
+
+
+def describe_alert(data: Mapping[str, Any]) -> str:
+    """``high (82) — <summary>; <context>``, or ``rose to critical (88) — …`` for a rise."""
+    level = f"{data.get('risk_level')} ({data.get('risk_score')})"
+    head = level if data.get("type") == "new" else f"rose to {level}"
+    summary = data.get("summary")
+    line = f"{head} — {summary}" if summary else head
+    # Only what the summary does not already say ("alarm armed away" is in most summaries).
+    said = str(summary or "").lower()
+    context = data.get("context")
+    parts = [str(part) for part in context] if isinstance(context, list) else []
+    extra = [part for part in parts if part.lower() not in said]
+    return f"{line}; {', '.join(extra)}" if extra else line
+
+
+def _event_entity(hass: HomeAssistant, data: Mapping[str, Any]) -> str | None:
+    """The camera's event entity, so the line shows in that entity's and device's logbook."""
+    server_id = data.get("server_id")
+    if not server_id:
+        return None
+    return er.async_get(hass).async_get_entity_id(
+        "event", DOMAIN, f"{server_id}_{data.get('camera_id')}_security_event"
+    )
