@@ -116,8 +116,8 @@ class BatchStage:
         opens = "confident detection" if self.is_fast(detections) else None
         if batch.event_id is None and opens is None:
             # Most images: the batch is judged as a whole when it closes. The camera's live risk
-            # is this image alone in the current context (no history queries on the hot path)...
-            household = await context.current(conn)
+            # is this image alone in the context of its capture time (no history queries on the hot path)...
+            household = await context.for_capture(conn, captured_at)
             glance = Observation(
                 camera_id,
                 camera_name,
@@ -302,7 +302,9 @@ class BatchStage:
         first_seen = rows[0].captured_at
         last_seen = max(r.captured_at for r in rows)
         local = last_seen.astimezone(self.tz)
-        ctx_state = await context.current(conn)
+        # The household as it was when the batch's latest image was taken (a late upload is judged
+        # with the context of its capture time, not today's); the LLM phase reads the same.
+        ctx_state = await context.for_capture(conn, last_seen)
         top = max((r for r in rows if category_of(r.label) == top_category), key=lambda r: r.confidence)
         observation = Observation(
             camera_id=batch.camera_id,

@@ -8,11 +8,31 @@ from collections.abc import Sequence
 from inference_server.domain import Detection
 from inference_server.schemas import Zone
 
+#: How far (in frame fractions) a point may be from an edge and still be on it: float noise.
+EDGE_TOLERANCE = 1e-9
+
+
+def _on_segment(x: float, y: float, x1: float, y1: float, x2: float, y2: float) -> bool:
+    cross = (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1)
+    if abs(cross) > EDGE_TOLERANCE * max(1.0, abs(x2 - x1) + abs(y2 - y1)):
+        return False
+    return (
+        min(x1, x2) - EDGE_TOLERANCE <= x <= max(x1, x2) + EDGE_TOLERANCE
+        and min(y1, y2) - EDGE_TOLERANCE <= y <= max(y1, y2) + EDGE_TOLERANCE
+    )
+
 
 def contains(polygon: Sequence[tuple[float, float]], x: float, y: float) -> bool:
-    """Even-odd ray casting; points on an edge may fall either way."""
-    inside = False
+    """Whether the point is in the closed polygon: a point on an edge or a corner is inside
+    (a box touching the bottom of the frame stands in a zone drawn to the frame's edge);
+    elsewhere even-odd ray casting."""
     n = len(polygon)
+    for i in range(n):
+        x1, y1 = polygon[i]
+        x2, y2 = polygon[(i + 1) % n]
+        if _on_segment(x, y, x1, y1, x2, y2):
+            return True
+    inside = False
     for i in range(n):
         x1, y1 = polygon[i]
         x2, y2 = polygon[(i + 1) % n]

@@ -2,7 +2,8 @@
 and the labelled fallback when the LLM is down, slow or wrong.
 
 Every factor that moves the score is listed with its points, and the score is their sum
-clamped to 0..100. The weights are the table ``WEIGHTS`` (documented in docs/risk.md).
+clamped to 0..100; a clamp is itself a factor (``cap`` or ``floor``), so the points always add
+up to the score. The weights are the table ``WEIGHTS`` (documented in docs/risk.md).
 A factor is only given when its input is known: no context, no context factors.
 """
 
@@ -46,6 +47,12 @@ WEIGHTS: dict[str, int] = {
 }
 NIGHT_START_HOUR = 22
 NIGHT_END_HOUR = 6
+#: Hours (camera time, [start, end)) in which the context's sun state is not believed when it
+#: contradicts the clock: a stale "above horizon" at 02:10 or "below horizon" at noon. Near and
+#: beyond the polar circles the clock wins in these hours too: 02:00 is night for a household
+#: under the midnight sun.
+DEEP_NIGHT_HOURS = (0, 4)
+MIDDAY_HOURS = (10, 14)
 DWELL_S = 60
 #: Below this many images per hour at this hour of day a class is "unusual"; at or above USUAL, "usual".
 UNUSUAL_RATE = 0.2
@@ -106,11 +113,18 @@ class RulesReasoner:
             points = min(WEIGHTS["each_extra_person"] * (persons - 1), WEIGHTS["extra_person_cap"])
             factors.append(_factor("group", f"{persons} people together", points))
         if detections:
-            factors += self._context_factors(obs, clock, has_person="person" in best)
-            factors += self._place_factors(obs, detections, best)
+            top_zones = self._top_zones(obs, detections, best)
+            only_low = bool(top_zones) and all(z.sensitivity == "low" for z in top_zones)
+            factors += self._context_factors(obs, clock, has_person="person" in best, only_low=only_low)
+            factors += self._place_factors(obs, top_zones)
             factors += self._history_factors(obs, best)
 
-        score = max(0, min(100, sum(f.points for f in factors)))
+        total = sum(f.points for f in factors)
+        score = max(0, min(100, total))
+        if total > 100:
+            factors.append(_factor("cap", f"score capped at 100 (the factors add up to {total})", 100 - total))
+        elif total < 0:
+            factors.append(_factor("floor", f"score floored at 0 (the factors add up to {total})", -total))
         level = self.thresholds.level(score)
         summary = self._summary(obs, objects, clock, night=any(f.name == "night" for f in factors))
         reasoning = "; ".join(f"{f.detail} ({f.points:+d})" for f in factors) or "no factors"
@@ -140,44 +154,64 @@ class RulesReasoner:
         return batch_only + group + max(0, surer)
 
     # --- factor groups -----------------------------------------------------------------------
-    def _context_factors(self, obs: Observation, clock: str, *, has_person: bool) -> list[RiskFactor]:
+    def _context_factors(self, obs: Observation, clock: str, *, has_person: bool, only_low: bool) -> list[RiskFactor]:
         out: list[RiskFactor] = []
         ctx = obs.context
+        hour = obs.captured_at.hour
+        clock_night = hour >= NIGHT_START_HOUR or hour < NIGHT_END_HOUR
         if ctx is not None and ctx.sun is not None:
-            if ctx.sun == "below_horizon":
+            stale = (ctx.sun == "above_horizon" and DEEP_NIGHT_HOURS[0] <= hour < DEEP_NIGHT_HOURS[1]) or (
+                ctx.sun == "below_horizon" and MIDDAY_HOURS[0] <= hour < MIDDAY_HOURS[1]
+            )
+            disagrees = "the context's sun state disagrees, trusting the clock"
+            if stale and clock_night:
+                out.append(_factor("night", f"at night ({clock}; {disagrees})"))
+            elif stale:
+                out.append(_factor("daytime", f"daytime ({clock}; {disagrees})", 0))
+            elif ctx.sun == "below_horizon":
                 out.append(_factor("night", f"after dark ({clock}, sun below the horizon)"))
-        elif obs.captured_at.hour >= NIGHT_START_HOUR or obs.captured_at.hour < NIGHT_END_HOUR:
+        elif clock_night:
             out.append(_factor("night", f"at night ({clock})"))
         if ctx is None:
             return out
+        nobody_home = ctx.people_home is not None and not ctx.people_home
         alarm_factor = _ALARM.get(ctx.alarm_state)
-        if alarm_factor is not None:
+        if alarm_factor == "alarm_disarmed" and nobody_home:
+            # "Forgot to arm": a disarmed alarm says nothing reassuring when nobody is home.
+            out.append(_factor(alarm_factor, "alarm disarmed but nobody is home: not counted", 0))
+        elif alarm_factor is not None:
             out.append(_factor(alarm_factor, f"alarm {ctx.alarm_state.replace('_', ' ')}"))
-        if has_person and ctx.people_home is not None and not ctx.people_home:
+        # A passer-by seen only in low-sensitivity zones (the street) is no sign of an empty house.
+        if has_person and nobody_home and not only_low:
             out.append(_factor("nobody_home", "nobody is home"))
         if has_person and ctx.open_entries:
             out.append(_factor("entry_open", f"open: {', '.join(ctx.open_entries[:3])}"))
         return out
 
-    def _place_factors(
-        self, obs: Observation, detections: Sequence[Detection], best: dict[Category, Detection]
-    ) -> list[RiskFactor]:
+    @staticmethod
+    def _top_zones(obs: Observation, detections: Sequence[Detection], best: dict[Category, Detection]) -> list[Zone]:
+        """The known zones the top class's detections stand in, by name."""
+        if not (obs.zones and obs.detection_zones):
+            return []
+        top = next(c for c in _CATEGORY_ORDER if c in best)
+        by_name: dict[str, Zone] = {z.name: z for z in obs.zones}
+        seen = {
+            name
+            for det, names in zip(detections, obs.detection_zones, strict=False)
+            if det.category == top
+            for name in names
+            if name in by_name
+        }
+        return [by_name[n] for n in sorted(seen)]
+
+    def _place_factors(self, obs: Observation, top_zones: Sequence[Zone]) -> list[RiskFactor]:
         out: list[RiskFactor] = []
-        if obs.zones and obs.detection_zones:
-            top = next(c for c in _CATEGORY_ORDER if c in best)
-            by_name: dict[str, Zone] = {z.name: z for z in obs.zones}
-            seen = {
-                name
-                for det, names in zip(detections, obs.detection_zones, strict=False)
-                if det.category == top
-                for name in names
-                if name in by_name
-            }
-            high = sorted(n for n in seen if by_name[n].sensitivity == "high")
-            if high:
-                out.append(_factor("zone_high", f"in sensitive zone {', '.join(high)}"))
-            elif seen and all(by_name[n].sensitivity == "low" for n in seen):
-                out.append(_factor("zone_low", f"only in low-sensitivity zone {', '.join(sorted(seen))}"))
+        high = [z.name for z in top_zones if z.sensitivity == "high"]
+        if high:
+            out.append(_factor("zone_high", f"in sensitive zone {', '.join(high)}"))
+        elif top_zones and all(z.sensitivity == "low" for z in top_zones):
+            names = ", ".join(z.name for z in top_zones)
+            out.append(_factor("zone_low", f"only in low-sensitivity zone {names}"))
         if obs.first_seen is not None and obs.last_seen is not None:
             dwell = (obs.last_seen - obs.first_seen).total_seconds()
             if dwell >= DWELL_S:

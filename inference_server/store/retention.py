@@ -3,7 +3,9 @@
 The rules, and why each is what it is, are in ``docs/retention.md``. In short: events go
 after ``event_retention_days``; images (with their jobs and detections), event snapshots
 and quarantine entries after ``retention_days``, except what an unreviewed high or
-critical event still needs; sent outbox rows after a day.
+critical event still needs; sent outbox rows after a day; household contexts replaced before
+the older of the two cutoffs (the one in force then stays: images are judged with the context
+of their capture time).
 
 Rows are deleted in bounded batches, each its own short transaction, and the files those
 rows named are removed after the commit, in a thread. A file is only ever removed from
@@ -32,7 +34,7 @@ import asyncpg
 from prometheus_client import Counter
 
 from inference_server.config import Settings
-from inference_server.store import cameras
+from inference_server.store import cameras, context
 from inference_server.store.db import DB_ERRORS
 from inference_server.telemetry.metrics import REGISTRY
 
@@ -69,6 +71,8 @@ class RetentionReport:
     snapshots: int = 0
     outbox: int = 0
     quarantine: int = 0
+    #: Household contexts replaced before the retention cutoffs.
+    contexts: int = 0
     #: Files no row names, swept from the folders of cameras that no longer exist.
     orphan_files: int = 0
     freed_bytes: int = 0
@@ -212,6 +216,13 @@ async def run_retention(
         report.quarantine += len(rows)
         report.freed_bytes += await files.remove("quarantine", [p for p in stored if p not in owned])
         if len(rows) < batch_size:
+            break
+
+    context_cutoff = min(event_cutoff, data_cutoff)
+    while not stopping():
+        deleted = await context.prune(pool, context_cutoff, batch_size)
+        report.contexts += deleted
+        if deleted < batch_size:
             break
 
     if not stopping():

@@ -33,9 +33,7 @@ async def logbook(recorder_mock: Any, hass: HomeAssistant) -> None:
     assert await async_setup_component(hass, "logbook", {})
 
 
-async def _entries(
-    hass: HomeAssistant, ws: WebSocketGenerator, start: str, **scope: list[str]
-) -> list[dict[str, Any]]:
+async def _entries(hass: HomeAssistant, ws: WebSocketGenerator, start: str, **scope: list[str]) -> list[dict[str, Any]]:
     """The logbook's entries since ``start``, of the whole home or of ``entity_ids`` / ``device_ids``
     (what a logbook card or an entity's and a device's logbook ask for)."""
     await async_wait_recording_done(hass)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from PIL import Image
 
@@ -55,8 +57,9 @@ async def test_person_at_night_armed_away_nobody_home_in_sensitive_zone_is_criti
         drop(demo_assets.image("astronaut.png"), settings.cameras_path / "back_door" / "MDAlarm_20261124-021000.png")
         event = await _ended_event(server, "back_door")
     factors = _factors(event)
-    assert set(factors) == {"person_seen", "night", "alarm_armed_away", "nobody_home", "zone_high"}
-    assert event["risk_level"] in ("high", "critical") and event["risk_score"] == min(100, sum(factors.values()))
+    # 41 + 20 + 25 + 15 + 15 = 116: the clamp to 100 is a factor of its own (issue 16), so they add up.
+    assert set(factors) == {"person_seen", "night", "alarm_armed_away", "nobody_home", "zone_high", "cap"}
+    assert event["risk_level"] in ("high", "critical") and event["risk_score"] == sum(factors.values())
     assert event["is_fast_path"] is True  # astronaut.png scores 0.90: the fast path opened the event at once
     assert event["context"]["alarm_state"] == "armed_away"  # the context it was judged with is kept
     assert "alarm armed away" in event["summary"]
@@ -107,7 +110,8 @@ async def test_animal_at_noon_is_low(make_settings: Callable[..., Settings]) -> 
         await context.put(server.pool, DISARMED_FAMILY_HOME, "test")
         drop(demo_assets.image("chelsea.png"), settings.cameras_path / "garden" / "MDAlarm_20261124-120000.png")
         event = await _ended_event(server, "garden")
-    assert _factors(event) == {"animal_seen": 5, "alarm_disarmed": -15}
+    # 5 − 15 = −10: the floor at 0 is a factor of its own (issue 16), so they add up to the score.
+    assert _factors(event) == {"animal_seen": 5, "alarm_disarmed": -15, "floor": 10}
     assert (event["risk_score"], event["risk_level"]) == (0, "low")
     assert event["summary"].startswith("1 dog at Garden at 12:00")
 
@@ -264,3 +268,23 @@ def _note(text: str) -> Any:
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", text)
     return info
+
+
+async def test_a_late_upload_is_judged_with_the_context_of_its_capture_time(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """Issue 16: a photo taken at 02:10, while the house was armed away and empty, arrives after
+    the morning's context (disarmed, family home) was sent: it is judged as at 02:10."""
+    settings = make_settings()
+    captured = datetime(2026, 11, 24, 2, 10, tzinfo=ZoneInfo(settings.camera_timezone))
+    async with running(settings, pose_detector) as server:
+        await _camera(server, "back_door", "high")
+        await context.put(server.pool, ARMED_AWAY_NOBODY_HOME, "test", set_at=captured - timedelta(hours=3))
+        await context.put(server.pool, DISARMED_FAMILY_HOME, "test")  # the morning's, current now
+        drop(demo_assets.image("astronaut.png"), settings.cameras_path / "back_door" / "MDAlarm_20261124-021000.png")
+        event = await _ended_event(server, "back_door")
+    factors = _factors(event)
+    assert event["context"]["alarm_state"] == "armed_away"  # the context it was judged with
+    assert {"alarm_armed_away", "nobody_home", "night"} <= set(factors) and "alarm_disarmed" not in factors
+    assert event["risk_level"] == "critical" and event["risk_score"] == sum(factors.values())
+    assert event["summary"].startswith("1 person at Back Door at 02:10 (night), alarm armed away")
