@@ -121,8 +121,8 @@ class LlmSettings(BaseModel):
         default=25,
         ge=0,
         le=100,
-        description="Most points the LLM may move the rules score, either way: a confused model cannot"
-        " silence a critical alert nor invent one.",
+        description="Most points the LLM may raise the rules score (lowering needs a reason the server can"
+        " check, none yet): a confused model cannot silence a critical alert nor invent one.",
     )
 
 
@@ -272,7 +272,18 @@ class Settings(BaseSettings):
 
     # --- batching, fast path --------------------------------------------------------------
     batch_window_s: float = Field(default=90, gt=0, description="Longest a camera's activity batch stays open.")
-    batch_idle_s: float = Field(default=30, gt=0, description="A batch closes after this long without detections.")
+    batch_idle_s: float = Field(
+        default=60,
+        gt=0,
+        description="A batch closes after this long without detections. Cameras send motion snapshots "
+        "every 30 s or so while someone is about: 60 s keeps one visit one event (issue 16).",
+    )
+    event_max_s: float = Field(
+        default=600,
+        gt=0,
+        description="Longest an event lasts: activity that outlasts a batch window continues the same event "
+        "until it goes idle or reaches this length, after which a new event starts.",
+    )
     snapshot_publish_interval_s: float = Field(
         default=1.0,
         ge=0,

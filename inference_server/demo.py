@@ -13,6 +13,7 @@ import queue
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,10 +213,11 @@ async def run_demo(data_dir: Path | None, keep_serving: bool = False) -> int:
                 say(f"        rules: risk {rules['risk_score']} {rules['risk_level'].upper()} — {rules['summary']}")
                 say(f"        why:   {rules['reasoning']}")
                 if event["analysis_source"] == "llm":
-                    say(
-                        f"        LLM ({event['model']}): risk {event['risk_score']} {event['risk_level'].upper()}"
-                        f" — {event['summary']}"
-                    )
+                    stored = await events.get(server.pool, uuid.UUID(event["id"]))
+                    level = f"{event['risk_score']} {event['risk_level'].upper()}"
+                    say(f"        LLM ({event['model']}): risk {level}, within the server's bounds")
+                    # The model's words are its description, not the verdict (a demo model is tiny).
+                    say(f"        model's description (unverified wording): {stored.description if stored else None}")
                 elif event["llm_state"] == "failed":
                     say(f"        LLM: fell back to the rules — {event['reasoning'].rpartition('LLM fallback: ')[2]}")
             else:
@@ -304,5 +306,8 @@ async def _compare_contexts(server: Any, settings: Settings, subscriber: Subscri
                 f" {body['risk_level']} ({body['analysis_source']})"
             )
         if final["analysis_source"] == "llm":
-            say(f"      LLM says: {final['summary']} — {final['reasoning'][:300]}")
+            # The model's words are its description, not the verdict (a demo model is tiny).
+            say(f"      model's description (unverified wording, {final['model']}): {final.get('description')}")
+        elif final.get("llm_error"):
+            say(f"      LLM phase left the rules' judgement: {final['llm_error']}")
     return True

@@ -68,11 +68,15 @@ class Observation:
     context: HouseholdContext | None = None
     #: Most of each label seen together in one image (default: counted over ``detections``).
     max_counts: Mapping[str, int] | None = None
+    #: Images of the activity in which its top category (person, vehicle, object, animal) was
+    #: seen; None: one image (a glance).
+    frames: int | None = None
     first_seen: datetime | None = None
     last_seen: datetime | None = None
     #: Average images per hour with each label at this hour of day; None until learned.
     baseline: Mapping[str, float] | None = None
-    #: Earlier batches with a person on this camera within the last hour.
+    #: Earlier visits (distinct events, or batches without one) with a person on this camera within
+    #: the last hour; a continuing event is one visit.
     recent_visits: int = 0
     feedback: FeedbackCounts | None = None
 
@@ -89,3 +93,6 @@ class Assessment:
     objects: dict[str, int] = field(default_factory=dict)
     #: The LLM prompt that produced this assessment (``prompts.PROMPT_VERSION``); None for rules.
     prompt_version: str | None = None
+    #: The language model's own words about the activity (its summary and reasoning), shown apart
+    #: from the rules' factual ``summary``, after the server's grounding checks; None for rules.
+    description: str | None = None

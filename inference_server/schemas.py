@@ -80,6 +80,17 @@ class Event(_Model):
     context: HouseholdContext | None = Field(default=None, description="The household context it was judged with.")
     model: str | None = Field(default=None, description="Model that made the current judgement (rules-v2, a GGUF...).")
     prompt_version: str | None = None
+    description: str | None = Field(
+        default=None,
+        description="The language model's own words about the event (the model is named in `model`), shown"
+        " apart from the rules' factual `summary`; only text the server found grounded in the evidence and"
+        " consistent with the level; null until a model answered, and when it failed or was rejected.",
+    )
+    llm_error: str | None = Field(
+        default=None,
+        description="Why the LLM phase left the rules' judgement (unreachable, timeout, invalid output,"
+        " rejected (<what was wrong>), ...); null when it answered or has not run.",
+    )
 
 
 class EventMessage(Event):

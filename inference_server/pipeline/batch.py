@@ -7,8 +7,13 @@
   judge the batch at ``alert_open_level`` (default high) or above, whatever the detector's
   confidence; lower-risk activity opens its event when the batch closes. While open, a
   changed judgement is published as ``type: update``.
-- When the batch closes the event gets its end time (``type: end``) and the camera's live
-  state goes back to quiet. Phase two, the LLM, follows on its own worker (pipeline/llm.py).
+- A batch whose window runs out while its activity goes on (a detection within
+  ``batch_idle_s``) does not end its event: the event opens now if it was waiting, and a new
+  batch continues it (``batches.open_continuation``), judged with the whole event's detections;
+  a changed judgement is an ``update``. The event ends (``type: end``, the camera's live state
+  back to quiet) when the activity goes idle or when it has lasted ``event_max_s``; the next
+  detection after that opens a new batch and a new event. Phase two, the LLM, follows on its
+  own worker (pipeline/llm.py).
 
 Batches live in PostgreSQL and are changed only inside the transaction that stores the
 image's result, so a restart continues them and never loses their detections.
@@ -21,7 +26,7 @@ import logging
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -75,12 +80,22 @@ class BatchStage:
         self.tz = ZoneInfo(settings.camera_timezone)
         self.window = timedelta(seconds=settings.batch_window_s)
         self.idle = timedelta(seconds=settings.batch_idle_s)
+        self.event_max = timedelta(seconds=settings.event_max_s)
         self._snapshots = SnapshotThrottle(topics, settings.snapshot_publish_interval_s)
         #: The score from which an activity opens its event at once (``alert_open_level``).
         self.alert_score = rules.thresholds.score_of(settings.alert_open_level)
 
     def _due(self, batch: batches.Batch, now: datetime) -> bool:
-        return now - batch.opened_at >= self.window or now - batch.last_activity_at >= self.idle
+        return (
+            now - batch.opened_at >= self.window
+            or now - batch.last_activity_at >= self.idle
+            or now - batch.chain_started_at >= self.event_max
+        )
+
+    def _continues(self, batch: batches.Batch, now: datetime) -> bool:
+        """A due batch whose activity goes on: only its window ran out (not idle, and its event
+        is younger than ``event_max_s``), so the next batch continues its event."""
+        return now - batch.last_activity_at < self.idle and now - batch.chain_started_at < self.event_max
 
     def is_fast(self, detections: Sequence[Detection]) -> bool:
         return any(d.confidence >= self.settings.fast_path.get(d.label, 2.0) for d in detections)
@@ -105,7 +120,7 @@ class BatchStage:
         batch = await batches.lock_open(conn, camera_id)
         if batch is not None and self._due(batch, now):
             messages += await self.close_guarded(conn, batch, now)
-            batch = None
+            batch = await batches.lock_open(conn, camera_id)  # the batch continuing its event, if any
         if batch is None:
             batch = await batches.open_new(conn, camera_id, now)
             log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
@@ -194,7 +209,12 @@ class BatchStage:
             async with self.pool.acquire() as conn, conn.transaction():
                 now = self.clock.now()
                 due = await batches.lock_due(
-                    conn, now, self.settings.batch_window_s, self.settings.batch_idle_s, limit=1
+                    conn,
+                    now,
+                    self.settings.batch_window_s,
+                    self.settings.batch_idle_s,
+                    limit=1,
+                    event_max_s=self.settings.event_max_s,
                 )
                 if not due:
                     return closed
@@ -237,18 +257,35 @@ class BatchStage:
             await batches.close(conn, batch.id, now)
             return messages
         judged = await self.judge(conn, batch, camera.name, camera.zones)
+        continues = self._continues(batch, now)
         event_id = batch.event_id
         if event_id is None:
             event_id = await self._open_event(conn, batch, judged, opened_by=None)
             messages.append(await event_message(conn, self.topics, event_id, "new"))
         else:
-            await events_store.rescore(
+            changed = await events_store.rescore(
                 conn,
                 event_id,
                 judged.assessment,
                 image_id=judged.image_id,
                 snapshot_path=str(snapshot_file(self.settings, batch.camera_id, judged.image_id)),
             )
+            if changed and continues:
+                messages.append(await event_message(conn, self.topics, event_id, "update"))
+        if continues:
+            # Only the window ran out: the activity goes on, and so does its event (no end, the
+            # camera stays live). The next batch carries the event from the start.
+            await batches.close(conn, batch.id, now)
+            successor = await batches.open_continuation(conn, replace(batch, event_id=event_id), now)
+            log.info(
+                "batch continued batch_id=%s camera_id=%s event_id=%s next_batch_id=%s risk_score=%s",
+                batch.id,
+                batch.camera_id,
+                event_id,
+                successor.id,
+                judged.assessment.risk_score,
+            )
+            return messages
         last_seen = judged.observation.last_seen or batch.last_activity_at
         await events_store.end(conn, event_id, last_seen)
         await batches.close(conn, batch.id, now)
@@ -315,6 +352,7 @@ class BatchStage:
             zones=zones,
             context=ctx_state.context if ctx_state.set_at is not None else None,
             max_counts=max_counts,
+            frames=sum(any(category_of(lbl) == top_category for lbl in c) for c in per_image.values()),
             first_seen=first_seen,
             last_seen=last_seen,
             baseline=await activity.baseline(conn, batch.camera_id, local.date(), local.hour),

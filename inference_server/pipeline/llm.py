@@ -1,5 +1,6 @@
-"""LLM stage, phase two of an alert: the LLM's narrative and adjusted score for an event the
-rules already published, sent as ``type: update`` on the same event id.
+"""LLM stage, phase two of an alert: the LLM's description and adjusted score for an event the
+rules already published, sent as ``type: update`` on the same event id (the headline summary
+stays the rules'; the LLM may raise the score, and lower it only for a reason the server checked).
 
 Events wait in the database (``llm_state = 'pending'``) and are claimed with a lease, so
 several workers share them and a crashed worker's event is taken up again. An LLM that is
@@ -19,9 +20,9 @@ import asyncpg
 from inference_server.comms.topics import Topics
 from inference_server.domain import Assessment, Observation
 from inference_server.pipeline.batch import BatchStage
-from inference_server.reasoning.llm import LlmReasoner
+from inference_server.reasoning.llm import LOWERING_GROUNDS, LOWERING_REFUSED, RULES_CAP, LlmReasoner, settle_score
 from inference_server.reasoning.reasoner import LevelThresholds
-from inference_server.schemas import EventMessage, Zone
+from inference_server.schemas import EventMessage, RiskFactor, Zone
 from inference_server.store import batches, cameras, outbox
 from inference_server.store import events as events_store
 from inference_server.store.db import DB_ERRORS
@@ -55,23 +56,28 @@ def baseline_text(observation: Observation) -> str:
 
 
 def bound_adjustment(llm: Assessment, rules: Assessment, max_adjust: int, thresholds: LevelThresholds) -> Assessment:
-    """Keep the LLM's score within ``max_adjust`` points of the rules score (level recomputed), and
-    say so in its reasoning: the LLM explains and nudges, the rules set the floor and the ceiling."""
-    low, high = max(0, rules.risk_score - max_adjust), min(100, rules.risk_score + max_adjust)
-    if low <= llm.risk_score <= high:
+    """The stage's net under the reasoner's own policy (``reasoning.llm.settle_score``): the LLM's
+    score at most ``max_adjust`` points above the rules', and not below them unless the reasoner
+    recorded a verified reason (an ``llm_lowering_grounds`` factor); the level recomputed and the
+    reasoning saying so. The LLM explains and nudges; the rules set the floor and the ceiling."""
+    grounds = next((f.detail for f in llm.factors if f.name == LOWERING_GROUNDS), None)
+    capped = next((f.detail for f in rules.factors if f.name == RULES_CAP and f.points < 0), None)
+    bounded, note = settle_score(llm.risk_score, rules.risk_score, max_adjust, grounds, capped=capped)
+    if bounded == llm.risk_score:
         return llm
-    bounded = min(max(llm.risk_score, low), high)
-    note = (
-        f" [Score bounded by the server: the LLM said {llm.risk_score}, more than {max_adjust} points"
-        f" from the rules' {rules.risk_score}; kept at {bounded}.]"
-    )
-    # The factors keep adding up to the score: the LLM's adjustment factor shrinks by the cut.
+    # The factors keep adding up to the score: the LLM's adjustment factor takes the cut.
     factors = [
         f.model_copy(update={"points": f.points + bounded - llm.risk_score}) if f.name == "llm_adjustment" else f
         for f in llm.factors
     ]
+    if bounded > llm.risk_score and grounds is None:
+        factors.append(RiskFactor(name=LOWERING_REFUSED, points=0, detail=str(note)))
     return replace(
-        llm, risk_score=bounded, risk_level=thresholds.level(bounded), reasoning=llm.reasoning + note, factors=factors
+        llm,
+        risk_score=bounded,
+        risk_level=thresholds.level(bounded),
+        reasoning=f"{llm.reasoning} [{note}.]",
+        factors=factors,
     )
 
 

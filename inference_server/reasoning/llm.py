@@ -10,6 +10,14 @@ with the rules engine's assessment in the prompt. It promises:
   its reasoning and a ``llm fallback reason=...`` warning in the log;
 - the LLM's level is never trusted: it is recomputed from its score with the configured
   thresholds, and the reasoning says so when the two disagreed;
+- the LLM may raise the rules' score by at most ``max_adjust`` points; it may lower it only
+  when a check the server can verify gives a reason (``grounding.LOWERING_CHECKS``, none yet),
+  never by opinion: a refused lowering keeps the rules' score and says so in a 0-point
+  ``llm_lowering_refused`` factor and in the reasoning;
+- the headline ``summary`` stays the rules' factual one; the model's words go to
+  ``description``, and only after ``grounding.check`` found them grounded in the evidence and
+  consistent with the level the event will carry. A reply that fails is retried once, then
+  the rules' judgement is the fallback (reason ``rejected (<what was wrong>)``);
 - the LLM's assessment keeps the rules factors and adds an ``llm_adjustment`` factor, so the
   points of the factors still add up to the score; the LLM's own factors follow with 0 points;
 - at most ``max_concurrency`` LLM calls run at once; each call is limited to ``timeout_s``.
@@ -21,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -31,6 +39,8 @@ from inference_server.config import LlmSettings
 from inference_server.domain import Assessment, Observation
 from inference_server.reasoning.backends.base import LlmBackend, LlmError, LlmReply, build_llm_backend
 from inference_server.reasoning.breaker import CircuitBreaker, CircuitState
+from inference_server.reasoning.grounding import LOWERING_CHECKS, Evidence, LoweringCheck, lowering_grounds
+from inference_server.reasoning.grounding import check as check_grounding
 from inference_server.reasoning.prompts import (
     PROMPT_VERSION,
     PROMPT_VERSIONS,
@@ -45,6 +55,38 @@ from inference_server.reasoning.rules import RulesReasoner
 from inference_server.schemas import RiskFactor
 
 log = logging.getLogger(__name__)
+
+#: The 0-point factor that records a lowering the server refused.
+LOWERING_REFUSED = "llm_lowering_refused"
+#: The 0-point factor that names the verified reason that allowed a lowering.
+LOWERING_GROUNDS = "llm_lowering_grounds"
+
+
+#: The rules' factor that caps their score (a doubtful sighting at medium, critical without
+#: corroboration at high): an LLM's opinion is no corroboration, so it cannot raise past it.
+RULES_CAP = "cap"
+
+
+def settle_score(
+    suggested: int, rules_score: int, max_adjust: int, grounds: str | None, *, capped: str | None = None
+) -> tuple[int, str | None]:
+    """The score the LLM's ``suggested`` one becomes, and the server's note when it changed it.
+
+    Raising is allowed up to ``max_adjust`` points, and not at all past a rules cap (``capped``:
+    its reason); lowering only with ``grounds`` (a reason the server verified), and then by at
+    most ``max_adjust``; without grounds the rules' score stays."""
+    if suggested < rules_score and grounds is None:
+        return rules_score, f"LLM suggested {suggested}; lowering needs a checkable reason: kept {rules_score}"
+    if suggested > rules_score and capped is not None:
+        return rules_score, f"LLM suggested {suggested}; the rules cap the score ({capped}): kept {rules_score}"
+    low, high = max(0, rules_score - max_adjust), min(100, rules_score + max_adjust)
+    if low <= suggested <= high:
+        return suggested, None
+    bounded = min(max(suggested, low), high)
+    return bounded, (
+        f"Score bounded by the server: the LLM said {suggested}, more than {max_adjust} points"
+        f" from the rules' {rules_score}; kept at {bounded}"
+    )
 
 
 class _Fallback(Exception):
@@ -70,6 +112,8 @@ class LlmReasoner:
         circuit_failures: int = 3,
         circuit_reset_s: float = 60.0,
         prompt_version: str = PROMPT_VERSION,
+        max_adjust: int = 25,
+        lowering_checks: Sequence[LoweringCheck] = LOWERING_CHECKS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if prompt_version not in PROMPT_VERSIONS:
@@ -79,6 +123,8 @@ class LlmReasoner:
         self.rules = RulesReasoner(thresholds)
         self.timeout_s = timeout_s
         self.prompt_version = prompt_version
+        self.max_adjust = max_adjust
+        self.lowering_checks = tuple(lowering_checks)
         self.breaker = CircuitBreaker(circuit_failures, circuit_reset_s, clock)
         self._slots = asyncio.Semaphore(max_concurrency)
         #: Fallbacks since start, by reason ("timeout", "unreachable", "invalid output", ...).
@@ -96,6 +142,7 @@ class LlmReasoner:
             max_concurrency=settings.max_concurrency,
             circuit_failures=settings.circuit_failures,
             circuit_reset_s=settings.circuit_reset_s,
+            max_adjust=settings.max_adjust,
             clock=clock,
         )
 
@@ -150,7 +197,7 @@ class LlmReasoner:
             if not self.breaker.allow():
                 return self._fallback(observation, rules, self._circuit_open())
             try:
-                answer, reply, attempts = await self._ask(observation, messages)
+                result = await self._ask(observation, rules, messages, context=context, zones=zones)
             except _Fallback as failed:
                 self.breaker.failure()
                 return self._fallback(observation, rules, failed)
@@ -158,7 +205,7 @@ class LlmReasoner:
                 self.breaker.abandon()
                 raise
         self.breaker.success()
-        return self._from_answer(observation, rules, answer, reply, attempts)
+        return result
 
     def _circuit_open(self) -> _Fallback:
         return _Fallback(
@@ -166,9 +213,19 @@ class LlmReasoner:
             f"LLM skipped after {self.breaker.threshold} failures in a row; next try after {self.breaker.reset_s:g}s",
         )
 
-    async def _ask(self, observation: Observation, messages: list[ChatMessage]) -> tuple[LlmAssessment, LlmReply, int]:
-        """One call, and one retry if the reply is not a valid answer."""
-        invalid: list[ValidationError] = []
+    async def _ask(
+        self,
+        observation: Observation,
+        rules: Assessment,
+        messages: list[ChatMessage],
+        *,
+        context: Mapping[str, Any] | None,
+        zones: str | None,
+    ) -> Assessment:
+        """One call, and one retry if the reply is not a valid answer or not a grounded one."""
+        failed: _Fallback | None = None
+        evidence = Evidence.of(observation, objects=rules.objects or None, context=context, zones=zones)
+        grounds = lowering_grounds(observation, context, self.lowering_checks)
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self.timeout_s):
@@ -178,9 +235,9 @@ class LlmReasoner:
             except LlmError as err:
                 raise _Fallback(err.reason, err.brief, str(err)) from None
             try:
-                return parse_reply(reply.text), reply, attempt
+                answer = parse_reply(reply.text)
             except ValidationError as err:
-                invalid.append(err)
+                failed = _Fallback("invalid output", f"{err.error_count()} schema errors, first: {_first_error(err)}")
                 log.warning(
                     "llm reply invalid camera_id=%s attempt=%d errors=%d first=%r reply=%r",
                     observation.camera_id,
@@ -189,8 +246,23 @@ class LlmReasoner:
                     _first_error(err),
                     reply.text[:200],
                 )
-        last = invalid[-1]
-        raise _Fallback("invalid output", f"{last.error_count()} schema errors, first: {_first_error(last)}")
+                continue
+            result = self._from_answer(observation, rules, answer, reply, attempt, grounds)
+            texts = {"summary": answer.summary, "reasoning": answer.reasoning}
+            texts |= {f"factor {f.name}": f"{f.name.replace('_', ' ')}: {f.detail}" for f in answer.factors}
+            problem = check_grounding(texts, evidence, result.risk_level)
+            if problem is None:
+                return result
+            failed = _Fallback("rejected", problem)
+            log.warning(
+                "llm reply rejected camera_id=%s attempt=%d problem=%r reply=%r",
+                observation.camera_id,
+                attempt,
+                problem,
+                reply.text[:200],
+            )
+        assert failed is not None
+        raise failed
 
     def _fallback(self, observation: Observation, rules: Assessment, failed: _Fallback) -> Assessment:
         self.fallbacks[failed.reason] += 1
@@ -210,54 +282,75 @@ class LlmReasoner:
         )
 
     def _from_answer(
-        self, observation: Observation, rules: Assessment, answer: LlmAssessment, reply: LlmReply, attempts: int
+        self,
+        observation: Observation,
+        rules: Assessment,
+        answer: LlmAssessment,
+        reply: LlmReply,
+        attempts: int,
+        grounds: str | None,
     ) -> Assessment:
-        level = self.thresholds.level(answer.risk_score)
-        reasoning = answer.reasoning
-        if level != answer.risk_level:
-            reasoning += (
-                f" [Level set by the server: the model said {answer.risk_level} for score {answer.risk_score},"
-                f" which the configured thresholds make {level}.]"
+        capped = next((f.detail for f in rules.factors if f.name == RULES_CAP and f.points < 0), None)
+        score, settled = settle_score(answer.risk_score, rules.risk_score, self.max_adjust, grounds, capped=capped)
+        level = self.thresholds.level(score)
+        notes: list[str] = []
+        said_level = self.thresholds.level(answer.risk_score)
+        if said_level != answer.risk_level:
+            notes.append(
+                f"Level set by the server: the model said {answer.risk_level} for score {answer.risk_score},"
+                f" which the configured thresholds make {said_level}."
             )
-        rules_points = sum(f.points for f in rules.factors)
-        adjustment = answer.risk_score - rules_points
+        if settled is not None:
+            notes.append(f"{settled}.")
+        moved = (
+            f"the LLM moved the rules score {rules.risk_score} to {score}"
+            if score != rules.risk_score
+            else f"the LLM kept the rules score {rules.risk_score}"
+        )
         factors = [
             *rules.factors,
-            RiskFactor(
-                name="llm_adjustment",
-                points=adjustment,
-                detail=f"the LLM moved the rules score {rules.risk_score} to {answer.risk_score}"
-                if answer.risk_score != rules.risk_score
-                else f"the LLM kept the rules score {rules.risk_score}",
-            ),
-            *(RiskFactor(name=f"llm_{f.name}", points=0, detail=f.detail) for f in answer.factors),
+            RiskFactor(name="llm_adjustment", points=score - sum(f.points for f in rules.factors), detail=moved),
         ]
+        if answer.risk_score < rules.risk_score:
+            if grounds is None:
+                factors.append(RiskFactor(name=LOWERING_REFUSED, points=0, detail=settled or moved))
+            else:
+                factors.append(RiskFactor(name=LOWERING_GROUNDS, points=0, detail=grounds))
+        factors += [RiskFactor(name=f"llm_{f.name}", points=0, detail=f.detail) for f in answer.factors]
         tokens_per_s = reply.tokens_per_s
         log.info(
-            "llm assessed camera_id=%s model=%s prompt_version=%s risk_score=%d risk_level=%s rules_score=%d"
-            " level_corrected=%s attempts=%d seconds=%.2f completion_tokens=%s tokens_per_s=%s",
+            "llm assessed camera_id=%s model=%s prompt_version=%s risk_score=%d risk_level=%s suggested_score=%d"
+            " rules_score=%d level_corrected=%s attempts=%d seconds=%.2f completion_tokens=%s tokens_per_s=%s",
             observation.camera_id,
             self.backend.model,
             self.prompt_version,
-            answer.risk_score,
+            score,
             level,
+            answer.risk_score,
             rules.risk_score,
-            level != answer.risk_level,
+            said_level != answer.risk_level,
             attempts,
             reply.seconds,
             reply.completion_tokens,
             f"{tokens_per_s:.1f}" if tokens_per_s is not None else None,
         )
+        # Small models open with stray punctuation (", no, ..."): trimmed, the words are kept as written.
+        summary = answer.summary.strip().lstrip(",;:.- ")
+        reasoning = answer.reasoning.strip().lstrip(",;:.- ")
+        headline = summary.rstrip(".")
+        description = reasoning if reasoning.startswith(headline) else f"{headline}. {reasoning}"
         return Assessment(
-            risk_score=answer.risk_score,
+            risk_score=score,
             risk_level=level,
-            summary=answer.summary,
-            reasoning=reasoning,
+            # The headline stays the rules' factual summary; the model's words are its description.
+            summary=rules.summary,
+            reasoning=" ".join([rules.reasoning, f"LLM ({self.backend.model}): {moved}.", *notes]),
             factors=factors,
             analysis_source="llm",
             model=self.backend.model,
             objects=rules.objects,
             prompt_version=self.prompt_version,
+            description=description,
         )
 
 

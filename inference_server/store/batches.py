@@ -1,4 +1,8 @@
-"""batches and batch_images tables: a camera's burst of activity, durable across restarts."""
+"""batches and batch_images tables: a camera's burst of activity, durable across restarts.
+
+A batch whose window ran out while its activity went on is continued by the next one, which
+carries the same event from the start: the batches of one event form a chain
+(``continues_batch_id``, ``chain_started_at``), judged together as one activity."""
 
 from __future__ import annotations
 
@@ -16,17 +20,26 @@ class Batch:
     opened_at: datetime
     last_activity_at: datetime
     event_id: uuid.UUID | None
+    #: When the first batch of this batch's chain (its event) opened; its own ``opened_at`` if none.
+    chain_started_at: datetime
+
+
+# chain_started_at is NULL for a batch that starts its chain: it began when the batch opened.
+_COLUMNS = (
+    "id, camera_id, opened_at, last_activity_at, event_id, coalesce(chain_started_at, opened_at) AS chain_started_at"
+)
 
 
 def _batch(row: asyncpg.Record) -> Batch:
-    return Batch(row["id"], row["camera_id"], row["opened_at"], row["last_activity_at"], row["event_id"])
+    return Batch(
+        row["id"], row["camera_id"], row["opened_at"], row["last_activity_at"], row["event_id"], row["chain_started_at"]
+    )
 
 
 async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:
     """The camera's open batch, locked for this transaction."""
     row = await conn.fetchrow(
-        "SELECT id, camera_id, opened_at, last_activity_at, event_id FROM batches"
-        " WHERE camera_id = $1 AND closed_at IS NULL FOR UPDATE",
+        f"SELECT {_COLUMNS} FROM batches WHERE camera_id = $1 AND closed_at IS NULL FOR UPDATE",
         camera_id,
     )
     return _batch(row) if row is not None else None
@@ -35,10 +48,31 @@ async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:
 async def open_new(conn: asyncpg.Connection, camera_id: str, now: datetime) -> Batch:
     row = await conn.fetchrow(
         "INSERT INTO batches (id, camera_id, opened_at, last_activity_at) VALUES ($1, $2, $3, $3)"
-        " RETURNING id, camera_id, opened_at, last_activity_at, event_id",
+        f" RETURNING {_COLUMNS}",
         uuid.uuid4(),
         camera_id,
         now,
+    )
+    assert row is not None
+    return _batch(row)
+
+
+async def open_continuation(conn: asyncpg.Connection, previous: Batch, now: datetime) -> Batch:
+    """The batch that continues ``previous`` (closed at ``now``, its window run out while its
+    activity went on): the same event from the start, the same chain start, and ``previous``'s
+    last activity, so that the chain goes idle ``batch_idle_s`` after its last detection."""
+    assert previous.event_id is not None, "only a batch with an event is continued"
+    row = await conn.fetchrow(
+        "INSERT INTO batches (id, camera_id, opened_at, last_activity_at, event_id, chain_started_at,"
+        " continues_batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        f" RETURNING {_COLUMNS}",
+        uuid.uuid4(),
+        previous.camera_id,
+        now,
+        previous.last_activity_at,
+        previous.event_id,
+        previous.chain_started_at,
+        previous.id,
     )
     assert row is not None
     return _batch(row)
@@ -49,7 +83,7 @@ async def add_image(conn: asyncpg.Connection, batch: Batch, image_id: int, now: 
     row = await conn.fetchrow(
         "WITH linked AS (INSERT INTO batch_images (batch_id, image_id) VALUES ($1, $3) ON CONFLICT DO NOTHING)"
         " UPDATE batches SET last_activity_at = greatest(last_activity_at, $2) WHERE id = $1"
-        " RETURNING id, camera_id, opened_at, last_activity_at, event_id",
+        f" RETURNING {_COLUMNS}",
         batch.id,
         now,
         image_id,
@@ -67,18 +101,28 @@ async def close(conn: asyncpg.Connection, batch_id: uuid.UUID, now: datetime) ->
 
 
 async def lock_due(
-    conn: asyncpg.Connection, now: datetime, window_s: float, idle_s: float, limit: int = 20
+    conn: asyncpg.Connection,
+    now: datetime,
+    window_s: float,
+    idle_s: float,
+    limit: int = 20,
+    *,
+    event_max_s: float | None = None,
 ) -> list[Batch]:
-    """Open batches whose window or idle time has run out, locked (skipping ones others hold)."""
+    """Open batches whose window, idle time or chain's (event's) longest time (``event_max_s``;
+    None: no longest) has run out, locked (skipping ones others hold), oldest first."""
     rows = await conn.fetch(
-        "SELECT id, camera_id, opened_at, last_activity_at, event_id FROM batches"
+        f"SELECT {_COLUMNS} FROM batches"
         " WHERE closed_at IS NULL AND (opened_at <= $1::timestamptz - make_interval(secs => $2)"
-        "   OR last_activity_at <= $1::timestamptz - make_interval(secs => $3))"
+        "   OR last_activity_at <= $1::timestamptz - make_interval(secs => $3)"
+        "   OR ($5::float8 IS NOT NULL"
+        "       AND coalesce(chain_started_at, opened_at) <= $1::timestamptz - make_interval(secs => $5)))"
         " ORDER BY opened_at LIMIT $4 FOR UPDATE SKIP LOCKED",
         now,
         window_s,
         idle_s,
         limit,
+        event_max_s,
     )
     return [_batch(r) for r in rows]
 
@@ -94,10 +138,14 @@ class BatchDetection:
 
 
 async def detections(conn: asyncpg.Connection, batch_id: uuid.UUID) -> list[BatchDetection]:
+    """The detections of the batch's activity: its own and, once it has an event, those of every
+    batch of that event (a continuing activity is judged as one), oldest capture first."""
     rows = await conn.fetch(
         "SELECT d.image_id, d.label, d.confidence, d.x1, d.y1, d.x2, d.y2, d.zone, i.captured_at"
         " FROM batch_images bi JOIN detections d ON d.image_id = bi.image_id JOIN images i ON i.id = bi.image_id"
-        " WHERE bi.batch_id = $1 ORDER BY i.captured_at, d.id",
+        " WHERE bi.batch_id = $1 OR bi.batch_id IN (SELECT o.id FROM batches b JOIN batches o"
+        "   ON o.event_id = b.event_id WHERE b.id = $1)"
+        " ORDER BY i.captured_at, d.id",
         batch_id,
     )
     return [
@@ -114,9 +162,13 @@ async def detections(conn: asyncpg.Connection, batch_id: uuid.UUID) -> list[Batc
 
 
 async def recent_person_visits(conn: asyncpg.Connection, camera_id: str, exclude: uuid.UUID, since: datetime) -> int:
-    """Other batches of this camera since ``since`` in which a person was detected."""
+    """Other visits to this camera since ``since`` in which a person was detected: the activities
+    (events; a batch without one yet counts alone) other than ``exclude``'s. The batches of one
+    continuing event are one visit."""
     n: int = await conn.fetchval(
-        "SELECT count(*) FROM batches b WHERE b.camera_id = $1 AND b.id <> $2 AND b.opened_at >= $3"
+        "SELECT count(DISTINCT coalesce(b.event_id, b.id)) FROM batches b"
+        " WHERE b.camera_id = $1 AND b.id <> $2 AND b.opened_at >= $3"
+        " AND (b.event_id = (SELECT event_id FROM batches WHERE id = $2)) IS NOT TRUE"
         " AND EXISTS (SELECT 1 FROM batch_images bi JOIN detections d ON d.image_id = bi.image_id"
         "             WHERE bi.batch_id = b.id AND d.label = 'person')",
         camera_id,
@@ -127,9 +179,7 @@ async def recent_person_visits(conn: asyncpg.Connection, camera_id: str, exclude
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, batch_id: uuid.UUID) -> Batch | None:
-    row = await conn.fetchrow(
-        "SELECT id, camera_id, opened_at, last_activity_at, event_id FROM batches WHERE id = $1", batch_id
-    )
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM batches WHERE id = $1", batch_id)
     return _batch(row) if row is not None else None
 
 

@@ -39,6 +39,7 @@ def _assessment_json(a: Assessment) -> dict[str, Any]:
         "analysis_source": a.analysis_source,
         "model": a.model,
         "prompt_version": a.prompt_version,
+        "description": a.description,
     }
 
 
@@ -178,7 +179,11 @@ _SELECT = (
     " COALESCE((SELECT jsonb_agg(jsonb_build_object('label', d.label, 'category', d.category,"
     "   'confidence', d.confidence, 'bbox', jsonb_build_array(d.x1, d.y1, d.x2, d.y2), 'zone', d.zone)"
     "   ORDER BY d.confidence DESC, d.id) FROM detections d WHERE d.image_id = e.image_id), '[]'::jsonb)"
-    "   AS detections"
+    "   AS detections,"
+    # The LLM phase's words and failure live in llm_result (the model's text only while its
+    # judgement is the event's).
+    " CASE WHEN e.llm_state = 'done' THEN e.llm_result->>'description' END AS description,"
+    " CASE WHEN e.llm_state = 'failed' THEN e.llm_result->>'error' END AS llm_error"
     " FROM events e JOIN cameras c ON c.id = e.camera_id"
 )
 

@@ -164,10 +164,11 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
         )
         assert dup_detections == []
         # Both pictures show people: every processed image has detections, is in exactly one batch,
-        # and that batch became exactly one event.
+        # and that batch belongs to exactly one event (a continuing activity's batches share theirs).
         lost = await db.fetch(
             "SELECT j.image_id FROM jobs j WHERE j.state = 'done' AND NOT EXISTS "
-            "(SELECT 1 FROM batch_images b JOIN events e ON e.batch_id = b.batch_id WHERE b.image_id = j.image_id)"
+            "(SELECT 1 FROM batch_images b JOIN batches bt ON bt.id = b.batch_id JOIN events e ON e.id = bt.event_id"
+            " WHERE b.image_id = j.image_id)"
         )
         assert lost == []
         assert await db.fetch("SELECT image_id FROM batch_images GROUP BY image_id HAVING count(*) > 1") == []

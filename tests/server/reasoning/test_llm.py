@@ -5,6 +5,12 @@ TEST DOUBLE: ``MisbehavingLlmServer`` is a tiny local aiohttp server speaking th
 completions protocol, scripted to be slow, to answer garbage or schema-violating JSON, or to
 answer well. It stands in for a misbehaving LLM server, which cannot be produced on demand
 from a real model; the real-model paths are in backends/test_llamacpp.py and backends/test_openai.py.
+
+FAKE: ``FakeLlmBackend`` is an in-process ``LlmBackend`` returning scripted replies of the kinds
+the real SmolLM2-135M model wrote in the alert-quality review (issue 16): a score far below
+the rules', a weapon nobody saw, "High, High, High", a reasoning of ", ". The real model
+cannot be made to write each of them on demand; its own path is tested in
+tests/server/pipeline/test_llm_stage.py.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,13 +29,14 @@ from aiohttp import web
 
 from inference_server.config import LlmSettings
 from inference_server.domain import Assessment, Detection, Observation
-from inference_server.reasoning.backends.base import build_llm_backend
+from inference_server.reasoning.backends.base import LlmReply, build_llm_backend
 from inference_server.reasoning.backends.openai import OpenAiBackend
-from inference_server.reasoning.llm import LlmReasoner
-from inference_server.reasoning.prompts import PROMPT_VERSION, answer_schema
+from inference_server.reasoning.llm import LOWERING_GROUNDS, LOWERING_REFUSED, LlmReasoner
+from inference_server.reasoning.prompts import PROMPT_VERSION, ChatMessage, answer_schema
 from inference_server.reasoning.reasoner import LevelThresholds, Reasoner
 from inference_server.reasoning.rules import MODEL_NAME as RULES_MODEL
 from inference_server.reasoning.rules import RulesReasoner
+from inference_server.schemas import RiskFactor
 from tests.support.net import free_port
 
 OBSERVATION = Observation(
@@ -166,8 +173,13 @@ async def test_good_answer_is_the_llm_assessment_with_model_and_prompt_version(
 
     result = await reasoner.assess(OBSERVATION)
 
+    assert RULES.risk_score <= 80 <= RULES.risk_score + 25, "GOOD must raise the rules score within the bound"
     assert result.analysis_source == "llm"
-    assert (result.risk_score, result.risk_level, result.summary) == (80, "high", GOOD["summary"])
+    assert (result.risk_score, result.risk_level) == (80, "high")
+    # The headline stays the rules' factual summary; the model's words are its labelled description.
+    assert result.summary == RULES.summary
+    assert result.description == f"{GOOD['summary']}. {GOOD['reasoning']}"
+    assert result.reasoning.startswith(RULES.reasoning) and str(GOOD["reasoning"]) not in result.reasoning
     assert (result.model, result.prompt_version) == ("test-double", PROMPT_VERSION)
     # Rules factors stay, the LLM's move is one factor, so the points still add up to the score.
     rules_points = sum(f.points for f in RULES.factors)
@@ -196,7 +208,8 @@ async def test_level_that_disagrees_with_the_score_is_recomputed_and_noted(
     result = await make_reasoner(llm_server.url).assess(OBSERVATION)
 
     assert result.analysis_source == "llm"
-    assert (result.risk_score, result.risk_level) == (1, "low")
+    # Score 1 would lower the rules' score without a checkable reason: the rules' score stays.
+    assert (result.risk_score, result.risk_level) == (RULES.risk_score, RULES.risk_level)
     assert "the model said high for score 1, which the configured thresholds make low" in result.reasoning
 
 
@@ -340,3 +353,133 @@ def test_backends_are_chosen_by_name_and_say_what_they_need() -> None:
         build_llm_backend(LlmSettings(backend="tensorrt"))
     with pytest.raises(ValueError, match="unknown prompt version 'security-v0'"):
         LlmReasoner(backend, LevelThresholds(), prompt_version="security-v0")
+
+
+@dataclass
+class FakeLlmBackend:
+    """FAKE ``LlmBackend`` (see module docstring): replies from ``replies`` in order, the last repeating."""
+
+    replies: list[dict[str, Any] | str]
+    name: str = "fake"
+    model: str = "fake-model"
+    calls: int = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def complete(self, messages: Sequence[ChatMessage], schema: Mapping[str, Any]) -> LlmReply:
+        reply = self.replies[min(self.calls, len(self.replies) - 1)]
+        self.calls += 1
+        return LlmReply(text=reply if isinstance(reply, str) else json.dumps(reply), seconds=0.01)
+
+    async def close(self) -> None:
+        return None
+
+
+def _fake(*replies: dict[str, Any] | str, **kwargs: Any) -> tuple[LlmReasoner, FakeLlmBackend]:
+    backend = FakeLlmBackend(list(replies))
+    return LlmReasoner(backend, LevelThresholds(), **kwargs), backend
+
+
+def _answer(**changes: Any) -> dict[str, Any]:
+    return {**GOOD, **changes}
+
+
+async def test_a_lower_score_without_a_checkable_reason_is_refused_and_recorded() -> None:
+    reasoner, _ = _fake(_answer(risk_score=12, risk_level="low"))
+
+    result = await reasoner.refine(OBSERVATION, RULES)
+
+    assert result.analysis_source == "llm"
+    assert (result.risk_score, result.risk_level) == (RULES.risk_score, RULES.risk_level)
+    refused = f"LLM suggested 12; lowering needs a checkable reason: kept {RULES.risk_score}"
+    assert [(f.name, f.points, f.detail) for f in result.factors if f.name == LOWERING_REFUSED] == [
+        (LOWERING_REFUSED, 0, refused)
+    ]
+    assert refused in result.reasoning
+    assert next(f.points for f in result.factors if f.name == "llm_adjustment") == 0
+    assert sum(f.points for f in result.factors) == result.risk_score
+
+
+async def test_a_verified_reason_allows_lowering_within_the_bound() -> None:
+    def known_person(observation: Observation, context: Mapping[str, Any] | None) -> str:
+        return "known_person: Anna recognised at 0.93 (a future recognition check)"
+
+    reasoner, _ = _fake(_answer(risk_score=RULES.risk_score - 10), lowering_checks=[known_person])
+    lowered = await reasoner.refine(OBSERVATION, RULES)
+    assert lowered.risk_score == RULES.risk_score - 10
+    assert [f.detail for f in lowered.factors if f.name == LOWERING_GROUNDS] == [known_person(OBSERVATION, None)]
+
+    reasoner, _ = _fake(_answer(risk_score=0), lowering_checks=[known_person], max_adjust=25)
+    bounded = await reasoner.refine(OBSERVATION, RULES)
+    assert bounded.risk_score == RULES.risk_score - 25
+    assert "the LLM said 0, more than 25 points" in bounded.reasoning
+
+
+async def test_a_raise_is_allowed_up_to_the_bound() -> None:
+    reasoner, _ = _fake(_answer(risk_score=100, risk_level="critical"), max_adjust=10)
+
+    result = await reasoner.refine(OBSERVATION, RULES)
+
+    assert result.risk_score == RULES.risk_score + 10
+    assert sum(f.points for f in result.factors) == result.risk_score
+
+
+async def test_a_raise_cannot_pass_a_rules_cap() -> None:
+    # The rules cap an uncorroborated sighting below critical; the LLM's opinion is no corroboration.
+    why = "capped at high: critical needs two signals of a real activity, there is only a confident detection"
+    capped = replace(RULES, factors=[*RULES.factors, RiskFactor(name="cap", points=-2, detail=why)])
+    reasoner, _ = _fake(_answer(risk_score=RULES.risk_score + 10))
+
+    result = await reasoner.refine(OBSERVATION, capped)
+
+    assert result.risk_score == RULES.risk_score
+    assert f"LLM suggested {RULES.risk_score + 10}; the rules cap the score ({why})" in result.reasoning
+
+
+def _is_rejected(result: Assessment, problem: str) -> bool:
+    return _is_labelled_rules_fallback(result, f"rejected ({problem})")
+
+
+async def test_a_weapon_nobody_saw_is_rejected_retried_then_the_rules_stand() -> None:
+    weapon = _answer(summary="A person armed with a gun at the back door")
+    reasoner, backend = _fake(weapon)
+
+    result = await reasoner.refine(OBSERVATION, RULES)
+
+    assert _is_rejected(result, "summary names a weapon not in the evidence: 'armed with'")
+    assert result.description is None
+    assert backend.calls == 2
+    assert reasoner.fallbacks == {"rejected": 1}
+
+
+async def test_a_rejected_reply_is_rescued_by_a_grounded_retry() -> None:
+    reasoner, backend = _fake(_answer(reasoning="An explosive device by the door."), GOOD)
+
+    result = await reasoner.refine(OBSERVATION, RULES)
+
+    assert result.analysis_source == "llm" and backend.calls == 2
+    assert result.description is not None and "explosive" not in result.description
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (_answer(summary="High, High, High, High"), "summary repeats 'high' three times in a row"),
+        (_answer(reasoning=", "), "reasoning is empty (', ')"),
+        (
+            _answer(reasoning="The risk of this observation is low.", risk_score=12, risk_level="low"),
+            f"reasoning says 'risk of this observation is low' while the level is {RULES.risk_level}",
+        ),
+        (_answer(summary="Two people at the back door"), "summary counts two people where the detector saw 1 person"),
+    ],
+)
+async def test_repeated_empty_contradicting_or_miscounted_replies_are_rejected(
+    reply: dict[str, Any], problem: str
+) -> None:
+    reasoner, backend = _fake(reply)
+
+    result = await reasoner.refine(OBSERVATION, RULES)
+
+    assert _is_rejected(result, problem)
+    assert backend.calls == 2
