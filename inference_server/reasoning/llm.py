@@ -199,7 +199,13 @@ class LlmReasoner:
             try:
                 result = await self._ask(observation, rules, messages, context=context, zones=zones)
             except _Fallback as failed:
-                self.breaker.failure()
+                if failed.reason == "rejected":
+                    # The backend answered, in valid JSON: the model is weak, not down. The breaker
+                    # is for outages (timeouts, errors, broken output); tripping it on words would
+                    # skip the next events' LLM phase after three ungrounded replies.
+                    self.breaker.success()
+                else:
+                    self.breaker.failure()
                 return self._fallback(observation, rules, failed)
             except asyncio.CancelledError:
                 self.breaker.abandon()

@@ -453,6 +453,21 @@ async def test_a_weapon_nobody_saw_is_rejected_retried_then_the_rules_stand() ->
     assert reasoner.fallbacks == {"rejected": 1}
 
 
+async def test_ungrounded_replies_do_not_open_the_outage_circuit() -> None:
+    """A weak model's rejected words are not an outage: after more rejections than the breaker's
+    threshold the LLM is still asked for the next event (it was skipped for 60 s before)."""
+    weapon = _answer(summary="A person armed with a gun at the back door")
+    reasoner, backend = _fake(weapon, circuit_failures=3)
+
+    for _ in range(4):
+        result = await reasoner.refine(OBSERVATION, RULES)
+        assert _is_rejected(result, "summary names a weapon not in the evidence: 'armed with'")
+
+    assert reasoner.circuit_state == "closed"
+    assert backend.calls == 8  # two tries for each of the four events: none skipped
+    assert reasoner.fallbacks == {"rejected": 4}
+
+
 async def test_a_rejected_reply_is_rescued_by_a_grounded_retry() -> None:
     reasoner, backend = _fake(_answer(reasoning="An explosive device by the door."), GOOD)
 
