@@ -45,9 +45,8 @@ def expected_lingering_timers() -> bool:
     return True
 
 
-async def test_notifies_high_events_once_per_cooldown_and_updates_the_same_notification(
-    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker
-) -> None:
+async def _set_up_with_blueprint(hass: HomeAssistant, aioclient_mock: AiohttpClientMocker) -> None:
+    """The blueprint installed where HA looks for it, and the integration set up against a mocked server."""
     target = Path(hass.config.path("blueprints/automation/home_security_intelligence"))
     await hass.async_add_executor_job(_install, target)
     aioclient_mock.get(f"{URL}/api/v1/system/status", json=sample("status.json"))
@@ -55,6 +54,12 @@ async def test_notifies_high_events_once_per_cooldown_and_updates_the_same_notif
     entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": "k", "prefix": "hsi"})
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
+
+
+async def test_notifies_high_events_once_per_cooldown_and_updates_the_same_notification(
+    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker
+) -> None:
+    await _set_up_with_blueprint(hass, aioclient_mock)
     notifications = async_mock_service(hass, "notify", "phone")
     assert await async_setup_component(
         hass,
@@ -126,13 +131,7 @@ async def test_notifies_high_events_once_per_cooldown_and_updates_the_same_notif
 async def test_persistent_notifications_one_per_event_replaced_by_its_rise(
     hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker, hass_ws_client: WebSocketGenerator
 ) -> None:
-    target = Path(hass.config.path("blueprints/automation/home_security_intelligence"))
-    await hass.async_add_executor_job(_install, target)
-    aioclient_mock.get(f"{URL}/api/v1/system/status", json=sample("status.json"))
-    aioclient_mock.get(f"{URL}/api/v1/cameras", json={"cameras": []})
-    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": "k", "prefix": "hsi"})
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
+    await _set_up_with_blueprint(hass, aioclient_mock)
     assert await async_setup_component(hass, "persistent_notification", {})
     assert await async_setup_component(
         hass,

@@ -38,6 +38,7 @@ from inference_server import demo_assets
 from tests.reliability.conftest import ServerProcess, put_file, unique_jpeg
 from tests.support.mosquitto import RestartableMosquitto
 from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HASS = ROOT / ".venv-ha" / "bin" / "hass"
@@ -403,16 +404,10 @@ class Hass:
 
 async def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Await ``check()`` (sync or async) until truthy and return it; ``StackError`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise StackError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(interval)
+    try:
+        return await wait_until(check, timeout, interval, what=what)
+    except TimeoutError as err:
+        raise StackError(f"timed out after {timeout:.0f} s waiting for {what}") from err
 
 
 async def add_mqtt(ha: Hass, port: int) -> None:

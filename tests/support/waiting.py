@@ -8,8 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 
-async def wait_until(check: Callable[[], Any], timeout: float = 60, interval: float = 0.1) -> Any:
-    """Await ``check()`` (sync or async) until truthy; return its value."""
+async def wait_until(
+    check: Callable[[], Any], timeout: float = 60, interval: float = 0.1, *, what: str = "condition"
+) -> Any:
+    """Await ``check()`` (sync or async) until truthy; return its value. ``TimeoutError`` names ``what``."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -18,5 +20,5 @@ async def wait_until(check: Callable[[], Any], timeout: float = 60, interval: fl
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
+            raise TimeoutError(f"{what} not met in time ({timeout:g} s)")
         await asyncio.sleep(interval)
