@@ -71,6 +71,9 @@ class Observation:
     #: Images of the activity in which its top category (person, vehicle, object, animal) was
     #: seen; None: one image (a glance).
     frames: int | None = None
+    #: When ``context`` was set, if that was after the capture: no context was known at capture
+    #: time (older than the kept history), so the current one judges it, as a labelled fallback.
+    context_set_late: datetime | None = None
     first_seen: datetime | None = None
     last_seen: datetime | None = None
     #: Average images per hour with each label at this hour of day; None until learned.

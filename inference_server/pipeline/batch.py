@@ -39,7 +39,7 @@ from inference_server.domain import Assessment, Detection, Observation, category
 from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, event_message
 from inference_server.pipeline.snapshot import snapshot_file
 from inference_server.reasoning.rules import RulesReasoner
-from inference_server.schemas import Zone
+from inference_server.schemas import ContextState, Zone
 from inference_server.store import activity, batches, cameras, context, outbox
 from inference_server.store import events as events_store
 from inference_server.store.db import DB_ERRORS, is_unavailable
@@ -48,6 +48,11 @@ from inference_server.telemetry import metrics
 log = logging.getLogger(__name__)
 
 _VISIT_WINDOW = timedelta(hours=1)
+
+
+def _set_late(state: ContextState, captured_at: datetime) -> datetime | None:
+    """``context.for_capture`` fell back to a context set after the capture: when it was set."""
+    return state.set_at if state.set_at is not None and state.set_at > captured_at else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,7 @@ class BatchStage:
                 detection_zones,
                 zones,
                 context=household.context if household.set_at is not None else None,
+                context_set_late=_set_late(household, captured_at),
             )
             assessment = self.rules.assess_now(glance)
             if assessment.risk_score + self.rules.batch_headroom(assessment) >= self.alert_score:
@@ -351,6 +357,7 @@ class BatchStage:
             detection_zones=[r.zones for r in rows],
             zones=zones,
             context=ctx_state.context if ctx_state.set_at is not None else None,
+            context_set_late=_set_late(ctx_state, last_seen),
             max_counts=max_counts,
             frames=sum(any(category_of(lbl) == top_category for lbl in c) for c in per_image.values()),
             first_seen=first_seen,

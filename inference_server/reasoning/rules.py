@@ -332,6 +332,9 @@ class RulesReasoner:
             ctx.add("night", f"at night ({clock})")
         if context is None:
             return False
+        if obs.context_set_late is not None:
+            late = obs.context_set_late.astimezone(obs.captured_at.tzinfo).strftime("%Y-%m-%d %H:%M")
+            ctx.add("context_fallback", f"no household context known at {clock}: judged with the one set {late}", 0)
         nobody_home = context.people_home is not None and not context.people_home
         entry_at_night = has_person and bool(context.open_entries) and clock_night
         at_home = (

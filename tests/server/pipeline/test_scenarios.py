@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +23,9 @@ from ..conftest import FakeClock, drop, running
 
 WHOLE_FRAME = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]
 ARMED_AWAY_NOBODY_HOME = HouseholdContext(alarm_state="armed_away", people_home=[], sun="below_horizon")
+#: Contexts are set the day before the images (dated 2026-11-24) were captured: each image is
+#: judged with the context in force at its capture time, not with a labelled fallback.
+SET_BEFORE = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DISARMED_FAMILY_HOME = HouseholdContext(alarm_state="disarmed", people_home=["anna", "ben"], sun="above_horizon")
 
 
@@ -53,7 +56,7 @@ async def test_person_at_night_armed_away_nobody_home_in_sensitive_zone_is_high_
     settings = make_settings()
     async with running(settings, pose_detector) as server:
         await _camera(server, "back_door", "high")
-        await context.put(server.pool, ARMED_AWAY_NOBODY_HOME, "test")
+        await context.put(server.pool, ARMED_AWAY_NOBODY_HOME, "test", set_at=SET_BEFORE)
         drop(demo_assets.image("astronaut.png"), settings.cameras_path / "back_door" / "MDAlarm_20261124-021000.png")
         event = await _ended_event(server, "back_door")
     factors = _factors(event)
@@ -72,7 +75,7 @@ async def test_same_person_at_noon_disarmed_family_home_in_low_zone_is_low(
     settings = make_settings()
     async with running(settings, pose_detector) as server:
         await _camera(server, "back_door", "low")
-        await context.put(server.pool, DISARMED_FAMILY_HOME, "test")
+        await context.put(server.pool, DISARMED_FAMILY_HOME, "test", set_at=SET_BEFORE)
         drop(demo_assets.image("astronaut.png"), settings.cameras_path / "back_door" / "MDAlarm_20261124-120000.png")
         event = await _ended_event(server, "back_door")
     factors = _factors(event)
@@ -109,7 +112,7 @@ async def test_animal_at_noon_is_low(make_settings: Callable[..., Settings]) -> 
     dog = LabelledDetections([Detection("dog", 0.93, (0.2, 0.4, 0.5, 0.9))])
     async with running(settings, dog) as server:
         await _camera(server, "garden", "normal")
-        await context.put(server.pool, DISARMED_FAMILY_HOME, "test")
+        await context.put(server.pool, DISARMED_FAMILY_HOME, "test", set_at=SET_BEFORE)
         drop(demo_assets.image("chelsea.png"), settings.cameras_path / "garden" / "MDAlarm_20261124-120000.png")
         event = await _ended_event(server, "garden")
     # rules-v3: context multiplies the evidence (5): −15 × 5 / 45 → −2 disarmed, −20 × 5 / 45 → −2 people home.
@@ -162,7 +165,7 @@ async def test_an_alert_worthy_activity_opens_its_event_at_once_whatever_the_con
     clock = FakeClock()  # frozen: the batch can only close if the test moves the clock
     settings = make_settings(batch_idle_s=30, batch_window_s=90)
     async with running(settings, pose_detector, clock) as server:
-        await context.put(server.pool, ARMED_AWAY_NOBODY_HOME, "test")
+        await context.put(server.pool, ARMED_AWAY_NOBODY_HOME, "test", set_at=SET_BEFORE)
         drop(demo_assets.image("zidane.jpg"), settings.cameras_path / "back_door" / "MDAlarm_20261124-021000.jpg")
         event = await wait_until(
             lambda: server.pool.fetchrow(
@@ -292,3 +295,20 @@ async def test_a_late_upload_is_judged_with_the_context_of_its_capture_time(
     # rules-v3: one confident image at night, armed away, nobody home is high; critical needs corroboration.
     assert event["risk_level"] == "high" and event["risk_score"] == sum(factors.values())
     assert event["summary"].startswith("1 person at Back Door at 02:10 (night) — alarm armed away")
+
+
+async def test_an_image_older_than_every_context_is_judged_with_the_current_one_labelled(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """No context was known when the picture was taken (it was set only now): the current one
+    judges it, and the event's factors say so (a labelled fallback, 0 points)."""
+    settings = make_settings()
+    async with running(settings, pose_detector) as server:
+        await _camera(server, "garden", "normal")
+        await context.put(server.pool, DISARMED_FAMILY_HOME, "test")  # set now, after the capture
+        drop(demo_assets.image("astronaut.png"), settings.cameras_path / "garden" / "MDAlarm_20261124-120000.png")
+        event = await _ended_event(server, "garden")
+    fallback = [f for f in event["risk_factors"] if f["name"] == "context_fallback"]
+    assert len(fallback) == 1 and fallback[0]["points"] == 0
+    assert fallback[0]["detail"].startswith("no household context known at 12:00: judged with the one set ")
+    assert event["context"]["alarm_state"] == "disarmed"

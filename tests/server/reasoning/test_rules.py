@@ -396,3 +396,20 @@ async def test_the_llm_adjustment_starts_from_the_clamped_rules_score() -> None:
     points = {f.name: f.points for f in result.factors}
     assert points["cap"] == -59 and points["llm_adjustment"] == 0  # the LLM kept the rules' 100
     assert sum(points.values()) == result.risk_score
+
+
+def test_a_context_set_after_the_capture_is_a_labelled_fallback() -> None:
+    """An image older than every kept context is judged with the current one (store.context
+    .for_capture): the factors say so, with 0 points, and the score is the same judgement."""
+    ctx = HouseholdContext(alarm_state="armed_away", people_home=[], sun="below_horizon")
+    at = datetime(2026, 11, 24, 2, 10, tzinfo=UTC)
+    seen = [Detection("person", 0.9, BOX)]
+    rules = RulesReasoner(LevelThresholds())
+    known = rules.assess_now(Observation("cam", "Back Door", at, seen, context=ctx))
+    late = rules.assess_now(
+        Observation("cam", "Back Door", at, seen, context=ctx, context_set_late=at + timedelta(days=40))
+    )
+    fallback = [(f.points, f.detail) for f in late.factors if f.name == "context_fallback"]
+    assert fallback == [(0, "no household context known at 02:10: judged with the one set 2027-01-03 02:10")]
+    assert not any(f.name == "context_fallback" for f in known.factors)
+    assert late.risk_score == known.risk_score and "context_fallback" not in late.summary
