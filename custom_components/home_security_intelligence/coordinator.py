@@ -448,12 +448,12 @@ class HsiCoordinator:
         The logbook finds a bus event for an entity's or a device's logbook (and a logbook card's
         entities) by the ``entity_id`` / ``device_id`` in its data."""
         alert = {**data, "server_id": self.server_id, "context": _context_line(event)}
-        entity_id = er.async_get(self.hass).async_get_entity_id(
-            "event", DOMAIN, f"{self.server_id}_{data['camera_id']}_security_event"
-        )
+        registry = er.async_get(self.hass)
+        unique_id = f"{self.server_id}_{data['camera_id']}_security_event"
+        entity_id = registry.async_get_entity_id("event", DOMAIN, unique_id)
         if entity_id is not None:
             alert[ATTR_ENTITY_ID] = entity_id
-            entry = er.async_get(self.hass).async_get(entity_id)
+            entry = registry.async_get(entity_id)
             if entry is not None and entry.device_id is not None:
                 alert[ATTR_DEVICE_ID] = entry.device_id
         return alert

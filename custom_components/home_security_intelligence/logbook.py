@@ -10,7 +10,6 @@ from typing import Any
 from homeassistant.components.logbook.const import LOGBOOK_ENTRY_ENTITY_ID, LOGBOOK_ENTRY_MESSAGE, LOGBOOK_ENTRY_NAME
 from homeassistant.const import ATTR_ENTITY_ID
 from homeassistant.core import Event, HomeAssistant, callback
-from homeassistant.helpers import entity_registry as er
 
 from .const import DOMAIN
 from .coordinator import EVENT_ALERT
@@ -30,7 +29,9 @@ def async_describe_events(
             LOGBOOK_ENTRY_NAME: str(data.get("camera_name") or data.get("camera_id")),
             LOGBOOK_ENTRY_MESSAGE: describe_alert(data),
         }
-        entity_id = data.get(ATTR_ENTITY_ID) or _event_entity(hass, data)
+        # The coordinator puts the camera's event entity in the data (the logbook's own filters
+        # match on it too), so the line shows in that entity's and device's logbook.
+        entity_id = data.get(ATTR_ENTITY_ID)
         if entity_id is not None:
             described[LOGBOOK_ENTRY_ENTITY_ID] = entity_id
         return described
@@ -50,13 +51,3 @@ def describe_alert(data: Mapping[str, Any]) -> str:
     parts = [str(part) for part in context] if isinstance(context, list) else []
     extra = [part for part in parts if part.lower() not in said]
     return f"{line}; {', '.join(extra)}" if extra else line
-
-
-def _event_entity(hass: HomeAssistant, data: Mapping[str, Any]) -> str | None:
-    """The camera's event entity, so the line shows in that entity's and device's logbook."""
-    server_id = data.get("server_id")
-    if not server_id:
-        return None
-    return er.async_get(hass).async_get_entity_id(
-        "event", DOMAIN, f"{server_id}_{data.get('camera_id')}_security_event"
-    )
