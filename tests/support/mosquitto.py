@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -56,8 +57,11 @@ class RestartableMosquitto:
         self.folder = folder
         self.conf = folder / "mosquitto.conf"
         saved = f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
+        # Started as root, mosquitto drops to the ``mosquitto`` user, which cannot write a test's
+        # private folder: it would log "Permission denied" on every save and restore nothing
+        # (no session, no retained message) after a restart. It stays the user that runs the test.
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
             + (saved if persistence else "persistence false\n")
             + "max_queued_messages 100000\n"
         )
@@ -76,3 +80,6 @@ class RestartableMosquitto:
         self.proc.terminate()
         self.proc.wait(10)
         self.proc = None
+        log = (self.folder / "mosquitto.log").read_text(errors="replace")
+        if "Error saving in-memory database" in log:
+            pytest.fail(f"mosquitto could not save its persistence file: {log[-1000:]}")

@@ -136,3 +136,13 @@ class PersistentSubscriber(_Recording[tuple[str, bytes, bool]]):
 
     def messages(self) -> list[tuple[str, bytes, bool]]:
         return self._all()
+
+    def stay_away(self) -> None:
+        """Disconnect and stop reconnecting (Home Assistant down or slow to come back): the broker
+        keeps the session and queues what is published meanwhile."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def come_back(self) -> None:
+        self.client.reconnect()
+        self.client.loop_start()
