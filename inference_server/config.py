@@ -124,6 +124,24 @@ class LlmSettings(BaseModel):
         description="Most points the LLM may raise the rules score (lowering needs a reason the server can"
         " check, none yet): a confused model cannot silence a critical alert nor invent one.",
     )
+    vision: Literal["auto"] | bool = Field(
+        default="auto",
+        description="Send the event's key frames to the model: auto = when the backend says the model can see"
+        " (llama-server's /props, an mmproj_path in process), true = always, false = text only.",
+    )
+    max_images: int = Field(default=3, ge=1, le=8, description="Most key frames sent per event (vision).")
+    image_max_px: int = Field(
+        default=768, ge=128, le=4096, description="Long side of a key frame sent to the model, in pixels (vision)."
+    )
+    mmproj_path: Path | None = Field(
+        default=None,
+        description="Multimodal projector GGUF (llamacpp): with it the in-process model sees the key frames.",
+    )
+    chat_handler: Literal["mtmd", "qwen25vl", "gemma4", "llava15", "llava16", "minicpmv26", "moondream"] = Field(
+        default="mtmd",
+        description="llama-cpp-python multimodal chat handler used with mmproj_path (mtmd: the model's own"
+        " chat template).",
+    )
 
 
 _URL_FIELDS = frozenset({"database_url", "mqtt_url"})
@@ -228,6 +246,49 @@ class Settings(BaseSettings):
         description="Decoded pixels held at once by all image decodes (ingest checks and detection); "
         "a decode waits for its share. One image larger than this decodes alone.",
     )
+    # --- video clips (.mp4 .mkv .avi .mov) and tampering (issue 19) -----------------------
+    clip_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Largest clip accepted (file or upload).")
+    clip_max_duration_s: float = Field(
+        default=120, gt=0, description="Longest clip, declared or decoded: a longer (or endless) one is refused."
+    )
+    clip_max_frames: int = Field(default=8, ge=1, le=64, description="Most frames sampled from one clip.")
+    clip_decode_timeout_s: float = Field(default=30, gt=0, description="A clip still decoding after this is refused.")
+    clip_analysis_fps: float = Field(
+        default=5, gt=0, le=60, description="Frames a second compared for motion when sampling a clip."
+    )
+    clip_motion_threshold: float = Field(
+        default=2.0,
+        ge=0,
+        description="Mean grey difference (0-255) to the frame compared before it from which a frame counts as motion.",
+    )
+    tamper_enabled: bool = Field(
+        default=True, description="Watch each camera's view for covering, blinding, moving, blur."
+    )
+    tamper_learn_frames: int = Field(
+        default=8, ge=1, description="Images a camera's scene is learned from before tampering is judged."
+    )
+    tamper_trigger_frames: int = Field(
+        default=3, ge=1, description="Consecutive tampered-looking images that raise the tamper state."
+    )
+    tamper_clear_frames: int = Field(
+        default=3, ge=1, description="Consecutive normal-looking images that clear it again."
+    )
+
+    # --- recognition (known people, docs/privacy.md) ------------------------------------
+    embedder_backend: str = Field(default="onnx", description="Embedder backend for face and body models.")
+    face_embedder_model: Path | None = Field(
+        default=None, description="ONNX face descriptor (RGB NHWC 0-255 in, [N, D] out); unset: no face recognition."
+    )
+    body_embedder_model: Path | None = Field(
+        default=None, description="ONNX body appearance model (same layout); unset: no body re-identification."
+    )
+    embedding_device: str = Field(default="cpu", description="cpu, or cuda (ONNX Runtime's CUDA provider if present).")
+    embedding_max_people: int = Field(
+        default=4, ge=1, le=64, description="People embedded per image at most (the largest first)."
+    )
+    embedding_max_pending: int = Field(
+        default=2, ge=1, le=64, description="Images waiting for recognition beyond which an image is not embedded."
+    )
 
     # --- jobs ---------------------------------------------------------------------------
     job_lease_s: float = Field(default=60.0, gt=0)
@@ -307,6 +368,24 @@ class Settings(BaseSettings):
     risk_medium: int = Field(default=30, ge=1, le=100)
     risk_high: int = Field(default=60, ge=1, le=100)
     risk_critical: int = Field(default=85, ge=1, le=100)
+
+    # --- digest (issue 19) ------------------------------------------------------------------
+    digest_enabled: bool = Field(default=True, description="Send the scheduled digest on hsi/digest.")
+    digest_at: str = Field(
+        default="07:00",
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="When the scheduled digest is sent (HH:MM in camera_timezone); its period ends then.",
+    )
+    digest_from: str = Field(
+        default="22:00",
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="Start of the scheduled digest's period (HH:MM in camera_timezone); later than digest_at:"
+        " the evening before (22:00 to 07:00, the night); equal: the whole 24 hours before.",
+    )
+    digest_llm: bool = Field(
+        default=True, description="Ask the configured LLM (if any) to write the digest's prose; else rules text."
+    )
+    digest_llm_timeout_s: float = Field(default=60.0, gt=0, description="Limit of the LLM's digest prose.")
 
     # --- API, auth, retention --------------------------------------------------------------
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
@@ -388,6 +467,10 @@ class Settings(BaseSettings):
     @property
     def images_path(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def clips_path(self) -> Path:
+        return self.data_dir / "clips"
 
     @property
     def snapshots_path(self) -> Path:

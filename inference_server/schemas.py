@@ -17,12 +17,30 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+class DetectionIdentity(_Model):
+    """Who a person detection was recognised as (docs/privacy.md); the embeddings never leave the server."""
+
+    person: str | None = Field(description="The enrolled person's name; null: unknown (no enrolled person matched).")
+    person_id: int | None = None
+    similarity: float | None = Field(default=None, description="Cosine similarity of the deciding match.")
+    source: Literal["face", "body"] = Field(
+        description="face: a face was embedded (an unknown is an unfamiliar face); body: only the body was."
+    )
+    visitor: int | None = Field(
+        default=None, description="Groups the sightings of one unknown person within an activity."
+    )
+
+
 class DetectionOut(_Model):
     label: str
     category: Category
     confidence: float = Field(ge=0, le=1)
     bbox: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 normalised to 0..1")
     zone: str | None = None
+    identity: DetectionIdentity | None = Field(
+        default=None,
+        description="Recognition of a person (null: not a person, recognition off, too small, or skipped under load).",
+    )
 
 
 class RiskFactor(_Model):
@@ -91,6 +109,35 @@ class Event(_Model):
         description="Why the LLM phase left the rules' judgement (unreachable, timeout, invalid output,"
         " rejected (<what was wrong>), ...); null when it answered or has not run.",
     )
+    activity: str | None = Field(
+        default=None,
+        description="What a vision model saw happening (passing_by, approaching, delivering, loitering,"
+        " trying_entry, entering, carrying_away, animal, vehicle_arriving, vehicle_leaving, unknown);"
+        " null without a vision model's answer.",
+    )
+    threat_indicators: list[str] = Field(
+        default_factory=list, description="What looked threatening to the vision model, in short phrases."
+    )
+    model_observations: list[str] = Field(
+        default_factory=list,
+        description="What the vision model reports that the detector did not see (its observation, not a detection).",
+    )
+    frames_sent: list[int] = Field(
+        default_factory=list, description="Image ids of the key frames the model was shown, best first."
+    )
+    llm_confidence: float | None = Field(
+        default=None, description="The vision model's confidence in its reading of the frames (0..1)."
+    )
+    llm_state: Literal["pending", "running", "done", "failed", "skipped"] | None = Field(
+        default=None,
+        description="The LLM phase: pending or running (a description may follow in an `update`), done,"
+        " failed (see `llm_error`) or skipped (no LLM configured).",
+    )
+    clip_url: str | None = Field(
+        default=None,
+        description="Path of the video clip the event was seen in (`GET` with the API key, like the snapshot);"
+        " null when its images were stills.",
+    )
 
 
 class EventMessage(Event):
@@ -106,6 +153,73 @@ class EventList(_Model):
     next_cursor: str | None
 
 
+class LevelCounts(_Model):
+    low: int
+    medium: int
+    high: int
+    critical: int
+
+
+class CameraCount(_Model):
+    camera_id: str
+    camera_name: str
+    n: int = Field(description="Events of this camera in the period.")
+    high_or_critical: int = Field(description="Of which high or critical.")
+
+
+class HourCount(_Model):
+    hour: datetime = Field(description="Start of the hour, in the server's camera_timezone.")
+    n: int
+    max_risk: int = Field(description="Highest risk score of the hour's events.")
+
+
+class EventSummary(_Model):
+    """``GET /events/summary``: what happened in a period, counted."""
+
+    since: datetime
+    until: datetime
+    camera: str | None
+    total: int
+    by_level: LevelCounts
+    by_camera: list[CameraCount] = Field(description="Cameras with events, most events first.")
+    by_hour: list[HourCount] = Field(description="Hours with events (hours without are left out), in order.")
+    top: list[Event] = Field(description="The most important events: highest risk first, then newest.")
+
+
+class DigestEvent(_Model):
+    """One of a digest's most important events."""
+
+    id: UUID
+    camera_id: str
+    camera_name: str
+    started_at: datetime
+    local_time: str = Field(description="Its start in the server's camera_timezone, e.g. 02:14.")
+    risk_level: RiskLevel
+    risk_score: int
+    summary: str
+    snapshot_url: str = Field(description="Path of its snapshot under the API (prefix the server's URL).")
+
+
+class Digest(_Model):
+    """A summary of a period (the scheduled morning digest, or one asked for); on ``hsi/digest``."""
+
+    id: int | None = Field(description="Its row in the server's digest log (null: not recorded).")
+    kind: Literal["scheduled", "on_demand"]
+    period_start: datetime
+    period_end: datetime
+    title: str
+    text: str = Field(description="The digest to show: the LLM's prose when it answered, else the rules text.")
+    text_source: Literal["llm", "rules"] = Field(description="Who wrote `text`.")
+    rules_text: str = Field(description="The rules-based summary (always present: counts and top events).")
+    llm_text: str | None = Field(description="The LLM's prose, when an LLM is configured and answered.")
+    llm_error: str | None = Field(description="Why the LLM's prose is missing although an LLM is configured.")
+    model: str | None = Field(description="The LLM that wrote `llm_text`.")
+    total: int
+    by_level: LevelCounts
+    top: list[DigestEvent] = Field(description="The 3 most important events.")
+    generated_at: datetime
+
+
 class CameraState(_Model):
     """Retained on ``hsi/cameras/<id>/state``."""
 
@@ -115,6 +229,21 @@ class CameraState(_Model):
     last_event_at: datetime | None
     objects: dict[str, int]
     enabled: bool
+
+
+TamperKind = Literal["covered", "blinded", "moved", "blurred"]
+
+
+class TamperState(_Model):
+    """Retained on ``hsi/cameras/<id>/tamper``: whether the camera's view looks tampered with."""
+
+    tampered: bool
+    kind: TamperKind | None = Field(
+        description="covered (flat and featureless), blinded (blown out), moved (pointed elsewhere),"
+        " blurred (out of focus); null while not tampered."
+    )
+    since: datetime | None = Field(description="Capture time of the image that raised it.")
+    learned_images: int = Field(description="Images the camera's scene baseline was learned from.")
 
 
 class Discovery(_Model):
@@ -234,6 +363,17 @@ class UploadAccepted(_Model):
     duplicate: bool
 
 
+class ClipAccepted(_Model):
+    """A video clip accepted: its sampled frames are queued as images of the camera."""
+
+    clip_id: int
+    duplicate: bool = Field(description="The camera already sent these exact bytes: nothing new was queued.")
+    image_ids: list[int] = Field(description="The sampled frames, in time order.")
+    job_ids: list[int]
+    duration_s: float
+    frames_decoded: int
+
+
 class EventPatch(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
     reviewed: bool | None = None
@@ -291,7 +431,9 @@ class ModelStatus(_Model):
 
     name: str = Field(description="detector, llm or enrichment")
     device: str = Field(description="cuda:0, cpu, remote (an LLM server), none")
-    state: Literal["loaded", "cpu_fallback", "refused"]
+    state: Literal["loaded", "cpu_fallback", "refused", "missing"] = Field(
+        description="missing: its file is absent or unusable (detail says which and what to do); nothing runs"
+    )
     vram_mb: float | None = Field(description="GPU memory it takes (measured when loaded here, else an estimate)")
     detail: str | None = Field(description="measured / estimate, or why the GPU refused it")
 
@@ -312,3 +454,44 @@ class SystemStatus(_Model):
     mqtt_connected: bool
     gpu: GpuStatus | None
     models: list[ModelStatus] = Field(default_factory=list, description="Where each model runs (VRAM budget).")
+
+
+# --- known people (issue 18, docs/privacy.md) ---------------------------------------------------
+PERSON_ENTITY_PATTERN = r"^person\.[a-z0-9_]+$"
+
+
+class PersonCreate(_Model):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100, description="How summaries and Home Assistant name them.")
+    entity_id: str | None = Field(
+        default=None,
+        pattern=PERSON_ENTITY_PATTERN,
+        description="Their Home Assistant person entity; its state (home) lowers the risk of seeing them.",
+    )
+
+
+class PersonPatch(_Model):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    entity_id: str | None = Field(
+        default=None, pattern=PERSON_ENTITY_PATTERN, description="A new person entity; null with the key: unlink."
+    )
+
+
+class Person(_Model):
+    """An enrolled person. Their embeddings stay on the server: only their counts are shown."""
+
+    id: int
+    name: str
+    entity_id: str | None
+    created_at: datetime
+    embeddings: dict[str, int] = Field(description='Stored embeddings per source, e.g. {"face": 2, "body": 3}.')
+
+
+class PersonList(_Model):
+    people: list[Person]
+
+
+class EnrollDetection(_Model):
+    model_config = ConfigDict(extra="forbid")
+    person_id: int = Field(ge=1, le=2**63 - 1, description="The enrolled person this detection shows.")

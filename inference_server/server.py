@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -23,8 +24,9 @@ from inference_server.comms.messages import camera_state
 from inference_server.comms.mqtt import BrokerAddress, MqttPublisher, PublishError
 from inference_server.comms.topics import Topics
 from inference_server.config import LlmSettings, Settings, redact_url
-from inference_server.detection.detector import Detector, build_detector
+from inference_server.detection.detector import Detector, DetectorModelMissing, build_detector
 from inference_server.detection.vram import VramBudget, detector_need_mb, llm_need_mb
+from inference_server.embedding.embedder import Embedder, EmbeddingSource, build_embedder, model_key
 from inference_server.ingest.ftp import FtpReceiver
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.ingest.mqtt import MqttIngest
@@ -32,10 +34,16 @@ from inference_server.ingest.watcher import FolderWatcher
 from inference_server.jobs.queue import JobQueue, QueuePolicy
 from inference_server.pipeline.batch import BatchStage
 from inference_server.pipeline.detect import DetectWorker
+from inference_server.pipeline.identify import PhotoEnroller, Recognizer
 from inference_server.pipeline.result import ResultStage
+from inference_server.pipeline.tamper import TamperStage
 from inference_server.publish.relay import OutboxRelay
+from inference_server.reasoning.backends.base import LlmBackend
+from inference_server.reasoning.digest import DigestProseError, write_prose
 from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.reasoning.rules import RulesReasoner
+from inference_server.reports.digest import DigestService, ProseFailed, ProseSource
+from inference_server.reports.scheduler import DigestScheduler
 from inference_server.schemas import DependencyHealth, Discovery, ModelStatus
 from inference_server.status import StatusReporter
 from inference_server.store import cameras, outbox
@@ -80,6 +88,18 @@ async def open_database(settings: Settings) -> tuple[asyncpg.Pool, EmbeddedPostg
     return pool, embedded
 
 
+def digest_prose(backend: LlmBackend, timeout_s: float) -> ProseSource:
+    """The digest's prose writer: ``backend`` (the events' LLM, shared) behind the digest prompt."""
+
+    async def write(facts: str) -> str:
+        try:
+            return await write_prose(backend, facts, timeout_s)
+        except DigestProseError as err:
+            raise ProseFailed(err.reason) from err
+
+    return ProseSource(backend.model, write)
+
+
 def ingest_client_id(settings: Settings) -> str:
     """MQTT ingest's client id: stable across restarts (its persistent session is what makes the
     broker hand back messages that arrived while the server was down), distinct per installation."""
@@ -109,6 +129,10 @@ class Server:
     ftp: FtpReceiver | None = field(init=False, default=None)
     ingestor: Ingestor = field(init=False)
     batches: BatchStage = field(init=False)
+    digests: DigestService = field(init=False)
+    #: Known people: None when no embedding model is configured.
+    recognizer: Recognizer | None = field(init=False, default=None)
+    enroller: PhotoEnroller | None = field(init=False, default=None)
     status: StatusReporter = field(init=False)
     vram: VramBudget = field(init=False)
     _embedded_pg: EmbeddedPostgres | None = field(init=False, default=None)
@@ -139,7 +163,15 @@ class Server:
         gpu = self.gpu or GpuProbe()
         self.vram = VramBudget(gpu, s.vram_budget_mb)
         if runs_worker and self.detector is None:
-            self.detector = await self._load_detector(s)
+            try:
+                self.detector = await self._load_detector(s)
+            except DetectorModelMissing as err:
+                # A first start without its model (no internet for the download, a wrong path) is
+                # no crash loop: images are still taken in and queued, the status says what to do.
+                log.error("detector model missing, detection is off until it is fixed: %s", err)
+                self.vram.models.append(
+                    ModelStatus(name="detector", device="none", state="missing", vram_mb=None, detail=str(err))
+                )
 
         self.ingestor = Ingestor(s, self.pool, queue)
         self.status = StatusReporter(
@@ -150,15 +182,20 @@ class Server:
             models=self.vram.models,
             mqtt_connected=lambda: self._publisher is not None and self._publisher.connected.is_set(),
         )
+        self.digests = DigestService(self.pool, self.topics, s.camera_timezone)
+        await self._load_recognition(s)
         await self._start_api(runs_api)
         publisher = await self._start_publisher()
         self._spawn(OutboxRelay(self.pool, publisher).run(self._stop), "relay")
         self._spawn(self._republish_states(), "camera-states")
         self._spawn(self._publish_status(), "status")
         self._spawn(RetentionWorker(self.pool, s).run(self._stop), "retention")
+        if s.digest_enabled:
+            scheduler = DigestScheduler(self.digests, self.clock, s.digest_from, s.digest_at)
+            self._spawn(scheduler.run(self._stop), "digest")
         if runs_api:
             await self._start_ingest()
-        if runs_worker:
+        if runs_worker and self.detector is not None:
             self._start_workers(queue)
         log.info(
             "server started role=%s api=%s mqtt=%s worker_id=%s",
@@ -244,14 +281,24 @@ class Server:
             from inference_server.reasoning.llm import LlmReasoner
 
             llm = LlmReasoner.from_settings(llm_settings, rules.thresholds)
+            if s.digest_llm:
+                self.digests.prose = digest_prose(llm.backend, s.digest_llm_timeout_s)
         self.batches = BatchStage(s, self.pool, rules, self.topics, self.clock, llm_enabled=llm is not None)
-        result = ResultStage(s, self.pool, queue, self.batches)
+        tamper = TamperStage(s, self.topics) if s.tamper_enabled else None
+        result = ResultStage(s, self.pool, queue, self.batches, self.recognizer, tamper=tamper)
         self._spawn(DetectWorker(s, queue, self.detector, result).run(self._stop), "detect")
         self._spawn(self.batches.run(self._stop), "batches")
         if llm is not None and llm_settings is not None:
             lease = max(60.0, llm_settings.timeout_s * 4)
             stage = LlmStage(
-                self.pool, self.batches, llm, self.topics, lease_s=lease, max_adjust=llm_settings.max_adjust
+                self.pool,
+                self.batches,
+                llm,
+                self.topics,
+                lease_s=lease,
+                max_adjust=llm_settings.max_adjust,
+                max_images=llm_settings.max_images,
+                image_max_px=llm_settings.image_max_px,
             )
             self._spawn(stage.run(self._stop), "llm")
 
@@ -293,11 +340,36 @@ class Server:
         self.vram.loaded("llm", "cuda:0", before_mb=None, estimate_mb=need)
         return llm
 
+    async def _load_recognition(self, s: Settings) -> None:
+        """The embedders of the configured face and body models (none configured: recognition off)."""
+        configured: tuple[tuple[EmbeddingSource, Path | None], ...] = (
+            ("face", s.face_embedder_model),
+            ("body", s.body_embedder_model),
+        )
+        paths = {src: p for src, p in configured if p is not None}
+        if not paths:
+            return
+
+        def load() -> tuple[dict[EmbeddingSource, Embedder], dict[str, str]]:
+            device = s.embedding_device
+            embedders = {src: build_embedder(s.embedder_backend, src, p, device) for src, p in paths.items()}
+            return embedders, {src: model_key(p) for src, p in paths.items()}
+
+        embedders, models = await asyncio.to_thread(load)
+        self.recognizer = Recognizer(s, embedders, models)
+        self.enroller = PhotoEnroller(self.recognizer, lambda: build_detector(s), s.detector_imgsz)
+        for embedder in embedders.values():
+            log.info("recognition model loaded %s", embedder.describe())
+
     async def _start_api(self, enabled: bool) -> None:
         if not enabled:
             return
         checks: dict[str, ReadinessCheck] = {"database": self._check_db, "mqtt": self._check_mqtt}
-        api = build_app(ApiContext(self.pool, self.settings, self.ingestor, self.status, self.topics, checks))
+        api = build_app(
+            ApiContext(
+                self.pool, self.settings, self.ingestor, self.status, self.topics, checks, self.digests, self.enroller
+            )
+        )
         self._runner = build_runner(api)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.api_host, self.settings.api_port)

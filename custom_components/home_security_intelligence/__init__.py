@@ -17,6 +17,7 @@ from .api import HsiAuthError, HsiClient, HsiConnectionError
 from .const import CONF_API_KEY, CONF_PREFIX, CONF_URL, DEFAULT_PREFIX, DOMAIN
 from .context import ContextForwarder
 from .coordinator import HsiCoordinator
+from .llm_api import async_register_llm_api
 from .services import async_setup_services
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
@@ -70,6 +71,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: HsiConfigEntry) -> bool:
     coordinator.status = status
     context = ContextForwarder(hass, entry, client)
     entry.runtime_data = HsiData(client, coordinator, context)
+    async_register_llm_api(hass, entry)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     # Subscribed after the platforms listen, so retained camera states create their entities.
     await coordinator.async_start()

@@ -34,6 +34,8 @@ class AlertTracker:
         #: of the latest one from another event — the blueprint's quiet period per camera and level.
         self._at_level: dict[str, dict[str, tuple[str, float]]] = {}
         self._at_level_other: dict[str, dict[str, tuple[str, float]]] = {}
+        #: Per event: the model's description last told (a rescoring repeats it: not news).
+        self._descriptions: dict[str, str] = {}
 
     def bus_event(self, event: dict[str, Any], camera_id: str, camera_name: str, now: float) -> dict[str, Any]:
         """The data of the bus event for one parsed ``hsi/events`` message received at ``now``."""
@@ -43,6 +45,7 @@ class AlertTracker:
             self._since_previous[camera_id] = round(now - previous, 1) if previous is not None else None
         alert, level_changed, previous_level = self._track_level(event)
         since_at_level = self._since_at_level(camera_id, event, now)
+        described = self._new_description(event)
         return {
             "type": event.get("type"),
             # A judgement that takes the event above every level it already alerted at (its "new",
@@ -65,7 +68,40 @@ class AlertTracker:
             # Per level: seconds since another event of this camera was judged at that level or
             # above (None: never). A cat at 02:08 says nothing about the high event at 02:10.
             "seconds_since_previous_at_level": since_at_level,
+            # The language model's reading of the event (a vision model's when frames_sent is not
+            # empty), after the server's checks; "described" is true on the message that first
+            # brings (or changes) a vision model's description: the blueprint updates the event's
+            # notification in place, the logbook writes a line.
+            "described": described,
+            "description": event.get("description"),
+            "model": event.get("model"),
+            "activity": event.get("activity"),
+            "threat_indicators": list(event.get("threat_indicators") or []),
+            "model_observations": list(event.get("model_observations") or []),
+            "frames_sent": list(event.get("frames_sent") or []),
+            # Known people (docs/privacy.md): the enrolled people recognised, and whether a face
+            # matching no one was seen — the blueprint can skip events of known people only.
+            "people": recognised_people(event),
+            "unfamiliar": unfamiliar_face(event),
         }
+
+    def _new_description(self, event: dict[str, Any]) -> bool:
+        """Whether this judgement brings a picture-grounded description (a model that saw the
+        frames) not told before for its event. A text-only model's words restate the detections:
+        they stay in the attributes but notify nothing."""
+        description = event.get("description")
+        if event.get("type") not in JUDGEMENTS or not isinstance(description, str) or not description:
+            return False
+        if not event.get("frames_sent"):
+            return False
+        event_id = str(event.get("id"))
+        if self._descriptions.get(event_id) == description:
+            return False
+        self._descriptions.pop(event_id, None)
+        self._descriptions[event_id] = description
+        while len(self._descriptions) > MAX_EVENTS:
+            del self._descriptions[next(iter(self._descriptions))]
+        return True
 
     def _since_at_level(self, camera_id: str, event: dict[str, Any], now: float) -> dict[str, float | None]:
         event_id = str(event.get("id"))
@@ -109,3 +145,18 @@ def _is_judgement(event: dict[str, Any]) -> bool:
     """A new judgement: "new" or "update", unless the server says it alerts nobody (a review, a failed
     LLM phase: ``alert: false``; a server without the flag sends judgements only)."""
     return event.get("type") in JUDGEMENTS and event.get("alert", True) is not False
+
+
+def _identities(event: dict[str, Any]) -> list[dict[str, Any]]:
+    detections = event.get("detections") or []
+    return [d["identity"] for d in detections if isinstance(d, dict) and isinstance(d.get("identity"), dict)]
+
+
+def recognised_people(event: dict[str, Any]) -> list[str]:
+    """The names of the enrolled people recognised in an event, most confident detection first."""
+    return list(dict.fromkeys(str(i["person"]) for i in _identities(event) if i.get("person")))
+
+
+def unfamiliar_face(event: dict[str, Any]) -> bool:
+    """Whether the event shows a face that matched none of the enrolled people."""
+    return any(i.get("person") is None and i.get("source") == "face" for i in _identities(event))

@@ -90,6 +90,8 @@ class HsiClient:
                     if resp.status != 200:
                         raise HsiApiError(resp.status, "http_error", resp.reason or "")
                     return await resp.read()
+                if resp.status == 204:  # a DELETE's answer: nothing to read
+                    return None
                 try:
                     body = await resp.json()
                 except (aiohttp.ContentTypeError, ValueError) as err:
@@ -130,6 +132,19 @@ class HsiClient:
     async def get_events(self, **filters: Any) -> dict[str, Any]:
         params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in filters.items() if v is not None}
         result: dict[str, Any] = await self._request("GET", "/events", params=params)
+        return result
+
+    async def events_summary(self, **filters: Any) -> dict[str, Any]:
+        """Counts of a period's events by level, camera and hour, and the most important ones."""
+        params = {k: str(v) for k, v in filters.items() if v is not None}
+        result: dict[str, Any] = await self._request("GET", "/events/summary", params=params)
+        return result
+
+    async def make_digest(self, **body: Any) -> dict[str, Any]:
+        """A digest of a period, made now (``POST /digest``)."""
+        result: dict[str, Any] = await self._request(
+            "POST", "/digest", json={k: v for k, v in body.items() if v is not None}
+        )
         return result
 
     async def get_event(self, event_id: str) -> dict[str, Any]:
@@ -178,3 +193,23 @@ class HsiClient:
         read first and sent back unchanged."""
         current: dict[str, Any] = (await self.get_context())["context"]
         return await self.put_context(current | changes)
+
+    async def list_people(self) -> list[dict[str, Any]]:
+        """The enrolled people (names, person entities, embedding counts: never the embeddings)."""
+        result: dict[str, Any] = await self._request("GET", "/people")
+        people: list[dict[str, Any]] = result["people"]
+        return people
+
+    async def create_person(self, name: str, entity_id: str | None) -> dict[str, Any]:
+        body = {"name": name} | ({"entity_id": entity_id} if entity_id else {})
+        result: dict[str, Any] = await self._request("POST", "/people", json=body)
+        return result
+
+    async def enroll_detection(self, event_id: str, detection: int, person_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request(
+            "POST", f"/events/{event_id}/detections/{detection}/enroll", json={"person_id": person_id}
+        )
+        return result
+
+    async def delete_person(self, person_id: int) -> None:
+        await self._request("DELETE", f"/people/{person_id}")

@@ -1,9 +1,10 @@
-"""Binary sensors: person / vehicle / animal occupancy per camera; server connectivity."""
+"""Binary sensors: person / vehicle / animal occupancy and tampering per camera; server connectivity."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from homeassistant.components.binary_sensor import (
     BinarySensorDeviceClass,
@@ -52,6 +53,12 @@ OCCUPANCY: tuple[HsiOccupancyDescription, ...] = (
     ),
 )
 
+TAMPER = BinarySensorEntityDescription(
+    key="tamper",
+    translation_key="tamper",
+    device_class=BinarySensorDeviceClass.PROBLEM,
+)
+
 CONNECTIVITY = BinarySensorEntityDescription(
     key="connectivity",
     translation_key="connectivity",
@@ -70,7 +77,10 @@ async def async_setup_entry(
         hass,
         entry,
         async_add_entities,
-        lambda coordinator, camera_id: (HsiOccupancy(coordinator, camera_id, d) for d in OCCUPANCY),
+        lambda coordinator, camera_id: (
+            *(HsiOccupancy(coordinator, camera_id, d) for d in OCCUPANCY),
+            HsiTamper(coordinator, camera_id, TAMPER),
+        ),
     )
 
 
@@ -81,6 +91,25 @@ class HsiOccupancy(HsiCameraEntity, BinarySensorEntity):
     def is_on(self) -> bool | None:
         camera = self.coordinator.cameras.get(self.camera_id)
         return self.entity_description.is_on_fn(camera) if camera else None
+
+
+class HsiTamper(HsiCameraEntity, BinarySensorEntity):
+    """On while the server judges the camera's view tampered with (covered, blinded, pointed
+    elsewhere, out of focus); unknown until it has learned the camera's scene."""
+
+    @property
+    def is_on(self) -> bool | None:
+        camera = self.coordinator.cameras.get(self.camera_id)
+        if camera is None or camera.tamper is None:
+            return None
+        return bool(camera.tamper["tampered"])
+
+    @property
+    def extra_state_attributes(self) -> Mapping[str, Any] | None:
+        camera = self.coordinator.cameras.get(self.camera_id)
+        if camera is None or camera.tamper is None:
+            return None
+        return {"kind": camera.tamper.get("kind"), "since": camera.tamper.get("since")}
 
 
 class HsiConnectivity(HsiServerEntity, BinarySensorEntity):

@@ -25,6 +25,8 @@ CATEGORIES: Final = ["person", "vehicle", "animal"]
 #: How long the server may be offline (its MQTT will) before a repairs issue is raised.
 UNREACHABLE_ISSUE_AFTER: Final = timedelta(minutes=10)
 ISSUE_UNREACHABLE: Final = "server_unreachable_{}"
+#: Raised while the server reports its detector model missing (``hsi/status``), one per entry.
+ISSUE_MODEL_MISSING: Final = "detector_model_missing_{}"
 #: An MQTT discovery announced another URL for a configured server: the user must confirm it.
 ISSUE_DISCOVERED_URL: Final = "discovered_url_{}"
 

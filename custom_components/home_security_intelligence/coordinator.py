@@ -24,11 +24,12 @@ from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_call_later, async_track_point_in_utc_time
 from homeassistant.util import dt as dt_util
 
-from .alerts import AlertTracker
+from .alerts import AlertTracker, recognised_people
 from .api import HsiClient, HsiError
 from .const import (
     DOMAIN,
     EVENT_BUS,
+    ISSUE_MODEL_MISSING,
     ISSUE_UNREACHABLE,
     RISK_LEVELS,
     SIGNAL_NEW_CAMERA,
@@ -48,6 +49,10 @@ RISK_STEP = timedelta(minutes=10)
 RISK_ACTIVE_TIMEOUT = timedelta(minutes=30)
 #: Fired once per alerting judgement (an event's ``new``, then each level rise): the logbook's line.
 EVENT_ALERT = f"{DOMAIN}_alert"
+#: The logbook's line when the language model's description of an event arrives after its alert.
+EVENT_DESCRIBED = f"{DOMAIN}_described"
+#: Fired once per digest the server publishes on ``hsi/digest`` (the morning's, or one asked for).
+EVENT_DIGEST = f"{DOMAIN}_digest"
 
 
 def _level_index(level: Any) -> int | None:
@@ -145,10 +150,14 @@ class CameraData:
     name: str
     state: dict[str, Any] = field(default_factory=dict)
     snapshot: bytes | None = None
+    #: The retained ``TamperState`` (``tampered``, ``kind``, ``since``); None until the server judged one.
+    tamper: dict[str, Any] | None = None
     last_event: dict[str, Any] | None = None
     risk: CameraRisk = field(default_factory=CameraRisk)
     #: Whether ``last_event`` alerted (its "new", a level rise): the event entity fires on those.
     last_event_alerted: bool = False
+    #: The enrolled person this camera last recognised (None until one was).
+    last_person: str | None = None
 
     def current_level(self, now: datetime) -> str | None:
         """How worried to be now: the events' held or decaying level, never below the live one."""
@@ -215,7 +224,9 @@ class HsiCoordinator:
             (f"{p}/status", self._on_status, "utf-8"),
             (f"{p}/cameras/+/state", self._on_camera_state, "utf-8"),
             (f"{p}/cameras/+/snapshot", self._on_snapshot, None),
+            (f"{p}/cameras/+/tamper", self._on_tamper, "utf-8"),
             (f"{p}/events", self._on_event, "utf-8"),
+            (f"{p}/digest", self._on_digest, "utf-8"),
         ]
         # Until the retained "online" arrives the server counts as offline: the clock starts now.
         self._arm_unreachable_timer()
@@ -232,6 +243,7 @@ class HsiCoordinator:
             self._risk_timer = None
         # An unloaded entry raises no issue: it is no longer watching the server.
         ir.async_delete_issue(self.hass, DOMAIN, self.issue_id)
+        ir.async_delete_issue(self.hass, DOMAIN, ISSUE_MODEL_MISSING.format(self.entry.entry_id))
 
     @callback
     def _arm_unreachable_timer(self) -> None:
@@ -314,7 +326,34 @@ class HsiCoordinator:
         parsed = _json(msg)
         if parsed is not None:
             self.status = parsed
+            self._update_model_issue(parsed)
             self._notify()
+
+    @callback
+    def _update_model_issue(self, status: dict[str, Any]) -> None:
+        """A repairs issue while the server runs without its detector model (a first start with
+        no model, a wrong path): what is missing and what to do, gone once the model loads."""
+        issue_id = ISSUE_MODEL_MISSING.format(self.entry.entry_id)
+        models = status.get("models")
+        missing = [
+            m
+            for m in (models if isinstance(models, list) else [])
+            if isinstance(m, dict) and m.get("name") == "detector" and m.get("state") == "missing"
+        ]
+        if not missing:
+            ir.async_delete_issue(self.hass, DOMAIN, issue_id)
+            return
+        ir.async_create_issue(
+            self.hass,
+            DOMAIN,
+            issue_id,
+            is_fixable=False,
+            is_persistent=False,
+            severity=ir.IssueSeverity.ERROR,
+            translation_key="detector_model_missing",
+            translation_placeholders={"title": self.entry.title, "detail": str(missing[0].get("detail") or "")},
+            learn_more_url="https://github.com/home-security-intelligence/hsi/blob/main/addon/DOCS.md",
+        )
 
     def _camera_id(self, topic: str) -> str:
         return topic.removeprefix(f"{self.prefix}/cameras/").split("/", 1)[0]
@@ -443,6 +482,18 @@ class HsiCoordinator:
             self._notify()
 
     @callback
+    def _on_tamper(self, msg: mqtt.ReceiveMessage) -> None:
+        camera_id = self._camera_id(msg.topic)
+        if not msg.payload:  # cleared with the camera's other topics when it is deleted
+            if (camera := self.cameras.get(camera_id)) is not None:
+                camera.tamper = None
+                self._notify()
+            return
+        if (parsed := _json(msg)) is not None and isinstance(parsed.get("tampered"), bool):
+            self._ensure_camera(camera_id).tamper = parsed
+            self._notify()
+
+    @callback
     def _alert_data(self, data: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
         """``EVENT_ALERT``'s data: the bus event's, plus the camera's event entity and device.
         The logbook finds a bus event for an entity's or a device's logbook (and a logbook card's
@@ -467,6 +518,8 @@ class HsiCoordinator:
         camera = self._ensure_camera(str(event["camera_id"]), str(name) if name else None)
         if _is_latest(event, camera.last_event):
             camera.last_event = event
+        if people := recognised_people(event):
+            camera.last_person = people[0]
         camera.risk.on_event(event, dt_util.utcnow())
         self._schedule_risk_timer()
         data = self._alerts.bus_event(event, camera.camera_id, camera.name, time.time())
@@ -474,10 +527,32 @@ class HsiCoordinator:
         if data["alert"]:
             # The logbook's one line per event (and per level rise): logbook.py describes it.
             self.hass.bus.async_fire(EVENT_ALERT, self._alert_data(data, event))
+        elif data["described"]:
+            # The model's words came without a new level: one logbook line of their own.
+            self.hass.bus.async_fire(EVENT_DESCRIBED, self._alert_data(data, event))
         camera.last_event_alerted = bool(data["alert"])
         for listener in list(self._event_listeners):
             listener(event)
         self._notify()
+
+    @callback
+    def _on_digest(self, msg: mqtt.ReceiveMessage) -> None:
+        """A digest (the scheduled one, or one asked for with publish): one HA event, whose data
+        is the digest with the snapshot URLs made absolute, for one notification."""
+        digest = _json(msg)
+        if digest is None or "text" not in digest:
+            return
+        self.hass.bus.async_fire(EVENT_DIGEST, digest_event_data(digest, self.client.url, self.server_id))
+
+
+def digest_event_data(digest: dict[str, Any], url: str, server_id: str) -> dict[str, Any]:
+    """The ``home_security_intelligence_digest`` event's data (also the ``summarize`` service's answer)."""
+    top = [
+        {**event, "snapshot_url": f"{url}{event['snapshot_url']}"} if "snapshot_url" in event else event
+        for event in digest.get("top", [])
+        if isinstance(event, dict)
+    ]
+    return {**digest, "top": top, "server_id": server_id}
 
 
 def _is_latest(event: dict[str, Any], last: dict[str, Any] | None) -> bool:

@@ -12,7 +12,7 @@ from homeassistant.const import ATTR_ENTITY_ID
 from homeassistant.core import Event, HomeAssistant, callback
 
 from .const import DOMAIN
-from .coordinator import EVENT_ALERT
+from .coordinator import EVENT_ALERT, EVENT_DESCRIBED
 
 
 @callback
@@ -37,11 +37,18 @@ def async_describe_events(
         return described
 
     async_describe_event(DOMAIN, EVENT_ALERT, describe)
+    async_describe_event(DOMAIN, EVENT_DESCRIBED, describe)
 
 
 def describe_alert(data: Mapping[str, Any]) -> str:
-    """``high (82) — <summary>; <context>``, or ``rose to critical (88) — …`` for a rise."""
+    """``high (82) — <summary>; <context>``, or ``rose to critical (88) — …`` for a rise; with the
+    language model's description (``… Described by <model>: <description>``), or only that when
+    the description arrives without a new level (``high (82), described by <model>: …``)."""
     level = f"{data.get('risk_level')} ({data.get('risk_score')})"
+    description = data.get("description") if data.get("described") else None
+    model = data.get("model") or "the model"
+    if description and not data.get("alert"):
+        return f"{level}, described by {model}: {description}"
     head = level if data.get("type") == "new" else f"rose to {level}"
     summary = data.get("summary")
     line = f"{head} — {summary}" if summary else head
@@ -50,4 +57,5 @@ def describe_alert(data: Mapping[str, Any]) -> str:
     context = data.get("context")
     parts = [str(part) for part in context] if isinstance(context, list) else []
     extra = [part for part in parts if part.lower() not in said]
-    return f"{line}; {', '.join(extra)}" if extra else line
+    line = f"{line}; {', '.join(extra)}" if extra else line
+    return f"{line}. Described by {model}: {description}" if description else line

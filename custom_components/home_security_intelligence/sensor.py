@@ -56,6 +56,11 @@ CAMERA_SENSORS: tuple[HsiCameraSensorDescription, ...] = (
         options=RISK_LEVELS,
         value_fn=lambda camera: camera.state.get("risk_level"),
     ),
+    HsiCameraSensorDescription(
+        key="last_recognised_person",
+        translation_key="last_recognised_person",
+        value_fn=lambda camera: camera.last_person,
+    ),
 )
 
 #: How worried to be now: the camera's active events' highest level, held then decaying after

@@ -5,7 +5,23 @@ from __future__ import annotations
 from aiohttp import web
 
 # Route modules register their routes on API when imported.
-from inference_server.api import audit, cameras, context, detections, dlq, events, health, images, openapi, status  # noqa: F401
+from inference_server.api import (  # noqa: F401
+    audit,
+    cameras,
+    clips,
+    context,
+    detections,
+    digest,
+    dlq,
+    events,
+    health,
+    images,
+    openapi,
+    people,
+    status,
+    tamper,
+    ui,
+)
 from inference_server.api.auth import KEY_IDS, LIMITER, FailureLimiter, KeyIds, audit_middleware, auth_middleware
 from inference_server.api.deadlines import DeadlineAppRunner, body_deadline_middleware
 from inference_server.api.deps import CTX, ApiContext

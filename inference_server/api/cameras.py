@@ -96,7 +96,11 @@ async def delete_camera(request: web.Request, p: CameraPath, _: None) -> None:
             raise not_found(f"camera {p.camera_id!r}")
         # Empty retained messages clear the camera's topics, so subscribers (the Home Assistant
         # integration) drop its device instead of showing its last state forever.
-        topic_names = [topics.camera_state(p.camera_id), topics.camera_snapshot(p.camera_id)]
+        topic_names = [
+            topics.camera_state(p.camera_id),
+            topics.camera_snapshot(p.camera_id),
+            topics.camera_tamper(p.camera_id),
+        ]
         topic_names += [topics.camera_objects(p.camera_id, label) for label in deleted.labels]
         await outbox.add_many(conn, [(topic, b"", True) for topic in topic_names])
     # Only after the commit: a rolled-back delete keeps its files. A crash before this line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import asyncpg
 from aiohttp import web
@@ -11,10 +12,19 @@ from aiohttp import web
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.ingest.ingestor import Ingestor
+from inference_server.reports.digest import DigestService
 from inference_server.schemas import DependencyHealth
 from inference_server.status import StatusReporter
 
 ReadinessCheck = Callable[[], Awaitable[DependencyHealth]]
+
+
+class PhotoEmbedder(Protocol):
+    """What enrolment from a photo needs (``pipeline.identify.PhotoEnroller``, wired by the server)."""
+
+    async def vectors(self, data: bytes) -> list[tuple[Literal["face", "body"], str, list[float]]]:
+        """(source, model, vector) of the photo's one person; ``ValueError`` when there is not one."""
+        ...
 
 
 @dataclass(slots=True)
@@ -25,6 +35,10 @@ class ApiContext:
     status: StatusReporter
     topics: Topics
     checks: dict[str, ReadinessCheck]
+    #: Makes digests (POST /digest); the wiring sets it, an LLM's prose writer included.
+    digests: DigestService | None = None
+    #: Embeds the one person of an enrolment photo; None when recognition is off.
+    enroller: PhotoEmbedder | None = None
 
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -10,31 +11,66 @@ from aiohttp import web
 
 from inference_server.api.deps import ctx
 from inference_server.api.errors import ApiError, found, not_found
-from inference_server.api.params import EventPath, EventQuery
+from inference_server.api.params import EventPath, EventQuery, SummaryQuery
 from inference_server.api.registry import API
-from inference_server.schemas import Event, EventList, EventMessage, EventPatch
+from inference_server.schemas import Event, EventList, EventMessage, EventPatch, EventSummary
 from inference_server.store import activity, outbox
 from inference_server.store import events as events_store
 from inference_server.timerange import query_time_problem
 
 
-@API.route("GET", "/events", summary="List events, newest first", tag="events", params=EventQuery, response=EventList)
+@API.route(
+    "GET",
+    "/events",
+    summary="List events: newest first, or best match first with q (full-text search)",
+    tag="events",
+    params=EventQuery,
+    response=EventList,
+)
 async def list_events(request: web.Request, q: EventQuery, _: None) -> EventList:
     if q.since is not None and q.until is not None and q.since >= q.until:
         raise ApiError(400, "bad_parameter", "since must be before until")
+    if q.sort == "relevance" and q.q is None:
+        raise ApiError(400, "bad_parameter", "sort=relevance needs a search text q")
+    sort = q.sort or ("relevance" if q.q is not None else "time")
     flt = events_store.EventFilter(
-        camera_id=q.camera, since=q.since, until=q.until, min_risk=q.min_risk, level=q.level, reviewed=q.reviewed
+        camera_id=q.camera,
+        since=q.since,
+        until=q.until,
+        min_risk=q.min_risk,
+        level=q.level,
+        min_level=q.min_level,
+        reviewed=q.reviewed,
+        text=q.q,
     )
     try:
-        if q.cursor is not None:
-            # A cursor is a time and an id: its time is held to the range of since and until.
-            after, _after_id = events_store.decode_cursor(q.cursor)
-            if (problem := query_time_problem(after)) is not None:
-                raise events_store.BadCursor(f"invalid cursor: {problem}")
-        page, cursor = await events_store.list_page(ctx(request).pool, flt, q.limit, q.cursor)
+        # A cursor holds a time and an id: its time is held to the range of since and until.
+        if q.cursor is not None and (problem := query_time_problem(events_store.cursor_time(q.cursor))):
+            raise events_store.BadCursor(f"invalid cursor: {problem}")
+        page, cursor = await events_store.list_page(ctx(request).pool, flt, q.limit, q.cursor, sort)
     except events_store.BadCursor as err:
         raise ApiError(400, "bad_cursor", str(err)) from err
+    except events_store.EmptySearch as err:
+        raise ApiError(400, "bad_parameter", f"q: {err}") from err
     return EventList(events=page, next_cursor=cursor)
+
+
+# Declared before /events/{event_id}, which would otherwise take "summary" for an event id.
+@API.route(
+    "GET",
+    "/events/summary",
+    summary="Counts of a period's events by level, camera and hour, and the most important ones",
+    tag="events",
+    params=SummaryQuery,
+    response=EventSummary,
+)
+async def events_summary(request: web.Request, q: SummaryQuery, _: None) -> EventSummary:
+    context = ctx(request)
+    until = q.until or datetime.now(UTC)
+    since = q.since or until - timedelta(hours=24)
+    if since >= until:
+        raise ApiError(400, "bad_parameter", "since must be before until")
+    return await events_store.summarize(context.pool, since, until, q.camera, context.settings.camera_timezone, q.top)
 
 
 @API.route(

@@ -45,9 +45,9 @@ async def upload_image(request: web.Request, p: UploadParams, _: None) -> web.Re
     captured_at = p.captured_at
     name: str | None = None
     if request.content_type in IMAGE_TYPES:
-        data = await _read_limited(request, limit)
+        data = await read_limited(request, limit)
     elif request.content_type == "multipart/form-data":
-        data, name, form_time = await _read_multipart(request, limit)
+        data, name, form_time = await read_multipart(request, limit)
         captured_at = captured_at or form_time
     else:
         raise ApiError(415, "unsupported_media_type", "send image/jpeg, image/png or multipart/form-data")
@@ -64,7 +64,7 @@ async def upload_image(request: web.Request, p: UploadParams, _: None) -> web.Re
     return web.Response(text=accepted.model_dump_json(), status=202, content_type="application/json")
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
+async def read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", f"body over {limit} bytes")
     chunks: list[bytes] = []
@@ -77,28 +77,31 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_multipart(request: web.Request, limit: int) -> tuple[bytes, str | None, datetime | None]:
+async def read_multipart(
+    request: web.Request, limit: int, field: str = "image"
+) -> tuple[bytes, str | None, datetime | None]:
+    """The file in the ``field`` part (at most ``limit`` bytes), its file name and ``captured_at``."""
     try:
-        return await _read_parts(await request.multipart(), limit)
+        return await _read_parts(await request.multipart(), limit, field)
     except (ValueError, AssertionError, HttpProcessingError) as err:  # bad framing, part headers, or text
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {err}") from err
 
 
-async def _read_parts(reader: MultipartReader, limit: int) -> tuple[bytes, str | None, datetime | None]:
+async def _read_parts(reader: MultipartReader, limit: int, field: str) -> tuple[bytes, str | None, datetime | None]:
     data: bytes | None = None
     name: str | None = None
     captured_at: datetime | None = None
     async for part in reader:
         if not isinstance(part, BodyPartReader):
             continue
-        if part.name == "image":
+        if part.name == field:
             name = part.filename
             chunks: list[bytes] = []
             size = 0
             while chunk := await part.read_chunk(64 * 1024):
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, "too_large", f"image over {limit} bytes")
+                    raise ApiError(413, "too_large", f"{field} over {limit} bytes")
                 chunks.append(chunk)
             data = b"".join(chunks)
         elif part.name == "captured_at":
@@ -112,7 +115,7 @@ async def _read_parts(reader: MultipartReader, limit: int) -> tuple[bytes, str |
             if (problem := capture_time_problem(captured_at)) is not None:
                 raise ApiError(400, "bad_parameter", f"captured_at: {problem}")
     if data is None:
-        raise ApiError(400, "bad_multipart", "multipart body has no `image` part")
+        raise ApiError(400, "bad_multipart", f"multipart body has no `{field}` part")
     return data, name, captured_at
 
 

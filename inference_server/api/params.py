@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from inference_server.schemas import CAMERA_ID_PATTERN, RiskLevel
 from inference_server.timerange import capture_time_problem, query_time_problem
@@ -38,6 +39,8 @@ def _capture_time(value: datetime) -> datetime:
 #: ``timerange``'s query range (1970 .. 3000): year 1 or 9999 with an offset cannot even be
 #: converted to UTC, and was a 500 from the database driver.
 DateTimeParam = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_query_time)]
+#: A date-time in a JSON body (validated strictly: a number is no date-time there already).
+BodyDateTime = Annotated[AwareDatetime, AfterValidator(_query_time)]
 #: A picture's capture time: ``timerange``'s capture range (2000-01-01 .. now + 1 day).
 CaptureTimeParam = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_capture_time)]
 
@@ -74,7 +77,61 @@ class EventQuery(Page):
     until: DateTimeParam | None = None
     min_risk: int | None = Field(default=None, ge=0, le=100)
     level: RiskLevel | None = None
+    min_level: RiskLevel | None = Field(
+        default=None, description="This level or higher (medium: medium, high, critical)."
+    )
     reviewed: bool | None = None
+    q: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Full-text search over summaries, the LLM's descriptions, object labels, identities, camera"
+        ' and zone names (web search syntax: `"exact phrase"`, `or`, `-excluded`; English stemming).',
+    )
+    sort: Literal["time", "relevance"] | None = Field(
+        default=None,
+        description="time: newest first (the default without q); relevance: best match first, then newest"
+        " (the default with q; needs q). A cursor continues only the order it was made for.",
+    )
+
+
+class SummaryQuery(_Params):
+    camera: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN)
+    since: DateTimeParam | None = Field(default=None, description="Default: 24 hours before until.")
+    until: DateTimeParam | None = Field(default=None, description="Default: now.")
+    top: int = Field(default=5, ge=1, le=50, description="How many of the most important events to return.")
+
+
+class DigestRequest(_Params):
+    """``POST /digest``: a digest of any period, made now."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    since: BodyDateTime | None = Field(
+        default=None,
+        description="Neither since nor until: the latest scheduled period (digest_from .. digest_at). Without"
+        " since: 24 hours before until.",
+    )
+    until: BodyDateTime | None = Field(default=None, description="Default: now (when since is given).")
+    camera: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN)
+    publish: bool = Field(
+        default=False, description="Also publish it on hsi/digest (Home Assistant fires its digest event)."
+    )
+    timezone: str | None = Field(
+        default=None,
+        max_length=64,
+        description="IANA time zone of the digest's local times (Home Assistant sends its own); default:"
+        " camera_timezone.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as err:
+                raise ValueError(f"unknown time zone {value!r}") from err
+        return value
 
 
 class DetectionQuery(IdPage):
@@ -94,3 +151,12 @@ class UploadParams(CameraPath):
         default=None,
         description="When the picture was taken (default: when it was received); 2000-01-01 .. now + 1 day.",
     )
+
+
+class PersonPath(_Params):
+    person_id: int = Field(ge=1, le=2**63 - 1)
+
+
+class EventDetectionPath(_Params):
+    event_id: UUID
+    n: int = Field(ge=0, le=999, description="The detection's index in the event's `detections`.")

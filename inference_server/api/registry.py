@@ -21,8 +21,8 @@ from inference_server.api.errors import ApiError
 from inference_server.schemas import ErrorBody
 
 Handler = Callable[..., Awaitable[BaseModel | web.StreamResponse | None]]
-BodyKind = type[BaseModel] | Literal["image"] | None
-ResponseKind = type[BaseModel] | Literal["image/jpeg", "text/plain"] | None
+BodyKind = type[BaseModel] | Literal["image", "clip"] | None
+ResponseKind = type[BaseModel] | Literal["image/jpeg", "text/plain", "text/html", "video"] | None
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
 _ERROR_TEXT = {
@@ -37,6 +37,8 @@ _ERROR_TEXT = {
     429: "Too many failed authentications",
 }
 IMAGE_TYPES = ("image/jpeg", "image/png")
+#: Media types of the clips cameras upload (``ingest/clips.py``), as sent and as served.
+CLIP_TYPES = ("video/mp4", "video/quicktime", "video/x-matroska", "video/x-msvideo")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,29 @@ class RouteTable:
     def add_to(self, app: web.Application) -> None:
         for route in self.routes:
             app.router.add_route(route.method, self.prefix + route.path, _bind(route))
+            if not route.path_params:
+                self._shadow(app, route.path)
+
+    def _shadow(self, app: web.Application, path: str) -> None:
+        """A fixed path that a parameterised one also matches (``/events/summary`` and
+        ``/events/{event_id}``) answers 405 to the methods it lacks, as a path of its own would,
+        instead of passing them to the parameterised route (a 400: "summary" is no event id)."""
+        own = {r.method for r in self.routes if r.path == path}
+        shadowed = {r.method for r in self.routes if r.path_params and _matches(r.path, path)} - own
+
+        async def not_allowed(request: web.Request) -> web.StreamResponse:
+            raise web.HTTPMethodNotAllowed(request.method, sorted(own), text=f"{request.method} is not allowed here")
+
+        for method in sorted(shadowed):
+            app.router.add_route(method, self.prefix + path, not_allowed)
+
+
+def _matches(template: str, path: str) -> bool:
+    """Whether the route template ``template`` (``/events/{event_id}``) matches the fixed ``path``."""
+    parts, fixed = template.split("/"), path.split("/")
+    return len(parts) == len(fixed) and all(
+        a == b or _PATH_PARAM.fullmatch(a) is not None for a, b in zip(parts, fixed, strict=True)
+    )
 
 
 _ROUTE_ATTR = "hsi_route"
@@ -261,6 +286,24 @@ def _request_body(route: Route) -> dict[str, Any]:
                 },
             },
         }
+    if route.body == "clip":
+        binary = {"schema": {"type": "string", "format": "binary"}}
+        return {
+            "required": True,
+            "content": {
+                **{media: binary for media in CLIP_TYPES},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "clip": {"type": "string", "format": "binary"},
+                            "captured_at": {"type": "string", "format": "date-time"},
+                        },
+                        "required": ["clip"],
+                    }
+                },
+            },
+        }
     assert isinstance(route.body, type)
     return {
         "required": True,
@@ -275,8 +318,10 @@ def _responses(route: Route) -> dict[str, Any]:
         ok["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.response.__name__}"}}}
     elif route.response == "image/jpeg":
         ok["content"] = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
-    elif route.response == "text/plain":
-        ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    elif route.response in ("text/plain", "text/html"):
+        ok["content"] = {route.response: {"schema": {"type": "string"}}}
+    elif route.response == "video":
+        ok["content"] = {media: {"schema": {"type": "string", "format": "binary"}} for media in CLIP_TYPES}
     responses[str(route.status)] = ok
     for status in route.also:
         responses[str(status)] = {**ok, "description": "Same body, not ready"}

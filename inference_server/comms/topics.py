@@ -25,11 +25,20 @@ class Topics:
     def events(self) -> str:
         return f"{self.prefix}/events"
 
+    @property
+    def digest(self) -> str:
+        """The digests (not retained: a digest is a message, sent once)."""
+        return f"{self.prefix}/digest"
+
     def camera_state(self, camera_id: str) -> str:
         return f"{self.prefix}/cameras/{camera_id}/state"
 
     def camera_snapshot(self, camera_id: str) -> str:
         return f"{self.prefix}/cameras/{camera_id}/snapshot"
+
+    def camera_tamper(self, camera_id: str) -> str:
+        """``TamperState``, retained (pipeline/tamper.py)."""
+        return f"{self.prefix}/cameras/{camera_id}/tamper"
 
     def camera_objects(self, camera_id: str, label: str) -> str:
         return f"{self.prefix}/cameras/{camera_id}/objects/{label}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +37,11 @@ class Detector(Protocol):
         ...
 
 
+class DetectorModelMissing(FileNotFoundError):
+    """The configured model file is absent or not one the backend runs: a set-up problem the user
+    fixes (the server keeps ingesting and says so in ``hsi/status``), not a crash."""
+
+
 DetectorFactory = Callable[["Settings"], Detector]
 DETECTORS: Registry[DetectorFactory] = Registry("detector_backend")
 #: ``@register_detector("name")`` on a backend's factory.
@@ -43,7 +49,16 @@ register_detector = DETECTORS.register
 
 
 def build_detector(settings: Settings) -> Detector:
-    # Backends register on import; importing here keeps the choice in one place.
-    from inference_server.detection import ultralytics_backend  # noqa: F401
+    """The backend ``settings.detector_backend`` names, built from the settings.
 
-    return DETECTORS.get(settings.detector_backend)(settings)
+    Backends register on import, and only the chosen one is imported (``<name>_backend.py``
+    beside this module): the ONNX backend runs where torch, ultralytics and OpenCV are not
+    installed (the add-on image), so nothing may import them on its path."""
+    name = settings.detector_backend
+    if name.isidentifier():
+        try:
+            importlib.import_module(f"inference_server.detection.{name}_backend")
+        except ModuleNotFoundError as err:
+            if err.name != f"inference_server.detection.{name}_backend":
+                raise  # the backend exists, a library it needs does not: say which
+    return DETECTORS.get(name)(settings)

@@ -123,6 +123,24 @@ def plan_runtime(requested: RequestedFormat, device: str, half: bool | None, hw:
     return RuntimePlan(fmt, device, use_half, requested, why)
 
 
+def exported_format(weights: Path) -> Format | None:
+    """The runtime ``weights`` were exported for (``.onnx``, ``.engine``, ``*_openvino_model``);
+    None for PyTorch weights, the source every export is made from."""
+    for fmt, suffix in _SUFFIX.items():
+        if fmt != "pytorch" and weights.name.endswith(suffix):
+            return fmt
+    return None
+
+
+def plan_exported(fmt: Format, plan: RuntimePlan) -> RuntimePlan:
+    """Weights that already are an export run as they are (nothing can be exported from them),
+    on the planned device; a request for another runtime becomes a labelled fallback."""
+    reason = f"weights are an {fmt} export"
+    if plan.requested in ("auto", fmt):
+        return RuntimePlan(fmt, plan.device, False, plan.requested, reason)
+    return RuntimePlan(fmt, plan.device, False, plan.requested, f"{reason}, not {plan.requested}", fallback=True)
+
+
 def weights_digest(weights: Path) -> str:
     sha = hashlib.sha256()
     with weights.open("rb") as fh:

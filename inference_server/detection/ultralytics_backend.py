@@ -16,8 +16,16 @@ import numpy as np
 from PIL import Image
 
 from inference_server.config import Settings
-from inference_server.detection.detector import register_detector
-from inference_server.detection.runtime import Hardware, RequestedFormat, RuntimePlan, artifact_path, plan_runtime
+from inference_server.detection.detector import DetectorModelMissing, register_detector
+from inference_server.detection.runtime import (
+    Hardware,
+    RequestedFormat,
+    RuntimePlan,
+    artifact_path,
+    exported_format,
+    plan_exported,
+    plan_runtime,
+)
 from inference_server.domain import Detection
 
 log = logging.getLogger(__name__)
@@ -64,10 +72,11 @@ def _quiet_ultralytics() -> Iterator[None]:
 class UltralyticsDetector:
     """Any ultralytics weights, run by the runtime ``plan_runtime`` picks for this machine.
 
-    The ``.pt`` weights are always the source: ONNX, TensorRT and OpenVINO models are exported
+    The ``.pt`` weights are the source: ONNX, TensorRT and OpenVINO models are exported
     from them once, cached under ``cache_dir`` (see ``runtime.artifact_path`` for the key) and
     reused. An export that fails falls back to the ``.pt`` model, logged and labelled in
-    ``runtime`` (and so in ``hsi/status``), never a crash.
+    ``runtime`` (and so in ``hsi/status``), never a crash. Weights that already are an export
+    (``.onnx``, ``.engine``, an OpenVINO folder) run as they are, labelled with their format.
     """
 
     name = "ultralytics"
@@ -90,7 +99,7 @@ class UltralyticsDetector:
         YOLO = _import_yolo()
 
         if not weights.exists():
-            raise FileNotFoundError(
+            raise DetectorModelMissing(
                 f"detector weights not found: {weights} (set HSI_DETECTOR_WEIGHTS; see docs/configuration.md)"
             )
         self.weights = weights
@@ -98,9 +107,16 @@ class UltralyticsDetector:
         self.imgsz = imgsz
         hw = hardware or Hardware.probe()
         plan = plan_runtime(runtime, device, half, hw)
+        given = exported_format(weights)
+        if given is not None:
+            plan = plan_exported(given, plan)
         source: Any = YOLO(str(weights))
         self._model: Any = source
-        target = artifact_path(cache_dir or weights.parent, weights, plan, hw, imgsz=imgsz, batch=max_batch)
+        target = (
+            None
+            if given is not None
+            else artifact_path(cache_dir or weights.parent, weights, plan, hw, imgsz=imgsz, batch=max_batch)
+        )
         if target is not None:
             try:
                 exported = self._export(YOLO, plan, target, max_batch=max_batch, workspace_gb=workspace_gb)
@@ -235,15 +251,28 @@ class UltralyticsDetector:
                 xyxyn = boxes.xyxyn.cpu().numpy().tolist()
                 confs = boxes.conf.cpu().numpy().tolist()
                 classes = boxes.cls.cpu().numpy().astype(int).tolist()
-                for box, conf, cls in zip(xyxyn, confs, classes, strict=True):
+                poses = _keypoints(result.keypoints, len(xyxyn))
+                for box, conf, cls, pose in zip(xyxyn, confs, classes, poses, strict=True):
                     x1, y1, x2, y2 = (min(max(float(v), 0.0), 1.0) for v in box)
-                    found.append(Detection(self.names[cls], round(float(conf), 4), (x1, y1, x2, y2)))
+                    found.append(Detection(self.names[cls], round(float(conf), 4), (x1, y1, x2, y2), pose))
             found.sort(key=lambda d: d.confidence, reverse=True)
             out.append(found)
         return out
 
     def warmup(self) -> None:
         self.detect([Image.new("RGB", (self.imgsz, self.imgsz))])
+
+
+def _keypoints(keypoints: Any, count: int) -> list[tuple[tuple[float, float, float], ...] | None]:
+    """A pose model's keypoints per box (normalised x, y and confidence); None each without them."""
+    if keypoints is None or keypoints.conf is None or len(keypoints) != count:
+        return [None] * count
+    xyn = keypoints.xyn.cpu().numpy().tolist()
+    conf = keypoints.conf.cpu().numpy().tolist()
+    return [
+        tuple((round(float(x), 4), round(float(y), 4), round(float(c), 3)) for (x, y), c in zip(pts, cs, strict=True))
+        for pts, cs in zip(xyn, conf, strict=True)
+    ]
 
 
 @register_detector("ultralytics")

@@ -34,6 +34,7 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.servers import FTPServer
 
 from inference_server.config import FtpUser, Settings
+from inference_server.ingest.clips import CLIP_SUFFIXES
 from inference_server.ingest.filenames import camera_id_for_folder
 from inference_server.ingest.ingestor import IngestResult, printable
 
@@ -149,13 +150,17 @@ class FtpReceiver:
 
 
 class _LimitedDTP(DTPHandler):  # type: ignore[misc]
-    """Data channel that aborts an upload past ``max_bytes``, set per server by `_handler_class`."""
+    """Data channel that aborts an upload past ``max_bytes`` (a video clip: ``max_clip_bytes``),
+    set per server by `_handler_class`."""
 
     max_bytes: ClassVar[int]
+    max_clip_bytes: ClassVar[int]
 
     def handle_read(self) -> None:
         super().handle_read()
-        limit = self.max_bytes
+        name = str(getattr(self.file_obj, "name", ""))
+        clip = Path(name.removesuffix(".part")).suffix.lower() in CLIP_SUFFIXES  # written as <name>.part
+        limit = self.max_clip_bytes if clip else self.max_bytes
         if self.receive and self.tot_bytes_received > limit and not self._closed:
             self._resp = (f"552 File exceeds {limit} bytes; transfer aborted.", log.warning)
             self.transfer_finished = False
@@ -307,7 +312,9 @@ class _CameraHandler(FTPHandler):  # type: ignore[misc]
 def _handler_class(settings: Settings, receiver: FtpReceiver, authorizer: DummyAuthorizer) -> type[FTPHandler]:
     """A `_CameraHandler` subclass configured for one server (over TLS when a certificate is set)."""
     ports = parse_port_range(settings.ftp_passive_ports)
-    dtp: type[DTPHandler] = type("LimitedDTP", (_LimitedDTP,), {"max_bytes": settings.max_image_bytes})
+    dtp: type[DTPHandler] = type(
+        "LimitedDTP", (_LimitedDTP,), {"max_bytes": settings.max_image_bytes, "max_clip_bytes": settings.clip_max_bytes}
+    )
     attrs: dict[str, Any] = {
         "authorizer": authorizer,
         "passive_ports": list(ports) if ports is not None else None,

@@ -17,7 +17,7 @@ import re
 import shutil
 import stat
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -26,11 +26,20 @@ import asyncpg
 
 from inference_server import decode_budget
 from inference_server.config import Settings
+from inference_server.ingest.clips import (
+    CLIP_MEDIA_TYPES,
+    CLIP_SUFFIXES,
+    ClipLimits,
+    SampledClip,
+    sample_clip,
+    sniff_media_type,
+    suffix_for,
+)
 from inference_server.ingest.filenames import camera_id_candidates, timestamp_from_name
 from inference_server.ingest.validate import ImageInfo, ImageLimits, InvalidImage, check_pixels, inspect_image
 from inference_server.jobs.queue import JobQueue
 from inference_server.schemas import CAMERA_ID_PATTERN
-from inference_server.store import cameras, images, quarantine
+from inference_server.store import cameras, clips, images, quarantine
 from inference_server.telemetry import metrics
 from inference_server.timerange import CAPTURED_AT_OUT_OF_RANGE, capture_time_problem
 
@@ -53,6 +62,17 @@ class IngestResult:
     image_id: int | None = None
     job_id: int | None = None
     reason: str | None = None
+    #: A video clip: what became of it (its frames' images and jobs).
+    clip: ClipOutcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClipOutcome:
+    clip_id: int
+    image_ids: list[int]
+    job_ids: list[int]
+    duration_s: float
+    frames_decoded: int
 
 
 def printable(path: Path | str) -> str:
@@ -111,6 +131,17 @@ class Ingestor:
             settings.max_image_pixels,
             settings.min_image_side,
             settings.max_image_aspect_ratio,
+        )
+        self.clip_limits = ClipLimits(
+            max_bytes=settings.clip_max_bytes,
+            max_duration_s=settings.clip_max_duration_s,
+            max_frames=settings.clip_max_frames,
+            decode_timeout_s=settings.clip_decode_timeout_s,
+            max_pixels=settings.max_image_pixels,
+            min_side=settings.min_image_side,
+            max_aspect_ratio=settings.max_image_aspect_ratio,
+            analysis_fps=settings.clip_analysis_fps,
+            motion_threshold=settings.clip_motion_threshold,
         )
 
     # ---------------------------------------------------------------------------------
@@ -172,12 +203,14 @@ class Ingestor:
         entry, source, st = found.entry, found.source, found.st
         if not stat.S_ISREG(st.st_mode):
             return await self._quarantine(path, camera_id, "not_a_file", "not a regular file", entry=entry)
+        if path.suffix.lower() in CLIP_SUFFIXES:
+            return await self._ingest_clip_file(path, rel, folder, camera_id, found)
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             return await self._quarantine(
                 path,
                 camera_id,
                 "unsupported_file_type",
-                f"suffix {printable(path.suffix)!r} is not .jpg/.png",
+                f"suffix {printable(path.suffix)!r} is not .jpg/.png/.mp4/.mkv/.avi/.mov",
                 entry=entry,
             )
         if st.st_size > self.limits.max_bytes:
@@ -255,6 +288,221 @@ class Ingestor:
             captured_at_source=when_source,
             source=source,
         )
+
+    # --- video clips ----------------------------------------------------------------------------
+    async def _ingest_clip_file(
+        self, path: Path, rel: Path, folder: str, camera_id: str, found: _Located
+    ) -> IngestResult:
+        """A clip in a camera folder: sampled into frames (images of the camera, one job each, all
+        committed with the clip's row in one transaction), or quarantined with the reason."""
+        entry = found.entry
+        if found.st.st_size > self.clip_limits.max_bytes:
+            return await self._quarantine(
+                path,
+                camera_id,
+                "too_large",
+                f"{found.st.st_size} bytes > clip limit {self.clip_limits.max_bytes}",
+                entry=entry,
+            )
+        try:
+            data = await asyncio.to_thread(_read_at_most, found.source, self.clip_limits.max_bytes + 1)
+            sampled = await asyncio.to_thread(self._sample, data)
+        except InvalidImage as bad:
+            return await self._quarantine(path, camera_id, bad.reason, bad.detail, entry=entry)
+        except FileNotFoundError:
+            return IngestResult("vanished", camera_id)
+        stamp = timestamp_from_name(path.name, self.tz)
+        if stamp is not None:
+            started_at, when_source = stamp, "filename"
+        else:
+            # A clip's file is written as it ends: it started its duration before.
+            when = _capture_time(path.name, found.st.st_mtime, self.tz)
+            if isinstance(when, str):
+                return await self._quarantine(path, camera_id, CAPTURED_AT_OUT_OF_RANGE, when, entry=entry)
+            started_at, when_source = when[0] - timedelta(seconds=sampled.duration_s), when[1]
+        if (problem := capture_time_problem(started_at)) is not None:
+            return await self._quarantine(path, camera_id, CAPTURED_AT_OUT_OF_RANGE, problem, entry=entry)
+        try:
+            result = await self._commit_clip(
+                camera_id=camera_id,
+                folder=folder,
+                data=data,
+                sampled=sampled,
+                media_type=sniff_media_type(data) or CLIP_MEDIA_TYPES[path.suffix.lower()],
+                source_file=found.source,
+                original_name=printable(rel),
+                started_at=started_at,
+                captured_at_source=when_source,
+                source="folder",
+            )
+        except CameraDisabled:
+            return await self._quarantine(
+                path, camera_id, "camera_disabled", "detection is off for this camera", entry=entry
+            )
+        try:
+            await asyncio.to_thread(_take_out, entry, self.root, None)
+        except FileNotFoundError:
+            log.debug("ingested clip already removed camera_id=%s file=%s", camera_id, printable(path))
+        except _Refused as refused:
+            log.warning("ingested clip left in place camera_id=%s detail=%s", camera_id, refused.detail)
+        return result
+
+    async def ingest_clip_bytes(
+        self,
+        camera_id: str,
+        data: bytes,
+        *,
+        media_type: str,
+        captured_at: datetime | None,
+        original_name: str | None,
+    ) -> IngestResult:
+        """An uploaded clip (``captured_at``: when it started; default: received now minus its
+        duration). Raises ``InvalidImage`` (nothing is stored), ``UnknownCamera`` or ``CameraDisabled``."""
+        if captured_at is not None and (problem := capture_time_problem(captured_at)) is not None:
+            raise InvalidImage(CAPTURED_AT_OUT_OF_RANGE, problem)
+        await self._require_camera(camera_id)
+        sampled = await asyncio.to_thread(self._sample, data)
+        if captured_at is None:
+            started_at, source = datetime.now(UTC) - timedelta(seconds=sampled.duration_s), "received"
+        else:
+            started_at, source = captured_at, "client"
+        return await self._commit_clip(
+            camera_id=camera_id,
+            folder=None,
+            data=data,
+            sampled=sampled,
+            media_type=media_type,
+            source_file=None,
+            original_name=original_name or "upload",
+            started_at=started_at,
+            captured_at_source=source,
+            source="upload",
+        )
+
+    def _sample(self, data: bytes) -> SampledClip:
+        started = metrics.now()
+        sampled = sample_clip(data, self.clip_limits, decode_budget.shared(self.settings.decode_memory_mb))
+        metrics.STAGE.labels("clip_decode").observe(metrics.now() - started)
+        return sampled
+
+    async def _commit_clip(
+        self,
+        *,
+        camera_id: str,
+        folder: str | None,
+        data: bytes,
+        sampled: SampledClip,
+        media_type: str,
+        source_file: Path | None,
+        original_name: str,
+        started_at: datetime,
+        captured_at_source: str,
+        source: str,
+    ) -> IngestResult:
+        """The clip file and its frames' files placed, then the clip row, the frames' image rows and
+        their jobs in one transaction: the frames reach the detector together, one after another,
+        and so land in the camera's same activity batch and event."""
+        sha = hashlib.sha256(data).digest()
+        day = started_at.astimezone(UTC).strftime("%Y-%m-%d")
+        clip_path = self.settings.clips_path / camera_id / day / f"{sha.hex()[:32]}{suffix_for(media_type)}"
+        frames = [(frame, hashlib.sha256(frame.jpeg).digest()) for frame in sampled.frames]
+        frame_paths = [self.settings.images_path / camera_id / day / f"{h.hex()[:32]}.jpg" for _, h in frames]
+        placed = [await asyncio.to_thread(_place, source_file, data, clip_path)]
+        for (frame, _), stored in zip(frames, frame_paths, strict=True):
+            placed.append(await asyncio.to_thread(_place, None, frame.jpeg, stored))
+        image_ids: list[int] = []
+        job_ids: list[int] = []
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                camera = await self._camera_in(conn, camera_id, folder)
+                clip_id = await clips.insert(
+                    conn,
+                    clips.NewClip(
+                        camera_id=camera.id,
+                        sha256=sha,
+                        path=str(clip_path),
+                        media_type=media_type,
+                        original_name=original_name,
+                        codec=sampled.codec,
+                        width=sampled.width,
+                        height=sampled.height,
+                        duration_s=sampled.duration_s,
+                        frames_decoded=sampled.frames_decoded,
+                        frames_sampled=len(frames),
+                        size_bytes=len(data),
+                        started_at=started_at,
+                    ),
+                )
+                if clip_id is not None:
+                    for (frame, digest), stored in zip(frames, frame_paths, strict=True):
+                        image_id = await images.insert(
+                            conn,
+                            images.NewImage(
+                                camera_id=camera.id,
+                                sha256=digest,
+                                path=str(stored),
+                                source=source,
+                                original_name=f"{original_name}#t={frame.offset_s:.2f}",
+                                media_type="image/jpeg",
+                                width=frame.width,
+                                height=frame.height,
+                                size_bytes=len(frame.jpeg),
+                                captured_at=started_at + timedelta(seconds=frame.offset_s),
+                                captured_at_source=captured_at_source,
+                                clip_id=clip_id,
+                                clip_offset_s=frame.offset_s,
+                            ),
+                        )
+                        if image_id is not None:  # a frame identical to an earlier image: nothing new
+                            image_ids.append(image_id)
+                            job_ids.append(await self.queue.enqueue(conn, image_id, camera.id))
+        except (UnknownCamera, CameraDisabled):
+            for was_placed, stored in zip(placed, [clip_path, *frame_paths], strict=True):
+                if was_placed:
+                    await asyncio.to_thread(_unlink_quietly, stored)
+            raise
+        if clip_id is None:
+            existing = await clips.find(self.pool, camera.id, sha)
+            assert existing is not None
+            metrics.INGESTED.labels(camera.id, source, "duplicate").inc()
+            log.info("duplicate clip ignored camera_id=%s clip_id=%s file=%s", camera.id, existing[0], original_name)
+            known = await clips.frame_images(self.pool, existing[0])
+            outcome = ClipOutcome(existing[0], known, [], sampled.duration_s, sampled.frames_decoded)
+            return IngestResult("duplicate", camera.id, known[0] if known else None, None, clip=outcome)
+        metrics.INGESTED.labels(camera.id, source, "queued").inc(len(image_ids))
+        log.info(
+            "clip queued camera_id=%s clip_id=%s frames=%d decoded=%d duration_s=%.1f decode_s=%.2f file=%s",
+            camera.id,
+            clip_id,
+            len(image_ids),
+            sampled.frames_decoded,
+            sampled.duration_s,
+            sampled.decode_s,
+            original_name,
+        )
+        outcome = ClipOutcome(clip_id, image_ids, job_ids, sampled.duration_s, sampled.frames_decoded)
+        return IngestResult(
+            "queued", camera.id, image_ids[0] if image_ids else None, job_ids[0] if job_ids else None, clip=outcome
+        )
+
+    async def _camera_in(self, conn: asyncpg.Connection, camera_id: str, folder: str | None) -> cameras.Camera:
+        """The camera (a new folder's registered), inside the caller's transaction; raises
+        ``CameraIdConflict``, ``UnknownCamera`` or ``CameraDisabled``."""
+        if folder is not None:
+            try:
+                camera, created = await cameras.ensure_for_folder(conn, camera_id, printable(folder))
+            except cameras.FolderIdConflict as conflict:
+                raise CameraIdConflict(camera_id) from conflict
+            if created:
+                log.info("camera registered camera_id=%s folder=%s", camera.id, printable(folder))
+        else:
+            found = await cameras.get(conn, camera_id)
+            if found is None:
+                raise UnknownCamera(camera_id)
+            camera = found
+        if not camera.enabled:
+            raise CameraDisabled(camera.id)
+        return camera
 
     def _check_upload(self, data: bytes) -> _Loaded:
         """Headers, then all of the data read in bounded memory (``check_pixels``): a corrupt or
@@ -342,20 +590,7 @@ class Ingestor:
         """Image row and job in one transaction; (image id or None if a duplicate, job id, camera id)."""
         job_id: int | None = None
         async with self.pool.acquire() as conn, conn.transaction():
-            if folder is not None:
-                try:
-                    camera, created = await cameras.ensure_for_folder(conn, camera_id, printable(folder))
-                except cameras.FolderIdConflict as conflict:
-                    raise CameraIdConflict(camera_id) from conflict
-                if created:
-                    log.info("camera registered camera_id=%s folder=%s", camera.id, printable(folder))
-            else:
-                found = await cameras.get(conn, camera_id)
-                if found is None:
-                    raise UnknownCamera(camera_id)
-                camera = found
-            if not camera.enabled:
-                raise CameraDisabled(camera.id)
+            camera = await self._camera_in(conn, camera_id, folder)
             image_id = await images.insert(
                 conn,
                 images.NewImage(
@@ -546,6 +781,11 @@ def _copy_entry(folder_fd: int, name: str, dest: Path) -> None:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
     with open(fd, "rb") as src, open(dest, "xb") as out:
         shutil.copyfileobj(src, out)
+
+
+def _read_at_most(path: Path, limit: int) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(limit)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -35,12 +35,12 @@ import asyncpg
 from inference_server.clock import Clock
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
-from inference_server.domain import Assessment, Detection, Observation, category_of
+from inference_server.domain import Assessment, Detection, Identity, Observation, category_of
 from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, event_message
 from inference_server.pipeline.snapshot import snapshot_file
 from inference_server.reasoning.rules import RulesReasoner
 from inference_server.schemas import ContextState, Zone
-from inference_server.store import activity, batches, cameras, context, outbox
+from inference_server.store import activity, batches, cameras, context, outbox, people
 from inference_server.store import events as events_store
 from inference_server.store.db import DB_ERRORS, is_unavailable
 from inference_server.telemetry import metrics
@@ -97,6 +97,12 @@ class BatchStage:
             or now - batch.chain_started_at >= self.event_max
         )
 
+    async def _held_for_clip(self, conn: asyncpg.Connection, batch: batches.Batch, now: datetime) -> bool:
+        """A batch due only for idleness stays open while frames of a clip it holds still wait for
+        the detector: a clip is one activity, however slowly its frames are detected."""
+        only_idle = now - batch.opened_at < self.window and now - batch.chain_started_at < self.event_max
+        return only_idle and await batches.awaits_clip_frames(conn, batch.id)
+
     def _continues(self, batch: batches.Batch, now: datetime) -> bool:
         """A due batch whose activity goes on: only its window ran out (not idle, and its event
         is younger than ``event_max_s``), so the next batch continues its event."""
@@ -119,11 +125,13 @@ class BatchStage:
         detections: Sequence[Detection],
         detection_zones: Sequence[tuple[str, ...]],
         jpeg: bytes,
+        identities: Sequence[Identity | None] = (),
+        enrolled_people: int = 0,
     ) -> list[Message]:
         now = self.clock.now()
         messages: list[Message] = []
         batch = await batches.lock_open(conn, camera_id)
-        if batch is not None and self._due(batch, now):
+        if batch is not None and self._due(batch, now) and not await self._held_for_clip(conn, batch, now):
             messages += await self.close_guarded(conn, batch, now)
             batch = await batches.lock_open(conn, camera_id)  # the batch continuing its event, if any
         if batch is None:
@@ -147,6 +155,8 @@ class BatchStage:
                 zones,
                 context=household.context if household.set_at is not None else None,
                 context_set_late=_set_late(household, captured_at),
+                identities=identities,
+                enrolled_people=enrolled_people,
             )
             assessment = self.rules.assess_now(glance)
             if assessment.risk_score + self.rules.batch_headroom(assessment) >= self.alert_score:
@@ -326,6 +336,7 @@ class BatchStage:
         if not rows:
             raise RuntimeError(f"batch {batch.id} has no detections")
         detections = [Detection(r.label, r.confidence, r.bbox) for r in rows]
+        known = await people.identities(conn, [r.detection_id for r in rows])
         per_image: dict[int, Counter[str]] = defaultdict(Counter)
         for r in rows:
             per_image[r.image_id][r.label] += 1
@@ -369,6 +380,8 @@ class BatchStage:
             feedback=await activity.feedback(
                 conn, batch.camera_id, top.zones[0] if top.zones else "", top.label, local.hour
             ),
+            identities=[known.get(r.detection_id) for r in rows] if known else (),
+            enrolled_people=await people.enrolled_count(conn) if known else 0,
         )
         return observation, image_id
 

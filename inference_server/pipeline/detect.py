@@ -129,6 +129,8 @@ class DetectWorker:
     async def run(self, stop: asyncio.Event) -> None:
         decoded: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2)
         inferred: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2)
+        # Recognition (known people) skips images while inferred results wait to be stored.
+        self.result.backlog = inferred.qsize
         tasks = [
             asyncio.create_task(self._claim_loop(stop, decoded), name="detect-claim"),
             asyncio.create_task(self._infer_loop(decoded, inferred), name="detect-infer"),

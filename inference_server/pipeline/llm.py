@@ -5,6 +5,10 @@ stays the rules'; the LLM may raise the score, and lower it only for a reason th
 Events wait in the database (``llm_state = 'pending'``) and are claimed with a lease, so
 several workers share them and a crashed worker's event is taken up again. An LLM that is
 down, slow or wrong leaves the rules judgement in place, labelled ``rules``, with the reason.
+
+When the model sees (``llm.vision``), the event's key frames (``pipeline.frames``: the best
+images of its batches, at most ``max_images``, scaled to ``image_max_px``) go with the prompt;
+the event records their image ids. A model that cannot see gets no frames and none are encoded.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import asyncpg
 
 from inference_server.comms.topics import Topics
 from inference_server.domain import Assessment, Observation
+from inference_server.pipeline import frames as key_frames
 from inference_server.pipeline.batch import BatchStage
 from inference_server.reasoning.llm import LOWERING_GROUNDS, LOWERING_REFUSED, RULES_CAP, LlmReasoner, settle_score
 from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.schemas import EventMessage, RiskFactor, Zone
-from inference_server.store import batches, cameras, outbox
+from inference_server.store import batches, cameras, images, outbox
 from inference_server.store import events as events_store
 from inference_server.store.db import DB_ERRORS
 from inference_server.telemetry import metrics
@@ -92,8 +97,12 @@ class LlmStage:
         lease_s: float,
         max_adjust: int = 25,
         poll_s: float = 1.0,
+        max_images: int = 3,
+        image_max_px: int = 768,
     ) -> None:
         self.max_adjust = max_adjust
+        self.max_images = max_images
+        self.image_max_px = image_max_px
         self.pool = pool
         self.batch_stage = batch_stage
         self.reasoner = reasoner
@@ -128,7 +137,24 @@ class LlmStage:
             await self.pool.release(listener)
             await self.reasoner.close()
 
+    async def _frames(
+        self, conn: asyncpg.Connection, batch_id: uuid.UUID, event_id: uuid.UUID
+    ) -> list[key_frames.Frame]:
+        """The event's key frames, best first (encoded in a worker thread)."""
+        chosen = key_frames.choose(await batches.detections(conn, batch_id), self.max_images)
+        frames = await key_frames.load(chosen, await images.paths(conn, chosen), self.image_max_px)
+        log.info(
+            "llm key frames event_id=%s image_ids=%s bytes=%d encode_s=%.3f",
+            event_id,
+            [f.image_id for f in frames],
+            sum(len(f.jpeg) for f in frames),
+            sum(f.encode_s for f in frames),
+        )
+        return frames
+
     async def process(self, event_id: uuid.UUID) -> None:
+        # Asked before a connection is taken: "auto" may ask the LLM server once.
+        sees = await self.reasoner.sees()
         async with self.pool.acquire() as conn:
             batch_id = await events_store.batch_of(conn, event_id)
             batch = await batches.get(conn, batch_id) if batch_id is not None else None
@@ -138,6 +164,7 @@ class LlmStage:
                 await events_store.finish_llm(conn, event_id, None, failure="no batch to judge")
                 return
             observation, _ = await self.batch_stage.observe(conn, batch, camera.name, camera.zones)
+            frames = await self._frames(conn, batch.id, event_id) if sees else []
         rules = self.batch_stage.rules.assess_now(observation)
         started = metrics.now()
         result = await self.reasoner.refine(
@@ -146,6 +173,7 @@ class LlmStage:
             context=observation.context.model_dump(mode="json") if observation.context is not None else None,
             zones=zones_text(observation, camera.zones),
             baseline=baseline_text(observation),
+            images={frame.image_id: frame.jpeg for frame in frames},
         )
         metrics.STAGE.labels("llm").observe(metrics.now() - started)
         failure = None if result.analysis_source == "llm" else result.reasoning.rpartition("LLM fallback: ")[2]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,6 +24,8 @@ from inference_server.domain import Detection
 from inference_server.jobs.queue import ClaimedJob, JobQueue
 from inference_server.pipeline import snapshot
 from inference_server.pipeline.batch import BatchStage
+from inference_server.pipeline.identify import PersonVectors, Recognizer
+from inference_server.pipeline.tamper import SceneFeatures, TamperStage, features
 from inference_server.pipeline.zones import zones_of
 from inference_server.store import activity, outbox
 from inference_server.store import detections as detections_store
@@ -33,11 +35,27 @@ log = logging.getLogger(__name__)
 
 
 class ResultStage:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, queue: JobQueue, batches: BatchStage) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        queue: JobQueue,
+        batches: BatchStage,
+        recognizer: Recognizer | None = None,
+        *,
+        tamper: TamperStage | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.queue = queue
         self.batches = batches
+        #: Known people: None when no embedding model is configured.
+        self.recognizer = recognizer
+        #: Inferred batches waiting to be stored (the detect worker sets it): recognition skips
+        #: images while the store path is behind.
+        self.backlog: Callable[[], int] = lambda: 0
+        #: Tampering (pipeline/tamper.py): None when switched off (``tamper_enabled``).
+        self.tamper = tamper
         self.tz = ZoneInfo(settings.camera_timezone)
 
     async def finish(self, job: ClaimedJob, image: Image.Image, dets: Sequence[Detection]) -> None:
@@ -49,10 +67,23 @@ class ResultStage:
                 _write_snapshot, image, dets, snapshot.snapshot_file(self.settings, job.camera_id, job.image_id)
             )
             metrics.STAGE.labels("snapshot").observe(metrics.now() - started)
+        vectors: list[PersonVectors | None] = []
+        if dets and self.recognizer is not None:
+            started = metrics.now()
+            vectors = await self.recognizer.embed(image, dets, backlog=self.backlog())
+            metrics.STAGE.labels("embed").observe(metrics.now() - started)
+
+        scene: SceneFeatures | None = None
+        if self.tamper is not None:  # every image, with or without detections: a covered camera sees nothing
+            scene = await asyncio.to_thread(features, image)
 
         started = metrics.now()
         async with self.pool.acquire() as conn, conn.transaction():
             await self.queue.complete(conn, job)
+            if self.tamper is not None and scene is not None:
+                await outbox.add_many(
+                    conn, await self.tamper.observe(conn, job.camera_id, job.image_id, job.captured_at, scene)
+                )
             if not dets:
                 log.info("nothing detected camera_id=%s job_id=%s image_id=%s", job.camera_id, job.id, job.image_id)
                 metrics.STAGE.labels("store").observe(metrics.now() - started)
@@ -63,6 +94,11 @@ class ResultStage:
             await detections_store.insert_many(conn, job.image_id, job.camera_id, job.captured_at, dets, tagged)
             local = job.captured_at.astimezone(self.tz)
             await activity.record(conn, job.camera_id, (d.label for d in dets), local.date(), local.hour)
+            identities, enrolled = (
+                await self.recognizer.identify(conn, job.camera_id, job.image_id, vectors)
+                if self.recognizer is not None and vectors
+                else ([], 0)
+            )
             assert jpeg is not None
             messages = await self.batches.on_detections(
                 conn,
@@ -75,6 +111,8 @@ class ResultStage:
                 detections=dets,
                 detection_zones=tagged,
                 jpeg=jpeg,
+                identities=identities,
+                enrolled_people=enrolled,
             )
             await outbox.add_many(conn, messages)
         metrics.STAGE.labels("store").observe(metrics.now() - started)

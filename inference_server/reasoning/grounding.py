@@ -11,6 +11,12 @@ a detection with one of ``labels`` (or of ``category``), or the same word in the
 model was given (the camera name, zones, household context: "we have a dog" grounds "dog").
 Threats the detector cannot see at all (attacks, shootings) are grounded only by that text.
 
+A model that saw the key frames (``Evidence.saw_picture``) may report what the detector missed:
+an object, animal, person or a count the detections do not ground is then not a rejection but
+the model's observation, returned by ``review`` and stored and published as such
+(``model_observations``); empty or repetitive text and a level contradiction are rejected
+either way.
+
 ``LOWERING_CHECKS`` is the hook for lowering a score (see ``docs/risk.md``, "LLM phase"): each
 check returns a reason the server itself verified (for example a recognised resident, once
 people are recognised) or None. It is empty today, so the LLM never lowers the rules' score.
@@ -129,6 +135,8 @@ class Evidence:
     text: str
     #: How many people the household context says are home (None: not known).
     people_home: int | None = None
+    #: The model was shown the key frames: what it saw beyond the detector is its observation.
+    saw_picture: bool = False
 
     @classmethod
     def of(
@@ -138,6 +146,7 @@ class Evidence:
         objects: Mapping[str, int] | None = None,
         context: Mapping[str, Any] | None = None,
         zones: str | None = None,
+        saw_picture: bool = False,
     ) -> Evidence:
         """The evidence of ``observation``; ``objects`` (label: most seen at once) as the event counts them."""
         labels = frozenset(d.label.lower() for d in observation.detections)
@@ -151,6 +160,7 @@ class Evidence:
             counts={label.lower(): n for label, n in objects.items()},
             text=" ".join(_WORD.findall(text.lower().replace("_", " "))),
             people_home=len(people) if isinstance(people, list) else None,
+            saw_picture=saw_picture,
         )
 
 
@@ -308,6 +318,44 @@ def check(texts: Mapping[str, str], evidence: Evidence, level: RiskLevel) -> str
         if (problem := contradicts(text, level)) is not None:
             return f"{field} {problem}"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """The verdict on a reply: the first ``problem`` (None: it can be shown) and, for a model that
+    saw the picture, what it reported beyond the detector (labelled as its observation)."""
+
+    problem: str | None
+    observations: tuple[str, ...] = ()
+
+
+def review(texts: Mapping[str, str], evidence: Evidence, level: RiskLevel) -> Review:
+    """``check`` for a model that may have seen the picture: with ``evidence.saw_picture`` an
+    object or count the detector did not see becomes an observation instead of a problem."""
+    if not evidence.saw_picture:
+        return Review(check(texts, evidence, level))
+    observations: list[str] = []
+    for field, text in texts.items():
+        if empty(text):
+            return Review(f"{field} is empty ({text!r})")
+        if (problem := repeats(text)) is not None:
+            return Review(f"{field} {problem}")
+    for field, text in texts.items():
+        for test in (invented, miscounted):
+            if (problem := test(text, evidence)) is not None:
+                seen = _as_observation(problem)
+                if seen not in observations:
+                    observations.append(seen)
+        if (problem := contradicts(text, level)) is not None:
+            return Review(f"{field} {problem}", tuple(observations))
+    return Review(None, tuple(observations))
+
+
+def _as_observation(problem: str) -> str:
+    """ "names a cat not in the evidence: 'cat'" -> "a cat the detector did not see: 'cat'"."""
+    if problem.startswith("names "):
+        return problem.removeprefix("names ").replace(" not in the evidence", " the detector did not see", 1)
+    return problem.removeprefix("counts ").join(("the model counts ", ""))
 
 
 def lowering_grounds(

@@ -20,7 +20,13 @@ with the rules engine's assessment in the prompt. It promises:
   the rules' judgement is the fallback (reason ``rejected (<what was wrong>)``);
 - the LLM's assessment keeps the rules factors and adds an ``llm_adjustment`` factor, so the
   points of the factors still add up to the score; the LLM's own factors follow with 0 points;
-- at most ``max_concurrency`` LLM calls run at once; each call is limited to ``timeout_s``.
+- at most ``max_concurrency`` LLM calls run at once; each call is limited to ``timeout_s``;
+- with key frames (``images``) and a model that sees (``vision``: ``True``, or ``"auto"`` and
+  the backend says so), the frames go with prompt ``security-v2``; its ``description``,
+  ``activity``, ``threat_indicators`` and ``confidence`` reach the assessment with the ids of
+  the frames sent; what it saw beyond the detector is kept as its labelled observation
+  (``grounding.review``); its activity moves the score as ``reasoning.activity`` maps it.
+  Without frames or vision the text-only prompt runs exactly as before.
 """
 
 from __future__ import annotations
@@ -31,21 +37,23 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from inference_server.config import LlmSettings
 from inference_server.domain import Assessment, Observation
+from inference_server.reasoning.activity import activity_grounds, raised_score
 from inference_server.reasoning.backends.base import LlmBackend, LlmError, LlmReply, build_llm_backend
 from inference_server.reasoning.breaker import CircuitBreaker, CircuitState
-from inference_server.reasoning.grounding import LOWERING_CHECKS, Evidence, LoweringCheck, lowering_grounds
-from inference_server.reasoning.grounding import check as check_grounding
+from inference_server.reasoning.grounding import LOWERING_CHECKS, Evidence, LoweringCheck, lowering_grounds, review
 from inference_server.reasoning.prompts import (
     PROMPT_VERSION,
     PROMPT_VERSIONS,
+    VISION_PROMPT_VERSION,
+    Answer,
     ChatMessage,
-    LlmAssessment,
+    VisionAssessment,
     build_messages,
     parse_reply,
 )
@@ -115,6 +123,7 @@ class LlmReasoner:
         max_adjust: int = 25,
         lowering_checks: Sequence[LoweringCheck] = LOWERING_CHECKS,
         clock: Callable[[], float] = time.monotonic,
+        vision: Literal["auto"] | bool = "auto",
     ) -> None:
         if prompt_version not in PROMPT_VERSIONS:
             raise ValueError(f"unknown prompt version {prompt_version!r}; known: {sorted(PROMPT_VERSIONS)}")
@@ -125,6 +134,7 @@ class LlmReasoner:
         self.prompt_version = prompt_version
         self.max_adjust = max_adjust
         self.lowering_checks = tuple(lowering_checks)
+        self.vision = vision
         self.breaker = CircuitBreaker(circuit_failures, circuit_reset_s, clock)
         self._slots = asyncio.Semaphore(max_concurrency)
         #: Fallbacks since start, by reason ("timeout", "unreachable", "invalid output", ...).
@@ -144,6 +154,7 @@ class LlmReasoner:
             circuit_reset_s=settings.circuit_reset_s,
             max_adjust=settings.max_adjust,
             clock=clock,
+            vision=settings.vision,
         )
 
     @property
@@ -153,6 +164,12 @@ class LlmReasoner:
 
     async def start(self) -> None:
         await self.backend.start()
+
+    async def sees(self) -> bool:
+        """Whether key frames go to the model: ``vision`` true, or ``auto`` and the backend says it can see."""
+        if self.vision == "auto":
+            return await self.backend.can_see()
+        return self.vision
 
     async def close(self) -> None:
         await self.backend.close()
@@ -177,11 +194,17 @@ class LlmReasoner:
         context: Mapping[str, Any] | None = None,
         zones: str | None = None,
         baseline: str | None = None,
+        images: Mapping[int, bytes] | None = None,
     ) -> Assessment:
         """The LLM's assessment of ``observation`` given the rules engine's ``rules``, or ``rules``
-        labelled as the fallback (see module doc). Never raises for an LLM failure."""
+        labelled as the fallback (see module doc). ``images``: key frames (image id: JPEG, best
+        first), sent when the model sees. Never raises for an LLM failure."""
         if self.breaker.blocks():
             return self._fallback(observation, rules, self._circuit_open())
+        frames = dict(images or {})
+        if frames and not await self.sees():
+            frames = {}
+        version = VISION_PROMPT_VERSION if frames else self.prompt_version
         messages = build_messages(
             observation,
             rules,
@@ -189,7 +212,8 @@ class LlmReasoner:
             context=context,
             zones=zones,
             baseline=baseline,
-            version=self.prompt_version,
+            version=version,
+            images=list(frames.values()),
         )
         async with self._slots:
             # Checked again: the circuit may have opened, or another caller claimed the
@@ -197,7 +221,9 @@ class LlmReasoner:
             if not self.breaker.allow():
                 return self._fallback(observation, rules, self._circuit_open())
             try:
-                result = await self._ask(observation, rules, messages, context=context, zones=zones)
+                result = await self._ask(
+                    observation, rules, messages, context=context, zones=zones, version=version, frames=tuple(frames)
+                )
             except _Fallback as failed:
                 if failed.reason == "rejected":
                     # The backend answered, in valid JSON: the model is weak, not down. The breaker
@@ -227,21 +253,25 @@ class LlmReasoner:
         *,
         context: Mapping[str, Any] | None,
         zones: str | None,
+        version: str,
+        frames: tuple[int, ...],
     ) -> Assessment:
         """One call, and one retry if the reply is not a valid answer or not a grounded one."""
         failed: _Fallback | None = None
-        evidence = Evidence.of(observation, objects=rules.objects or None, context=context, zones=zones)
-        grounds = lowering_grounds(observation, context, self.lowering_checks)
+        evidence = Evidence.of(
+            observation, objects=rules.objects or None, context=context, zones=zones, saw_picture=bool(frames)
+        )
+        checked = lowering_grounds(observation, context, self.lowering_checks)
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    reply = await self.backend.complete(messages, _answer_schema())
+                    reply = await self.backend.complete(messages, _answer_schema(version))
             except TimeoutError:
                 raise _Fallback("timeout", f"no reply within {self.timeout_s:g}s") from None
             except LlmError as err:
                 raise _Fallback(err.reason, err.brief, str(err)) from None
             try:
-                answer = parse_reply(reply.text)
+                answer = parse_reply(reply.text, version)
             except ValidationError as err:
                 failed = _Fallback("invalid output", f"{err.error_count()} schema errors, first: {_first_error(err)}")
                 log.warning(
@@ -253,12 +283,19 @@ class LlmReasoner:
                     reply.text[:200],
                 )
                 continue
-            result = self._from_answer(observation, rules, answer, reply, attempt, grounds)
+            grounds = checked
+            if grounds is None and isinstance(answer, VisionAssessment) and frames:
+                grounds = activity_grounds(answer, observation, rules, context)
+            result = self._from_answer(observation, rules, answer, reply, attempt, grounds, frames, version)
             texts = {"summary": answer.summary, "reasoning": answer.reasoning}
+            if isinstance(answer, VisionAssessment):
+                texts["description"] = answer.description
+                texts |= {f"threat indicator {i + 1}": t for i, t in enumerate(answer.threat_indicators)}
             texts |= {f"factor {f.name}": f"{f.name.replace('_', ' ')}: {f.detail}" for f in answer.factors}
-            problem = check_grounding(texts, evidence, result.risk_level)
+            verdict = review(texts, evidence, result.risk_level)
+            problem = verdict.problem
             if problem is None:
-                return result
+                return replace(result, model_observations=verdict.observations)
             failed = _Fallback("rejected", problem)
             log.warning(
                 "llm reply rejected camera_id=%s attempt=%d problem=%r reply=%r",
@@ -291,13 +328,17 @@ class LlmReasoner:
         self,
         observation: Observation,
         rules: Assessment,
-        answer: LlmAssessment,
+        answer: Answer,
         reply: LlmReply,
         attempts: int,
         grounds: str | None,
+        frames: tuple[int, ...],
+        version: str,
     ) -> Assessment:
         capped = next((f.detail for f in rules.factors if f.name == RULES_CAP and f.points < 0), None)
-        score, settled = settle_score(answer.risk_score, rules.risk_score, self.max_adjust, grounds, capped=capped)
+        seen = answer if isinstance(answer, VisionAssessment) and frames else None
+        suggested = raised_score(seen, rules) if seen is not None else answer.risk_score
+        score, settled = settle_score(suggested, rules.risk_score, self.max_adjust, grounds, capped=capped)
         level = self.thresholds.level(score)
         notes: list[str] = []
         said_level = self.thresholds.level(answer.risk_score)
@@ -305,6 +346,10 @@ class LlmReasoner:
             notes.append(
                 f"Level set by the server: the model said {answer.risk_level} for score {answer.risk_score},"
                 f" which the configured thresholds make {said_level}."
+            )
+        if seen is not None and suggested != answer.risk_score:
+            notes.append(
+                f"The model saw {seen.activity}, which asks for at least {suggested} (it said {answer.risk_score})."
             )
         if settled is not None:
             notes.append(f"{settled}.")
@@ -317,7 +362,10 @@ class LlmReasoner:
             *rules.factors,
             RiskFactor(name="llm_adjustment", points=score - sum(f.points for f in rules.factors), detail=moved),
         ]
-        if answer.risk_score < rules.risk_score:
+        if seen is not None:
+            effect = f"sets at least {suggested}" if suggested != answer.risk_score else "no minimum score of its own"
+            factors.append(RiskFactor(name="llm_activity", points=0, detail=f"{seen.activity} (seen): {effect}"))
+        if suggested < rules.risk_score:
             if grounds is None:
                 factors.append(RiskFactor(name=LOWERING_REFUSED, points=0, detail=settled or moved))
             else:
@@ -329,7 +377,7 @@ class LlmReasoner:
             " rules_score=%d level_corrected=%s attempts=%d seconds=%.2f completion_tokens=%s tokens_per_s=%s",
             observation.camera_id,
             self.backend.model,
-            self.prompt_version,
+            version,
             score,
             level,
             answer.risk_score,
@@ -345,6 +393,9 @@ class LlmReasoner:
         reasoning = answer.reasoning.strip().lstrip(",;:.- ")
         headline = summary.rstrip(".")
         description = reasoning if reasoning.startswith(headline) else f"{headline}. {reasoning}"
+        if seen is not None:
+            # A model that saw the frames describes them: that is its description.
+            description = seen.description.strip()
         return Assessment(
             risk_score=score,
             risk_level=level,
@@ -355,8 +406,12 @@ class LlmReasoner:
             analysis_source="llm",
             model=self.backend.model,
             objects=rules.objects,
-            prompt_version=self.prompt_version,
+            prompt_version=version,
             description=description,
+            activity=answer.activity if isinstance(answer, VisionAssessment) else None,
+            threat_indicators=tuple(answer.threat_indicators) if isinstance(answer, VisionAssessment) else (),
+            frames_sent=frames,
+            confidence=answer.confidence if isinstance(answer, VisionAssessment) else None,
         )
 
 

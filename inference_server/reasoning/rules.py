@@ -21,9 +21,9 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-from inference_server.domain import Assessment, Detection, Observation
+from inference_server.domain import Assessment, Detection, Identity, Observation
 from inference_server.reasoning.reasoner import LevelThresholds
-from inference_server.schemas import Category, RiskFactor, RiskLevel, Zone
+from inference_server.schemas import Category, HouseholdContext, RiskFactor, RiskLevel, Zone
 
 MODEL_NAME = "rules-v3"
 
@@ -60,6 +60,12 @@ WEIGHTS: dict[str, int] = {
     "feedback_correct": 3,
     "feedback_false_alarm": -5,
     "feedback_cap": 15,
+    # Known people (issue 18): an enrolled person recognised; more so when the context says they
+    # are home (or arriving: a person entity of theirs is home). An unfamiliar face raises, and
+    # only where the household enrolled someone (else everyone is "unfamiliar").
+    "known_person": -30,
+    "known_person_home": -45,
+    "unfamiliar_person": 20,
 }
 REFERENCE = 45
 #: A detection at least this confident is a signal of its own ("confident").
@@ -111,6 +117,7 @@ _REASONS: dict[str, str] = {
     "feedback": "similar events confirmed",
     "frames": "seen repeatedly",
     "dwell": "lingering",
+    "unfamiliar_person": "an unfamiliar face",
 }
 
 
@@ -163,6 +170,7 @@ class RulesReasoner:
             home_cap = self._context_factors(ctx, obs, clock, has_person="person" in best, only_low=only_low)
             self._place_factors(ctx, top_zones)
             self._history_factors(ctx, obs, best)
+            home_cap = _identity_factors(ctx, obs, home_cap=home_cap)
             factors += ctx.factors
             signals = self._signals(obs, top, factors)
 
@@ -229,7 +237,8 @@ class RulesReasoner:
             weights += WEIGHTS["nobody_home"]
         weights += sum(WEIGHTS[name] for name in _BATCH_ONLY)
         best = evidence * max(0.0, 1 + weights / REFERENCE) + (len(glance.factors) + len(_BATCH_ONLY) + 3) / 2
-        ceiling = self.thresholds.score_of("high") - 1 if "people_home" in got else 100
+        capped_home = "people_home" in got and "unfamiliar_person" not in got
+        ceiling = self.thresholds.score_of("high") - 1 if capped_home else 100
         return max(0, min(ceiling, math.ceil(best)) - glance.risk_score)
 
     # --- evidence --------------------------------------------------------------------------------
@@ -446,7 +455,10 @@ class RulesReasoner:
         the sighting itself that gave the most points, and the cap that held the level down."""
         if not objects:
             return f"nothing of note at {obs.camera_name} at {clock}"
-        parts = [f"{n} {_plural(label, n)}" for label, n in sorted(objects.items(), key=lambda kv: -kv[1])]
+        parts = [
+            _people_phrase(obs, n) if label == "person" else f"{n} {_plural(label, n)}"
+            for label, n in sorted(objects.items(), key=lambda kv: -kv[1])
+        ]
         summary = f"{' and '.join(parts)} at {obs.camera_name} at {clock}"
         if night:
             summary += " (night)"
@@ -461,6 +473,61 @@ class RulesReasoner:
         if capped:
             summary += f" ({capped})"
         return summary
+
+
+def _identity_factors(ctx: _Context, obs: Observation, *, home_cap: bool) -> bool:
+    """``known_person`` / ``unfamiliar_person`` from the person detections' identities; returns
+    the household-at-home cap, which an unfamiliar face lifts (it is not one of them)."""
+    seen = [i for d, i in zip(obs.detections, obs.identities, strict=False) if i is not None and d.category == "person"]
+    if not seen:
+        return home_cap
+    known: dict[int, Identity] = {}
+    for identity in seen:
+        if identity.person_id is not None and (
+            identity.person_id not in known or (identity.similarity or 0) > (known[identity.person_id].similarity or 0)
+        ):
+            known[identity.person_id] = identity
+    names = ", ".join(
+        f"{i.name or f'person {i.person_id}'} ({i.source} {i.similarity or 0:.2f})" for i in known.values()
+    )
+    if obs.enrolled_people > 0 and any(not i.known and i.source == "face" for i in seen):
+        ctx.add("unfamiliar_person", f"an unfamiliar face: none of the {obs.enrolled_people} enrolled people")
+        if known:
+            ctx.add("known_person", f"{names} recognised, but with an unfamiliar person: not counted", 0)
+        return False
+    if known:
+        home = [i for i in known.values() if _is_home(i, obs.context)]
+        if home and len(home) == len(known):
+            ctx.add("known_person", f"recognised: {names}, at home", WEIGHTS["known_person_home"])
+        else:
+            ctx.add("known_person", f"recognised: {names}")
+    return home_cap
+
+
+def _people_phrase(obs: Observation, n: int) -> str:
+    """ "Anna", "Anna and an unfamiliar person", "an unfamiliar person", or "2 people" when no one
+    was recognised (``n``: most people seen together)."""
+    seen = [i for d, i in zip(obs.detections, obs.identities, strict=False) if i is not None and d.category == "person"]
+    names = list(dict.fromkeys(i.name or f"person {i.person_id}" for i in seen if i.known))
+    strangers = 0
+    if obs.enrolled_people > 0:
+        strangers = len({i.visitor for i in seen if not i.known and i.source == "face"})
+    if not names and not strangers:
+        return f"{n} {_plural('person', n)}"
+    parts = list(names)
+    if strangers:
+        parts.append("an unfamiliar person" if strangers == 1 else f"{strangers} unfamiliar people")
+    others = n - len(names) - strangers
+    if others > 0:
+        parts.append(f"{others} other {_plural('person', others)}")
+    return " and ".join(parts)
+
+
+def _is_home(identity: Identity, context: HouseholdContext | None) -> bool:
+    if context is None or not context.people_home:
+        return False
+    home = {p.casefold() for p in context.people_home}
+    return (identity.name or "").casefold() in home or (identity.entity_id or "").casefold() in home
 
 
 def _reason(factor: RiskFactor, obs: Observation) -> str:

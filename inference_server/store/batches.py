@@ -100,6 +100,21 @@ async def close(conn: asyncpg.Connection, batch_id: uuid.UUID, now: datetime) ->
     await conn.execute("UPDATE batches SET closed_at = $2 WHERE id = $1", batch_id, now)
 
 
+# The batch holds a frame of a video clip whose other frames still wait for the detector: the
+# clip is one activity, so idleness does not close the batch before they are all in.
+_AWAITS_CLIP_FRAMES = (
+    "EXISTS (SELECT 1 FROM batch_images bi JOIN images i ON i.id = bi.image_id"
+    " JOIN images f ON f.clip_id = i.clip_id JOIN jobs j ON j.image_id = f.id"
+    " WHERE bi.batch_id = batches.id AND i.clip_id IS NOT NULL AND j.state IN ('queued', 'running'))"
+)
+
+
+async def awaits_clip_frames(conn: asyncpg.Connection, batch_id: uuid.UUID) -> bool:
+    """Whether frames of a clip the batch holds still wait for the detector (migration 0008)."""
+    value: bool = await conn.fetchval(f"SELECT {_AWAITS_CLIP_FRAMES} FROM batches WHERE id = $1", batch_id)
+    return bool(value)
+
+
 async def lock_due(
     conn: asyncpg.Connection,
     now: datetime,
@@ -114,7 +129,7 @@ async def lock_due(
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM batches"
         " WHERE closed_at IS NULL AND (opened_at <= $1::timestamptz - make_interval(secs => $2)"
-        "   OR last_activity_at <= $1::timestamptz - make_interval(secs => $3)"
+        "   OR (last_activity_at <= $1::timestamptz - make_interval(secs => $3) AND NOT " + _AWAITS_CLIP_FRAMES + ")"
         "   OR ($5::float8 IS NOT NULL"
         "       AND coalesce(chain_started_at, opened_at) <= $1::timestamptz - make_interval(secs => $5)))"
         " ORDER BY opened_at LIMIT $4 FOR UPDATE SKIP LOCKED",
@@ -135,13 +150,14 @@ class BatchDetection:
     bbox: tuple[float, float, float, float]
     zones: tuple[str, ...]
     captured_at: datetime
+    detection_id: int = 0
 
 
 async def detections(conn: asyncpg.Connection, batch_id: uuid.UUID) -> list[BatchDetection]:
     """The detections of the batch's activity: its own and, once it has an event, those of every
     batch of that event (a continuing activity is judged as one), oldest capture first."""
     rows = await conn.fetch(
-        "SELECT d.image_id, d.label, d.confidence, d.x1, d.y1, d.x2, d.y2, d.zone, i.captured_at"
+        "SELECT d.id, d.image_id, d.label, d.confidence, d.x1, d.y1, d.x2, d.y2, d.zone, i.captured_at"
         " FROM batch_images bi JOIN detections d ON d.image_id = bi.image_id JOIN images i ON i.id = bi.image_id"
         " WHERE bi.batch_id = $1 OR bi.batch_id IN (SELECT o.id FROM batches b JOIN batches o"
         "   ON o.event_id = b.event_id WHERE b.id = $1)"
@@ -156,6 +172,7 @@ async def detections(conn: asyncpg.Connection, batch_id: uuid.UUID) -> list[Batc
             (r["x1"], r["y1"], r["x2"], r["y2"]),
             tuple(z for z in (r["zone"] or "").split(",") if z),
             r["captured_at"],
+            r["id"],
         )
         for r in rows
     ]

@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
 
 from inference_server.domain import Assessment
-from inference_server.schemas import Event, EventPatch, HouseholdContext, RiskLevel
+from inference_server.schemas import (
+    CameraCount,
+    Event,
+    EventPatch,
+    EventSummary,
+    HourCount,
+    HouseholdContext,
+    LevelCounts,
+    RiskLevel,
+)
 
 
 class BadCursor(ValueError):
-    """The pagination cursor was not made by this server."""
+    """The pagination cursor was not made by this server (or for another sort order)."""
+
+
+class EmptySearch(ValueError):
+    """The search text has no word to look for (only stop words or punctuation)."""
+
+
+#: Text search configuration of ``events.search_doc`` (migration 0007): English stemming, so
+#: "walking" finds "walks"; stop words ("the", "at") are not indexed.
+SEARCH_CONFIG = "english"
+SortOrder = Literal["time", "relevance"]
+LEVELS: tuple[RiskLevel, ...] = ("low", "medium", "high", "critical")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +48,10 @@ class EventFilter:
     min_risk: int | None = None
     level: RiskLevel | None = None
     reviewed: bool | None = None
+    #: This level or higher.
+    min_level: RiskLevel | None = None
+    #: Words to find (web search syntax: ``"exact phrase"``, ``or``, ``-excluded``).
+    text: str | None = None
 
 
 def _assessment_json(a: Assessment) -> dict[str, Any]:
@@ -40,6 +65,11 @@ def _assessment_json(a: Assessment) -> dict[str, Any]:
         "model": a.model,
         "prompt_version": a.prompt_version,
         "description": a.description,
+        "activity": a.activity,
+        "threat_indicators": list(a.threat_indicators),
+        "model_observations": list(a.model_observations),
+        "frames_sent": list(a.frames_sent),
+        "confidence": a.confidence,
     }
 
 
@@ -153,7 +183,7 @@ async def finish_llm(
         await conn.execute(
             "UPDATE events SET llm_state = 'done', llm_result = $2, risk_score = $3, risk_level = $4, summary = $5,"
             " reasoning = $6, risk_factors = $7, analysis_source = 'llm', model = $8, prompt_version = $9,"
-            " updated_at = now() WHERE id = $1",
+            " llm_frames = $10, activity = $11, updated_at = now() WHERE id = $1",
             event_id,
             _assessment_json(result),
             result.risk_score,
@@ -163,6 +193,8 @@ async def finish_llm(
             [f.model_dump() for f in result.factors],
             result.model,
             result.prompt_version,
+            list(result.frames_sent),
+            result.activity,
         )
     else:
         await conn.execute(
@@ -177,13 +209,28 @@ async def finish_llm(
 _SELECT = (
     "SELECT e.*, c.name AS camera_name,"
     " COALESCE((SELECT jsonb_agg(jsonb_build_object('label', d.label, 'category', d.category,"
-    "   'confidence', d.confidence, 'bbox', jsonb_build_array(d.x1, d.y1, d.x2, d.y2), 'zone', d.zone)"
+    "   'confidence', d.confidence, 'bbox', jsonb_build_array(d.x1, d.y1, d.x2, d.y2), 'zone', d.zone,"
+    # Who a person was recognised as (migration 0006): names and scores, never the embeddings.
+    "   'identity', (SELECT jsonb_build_object('person', p.name, 'person_id', di.person_id, 'similarity',"
+    "     di.similarity, 'source', di.source, 'visitor', di.visitor) FROM detection_identities di"
+    "     LEFT JOIN people p ON p.id = di.person_id WHERE di.detection_id = d.id))"
     "   ORDER BY d.confidence DESC, d.id) FROM detections d WHERE d.image_id = e.image_id), '[]'::jsonb)"
     "   AS detections,"
     # The LLM phase's words and failure live in llm_result (the model's text only while its
     # judgement is the event's).
     " CASE WHEN e.llm_state = 'done' THEN e.llm_result->>'description' END AS description,"
-    " CASE WHEN e.llm_state = 'failed' THEN e.llm_result->>'error' END AS llm_error"
+    " CASE WHEN e.llm_state = 'failed' THEN e.llm_result->>'error' END AS llm_error,"
+    # A vision model's reading (migration 0005); its observations are labelled as its own.
+    " CASE WHEN e.llm_state = 'done' THEN e.activity END AS activity, e.llm_frames AS frames_sent,"
+    " CASE WHEN e.llm_state = 'done' THEN COALESCE(e.llm_result->'threat_indicators', '[]') ELSE '[]' END"
+    "   AS threat_indicators,"
+    " CASE WHEN e.llm_state = 'done' THEN COALESCE(e.llm_result->'model_observations', '[]') ELSE '[]' END"
+    "   AS model_observations,"
+    " CASE WHEN e.llm_state = 'done' THEN (e.llm_result->>'confidence')::real END AS llm_confidence,"
+    # The clip the event was seen in (store/clips.py, migration 0008), fetched through the API.
+    " CASE WHEN EXISTS (SELECT 1 FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
+    "   JOIN images i ON i.id = bi.image_id WHERE b.event_id = e.id AND i.clip_id IS NOT NULL)"
+    "   THEN '/api/v1/events/' || e.id || '/clip' END AS clip_url"
     " FROM events e JOIN cameras c ON c.id = e.camera_id"
 )
 
@@ -198,24 +245,73 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, event_id: UUID) -> Event 
     return _to_event(row) if row is not None else None
 
 
-def encode_cursor(started_at: datetime, event_id: UUID) -> str:
-    raw = f"{started_at.isoformat()}|{event_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def encode_cursor(started_at: datetime, event_id: UUID, rank: float | None = None) -> str:
+    """A time-order cursor (``time|id``) or, with ``rank``, a relevance-order one (``r:rank|time|id``)."""
+    raw = f"{started_at.isoformat()}|{event_id}"
+    if rank is not None:
+        raw = f"r:{rank!r}|{raw}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The time and id of a time-order cursor."""
+    rank, when, eid = _decode(cursor)
+    if rank is not None:
+        raise BadCursor("this cursor belongs to a search sorted by relevance")
+    return when, eid
+
+
+def decode_rank_cursor(cursor: str) -> tuple[float, datetime, UUID]:
+    """The rank, time and id of a relevance-order cursor."""
+    rank, when, eid = _decode(cursor)
+    if rank is None:
+        raise BadCursor("this cursor belongs to a list sorted by time")
+    return rank, when, eid
+
+
+def _decode(cursor: str) -> tuple[float | None, datetime, UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        rank: float | None = None
+        if raw.startswith("r:"):
+            rank_text, raw = raw[2:].split("|", 1)
+            rank = float(rank_text)
+            if not math.isfinite(rank):
+                raise ValueError("rank is not finite")
         when, eid = raw.split("|", 1)
-        return datetime.fromisoformat(when), UUID(eid)
+        return rank, datetime.fromisoformat(when), UUID(eid)
     except (binascii.Error, UnicodeDecodeError, ValueError) as err:
         raise BadCursor(f"invalid cursor: {cursor!r}") from err
 
 
+def cursor_time(cursor: str) -> datetime:
+    """The event time a cursor of either order holds (the API checks its range)."""
+    return _decode(cursor)[1]
+
+
+async def has_search_words(conn: asyncpg.Connection | asyncpg.Pool, text: str) -> bool:
+    """Whether ``text`` leaves any word to search for once stop words and punctuation are gone."""
+    nodes: int = await conn.fetchval(f"SELECT numnode(websearch_to_tsquery('{SEARCH_CONFIG}', $1))", text)
+    return nodes > 0
+
+
 async def list_page(
-    conn: asyncpg.Connection | asyncpg.Pool, flt: EventFilter, limit: int, cursor: str | None
+    conn: asyncpg.Connection | asyncpg.Pool,
+    flt: EventFilter,
+    limit: int,
+    cursor: str | None,
+    sort: SortOrder = "time",
 ) -> tuple[list[Event], str | None]:
-    """Newest first; a stable order (started_at, id) so pages never repeat or skip rows."""
+    """One page of events matching ``flt``, in a stable order so pages never repeat or skip rows.
+
+    ``time``: newest first, ``(started_at, id)``. ``relevance`` (needs ``flt.text``): best match
+    first by ``ts_rank`` of the search document, then newest first, ``(rank, started_at, id)``;
+    its cursor carries the rank of the page's last row (ranks do not change while paging: they
+    depend only on the event's own words and the query). Raises ``EmptySearch`` when the text
+    has no word to search for, ``BadCursor`` for a cursor of the other order.
+    """
+    if sort == "relevance" and flt.text is None:
+        raise ValueError("relevance order needs a search text")
     where: list[str] = []
     args: list[Any] = []
 
@@ -232,16 +328,49 @@ async def list_page(
         ("e.reviewed =", flt.reviewed),
     ]
     where += [f"{condition} {arg(value)}" for condition, value in conditions if value is not None]
-    if cursor is not None:
-        after_time, after_id = decode_cursor(cursor)
-        where.append(f"(e.started_at, e.id) < ({arg(after_time)}, {arg(after_id)})")
-    sql = _SELECT
+    if flt.min_level is not None:
+        where.append(f"e.risk_level = ANY({arg(list(LEVELS[LEVELS.index(flt.min_level) :]))}::text[])")
+    rank = "NULL::real"
+    if flt.text is not None:
+        if not await has_search_words(conn, flt.text):
+            raise EmptySearch("the search text has no word to look for (only stop words or punctuation)")
+        query = f"websearch_to_tsquery('{SEARCH_CONFIG}', {arg(flt.text)})"
+        where.append(f"e.search_doc @@ {query}")
+        rank = f"ts_rank(e.search_doc, {query})"
+    if sort == "relevance":
+        if cursor is not None:
+            after_rank, after_time, after_id = decode_rank_cursor(cursor)
+            # Descending on all three: the next row has a lower rank, or the same rank and is older.
+            where.append(
+                f"({rank}, e.started_at, e.id) < ({arg(after_rank)}::real, {arg(after_time)}, {arg(after_id)})"
+            )
+        order = f"{rank} DESC, e.started_at DESC, e.id DESC"
+    else:
+        if cursor is not None:
+            after_time, after_id = decode_cursor(cursor)
+            where.append(f"(e.started_at, e.id) < ({arg(after_time)}, {arg(after_id)})")
+        order = "e.started_at DESC, e.id DESC"
+    # The page is chosen on the narrow columns first (ranking and sorting thousands of matches
+    # must not carry their whole rows), then its rows are read whole.
+    page_sql = f"SELECT e.id, e.started_at, {rank} AS search_rank FROM events e"
     if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY e.started_at DESC, e.id DESC LIMIT {arg(limit + 1)}"
+        page_sql += " WHERE " + " AND ".join(where)
+    page_sql += f" ORDER BY {order} LIMIT {arg(limit + 1)}"
+    outer = (
+        "p.search_rank DESC, p.started_at DESC, p.id DESC" if sort == "relevance" else "p.started_at DESC, p.id DESC"
+    )
+    sql = f"WITH p AS MATERIALIZED ({page_sql}) " + _SELECT.replace(
+        " FROM events e", ", p.search_rank FROM p JOIN events e ON e.id = p.id", 1
+    )
+    sql += f" ORDER BY {outer}"
     rows = await conn.fetch(sql, *args)
     page = [_to_event(r) for r in rows[:limit]]
-    next_cursor = encode_cursor(page[-1].started_at, page[-1].id) if len(rows) > limit else None
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(
+            last["started_at"], last["id"], last["search_rank"] if sort == "relevance" else None
+        )
     return page, next_cursor
 
 
@@ -294,3 +423,50 @@ async def id_for_image_name(conn: asyncpg.Connection | asyncpg.Pool, original_na
         "SELECT e.id FROM events e JOIN images i ON i.id = e.image_id WHERE i.original_name = $1", original_name
     )
     return value
+
+
+async def summarize(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    since: datetime,
+    until: datetime,
+    camera_id: str | None,
+    timezone: str,
+    top: int = 5,
+) -> EventSummary:
+    """Counts of the events that started in ``[since, until)`` (one camera or all) by level, by
+    camera and by hour (hours that had events, starting at the hour of ``timezone``), and the
+    ``top`` most important: highest risk first, then the newest."""
+    camera_filter = "" if camera_id is None else " AND e.camera_id = $3"
+    args: list[Any] = [since, until] + ([camera_id] if camera_id is not None else [])
+    scope = f"e.started_at >= $1 AND e.started_at < $2{camera_filter}"
+    levels = await conn.fetch(f"SELECT e.risk_level, count(*) AS n FROM events e WHERE {scope} GROUP BY 1", *args)
+    by_camera = await conn.fetch(
+        "SELECT e.camera_id, c.name AS camera_name, count(*) AS n,"
+        " count(*) FILTER (WHERE e.risk_level IN ('high', 'critical')) AS high_or_critical"
+        f" FROM events e JOIN cameras c ON c.id = e.camera_id WHERE {scope}"
+        " GROUP BY 1, 2 ORDER BY n DESC, e.camera_id",
+        *args,
+    )
+    tz_arg = f"${len(args) + 1}"
+    by_hour = await conn.fetch(
+        f"SELECT date_trunc('hour', e.started_at, {tz_arg}) AS hour, count(*) AS n,"
+        " max(e.risk_score) AS max_risk"
+        f" FROM events e WHERE {scope} GROUP BY 1 ORDER BY 1",
+        *args,
+        timezone,
+    )
+    top_rows = await conn.fetch(
+        _SELECT + f" WHERE {scope} ORDER BY e.risk_score DESC, e.started_at DESC, e.id DESC LIMIT {int(top)}", *args
+    )
+    counts = {level: 0 for level in ("low", "medium", "high", "critical")}
+    counts.update({r["risk_level"]: r["n"] for r in levels})
+    return EventSummary(
+        since=since,
+        until=until,
+        camera=camera_id,
+        total=sum(counts.values()),
+        by_level=LevelCounts(**counts),
+        by_camera=[CameraCount(**dict(r)) for r in by_camera],
+        by_hour=[HourCount(**dict(r)) for r in by_hour],
+        top=[_to_event(r) for r in top_rows],
+    )

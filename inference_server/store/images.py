@@ -22,14 +22,17 @@ class NewImage:
     size_bytes: int
     captured_at: datetime
     captured_at_source: str
+    #: A frame sampled from a video clip: the clip (``store/clips.py``) and its time in it.
+    clip_id: int | None = None
+    clip_offset_s: float | None = None
 
 
 async def insert(conn: asyncpg.Connection, image: NewImage) -> int | None:
     """Insert the image; return its id, or None when the camera already has these bytes."""
     image_id: int | None = await conn.fetchval(
         "INSERT INTO images (camera_id, sha256, path, source, original_name, media_type, width, height,"
-        " size_bytes, captured_at, captured_at_source)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " size_bytes, captured_at, captured_at_source, clip_id, clip_offset_s)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         " ON CONFLICT (camera_id, sha256) DO NOTHING RETURNING id",
         image.camera_id,
         image.sha256,
@@ -42,6 +45,8 @@ async def insert(conn: asyncpg.Connection, image: NewImage) -> int | None:
         image.size_bytes,
         image.captured_at,
         image.captured_at_source,
+        image.clip_id,
+        image.clip_offset_s,
     )
     return image_id
 
@@ -79,3 +84,9 @@ async def overview(conn: asyncpg.Connection | asyncpg.Pool) -> list[ImageOvervie
         )
         for r in rows
     ]
+
+
+async def paths(conn: asyncpg.Connection | asyncpg.Pool, image_ids: list[int]) -> dict[int, str]:
+    """Stored file of each of ``image_ids`` that still exists in the table (retention may have removed some)."""
+    rows = await conn.fetch("SELECT id, path FROM images WHERE id = ANY($1::bigint[])", image_ids)
+    return {r["id"]: r["path"] for r in rows}

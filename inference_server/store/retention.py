@@ -2,7 +2,8 @@
 
 The rules, and why each is what it is, are in ``docs/retention.md``. In short: events go
 after ``event_retention_days``; images (with their jobs and detections), event snapshots
-and quarantine entries after ``retention_days``, except what an unreviewed high or
+and quarantine entries after ``retention_days`` (a video clip with the last of its frames),
+except what an unreviewed high or
 critical event still needs; sent outbox rows after a day; household contexts replaced before
 the older of the two cutoffs (the one in force then stays: images are judged with the context
 of their capture time).
@@ -11,7 +12,7 @@ Rows are deleted in bounded batches, each its own short transaction, and the fil
 rows named are removed after the commit, in a thread. A file is only ever removed from
 the folder its kind lives in under the data directory, whatever a row says.
 
-Camera folders under ``images/``, ``snapshots/`` and ``quarantine/`` whose camera no longer
+Camera folders under ``images/``, ``snapshots/``, ``quarantine/`` and ``clips/`` whose camera no longer
 exists (a crash between a camera's delete and the removal of its files) are swept: their
 files that no row names go once unchanged for ``ORPHAN_GRACE_S``, then their empty folders.
 Deleting a camera removes its files at once with :func:`remove_camera_files`.
@@ -69,6 +70,8 @@ class RetentionReport:
     jobs: int = 0
     detections: int = 0
     snapshots: int = 0
+    #: Video clips whose sampled frames (images) are all gone.
+    clips: int = 0
     outbox: int = 0
     quarantine: int = 0
     #: Household contexts replaced before the retention cutoffs.
@@ -121,6 +124,14 @@ _DELETE_DETECTIONS_OF = "DELETE FROM detections WHERE image_id = ANY($1::bigint[
 _DELETE_JOBS_OF = "DELETE FROM jobs WHERE image_id = ANY($1::bigint[])"
 _DELETE_IMAGES = "DELETE FROM images WHERE id = ANY($1::bigint[])"
 
+# A clip goes with the last of its frames: one kept by a protecting event keeps its clip.
+_DELETE_EXPIRED_CLIPS = (
+    "DELETE FROM clips WHERE id IN ("
+    " SELECT c.id FROM clips c WHERE c.received_at < $1"
+    " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.clip_id = c.id) LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    " RETURNING path"
+)
+
 _DELETE_SENT_OUTBOX = (
     "DELETE FROM outbox WHERE id IN ("
     " SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
@@ -138,6 +149,7 @@ _NAMED_PATHS = (
     "SELECT path AS p FROM images WHERE path = ANY($1::text[])"
     " UNION SELECT snapshot_path FROM events WHERE snapshot_path = ANY($1::text[])"
     " UNION SELECT stored_path FROM quarantine WHERE stored_path = ANY($1::text[])"
+    " UNION SELECT path FROM clips WHERE path = ANY($1::text[])"
 )
 
 
@@ -203,6 +215,13 @@ async def run_retention(
             break
 
     while not stopping():
+        rows = await pool.fetch(_DELETE_EXPIRED_CLIPS, data_cutoff, batch_size)
+        report.clips += len(rows)
+        report.freed_bytes += await files.remove("clip", [r["path"] for r in rows])
+        if len(rows) < batch_size:
+            break
+
+    while not stopping():
         deleted = _affected(await pool.execute(_DELETE_SENT_OUTBOX, outbox_cutoff, batch_size))
         report.outbox += deleted
         if deleted < batch_size:
@@ -244,6 +263,7 @@ def _kind_roots(settings: Settings) -> dict[str, Path]:
         "image": settings.images_path,
         "snapshot": settings.snapshots_path,
         "quarantine": settings.quarantine_path,
+        "clip": settings.clips_path,
     }
 
 
@@ -399,6 +419,7 @@ class _FileRemover:
         self._roots: dict[str, tuple[Path, ...]] = {
             "image": (settings.images_path,),
             "snapshot": (settings.snapshots_path,),
+            "clip": (settings.clips_path,),
             # Quarantined files are moved to quarantine/, or left in images/ (corrupt images).
             "quarantine": (settings.quarantine_path, settings.images_path),
         }

@@ -28,6 +28,12 @@ QUARANTINED = Counter("hsi_quarantined_total", "Inputs refused, by reason", ["re
 EVENTS = Counter("hsi_events_total", "Events created", ["risk_level", "analysis_source"], registry=REGISTRY)
 JOBS_FAILED = Counter("hsi_job_failures_total", "Failed job attempts", ["outcome"], registry=REGISTRY)
 PUBLISHED = Counter("hsi_mqtt_published_total", "Outbox messages acknowledged by the broker", registry=REGISTRY)
+EMBEDDINGS = Counter(
+    "hsi_person_embeddings_total",
+    "Person detections embedded (result: done) or not (busy: skipped under load; per_image_limit; failed)",
+    ["result"],
+    registry=REGISTRY,
+)
 SNAPSHOTS_SKIPPED = Counter(
     "hsi_snapshots_not_published_total",
     "Camera snapshots kept off MQTT by snapshot_publish_interval_s (still written to disk)",

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from inference_server import __version__
+from inference_server.api.app import build_app  # noqa: F401  (registers every route)
 from inference_server.api.openapi import openapi
 from inference_server.config import FtpUser, LlmSettings, Settings
 
@@ -24,6 +25,8 @@ ADDON = ROOT / "addon"
 BIN = Path(sys.executable).parent
 S6 = ADDON / "rootfs" / "etc" / "s6-overlay" / "s6-rc.d"
 PG_BIN = ADDON / "rootfs" / "usr" / "local" / "bin" / "hsi-pg-bin"
+#: The add-on's steps: each s6 service runs one (``exec hsi-addon <step>``).
+ENTRY = ADDON / "rootfs" / "usr" / "local" / "bin" / "hsi-addon"
 
 
 def _config() -> dict[str, Any]:
@@ -45,8 +48,8 @@ def test_config_names_the_addon_consistently_with_the_package() -> None:
     assert config["discovery"] == ["home_security_intelligence"]
     assert config["init"] is False and config["hassio_api"] is True and config["ingress"] is True
     assert config["ingress_port"] == Settings.model_fields["api_port"].default
-    # "Open Web UI" lands on a page the server really serves without a key: its OpenAPI document.
-    assert "/" + config["ingress_entry"] in openapi()["paths"]
+    # "Open Web UI" lands on the server's own page (status, events, links: api/ui.py).
+    assert config["ingress_entry"] == "api/v1/ui" and "/" + config["ingress_entry"] in openapi()["paths"]
     assert set(config["arch"]) >= {"amd64", "aarch64"}
     repository = yaml.safe_load((ROOT / "repository.yaml").read_text(encoding="utf-8"))
     assert {"name", "url", "maintainer"} <= set(repository)
@@ -79,7 +82,9 @@ def test_every_option_is_a_server_setting_documented_and_translated() -> None:
     mapped_folders = {m["type"] for m in config["map"]}
     paths = [v for v in config["options"].values() if isinstance(v, str) and v.startswith("/")]
     for path in [*paths, "/ssl/fullchain.pem"]:
-        assert path.split("/")[1] in mapped_folders, f"{path} is outside the add-on's mapped folders"
+        # The detector model ships in the image (/opt/hsi/models, built by addon/Dockerfile).
+        in_image = path.startswith("/opt/hsi/models/")
+        assert in_image or path.split("/")[1] in mapped_folders, f"{path} is outside the add-on's mapped folders"
     assert "/ssl/fullchain.pem" in docs
     # The FTP passive range and the mapped ports agree.
     low, high = (int(p) for p in config["options"]["ftp_passive_ports"].split("-"))
@@ -142,7 +147,8 @@ def _shell_scripts() -> list[Path]:
     assert {p.parent.name for p in scripts} == {"init-hsi", "postgres", "init-database", "hsi", "discovery"}
     scripts += sorted(S6.glob("*/finish"))
     scripts += [ROOT / ".ci" / "run", *sorted((ROOT / "scripts").iterdir())]
-    scripts += [ROOT / "bench" / "gpu-prepare", ROOT / "bench" / "gpu-run", PG_BIN]
+    scripts += [ROOT / "bench" / "gpu-prepare", ROOT / "bench" / "gpu-run", PG_BIN, ENTRY]
+    scripts += [ROOT / "tests" / "deploy" / "standin" / "init"]
     return [p for p in scripts if p.is_file() and p.read_text(encoding="utf-8").startswith("#!")]
 
 
@@ -188,17 +194,57 @@ def test_every_longrun_has_a_finish_script_and_the_server_halts_the_addon_on_a_c
     assert "-ne 256" in server and "exec /run/s6/basedir/bin/halt" in server
 
 
+def _step(run_script: Path) -> str:
+    """The hsi-addon step an s6 run script hands over to (its last line: ``exec hsi-addon <step>``)."""
+    last = run_script.read_text(encoding="utf-8").strip().splitlines()[-1]
+    match = re.fullmatch(r"exec hsi-addon ([a-z-]+)", last)
+    assert match, f"{run_script} does not end in 'exec hsi-addon <step>': {last!r}"
+    return match.group(1)
+
+
+def _entry_function(step: str) -> str:
+    """The body of hsi-addon's function for ``step``."""
+    text = ENTRY.read_text(encoding="utf-8")
+    name = "step_" + step.replace("-", "_")
+    match = re.search(rf"^{name}\(\) {{\n(.*?)^}}\n", text, re.S | re.M)
+    assert match, f"hsi-addon has no {name}"
+    return match.group(1)
+
+
+def test_s6_run_scripts_are_thin_and_each_step_exists_in_the_entry_point() -> None:
+    """The s6 services only hand over to hsi-addon, the entry point the stand-in image test runs
+    without s6-overlay (docs/decisions.md): what the test runs is what the add-on runs."""
+    steps = {service: _step(S6 / service / "run") for service in _s6_services()}
+    assert steps == {
+        "init-hsi": "init",
+        "postgres": "postgres",
+        "init-database": "init-database",
+        "hsi": "serve",
+        "discovery": "discovery",
+    }
+    for step in steps.values():
+        assert _entry_function(step).strip()
+        assert f"    {step}) step_{step.replace('-', '_')} ;;" in ENTRY.read_text(encoding="utf-8")
+    standin = (ROOT / "tests" / "deploy" / "standin" / "init").read_text(encoding="utf-8")
+    for step in steps.values():
+        assert f"hsi-addon {step}" in standin, f"the stand-in test does not run {step}"
+
+
 def test_the_database_is_set_up_by_a_oneshot_before_the_server_starts() -> None:
     assert _s6_services()["init-database"] == "oneshot"
     up = (S6 / "init-database" / "up").read_text(encoding="utf-8").strip()
     script = ADDON / "rootfs" / up.removeprefix("/")
     assert up.startswith("/etc/s6-overlay/s6-rc.d/") and script.is_file() and script.stat().st_mode & 0o111
-    text = script.read_text(encoding="utf-8")
+    assert _step(script) == "init-database"
+    text = _entry_function("init-database")
     assert "createdb" in text and "inference_server migrate" in text
     assert _s6_dependencies("init-database") == {"postgres"}
     assert "init-database" in _s6_dependencies("hsi")
     # The cluster exists before PostgreSQL starts.
-    assert "initdb" in (S6 / "init-hsi" / "run").read_text(encoding="utf-8")
+    assert _step(S6 / "init-hsi" / "run") == "init" and "initdb" in _entry_function("init")
+    # UTF-8 whatever the base image's locale: a SQL_ASCII cluster refuses non-ASCII text (the image
+    # test found it on a minimal base, where every event failed to close).
+    assert "--encoding=UTF8" in _entry_function("init")
     assert "init-hsi" in _s6_dependencies("postgres")
 
 

@@ -4,12 +4,14 @@ The integration never imports the server: it only talks to this process over HTT
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.net import free_port
 
@@ -68,6 +70,50 @@ class RealServer:
             timeout=120,
         )
 
+    def add_events(self, events: list[dict[str, Any]]) -> list[str]:
+        """Events written into the server's database as its pipeline writes them (store.events.insert,
+        cameras created as needed): each dict has camera_id, camera_name, started_at (ISO), score,
+        level, summary and objects. Their ids, in order."""
+        log = (self.data_dir / "server.log").read_text(errors="replace")
+        dsn = log.split("embedded postgres ready", 1)[1].split("uri=", 1)[1].split()[0]
+        script = (
+            "import asyncio, json, sys, uuid\n"
+            "from datetime import datetime\n"
+            "from inference_server.domain import Assessment\n"
+            "from inference_server.store import events\n"
+            "from inference_server.store.db import create_pool\n"
+            "async def main():\n"
+            "    pool = await create_pool(sys.argv[1], 2)\n"
+            "    ids = []\n"
+            "    try:\n"
+            "        for e in json.load(sys.stdin):\n"
+            "            await pool.execute('INSERT INTO cameras (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING',"
+            " e['camera_id'], e['camera_name'])\n"
+            "            a = Assessment(e['score'], e['level'], e['summary'], 'why', [], 'rules', 'rules-v2',"
+            " e['objects'])\n"
+            "            event_id = uuid.uuid4()\n"
+            "            async with pool.acquire() as conn:\n"
+            "                await events.insert(conn, event_id=event_id, camera_id=e['camera_id'], image_id=None,"
+            " batch_id=None, started_at=datetime.fromisoformat(e['started_at']), assessment=a, is_fast_path=False,"
+            " snapshot_path=None, context=None, llm_pending=False)\n"
+            "            ids.append(str(event_id))\n"
+            "    finally:\n"
+            "        await pool.close()\n"
+            "    print(json.dumps(ids))\n"
+            "asyncio.run(main())\n"
+        )
+        out = subprocess.run(
+            [str(SERVER_PYTHON), "-c", script, dsn],
+            input=json.dumps(events),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        ids: list[str] = json.loads(out.stdout)
+        return ids
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -77,7 +123,11 @@ class RealServer:
             self.process.wait()
 
 
-def start_server(data_dir: Path, mqtt_url: str | None = None) -> RealServer:
+def start_server(
+    data_dir: Path, mqtt_url: str | None = None, *, recognition: bool = False, extra_env: dict[str, str] | None = None
+) -> RealServer:
+    """``recognition``: with the real face and body embedders (known people, built by scripts/models/fetch);
+    ``extra_env``: more settings (``HSI_...``), e.g. an LLM."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("HSI_")},
@@ -96,6 +146,10 @@ def start_server(data_dir: Path, mqtt_url: str | None = None) -> RealServer:
     }
     if mqtt_url is not None:
         env["MQTT_URL"] = mqtt_url
+    if recognition:
+        env["HSI_FACE_EMBEDDER_MODEL"] = str(server_file("demo_assets.embedder_model('face')"))
+        env["HSI_BODY_EMBEDDER_MODEL"] = str(server_file("demo_assets.embedder_model('body')"))
+    env |= extra_env or {}
     Path(env["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
     # The key first: the CLI opens the same embedded database, which must not be running yet.
     key = subprocess.run(

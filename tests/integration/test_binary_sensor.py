@@ -4,11 +4,11 @@ unavailable while the server is offline."""
 from __future__ import annotations
 
 import pytest
-from homeassistant.const import STATE_OFF, STATE_UNAVAILABLE
+from homeassistant.const import STATE_OFF, STATE_ON, STATE_UNAVAILABLE, STATE_UNKNOWN
 from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from .conftest import URL, camera_online, publish
+from .conftest import URL, camera_online, publish, sample
 
 
 async def test_everything_goes_unavailable_when_the_server_is_offline(
@@ -28,3 +28,29 @@ async def test_everything_goes_unavailable_when_the_server_is_offline(
     publish(hass, "hsi/availability", "online")
     await hass.async_block_till_done()
     assert hass.states.get("sensor.back_door_risk_score").state == "82"
+
+
+async def test_the_tamper_sensor_follows_the_servers_tamper_state(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    await camera_online(hass)
+    entity_id = "binary_sensor.back_door_tampering"
+    state = hass.states.get(entity_id)
+    # Nothing judged yet (the server is still learning the scene): unknown, not "no problem".
+    assert state.state == STATE_UNKNOWN and state.attributes["device_class"] == "problem"
+    publish(hass, "hsi/cameras/back_door/tamper", sample("tamper.json"))
+    await hass.async_block_till_done()
+    state = hass.states.get(entity_id)
+    assert (state.state, state.attributes["kind"], state.attributes["since"]) == (
+        STATE_ON,
+        "covered",
+        "2026-11-24T02:15:00Z",
+    )
+    publish(hass, "hsi/cameras/back_door/tamper", {**sample("tamper.json"), "tampered": False, "kind": None})
+    await hass.async_block_till_done()
+    assert hass.states.get(entity_id).state == STATE_OFF
+    # A malformed message changes nothing; the camera's deletion (an empty retained message) clears it.
+    publish(hass, "hsi/cameras/back_door/tamper", "not json")
+    await hass.async_block_till_done()
+    assert hass.states.get(entity_id).state == STATE_OFF
+    publish(hass, "hsi/cameras/back_door/tamper", "")
+    await hass.async_block_till_done()
+    assert hass.states.get(entity_id).state == STATE_UNKNOWN

@@ -171,3 +171,42 @@ async def test_persistent_notifications_one_per_event_replaced_by_its_rise(
         "hsi-5f0c1f7e-2b7a-4c1e-9a55-0d3b1a6c9e21": "Back door: Critical (88)",
         "hsi-77777777-2222-4333-8444-555555555555": "Driveway: High (82)",
     }
+
+
+async def test_the_models_description_updates_the_same_notification(
+    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker
+) -> None:
+    """Phase two: the fast rules alert first, then the description in the same notification (tag)."""
+    await _set_up_with_blueprint(hass, aioclient_mock)
+    notifications = async_mock_service(hass, "notify", "phone")
+    assert await async_setup_component(
+        hass,
+        automation.DOMAIN,
+        {
+            automation.DOMAIN: {
+                "use_blueprint": {
+                    "path": f"home_security_intelligence/{BLUEPRINT.name}",
+                    "input": {"notification_kind": "notify", "notify_service": "notify.phone", "min_level": "high"},
+                }
+            }
+        },
+    )
+    await hass.async_block_till_done()
+    vision = sample("event_update_vision.json")
+
+    async_fire_mqtt_message(hass, "hsi/events", json.dumps(sample("event_new.json")))
+    await hass.async_block_till_done()
+    assert [n.data["message"] for n in notifications] == ["1 person at Back door at 02:10 (night) while armed away"]
+    # The description at the same level: the same notification, now with the model's words.
+    async_fire_mqtt_message(hass, "hsi/events", json.dumps({**vision, "risk_level": "high", "risk_score": 82}))
+    await hass.async_block_till_done()
+    assert len(notifications) == 2
+    assert notifications[1].data["data"]["tag"] == notifications[0].data["data"]["tag"]
+    assert notifications[1].data["title"] == "Back door: High (82)"
+    seen = f"Seen by qwen3-vl-8b-instruct: {vision['description']}"
+    assert notifications[1].data["message"] == f"1 person at Back door at 02:10 (night) while armed away\n{seen}"
+    # The same description again (a rescoring) and a review: nothing more.
+    async_fire_mqtt_message(hass, "hsi/events", json.dumps({**vision, "risk_level": "high", "risk_score": 82}))
+    async_fire_mqtt_message(hass, "hsi/events", json.dumps({**vision, "reviewed": True, "alert": False}))
+    await hass.async_block_till_done()
+    assert len(notifications) == 2

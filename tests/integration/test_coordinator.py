@@ -145,3 +145,25 @@ async def test_a_new_camera_whose_name_cannot_be_asked_is_named_by_its_id_and_sa
     # The fallback: the camera still appears, named by its id, and the log says why.
     assert hass.states.get("sensor.garage_risk_score").state == "5"
     assert "camera names not loaded; new cameras are named by their id for now" in caplog.text
+
+
+async def test_a_server_without_its_detector_model_raises_a_repairs_issue_until_it_loads(
+    hass: HomeAssistant, entry: MockConfigEntry
+) -> None:
+    """The add-on's first start without its model (issue 21): hsi/status names the missing model,
+    Home Assistant shows what to do, and the issue goes once a status without it arrives."""
+    issues = ir.async_get(hass)
+    issue_id = f"detector_model_missing_{entry.entry_id}"
+    await camera_online(hass)
+    status = sample("status.json")
+    detail = "detector weights not found: /share/hsi/models/mine.onnx (set HSI_DETECTOR_WEIGHTS ...)"
+    missing = {"name": "detector", "device": "none", "state": "missing", "vram_mb": None, "detail": detail}
+    publish(hass, "hsi/status", {**status, "detector": None, "models": [missing]})
+    await hass.async_block_till_done()
+    issue = issues.async_get_issue(DOMAIN, issue_id)
+    assert issue is not None and issue.translation_key == "detector_model_missing"
+    assert issue.severity is ir.IssueSeverity.ERROR
+    assert issue.translation_placeholders == {"title": entry.title, "detail": detail}
+    publish(hass, "hsi/status", status)
+    await hass.async_block_till_done()
+    assert issues.async_get_issue(DOMAIN, issue_id) is None

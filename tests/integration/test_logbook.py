@@ -74,3 +74,26 @@ async def test_one_readable_line_per_event_and_one_per_level_rise(
     await hass.async_block_till_done()
     entries = await _entries(hass, hass_ws_client, start)
     assert [e["message"].split(" — ")[0] for e in entries] == ["high (82)", "rose to critical (88)"]
+
+
+async def test_the_models_description_gets_its_own_line_or_joins_the_alerts(
+    recorder_mock: Any, hass: HomeAssistant, logbook: None, entry: MockConfigEntry, hass_ws_client: WebSocketGenerator
+) -> None:
+    start = dt_util.utcnow().isoformat()
+    await camera_online(hass)
+    vision = sample("event_update_vision.json")
+    publish(hass, "hsi/events", sample("event_new.json"))
+    await hass.async_block_till_done()
+    publish(hass, "hsi/events", {**vision, "risk_level": "high", "risk_score": 82})  # same level, described
+    publish(hass, "hsi/events", {**vision, "risk_level": "high", "risk_score": 82})  # a repeat: nothing new
+    await hass.async_block_till_done()
+    publish(hass, "hsi/events", {**vision, "id": "33333333-2222-4333-8444-555555555555", "type": "new"})
+    await hass.async_block_till_done()
+    entries = await _entries(hass, hass_ws_client, start)
+    assert [e["message"] for e in entries] == [
+        "high (82) — 1 person at Back door at 02:10 (night) while armed away; nobody home",
+        f"high (82), described by qwen3-vl-8b-instruct: {vision['description']}",
+        "critical (88) — 1 person at Back door at 02:10 (night) while armed away; nobody home."
+        f" Described by qwen3-vl-8b-instruct: {vision['description']}",
+    ]
+    assert entries[1]["entity_id"] == "event.back_door_security_event"

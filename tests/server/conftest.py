@@ -20,12 +20,13 @@ from inference_server import demo_assets
 from inference_server.clock import Clock, SystemClock
 from inference_server.comms.broker import EmbeddedBroker
 from inference_server.config import Settings
-from inference_server.detection.detector import Detector
+from inference_server.detection.detector import Detector, build_detector
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.jobs.queue import NOTIFY_CHANNEL
 from inference_server.server import Server
 from inference_server.store import api_keys
 from inference_server.telemetry.gpu import GpuReader
+from tests.support.models import COCO_CONFIDENCE, COCO_IMGSZ, coco_onnx
 from tests.support.mosquitto import plain_mosquitto
 from tests.support.net import free_port
 
@@ -84,6 +85,22 @@ def pose_detector() -> UltralyticsDetector:
     return detector
 
 
+def coco_settings() -> dict[str, Any]:
+    """Settings overrides that run the real 80-class COCO test model (YOLOv3-tiny, ONNX) through
+    the server's own detector backend: ``make_settings(**coco_settings())``."""
+    return {"detector_weights": coco_onnx(), "detector_imgsz": COCO_IMGSZ, "detector_confidence": COCO_CONFIDENCE}
+
+
+@pytest.fixture(scope="session")
+def coco_detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
+    """The real 80-class COCO detector (YOLOv3-tiny, tests/support/models.py), built from settings
+    by the detector registry as the server builds its own, loaded once. Security classes only."""
+    settings = Settings(detector_device="cpu", data_dir=tmp_path_factory.mktemp("coco"), **coco_settings())
+    detector = build_detector(settings)
+    detector.warmup()
+    return detector
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
@@ -100,6 +117,9 @@ def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
             "camera_timezone": "UTC",
             "batch_idle_s": 0.3,
             "batch_window_s": 10,
+            # The scheduled digest would queue last night's summary at every start (tests/server/reports
+            # turn it on where they test it).
+            "digest_enabled": False,
         }
         values.update(overrides)
         return Settings(**values)

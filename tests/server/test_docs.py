@@ -50,8 +50,10 @@ def test_architecture_lists_every_mqtt_topic() -> None:
         topics.discovery,
         topics.status,
         topics.events,
+        topics.digest,
         topics.camera_state("<id>"),
         topics.camera_snapshot("<id>"),
+        topics.camera_tamper("<id>"),
         topics.camera_objects("<id>", "<label>"),
         topics.ingest("<id>"),
     ]

@@ -32,21 +32,37 @@ ALLOWED: dict[str, frozenset[str]] = {
     "__main__": frozenset({"server", "demo", "store", "logging_setup"}) | BASE,
     "demo": frozenset({"server", "store", "comms", "logging_setup", "demo_assets"}) | BASE,
     "server": frozenset(
-        {"api", "status", "ingest", "pipeline", "publish", "jobs", "store", "detection", "reasoning", "comms"}
+        {
+            "api",
+            "status",
+            "ingest",
+            "pipeline",
+            "publish",
+            "jobs",
+            "store",
+            "detection",
+            "embedding",
+            "reasoning",
+            "comms",
+            "reports",
+        }
     )
     | frozenset({"domain"})
     | BASE,
     # Only the wiring imports the API.
-    "api": frozenset({"status", "ingest", "jobs", "store", "comms", "domain"}) | BASE,
+    "api": frozenset({"status", "ingest", "jobs", "store", "comms", "domain", "reports"}) | BASE,
     "status": frozenset({"jobs", "store", "domain"}) | BASE,
     # The stages of one image's journey.
     "ingest": frozenset({"jobs", "store", "comms", "domain"}) | BASE,
-    "pipeline": frozenset({"jobs", "store", "detection", "reasoning", "comms", "domain"}) | BASE,
+    "pipeline": frozenset({"jobs", "store", "detection", "embedding", "reasoning", "comms", "domain"}) | BASE,
     "publish": frozenset({"store", "comms", "domain"}) | BASE,
+    # Reports made from stored events (the digest): read the store, publish through the outbox.
+    "reports": frozenset({"store", "comms", "domain"}) | BASE,
     "jobs": frozenset({"store", "domain"}) | BASE,
     "store": frozenset({"domain"}) | BASE,
     # Models and MQTT: used by the stages, never using them.
     "detection": frozenset({"domain"}) | BASE,
+    "embedding": frozenset({"domain"}) | BASE,
     "reasoning": frozenset({"domain"}) | BASE,
     "comms": BASE,
     "domain": frozenset({"schemas"}),

@@ -77,6 +77,10 @@ class LlmBackend(Protocol):
 
     async def complete(self, messages: Sequence[ChatMessage], schema: Mapping[str, Any]) -> LlmReply: ...
 
+    async def can_see(self) -> bool:
+        """Whether the model accepts images (``image_url`` parts), as the backend can tell; never raises."""
+        ...
+
     async def close(self) -> None: ...
 
 

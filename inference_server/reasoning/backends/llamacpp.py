@@ -6,6 +6,10 @@ completion is streamed inside that thread so a timed-out or cancelled request st
 token instead of generating to ``max_tokens`` while later requests wait behind it (processing
 of the prompt, once begun, runs to its end; llama.cpp reuses the cached prefix of the previous
 prompt, so the fixed system message is processed once).
+
+With a multimodal projector (``llm.mmproj_path``) the model is loaded with one of
+llama-cpp-python's multimodal chat handlers (``llm.chat_handler``; ``mtmd`` uses the model's
+own chat template) and sees the ``image_url`` parts of the messages; without one it is text-only.
 """
 
 from __future__ import annotations
@@ -24,6 +28,17 @@ from inference_server.reasoning.backends.base import LlmError, LlmReply, registe
 from inference_server.reasoning.prompts import ChatMessage
 
 log = logging.getLogger(__name__)
+
+#: ``llm.chat_handler`` names: llama-cpp-python's multimodal chat handler classes.
+CHAT_HANDLERS = {
+    "mtmd": "MTMDChatHandler",
+    "qwen25vl": "Qwen25VLChatHandler",
+    "gemma4": "Gemma4ChatHandler",
+    "llava15": "Llava15ChatHandler",
+    "llava16": "Llava16ChatHandler",
+    "minicpmv26": "MiniCPMv26ChatHandler",
+    "moondream": "MoondreamChatHandler",
+}
 
 #: Mild repetition penalty: small models otherwise loop on one phrase until the length limit.
 REPEAT_PENALTY = 1.1
@@ -53,9 +68,17 @@ class LlamaCppBackend:
         n_threads: int | None = None,
         max_tokens: int = 512,
         temperature: float = 0.2,
+        mmproj_path: Path | None = None,
+        chat_handler: str = "mtmd",
     ) -> None:
         if not model_path.is_file():
             raise FileNotFoundError(f"LLM model not found: {model_path} (set the llm model_path to a GGUF file)")
+        if mmproj_path is not None and not mmproj_path.is_file():
+            raise FileNotFoundError(f"LLM projector not found: {mmproj_path} (llm mmproj_path must be a GGUF file)")
+        if chat_handler not in CHAT_HANDLERS:
+            raise ValueError(f"unknown chat_handler {chat_handler!r}; known: {sorted(CHAT_HANDLERS)}")
+        self.mmproj_path = mmproj_path
+        self.chat_handler = chat_handler
         self.model_path = model_path
         self.model = model or model_path.name.removesuffix(".gguf")
         self.n_ctx = n_ctx
@@ -81,6 +104,10 @@ class LlamaCppBackend:
             stop.set()
             raise
 
+    async def can_see(self) -> bool:
+        """True when a projector was configured: the model then reads images."""
+        return self.mmproj_path is not None
+
     async def close(self) -> None:
         await asyncio.wrap_future(self._thread.submit(self._unload))
         self._thread.shutdown(wait=False)
@@ -95,11 +122,18 @@ class LlamaCppBackend:
         layers = resolve_gpu_layers(self.n_gpu_layers)
         started = time.perf_counter()
         try:
+            handler = None
+            if self.mmproj_path is not None:
+                import llama_cpp.llama_chat_format as chat_format
+
+                handler_class = getattr(chat_format, CHAT_HANDLERS[self.chat_handler])
+                handler = handler_class(clip_model_path=str(self.mmproj_path), verbose=False)
             self._llama = Llama(
                 model_path=str(self.model_path),
                 n_ctx=self.n_ctx,
                 n_gpu_layers=layers,
                 n_threads=self.n_threads,
+                chat_handler=handler,
                 verbose=False,
             )
         except ValueError as err:  # llama-cpp-python's "Failed to load model from file"
@@ -123,7 +157,7 @@ class LlamaCppBackend:
         try:
             chunks = llama.create_chat_completion(
                 messages=messages,
-                response_format={"type": "json_object", "schema": schema},
+                response_format={"type": "json_object", "schema": grammar_schema(schema)},
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
                 repeat_penalty=REPEAT_PENALTY,
@@ -148,6 +182,30 @@ class LlamaCppBackend:
             self._llama = None
 
 
+#: The longest ``maxLength`` handed to llama.cpp's grammar. Its JSON-schema converter writes a
+#: string of at most N characters as N nested optional repetitions, and llama.cpp 0.3.36 crashes
+#: the whole process (SIGSEGV, measured: 1,200 crashes, 1,000 does not) while parsing the result.
+GRAMMAR_MAX_LENGTH = 600
+
+
+def grammar_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with every ``maxLength`` above ``GRAMMAR_MAX_LENGTH`` lowered to it, for the
+    grammar only: the reply is still validated against the whole schema by its pydantic model."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            out = {key: walk(value) for key, value in node.items()}
+            if isinstance(out.get("maxLength"), int) and out["maxLength"] > GRAMMAR_MAX_LENGTH:
+                out["maxLength"] = GRAMMAR_MAX_LENGTH
+            return out
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
 @register_llm_backend("llamacpp")
 def _build(settings: LlmSettings) -> LlamaCppBackend:
     if settings.model_path is None:
@@ -160,4 +218,6 @@ def _build(settings: LlmSettings) -> LlamaCppBackend:
         n_threads=settings.n_threads,
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
+        mmproj_path=settings.mmproj_path,
+        chat_handler=settings.chat_handler,
     )

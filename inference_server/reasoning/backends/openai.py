@@ -13,6 +13,11 @@ in one of two spellings (``LlmSettings.response_format``):
   own server (``python -m llama_cpp.server``) accepts; llama-server accepts it too.
 
 Whatever the server does with the schema, the reasoner validates the reply against it.
+
+Images (key frames) travel inside the messages as ``image_url`` parts with ``data:`` URLs.
+Whether the model can see (``llm.vision: auto``) is read once from llama.cpp's ``llama-server``
+``GET /props`` (``modalities.vision``, true when it runs with ``--mmproj``); a server without
+that endpoint (vLLM, Ollama, hosted APIs) counts as text-only unless ``llm.vision`` is ``true``.
 Connection failures raise ``LlmUnavailable``; HTTP error statuses and replies without a
 completion raise ``LlmBadResponse``. The request has no timeout of its own: the reasoner
 cancels it when its per-call timeout expires.
@@ -21,6 +26,7 @@ cancels it when its per-call timeout expires.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -33,11 +39,17 @@ from inference_server.reasoning.prompts import ChatMessage
 
 SCHEMA_NAME = "security_assessment"
 
+log = logging.getLogger(__name__)
+
+
+def server_root(base_url: str) -> str:
+    """The server's root URL: ``base_url`` without a trailing ``/`` or ``/v1``."""
+    return base_url.rstrip("/").removesuffix("/v1")
+
 
 def chat_url(base_url: str) -> str:
     """``{base_url}/v1/chat/completions``; a base URL already ending in ``/v1`` is accepted as well."""
-    root = base_url.rstrip("/").removesuffix("/v1")
-    return f"{root}/v1/chat/completions"
+    return f"{server_root(base_url)}/v1/chat/completions"
 
 
 class OpenAiBackend:
@@ -56,6 +68,8 @@ class OpenAiBackend:
         temperature: float = 0.2,
     ) -> None:
         self.url = chat_url(base_url)
+        self.props_url = f"{server_root(base_url)}/props"
+        self._vision: bool | None = None
         self.model = model
         self.response_format = response_format
         self.max_tokens = max_tokens
@@ -102,6 +116,22 @@ class OpenAiBackend:
             completion_tokens=_int_or_none(usage.get("completion_tokens")),
         )
 
+    async def can_see(self) -> bool:
+        """``modalities.vision`` of llama-server's ``/props`` (remembered once the server answered);
+        False when the server has no such endpoint, or cannot be reached now (asked again next
+        time). ``llm.vision: true`` sends images whatever this says."""
+        if self._vision is not None:
+            return self._vision
+        try:
+            async with self._open().get(self.props_url) as response:
+                status, text = response.status, await response.text()
+        except aiohttp.ClientError as err:
+            log.warning("llm vision unknown url=%s error=%r: text only for now", self.props_url, err)
+            return False
+        self._vision = status == 200 and _vision_in_props(text)
+        log.info("llm vision url=%s status=%d vision=%s", self.props_url, status, self._vision)
+        return self._vision
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -124,6 +154,15 @@ def _parse_envelope(text: str) -> tuple[str, Mapping[str, Any]]:
         raise LlmBadResponse(f"chat completion without text content: {text[:300]!r}", brief="no text content")
     usage = data.get("usage")
     return content, usage if isinstance(usage, dict) else {}
+
+
+def _vision_in_props(text: str) -> bool:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    modalities = data.get("modalities") if isinstance(data, dict) else None
+    return isinstance(modalities, dict) and modalities.get("vision") is True
 
 
 def _int_or_none(value: Any) -> int | None:

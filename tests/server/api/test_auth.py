@@ -17,7 +17,13 @@ from inference_server.detection.ultralytics_backend import UltralyticsDetector
 
 from ..conftest import running
 
-SAMPLE = {"camera_id": "front_door", "event_id": "00000000-0000-0000-0000-000000000000", "job_id": "1"}
+SAMPLE = {
+    "camera_id": "front_door",
+    "event_id": "00000000-0000-0000-0000-000000000000",
+    "job_id": "1",
+    "person_id": "1",
+    "n": "0",
+}
 
 
 def _url(base: str, path: str) -> str:

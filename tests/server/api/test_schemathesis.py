@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 import schemathesis
 from hypothesis import strategies as st
@@ -83,6 +84,13 @@ class RealIds:
     event_id: str
     job_id: int
     dead_job_id: int
+    #: Known people: one to enrol into, one for DELETE (0: none).
+    person_id: int = 0
+    doomed_person_id: int = 0
+    #: An event seen in a video clip (GET /events/{id}/clip).
+    clip_event_id: str = ""
+    #: A camera whose learned scene is reset (DELETE /cameras/{id}/tamper).
+    aimed_camera_id: str = "aimed"
 
 
 @dataclass(slots=True)
@@ -92,6 +100,9 @@ class Outcome:
     succeeded: set[str] = field(default_factory=set)
     requests: int = 0
     failures: list[str] = field(default_factory=list)
+
+
+CLIP = demo_assets.clip("carphone_pristine.mp4").read_bytes()  # 176x144, 4 s: a man in a car
 
 
 def _photo(marker: bytes) -> bytes:
@@ -110,6 +121,29 @@ async def _upload(http: aiohttp.ClientSession, camera_id: str, marker: bytes) ->
         assert resp.status == 202, await resp.text()
         body: dict[str, Any] = await resp.json()
         return body
+
+
+async def _clip_event(http: aiohttp.ClientSession, pool: asyncpg.Pool) -> str:
+    """Upload a real clip (a man in a car) to ``front``; the id of the event its frames made."""
+    async with http.post(
+        "/api/v1/cameras/front/clips",
+        data=CLIP,
+        params={"captured_at": "2026-11-24T03:10:00+00:00"},
+        headers={"Content-Type": "video/mp4"},
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+        accepted = await resp.json()
+
+    async def event_id() -> str | None:
+        found = await pool.fetchval(
+            "SELECT b.event_id FROM batch_images bi JOIN batches b ON b.id = bi.batch_id"
+            " WHERE bi.image_id = ANY($1::bigint[]) AND b.event_id IS NOT NULL LIMIT 1",
+            accepted["image_ids"],
+        )
+        return str(found) if found is not None else None
+
+    found: str = await wait_until(event_id, timeout=90, what="the clip's event")
+    return found
 
 
 async def _create_camera(http: aiohttp.ClientSession, camera_id: str, name: str) -> None:
@@ -139,8 +173,10 @@ def _valid_id(name: str, value: object) -> bool:
         return isinstance(value, str) and re.fullmatch(CAMERA_ID_PATTERN, value) is not None
     if name == "event_id":
         return isinstance(value, str) and re.fullmatch(_UUID, value) is not None
-    if name == "job_id":
+    if name in ("job_id", "person_id"):
         return type(value) is int and 1 <= value <= 2**63 - 1
+    if name == "n":
+        return type(value) is int and 0 <= value <= 999
     return False
 
 
@@ -160,7 +196,15 @@ def _schema(url: str, headers: dict[str, str], ids: RealIds) -> Any:
                 # other result. tests/server/api/test_auth.py covers auth.
                 "with-security-parameters": False,
             },
-            "phases": {"stateful": {"enabled": False}},
+            # Ids come from the hooks below, not from earlier responses: with response data on,
+            # fuzzing DELETE /cameras/{id} removed every camera it had seen listed, and the routes
+            # fuzzed after it could never reach a real one.
+            "phases": {
+                "stateful": {"enabled": False},
+                "fuzzing": {"extra-data-sources": {"responses": False}},
+                "coverage": {"extra-data-sources": {"responses": False}},
+                "examples": {"extra-data-sources": {"responses": False}},
+            },
             "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
             "cache": {"enabled": False},
         }
@@ -179,15 +223,36 @@ def _schema(url: str, headers: dict[str, str], ids: RealIds) -> Any:
         assert operation is not None
         if not params:
             return st.just(params)
-        real: dict[str, Any] = {"camera_id": ids.camera_id, "event_id": ids.event_id, "job_id": ids.job_id}
+        real: dict[str, Any] = {
+            "camera_id": ids.camera_id,
+            "event_id": ids.event_id,
+            "job_id": ids.job_id,
+            "person_id": ids.person_id,
+            "n": 0,  # the event's most confident detection: a person, embedded
+        }
+        if operation.method.upper() == "DELETE" and operation.path.endswith("/people/{person_id}"):
+            real["person_id"] = ids.doomed_person_id  # keep the person enrolments go to
         if operation.method.upper() == "DELETE" and operation.path.endswith("/cameras/{camera_id}"):
             real["camera_id"] = ids.doomed_camera_id  # keep the camera that owns the event
         if "/dlq/" in operation.path:
             real["job_id"] = ids.dead_job_id
+        if operation.method.upper() == "DELETE" and operation.path.endswith("/tamper"):
+            real["camera_id"] = ids.aimed_camera_id  # its own camera: a reset must not disturb "front"
+        if operation.path.endswith("/clip"):
+            real["event_id"] = ids.clip_event_id
         swapped = {name: real[name] if _valid_id(name, value) else value for name, value in params.items()}
+        if operation.method.upper() == "DELETE" or (
+            operation.method.upper() == "POST" and operation.path.endswith(("/photos", "/enroll"))
+        ):
+            # A DELETE always goes to its doomed row: a generated id such as 1 is also a real one
+            # (the person enrolments go to). Few valid examples are drawn for the enrolments: each
+            # goes to the real person.
+            return st.just(swapped)
         return st.sampled_from([params, swapped])
 
     photo = Binary(_photo(b"schemathesis"))
+    portrait = Binary(demo_assets.image("astronaut.png").read_bytes())  # one person: an enrolment photo
+    clip = Binary(CLIP)
 
     @schema.hook
     def flatmap_body(context: schemathesis.HookContext, body: Any) -> Any:
@@ -198,6 +263,18 @@ def _schema(url: str, headers: dict[str, str], ids: RealIds) -> Any:
         """
         operation = context.operation
         assert operation is not None
+        if operation.path.endswith("/photos") and isinstance(body, Binary):
+            return st.just(portrait)  # few are drawn: each is a real portrait (garbage bytes: test_people)
+        if operation.path.endswith("/clips") and isinstance(body, Binary):
+            return st.sampled_from([body, clip])  # the same clip: accepted once, then a duplicate (202)
+        if operation.path.endswith("/clips") and isinstance(body, dict) and isinstance(body.get("clip"), Binary):
+            return st.sampled_from([body, {**body, "clip": clip}])
+        if (
+            operation.path.endswith("/enroll")
+            and isinstance(body, dict)
+            and _valid_id("person_id", body.get("person_id"))
+        ):
+            return st.sampled_from([body, {**body, "person_id": ids.person_id}])
         if not operation.path.endswith("/images"):
             return st.just(body)
         if isinstance(body, Binary):
@@ -244,9 +321,18 @@ async def test_every_answer_matches_the_openapi_document(
 ) -> None:
     headers, dead_job_id = await _dead_letter(make_settings(role="api"))
     # A short activity batch, so the photo's event is there in a second, not after 30 s of quiet.
-    async with running(make_settings(batch_idle_s=0.2, batch_window_s=1), pose_detector) as server:
+    recognition = {f"{s}_embedder_model": demo_assets.embedder_model(s) for s in ("face", "body")}
+    async with running(make_settings(batch_idle_s=0.2, batch_window_s=1, **recognition), pose_detector) as server:
         async with aiohttp.ClientSession(base_url=server.api_url, headers=headers) as http:
             await _create_camera(http, "spare", "Spare")
+            await _create_camera(http, "aimed", "Aimed")
+            # Ids no generator picks: the coverage phase sends boundary values such as 1 as they
+            # are, without the hooks below, and DELETE /people/1 would remove the enrolled person.
+            await server.pool.execute("SELECT setval(pg_get_serial_sequence('people', 'id'), 73000)")
+            people = []
+            for name in ("Anna", "Doomed"):
+                async with http.post("/api/v1/people", json={"name": name}) as r:
+                    people.append((await r.json())["id"])
             accepted = await _upload(http, "front", b"event")
 
             async def done() -> dict[str, Any] | None:
@@ -255,10 +341,11 @@ async def test_every_answer_matches_the_openapi_document(
                     return body if body["event_id"] is not None else None
 
             job = await wait_until(done, timeout=60)
+            clip_event_id = await _clip_event(http, server.pool)
         assert job["event_id"] is not None
         assert await server.pool.fetchval("SELECT count(*) FROM detections") > 0
 
-        ids = RealIds("front", "spare", job["event_id"], job["id"], dead_job_id)
+        ids = RealIds("front", "spare", job["event_id"], job["id"], dead_job_id, *people, clip_event_id=clip_event_id)
         # Loading the schema and running schemathesis block on HTTP (requests), so both run in a
         # thread while this event loop serves them.
         schema = await asyncio.to_thread(_schema, server.api_url, headers, ids)

@@ -13,13 +13,14 @@ from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.config import Settings
+from inference_server.detection.detector import Detector
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.domain import Detection
 from inference_server.schemas import CameraCreate, HouseholdContext, Zone, ZoneList
 from inference_server.store import cameras, context
 from tests.support.waiting import wait_until
 
-from ..conftest import FakeClock, drop, running
+from ..conftest import FakeClock, coco_settings, drop, running
 
 WHOLE_FRAME = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]
 ARMED_AWAY_NOBODY_HOME = HouseholdContext(alarm_state="armed_away", people_home=[], sun="below_horizon")
@@ -86,8 +87,11 @@ async def test_same_person_at_noon_disarmed_family_home_in_low_zone_is_low(
 
 
 class LabelledDetections:
-    """FAKE detector: returns labelled detection fixtures. No real COCO model can be had here
-    (ASSETS.md), so class-dependent logic (animals) is fed labelled boxes, named as such."""
+    """FAKE detector: returns labelled detection fixtures, for animals only. The real 80-class COCO
+    test model (YOLOv3-tiny, ``coco_detector``) runs the vehicle scenarios
+    (``tests/server/scenarios/test_vehicles.py``), but it finds no animal in any real picture
+    here (it misses the cat in chelsea.png; horse.png is a silhouette), so animal logic is fed
+    labelled boxes, named as such."""
 
     name = "labelled-fixture"
 
@@ -119,6 +123,24 @@ async def test_animal_at_noon_is_low(make_settings: Callable[..., Settings]) -> 
     assert _factors(event) == {"animal_seen": 5, "alarm_disarmed": -2, "people_home": -2}
     assert (event["risk_score"], event["risk_level"]) == (1, "low")
     assert event["summary"].startswith("1 dog at Garden at 12:00")
+
+
+async def test_vehicle_at_noon_is_low_on_the_real_coco_model(
+    make_settings: Callable[..., Settings], coco_detector: Detector
+) -> None:
+    # The real 80-class test model sees the motorcycle in motorcycle_left.png (0.62) and no person.
+    settings = make_settings(**coco_settings())
+    async with running(settings, coco_detector) as server:
+        await _camera(server, "driveway", "normal")
+        await context.put(server.pool, DISARMED_FAMILY_HOME, "test", set_at=SET_BEFORE)
+        drop(
+            demo_assets.image("motorcycle_left.png"), settings.cameras_path / "driveway" / "MDAlarm_20261124-120000.png"
+        )
+        event = await _ended_event(server, "driveway")
+    # rules-v3: 20 × 0.62 → 12; context multiplies it: −15 × 12 / 45 → −4 disarmed, −20 × 12 / 45 → −5 people home.
+    assert _factors(event) == {"vehicle_seen": 12, "alarm_disarmed": -4, "people_home": -5}
+    assert (event["risk_score"], event["risk_level"]) == (3, "low")
+    assert event["summary"].startswith("1 motorcycle at Driveway at 12:00")
 
 
 async def test_fast_path_opens_at_once_while_a_doubtful_detection_waits_for_the_batch(

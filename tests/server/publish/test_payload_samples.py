@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from inference_server.schemas import CameraState, Discovery, EventMessage, SystemStatus
+from inference_server.schemas import CameraState, Discovery, EventMessage, SystemStatus, TamperState
 
 SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "mqtt"
 
@@ -18,10 +18,12 @@ SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "mqtt"
     [
         ("event_new.json", EventMessage),
         ("event_update.json", EventMessage),
+        ("event_update_vision.json", EventMessage),
         ("event_end.json", EventMessage),
         ("camera_state.json", CameraState),
         ("discovery.json", Discovery),
         ("status.json", SystemStatus),
+        ("tamper.json", TamperState),
     ],
 )
 def test_sample_is_what_the_server_publishes(name: str, model: type[BaseModel]) -> None:

@@ -372,6 +372,9 @@ class FakeLlmBackend:
         self.calls += 1
         return LlmReply(text=reply if isinstance(reply, str) else json.dumps(reply), seconds=0.01)
 
+    async def can_see(self) -> bool:
+        return False
+
     async def close(self) -> None:
         return None
 

@@ -42,6 +42,7 @@ def test_user_message_shows_camera_local_time_detections_and_why_the_rules_score
 
     assert system["role"] == "system" and user["role"] == "user"
     text = user["content"]
+    assert isinstance(text, str)  # without images the user message is plain text, as before
     assert "Camera: Back Door (id back_door)" in text
     assert "Local time: Tuesday 24 November 2026, 02:10 (CET)" in text
     assert "- person (person), confidence 0.92, box 0.10,0.20,0.40,0.90" in text

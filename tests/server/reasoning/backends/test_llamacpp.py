@@ -116,3 +116,51 @@ async def test_timeout_falls_back_and_stops_the_generation_so_the_next_call_does
     waited = (time.perf_counter() - started) - reply.seconds
     assert waited < 1.0, f"next call waited {waited:.1f}s for the abandoned generation"
     assert parse_reply(reply.text).risk_score >= 0
+
+
+def test_long_string_limits_are_lowered_for_the_grammar_only() -> None:
+    from inference_server.reasoning.backends.llamacpp import GRAMMAR_MAX_LENGTH, grammar_schema
+    from inference_server.reasoning.digest import prose_schema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "long": {"type": "string", "maxLength": 5000},
+            "short": {"type": "string", "maxLength": 40},
+            "items": {"type": "array", "items": {"type": "string", "maxLength": 2000}},
+        },
+    }
+    lowered = grammar_schema(schema)
+    assert lowered["properties"]["long"]["maxLength"] == GRAMMAR_MAX_LENGTH
+    assert lowered["properties"]["short"]["maxLength"] == 40
+    assert lowered["properties"]["items"]["items"]["maxLength"] == GRAMMAR_MAX_LENGTH
+    assert schema["properties"]["long"]["maxLength"] == 5000  # the caller's schema is untouched
+    assert grammar_schema(prose_schema())["properties"]["text"]["maxLength"] == GRAMMAR_MAX_LENGTH
+
+
+def test_a_schema_with_a_long_string_does_not_crash_the_process() -> None:
+    """The digest's prose (1,200 characters) once took the whole server down with SIGSEGV inside
+    llama.cpp's grammar parser; run in a child process so a crash fails this test, not the run."""
+    import subprocess
+    import sys
+
+    code = f"""
+import asyncio
+from pathlib import Path
+from inference_server.config import LlmSettings
+from inference_server.reasoning.backends.base import build_llm_backend
+from inference_server.reasoning.digest import prose_schema
+
+async def main():
+    backend = build_llm_backend(LlmSettings(backend="llamacpp", model_path=Path({str(smollm2_gguf())!r}),
+                                            temperature=0.0, max_tokens=64))
+    await backend.start()
+    reply = await backend.complete([{{"role": "user", "content": "Say that nothing happened."}}], prose_schema())
+    print("REPLY", reply.text)
+    await backend.close()
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "REPLY {" in done.stdout

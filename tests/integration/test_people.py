@@ -1,0 +1,190 @@
+"""Known people in Home Assistant: the enroll_person and forget_person services against a real
+server with the real face and body embedders; identities in the alert data and the event
+entity's attributes; the per-camera "last recognised person" sensor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncGenerator, Generator
+from typing import Any
+
+import pytest
+import pytest_socket
+from homeassistant.components import automation
+from homeassistant.const import STATE_UNKNOWN
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import ServiceValidationError
+from homeassistant.setup import async_setup_component
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_mqtt_message
+from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
+from pytest_homeassistant_custom_component.typing import WebSocketGenerator
+
+from custom_components.home_security_intelligence.alerts import recognised_people, unfamiliar_face
+from custom_components.home_security_intelligence.const import DOMAIN
+
+from .conftest import camera_online, publish, sample
+from .server import RealServer, server_file, start_server
+from .test_blueprint import BLUEPRINT, _set_up_with_blueprint
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServer]:
+    pytest_socket.enable_socket()
+    server = start_server(tmp_path_factory.mktemp("hsi"), recognition=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def expected_lingering_timers() -> bool:
+    """HA's ``mqtt_mock`` leaves MQTT's periodic housekeeping timer running (a harness trait)."""
+    return True
+
+
+@pytest.fixture
+async def real_entry(
+    hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: RealServer
+) -> AsyncGenerator[MockConfigEntry]:
+    pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
+    entry = MockConfigEntry(
+        domain=DOMAIN, unique_id="hsi", data={"url": real_server.url, "api_key": real_server.api_key, "prefix": "hsi"}
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    yield entry
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def _call(hass: HomeAssistant, service: str, entry: MockConfigEntry, **data: Any) -> Any:
+    return await hass.services.async_call(
+        DOMAIN, service, {"config_entry_id": entry.entry_id, **data}, blocking=True, return_response=True
+    )
+
+
+async def test_enroll_from_an_event_then_forget_deletes_the_person_and_embeddings(
+    hass: HomeAssistant, real_entry: MockConfigEntry, real_server: RealServer
+) -> None:
+    client = real_entry.runtime_data.client
+    await client._request("POST", "/cameras", json={"id": "door", "name": "Door"})
+    target = real_server.cameras / "door" / "MDAlarm_20261124-230000.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(server_file("demo_assets.image('astronaut.png')"), target)
+    events: list[dict[str, Any]] = []
+    for _ in range(600):
+        events = (await client.get_events(camera="door"))["events"]
+        if events:
+            break
+        await asyncio.sleep(0.1)
+    [event] = events
+    assert event["detections"][0]["identity"] == {
+        "person": None,
+        "person_id": None,
+        "similarity": None,
+        "source": "face",
+        "visitor": event["detections"][0]["identity"]["visitor"],
+    }
+
+    enrolled = await _call(
+        hass, "enroll_person", real_entry, event_id=event["id"], name="Anna", person_entity_id="person.anna"
+    )
+    assert (enrolled["name"], enrolled["entity_id"], enrolled["embeddings"]) == (
+        "Anna",
+        "person.anna",
+        {"face": 1, "body": 1},
+    )
+    # Again (another view, here the same one): the same person gets more embeddings, no second person.
+    again = await _call(hass, "enroll_person", real_entry, event_id=event["id"], name="anna")
+    assert again["id"] == enrolled["id"] and again["embeddings"] == {"face": 2, "body": 2}
+
+    forgotten = await _call(hass, "forget_person", real_entry, name="Anna")
+    assert forgotten == {"forgotten": "Anna", "embeddings_deleted": 4}
+    assert await client.list_people() == []
+    with pytest.raises(ServiceValidationError) as err:
+        await _call(hass, "forget_person", real_entry, name="Anna")
+    assert err.value.translation_key == "unknown_person"
+
+
+def _message(identities: list[dict[str, Any] | None]) -> dict[str, Any]:
+    return {"detections": [{"label": "person", "identity": i} for i in identities]}
+
+
+def test_alert_data_names_recognised_people_and_flags_an_unfamiliar_face() -> None:
+    anna = {"person": "Anna", "person_id": 1, "similarity": 0.91, "source": "face", "visitor": None}
+    stranger = {"person": None, "person_id": None, "similarity": None, "source": "face", "visitor": 9}
+    back = {"person": None, "person_id": None, "similarity": None, "source": "body", "visitor": 10}
+    assert recognised_people(_message([anna, anna, None])) == ["Anna"]
+    assert unfamiliar_face(_message([anna, stranger])) is True
+    assert unfamiliar_face(_message([anna, back])) is False  # a body seen without a face is not "unfamiliar"
+    assert recognised_people({"detections": []}) == [] and unfamiliar_face({}) is False
+
+
+async def test_camera_sensor_shows_the_last_recognised_person_and_the_event_entity_carries_identities(
+    hass: HomeAssistant, entry: MockConfigEntry
+) -> None:
+    await camera_online(hass)
+    sensor = "sensor.back_door_last_recognised_person"
+    assert hass.states.get(sensor).state == STATE_UNKNOWN  # no one recognised yet
+    event = sample("event_new.json")
+    anna = {"person": "Anna", "person_id": 1, "similarity": 0.9, "source": "face", "visitor": None}
+    event["detections"] = [{**event["detections"][0], "identity": anna}]
+    publish(hass, "hsi/events", event)
+    await hass.async_block_till_done()
+    assert hass.states.get(sensor).state == "Anna"
+    fired = [s for s in hass.states.async_all("event") if s.attributes.get("event_id") == event["id"]]
+    assert fired and fired[0].attributes["people"] == ["Anna"] and fired[0].attributes["unfamiliar"] is False
+    # A later event with nobody recognised keeps the last one recognised.
+    publish(hass, "hsi/events", {**sample("event_end.json")})
+    await hass.async_block_till_done()
+    assert hass.states.get(sensor).state == "Anna"
+
+
+async def test_blueprint_skips_events_of_known_people_only_when_asked(
+    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker, hass_ws_client: WebSocketGenerator
+) -> None:
+    await _set_up_with_blueprint(hass, aioclient_mock)
+    assert await async_setup_component(hass, "persistent_notification", {})
+    assert await async_setup_component(
+        hass,
+        automation.DOMAIN,
+        {
+            automation.DOMAIN: {
+                "use_blueprint": {
+                    "path": f"home_security_intelligence/{BLUEPRINT.name}",
+                    "input": {
+                        "notification_kind": "persistent_notification",
+                        "min_level": "high",
+                        "skip_known_people": True,
+                    },
+                }
+            }
+        },
+    )
+    await hass.async_block_till_done()
+    client = await hass_ws_client(hass)
+
+    async def shown() -> set[str]:
+        await client.send_json_auto_id({"type": "persistent_notification/get"})
+        response = await client.receive_json()
+        return {n["notification_id"] for n in response["result"]}
+
+    base = sample("event_new.json")
+    anna = {"person": "Anna", "person_id": 1, "similarity": 0.9, "source": "face", "visitor": None}
+    stranger = {"person": None, "person_id": None, "similarity": None, "source": "face", "visitor": 4}
+    cases = {
+        "11111111-2222-4333-8444-000000000001": ([anna], False),  # only Anna: skipped
+        "11111111-2222-4333-8444-000000000002": ([anna, stranger], True),  # Anna with a stranger
+        "11111111-2222-4333-8444-000000000003": ([None], True),  # recognition off or not embedded
+    }
+    for n, (event_id, (identities, _)) in enumerate(cases.items()):
+        detections = [{**base["detections"][0], "identity": i} for i in identities]
+        camera = f"cam{n}"
+        async_fire_mqtt_message(
+            hass,
+            "hsi/events",
+            json.dumps({**base, "id": event_id, "camera_id": camera, "camera_name": camera, "detections": detections}),
+        )
+        await hass.async_block_till_done()
+    assert await shown() == {f"hsi-{event_id}" for event_id, (_, told) in cases.items() if told}

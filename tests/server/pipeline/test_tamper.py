@@ -1,0 +1,226 @@
+"""Tampering: real views made dark, blurred, shifted, covered and blinded; dusk and people moving
+through the scene are not tampering; the state survives a restart and reaches MQTT."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import asyncpg
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import scenes
+from inference_server.comms.topics import Topics
+from inference_server.config import Settings
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.pipeline.tamper import TamperStage, features, judge, learn
+from inference_server.schemas import CameraCreate, TamperState
+from inference_server.store import cameras
+from inference_server.store import tamper as tamper_store
+from inference_server.store.db import create_pool
+from inference_server.store.migrate import migrate
+from tests.support.mqtt import Subscriber
+from tests.support.waiting import wait_until
+
+from ..conftest import auth_headers, running
+
+T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+
+
+def _baseline(frames: list[Image.Image]) -> tamper_store.Baseline:
+    base = None
+    for i, frame in enumerate(frames):
+        base = learn(base, features(frame), 1 / (i + 1))
+    assert base is not None
+    return base
+
+
+@pytest.mark.parametrize("name", ["bus.jpg", "zidane.jpg"])
+def test_each_kind_of_tampering_is_told_from_dusk(name: str) -> None:
+    rng = np.random.default_rng(1)
+    view = scenes.picture(name)
+    base = _baseline([scenes.lit(view, 1.0, rng) for _ in range(8)])
+    kinds = {
+        "blurred": judge(features(scenes.blurred(view)), base).kind,
+        "shifted": judge(features(scenes.shifted(view)), base).kind,
+        "covered": judge(features(scenes.covered(view, rng)), base).kind,
+        "blinded": judge(features(scenes.blinded(view)), base).kind,
+    }
+    assert kinds == {"blurred": "blurred", "shifted": "moved", "covered": "covered", "blinded": "blinded"}
+    # Dark as deep dusk, noisy as a sensor at low light: the same scene, no tampering.
+    for light in (0.6, 0.3, 0.15, 0.08):
+        assert judge(features(scenes.lit(view, light, rng, noise=6)), base).kind is None, light
+
+
+@pytest.mark.parametrize("name", ["bus.jpg", "zidane.jpg"])
+def test_a_noisy_dusk_does_not_make_the_morning_look_out_of_focus(name: str) -> None:
+    """Sensor noise is fine detail too: a scene learned in noisy low light must not make the clean
+    daylight picture look blurred (bench/tamper_fp.py found this: a 'blurred' every dawn)."""
+    rng = np.random.default_rng(5)
+    view = scenes.picture(name)
+    base = _baseline([scenes.lit(view, 0.12, rng, noise=8) for _ in range(8)])
+    for _ in range(3):
+        morning = features(scenes.lit(view, 1.0, rng, noise=1))
+        assert judge(morning, base).kind is None
+        base = learn(base, morning, 0.1)  # as the stage does with a normal image
+    assert judge(features(scenes.blurred(view)), base).kind == "blurred"  # real blur still is
+
+
+def test_a_picture_too_dark_to_see_anything_is_not_judged() -> None:
+    """A night without light (the picture is its sensor's noise) says nothing: not covered, not moved."""
+    rng = np.random.default_rng(6)
+    frames = scenes.clip_frames()
+    base = _baseline(frames[:8])
+    verdicts = [judge(features(scenes.lit(f, 0.03, rng, noise=8)), base) for f in frames[8:20]]
+    assert {(v.kind, v.judgeable) for v in verdicts} == {(None, False)}
+    # A covered lens is no such noise: it is judged, and covered.
+    assert judge(features(scenes.covered(frames[0], rng)), base).kind == "covered"
+
+
+def test_people_moving_through_a_real_clip_are_not_tampering() -> None:
+    frames = scenes.clip_frames()
+    base = _baseline(frames[:8])
+    verdicts = [judge(features(f), base) for f in frames[8:]]
+    assert [v.kind for v in verdicts if v.kind is not None] == []
+    assert min(v.layout for v in verdicts) > 0.6
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, 2)
+    await migrate(pool)
+    await cameras.create(pool, CameraCreate(id="drive", name="Drive"))
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _feed(pool: asyncpg.Pool, stage: TamperStage, images: list[Image.Image], start: int = 0) -> list[TamperState]:
+    """Each image through the stage as the result stage does (one transaction each): the states published."""
+    published: list[TamperState] = []
+    for i, image in enumerate(images, start):
+        async with pool.acquire() as conn, conn.transaction():
+            for topic, payload, retain in await stage.observe(
+                conn, "drive", i + 1, T0 + timedelta(minutes=i), features(image)
+            ):
+                assert topic == "hsi/cameras/drive/tamper" and retain
+                published.append(TamperState.model_validate_json(payload))
+    return published
+
+
+async def test_tampering_is_raised_with_hysteresis_kept_over_a_restart_and_cleared(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings]
+) -> None:
+    rng = np.random.default_rng(2)
+    view = scenes.picture("bus.jpg")
+    normal = [scenes.lit(view, 1.0, rng) for _ in range(12)]
+    settings = make_settings(tamper_learn_frames=8, tamper_trigger_frames=3, tamper_clear_frames=3)
+    stage = TamperStage(settings, Topics())
+    await pool.execute(
+        "INSERT INTO images (camera_id, sha256, path, source, media_type, width, height,"
+        " size_bytes, captured_at, captured_at_source) SELECT 'drive', int8send(g), 'x', 'upload',"
+        " 'image/jpeg', 1, 1, 1, now(), 'client' FROM generate_series(1, 40) g"
+    )
+
+    learned = await _feed(pool, stage, normal[:8])
+    assert learned == [TamperState(tampered=False, kind=None, since=None, learned_images=8)]
+    # Two covered images (a hand passing the lens) are not enough.
+    assert await _feed(pool, stage, [scenes.covered(view, rng)] * 2, start=8) == []
+    assert await _feed(pool, stage, normal[8:9], start=10) == []
+
+    # A restart: a new stage over the same database keeps the baseline and the counters.
+    stage = TamperStage(settings, Topics())
+    raised = await _feed(pool, stage, [scenes.covered(view, rng)] * 3, start=11)
+    assert raised == [TamperState(tampered=True, kind="covered", since=T0 + timedelta(minutes=13), learned_images=9)]
+    # Still covered: nothing new. Then the camera is pointed elsewhere: the kind changes.
+    assert await _feed(pool, stage, [scenes.covered(view, rng)], start=14) == []
+    moved = await _feed(pool, stage, [scenes.shifted(view)], start=15)
+    assert [(s.tampered, s.kind) for s in moved] == [(True, "moved")]
+    # Put right: cleared after three normal images, not before.
+    assert await _feed(pool, stage, normal[9:11], start=16) == []
+    cleared = await _feed(pool, stage, normal[11:12], start=18)
+    assert cleared == [TamperState(tampered=False, kind=None, since=None, learned_images=12)]
+
+    episodes = await tamper_store.episodes(pool, "drive")
+    assert [(e["kind"], e["started_at"], e["ended_at"], e["image_id"]) for e in episodes] == [
+        ("moved", T0 + timedelta(minutes=13), T0 + timedelta(minutes=18), 14)
+    ]
+
+
+async def test_a_dusk_over_a_real_clip_never_raises_tampering(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings]
+) -> None:
+    rng = np.random.default_rng(3)
+    frames = scenes.clip_frames()
+    stage = TamperStage(make_settings(), Topics())
+    published = await _feed(pool, stage, list(scenes.dusk(frames, 60, rng)))
+    assert [(s.tampered, s.learned_images) for s in published] == [(False, 8)]
+    assert await tamper_store.episodes(pool, "drive") == []
+
+
+async def _done(pool: asyncpg.Pool, job_id: int) -> bool:
+    return bool(await pool.fetchval("SELECT state = 'done' FROM jobs WHERE id = $1", job_id))
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+async def test_a_covered_camera_turns_its_tamper_state_on_over_mqtt(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, mosquitto_url: str
+) -> None:
+    rng = np.random.default_rng(4)
+    view = scenes.picture("zidane.jpg")
+    settings = make_settings(mqtt_url=mosquitto_url, tamper_learn_frames=4, tamper_trigger_frames=2)
+    subscriber = await Subscriber(mosquitto_url, "hsi/cameras/porch/tamper").ready()
+    try:
+        async with running(settings, pose_detector) as server:
+            headers = await auth_headers(server)
+            async with aiohttp.ClientSession(base_url=server.api_url, headers=headers) as http:
+                async with http.post("/api/v1/cameras", json={"id": "porch", "name": "Porch"}) as resp:
+                    assert resp.status == 201
+                pictures = [scenes.lit(view, 1.0, rng) for _ in range(4)] + [scenes.covered(view, rng)] * 2
+                for i, picture in enumerate(pictures):
+                    # Distinct bytes each (noise), one after another, as a camera sends them.
+                    data = _jpeg(picture) if i < 4 else _jpeg(scenes.covered(view, rng))
+                    async with http.post(
+                        "/api/v1/cameras/porch/images",
+                        data=data,
+                        params={"captured_at": (T0 + timedelta(minutes=i)).isoformat()},
+                        headers={"Content-Type": "image/jpeg"},
+                    ) as resp:
+                        assert resp.status == 202
+                        job = (await resp.json())["job_id"]
+                    await wait_until(lambda j=job: _done(server.pool, j), 30, what=f"job {job} done")
+                message = await subscriber.wait_for(lambda m: json.loads(m.payload)["tampered"], 30)
+                state = TamperState.model_validate_json(message.payload)
+                assert (state.kind, state.since, state.learned_images) == ("covered", T0 + timedelta(minutes=5), 4)
+                late = await Subscriber(mosquitto_url, "hsi/cameras/porch/tamper").ready()
+                try:
+                    retained = await late.wait_for(lambda m: m.retain, 10)
+                    assert TamperState.model_validate_json(retained.payload) == state
+                finally:
+                    late.close()
+                async with http.get("/api/v1/cameras/porch/tamper") as resp:
+                    assert TamperState.model_validate(await resp.json()) == state
+
+                # Re-aimed on purpose: the learned scene is forgotten, the retained state cleared.
+                async with http.delete("/api/v1/cameras/porch/tamper") as resp:
+                    assert resp.status == 204
+                async with http.get("/api/v1/cameras/porch/tamper") as resp:
+                    assert resp.status == 404
+                await subscriber.wait_for(lambda m: m.payload == b"", 10)
+                episodes = await tamper_store.episodes(server.pool, "porch")
+                assert [(e["kind"], e["ended_at"] is not None) for e in episodes] == [("covered", True)]
+                async with http.get("/api/v1/cameras/nowhere/tamper") as resp:
+                    assert resp.status == 404
+    finally:
+        subscriber.close()

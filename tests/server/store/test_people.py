@@ -1,0 +1,141 @@
+"""store/people.py and migration 0006 in the real database: forgetting a person deletes every
+embedding of theirs (and the recognitions that named them); deleting a detection (retention)
+deletes its embeddings; names and person entities are unique."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from inference_server.config import Settings
+from inference_server.domain import Detection, Identity
+from inference_server.store import detections, images, people
+from inference_server.store.retention import run_retention
+
+T0 = datetime(2026, 11, 24, 23, 0, tzinfo=UTC)
+FACE = [0.1] * 1024
+BODY = [0.2] * 1280
+
+
+async def _person_detection(conn: asyncpg.Connection) -> int:
+    image_id = await images.insert(
+        conn, images.NewImage("front", b"x", "x.jpg", "folder", None, "image/jpeg", 8, 8, 1, T0, "mtime")
+    )
+    assert image_id is not None
+    await detections.insert_many(conn, image_id, "front", T0, [Detection("person", 0.9, (0.1, 0.1, 0.5, 0.9))])
+    [detection_id] = await people.detection_ids(conn, image_id)
+    return detection_id
+
+
+async def _count(conn: asyncpg.Connection, table: str) -> int:
+    return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def test_forgetting_a_person_deletes_every_embedding_and_recognition_of_theirs(conn: asyncpg.Connection) -> None:
+    anna = await people.create(conn, "Anna", "person.anna")
+    ben = await people.create(conn, "Ben", None)
+    await people.add_embeddings(conn, anna.id, [("face", "faceres-x", FACE), ("body", "mnv2-x", BODY)], origin="upload")
+    await people.add_embeddings(conn, ben.id, [("face", "faceres-x", FACE)], origin="upload")
+    detection_id = await _person_detection(conn)
+    await people.store_detection(
+        conn, detection_id, [("face", "faceres-x", FACE)], Identity("face", anna.id, similarity=0.9)
+    )
+    assert (await people.get(conn, anna.id)).embeddings == {"face": 1, "body": 1}  # type: ignore[union-attr]
+
+    assert await people.delete(conn, anna.id) is True
+    rows = await conn.fetch("SELECT person_id FROM person_embeddings")
+    assert [r["person_id"] for r in rows] == [ben.id]  # Anna's two are gone, Ben's stays
+    assert await _count(conn, "detection_identities") == 0  # the recognition that named her
+    assert await _count(conn, "detection_embeddings") == 1  # the detection's own vector stays (retention's)
+    assert await people.get(conn, anna.id) is None
+    assert await people.delete(conn, anna.id) is False
+
+
+async def test_deleting_a_detection_deletes_its_embeddings_and_identity(conn: asyncpg.Connection) -> None:
+    detection_id = await _person_detection(conn)
+    await people.store_detection(
+        conn, detection_id, [("face", "m", FACE), ("body", "m", BODY)], Identity("face", visitor=detection_id)
+    )
+    assert await _count(conn, "detection_embeddings") == 2
+    await conn.execute("DELETE FROM detections WHERE id = $1", detection_id)  # as retention does
+    assert await _count(conn, "detection_embeddings") == 0
+    assert await _count(conn, "detection_identities") == 0
+
+
+async def test_enrolled_from_a_detection_the_embedding_outlives_the_detection(conn: asyncpg.Connection) -> None:
+    anna = await people.create(conn, "Anna", None)
+    detection_id = await _person_detection(conn)
+    await people.store_detection(conn, detection_id, [("body", "m", BODY)], Identity("body", visitor=detection_id))
+    vectors = await people.detection_vectors(conn, detection_id)
+    assert [(s, m, len(v)) for s, m, v in vectors] == [("body", "m", 1280)]
+    await people.add_embeddings(conn, anna.id, vectors, origin="detection", detection_id=detection_id)
+    await conn.execute("DELETE FROM detections WHERE id = $1", detection_id)
+    row = await conn.fetchrow("SELECT origin, detection_id, cardinality(vector) AS n FROM person_embeddings")
+    assert dict(row) == {"origin": "detection", "detection_id": None, "n": 1280}
+
+
+async def test_names_and_person_entities_are_unique(conn: asyncpg.Connection) -> None:
+    await people.create(conn, "Anna", "person.anna")
+    with pytest.raises(people.PersonExists):
+        await people.create(conn, "anna", None)  # names compare case-insensitively
+    with pytest.raises(people.PersonExists):
+        await people.create(conn, "Anne", "person.anna")
+    ben = await people.create(conn, "Ben", None)
+    with pytest.raises(people.PersonExists):
+        await people.update(conn, ben.id, name="ANNA", entity_id=None, clear_entity=False)
+    renamed = await people.update(conn, ben.id, name="Benjamin", entity_id="person.ben", clear_entity=False)
+    assert renamed is not None and (renamed.name, renamed.entity_id) == ("Benjamin", "person.ben")
+    cleared = await people.update(conn, ben.id, name=None, entity_id=None, clear_entity=True)
+    assert cleared is not None and (cleared.name, cleared.entity_id) == ("Benjamin", None)
+
+
+async def test_the_gallery_holds_only_vectors_of_the_current_models(conn: asyncpg.Connection) -> None:
+    anna = await people.create(conn, "Anna", None)
+    await people.add_embeddings(
+        conn, anna.id, [("face", "new", FACE), ("face", "old", FACE), ("body", "new-body", BODY)], origin="upload"
+    )
+    got = await people.gallery(conn, {"face": "new", "body": "new-body"})
+    assert [(p, s, len(v)) for p, s, v in got] == [(anna.id, "face", 1024), (anna.id, "body", 1280)]
+    assert await people.enrolled_count(conn) == 1
+
+
+async def test_a_vector_of_impossible_size_is_refused(conn: asyncpg.Connection) -> None:
+    anna = await people.create(conn, "Anna", None)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await people.add_embeddings(conn, anna.id, [("face", "m", [0.5] * 3)], origin="upload")
+
+
+async def test_retention_prunes_the_embeddings_of_old_detections_and_keeps_enrolled_ones(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, retention_days=7)
+    old, new = T0 - timedelta(days=30), T0
+    ids = {}
+    for name, received in (("old", old), ("new", new)):
+        image_id = await images.insert(
+            conn,
+            images.NewImage(
+                "front", name.encode(), f"{name}.jpg", "folder", None, "image/jpeg", 8, 8, 1, received, "mtime"
+            ),
+        )
+        assert image_id is not None
+        await conn.execute("UPDATE images SET received_at = $2 WHERE id = $1", image_id, received)
+        await detections.insert_many(
+            conn, image_id, "front", received, [Detection("person", 0.9, (0.1, 0.1, 0.5, 0.9))]
+        )
+        [ids[name]] = await people.detection_ids(conn, image_id)
+        await people.store_detection(conn, ids[name], [("body", "m", BODY)], Identity("body", visitor=ids[name]))
+    anna = await people.create(conn, "Anna", None)
+    await people.add_embeddings(
+        conn, anna.id, await people.detection_vectors(conn, ids["old"]), origin="detection", detection_id=ids["old"]
+    )
+
+    report = await run_retention(pool, settings, now=T0 + timedelta(hours=1))
+    assert report.detections == 1
+    left = await conn.fetch("SELECT detection_id FROM detection_embeddings")
+    assert [r["detection_id"] for r in left] == [ids["new"]]  # the old detection's vector went with it
+    assert await _count(conn, "detection_identities") == 1
+    assert await people.embedding_count(conn, anna.id) == 1  # what was enrolled from it stays hers
