@@ -6,16 +6,12 @@ from aiohttp import web
 
 from inference_server.api.deps import ctx
 from inference_server.api.errors import ApiError, not_found
-from inference_server.api.images import read_limited, read_multipart
+from inference_server.api.images import ingest_errors, read_upload
 from inference_server.api.params import EventPath, UploadParams
 from inference_server.api.registry import API, CLIP_TYPES
 from inference_server.ingest.clips import sniff_media_type
-from inference_server.ingest.ingestor import CameraDisabled, UnknownCamera
-from inference_server.ingest.validate import InvalidImage
 from inference_server.schemas import ClipAccepted
 from inference_server.store import clips
-
-_STATUS_FOR = {"too_large": 413, "too_many_pixels": 413}
 
 
 @API.route(
@@ -32,29 +28,14 @@ _STATUS_FOR = {"too_large": 413, "too_many_pixels": 413}
 )
 async def upload_clip(request: web.Request, p: UploadParams, _: None) -> web.Response:
     context = ctx(request)
-    limit = context.settings.clip_max_bytes
-    captured_at = p.captured_at
-    name: str | None = None
-    if request.content_type in CLIP_TYPES:
-        data = await read_limited(request, limit)
-    elif request.content_type == "multipart/form-data":
-        data, name, form_time = await read_multipart(request, limit, "clip")
-        captured_at = captured_at or form_time
-    else:
-        raise ApiError(415, "unsupported_media_type", f"send {', '.join(CLIP_TYPES)} or multipart/form-data")
+    data, name, captured_at = await read_upload(request, p, context.settings.clip_max_bytes, CLIP_TYPES, "clip")
     media_type = sniff_media_type(data)
     if media_type is None:
         raise ApiError(415, "unsupported_format", "not an MP4, MOV, MKV or AVI container")
-    try:
+    with ingest_errors(p.camera_id):
         result = await context.ingestor.ingest_clip_bytes(
             p.camera_id, data, media_type=media_type, captured_at=captured_at, original_name=name
         )
-    except InvalidImage as bad:
-        raise ApiError(_STATUS_FOR.get(bad.reason, 400), bad.reason, bad.detail) from bad
-    except UnknownCamera as err:
-        raise not_found(f"camera {p.camera_id!r}") from err
-    except CameraDisabled as err:
-        raise ApiError(409, "camera_disabled", f"detection is switched off for camera {p.camera_id!r}") from err
     assert result.clip is not None
     clip = result.clip
     accepted = ClipAccepted(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -41,27 +43,38 @@ _STATUS_FOR = {
 )
 async def upload_image(request: web.Request, p: UploadParams, _: None) -> web.Response:
     context = ctx(request)
-    limit = context.settings.upload_max_bytes
-    captured_at = p.captured_at
-    name: str | None = None
-    if request.content_type in IMAGE_TYPES:
-        data = await read_limited(request, limit)
-    elif request.content_type == "multipart/form-data":
-        data, name, form_time = await read_multipart(request, limit)
-        captured_at = captured_at or form_time
-    else:
-        raise ApiError(415, "unsupported_media_type", "send image/jpeg, image/png or multipart/form-data")
-    try:
+    data, name, captured_at = await read_upload(request, p, context.settings.upload_max_bytes, IMAGE_TYPES, "image")
+    with ingest_errors(p.camera_id):
         result = await context.ingestor.ingest_bytes(p.camera_id, data, captured_at=captured_at, original_name=name)
-    except InvalidImage as bad:
-        raise ApiError(_STATUS_FOR.get(bad.reason, 400), bad.reason, bad.detail) from bad
-    except UnknownCamera as err:
-        raise not_found(f"camera {p.camera_id!r}") from err
-    except CameraDisabled as err:
-        raise ApiError(409, "camera_disabled", f"detection is switched off for camera {p.camera_id!r}") from err
     assert result.image_id is not None
     accepted = UploadAccepted(job_id=result.job_id, image_id=result.image_id, duplicate=result.status == "duplicate")
     return web.Response(text=accepted.model_dump_json(), status=202, content_type="application/json")
+
+
+async def read_upload(
+    request: web.Request, p: UploadParams, limit: int, media_types: Sequence[str], field: str
+) -> tuple[bytes, str | None, datetime | None]:
+    """An uploaded file: the raw body in one of ``media_types`` or the multipart part ``field``;
+    with its file name (multipart only) and ``captured_at`` (the query's, else the form's)."""
+    if request.content_type in media_types:
+        return await read_limited(request, limit), None, p.captured_at
+    if request.content_type == "multipart/form-data":
+        data, name, form_time = await read_multipart(request, limit, field)
+        return data, name, p.captured_at or form_time
+    raise ApiError(415, "unsupported_media_type", f"send {', '.join(media_types)} or multipart/form-data")
+
+
+@contextmanager
+def ingest_errors(camera_id: str) -> Iterator[None]:
+    """The ingestor's refusals as API errors: invalid file 4xx, unknown camera 404, disabled 409."""
+    try:
+        yield
+    except InvalidImage as bad:
+        raise ApiError(_STATUS_FOR.get(bad.reason, 400), bad.reason, bad.detail) from bad
+    except UnknownCamera as err:
+        raise not_found(f"camera {camera_id!r}") from err
+    except CameraDisabled as err:
+        raise ApiError(409, "camera_disabled", f"detection is switched off for camera {camera_id!r}") from err
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:

@@ -268,38 +268,22 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
 
 
 def _request_body(route: Route) -> dict[str, Any]:
-    if route.body == "image":
+    if route.body in ("image", "clip"):
+        # A file: the raw body in one of its media types, or a multipart field named after it.
+        media_types = IMAGE_TYPES if route.body == "image" else CLIP_TYPES
         binary = {"schema": {"type": "string", "format": "binary"}}
         return {
             "required": True,
             "content": {
-                **{media: binary for media in IMAGE_TYPES},
+                **{media: binary for media in media_types},
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
                         "properties": {
-                            "image": {"type": "string", "format": "binary"},
+                            route.body: {"type": "string", "format": "binary"},
                             "captured_at": {"type": "string", "format": "date-time"},
                         },
-                        "required": ["image"],
-                    }
-                },
-            },
-        }
-    if route.body == "clip":
-        binary = {"schema": {"type": "string", "format": "binary"}}
-        return {
-            "required": True,
-            "content": {
-                **{media: binary for media in CLIP_TYPES},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "clip": {"type": "string", "format": "binary"},
-                            "captured_at": {"type": "string", "format": "date-time"},
-                        },
-                        "required": ["clip"],
+                        "required": [route.body],
                     }
                 },
             },
