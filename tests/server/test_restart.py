@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from inference_server import demo_assets
+from inference_server.store.migrate import available_migrations
 from tests.reliability.conftest import server_env
 from tests.support.mqtt import Subscriber
 from tests.support.waiting import wait_until
@@ -39,7 +40,16 @@ async def test_job_is_reclaimed_after_sigkill_and_yields_exactly_one_event(
     try:
         # Wait for the first server to have migrated the schema, then hold the detections table:
         # the worker can claim and infer, but its result transaction waits on this lock.
-        await wait_until(lambda: blocker.fetchval("SELECT to_regclass('detections') IS NOT NULL"), timeout=60)
+        # Every migration, not only the table: a later one that touches detections would otherwise
+        # wait on this lock, and the server would never start.
+        latest = available_migrations()[-1].version
+
+        async def migrated() -> bool:
+            if not await blocker.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+                return False
+            return bool(await blocker.fetchval("SELECT max(version) = $1 FROM schema_migrations", latest))
+
+        await wait_until(migrated, timeout=60, what="the schema migrated")
         holding = blocker.transaction()
         await holding.start()
         await blocker.execute("LOCK TABLE detections IN ACCESS EXCLUSIVE MODE")
