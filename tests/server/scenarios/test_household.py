@@ -8,44 +8,24 @@ threats page (high or above), benign cases do not, an activity makes the events 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-import asyncpg
 import pytest
 
-from inference_server.clock import Clock
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 
-from ..conftest import FakeClock, _with_database, running
 from .cases import CASES, Case
-from .runner import Outcome, run_cases, scenario_settings
+from .runner import Outcome
+from .table import run_table
 
 pytestmark = pytest.mark.slow
-
-
-async def _run_all(pg_uri: str, data_dir: Path, detector: UltralyticsDetector) -> dict[str, Outcome]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_uri)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        settings = scenario_settings(data_dir, _with_database(pg_uri, name))
-        clock = FakeClock()
-        server_clock: Clock = clock
-        async with running(settings, detector, server_clock) as server:
-            outcomes = await run_cases(server, clock, CASES)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-    return {o.case.name: o for o in outcomes}
 
 
 @pytest.fixture(scope="module")
 def outcomes(
     pg_uri: str, pose_detector: UltralyticsDetector, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Outcome]]:
-    yield asyncio.run(_run_all(pg_uri, tmp_path_factory.mktemp("scenarios"), pose_detector))
+    yield asyncio.run(run_table(pg_uri, tmp_path_factory.mktemp("scenarios"), pose_detector, CASES))
 
 
 @pytest.mark.timeout(900)

@@ -6,19 +6,17 @@ the household table)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-import asyncpg
 import pytest
 
 from inference_server.detection.detector import Detector
 
-from ..conftest import FakeClock, _with_database, coco_settings, running
+from ..conftest import coco_settings
 from .cases import Case
 from .coco_cases import COCO_CASES
-from .runner import Outcome, run_cases, scenario_settings
+from .runner import Outcome
+from .table import run_table
 
 pytestmark = pytest.mark.slow
 
@@ -32,26 +30,13 @@ EXPECTED = {
 }
 
 
-async def _run_all(pg_uri: str, data_dir: Path, detector: Detector) -> dict[str, Outcome]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_uri)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        settings = scenario_settings(data_dir, _with_database(pg_uri, name)).model_copy(update=coco_settings())
-        clock = FakeClock()
-        async with running(settings, detector, clock) as server:
-            outcomes = await run_cases(server, clock, COCO_CASES)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-    return {o.case.name: o for o in outcomes}
-
-
 @pytest.fixture(scope="module")
 def outcomes(
     pg_uri: str, coco_detector: Detector, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Outcome]]:
-    yield asyncio.run(_run_all(pg_uri, tmp_path_factory.mktemp("vehicles"), coco_detector))
+    yield asyncio.run(
+        run_table(pg_uri, tmp_path_factory.mktemp("vehicles"), coco_detector, COCO_CASES, **coco_settings())
+    )
 
 
 @pytest.mark.timeout(600)
