@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_socket
 from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_mqtt_message
 from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
@@ -66,3 +67,26 @@ async def camera_online(hass: HomeAssistant) -> None:
     publish(hass, "hsi/status", sample("status.json"))
     publish(hass, "hsi/cameras/back_door/state", sample("camera_state.json"))
     await hass.async_block_till_done()
+
+
+@pytest.fixture
+async def real_entry(
+    hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: Any
+) -> AsyncGenerator[MockConfigEntry]:
+    """The integration set up against the module's REAL server (its ``real_server`` fixture)."""
+    pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
+    entry = MockConfigEntry(
+        domain=DOMAIN, unique_id="hsi", data={"url": real_server.url, "api_key": real_server.api_key, "prefix": "hsi"}
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    yield entry
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def call_service(hass: HomeAssistant, service: str, entry: MockConfigEntry, **data: Any) -> Any:
+    """One of the integration's services for ``entry``, blocking, with its response."""
+    return await hass.services.async_call(
+        DOMAIN, service, {"config_entry_id": entry.entry_id, **data}, blocking=True, return_response=True
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -22,9 +22,8 @@ from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClien
 from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
 from custom_components.home_security_intelligence.alerts import recognised_people, unfamiliar_face
-from custom_components.home_security_intelligence.const import DOMAIN
 
-from .conftest import camera_online, publish, sample
+from .conftest import call_service, camera_online, publish, sample
 from .server import RealServer, server_file, start_server
 from .test_blueprint import BLUEPRINT, _set_up_with_blueprint
 
@@ -35,33 +34,6 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServe
     server = start_server(tmp_path_factory.mktemp("hsi"), recognition=True)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def expected_lingering_timers() -> bool:
-    """HA's ``mqtt_mock`` leaves MQTT's periodic housekeeping timer running (a harness trait)."""
-    return True
-
-
-@pytest.fixture
-async def real_entry(
-    hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: RealServer
-) -> AsyncGenerator[MockConfigEntry]:
-    pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
-    entry = MockConfigEntry(
-        domain=DOMAIN, unique_id="hsi", data={"url": real_server.url, "api_key": real_server.api_key, "prefix": "hsi"}
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    yield entry
-    assert await hass.config_entries.async_unload(entry.entry_id)
-
-
-async def _call(hass: HomeAssistant, service: str, entry: MockConfigEntry, **data: Any) -> Any:
-    return await hass.services.async_call(
-        DOMAIN, service, {"config_entry_id": entry.entry_id, **data}, blocking=True, return_response=True
-    )
 
 
 async def test_enroll_from_an_event_then_forget_deletes_the_person_and_embeddings(
@@ -87,7 +59,7 @@ async def test_enroll_from_an_event_then_forget_deletes_the_person_and_embedding
         "visitor": event["detections"][0]["identity"]["visitor"],
     }
 
-    enrolled = await _call(
+    enrolled = await call_service(
         hass, "enroll_person", real_entry, event_id=event["id"], name="Anna", person_entity_id="person.anna"
     )
     assert (enrolled["name"], enrolled["entity_id"], enrolled["embeddings"]) == (
@@ -96,14 +68,14 @@ async def test_enroll_from_an_event_then_forget_deletes_the_person_and_embedding
         {"face": 1, "body": 1},
     )
     # Again (another view, here the same one): the same person gets more embeddings, no second person.
-    again = await _call(hass, "enroll_person", real_entry, event_id=event["id"], name="anna")
+    again = await call_service(hass, "enroll_person", real_entry, event_id=event["id"], name="anna")
     assert again["id"] == enrolled["id"] and again["embeddings"] == {"face": 2, "body": 2}
 
-    forgotten = await _call(hass, "forget_person", real_entry, name="Anna")
+    forgotten = await call_service(hass, "forget_person", real_entry, name="Anna")
     assert forgotten == {"forgotten": "Anna", "embeddings_deleted": 4}
     assert await client.list_people() == []
     with pytest.raises(ServiceValidationError) as err:
-        await _call(hass, "forget_person", real_entry, name="Anna")
+        await call_service(hass, "forget_person", real_entry, name="Anna")
     assert err.value.translation_key == "unknown_person"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClien
 
 from custom_components.home_security_intelligence.const import DOMAIN
 
-from .conftest import URL
+from .conftest import URL, call_service
 from .server import RealServer, server_file, start_server
 
 
@@ -31,33 +31,6 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServe
     server = start_server(tmp_path_factory.mktemp("hsi"))
     yield server
     server.stop()
-
-
-@pytest.fixture
-def expected_lingering_timers() -> bool:
-    """HA's ``mqtt_mock`` leaves MQTT's periodic housekeeping timer running (a harness trait)."""
-    return True
-
-
-@pytest.fixture
-async def real_entry(
-    hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: RealServer
-) -> AsyncGenerator[MockConfigEntry]:
-    pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)
-    real_entry = MockConfigEntry(
-        domain=DOMAIN, unique_id="hsi", data={"url": real_server.url, "api_key": real_server.api_key, "prefix": "hsi"}
-    )
-    real_entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(real_entry.entry_id)
-    await hass.async_block_till_done()
-    yield real_entry
-    assert await hass.config_entries.async_unload(real_entry.entry_id)
-
-
-async def _call(hass: HomeAssistant, service: str, entry: MockConfigEntry, **data: Any) -> Any:
-    return await hass.services.async_call(
-        DOMAIN, service, {"config_entry_id": entry.entry_id, **data}, blocking=True, return_response=True
-    )
 
 
 async def test_analyze_review_and_list_through_the_real_server(
@@ -78,20 +51,24 @@ async def test_analyze_review_and_list_through_the_real_server(
     client = real_entry.runtime_data.client
     await client._request("POST", "/cameras", json={"id": "porch", "name": "Porch"})
 
-    await _call(hass, "set_context", real_entry, alarm_state="armed_away", people_home=[], sun="below_horizon")
-    result = await _call(hass, "analyze_snapshot", real_entry, entity_id="camera.porch", camera_id="porch", wait=True)
+    await call_service(hass, "set_context", real_entry, alarm_state="armed_away", people_home=[], sun="below_horizon")
+    result = await call_service(
+        hass, "analyze_snapshot", real_entry, entity_id="camera.porch", camera_id="porch", wait=True
+    )
     assert result["state"] == "done" and result["job_id"] > 0
     event = result["event"]
     assert event["camera_id"] == "porch" and event["objects"] == {"person": 4}
     assert event["context"]["alarm_state"] == "armed_away"
     assert event["risk_level"] in ("high", "critical")
 
-    reviewed = await _call(
+    reviewed = await call_service(
         hass, "mark_reviewed", real_entry, event_id=event["id"], feedback="correct", notes="delivery"
     )
     assert reviewed["reviewed"] is True and reviewed["feedback"] == "correct" and reviewed["notes"] == "delivery"
     # A naive time, as the UI's datetime selector sends it: Home Assistant's time zone.
-    listed = await _call(hass, "get_events", real_entry, camera="porch", reviewed=True, since="2020-01-01 00:00:00")
+    listed = await call_service(
+        hass, "get_events", real_entry, camera="porch", reviewed=True, since="2020-01-01 00:00:00"
+    )
     assert [e["id"] for e in listed["events"]] == [event["id"]]
 
 
@@ -108,7 +85,7 @@ async def test_requeue_dead_letters_through_the_real_server(
         if await client.list_dlq():
             break
         await asyncio.sleep(0.2)
-    result = await _call(hass, "requeue_dead_letters", real_entry)
+    result = await call_service(hass, "requeue_dead_letters", real_entry)
     assert result == {"requeued": 1}
 
 
@@ -246,7 +223,7 @@ async def test_get_events_reads_a_naive_since_in_home_assistants_time_zone(
 ) -> None:
     await hass.config.async_set_time_zone("Europe/Berlin")
     aioclient_mock.get(f"{URL}/api/v1/events", json={"events": [], "next_cursor": None})
-    result = await _call(hass, "get_events", entry, since=since)
+    result = await call_service(hass, "get_events", entry, since=since)
     assert result == {"events": [], "next_cursor": None}
     url = aioclient_mock.mock_calls[-1][1]
     assert url.query["since"] == sent
@@ -255,9 +232,9 @@ async def test_get_events_reads_a_naive_since_in_home_assistants_time_zone(
 async def test_saving_the_options_keeps_what_set_context_set(hass: HomeAssistant, real_entry: MockConfigEntry) -> None:
     client = real_entry.runtime_data.client
     await client.put_context({})  # the module's server: start from an empty context
-    await _call(hass, "set_context", real_entry, alarm_state="armed_away", notes="on holiday")
+    await call_service(hass, "set_context", real_entry, alarm_state="armed_away", notes="on holiday")
     # set_context changes only the fields it is given, too.
-    await _call(hass, "set_context", real_entry, open_entries=["Garage"])
+    await call_service(hass, "set_context", real_entry, open_entries=["Garage"])
     stored = (await client.get_context())["context"]
     assert stored["alarm_state"] == "armed_away" and stored["notes"] == "on holiday"
     assert stored["open_entries"] == ["Garage"]
