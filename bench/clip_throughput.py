@@ -30,7 +30,7 @@ from inference_server import demo_assets
 from inference_server.decode_budget import DecodeBudget
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.ingest.clips import ClipLimits, sample_clip
-from inference_server.pipeline.detect import decode
+from inference_server.pipeline.decode import decode
 
 CLIPS = ("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4")
 

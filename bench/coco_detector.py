@@ -24,7 +24,7 @@ from typing import Any
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.detector import build_detector
-from inference_server.pipeline.detect import decode
+from inference_server.pipeline.decode import decode
 from tests.support.models import COCO_CONFIDENCE, COCO_IMGSZ, coco_onnx, converter
 
 PICTURES = ("bus.jpg", "zidane.jpg", "motorcycle_left.png", "coffee.png", "chelsea.png", "astronaut.png")

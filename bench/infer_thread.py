@@ -21,7 +21,7 @@ from typing import Any
 
 from inference_server import demo_assets
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
-from inference_server.pipeline.detect import decode
+from inference_server.pipeline.decode import decode
 
 
 def main() -> None:

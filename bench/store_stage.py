@@ -20,6 +20,7 @@ import json
 import logging
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.jobs.queue import JobQueue, QueuePolicy
 from inference_server.pipeline.batch import BatchStage
-from inference_server.pipeline.detect import DetectWorker, _Item, decode
+from inference_server.pipeline.decode import decode
+from inference_server.pipeline.detect import DetectWorker, _Item
 from inference_server.pipeline.result import ResultStage
 from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.reasoning.rules import RulesReasoner
@@ -55,6 +57,41 @@ async def store_pipeline(
     for camera in cameras:
         await pool.execute("INSERT INTO cameras (id, name, folder) VALUES ($1, $1, $1)", camera)
     return worker, ingestor, queue
+
+
+NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+class RoundTrips:
+    """Counts the statements sent to PostgreSQL (each one round trip), while entered: asyncpg's
+    prepared-statement path and its simple-query path (``execute`` without arguments: BEGIN,
+    COMMIT, NOTIFY)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> RoundTrips:
+        self._do_execute = asyncpg.connection.Connection._do_execute
+        self._execute = asyncpg.connection.Connection.execute
+        counter = self
+        do_execute, execute = self._do_execute, self._execute
+
+        def counted_do_execute(conn: Any, *a: Any, **kw: Any) -> Any:
+            counter.count += 1
+            return do_execute(conn, *a, **kw)
+
+        async def counted_execute(conn: Any, query: str, *args: Any, **kw: Any) -> Any:
+            if not args:
+                counter.count += 1
+            return await execute(conn, query, *args, **kw)
+
+        asyncpg.connection.Connection._do_execute = counted_do_execute  # type: ignore[method-assign]
+        asyncpg.connection.Connection.execute = counted_execute  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncpg.connection.Connection._do_execute = self._do_execute  # type: ignore[method-assign]
+        asyncpg.connection.Connection.execute = self._execute  # type: ignore[method-assign]
 
 
 async def _run(pg_uri: str, work: Path, detector: UltralyticsDetector, args: argparse.Namespace, k: int) -> float:
@@ -84,7 +121,11 @@ async def _run(pg_uri: str, work: Path, detector: UltralyticsDetector, args: arg
         found = detector.detect(pictures)
         for n in range(args.images):
             image = tagged_jpeg(raw[n % 2], n, "hsi-store-bench")
-            await ingestor.ingest_bytes(cameras[n % len(cameras)], image, captured_at=None, original_name=f"{n}.jpg")
+            # Noon, 4 frames a second per camera: the same judgement whenever the bench runs.
+            captured = NOON + timedelta(seconds=n // len(cameras) / 4)
+            await ingestor.ingest_bytes(
+                cameras[n % len(cameras)], image, captured_at=captured, original_name=f"{n}.jpg"
+            )
         jobs = await queue.claim(args.images)
         assert len(jobs) == args.images, len(jobs)
         by_id = {j.id: j for j in jobs}
@@ -97,8 +138,10 @@ async def _run(pg_uri: str, work: Path, detector: UltralyticsDetector, args: arg
             source.put_nowait([_Item(j, pictures[i], list(found[i])) for j, i in zip(chunk, src, strict=True)])
         source.put_nowait(None)
         started = time.perf_counter()
-        await worker._finish_loop(source)
+        with RoundTrips() as trips:
+            await worker._finish_loop(source)
         elapsed = time.perf_counter() - started
+        print(f"  {trips.count / args.images:.2f} database round trips per image (store_concurrency={k})", flush=True)
         done = await pool.fetchval("SELECT count(*) FROM jobs WHERE state = 'done'")
         assert done == args.images, f"{done} of {args.images} stored"
         worker._infer_pool.shutdown()

@@ -273,6 +273,12 @@ class Settings(BaseSettings):
     tamper_clear_frames: int = Field(
         default=3, ge=1, description="Consecutive normal-looking images that clear it again."
     )
+    tamper_check_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Capture seconds between a camera's tamper checks while its view looks normal (0: every"
+        " image); every image is checked while the scene is learned or looks tampered.",
+    )
 
     # --- recognition (known people, docs/privacy.md) ------------------------------------
     embedder_backend: str = Field(default="onnx", description="Embedder backend for face and body models.")
@@ -289,6 +295,15 @@ class Settings(BaseSettings):
     embedding_max_pending: int = Field(
         default=2, ge=1, le=64, description="Images waiting for recognition beyond which an image is not embedded."
     )
+    stranger_window_h: float = Field(
+        default=12,
+        gt=0,
+        le=168,
+        description="An unknown person seen again within this many hours keeps one stranger id (docs/privacy.md).",
+    )
+    stranger_visit_gap_s: float = Field(
+        default=300, gt=0, description="Sightings of a stranger further apart than this count as separate visits."
+    )
 
     # --- jobs ---------------------------------------------------------------------------
     job_lease_s: float = Field(default=60.0, gt=0)
@@ -304,6 +319,12 @@ class Settings(BaseSettings):
     detector_device: str = Field(default="auto", description="auto, cpu, cuda, cuda:0, mps")
     detector_confidence: float = Field(default=0.40, gt=0, lt=1)
     detector_imgsz: int = Field(default=640, ge=32)
+    detector_decode_fit: Literal["cover", "letterbox"] = Field(
+        default="cover",
+        description="cover: decode pictures with both sides at detector_imgsz or more (snapshots are drawn"
+        " from them); letterbox: only the longer side (a 16:9 frame at half the pixels: less CPU per image,"
+        " but a snapshot is drawn from the file again). Recognition (face crops) always uses cover.",
+    )
     detector_batch_size: int = Field(default=4, ge=1, le=256)
     detector_batch_wait_ms: float = Field(
         default=5.0, ge=0, le=1000, description="A batch short of detector_batch_size waits this long for more jobs."
@@ -409,6 +430,12 @@ class Settings(BaseSettings):
         default=14, gt=0, description="Images, snapshots, detections and quarantine kept this long."
     )
     event_retention_days: float = Field(default=90, gt=0, description="Events kept this long.")
+    digest_retention_days: float = Field(
+        default=90,
+        gt=0,
+        description="Digests (scheduled and on demand) kept this long; the latest scheduled ones are kept"
+        " at least 2 days whatever this says, so a restarted server never sends a night again.",
+    )
     retention_interval_s: float = Field(default=3600, gt=0, description="How often the retention cleanup runs.")
     status_interval_s: float = Field(default=10, gt=0, description="How often hsi/status is published.")
 

@@ -50,7 +50,9 @@ class Identity:
     ``name``, the ``similarity`` and ``source`` that decided) or unknown (``person_id`` None).
     ``source`` face: a face was embedded (so an unknown is an unfamiliar face); body: only the
     body was (a weak cue: an unknown body says little). ``visitor`` groups the sightings of one
-    unknown person within a batch."""
+    unknown person within a batch; ``stranger`` the sightings of one unknown person across events
+    within the stranger window (its ``visits`` and ``first_seen`` so far; ``stranger_link``: what
+    linked this sighting to an earlier one, None for the stranger's first)."""
 
     source: Literal["face", "body"]
     person_id: int | None = None
@@ -58,6 +60,10 @@ class Identity:
     entity_id: str | None = None
     similarity: float | None = None
     visitor: int | None = None
+    stranger: int | None = None
+    visits: int | None = None
+    first_seen: datetime | None = None
+    stranger_link: Literal["face", "body"] | None = None
 
     @property
     def known(self) -> bool:

@@ -29,6 +29,13 @@ class DetectionIdentity(_Model):
     visitor: int | None = Field(
         default=None, description="Groups the sightings of one unknown person within an activity."
     )
+    stranger: str | None = Field(
+        default=None,
+        description="An unknown person's stranger id (S-…): the same id for sightings of them within "
+        "`stranger_window_h` across events and cameras (docs/privacy.md).",
+    )
+    visits: int | None = Field(default=None, description="The stranger's visits so far (sightings far enough apart).")
+    first_seen: datetime | None = Field(default=None, description="When the stranger was first seen.")
 
 
 class DetectionOut(_Model):

@@ -10,7 +10,7 @@ import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiohttp import web
@@ -25,7 +25,7 @@ from inference_server.comms.mqtt import BrokerAddress, MqttPublisher, PublishErr
 from inference_server.comms.topics import Topics
 from inference_server.config import LlmSettings, Settings, redact_url
 from inference_server.detection.detector import Detector, DetectorModelMissing, build_detector
-from inference_server.detection.vram import VramBudget, detector_need_mb, llm_need_mb
+from inference_server.detection.vram import VramBudget, detector_need_mb, embedder_need_mb, llm_need_mb
 from inference_server.embedding.embedder import Embedder, EmbeddingSource, build_embedder, model_key
 from inference_server.ingest.ftp import FtpReceiver
 from inference_server.ingest.ingestor import Ingestor
@@ -38,8 +38,7 @@ from inference_server.pipeline.identify import PhotoEnroller, Recognizer
 from inference_server.pipeline.result import ResultStage
 from inference_server.pipeline.tamper import TamperStage
 from inference_server.publish.relay import OutboxRelay
-from inference_server.reasoning.backends.base import LlmBackend
-from inference_server.reasoning.digest import DigestProseError, write_prose
+from inference_server.reasoning.digest import DigestProseError
 from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.reasoning.rules import RulesReasoner
 from inference_server.reports.digest import DigestService, ProseFailed, ProseSource
@@ -51,6 +50,9 @@ from inference_server.store.db import DB_ERRORS, EmbeddedPostgres, create_pool
 from inference_server.store.migrate import migrate
 from inference_server.store.retention import RetentionWorker
 from inference_server.telemetry.gpu import GpuProbe, GpuReader
+
+if TYPE_CHECKING:
+    from inference_server.reasoning.llm import LlmReasoner
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +90,17 @@ async def open_database(settings: Settings) -> tuple[asyncpg.Pool, EmbeddedPostg
     return pool, embedded
 
 
-def digest_prose(backend: LlmBackend, timeout_s: float) -> ProseSource:
-    """The digest's prose writer: ``backend`` (the events' LLM, shared) behind the digest prompt."""
+def digest_prose(reasoner: LlmReasoner, timeout_s: float) -> ProseSource:
+    """The digest's prose writer: the events' LLM reasoner, shared with its concurrency limit and
+    circuit breaker (``LlmReasoner.write_digest``), behind the digest prompt."""
 
     async def write(facts: str) -> str:
         try:
-            return await write_prose(backend, facts, timeout_s)
+            return await reasoner.write_digest(facts, timeout_s)
         except DigestProseError as err:
             raise ProseFailed(err.reason) from err
 
-    return ProseSource(backend.model, write)
+    return ProseSource(reasoner.backend.model, write)
 
 
 def ingest_client_id(settings: Settings) -> str:
@@ -190,9 +193,13 @@ class Server:
         self._spawn(self._republish_states(), "camera-states")
         self._spawn(self._publish_status(), "status")
         self._spawn(RetentionWorker(self.pool, s).run(self._stop), "retention")
-        if s.digest_enabled:
+        # With an LLM for its prose the scheduled digest is made where the LLM is (a worker): an
+        # api-only process would send the rules text first and the period would be taken.
+        if s.digest_enabled and (runs_worker or s.llm is None or not s.digest_llm):
             scheduler = DigestScheduler(self.digests, self.clock, s.digest_from, s.digest_at)
             self._spawn(scheduler.run(self._stop), "digest")
+        elif s.digest_enabled:
+            log.info("scheduled digest left to the worker processes (their LLM writes its prose) role=%s", s.role)
         if runs_api:
             await self._start_ingest()
         if runs_worker and self.detector is not None:
@@ -282,7 +289,7 @@ class Server:
 
             llm = LlmReasoner.from_settings(llm_settings, rules.thresholds)
             if s.digest_llm:
-                self.digests.prose = digest_prose(llm.backend, s.digest_llm_timeout_s)
+                self.digests.prose = digest_prose(llm, s.digest_llm_timeout_s)
         self.batches = BatchStage(s, self.pool, rules, self.topics, self.clock, llm_enabled=llm is not None)
         tamper = TamperStage(s, self.topics) if s.tamper_enabled else None
         result = ResultStage(s, self.pool, queue, self.batches, self.recognizer, tamper=tamper)
@@ -350,13 +357,36 @@ class Server:
         if not paths:
             return
 
+        # On a GPU each embedder is admitted to the VRAM budget after the detector, before the LLM
+        # (detection/vram.py), one after the other; one that does not fit runs on the CPU, shown in
+        # the status.
         def load() -> tuple[dict[EmbeddingSource, Embedder], dict[str, str]]:
-            device = s.embedding_device
-            embedders = {src: build_embedder(s.embedder_backend, src, p, device) for src, p in paths.items()}
+            embedders: dict[EmbeddingSource, Embedder] = {}
+            for src, path in paths.items():
+                name, device, estimate = f"{src}_embedder", s.embedding_device, None
+                if device.startswith("cuda"):
+                    need = embedder_need_mb(path, s.embedding_max_people)
+                    if (refusal := self.vram.admit(name, need)) is not None:
+                        self.vram.refused(name, refusal, fallback_device="cpu")
+                        device = "cpu"
+                    else:
+                        estimate = need
+                before = self.vram.used_mb() if estimate is not None else None
+                embedders[src] = build_embedder(s.embedder_backend, src, path, device)
+                runs_on = getattr(embedders[src], "device", device)
+                if estimate is not None and not runs_on.startswith("cuda"):
+                    # Admitted, but its runtime has no GPU (onnxruntime without the CUDA provider).
+                    self.vram.release(name)
+                    reason = f"{s.embedder_backend} has no CUDA provider here (pip install onnxruntime-gpu)"
+                    self.vram.refused(name, reason, fallback_device=runs_on)
+                elif estimate is not None or device == s.embedding_device:
+                    self.vram.loaded(name, runs_on, before_mb=before, estimate_mb=estimate)
             return embedders, {src: model_key(p) for src, p in paths.items()}
 
         embedders, models = await asyncio.to_thread(load)
         self.recognizer = Recognizer(s, embedders, models)
+        if s.role != "api":  # where images are identified: hear household changes (pipeline/identify.py)
+            await self.recognizer.watch(self.pool)
         self.enroller = PhotoEnroller(self.recognizer, lambda: build_detector(s), s.detector_imgsz)
         for embedder in embedders.values():
             log.info("recognition model loaded %s", embedder.describe())
@@ -477,6 +507,8 @@ class Server:
             await self._publisher.stop()
         if self._queue is not None:
             await self._queue.close()
+        if self.recognizer is not None:
+            await self.recognizer.aclose()
         try:
             await asyncio.wait_for(self.pool.close(), 10)
         except TimeoutError:

@@ -21,6 +21,10 @@ from inference_server.telemetry.gpu import GpuProbe, GpuReader
 log = logging.getLogger(__name__)
 
 
+#: The GPU gauges, registered by the first reporter that finds a GPU.
+_GPU_GAUGES: dict[str, Gauge] = {}
+
+
 class StatusReporter:
     def __init__(
         self,
@@ -49,7 +53,11 @@ class StatusReporter:
                 ("memory_total_mb", "GPU memory total (MiB)"),
                 ("temperature_c", "GPU temperature (°C)"),
             ):
-                self._gpu_gauges[key] = Gauge(f"hsi_gpu_{key}", help_text, registry=metrics.REGISTRY)
+                # Once per process: a second server started in it (tests, an in-process restart)
+                # reuses them, as registering a name twice raises.
+                if key not in _GPU_GAUGES:
+                    _GPU_GAUGES[key] = Gauge(f"hsi_gpu_{key}", help_text, registry=metrics.REGISTRY)
+                self._gpu_gauges[key] = _GPU_GAUGES[key]
 
     async def current(self) -> SystemStatus:
         tp = await throughput(self.pool)

@@ -19,6 +19,7 @@ from .context import ContextForwarder
 from .coordinator import HsiCoordinator
 from .llm_api import async_register_llm_api
 from .services import async_setup_services
+from .views import async_register_views
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 
@@ -45,8 +46,9 @@ type HsiConfigEntry = ConfigEntry[HsiData]
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
-    """Register the services once; each call names its server's config entry."""
+    """Register the services and the snapshot view once; each call names its server's config entry."""
     async_setup_services(hass)
+    async_register_views(hass)
     return True
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,8 @@ import yarl
 
 API_PREFIX = "/api/v1"
 TIMEOUT = aiohttp.ClientTimeout(total=15)
+#: A clip (up to the server's clip_max_bytes) streams as long as it keeps coming.
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=30)
 #: The server's 429 message says "retry in N s" where no Retry-After header came with it.
 _RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?) s")
 
@@ -158,6 +161,32 @@ class HsiClient:
     async def event_snapshot(self, event_id: str) -> bytes:
         result: bytes = await self._request("GET", f"/events/{event_id}/snapshot.jpg")
         return result
+
+    @asynccontextmanager
+    async def event_clip(self, event_id: str, range_header: str | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The event's video clip as the server streams it (``range_header``: a ``Range`` passed on,
+        answered 206 with that part). Errors as the other calls raise them; 416 for a bad range."""
+        headers = self._headers | ({"Range": range_header} if range_header else {})
+        try:
+            response = await self._session.get(
+                f"{self.url}{API_PREFIX}/events/{event_id}/clip", headers=headers, timeout=STREAM_TIMEOUT
+            )
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise HsiConnectionError(str(err) or type(err).__name__) from err
+        try:
+            if response.status in (401, 403):
+                if self.on_auth_error is not None:
+                    self.on_auth_error()
+                raise HsiAuthError(f"API key rejected ({response.status})")
+            if response.status >= 400:
+                try:
+                    error = (await response.json()).get("error", {})
+                except (aiohttp.ClientError, ValueError, AttributeError):
+                    error = {}
+                raise HsiApiError(response.status, str(error.get("code", "http_error")), str(error.get("message", "")))
+            yield response
+        finally:
+            response.release()
 
     async def upload_image(self, camera_id: str, jpeg: bytes) -> dict[str, Any]:
         result: dict[str, Any] = await self._request(

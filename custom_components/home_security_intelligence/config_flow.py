@@ -87,6 +87,20 @@ def _url_error(url: str) -> tuple[str, ServerCheck | None]:
 #: The key field in every form: a password field, never shown in the clear.
 _KEY_SELECTOR = selector.TextSelector(selector.TextSelectorConfig(type=selector.TextSelectorType.PASSWORD))
 _URL_SELECTOR = selector.TextSelector(selector.TextSelectorConfig(type=selector.TextSelectorType.URL))
+#: The add-on's Supervisor discovery config (addon/rootfs/usr/local/bin/hsi-addon, step_discovery).
+#: Home Assistant adds the add-on's name to it: under ``addon``, and under ``app`` once the
+#: Supervisor's add-on -> app rename reaches it. Either, both or neither is accepted; no other
+#: field depends on them (docs/decisions.md, "Supervisor discovery across the app rename").
+_HASSIO_CONFIG = vol.Schema(
+    {
+        vol.Required("host"): vol.All(str, vol.Length(min=1)),
+        vol.Required("port"): vol.All(vol.Coerce(int), vol.Range(min=1, max=65535)),
+        vol.Required(CONF_API_KEY): vol.All(str, vol.Length(min=1)),
+        vol.Optional("app"): str,
+        vol.Optional("addon"): str,
+    },
+    extra=vol.ALLOW_EXTRA,
+)
 
 
 def _same_url(a: str, b: str) -> bool:
@@ -186,17 +200,29 @@ class HsiConfigFlow(ConfigFlow, domain=DOMAIN):
 
     async def async_step_hassio(self, discovery_info: HassioServiceInfo) -> ConfigFlowResult:
         """The add-on's discovery, with its host, port and an API key it created for us."""
-        config = discovery_info.config
-        url = f"http://{config['host']}:{config['port']}"
+        try:
+            config = _HASSIO_CONFIG(discovery_info.config)
+        except vol.Invalid as err:
+            # The key is a secret: the log names the fields, never their values.
+            _LOGGER.warning(
+                "Supervisor discovery from %s could not be read (%s); fields: %s",
+                discovery_info.slug,
+                err,
+                sorted(discovery_info.config),
+            )
+            return self.async_abort(reason="invalid_discovery_info")
+        host = str(config["host"])
+        url = f"http://[{host}]:{config['port']}" if ":" in host else f"http://{host}:{config['port']}"
+        name = discovery_info.name or config.get("app") or config.get("addon") or "Home Security Intelligence"
         await self.async_set_unique_id(DEFAULT_PREFIX)
-        self._abort_if_unique_id_configured(updates={CONF_URL: url, CONF_API_KEY: config["api_key"]})
+        self._abort_if_unique_id_configured(updates={CONF_URL: url, CONF_API_KEY: config[CONF_API_KEY]})
         self._discovered = {
             CONF_PREFIX: DEFAULT_PREFIX,
             CONF_URL: url,
-            CONF_API_KEY: config["api_key"],
-            "name": discovery_info.name,
+            CONF_API_KEY: config[CONF_API_KEY],
+            "name": name,
         }
-        self.context["title_placeholders"] = {"name": discovery_info.name}
+        self.context["title_placeholders"] = {"name": name}
         return await self.async_step_hassio_confirm()
 
     async def async_step_hassio_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:

@@ -35,6 +35,7 @@ from .const import (
     SIGNAL_NEW_CAMERA,
     UNREACHABLE_ISSUE_AFTER,
 )
+from .views import absolute_url, signed_snapshot_path
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -542,16 +543,32 @@ class HsiCoordinator:
         digest = _json(msg)
         if digest is None or "text" not in digest:
             return
-        self.hass.bus.async_fire(EVENT_DIGEST, digest_event_data(digest, self.client.url, self.server_id))
+        self.hass.bus.async_fire(
+            EVENT_DIGEST,
+            digest_event_data(self.hass, digest, self.client.url, self.server_id, self.entry.entry_id),
+        )
 
 
-def digest_event_data(digest: dict[str, Any], url: str, server_id: str) -> dict[str, Any]:
-    """The ``home_security_intelligence_digest`` event's data (also the ``summarize`` service's answer)."""
-    top = [
-        {**event, "snapshot_url": f"{url}{event['snapshot_url']}"} if "snapshot_url" in event else event
-        for event in digest.get("top", [])
-        if isinstance(event, dict)
-    ]
+@callback
+def digest_event_data(
+    hass: HomeAssistant, digest: dict[str, Any], url: str, server_id: str, entry_id: str
+) -> dict[str, Any]:
+    """The ``home_security_intelligence_digest`` event's data (also the ``summarize`` service's answer).
+    Each top event's ``snapshot_url`` is made absolute (the server's, it needs the API key) and
+    gets the same picture through Home Assistant: ``image_path``, signed (no key or login needed,
+    for a notification), and ``image_url``, that path under Home Assistant's URL when it has one."""
+    top: list[dict[str, Any]] = []
+    for event in digest.get("top", []):
+        if not isinstance(event, dict):
+            continue
+        shown = dict(event)
+        if "snapshot_url" in event:
+            shown["snapshot_url"] = f"{url}{event['snapshot_url']}"
+        if "id" in event:
+            path = signed_snapshot_path(hass, entry_id, str(event["id"]))
+            shown["image_path"] = path
+            shown["image_url"] = absolute_url(hass, path)
+        top.append(shown)
     return {**digest, "top": top, "server_id": server_id}
 
 

@@ -56,12 +56,9 @@ CAMERA_SENSORS: tuple[HsiCameraSensorDescription, ...] = (
         options=RISK_LEVELS,
         value_fn=lambda camera: camera.state.get("risk_level"),
     ),
-    HsiCameraSensorDescription(
-        key="last_recognised_person",
-        translation_key="last_recognised_person",
-        value_fn=lambda camera: camera.last_person,
-    ),
 )
+#: The enrolled person this camera last recognised (known people); restored after a restart.
+LAST_PERSON = SensorEntityDescription(key="last_recognised_person", translation_key="last_recognised_person")
 
 #: How worried to be now: the camera's active events' highest level, held then decaying after
 #: they end (coordinator.CameraRisk), never below the live risk level.
@@ -165,6 +162,7 @@ async def async_setup_entry(
         sensors: list[SensorEntity] = [HsiCameraSensor(coordinator, camera_id, d) for d in CAMERA_SENSORS]
         sensors.append(HsiCurrentLevelSensor(coordinator, camera_id, CURRENT_LEVEL))
         sensors.append(HsiLastEventSensor(coordinator, camera_id, LAST_EVENT_LEVEL))
+        sensors.append(HsiLastPersonSensor(coordinator, camera_id, LAST_PERSON))
         return sensors
 
     async_add_camera_entities(hass, entry, async_add_entities, camera_sensors)
@@ -263,6 +261,26 @@ class HsiLastEventSensor(HsiCameraEntity, RestoreSensor):
         if event is None:
             return self._restored
         return {key: event.get("id" if key == "event_id" else key) for key in LAST_EVENT_ATTRIBUTES}
+
+
+class HsiLastPersonSensor(HsiCameraEntity, RestoreSensor):
+    """The enrolled person this camera last recognised. The server keeps no such state (nothing
+    retained says it), so after a restart or reload the value Home Assistant saved comes back
+    until an event recognises someone again."""
+
+    _restored: str | None = None
+
+    async def async_added_to_hass(self) -> None:
+        await super().async_added_to_hass()
+        if (last := await self.async_get_last_sensor_data()) is not None and isinstance(last.native_value, str):
+            self._restored = last.native_value
+
+    @property
+    def native_value(self) -> str | None:
+        camera = self.coordinator.cameras.get(self.camera_id)
+        if camera is not None and camera.last_person is not None:
+            return camera.last_person
+        return self._restored
 
 
 class HsiHomeLevelSensor(HsiServerEntity, SensorEntity):

@@ -189,7 +189,7 @@ async def _summarize(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
         raise _failed(err) from err
     entry = hass.config_entries.async_get_entry(call.data[ATTR_CONFIG_ENTRY])
     assert entry is not None
-    return digest_event_data(digest, client.url, entry.unique_id or entry.entry_id)
+    return digest_event_data(hass, digest, client.url, entry.unique_id or entry.entry_id, entry.entry_id)
 
 
 async def _requeue(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:

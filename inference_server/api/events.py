@@ -42,6 +42,7 @@ async def list_events(request: web.Request, q: EventQuery, _: None) -> EventList
         min_level=q.min_level,
         reviewed=q.reviewed,
         text=q.q,
+        has_clip=q.has_clip,
     )
     try:
         # A cursor holds a time and an id: its time is held to the range of since and until.

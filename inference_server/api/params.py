@@ -81,6 +81,9 @@ class EventQuery(Page):
         default=None, description="This level or higher (medium: medium, high, critical)."
     )
     reviewed: bool | None = None
+    has_clip: bool | None = Field(
+        default=None, description="true: only events seen in a video clip (with a clip_url); false: only in stills."
+    )
     q: str | None = Field(
         default=None,
         min_length=1,

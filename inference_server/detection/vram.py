@@ -1,5 +1,6 @@
-"""GPU memory budget: models are admitted onto the GPU in priority order (detector, LLM,
-enrichment) while they fit, the rest run on the CPU — logged and listed in ``hsi/status``.
+"""GPU memory budget: models are admitted onto the GPU in priority order (detector, the face
+and body embedders of known people, LLM, enrichment) while they fit, the rest run on the CPU —
+logged and listed in ``hsi/status``.
 
 The need of a model is an estimate before it loads (a GPU cannot be asked "would this fit");
 where the load happens here, the NVML reading after it replaces the estimate.
@@ -16,9 +17,14 @@ from inference_server.telemetry.gpu import GpuReader
 log = logging.getLogger(__name__)
 
 #: Load order (``server.py`` follows it): what matters most for an alert gets the GPU first.
-PRIORITY = ("detector", "llm", "enrichment")
+PRIORITY = ("detector", "face_embedder", "body_embedder", "llm", "enrichment")
 #: A CUDA context and the framework's workspace, before any weights (measured order of size).
 CUDA_OVERHEAD_MB = 500.0
+#: ONNX Runtime's CUDA provider per session beyond the weights: its memory arena's first chunks and
+#: the cuDNN workspace (an order of size; the NVML reading after the load replaces the estimate).
+ORT_SESSION_OVERHEAD_MB = 200.0
+#: Activations per 224×224 crop of a MobileNet/ResNet-50-class embedder in fp32 (order of size).
+EMBEDDER_MB_PER_CROP = 25.0
 
 
 def detector_need_mb(weights: Path, batch: int, imgsz: int) -> float:
@@ -26,6 +32,14 @@ def detector_need_mb(weights: Path, batch: int, imgsz: int) -> float:
     weights_mb = weights.stat().st_size / 2**20
     activations_mb = batch * (imgsz / 640) ** 2 * 60
     return round(CUDA_OVERHEAD_MB + 4 * weights_mb + activations_mb, 1)
+
+
+def embedder_need_mb(model: Path, crops: int) -> float:
+    """An ONNX embedder on ONNX Runtime's CUDA provider: the session's arena and workspace, the
+    weights in fp32 (4× the file: the weights and the provider's copies), activations of one
+    batch of ``crops`` crops (``embedding_max_people``)."""
+    weights_mb = model.stat().st_size / 2**20
+    return round(ORT_SESSION_OVERHEAD_MB + 4 * weights_mb + crops * EMBEDDER_MB_PER_CROP, 1)
 
 
 def llm_need_mb(model_path: Path, n_ctx: int) -> float:
@@ -69,7 +83,9 @@ class VramBudget:
         """Record a model that is now loaded; on a GPU its VRAM is measured when it can be."""
         vram: float | None = None
         detail = None
-        if device.startswith("cuda"):
+        if not device.startswith("cuda"):
+            self.release(name)  # admitted, but it runs on the CPU: it holds nothing
+        else:
             after = self.used_mb()
             if before_mb is not None and after is not None and after > before_mb:
                 vram, detail = round(after - before_mb, 1), "measured"
@@ -78,6 +94,10 @@ class VramBudget:
                 vram, detail = estimate_mb, "estimate"
         self.models.append(ModelStatus(name=name, device=device, state="loaded", vram_mb=vram, detail=detail))
         log.info("model loaded name=%s device=%s vram_mb=%s (%s)", name, device, vram, detail)
+
+    def release(self, name: str) -> None:
+        """Give back what ``name`` was admitted with (it did not take the GPU after all)."""
+        self._granted.pop(name, None)
 
     def refused(self, name: str, reason: str, *, fallback_device: str | None) -> None:
         state = "cpu_fallback" if fallback_device else "refused"

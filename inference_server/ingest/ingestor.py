@@ -588,10 +588,9 @@ class Ingestor:
         source: str,
     ) -> tuple[int | None, int | None, str]:
         """Image row and job in one transaction; (image id or None if a duplicate, job id, camera id)."""
-        job_id: int | None = None
         async with self.pool.acquire() as conn, conn.transaction():
             camera = await self._camera_in(conn, camera_id, folder)
-            image_id = await images.insert(
+            image_id, job_id = await self.queue.enqueue_image(
                 conn,
                 images.NewImage(
                     camera_id=camera.id,
@@ -607,10 +606,6 @@ class Ingestor:
                     captured_at_source=captured_at_source,
                 ),
             )
-            if image_id is None:
-                job_id = None
-            else:
-                job_id = await self.queue.enqueue(conn, image_id, camera.id)
         return image_id, job_id, camera.id
 
     async def _quarantine(

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from inference_server.schemas import JobState, Zone
+from inference_server.store import images
 from inference_server.store.db import Listener
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class ClaimedJob:
     #: When the image was accepted (file seen complete, or upload received).
     received_at: datetime | None = None
     camera_enabled: bool = True
+    #: The stored picture's width and height, as ingest read them from its header.
+    size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,22 @@ class JobQueue:
         )
         await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
         return job_id
+
+    async def enqueue_image(self, conn: asyncpg.Connection, image: images.NewImage) -> tuple[int | None, int | None]:
+        """Insert the image and its job, and wake the workers at commit, in one statement in the
+        caller's transaction: (image id, job id), or (None, None) when the camera already has
+        these bytes (nothing inserted, nobody woken)."""
+        row = await conn.fetchrow(
+            f"WITH image AS ({images.INSERT}),"
+            " job AS (INSERT INTO jobs (image_id, camera_id, max_attempts) SELECT id, $1, $14 FROM image RETURNING id),"
+            f" woken AS (SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM job)"
+            " SELECT (SELECT id FROM image) AS image_id, (SELECT id FROM job) AS job_id,"
+            " (SELECT count(*) FROM woken) AS woken",
+            *images.insert_args(image),
+            self.policy.max_attempts,
+        )
+        assert row is not None
+        return row["image_id"], row["job_id"]
 
     # --- consumer side -------------------------------------------------------------------
     async def listen(self) -> None:
@@ -116,7 +136,7 @@ class JobQueue:
             " FROM picked, images i, cameras c"
             " WHERE j.id = picked.id AND i.id = j.image_id AND c.id = j.camera_id"
             " RETURNING j.id, j.image_id, j.camera_id, c.name AS camera_name, j.attempts, j.max_attempts,"
-            "   i.path, i.captured_at, c.zones, i.received_at, c.enabled",
+            "   i.path, i.captured_at, c.zones, i.received_at, c.enabled, i.width, i.height",
             limit,
             self.policy.lease_s,
             self.worker_id,
@@ -137,6 +157,7 @@ class JobQueue:
                         tuple(Zone.model_validate(z) for z in r["zones"]),
                         r["received_at"],
                         r["enabled"],
+                        (r["width"], r["height"]),
                     )
                 )
             except Exception as err:  # one job's odd row must not fail the claim of the others
@@ -149,15 +170,24 @@ class JobQueue:
 
     async def complete(self, conn: asyncpg.Connection, job: ClaimedJob) -> None:
         """Mark done inside the caller's transaction; raise ``LeaseLost`` if no longer ours."""
-        done = await conn.fetchval(
-            "UPDATE jobs SET state = 'done', finished_at = now(), updated_at = now(), lease_until = NULL"
-            " WHERE id = $1 AND state = 'running' AND worker_id = $2 AND attempts = $3 RETURNING id",
-            job.id,
-            self.worker_id,
-            job.attempts,
-        )
-        if done is None:
+        if job.id not in await self.complete_many(conn, [job]):
             raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {self.worker_id}")
+
+    async def complete_many(self, conn: asyncpg.Connection, jobs: Sequence[ClaimedJob]) -> set[int]:
+        """Mark ``jobs`` done in one statement inside the caller's transaction; return the ids of
+        those still ours (the others' leases were lost: their results must be discarded)."""
+        if not jobs:
+            return set()
+        rows = await conn.fetch(
+            "UPDATE jobs SET state = 'done', finished_at = now(), updated_at = now(), lease_until = NULL"
+            " FROM unnest($1::bigint[], $2::int[]) AS held (id, attempts)"
+            " WHERE jobs.id = held.id AND jobs.attempts = held.attempts AND jobs.state = 'running'"
+            " AND jobs.worker_id = $3 RETURNING jobs.id",
+            [j.id for j in jobs],
+            [j.attempts for j in jobs],
+            self.worker_id,
+        )
+        return {r["id"] for r in rows}
 
     async def fail(self, job: ClaimedJob, error: str, *, retryable: bool) -> str:
         """Record a failed attempt; return the job's new state (``queued`` or ``dead``, or ``lost``

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -36,8 +36,9 @@ from inference_server.clock import Clock
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.domain import Assessment, Detection, Identity, Observation, category_of
+from inference_server.pipeline import snapshot as snapshot_module
 from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, event_message
-from inference_server.pipeline.snapshot import snapshot_file
+from inference_server.pipeline.snapshot import Snapshot, snapshot_file
 from inference_server.reasoning.rules import RulesReasoner
 from inference_server.schemas import ContextState, Zone
 from inference_server.store import activity, batches, cameras, context, outbox, people
@@ -53,6 +54,20 @@ _VISIT_WINDOW = timedelta(hours=1)
 def _set_late(state: ContextState, captured_at: datetime) -> datetime | None:
     """``context.for_capture`` fell back to a context set after the capture: when it was set."""
     return state.set_at if state.set_at is not None and state.set_at > captured_at else None
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One stored image with detections, as the batch stage takes it."""
+
+    image_id: int
+    captured_at: datetime
+    detections: Sequence[Detection]
+    #: Parallel to ``detections``: the camera zones each is in.
+    detection_zones: Sequence[tuple[str, ...]]
+    snapshot: Snapshot
+    #: Parallel to ``detections`` (or empty): who each person is, where recognised.
+    identities: Sequence[Identity | None] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +112,13 @@ class BatchStage:
             or now - batch.chain_started_at >= self.event_max
         )
 
-    async def _held_for_clip(self, conn: asyncpg.Connection, batch: batches.Batch, now: datetime) -> bool:
+    async def _held_for_clip(
+        self, conn: asyncpg.Connection, batch: batches.Batch, now: datetime, arriving: Sequence[int]
+    ) -> bool:
         """A batch due only for idleness stays open while frames of a clip it holds still wait for
-        the detector: a clip is one activity, however slowly its frames are detected."""
+        the detector, or arrive now: a clip is one activity, however slowly its frames are detected."""
         only_idle = now - batch.opened_at < self.window and now - batch.chain_started_at < self.event_max
-        return only_idle and await batches.awaits_clip_frames(conn, batch.id)
+        return only_idle and await batches.awaits_clip_frames(conn, batch.id, arriving)
 
     def _continues(self, batch: batches.Batch, now: datetime) -> bool:
         """A due batch whose activity goes on: only its window ran out (not idle, and its event
@@ -111,7 +128,7 @@ class BatchStage:
     def is_fast(self, detections: Sequence[Detection]) -> bool:
         return any(d.confidence >= self.settings.fast_path.get(d.label, 2.0) for d in detections)
 
-    # --- per image (inside the image's result transaction) ----------------------------------
+    # --- per stored group (inside the result transaction) -----------------------------------
     async def on_detections(
         self,
         conn: asyncpg.Connection,
@@ -120,46 +137,56 @@ class BatchStage:
         camera_name: str,
         camera_enabled: bool,
         zones: Sequence[Zone],
-        image_id: int,
-        captured_at: datetime,
-        detections: Sequence[Detection],
-        detection_zones: Sequence[tuple[str, ...]],
-        jpeg: bytes,
-        identities: Sequence[Identity | None] = (),
+        seen: Sequence[Seen],
         enrolled_people: int = 0,
     ) -> list[Message]:
+        """One camera's images with detections, stored together in arrival order: their part in
+        the camera's batch and event, and the MQTT messages that follow.
+
+        They join the batch in one statement and the batch is judged once, with all of them (the
+        same commit, so the same moment for every reader): the camera's retained state and
+        snapshot are the latest image's, an event opens or is rescored once."""
         now = self.clock.now()
         messages: list[Message] = []
+        latest = seen[-1]
+        snapshots = {s.image_id: s.snapshot for s in seen}
         batch = await batches.lock_open(conn, camera_id)
-        if batch is not None and self._due(batch, now) and not await self._held_for_clip(conn, batch, now):
+        arriving = [s.image_id for s in seen]
+        if batch is not None and self._due(batch, now) and not await self._held_for_clip(conn, batch, now, arriving):
             messages += await self.close_guarded(conn, batch, now)
             batch = await batches.lock_open(conn, camera_id)  # the batch continuing its event, if any
         if batch is None:
             batch = await batches.open_new(conn, camera_id, now)
             log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
-        batch = await batches.add_image(conn, batch, image_id, now)
+        batch = await batches.add_images(conn, batch, arriving, now)
 
         started = metrics.now()
-        live = dict(Counter(d.label for d in detections))
-        opens = "confident detection" if self.is_fast(detections) else None
+        live = dict(Counter(d.label for d in latest.detections))
+        opens = "confident detection" if any(self.is_fast(s.detections) for s in seen) else None
         if batch.event_id is None and opens is None:
             # Most images: the batch is judged as a whole when it closes. The camera's live risk
-            # is this image alone in the context of its capture time (no history queries on the hot path)...
-            household = await context.for_capture(conn, captured_at)
-            glance = Observation(
-                camera_id,
-                camera_name,
-                captured_at.astimezone(self.tz),
-                detections,
-                detection_zones,
-                zones,
-                context=household.context if household.set_at is not None else None,
-                context_set_late=_set_late(household, captured_at),
-                identities=identities,
-                enrolled_people=enrolled_people,
-            )
-            assessment = self.rules.assess_now(glance)
-            if assessment.risk_score + self.rules.batch_headroom(assessment) >= self.alert_score:
+            # is the latest image alone in the context of its capture time (no history queries on
+            # the hot path)...
+            household = await context.for_capture(conn, latest.captured_at)
+            glances = [
+                self.rules.assess_now(
+                    Observation(
+                        camera_id,
+                        camera_name,
+                        s.captured_at.astimezone(self.tz),
+                        s.detections,
+                        s.detection_zones,
+                        zones,
+                        context=household.context if household.set_at is not None else None,
+                        context_set_late=_set_late(household, s.captured_at),
+                        identities=s.identities,
+                        enrolled_people=enrolled_people,
+                    )
+                )
+                for s in seen
+            ]
+            assessment = glances[-1]
+            if any(g.risk_score + self.rules.batch_headroom(g) >= self.alert_score for g in glances):
                 # ...unless its history could lift it to the alert level: then the batch is judged
                 # now, and an alert-worthy judgement opens the event at once, whatever the confidence.
                 judged = await self.judge(conn, batch, camera_name, zones)
@@ -167,34 +194,57 @@ class BatchStage:
                 if assessment.risk_score >= self.alert_score:
                     opens = f"judged {assessment.risk_level}"
             if opens is None:
-                metrics.STAGE.labels("reason").observe(metrics.now() - started)
+                metrics.STAGE.labels("reason").observe((metrics.now() - started) / len(seen))
                 messages += await camera_state(
                     conn, self.topics, camera_id, camera_enabled, assessment, live, previous=frozenset()
                 )
-                messages += self._snapshots.messages(camera_id, jpeg, always=False)
+                messages += await self._snapshots.messages(camera_id, latest.snapshot, always=False)
                 return messages
         else:
             judged = await self.judge(conn, batch, camera_name, zones)
-        metrics.STAGE.labels("reason").observe(metrics.now() - started)
+        metrics.STAGE.labels("reason").observe((metrics.now() - started) / len(seen))
         changed = True
         if batch.event_id is None:
-            event_id = await self._open_event(conn, batch, judged, opened_by=opens)
+            event_id = await self._open_event(conn, batch, judged, opened_by=opens, current=snapshots)
             messages.append(await event_message(conn, self.topics, event_id, "new"))
         else:
-            changed = await events_store.rescore(
-                conn,
-                batch.event_id,
-                judged.assessment,
-                image_id=judged.image_id,
-                snapshot_path=str(snapshot_file(self.settings, camera_id, judged.image_id)),
-            )
+            changed = await self._rescore(conn, batch, judged, snapshots)
             if changed:
                 messages.append(await event_message(conn, self.topics, batch.event_id, "update"))
         messages += await camera_state(
             conn, self.topics, camera_id, camera_enabled, judged.assessment, live, previous=frozenset()
         )
-        messages += self._snapshots.messages(camera_id, jpeg, always=changed)
+        shown = snapshots.get(judged.image_id, latest.snapshot) if changed else latest.snapshot
+        messages += await self._snapshots.messages(camera_id, shown, always=changed)
         return messages
+
+    async def _rescore(
+        self, conn: asyncpg.Connection, batch: batches.Batch, judged: Judged, current: Mapping[int, Snapshot]
+    ) -> bool:
+        """Rescore the open event. Its picture moves to the judged image when that image's
+        snapshot exists or is drawn anyway (published now, or an earlier stored image's), or when
+        the judgement changed; otherwise it stays, so an event's images are not each drawn."""
+        assert batch.event_id is not None
+        path = snapshot_file(self.settings, batch.camera_id, judged.image_id)
+        moves = judged.image_id not in current or self._snapshots.due(batch.camera_id) or path.exists()
+        picture = await self._picture(conn, batch.camera_id, judged.image_id, current) if moves else None
+        changed = await events_store.rescore(
+            conn,
+            batch.event_id,
+            judged.assessment,
+            image_id=judged.image_id if moves else None,
+            snapshot_path=picture,
+        )
+        if changed and not moves:
+            # A new judgement is announced with the image it was made on.
+            picture = await self._picture(conn, batch.camera_id, judged.image_id, current)
+            await events_store.set_picture(conn, batch.event_id, judged.image_id, picture)
+        return changed
+
+    async def _picture(
+        self, conn: asyncpg.Connection, camera_id: str, image_id: int, current: Mapping[int, Snapshot]
+    ) -> str | None:
+        return await snapshot_module.ensure(conn, self.settings, camera_id, image_id, current.get(image_id))
 
     # --- batch closing -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -284,7 +334,7 @@ class BatchStage:
                 event_id,
                 judged.assessment,
                 image_id=judged.image_id,
-                snapshot_path=str(snapshot_file(self.settings, batch.camera_id, judged.image_id)),
+                snapshot_path=await self._picture(conn, batch.camera_id, judged.image_id, {}),
             )
             if changed and continues:
                 messages.append(await event_message(conn, self.topics, event_id, "update"))
@@ -387,7 +437,13 @@ class BatchStage:
 
     # --- events ----------------------------------------------------------------------------------
     async def _open_event(
-        self, conn: asyncpg.Connection, batch: batches.Batch, judged: Judged, *, opened_by: str | None
+        self,
+        conn: asyncpg.Connection,
+        batch: batches.Batch,
+        judged: Judged,
+        *,
+        opened_by: str | None,
+        current: Mapping[int, Snapshot] | None = None,
     ) -> uuid.UUID:
         """``opened_by``: why the event opens while its batch is still open (a confident detection,
         an alert-worthy judgement: stored as ``is_fast_path``); None when the batch closes."""
@@ -402,7 +458,7 @@ class BatchStage:
             started_at=obs.first_seen or batch.opened_at,
             assessment=judged.assessment,
             is_fast_path=opened_by is not None,
-            snapshot_path=str(snapshot_file(self.settings, batch.camera_id, judged.image_id)),
+            snapshot_path=await self._picture(conn, batch.camera_id, judged.image_id, current or {}),
             context=obs.context,
             llm_pending=self.llm_enabled,
         )

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from inference_server import decode_budget
 from inference_server.config import Settings
-from inference_server.decode_budget import DecodeBudget
 from inference_server.detection.detector import Detector
 from inference_server.domain import Detection
-from inference_server.jobs.queue import ClaimedJob, JobQueue, LeaseLost
+from inference_server.jobs.queue import ClaimedJob, JobQueue
+from inference_server.pipeline.decode import DecodeError, decode
 from inference_server.pipeline.result import ResultStage
 from inference_server.store import quarantine
 from inference_server.store.db import is_unavailable
@@ -35,69 +35,6 @@ from inference_server.telemetry import metrics
 log = logging.getLogger(__name__)
 
 _STOP = None
-
-
-class DecodeError(ValueError):
-    """The stored bytes cannot be decoded: retrying will not help."""
-
-
-_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
-
-
-def decode(path: Path, target: int, budget: DecodeBudget | None = None) -> Image.Image:
-    """Decode to RGB at about the model size, both sides kept ≥ ``target``: a JPEG straight at the
-    smallest DCT scale (draft), a PNG (which Pillow decodes only whole) reduced right after by the
-    largest whole factor. The decode first waits for its estimated memory in ``budget`` (default:
-    the process's shared one) and gives it back when done."""
-    budget = budget or decode_budget.shared()
-    try:
-        with Image.open(path) as img, budget.hold(_decoded_bytes(img, target)):
-            scale = _scale(img.size, target)
-            if img.format == "JPEG":
-                img.draft("RGB", (target, target))
-                scale = 1  # the DCT did it
-            img.load()  # also reads a PNG's eXIf chunk that follows the pixels
-            picture: Image.Image = img
-            if picture.mode in _SIXTEEN_BIT:
-                # 16-bit grey (PNG): scale to 8 bits; convert("RGB") would clip everything to white.
-                picture = picture.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-            elif picture.mode not in _REDUCIBLE and scale > 1:
-                picture = picture.convert("RGB")  # palette or 1-bit: average colours, not indices
-            if scale > 1:
-                picture = picture.reduce(scale)  # keeps info (EXIF) for the transpose below
-            upright = ImageOps.exif_transpose(picture)  # cameras mounted sideways tag, not rotate
-            rgb = upright.convert("RGB")
-            rgb.load()
-            return rgb
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DecodeError(f"{type(err).__name__}: {err}") from err
-
-
-_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"})
-
-
-def _scale(size: tuple[int, int], target: int) -> int:
-    """The largest whole factor that keeps both sides ≥ ``target`` (JPEG: a power of two, as draft)."""
-    return max(1, min(size[0] // target, size[1] // target))
-
-
-def _decoded_bytes(img: Image.Image, target: int) -> int:
-    """An upper estimate of the memory ``decode`` needs for ``img`` (header read, not decoded)."""
-    width, height = img.size
-    if img.format == "JPEG":
-        scale = next(s for s in (8, 4, 2, 1) if s <= _scale(img.size, target))
-        decoded = 0  # counted in the output copies below
-        if img.info.get("progressive"):
-            decoded = decode_budget.jpeg_coefficient_bytes(width, height, len(img.getbands()))
-    else:
-        scale = _scale(img.size, target)
-        decoded = decode_budget.pillow_bytes(img.mode, width, height)
-        if img.mode in _SIXTEEN_BIT or (img.mode not in _REDUCIBLE and scale > 1):
-            decoded += 2 * decode_budget.pillow_bytes("I", width, height)  # converted before reducing
-    # The output and up to three copies of it (reduce, transpose, convert), Pillow's 4 bytes a pixel.
-    return decoded + 4 * decode_budget.pillow_bytes("RGBA", -(-width // scale), -(-height // scale))
 
 
 @dataclass(slots=True)
@@ -178,7 +115,8 @@ class DetectWorker:
     def _load(self, path: Path) -> tuple[Image.Image, Any]:
         """On a decode thread: decode, then the detector's own preparation (resize, colour order),
         so the single inference thread only runs the model."""
-        image = decode(path, self.settings.detector_imgsz, decode_budget.shared(self.settings.decode_memory_mb))
+        budget = decode_budget.shared(self.settings.decode_memory_mb)
+        image = decode(path, self.settings.detector_imgsz, budget, fit=self.result.decode_fit)
         return image, self.detector.prepare(image)
 
     async def _top_up(self, have: int) -> list[ClaimedJob]:
@@ -291,37 +229,64 @@ class DetectWorker:
 
     async def _finish_loop(self, source: asyncio.Queue[list[_Item] | None]) -> None:
         """Store each batch's results: cameras side by side (``store_concurrency`` transactions at
-        once), each camera's images one after another in arrival order, as its activity batch and
-        its MQTT messages need. One transaction per image, as before: exactly once is unchanged."""
+        once), each camera's images together in one transaction, in arrival order, as its
+        activity batch and its MQTT messages need (pipeline/result.py)."""
         while (items := await source.get()) is not _STOP:
             by_camera: dict[str, list[_Item]] = {}
             for item in items:
                 by_camera.setdefault(item.job.camera_id, []).append(item)
-            await asyncio.gather(*(self._finish_in_order(group) for group in by_camera.values()))
+            await asyncio.gather(*(self._finish_camera(group) for group in by_camera.values()))
 
-    async def _finish_in_order(self, items: list[_Item]) -> None:
+    async def _finish_camera(self, items: list[_Item]) -> None:
         async with self._store_slots:
-            for item in items:
-                try:
-                    await self.result.finish(item.job, item.image, item.detections)
-                except LeaseLost as err:
-                    log.warning("result discarded: %s", err)
-                    metrics.JOBS_FAILED.labels("lease_lost").inc()
-                except Exception as err:
-                    # Whatever this one image's result met (a database error, or a bug or a value
-                    # its data triggers, as a capture time near year 1 or 9999 did) fails its job,
-                    # never this stage: the result was not committed; the job is retried after the
-                    # queue's backoff and dead-lettered with this error once its attempts are used up.
-                    if is_unavailable(err):
-                        log.error(
-                            "storing result failed, database unavailable job_id=%s camera_id=%s error=%r",
-                            item.job.id,
-                            item.job.camera_id,
-                            err,
-                        )
-                    else:
-                        log.exception("storing result failed job_id=%s camera_id=%s", item.job.id, item.job.camera_id)
-                    await self._fail_job(item.job, f"store: {err!r}", retryable=True)
+            try:
+                lost = await self.result.finish_many([(i.job, i.image, i.detections) for i in items])
+            except Exception as err:
+                if len(items) == 1 or is_unavailable(err):
+                    await self._store_failed(items, err)
+                    return
+                # One image's data may be what breaks the transaction (a bug or a value it
+                # triggers): store each alone, so only its own job loses the attempt.
+                log.error(
+                    "storing results failed camera_id=%s images=%d, storing them one by one error=%r",
+                    items[0].job.camera_id,
+                    len(items),
+                    err,
+                )
+                metrics.STORE_GROUPS_SPLIT.inc()
+                lost = []
+                for item in items:
+                    try:
+                        lost += await self.result.finish_many([(item.job, item.image, item.detections)])
+                    except Exception as single:
+                        await self._store_failed([item], single)
+            for job in lost:
+                log.warning(
+                    "result discarded: job %s attempt %s is no longer held by this worker", job.id, job.attempts
+                )
+                metrics.JOBS_FAILED.labels("lease_lost").inc()
+
+    async def _store_failed(self, items: list[_Item], err: Exception) -> None:
+        """Whatever storing met (a database error, or a bug or a value its data triggers, as a
+        capture time near year 1 or 9999 did) fails these jobs, never this stage: nothing was
+        committed; each job is retried after the queue's backoff and dead-lettered with this
+        error once its attempts are used up."""
+        for item in items:
+            if is_unavailable(err):
+                log.error(
+                    "storing result failed, database unavailable job_id=%s camera_id=%s error=%r",
+                    item.job.id,
+                    item.job.camera_id,
+                    err,
+                )
+            else:
+                log.error(
+                    "storing result failed job_id=%s camera_id=%s",
+                    item.job.id,
+                    item.job.camera_id,
+                    exc_info=(type(err), err, err.__traceback__),
+                )
+            await self._fail_job(item.job, f"store: {err!r}", retryable=True)
 
     async def _reap_loop(self, stop: asyncio.Event) -> None:
         interval = max(1.0, min(30.0, self.settings.job_lease_s / 4))

@@ -7,15 +7,28 @@ all while inferred images wait to be stored behind it (the detector is ahead: a 
 ``embedding_max_pending`` images are already being embedded (counted in
 ``hsi_person_embeddings_total{result="busy"}``). So detection and alerting never wait for
 recognition: an image without embeddings is judged without identities.
+
+``identify`` runs inside the transaction and matches against the household held in memory. It
+issues no query to learn whether the household changed: migration 0009's triggers send
+``NOTIFY hsi_people`` in every transaction that changes people or their embeddings, and each
+worker process's ``Recognizer`` (``watch``) marks its copy stale when one arrives; the next
+image reloads it. A notification missed while the LISTEN connection was down is caught when it
+is listened on again (stale at once) and by a re-check of the household's version every
+``RECHECK_S`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,11 +39,18 @@ from inference_server.config import Settings
 from inference_server.domain import Detection, Identity
 from inference_server.embedding.crops import body_box, crop, face_box
 from inference_server.embedding.embedder import Embedder, EmbeddingSource, Vectors
-from inference_server.embedding.matching import Gallery, identify, link
+from inference_server.embedding.matching import Gallery, Sightings, identify, link, match_stranger
 from inference_server.store import people
+from inference_server.store.db import Listener
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
+
+#: Longest the in-memory household goes without checking its version in the database: the safety
+#: net for a change notification missed while the LISTEN connection was being re-opened.
+RECHECK_S = 30.0
+#: How often the LISTEN connection is checked (no query: whether the socket still lives).
+LISTEN_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +62,73 @@ class PersonVectors:
 
 
 class Recognizer:
-    def __init__(self, settings: Settings, embedders: Mapping[EmbeddingSource, Embedder], models: Mapping[str, str]):
+    def __init__(
+        self,
+        settings: Settings,
+        embedders: Mapping[EmbeddingSource, Embedder],
+        models: Mapping[str, str],
+        *,
+        recheck_s: float = RECHECK_S,
+    ):
         self.embedders = dict(embedders)
         #: source → the model's name as stored with each vector (vectors of other models are not compared).
         self.models = dict(models)
         self.max_people = settings.embedding_max_people
         self.max_pending = settings.embedding_max_pending
+        self.stranger_window_h = settings.stranger_window_h
+        self.stranger_visit_gap_s = settings.stranger_visit_gap_s
+        #: Recent strangers' sightings, read incrementally (``StrangerCache``).
+        self.strangers = StrangerCache(timedelta(hours=settings.stranger_window_h))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._pending = 0
         self._gallery = Gallery.build([])
-        self._version: tuple[int, int] | None = None
         self._names: dict[int, tuple[str, str | None]] = {}
+        #: The household version the in-memory copy was loaded at (None: not loaded yet).
+        self._version: int | None = None
+        #: Set by a change notification (or a re-opened LISTEN): reload before the next match.
+        self._stale = True
+        self._checked = -math.inf
+        self.recheck_s = recheck_s
+        self._listener: Listener | None = None
+        self._watching: asyncio.Task[None] | None = None
+        #: Household reloads (a test and the log read it).
+        self.reloads = 0
+
+    async def watch(self, pool: asyncpg.Pool) -> None:
+        """LISTEN for household changes (``people.CHANGES_CHANNEL``) on a connection of ``pool``,
+        re-opened in the background after PostgreSQL dropped it. Without it (a recognizer used
+        outside the server) changes are seen at the periodic re-check only."""
+        if self._listener is not None:
+            return
+        self._listener = Listener(pool, people.CHANGES_CHANNEL, self._on_change)
+        await self._listener.ensure()
+        self._watching = asyncio.create_task(self._keep_listening(self._listener), name="recognizer-listen")
+
+    def _on_change(self, *_: object) -> None:
+        self._stale = True
+
+    async def _keep_listening(self, listener: Listener) -> None:
+        while True:
+            await asyncio.sleep(LISTEN_CHECK_S)
+            try:
+                if await listener.ensure():
+                    # Listening again after the connection was lost: a change may have gone unheard.
+                    self._stale = True
+                    log.info("listening for household changes again")
+            except Exception:
+                log.exception("household change listener failed; the %.0f s re-check still applies", self.recheck_s)
+
+    async def aclose(self) -> None:
+        """Stops listening and the embedding thread."""
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+            self._watching = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        self.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -121,16 +197,21 @@ class Recognizer:
         self, conn: asyncpg.Connection, camera_id: str, image_id: int, vectors: Sequence[PersonVectors | None]
     ) -> tuple[list[Identity | None], int]:
         """Match, link and store each embedded detection of the image (its detections are inserted
-        already, in ``vectors``' order); its identities, and how many people are enrolled."""
+        already, in ``vectors``' order); its identities, and how many people are enrolled.
+
+        An unknown person is linked to the batch's earlier unknown sightings (``visitor``) and to
+        a stranger seen within ``stranger_window_h`` (``stranger``, across events and cameras);
+        people in one image are never linked to each other."""
         identities: list[Identity | None] = [None] * len(vectors)
         await self._refresh(conn)
         if not any(v is not None for v in vectors):
             return identities, self._gallery.people()
-        ids = await people.detection_ids(conn, image_id)
-        if len(ids) != len(vectors):
-            raise RuntimeError(f"image {image_id} has {len(ids)} stored detections, {len(vectors)} were embedded")
+        seen = await people.detections_seen(conn, image_id)
+        if len(seen) != len(vectors):
+            raise RuntimeError(f"image {image_id} has {len(seen)} stored detections, {len(vectors)} were embedded")
         visitors = await people.unknown_visitors(conn, camera_id, self.models["body"]) if "body" in self.models else []
-        for index, (detection_id, found) in enumerate(zip(ids, vectors, strict=True)):
+        strangers: _Strangers | None = None
+        for index, ((detection_id, seen_at), found) in enumerate(zip(seen, vectors, strict=True)):
             if found is None:
                 continue
             match = identify(self._gallery, found.face, found.body)
@@ -139,10 +220,9 @@ class Recognizer:
                 name, entity = self._names.get(match.person_id, (None, None))
                 identity = Identity(match.source, match.person_id, name, entity, match.similarity)
             else:
-                visitor = link(visitors, found.body) if found.body is not None else None
-                identity = Identity(source, visitor=visitor if visitor is not None else detection_id)
-                if found.body is not None:
-                    visitors.append((identity.visitor or detection_id, [float(x) for x in found.body]))
+                if strangers is None:
+                    strangers = _Strangers(self, conn)
+                identity = await strangers.identity(detection_id, seen_at, source, found, visitors)
             parts: tuple[tuple[EmbeddingSource, Vectors | None], ...] = (("face", found.face), ("body", found.body))
             stored = [(s, self.models[s], [float(x) for x in v]) for s, v in parts if v is not None]
             await people.store_detection(conn, detection_id, stored, identity)
@@ -150,11 +230,147 @@ class Recognizer:
         return identities, self._gallery.people()
 
     async def _refresh(self, conn: asyncpg.Connection) -> None:
-        version = await people.gallery_version(conn)
-        if version != self._version:
-            self._gallery = Gallery.build(await people.gallery(conn, self.models))
-            self._version = version
-        self._names = await people.names(conn)  # a rename changes no embedding
+        """Reload the household when a change was announced, or check its version when the last
+        check is ``recheck_s`` old; otherwise nothing (no query)."""
+        now = time.monotonic()
+        if not self._stale and now - self._checked < self.recheck_s:
+            return
+        # Cleared before reading: a change committed while this reads marks it stale again.
+        stale, self._stale = self._stale, False
+        self._checked = now
+        version = await people.household_version(conn)
+        if not stale and version == self._version:
+            return
+        if not stale:
+            log.warning("household changed without a notification heard (version %s → %s)", self._version, version)
+        self._gallery = Gallery.build(await people.gallery(conn, self.models))
+        self._names = await people.names(conn)
+        self._version = version
+        self.reloads += 1
+
+
+#: Sightings kept in memory per stranger and source (the latest): enough views to match, bounded.
+SIGHTINGS_PER_STRANGER = 4
+
+
+class StrangerCache:
+    """The strangers' sightings within the window, held by one worker process: brought up to date
+    under the strangers' lock with the sightings committed since its last read (by their
+    ``stranger_seq``, which follows commit order), so matching reads no vectors it read before."""
+
+    def __init__(self, window: timedelta) -> None:
+        self.window = window
+        self.after = 0
+        self.loaded = False
+        self._rows: dict[tuple[int, EmbeddingSource], deque[tuple[float, Vectors]]] = {}
+        self._built: Sightings | None = None
+        #: Vectors read from the database (a test and the bench read it).
+        self.read = 0
+
+    async def catch_up(self, conn: asyncpg.Connection, seen_at: datetime, models: dict[str, str]) -> None:
+        since = None if self.loaded else seen_at - self.window
+        rows = await people.stranger_sightings(conn, self.after, since, models)
+        for seq, stranger, source, at, vector in rows:
+            key = (stranger, source)
+            if key not in self._rows:
+                self._rows[key] = deque(maxlen=SIGHTINGS_PER_STRANGER)
+            self._rows[key].append((at.timestamp(), np.asarray(vector, dtype=np.float32)))
+            self.after = max(self.after, seq)
+        self.read += len(rows)
+        self.loaded = True
+        if rows:
+            self._built = None
+        # Sightings far older than the window of the newest image are of no use any more.
+        horizon = (seen_at - 2 * self.window).timestamp()
+        stale = [key for key, kept in self._rows.items() if kept[-1][0] < horizon]
+        for key in stale:
+            del self._rows[key]
+        if stale:
+            self._built = None
+
+    def forget(self, stranger: int) -> None:
+        """A stranger that is not in the database (retention deleted it, or its transaction
+        rolled back after this process read it)."""
+        for key in [k for k in self._rows if k[0] == stranger]:
+            del self._rows[key]
+        self._built = None
+
+    def sightings(self) -> Sightings:
+        if self._built is None:
+            self._built = Sightings.build(
+                [(stranger, source, v, at) for (stranger, source), kept in self._rows.items() for at, v in kept]
+            )
+        return self._built
+
+
+class _Strangers:
+    """Links one image's unknown people to the batch's visitors and to recent strangers. Holds
+    the strangers' lock (``people.lock_strangers``) from its first use to the end of the
+    transaction, so two workers cannot make two strangers of one person, and the sightings'
+    numbers follow their commit order."""
+
+    def __init__(self, recognizer: Recognizer, conn: asyncpg.Connection) -> None:
+        self.recognizer = recognizer
+        self.conn = conn
+        self.window = timedelta(hours=recognizer.stranger_window_h)
+        self._locked = False
+        #: Strangers and visitors given to people of this image: not given to another of them.
+        self._taken: set[int] = set()
+        self._taken_visitors: set[int] = set()
+
+    async def identity(
+        self,
+        detection_id: int,
+        seen_at: datetime,
+        source: EmbeddingSource,
+        found: PersonVectors,
+        visitors: list[tuple[int, list[float], int | None]],
+    ) -> Identity:
+        conn, r = self.conn, self.recognizer
+        if not self._locked:
+            await people.lock_strangers(conn)
+            await r.strangers.catch_up(conn, seen_at, r.models)
+            self._locked = True
+        visitor: int | None = None
+        stranger: int | None = None
+        how: EmbeddingSource | None = None
+        free = [(v, vec) for v, vec, _ in visitors if v not in self._taken_visitors]
+        if found.body is not None and free:
+            visitor = link(free, found.body)
+            if visitor is not None:
+                stranger = next((s for v, _, s in visitors if v == visitor and s is not None), None)
+                how = "body" if stranger is not None else None
+        seen: tuple[int, datetime] | None = None
+        if stranger is not None and stranger not in self._taken:
+            seen = await people.saw_stranger(conn, stranger, seen_at, r.stranger_visit_gap_s)
+        if seen is None:
+            stranger, how = None, None
+            at = seen_at.timestamp()
+            window = self.window.total_seconds()
+            match = match_stranger(
+                r.strangers.sightings(),
+                found.face,
+                found.body,
+                exclude=self._taken,
+                seen_between=(at - window, at + window),
+            )
+            if match is not None:
+                seen = await people.saw_stranger(conn, match.stranger, seen_at, r.stranger_visit_gap_s)
+                if seen is None:
+                    r.strangers.forget(match.stranger)
+                else:
+                    stranger, how = match.stranger, match.source
+        if stranger is None or seen is None:
+            stranger = await people.new_stranger(conn, seen_at)
+            seen = (1, seen_at)
+        visits, first_seen = seen
+        self._taken.add(stranger)
+        if visitor is None:
+            visitor = detection_id
+        self._taken_visitors.add(visitor)
+        return Identity(
+            source, visitor=visitor, stranger=stranger, visits=visits, first_seen=first_seen, stranger_link=how
+        )
 
 
 def _area(det: Detection) -> float:

@@ -16,6 +16,7 @@ from inference_server.comms.messages import Message
 from inference_server.comms.messages import camera_state as state_messages
 from inference_server.comms.topics import Topics
 from inference_server.domain import Assessment
+from inference_server.pipeline.snapshot import Snapshot
 from inference_server.schemas import CameraState, EventMessage
 from inference_server.store import events as events_store
 from inference_server.telemetry import metrics
@@ -73,12 +74,16 @@ class SnapshotThrottle:
         #: Per camera: monotonic time of the last snapshot message queued.
         self._sent: dict[str, float] = {}
 
-    def messages(self, camera_id: str, jpeg: bytes, *, always: bool) -> list[Message]:
-        """The snapshot message for ``jpeg``, or none while the camera's last one is recent."""
-        now = time.monotonic()
+    def due(self, camera_id: str) -> bool:
+        """Whether the camera's next snapshot would be sent (its last one is not recent)."""
         last = self._sent.get(camera_id)
-        if not always and last is not None and now - last < self.interval_s:
+        return last is None or time.monotonic() - last >= self.interval_s
+
+    async def messages(self, camera_id: str, snapshot: Snapshot, *, always: bool) -> list[Message]:
+        """The snapshot message (drawn now, if not yet), or none while the camera's last one is
+        recent: then the snapshot is not drawn at all."""
+        if not always and not self.due(camera_id):
             metrics.SNAPSHOTS_SKIPPED.inc()
             return []
-        self._sent[camera_id] = now
-        return [(self.topics.camera_snapshot(camera_id), jpeg, True)]
+        self._sent[camera_id] = time.monotonic()
+        return [(self.topics.camera_snapshot(camera_id), await snapshot.jpeg(), True)]

@@ -1,10 +1,15 @@
-"""Result stage: one image's detections → stored, tagged with zones, counted for the baseline,
-and handed to its camera's batch — all in the transaction that completes the job.
+"""Result stage: images' detections → stored, tagged with zones, counted for the baseline,
+and handed to their camera's batch — all in the transaction that completes their jobs.
 
-The job's completion, its detections, the batch and event changes and the MQTT messages
-announcing them commit together: a crash before the commit leaves the job to be retried,
-a crash after it leaves the messages for the relay. Each image is counted exactly once,
-and every message reaches MQTT at least once.
+The detect worker hands over one camera's images of an inferred batch together, and they are
+stored in one transaction, in arrival order: their jobs' completion (one statement), their
+detections (one statement), activity counts (one statement), the batch and event changes and the
+MQTT messages announcing them commit together. A crash before the commit leaves every job to be
+retried, a crash after it leaves the messages for the relay. Each image is counted exactly once,
+and every message reaches MQTT at least once. A job whose lease was lost meanwhile is left out
+of the transaction (its result discarded, as with one image); if storing the group fails for any
+other reason, each image is stored alone, so only the one that fails loses its attempt
+(``docs/decisions.md``, "Batch-level store transactions").
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,11 +26,13 @@ import asyncpg
 from PIL import Image
 
 from inference_server.config import Settings
-from inference_server.domain import Detection
-from inference_server.jobs.queue import ClaimedJob, JobQueue
-from inference_server.pipeline import snapshot
-from inference_server.pipeline.batch import BatchStage
+from inference_server.domain import Detection, Identity
+from inference_server.jobs.queue import ClaimedJob, JobQueue, LeaseLost
+from inference_server.pipeline.batch import BatchStage, Seen
+from inference_server.pipeline.decode import Fit
 from inference_server.pipeline.identify import PersonVectors, Recognizer
+from inference_server.pipeline.messages import Message
+from inference_server.pipeline.snapshot import Snapshot
 from inference_server.pipeline.tamper import SceneFeatures, TamperStage, features
 from inference_server.pipeline.zones import zones_of
 from inference_server.store import activity, outbox
@@ -32,6 +40,17 @@ from inference_server.store import detections as detections_store
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Ready:
+    """One image's result with what is computed before the transaction."""
+
+    job: ClaimedJob
+    detections: Sequence[Detection]
+    snapshot: Snapshot
+    vectors: list[PersonVectors | None]
+    scene: SceneFeatures | None
 
 
 class ResultStage:
@@ -58,74 +77,113 @@ class ResultStage:
         self.tamper = tamper
         self.tz = ZoneInfo(settings.camera_timezone)
 
+    @property
+    def decode_fit(self) -> Fit:
+        """How large the detect worker decodes (``detector_decode_fit``): both sides at the model
+        size, or only the longer one (the model's letterbox) unless faces are cropped from the
+        picture (recognition on), which need both sides."""
+        if self.settings.detector_decode_fit == "letterbox" and self.recognizer is None:
+            return "letterbox"
+        return "cover"
+
     async def finish(self, job: ClaimedJob, image: Image.Image, dets: Sequence[Detection]) -> None:
-        """Store the job's outcome (raises ``LeaseLost`` if another worker owns the job now)."""
-        jpeg: bytes | None = None
-        if dets:
-            started = metrics.now()
-            jpeg = await asyncio.to_thread(
-                _write_snapshot, image, dets, snapshot.snapshot_file(self.settings, job.camera_id, job.image_id)
-            )
-            metrics.STAGE.labels("snapshot").observe(metrics.now() - started)
+        """Store one job's outcome (raises ``LeaseLost`` if another worker owns the job now)."""
+        if await self.finish_many([(job, image, dets)]):
+            raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {self.queue.worker_id}")
+
+    async def finish_many(
+        self, results: Sequence[tuple[ClaimedJob, Image.Image, Sequence[Detection]]]
+    ) -> list[ClaimedJob]:
+        """Store the outcomes of one camera's jobs, in arrival order, in one transaction; return
+        the jobs whose lease was lost (nothing of them is stored)."""
+        ready = [await self._prepare(job, image, dets) for job, image, dets in results]
+        started = metrics.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            owned = await self.queue.complete_many(conn, [r.job for r in ready])
+            kept = [r for r in ready if r.job.id in owned]
+            messages = await self._store(conn, kept)
+            await outbox.add_many(conn, messages)
+        elapsed = metrics.now() - started
+        for r in kept:
+            metrics.STAGE.labels("store").observe(elapsed / len(kept))
+            if not r.detections:
+                log.info(
+                    "nothing detected camera_id=%s job_id=%s image_id=%s", r.job.camera_id, r.job.id, r.job.image_id
+                )
+            _observe_end_to_end(r.job)
+        return [r.job for r in ready if r.job.id not in owned]
+
+    async def _prepare(self, job: ClaimedJob, image: Image.Image, dets: Sequence[Detection]) -> _Ready:
+        """Before the transaction: embeddings (bounded) and the scene's tamper features; the
+        snapshot is only prepared (drawn if used: ``pipeline/snapshot.py``)."""
+        # The decoded picture serves as the snapshot's when it is as large as a snapshot is drawn
+        # (both sides at the model size) or was not reduced at all; else the file is decoded again.
+        large = min(image.size) >= self.settings.detector_imgsz or image.size == job.size
+        picture = image if self.decode_fit == "cover" or large else None
+        snap = Snapshot(self.settings, job.camera_id, job.image_id, Path(job.image_path), dets, picture)
         vectors: list[PersonVectors | None] = []
         if dets and self.recognizer is not None:
             started = metrics.now()
             vectors = await self.recognizer.embed(image, dets, backlog=self.backlog())
             metrics.STAGE.labels("embed").observe(metrics.now() - started)
-
         scene: SceneFeatures | None = None
-        if self.tamper is not None:  # every image, with or without detections: a covered camera sees nothing
+        # With or without detections: a covered camera sees nothing.
+        if self.tamper is not None and self.tamper.wants(job.camera_id, job.captured_at):
             scene = await asyncio.to_thread(features, image)
+        return _Ready(job, dets, snap, vectors, scene)
 
-        started = metrics.now()
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self.queue.complete(conn, job)
-            if self.tamper is not None and scene is not None:
-                await outbox.add_many(
-                    conn, await self.tamper.observe(conn, job.camera_id, job.image_id, job.captured_at, scene)
+    async def _store(self, conn: asyncpg.Connection, ready: Sequence[_Ready]) -> list[Message]:
+        """In the transaction: one camera's images (their jobs already marked done)."""
+        messages: list[Message] = []
+        if not ready:
+            return messages
+        camera_id = ready[0].job.camera_id
+        for r in ready:
+            if self.tamper is not None and r.scene is not None:
+                messages += await self.tamper.observe(conn, camera_id, r.job.image_id, r.job.captured_at, r.scene)
+        found = [r for r in ready if r.detections]
+        if not found:
+            return messages
+        zones = {r.job.image_id: list(r.job.zones) for r in found}
+        tagged = {r.job.image_id: [zones_of(d, zones[r.job.image_id]) for d in r.detections] for r in found}
+        await detections_store.insert_images(
+            conn, camera_id, [(r.job.image_id, r.job.captured_at, r.detections, tagged[r.job.image_id]) for r in found]
+        )
+        local = {r.job.image_id: r.job.captured_at.astimezone(self.tz) for r in found}
+        await activity.record_images(
+            conn,
+            camera_id,
+            [(local[i].date(), local[i].hour, (d.label for d in r.detections)) for r in found if (i := r.job.image_id)],
+        )
+        seen: list[Seen] = []
+        enrolled = 0
+        for r in found:
+            identities: list[Identity | None] = []
+            if self.recognizer is not None and r.vectors:
+                identities, enrolled = await self.recognizer.identify(conn, camera_id, r.job.image_id, r.vectors)
+            seen.append(
+                Seen(
+                    r.job.image_id,
+                    r.job.captured_at,
+                    r.detections,
+                    tagged[r.job.image_id],
+                    r.snapshot,
+                    identities,
                 )
-            if not dets:
-                log.info("nothing detected camera_id=%s job_id=%s image_id=%s", job.camera_id, job.id, job.image_id)
-                metrics.STAGE.labels("store").observe(metrics.now() - started)
-                _observe_end_to_end(job)
-                return
-            zones = list(job.zones)
-            tagged = [zones_of(d, zones) for d in dets]
-            await detections_store.insert_many(conn, job.image_id, job.camera_id, job.captured_at, dets, tagged)
-            local = job.captured_at.astimezone(self.tz)
-            await activity.record(conn, job.camera_id, (d.label for d in dets), local.date(), local.hour)
-            identities, enrolled = (
-                await self.recognizer.identify(conn, job.camera_id, job.image_id, vectors)
-                if self.recognizer is not None and vectors
-                else ([], 0)
             )
-            assert jpeg is not None
-            messages = await self.batches.on_detections(
-                conn,
-                camera_id=job.camera_id,
-                camera_name=job.camera_name,
-                camera_enabled=job.camera_enabled,
-                zones=zones,
-                image_id=job.image_id,
-                captured_at=job.captured_at,
-                detections=dets,
-                detection_zones=tagged,
-                jpeg=jpeg,
-                identities=identities,
-                enrolled_people=enrolled,
-            )
-            await outbox.add_many(conn, messages)
-        metrics.STAGE.labels("store").observe(metrics.now() - started)
-        _observe_end_to_end(job)
+        latest = found[-1].job
+        messages += await self.batches.on_detections(
+            conn,
+            camera_id=camera_id,
+            camera_name=latest.camera_name,
+            camera_enabled=latest.camera_enabled,
+            zones=zones[latest.image_id],
+            seen=seen,
+            enrolled_people=enrolled,
+        )
+        return messages
 
 
 def _observe_end_to_end(job: ClaimedJob) -> None:
     if job.received_at is not None:
         metrics.END_TO_END.observe((datetime.now(UTC) - job.received_at).total_seconds())
-
-
-def _write_snapshot(image: Image.Image, dets: Sequence[Detection], path: Path) -> bytes:
-    jpeg = snapshot.render(image, dets)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(jpeg)
-    return jpeg

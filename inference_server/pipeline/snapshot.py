@@ -1,15 +1,31 @@
-"""Annotated snapshots: the image with its detections boxed and labelled, as JPEG."""
+"""Annotated snapshots: the image with its detections boxed and labelled, as JPEG.
+
+A snapshot is drawn only when something uses it: when it is published on the camera's snapshot
+topic (at most once per ``snapshot_publish_interval_s``) or when its image becomes an event's
+picture (``ensure``), not for every image with a detection. It is drawn from the stored file,
+decoded with both sides at ``detector_imgsz`` or more (the model's own decode may be smaller:
+``pipeline/decode.py``), or from the decoded picture in memory when that is as large.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import asyncpg
 from PIL import Image, ImageDraw
 
+from inference_server import decode_budget
 from inference_server.config import Settings
 from inference_server.domain import Detection
+from inference_server.pipeline.decode import decode
+from inference_server.telemetry import metrics
+
+log = logging.getLogger(__name__)
 
 _COLOURS = {
     "person": (230, 57, 70),
@@ -44,3 +60,81 @@ def render(image: Image.Image, detections: Sequence[Detection], quality: int = 8
     out = io.BytesIO()
     canvas.save(out, format="JPEG", quality=quality)
     return out.getvalue()
+
+
+def draw_file(settings: Settings, source: Path | Image.Image, detections: Sequence[Detection], dest: Path) -> bytes:
+    """Draw ``detections`` on ``source`` (a stored file, decoded here, or a decoded picture) and
+    write the JPEG to ``dest`` whole (a temporary name, then a rename: a reader never sees half a
+    file); return it. Blocking: run it on a thread."""
+    if isinstance(source, Path):
+        budget = decode_budget.shared(settings.decode_memory_mb)
+        picture = decode(source, settings.detector_imgsz, budget, fit="cover")
+    else:
+        picture = source
+    jpeg = render(picture, detections)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    partial.write_bytes(jpeg)
+    partial.replace(dest)
+    return jpeg
+
+
+class Snapshot:
+    """One image's annotated snapshot, drawn on first use (``jpeg``), then kept.
+
+    ``picture`` is the decoded image in memory when it is as large as a snapshot is drawn
+    (``fit="cover"``); otherwise None, and the stored file ``source`` is decoded again.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        camera_id: str,
+        image_id: int,
+        source: Path,
+        detections: Sequence[Detection],
+        picture: Image.Image | None = None,
+    ) -> None:
+        self.settings = settings
+        self.image_id = image_id
+        self.path = snapshot_file(settings, camera_id, image_id)
+        self._source = source
+        self._picture = picture
+        self._detections = list(detections)
+        self._jpeg: bytes | None = None
+
+    async def jpeg(self) -> bytes:
+        if self._jpeg is None:
+            started = metrics.now()
+            source = self._picture if self._picture is not None else self._source
+            self._jpeg = await asyncio.to_thread(draw_file, self.settings, source, self._detections, self.path)
+            metrics.STAGE.labels("snapshot").observe(metrics.now() - started)
+        return self._jpeg
+
+
+async def ensure(
+    conn: asyncpg.Connection, settings: Settings, camera_id: str, image_id: int, current: Snapshot | None = None
+) -> str | None:
+    """The path of ``image_id``'s snapshot for an event row, drawn now if it does not exist yet
+    (``current`` when it is that image's, else from the stored image and its stored detections).
+    None, logged, when it cannot be drawn (the image's file is gone): the event keeps no picture."""
+    if current is not None and current.image_id == image_id:
+        await current.jpeg()
+        return str(current.path)
+    path = snapshot_file(settings, camera_id, image_id)
+    if path.exists():
+        return str(path)
+    stored = await conn.fetchval("SELECT path FROM images WHERE id = $1", image_id)
+    rows = await conn.fetch(
+        "SELECT label, confidence, x1, y1, x2, y2 FROM detections WHERE image_id = $1 ORDER BY id", image_id
+    )
+    if stored is None:
+        log.warning("snapshot not drawn, image row gone camera_id=%s image_id=%s", camera_id, image_id)
+        return None
+    dets = [Detection(r["label"], r["confidence"], (r["x1"], r["y1"], r["x2"], r["y2"])) for r in rows]
+    try:
+        await asyncio.to_thread(draw_file, settings, Path(stored), dets, path)
+    except (OSError, ValueError) as err:
+        log.warning("snapshot not drawn camera_id=%s image_id=%s error=%r", camera_id, image_id, err)
+        return None
+    return str(path)

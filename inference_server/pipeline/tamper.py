@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 import asyncpg
@@ -42,6 +42,7 @@ from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.schemas import TamperKind, TamperState
 from inference_server.store import tamper as tamper_store
+from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,22 @@ class TamperStage:
         self.trigger = settings.tamper_trigger_frames
         self.clear = settings.tamper_clear_frames
         self.topics = topics
+        self.interval = timedelta(seconds=settings.tamper_check_interval_s)
+        #: Per camera: the capture time of the last image chosen for a check (this process).
+        self._checked: dict[str, datetime] = {}
+        #: Per camera: still learning, or its last check looked tampered (every image is checked).
+        self._watchful: dict[str, bool] = {}
+
+    def wants(self, camera_id: str, captured_at: datetime) -> bool:
+        """Whether this image is checked: every image while the camera's scene is being learned
+        or its last check looked tampered; otherwise one image per ``tamper_check_interval_s`` of
+        capture time (a covered lens stays covered: checking 20 frames a second adds nothing)."""
+        last = self._checked.get(camera_id)
+        if self._watchful.get(camera_id, True) or last is None or abs(captured_at - last) >= self.interval:
+            self._checked[camera_id] = captured_at
+            return True
+        metrics.TAMPER_CHECKS_SKIPPED.inc()
+        return False
 
     def step(self, row: tamper_store.Row | None, seen: SceneFeatures, captured_at: datetime) -> Step:
         """The hysteresis, without side effects: what one image does to the camera's ``row``."""
@@ -240,6 +257,9 @@ class TamperStage:
         elif done.change == "learned":
             log.info("tamper baseline learned camera_id=%s images=%d", camera_id, done.baseline.learned)
         await tamper_store.save(conn, camera_id, done.baseline, state)
+        self._watchful[camera_id] = (
+            done.baseline.learned < self.learn_frames or state.tampered or state.abnormal_run > 0
+        )
         return [] if done.change is None else [self._message(camera_id, state, done.baseline.learned)]
 
     def _message(self, camera_id: str, state: tamper_store.Counters, learned: int) -> Message:

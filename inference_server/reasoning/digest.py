@@ -39,11 +39,14 @@ class DigestProse(BaseModel):
 
 
 class DigestProseError(Exception):
-    """The LLM gave no usable prose; ``reason`` is short enough for the digest's ``llm_error``."""
+    """The LLM gave no usable prose; ``reason`` is short enough for the digest's ``llm_error``.
+    ``outage``: the backend failed (timeout, unreachable, broken output), which the circuit
+    breaker counts; prose refused for what it says is not."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, outage: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.outage = outage
 
 
 @cache
@@ -62,16 +65,16 @@ async def write_prose(backend: LlmBackend, facts: str, timeout_s: float) -> str:
         async with asyncio.timeout(timeout_s):
             reply = await backend.complete(digest_messages(facts), prose_schema())
     except TimeoutError:
-        raise DigestProseError(f"timeout: no reply within {timeout_s:g}s") from None
+        raise DigestProseError(f"timeout: no reply within {timeout_s:g}s", outage=True) from None
     except LlmError as err:
-        raise DigestProseError(f"{err.reason}: {err.brief}") from None
+        raise DigestProseError(f"{err.reason}: {err.brief}", outage=True) from None
     text = reply.text.strip()
     if text.startswith("```"):
         text = text.removeprefix("```json").removeprefix("```").removesuffix("```").strip()
     try:
         prose = DigestProse.model_validate_json(text).text.strip()
     except ValidationError as err:
-        raise DigestProseError(f"invalid output: {err.errors()[0]['msg']}") from None
+        raise DigestProseError(f"invalid output: {err.errors()[0]['msg']}", outage=True) from None
     known = {m.group(0).zfill(5) for m in _TIME.finditer(facts)}
     invented = sorted({m.group(0).zfill(5) for m in _TIME.finditer(prose)} - known)
     if invented:

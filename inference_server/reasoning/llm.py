@@ -21,6 +21,10 @@ with the rules engine's assessment in the prompt. It promises:
 - the LLM's assessment keeps the rules factors and adds an ``llm_adjustment`` factor, so the
   points of the factors still add up to the score; the LLM's own factors follow with 0 points;
 - at most ``max_concurrency`` LLM calls run at once; each call is limited to ``timeout_s``;
+- the digest's prose (``write_digest``) shares those slots and the circuit breaker: it takes a
+  slot only when no event's call is waiting for one (events never queue behind a digest), waits
+  for one at most its timeout, and an open breaker skips it; it then fails with a reason and the
+  digest keeps its rules text, labelled as the fallback;
 - with key frames (``images``) and a model that sees (``vision``: ``True``, or ``"auto"`` and
   the backend says so), the frames go with prompt ``security-v2``; its ``description``,
   ``activity``, ``threat_indicators`` and ``confidence`` reach the assessment with the ids of
@@ -34,8 +38,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -46,6 +51,7 @@ from inference_server.domain import Assessment, Observation
 from inference_server.reasoning.activity import activity_grounds, raised_score
 from inference_server.reasoning.backends.base import LlmBackend, LlmError, LlmReply, build_llm_backend
 from inference_server.reasoning.breaker import CircuitBreaker, CircuitState
+from inference_server.reasoning.digest import DigestProseError, write_prose
 from inference_server.reasoning.grounding import LOWERING_CHECKS, Evidence, LoweringCheck, lowering_grounds, review
 from inference_server.reasoning.prompts import (
     PROMPT_VERSION,
@@ -97,6 +103,58 @@ def settle_score(
     )
 
 
+class _Slots:
+    """At most ``n`` holders at once. A freed slot goes to the longest-waiting event's call, and to
+    a side call (the digest) only when no event's call waits: a digest never delays an event more
+    than the one call it already holds a slot for."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._side: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """Calls waiting for a slot: (events', side calls')."""
+        return len(self._urgent), len(self._side)
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """A slot for an event's call."""
+        await self.acquire(urgent=True)
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def acquire(self, *, urgent: bool) -> None:
+        """Wait for a slot (``urgent``: an event's call); ``release`` it after."""
+        waiting = self._urgent if urgent else self._side
+        # A free slot means nobody waits (a released slot is handed straight to a waiter).
+        if self._free > 0:
+            self._free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        waiting.append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # handed a slot in the same moment it was cancelled: pass it on
+            elif granted in waiting:  # (a release may have dropped it already, seeing it cancelled)
+                waiting.remove(granted)
+            raise
+
+    def release(self) -> None:
+        for waiting in (self._urgent, self._side):
+            while waiting:
+                granted = waiting.popleft()
+                if not granted.done():
+                    granted.set_result(None)
+                    return
+        self._free += 1
+
+
 class _Fallback(Exception):
     def __init__(self, reason: str, brief: str, detail: str | None = None) -> None:
         super().__init__(f"{reason}: {detail or brief}")
@@ -136,7 +194,7 @@ class LlmReasoner:
         self.lowering_checks = tuple(lowering_checks)
         self.vision = vision
         self.breaker = CircuitBreaker(circuit_failures, circuit_reset_s, clock)
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = _Slots(max_concurrency)
         #: Fallbacks since start, by reason ("timeout", "unreachable", "invalid output", ...).
         self.fallbacks: Counter[str] = Counter()
 
@@ -215,7 +273,7 @@ class LlmReasoner:
             version=version,
             images=list(frames.values()),
         )
-        async with self._slots:
+        async with self._slots.hold():
             # Checked again: the circuit may have opened, or another caller claimed the
             # half-open trial, while this one waited for a slot.
             if not self.breaker.allow():
@@ -238,6 +296,38 @@ class LlmReasoner:
                 raise
         self.breaker.success()
         return result
+
+    async def write_digest(self, facts: str, timeout_s: float) -> str:
+        """The digest's prose for ``facts`` (``reasoning.digest``), through this reasoner's slots
+        and circuit breaker (see module doc); raises ``DigestProseError`` with the reason when it
+        has none: ``circuit open``, ``busy`` (no slot within ``timeout_s``) or the call's failure."""
+        if self.breaker.blocks():
+            raise DigestProseError(f"circuit open: {self._circuit_open().brief}")
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._slots.acquire(urgent=False)
+        except TimeoutError:
+            raise DigestProseError(f"busy: no LLM slot free within {timeout_s:g}s (events' calls go first)") from None
+        try:
+            if not self.breaker.allow():
+                raise DigestProseError(f"circuit open: {self._circuit_open().brief}")
+            try:
+                prose = await write_prose(self.backend, facts, timeout_s)
+            except DigestProseError as err:
+                # An outage (timeout, unreachable, broken output) counts towards the breaker as
+                # an event's call would; prose refused for its content is the model, not an outage.
+                if err.outage:
+                    self.breaker.failure()
+                else:
+                    self.breaker.success()
+                raise
+            except asyncio.CancelledError:
+                self.breaker.abandon()
+                raise
+            self.breaker.success()
+            return prose
+        finally:
+            self._slots.release()
 
     def _circuit_open(self) -> _Fallback:
         return _Fallback(

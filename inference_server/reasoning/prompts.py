@@ -233,7 +233,13 @@ def _identity(identity: Identity | None) -> str:
         return ""
     if identity.known:
         return f", recognised as {identity.name} ({identity.source} similarity {identity.similarity or 0:.2f})"
-    return ", an unfamiliar face" if identity.source == "face" else ", not recognised (no face seen)"
+    seen = ""
+    if identity.stranger is not None and (identity.visits or 0) >= 2:
+        # A returning stranger (pipeline/identify.py): linked across events, by face or by body.
+        first = f" since {identity.first_seen:%H:%M} UTC" if identity.first_seen is not None else ""
+        how = f" (linked by {identity.stranger_link})" if identity.stranger_link else ""
+        seen = f", the same stranger seen {identity.visits} times{first}{how}"
+    return (", an unfamiliar face" if identity.source == "face" else ", not recognised (no face seen)") + seen
 
 
 def _rules_factors(rules: Assessment) -> str:

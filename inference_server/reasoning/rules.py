@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from inference_server.domain import Assessment, Detection, Identity, Observation
 from inference_server.reasoning.reasoner import LevelThresholds
@@ -66,6 +67,9 @@ WEIGHTS: dict[str, int] = {
     "known_person": -30,
     "known_person_home": -45,
     "unfamiliar_person": 20,
+    # The same unfamiliar face seen on an earlier visit within the stranger window (a stranger
+    # id, pipeline/identify.py): someone coming back. Small: a neighbour or courier returns too.
+    "returned_stranger": 10,
 }
 REFERENCE = 45
 #: A detection at least this confident is a signal of its own ("confident").
@@ -118,6 +122,7 @@ _REASONS: dict[str, str] = {
     "frames": "seen repeatedly",
     "dwell": "lingering",
     "unfamiliar_person": "an unfamiliar face",
+    "returned_stranger": "a returning stranger",
 }
 
 
@@ -492,6 +497,8 @@ def _identity_factors(ctx: _Context, obs: Observation, *, home_cap: bool) -> boo
     )
     if obs.enrolled_people > 0 and any(not i.known and i.source == "face" for i in seen):
         ctx.add("unfamiliar_person", f"an unfamiliar face: none of the {obs.enrolled_people} enrolled people")
+        if (back := _returned_stranger(seen)) is not None:
+            ctx.add("returned_stranger", f"the same unfamiliar person: {_seen_again(back, obs.captured_at)}")
         if known:
             ctx.add("known_person", f"{names} recognised, but with an unfamiliar person: not counted", 0)
         return False
@@ -516,11 +523,32 @@ def _people_phrase(obs: Observation, n: int) -> str:
         return f"{n} {_plural('person', n)}"
     parts = list(names)
     if strangers:
-        parts.append("an unfamiliar person" if strangers == 1 else f"{strangers} unfamiliar people")
+        phrase = "an unfamiliar person" if strangers == 1 else f"{strangers} unfamiliar people"
+        if (back := _returned_stranger(seen)) is not None:
+            # Strangers seen before (pipeline/identify.py): "seen 3 times since 22:10".
+            returning = {i.stranger for i in seen if not i.known and i.source == "face" and (i.visits or 0) >= 2}
+            one = "" if len(returning) >= strangers else "one "
+            phrase += f" ({one}{_seen_again(back, obs.captured_at)})"
+        parts.append(phrase)
     others = n - len(names) - strangers
     if others > 0:
         parts.append(f"{others} other {_plural('person', others)}")
     return " and ".join(parts)
+
+
+def _returned_stranger(seen: Sequence[Identity]) -> Identity | None:
+    """The unfamiliar face (unknown, face seen) with the most visits, when it has been seen before."""
+    faces = [i for i in seen if not i.known and i.source == "face" and (i.visits or 0) >= 2]
+    return max(faces, key=lambda i: i.visits or 0) if faces else None
+
+
+def _seen_again(stranger: Identity, now: datetime) -> str:
+    """ "seen 3 times since 22:10" (the first sighting in the camera's local time)."""
+    text = f"seen {stranger.visits} times"
+    if stranger.first_seen is None:
+        return text
+    first = stranger.first_seen.astimezone(now.tzinfo)
+    return f"{text} since {first:%H:%M}" if now - first < timedelta(hours=20) else f"{text} since {first:%d %b %H:%M}"
 
 
 def _is_home(identity: Identity, context: HouseholdContext | None) -> bool:

@@ -2,7 +2,8 @@
 ``digest_from`` .. ``digest_at``, is summarised and published once.
 
 After a restart the latest period that has ended is sent if it was not yet (a server down at
-07:00 sends the night's digest when it comes back, at most once); older periods are not sent.
+07:00 sends the night's digest when it comes back, at most once, logged as a catch-up); older
+periods are not sent: a server down for three nights sends the last one only.
 Several server processes may run the scheduler: the digests table lets only one send a period.
 """
 
@@ -19,6 +20,9 @@ from inference_server.store import digests
 from inference_server.store.db import DB_ERRORS
 
 log = logging.getLogger(__name__)
+
+#: A scheduled digest sent this long after its time is a catch-up (logged as one).
+CATCH_UP_AFTER_S = 300.0
 
 
 def _clock_time(text: str) -> time:
@@ -52,13 +56,23 @@ class DigestScheduler:
     """Sends the scheduled digest; sleeps until the next period's end in between."""
 
     def __init__(
-        self, service: DigestService, clock: Clock, start_at: str, end_at: str, *, retry_s: float = 60.0
+        self,
+        service: DigestService,
+        clock: Clock,
+        start_at: str,
+        end_at: str,
+        *,
+        retry_s: float = 60.0,
+        wake_s: float = 3600.0,
     ) -> None:
         self.service = service
         self.clock = clock
         self.start_at = start_at
         self.end_at = end_at
         self.retry_s = retry_s
+        #: The longest sleep between two looks at the clock: a clock that jumps (NTP, a suspended
+        #: host, a test's controllable clock) is noticed within this long.
+        self.wake_s = wake_s
 
     async def send_due(self) -> bool:
         """Send the latest ended period's digest unless it was sent; whether one was sent now."""
@@ -67,7 +81,16 @@ class DigestScheduler:
         if await digests.scheduled_sent(self.service.pool, since, until):
             return False
         digest = await self.service.compose(since, until, kind="scheduled", now=now)
-        return await self.service.send(digest) is not None
+        sent = await self.service.send(digest) is not None
+        late_s = (now - until).total_seconds()
+        if sent and late_s >= CATCH_UP_AFTER_S:
+            log.info(
+                "scheduled digest caught up (the server was not running at its time) period=%s..%s late_by_s=%.0f",
+                since.isoformat(),
+                until.isoformat(),
+                late_s,
+            )
+        return sent
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -79,8 +102,7 @@ class DigestScheduler:
                 )
             except DB_ERRORS as err:
                 log.error("scheduled digest failed, retry_in_s=%.0f error=%r", self.retry_s, err)
-            # Wake at least hourly: a clock that jumps (NTP, a suspended host) is noticed.
             try:
-                await asyncio.wait_for(stop.wait(), min(wait_s, 3600.0))
+                await asyncio.wait_for(stop.wait(), min(wait_s, self.wake_s))
             except TimeoutError:
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from datetime import date, timedelta
 
@@ -14,12 +15,26 @@ BASELINE_DAYS = 14
 MIN_DAYS_LEARNED = 3
 
 
-async def record(conn: asyncpg.Connection, camera_id: str, labels: Iterable[str], day: date, hour: int) -> None:
-    """Count one image per label seen in it, for the camera's day and hour (local time)."""
-    await conn.executemany(
-        "INSERT INTO activity_hourly (camera_id, label, day, hour, images) VALUES ($1, $2, $3, $4, 1)"
-        " ON CONFLICT (camera_id, label, hour, day) DO UPDATE SET images = activity_hourly.images + 1",
-        [(camera_id, label, day, hour) for label in sorted(set(labels))],
+async def record_images(
+    conn: asyncpg.Connection, camera_id: str, images: Iterable[tuple[date, int, Iterable[str]]]
+) -> None:
+    """Count each image once per label it shows, for its camera's day and hour (local time):
+    several images of one camera in one statement, each ``(day, hour, labels)``."""
+    counts: Counter[tuple[str, date, int]] = Counter()
+    for day, hour, labels in images:
+        counts.update((label, day, hour) for label in set(labels))
+    if not counts:
+        return
+    keys = sorted(counts)
+    await conn.execute(
+        "INSERT INTO activity_hourly (camera_id, label, day, hour, images)"
+        " SELECT $1, l, d, h, n FROM unnest($2::text[], $3::date[], $4::int[], $5::int[]) AS a (l, d, h, n)"
+        " ON CONFLICT (camera_id, label, hour, day) DO UPDATE SET images = activity_hourly.images + EXCLUDED.images",
+        camera_id,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [counts[k] for k in keys],
     )
 
 

@@ -7,6 +7,7 @@ carries the same event from the start: the batches of one event form a chain
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -78,15 +79,16 @@ async def open_continuation(conn: asyncpg.Connection, previous: Batch, now: date
     return _batch(row)
 
 
-async def add_image(conn: asyncpg.Connection, batch: Batch, image_id: int, now: datetime) -> Batch:
-    # One round trip: the link and the batch's activity time (a data-modifying CTE always runs).
+async def add_images(conn: asyncpg.Connection, batch: Batch, image_ids: Sequence[int], now: datetime) -> Batch:
+    # One round trip: the links and the batch's activity time (a data-modifying CTE always runs).
     row = await conn.fetchrow(
-        "WITH linked AS (INSERT INTO batch_images (batch_id, image_id) VALUES ($1, $3) ON CONFLICT DO NOTHING)"
+        "WITH linked AS (INSERT INTO batch_images (batch_id, image_id) SELECT $1, unnest($3::bigint[])"
+        " ON CONFLICT DO NOTHING)"
         " UPDATE batches SET last_activity_at = greatest(last_activity_at, $2) WHERE id = $1"
         f" RETURNING {_COLUMNS}",
         batch.id,
         now,
-        image_id,
+        list(image_ids),
     )
     assert row is not None
     return _batch(row)
@@ -109,9 +111,16 @@ _AWAITS_CLIP_FRAMES = (
 )
 
 
-async def awaits_clip_frames(conn: asyncpg.Connection, batch_id: uuid.UUID) -> bool:
-    """Whether frames of a clip the batch holds still wait for the detector (migration 0008)."""
-    value: bool = await conn.fetchval(f"SELECT {_AWAITS_CLIP_FRAMES} FROM batches WHERE id = $1", batch_id)
+async def awaits_clip_frames(conn: asyncpg.Connection, batch_id: uuid.UUID, arriving: Sequence[int] = ()) -> bool:
+    """Whether frames of a clip the batch holds still wait for the detector (migration 0008), or
+    are among the ``arriving`` images (stored now, in the caller's transaction)."""
+    value: bool = await conn.fetchval(
+        f"SELECT {_AWAITS_CLIP_FRAMES} OR EXISTS (SELECT 1 FROM batch_images bi JOIN images i ON i.id = bi.image_id"
+        " JOIN images f ON f.clip_id = i.clip_id WHERE bi.batch_id = batches.id AND f.id = ANY($2::bigint[]))"
+        " FROM batches WHERE id = $1",
+        batch_id,
+        list(arriving),
+    )
     return bool(value)
 
 

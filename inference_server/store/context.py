@@ -67,10 +67,21 @@ async def for_capture(conn: asyncpg.Connection | asyncpg.Pool, captured_at: date
     (``at``). An image captured before the first context that is still kept (older than the
     history, or a camera clock far behind) is judged with the current one, logged as that
     fallback; unset when no context was ever sent."""
-    state = await at(conn, captured_at)
-    if state.set_at is not None:
-        return state
-    state = await current(conn)
+    if captured_at.tzinfo is None:
+        raise ValueError("captured_at must be timezone-aware")
+    # One round trip (this runs for every stored group of images): the context in force at the
+    # capture time, and the latest, each by the index ``household_context_latest``.
+    rows = await conn.fetch(
+        "(SELECT context, set_at, set_by, true AS in_force FROM household_context WHERE set_at <= $1"
+        " ORDER BY set_at DESC, id DESC LIMIT 1)"
+        " UNION ALL (SELECT context, set_at, set_by, false FROM household_context"
+        " ORDER BY set_at DESC, id DESC LIMIT 1)",
+        captured_at,
+    )
+    in_force = [r for r in rows if r["in_force"]]
+    if in_force:
+        return _state(in_force[0])
+    state = _state(rows[0] if rows else None)
     if state.set_at is not None:
         log.info(
             "context fallback: none known at capture time, judged with the current one captured_at=%s set_at=%s",

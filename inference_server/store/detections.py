@@ -20,16 +20,31 @@ async def insert_many(
     zones: Sequence[tuple[str, ...]] = (),
 ) -> None:
     """Insert an image's detections; ``zones`` (parallel) are stored comma-joined."""
-    if not detections:
+    await insert_images(conn, camera_id, [(image_id, detected_at, detections, zones)])
+
+
+async def insert_images(
+    conn: asyncpg.Connection,
+    camera_id: str,
+    images: Sequence[tuple[int, datetime, Sequence[Detection], Sequence[tuple[str, ...]]]],
+) -> None:
+    """Insert the detections of several images of one camera in one statement; each image is
+    ``(image_id, detected_at, detections, zones)`` with ``zones`` parallel to its detections."""
+    rows = [
+        (image_id, d.label, d.category, d.confidence, *d.bbox, ",".join(z) or None, detected_at)
+        for image_id, detected_at, dets, zones in images
+        for d, z in zip(dets, list(zones) or [()] * len(dets), strict=True)
+    ]
+    if not rows:
         return
-    names = list(zones) or [()] * len(detections)
-    await conn.executemany(
+    columns = list(zip(*rows, strict=True))
+    await conn.execute(
         "INSERT INTO detections (image_id, camera_id, label, category, confidence, x1, y1, x2, y2, zone,"
-        " detected_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        [
-            (image_id, camera_id, d.label, d.category, d.confidence, *d.bbox, ",".join(z) or None, detected_at)
-            for d, z in zip(detections, names, strict=True)
-        ],
+        " detected_at) SELECT i, $1, l, c, p, a, b, e, f, z, t FROM unnest($2::bigint[], $3::text[],"
+        " $4::text[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::text[],"
+        " $11::timestamptz[]) WITH ORDINALITY AS d (i, l, c, p, a, b, e, f, z, t, n) ORDER BY n",
+        camera_id,
+        *(list(c) for c in columns),
     )
 
 

@@ -52,6 +52,8 @@ class EventFilter:
     min_level: RiskLevel | None = None
     #: Words to find (web search syntax: ``"exact phrase"``, ``or``, ``-excluded``).
     text: str | None = None
+    #: Only events seen in a video clip (True) or only in still images (False).
+    has_clip: bool | None = None
 
 
 def _assessment_json(a: Assessment) -> dict[str, Any]:
@@ -120,14 +122,16 @@ async def rescore(
     event_id: UUID,
     assessment: Assessment,
     *,
-    image_id: int,
+    image_id: int | None,
     snapshot_path: str | None,
 ) -> bool:
     """New rules result as the batch grows. While the LLM has not answered (or failed) the rules
     result is the event's; once the LLM has answered, its judgement stands and only the rules
-    result and the evidence are refreshed. Returns whether anything a consumer sees changed."""
+    result and the evidence are refreshed. ``image_id`` None keeps the event's picture.
+    Returns whether anything a consumer sees changed."""
     row = await conn.fetchrow(
-        "UPDATE events e SET rules_result = $2, image_id = $3, snapshot_path = $4, objects = $5,"
+        "UPDATE events e SET rules_result = $2, image_id = COALESCE($3, e.image_id),"
+        " snapshot_path = CASE WHEN $3::bigint IS NULL THEN e.snapshot_path ELSE $4 END, objects = $5,"
         " risk_score = CASE WHEN e.analysis_source = 'llm' THEN e.risk_score ELSE $6 END,"
         " risk_level = CASE WHEN e.analysis_source = 'llm' THEN e.risk_level ELSE $7 END,"
         " summary = CASE WHEN e.analysis_source = 'llm' THEN e.summary ELSE $8 END,"
@@ -150,6 +154,16 @@ async def rescore(
         [f.model_dump() for f in assessment.factors],
     )
     return bool(row is not None and row["changed"])
+
+
+async def set_picture(conn: asyncpg.Connection, event_id: UUID, image_id: int, snapshot_path: str | None) -> None:
+    """The image that shows the event, and its snapshot file."""
+    await conn.execute(
+        "UPDATE events SET image_id = $2, snapshot_path = $3, updated_at = now() WHERE id = $1",
+        event_id,
+        image_id,
+        snapshot_path,
+    )
 
 
 async def end(conn: asyncpg.Connection, event_id: UUID, ended_at: datetime) -> None:
@@ -206,14 +220,23 @@ async def finish_llm(
         )
 
 
+#: Whether event ``e`` was seen in a video clip (one of its batch's frames came from one).
+_HAS_CLIP = (
+    "EXISTS (SELECT 1 FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
+    " JOIN images i ON i.id = bi.image_id WHERE b.event_id = e.id AND i.clip_id IS NOT NULL)"
+)
+
 _SELECT = (
     "SELECT e.*, c.name AS camera_name,"
     " COALESCE((SELECT jsonb_agg(jsonb_build_object('label', d.label, 'category', d.category,"
     "   'confidence', d.confidence, 'bbox', jsonb_build_array(d.x1, d.y1, d.x2, d.y2), 'zone', d.zone,"
     # Who a person was recognised as (migration 0006): names and scores, never the embeddings.
     "   'identity', (SELECT jsonb_build_object('person', p.name, 'person_id', di.person_id, 'similarity',"
-    "     di.similarity, 'source', di.source, 'visitor', di.visitor) FROM detection_identities di"
-    "     LEFT JOIN people p ON p.id = di.person_id WHERE di.detection_id = d.id))"
+    "     di.similarity, 'source', di.source, 'visitor', di.visitor,"
+    # An unknown person seen again (migration 0009): the stranger's id, visits and first sighting.
+    "     'stranger', 'S-' || s.id, 'visits', s.visits, 'first_seen', s.first_seen) FROM detection_identities di"
+    "     LEFT JOIN people p ON p.id = di.person_id LEFT JOIN strangers s ON s.id = di.stranger_id"
+    "     WHERE di.detection_id = d.id))"
     "   ORDER BY d.confidence DESC, d.id) FROM detections d WHERE d.image_id = e.image_id), '[]'::jsonb)"
     "   AS detections,"
     # The LLM phase's words and failure live in llm_result (the model's text only while its
@@ -228,9 +251,7 @@ _SELECT = (
     "   AS model_observations,"
     " CASE WHEN e.llm_state = 'done' THEN (e.llm_result->>'confidence')::real END AS llm_confidence,"
     # The clip the event was seen in (store/clips.py, migration 0008), fetched through the API.
-    " CASE WHEN EXISTS (SELECT 1 FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
-    "   JOIN images i ON i.id = bi.image_id WHERE b.event_id = e.id AND i.clip_id IS NOT NULL)"
-    "   THEN '/api/v1/events/' || e.id || '/clip' END AS clip_url"
+    " CASE WHEN " + _HAS_CLIP + " THEN '/api/v1/events/' || e.id || '/clip' END AS clip_url"
     " FROM events e JOIN cameras c ON c.id = e.camera_id"
 )
 
@@ -330,6 +351,8 @@ async def list_page(
     where += [f"{condition} {arg(value)}" for condition, value in conditions if value is not None]
     if flt.min_level is not None:
         where.append(f"e.risk_level = ANY({arg(list(LEVELS[LEVELS.index(flt.min_level) :]))}::text[])")
+    if flt.has_clip is not None:
+        where.append(("" if flt.has_clip else "NOT ") + _HAS_CLIP)
     rank = "NULL::real"
     if flt.text is not None:
         if not await has_search_words(conn, flt.text):

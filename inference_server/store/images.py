@@ -27,13 +27,17 @@ class NewImage:
     clip_offset_s: float | None = None
 
 
-async def insert(conn: asyncpg.Connection, image: NewImage) -> int | None:
-    """Insert the image; return its id, or None when the camera already has these bytes."""
-    image_id: int | None = await conn.fetchval(
-        "INSERT INTO images (camera_id, sha256, path, source, original_name, media_type, width, height,"
-        " size_bytes, captured_at, captured_at_source, clip_id, clip_offset_s)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        " ON CONFLICT (camera_id, sha256) DO NOTHING RETURNING id",
+#: Insert one image ($1–$13, ``insert_args``); returns its id, nothing for bytes the camera has.
+INSERT = (
+    "INSERT INTO images (camera_id, sha256, path, source, original_name, media_type, width, height,"
+    " size_bytes, captured_at, captured_at_source, clip_id, clip_offset_s)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    " ON CONFLICT (camera_id, sha256) DO NOTHING RETURNING id"
+)
+
+
+def insert_args(image: NewImage) -> tuple[object, ...]:
+    return (
         image.camera_id,
         image.sha256,
         image.path,
@@ -48,6 +52,11 @@ async def insert(conn: asyncpg.Connection, image: NewImage) -> int | None:
         image.clip_id,
         image.clip_offset_s,
     )
+
+
+async def insert(conn: asyncpg.Connection, image: NewImage) -> int | None:
+    """Insert the image; return its id, or None when the camera already has these bytes."""
+    image_id: int | None = await conn.fetchval(INSERT, *insert_args(image))
     return image_id
 
 

@@ -126,11 +126,14 @@ async def gallery(
     return [(r["person_id"], r["source"], list(r["vector"])) for r in rows]
 
 
-async def gallery_version(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[int, int]:
-    """Changes whenever an embedding is added or removed (its newest id and its count)."""
-    row = await conn.fetchrow("SELECT COALESCE(max(id), 0) AS newest, count(*) AS n FROM person_embeddings")
-    assert row is not None
-    return int(row["newest"]), int(row["n"])
+#: NOTIFY channel of every change to people or person_embeddings (migration 0009's triggers: sent
+#: in the changing transaction, so it arrives when the change commits).
+CHANGES_CHANNEL = "hsi_people"
+
+
+async def household_version(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Moves at every change to people or person_embeddings (migration 0009's triggers)."""
+    return int(await conn.fetchval("SELECT n FROM people_version"))
 
 
 async def names(conn: asyncpg.Connection | asyncpg.Pool) -> dict[int, tuple[str, str | None]]:
@@ -141,6 +144,12 @@ async def names(conn: asyncpg.Connection | asyncpg.Pool) -> dict[int, tuple[str,
 async def detection_ids(conn: asyncpg.Connection, image_id: int) -> list[int]:
     """The image's detection ids in insertion order (the order ``detections.insert_many`` was given)."""
     return [r["id"] for r in await conn.fetch("SELECT id FROM detections WHERE image_id = $1 ORDER BY id", image_id)]
+
+
+async def detections_seen(conn: asyncpg.Connection, image_id: int) -> list[tuple[int, datetime]]:
+    """The image's detection ids and capture times in insertion order (as ``detection_ids``)."""
+    rows = await conn.fetch("SELECT id, detected_at FROM detections WHERE image_id = $1 ORDER BY id", image_id)
+    return [(r["id"], r["detected_at"]) for r in rows]
 
 
 async def store_detection(
@@ -154,13 +163,16 @@ async def store_detection(
         [(detection_id, source, model, list(map(float, v))) for source, model, v in vectors],
     )
     await conn.execute(
-        "INSERT INTO detection_identities (detection_id, person_id, similarity, source, visitor)"
-        " VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO detection_identities (detection_id, person_id, similarity, source, visitor, stranger_id,"
+        " stranger_link, stranger_seq) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+        " CASE WHEN $6::bigint IS NULL THEN NULL ELSE nextval('stranger_sightings_seq') END)",
         detection_id,
         identity.person_id,
         identity.similarity,
         identity.source,
         identity.visitor,
+        identity.stranger,
+        identity.stranger_link,
     )
 
 
@@ -173,10 +185,12 @@ async def detection_vectors(
     return [(r["source"], r["model"], list(r["vector"])) for r in rows]
 
 
-async def unknown_visitors(conn: asyncpg.Connection, camera_id: str, model: str) -> list[tuple[int, list[float]]]:
-    """(visitor, body vector) of the unknown people seen in the camera's open batch so far."""
+async def unknown_visitors(
+    conn: asyncpg.Connection, camera_id: str, model: str
+) -> list[tuple[int, list[float], int | None]]:
+    """(visitor, body vector, stranger) of the unknown people seen in the camera's open batch so far."""
     rows = await conn.fetch(
-        "SELECT di.visitor, de.vector FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
+        "SELECT di.visitor, de.vector, di.stranger_id FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
         " JOIN detections d ON d.image_id = bi.image_id JOIN detection_identities di ON di.detection_id = d.id"
         " JOIN detection_embeddings de ON de.detection_id = d.id AND de.source = 'body' AND de.model = $2"
         " WHERE b.camera_id = $1 AND b.closed_at IS NULL AND di.person_id IS NULL AND di.visitor IS NOT NULL"
@@ -184,13 +198,77 @@ async def unknown_visitors(conn: asyncpg.Connection, camera_id: str, model: str)
         camera_id,
         model,
     )
-    return [(r["visitor"], list(r["vector"])) for r in rows]
+    return [(r["visitor"], list(r["vector"]), r["stranger_id"]) for r in rows]
+
+
+# --- strangers (migration 0009) -------------------------------------------------------------------
+#: Transaction lock that serialises linking strangers across worker processes: two workers seeing
+#: the same new stranger at once would otherwise make two.
+_STRANGERS_LOCK = 0x4853_4953_5452  # "HSISTR"
+
+
+async def lock_strangers(conn: asyncpg.Connection) -> None:
+    """Held until the caller's transaction ends: whoever stores a stranger's sighting holds it, so
+    ``stranger_seq`` (taken while holding it) follows the order the sightings commit in."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _STRANGERS_LOCK)
+
+
+async def stranger_sightings(
+    conn: asyncpg.Connection, after: int, since: datetime | None, models: dict[str, str]
+) -> list[tuple[int, int, Source, datetime, list[float]]]:
+    """(seq, stranger, source, seen at, vector) of the strangers' sightings numbered after ``after``
+    (of strangers seen since ``since``, when given), made by the current models, in seq order."""
+    rows = await conn.fetch(
+        "SELECT di.stranger_seq, di.stranger_id, de.source, d.detected_at, de.vector"
+        " FROM detection_identities di JOIN strangers s ON s.id = di.stranger_id"
+        " JOIN detections d ON d.id = di.detection_id"
+        " JOIN detection_embeddings de ON de.detection_id = di.detection_id"
+        " WHERE di.stranger_seq > $1 AND ($2::timestamptz IS NULL OR s.last_seen >= $2)"
+        "  AND ((de.source = 'face' AND de.model = $3) OR (de.source = 'body' AND de.model = $4))"
+        " ORDER BY di.stranger_seq",
+        after,
+        since,
+        models.get("face", ""),
+        models.get("body", ""),
+    )
+    return [(r["stranger_seq"], r["stranger_id"], r["source"], r["detected_at"], list(r["vector"])) for r in rows]
+
+
+async def new_stranger(conn: asyncpg.Connection, seen_at: datetime) -> int:
+    return int(
+        await conn.fetchval("INSERT INTO strangers (first_seen, last_seen) VALUES ($1, $1) RETURNING id", seen_at)
+    )
+
+
+async def saw_stranger(
+    conn: asyncpg.Connection, stranger_id: int, seen_at: datetime, visit_gap_s: float
+) -> tuple[int, datetime] | None:
+    """Records a sighting of the stranger: a new visit when it is more than ``visit_gap_s`` after
+    the last one. Their visits and first sighting; None when the stranger does not exist (any
+    more: deleted by retention, or never committed)."""
+    row = await conn.fetchrow(
+        "UPDATE strangers SET visits = visits + CASE WHEN $2 > last_seen + make_interval(secs => $3) THEN 1 ELSE 0 END,"
+        " last_seen = greatest(last_seen, $2), first_seen = least(first_seen, $2) WHERE id = $1"
+        " RETURNING visits, first_seen",
+        stranger_id,
+        seen_at,
+        visit_gap_s,
+    )
+    return None if row is None else (int(row["visits"]), row["first_seen"])
+
+
+async def stranger_visits(conn: asyncpg.Connection, stranger_id: int) -> tuple[int, datetime]:
+    row = await conn.fetchrow("SELECT visits, first_seen FROM strangers WHERE id = $1", stranger_id)
+    assert row is not None
+    return int(row["visits"]), row["first_seen"]
 
 
 async def identities(conn: asyncpg.Connection | asyncpg.Pool, detection_ids: Sequence[int]) -> dict[int, Identity]:
     rows = await conn.fetch(
-        "SELECT di.detection_id, di.person_id, di.similarity, di.source, di.visitor, p.name, p.entity_id"
+        "SELECT di.detection_id, di.person_id, di.similarity, di.source, di.visitor, p.name, p.entity_id,"
+        " di.stranger_id, di.stranger_link, s.visits, s.first_seen"
         " FROM detection_identities di LEFT JOIN people p ON p.id = di.person_id"
+        " LEFT JOIN strangers s ON s.id = di.stranger_id"
         " WHERE di.detection_id = ANY($1::bigint[])",
         list(detection_ids),
     )
@@ -202,6 +280,10 @@ async def identities(conn: asyncpg.Connection | asyncpg.Pool, detection_ids: Seq
             entity_id=r["entity_id"],
             similarity=None if r["similarity"] is None else round(float(r["similarity"]), 4),
             visitor=r["visitor"],
+            stranger=r["stranger_id"],
+            visits=r["visits"],
+            first_seen=r["first_seen"],
+            stranger_link=r["stranger_link"],
         )
         for r in rows
     }

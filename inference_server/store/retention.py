@@ -4,7 +4,8 @@ The rules, and why each is what it is, are in ``docs/retention.md``. In short: e
 after ``event_retention_days``; images (with their jobs and detections), event snapshots
 and quarantine entries after ``retention_days`` (a video clip with the last of its frames),
 except what an unreviewed high or
-critical event still needs; sent outbox rows after a day; household contexts replaced before
+critical event still needs; sent outbox rows after a day; digests after
+``digest_retention_days`` (the scheduled ones of the last 2 days always stay); household contexts replaced before
 the older of the two cutoffs (the one in force then stays: images are judged with the context
 of their capture time).
 
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 1000
 #: Sent outbox rows are kept this long (enough to look into a delivery problem).
 OUTBOX_SENT_RETENTION = timedelta(days=1)
+#: A scheduled digest whose period ended this recently is kept (the scheduler's send-once guard).
+DIGEST_GUARD = timedelta(days=2)
 #: The first run waits this long (or one interval, if shorter) so start-up settles first.
 FIRST_RUN_DELAY_S = 30.0
 #: A file or folder in the folder of a camera that does not exist is swept only once unchanged
@@ -76,6 +79,10 @@ class RetentionReport:
     quarantine: int = 0
     #: Household contexts replaced before the retention cutoffs.
     contexts: int = 0
+    #: Digests older than ``digest_retention_days``.
+    digests: int = 0
+    #: Strangers (migration 0009) none of whose sightings is left.
+    strangers: int = 0
     #: Files no row names, swept from the folders of cameras that no longer exist.
     orphan_files: int = 0
     freed_bytes: int = 0
@@ -141,6 +148,20 @@ _DELETE_EXPIRED_QUARANTINE = (
     "DELETE FROM quarantine WHERE id IN ("
     " SELECT id FROM quarantine WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
     " RETURNING stored_path"
+)
+# A scheduled digest's row is what stops the scheduler sending its period again after a
+# restart: one whose period ended less than DIGEST_GUARD ago stays, whatever the setting.
+_DELETE_FORGOTTEN_STRANGERS = (
+    "DELETE FROM strangers WHERE id IN ("
+    " SELECT s.id FROM strangers s WHERE s.last_seen < $1"
+    "  AND NOT EXISTS (SELECT 1 FROM detection_identities di WHERE di.stranger_id = s.id)"
+    " LIMIT $2 FOR UPDATE SKIP LOCKED)"
+)
+
+_DELETE_EXPIRED_DIGESTS = (
+    "DELETE FROM digests WHERE id IN ("
+    " SELECT id FROM digests WHERE created_at < $1 AND (kind <> 'scheduled' OR period_end < $2)"
+    " LIMIT $3 FOR UPDATE SKIP LOCKED)"
 )
 # A corrupt image is quarantined in place: its quarantine row names the image's own file.
 _PATHS_OWNED_BY_IMAGES = "SELECT path FROM images WHERE path = ANY($1::text[])"
@@ -235,6 +256,21 @@ async def run_retention(
         report.quarantine += len(rows)
         report.freed_bytes += await files.remove("quarantine", [p for p in stored if p not in owned])
         if len(rows) < batch_size:
+            break
+
+    digest_cutoff = now - timedelta(days=settings.digest_retention_days)
+    while not stopping():
+        deleted = _affected(await pool.execute(_DELETE_EXPIRED_DIGESTS, digest_cutoff, now - DIGEST_GUARD, batch_size))
+        report.digests += deleted
+        if deleted < batch_size:
+            break
+
+    # A stranger holds no vector (its sightings' embeddings went with their detections above);
+    # once none of its sightings is left it goes too.
+    while not stopping():
+        deleted = _affected(await pool.execute(_DELETE_FORGOTTEN_STRANGERS, data_cutoff, batch_size))
+        report.strangers += deleted
+        if deleted < batch_size:
             break
 
     context_cutoff = min(event_cutoff, data_cutoff)

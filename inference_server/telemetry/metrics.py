@@ -34,9 +34,19 @@ EMBEDDINGS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+STORE_GROUPS_SPLIT = Counter(
+    "hsi_store_groups_split_total",
+    "One camera's results that failed to store together and were stored one by one",
+    registry=REGISTRY,
+)
+TAMPER_CHECKS_SKIPPED = Counter(
+    "hsi_tamper_checks_skipped_total",
+    "Images not checked for tampering: their camera was checked less than tamper_check_interval_s before",
+    registry=REGISTRY,
+)
 SNAPSHOTS_SKIPPED = Counter(
     "hsi_snapshots_not_published_total",
-    "Camera snapshots kept off MQTT by snapshot_publish_interval_s (still written to disk)",
+    "Camera snapshots kept off MQTT by snapshot_publish_interval_s (not drawn either)",
     registry=REGISTRY,
 )
 

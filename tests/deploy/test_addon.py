@@ -3,22 +3,29 @@ documented and translated, lint-clean Dockerfile and s6 scripts, and valid YAML 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
 from inference_server import __version__
 from inference_server.api.app import build_app  # noqa: F401  (registers every route)
 from inference_server.api.openapi import openapi
 from inference_server.config import FtpUser, LlmSettings, Settings
+from tests.support.fake_supervisor import SLUG, FakeSupervisor
+from tests.support.fake_supervisor import TOKEN as FAKE_TOKEN
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "addon"
@@ -179,19 +186,133 @@ def test_s6_services_are_wired_and_every_shell_script_passes_shellcheck() -> Non
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_longrun_has_a_finish_script_and_the_server_halts_the_addon_on_a_crash() -> None:
+def test_every_longrun_has_a_finish_script_that_hands_over_to_the_entry_point() -> None:
     longruns = [name for name, kind in _s6_services().items() if kind == "longrun"]
     assert sorted(longruns) == ["hsi", "postgres"]
     for service in longruns:
         finish = S6 / service / "finish"
         assert finish.is_file() and finish.stat().st_mode & 0o111, f"{service} has no executable finish"
-        text = finish.read_text(encoding="utf-8")
-        assert text.startswith("#!/command/with-contenv bashio\n"), service
-        assert "${1}" in text, f"{service}'s finish does not log the exit code"
-    # The main service takes the add-on down on a crash (not on a signal, 256), as the official
-    # add-ons do, so that the Supervisor restarts it.
-    server = (S6 / "hsi" / "finish").read_text(encoding="utf-8")
-    assert "-ne 256" in server and "exec /run/s6/basedir/bin/halt" in server
+        last = finish.read_text(encoding="utf-8").strip().splitlines()[-1]
+        assert last == f'exec hsi-addon finish {service} "$@"', f"{service}'s finish: {last!r}"
+
+
+def _finish(service: str, tmp_path: Path, *args: str, recorded: str | None = None) -> tuple[int, str, str, bool]:
+    """Run ``service``'s s6 finish script under bash as s6-overlay would, with s6's arguments, a
+    FAKE halt and a FAKE container-results folder (neither exists outside s6-overlay): its exit
+    status, log, the container exit code it left and whether it halted."""
+    results = tmp_path / "fake-s6-results"
+    results.mkdir(exist_ok=True)
+    exitcode = results / "exitcode"
+    if recorded is None:
+        exitcode.unlink(missing_ok=True)
+    else:
+        exitcode.write_text(recorded + "\n")
+    halted = tmp_path / "fake-halt-called"
+    halted.unlink(missing_ok=True)
+    fake_halt = tmp_path / "fake-halt"
+    fake_halt.write_text(f"#!/bin/sh\n: > {halted}\n")
+    fake_halt.chmod(0o755)
+    env = {
+        "PATH": f"{ENTRY.parent}:{os.environ['PATH']}",
+        "HSI_S6_RESULTS_DIR": str(results),
+        "HSI_S6_HALT": str(fake_halt),
+    }
+    script = S6 / service / "finish"
+    result = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, check=False)
+    code = exitcode.read_text().strip() if exitcode.exists() else ""
+    return result.returncode, result.stderr, code, halted.exists()
+
+
+@pytest.mark.parametrize("service", ["hsi", "postgres"])
+def test_a_long_run_that_dies_stops_the_addon_with_its_exit_code(service: str, tmp_path: Path) -> None:
+    """Home Assistant's add-on convention for s6-overlay: a crash writes the service's code as the
+    container's exit code and halts, so the add-on stops (the Supervisor shows it, its watchdog
+    restarts it) instead of s6 restarting a broken service for ever; a stop by SIGTERM (s6 passes
+    256 and the signal) halts with 128 + 15; another signal (an OOM kill) leaves the restart to s6;
+    a clean exit halts nothing. The first failure's code is kept."""
+    # Exit 0: nothing recorded, no halt.
+    status, log, code, halted = _finish(service, tmp_path, "0", "0")
+    assert (status, code, halted) == (0, "", False), log
+    # A crash: its code becomes the container's, and the add-on halts.
+    status, log, code, halted = _finish(service, tmp_path, "3", "0")
+    assert (status, code, halted) == (0, "3", True), log
+    assert "exited with code 3" in log and service in log
+    # Stopped by SIGTERM (256, signal 15): 143, halt.
+    status, log, code, halted = _finish(service, tmp_path, "256", "15")
+    assert (status, code, halted) == (0, "143", True), log
+    # Killed by SIGKILL (256, signal 9): s6 restarts it; nothing recorded, no halt, a warning.
+    status, log, code, halted = _finish(service, tmp_path, "256", "9", recorded="0")
+    assert (status, code, halted) == (0, "0", False), log
+    assert "signal 9" in log
+    # The other service failed first: its code stays the container's.
+    status, log, code, halted = _finish(service, tmp_path, "1", recorded="2")
+    assert (status, code, halted) == (0, "2", True), log
+
+
+async def test_discovery_sends_only_what_supervisors_before_and_after_the_app_rename_accept(tmp_path: Path) -> None:
+    """The add-on's discovery step, run on the host against the FAKE Supervisor, which checks the
+    body as the Supervisor does before and after its add-on -> app rename (exactly ``service`` and
+    ``config``; a body that also named ``addon`` or ``app`` is refused by both). The config carries
+    host, port and key only: Home Assistant writes the add-on's name into it as ``addon`` (or
+    ``app``), which would overwrite a field of ours by either name."""
+    fake = FakeSupervisor()
+    supervisor = web.AppRunner(fake.app())
+
+    # A FAKE of the server's liveness answer: the step waits for it; the real server needs
+    # PostgreSQL and the broker, which this static test does not start (the image test does).
+    async def live(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    health = web.Application()
+    health.router.add_get("/api/v1/health/live", live)
+    server = web.AppRunner(health)
+    await supervisor.setup()
+    await server.setup()
+    supervisor_port, api_port = free_port(), free_port()
+    await web.TCPSite(supervisor, "127.0.0.1", supervisor_port).start()
+    await web.TCPSite(server, "127.0.0.1", api_port).start()
+    try:
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "homeassistant.key").write_text("hsi_fake_key_for_the_test\n")
+        runtime_env = tmp_path / "env"
+        runtime_env.write_text("")
+        env = {
+            "PATH": os.environ["PATH"],
+            "SUPERVISOR_TOKEN": FAKE_TOKEN,
+            "HSI_SUPERVISOR_URL": f"http://127.0.0.1:{supervisor_port}",
+            "HSI_ADDON_PYTHON": sys.executable,
+            "HSI_ADDON_RUNTIME_ENV": str(runtime_env),
+            "HSI_DATA_DIR": str(data),
+            "HSI_API_PORT": str(api_port),
+        }
+        process = await asyncio.create_subprocess_exec(
+            "bash", str(ENTRY), "discovery", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        log = stderr.decode()
+        # The fake is as strict as the Supervisor: naming the sender in the body is refused.
+        async with aiohttp.ClientSession() as http:
+            for extra in ({"addon": SLUG}, {"app": SLUG}):
+                sent = {"service": "home_security_intelligence", "config": {}, **extra}
+                headers = {"Authorization": f"Bearer {FAKE_TOKEN}"}
+                url = f"http://127.0.0.1:{supervisor_port}/discovery"
+                async with http.post(url, json=sent, headers=headers) as resp:
+                    assert resp.status == 400
+    finally:
+        await supervisor.cleanup()
+        await server.cleanup()
+    assert process.returncode == 0 and "Announced to Home Assistant" in log, log
+    assert len(fake.refused) == 2 and fake.unauthorised == 0  # the two refusals above, none of the step's
+    [body] = fake.discoveries
+    assert body == {
+        "service": "home_security_intelligence",
+        "config": {"host": socket.gethostname(), "port": api_port, "api_key": "hsi_fake_key_for_the_test"},
+    }
+    assert not {"addon", "app"} & set(body["config"])
+    # What each Supervisor generation hands Home Assistant names the add-on by its own key, around
+    # the same config (the integration takes both: tests/integration/test_config_flow.py).
+    assert fake.message(0, "addon")["config"] == fake.message(0, "app")["config"] == body["config"]
 
 
 def _step(run_script: Path) -> str:

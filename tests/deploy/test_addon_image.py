@@ -4,9 +4,10 @@ this file with ``HSI_ADDON_IMAGE`` (the tag) and ``DOCKER_HOST`` set; without th
 The container runs as the Supervisor runs it: ``--network host``, ``/data/options.json`` with every
 option, a camera folder in ``/share``, ``SUPERVISOR_TOKEN``; the MQTT broker is a real mosquitto on
 loopback that refuses anonymous clients, whose login the add-on gets from the Supervisor API. The
-Supervisor is a FAKE (``FakeSupervisor``: ``GET /services/mqtt``, ``POST /discovery``): nothing else
-can stand for it here. The stand-in base has no s6-overlay: ``tests/deploy/standin/init`` runs the
-services' steps (``hsi-addon <step>``) in s6's order (docs/decisions.md).
+Supervisor is a FAKE (``tests/support/fake_supervisor.py``: ``GET /services/mqtt``, and ``POST
+/discovery``, whose body it checks as the Supervisor does): nothing else can stand for it here.
+The stand-in base has no s6-overlay: ``tests/deploy/standin/init`` runs the services' steps
+(``hsi-addon <step>``) in s6's order (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,47 +32,15 @@ from aiohttp import web
 from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server import demo_assets
+from tests.support.fake_supervisor import TOKEN, FakeSupervisor
 from tests.support.mosquitto import start_mosquitto
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("HSI_ADDON_IMAGE", "")
 DOCKER = shutil.which("docker") or "/usr/bin/docker"
-TOKEN = "fake-supervisor-token"
 
 pytestmark = pytest.mark.skipif(not IMAGE, reason="scripts/test-addon-image builds the image and runs this")
-
-
-@dataclass
-class FakeSupervisor:
-    """FAKE of the Supervisor API's two calls the add-on makes (bashio's wire format:
-    ``{"result": "ok", "data": ...}``, the add-on's bearer token)."""
-
-    mqtt: dict[str, Any]
-    discoveries: list[dict[str, Any]] = field(default_factory=list)
-    unauthorised: int = 0
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/services/mqtt", self._mqtt)
-        app.router.add_post("/discovery", self._discovery)
-        return app
-
-    def _authorised(self, request: web.Request) -> bool:
-        ok = request.headers.get("Authorization") == f"Bearer {TOKEN}"
-        self.unauthorised += not ok
-        return ok
-
-    async def _mqtt(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"result": "error", "message": "unauthorised"}, status=401)
-        return web.json_response({"result": "ok", "data": self.mqtt})
-
-    async def _discovery(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"result": "error", "message": "unauthorised"}, status=401)
-        self.discoveries.append(await request.json())
-        return web.json_response({"result": "ok", "data": {"uuid": uuid.uuid4().hex}})
 
 
 def _docker(*args: str, check: bool = True, timeout: float = 120) -> str:
@@ -213,7 +181,7 @@ async def test_the_addon_image_finds_a_person_survives_a_restart_and_stays_lean(
             await _until("the discovery", lambda: asyncio.sleep(0, fake.discoveries), 120)
             [announced] = fake.discoveries
             assert announced["service"] == "home_security_intelligence"
-            assert announced["config"]["port"] == api_port and fake.unauthorised == 0
+            assert announced["config"]["port"] == api_port and fake.unauthorised == 0 and not fake.refused
             key = announced["config"]["api_key"]
             headers = {"Authorization": f"Bearer {key}"}
             async with http.get(f"{base}/system/status", headers=headers) as resp:

@@ -73,7 +73,7 @@ class RealServer:
     def add_events(self, events: list[dict[str, Any]]) -> list[str]:
         """Events written into the server's database as its pipeline writes them (store.events.insert,
         cameras created as needed): each dict has camera_id, camera_name, started_at (ISO), score,
-        level, summary and objects. Their ids, in order."""
+        level, summary and objects, and may have snapshot_path (a JPEG file). Their ids, in order."""
         log = (self.data_dir / "server.log").read_text(errors="replace")
         dsn = log.split("embedded postgres ready", 1)[1].split("uri=", 1)[1].split()[0]
         script = (
@@ -95,7 +95,7 @@ class RealServer:
             "            async with pool.acquire() as conn:\n"
             "                await events.insert(conn, event_id=event_id, camera_id=e['camera_id'], image_id=None,"
             " batch_id=None, started_at=datetime.fromisoformat(e['started_at']), assessment=a, is_fast_path=False,"
-            " snapshot_path=None, context=None, llm_pending=False)\n"
+            " snapshot_path=e.get('snapshot_path'), context=None, llm_pending=False)\n"
             "            ids.append(str(event_id))\n"
             "    finally:\n"
             "        await pool.close()\n"

@@ -303,6 +303,60 @@ async def test_addon_discovery_needs_only_a_confirmation(
     assert result["data"] == {"url": url, "api_key": KEY, "prefix": "hsi"}
 
 
+@pytest.mark.parametrize(
+    ("name_field", "info_name"),
+    [
+        ({"addon": "Home Security Intelligence"}, "Home Security Intelligence"),  # Supervisors before the rename
+        ({"app": "Home Security Intelligence"}, "Home Security Intelligence"),  # after: "addon" became "app"
+        ({"addon": "HSI", "app": "HSI"}, "HSI"),  # a Supervisor sending both during the transition
+        ({"app": "HSI (app)"}, ""),  # no name from Home Assistant: the config's name is shown
+    ],
+)
+async def test_addon_discovery_is_accepted_with_the_addon_or_the_app_field(
+    hass: HomeAssistant, aioclient_mock: AiohttpClientMocker, name_field: dict[str, str], info_name: str
+) -> None:
+    """Home Assistant writes the add-on's name into the discovery config as ``addon``; after the
+    Supervisor's add-on -> app rename, as ``app``. The flow takes either (docs/decisions.md)."""
+    url = "http://a0d7b954-home-security-intelligence:8765"
+    _server(aioclient_mock, url=url)
+    info = HassioServiceInfo(
+        config={"host": "a0d7b954-home-security-intelligence", "port": 8765, "api_key": KEY, **name_field},
+        name=info_name,
+        slug="a0d7b954_home_security_intelligence",
+        uuid="1234",
+    )
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_HASSIO}, data=info
+    )
+    assert result["type"] is FlowResultType.FORM and result["step_id"] == "hassio_confirm"
+    shown = info_name or name_field["app"]
+    assert result["description_placeholders"]["name"] == shown
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY and result["title"] == shown
+    assert result["data"] == {"url": url, "api_key": KEY, "prefix": "hsi"}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"host": "local-home-security-intelligence", "port": 8765, "app": "Home Security Intelligence"},
+        {"host": "", "port": 8765, "api_key": KEY},
+        {"host": "local-home-security-intelligence", "port": "not a port", "api_key": KEY},
+        {"host": "local-home-security-intelligence", "port": 70000, "api_key": KEY},
+    ],
+)
+async def test_unreadable_addon_discovery_aborts_and_logs_no_key(
+    hass: HomeAssistant, config: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    info = HassioServiceInfo(config=config, name="HSI", slug="home_security_intelligence", uuid="1234")
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_HASSIO}, data=info
+    )
+    assert result["type"] is FlowResultType.ABORT and result["reason"] == "invalid_discovery_info"
+    assert "could not be read" in caplog.text and KEY not in caplog.text
+    assert not hass.config_entries.async_entries(DOMAIN)
+
+
 async def test_reauth_replaces_the_key(hass: HomeAssistant, aioclient_mock: AiohttpClientMocker) -> None:
     entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": "hsi_old"})
     entry.add_to_hass(hass)

@@ -20,7 +20,7 @@ from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClien
 
 from custom_components.home_security_intelligence.const import DOMAIN
 
-from .conftest import URL, sample
+from .conftest import JPEG, URL, sample
 
 BLUEPRINT = (
     Path(__file__).resolve().parents[2]
@@ -81,8 +81,12 @@ async def _set_up(hass: HomeAssistant, aioclient_mock: AiohttpClientMocker, **in
     await hass.async_block_till_done()
 
 
-async def test_a_digest_becomes_one_phone_notification(
-    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker
+def entry_id(hass: HomeAssistant) -> str:
+    return hass.config_entries.async_entries(DOMAIN)[0].entry_id
+
+
+async def test_a_digest_becomes_one_phone_notification_with_the_top_events_snapshot(
+    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker, hass_client_no_auth: Any
 ) -> None:
     await _set_up(hass, aioclient_mock, notification_kind="notify", notify_service="notify.phone")
     phone = async_mock_service(hass, "notify", "phone")
@@ -92,13 +96,24 @@ async def test_a_digest_becomes_one_phone_notification(
     sent = phone[0].data
     assert sent["title"] == DIGEST["title"]
     assert sent["message"] == DIGEST["text"]
-    snapshot = f"{URL}/api/v1/events/{EVENT_ID}/snapshot.jpg"
+    # The picture comes through Home Assistant on a signed path: no HSI key, no login on the phone.
+    image = sent["data"]["image"]
+    assert image.startswith(f"/api/home_security_intelligence/{entry_id(hass)}/events/{EVENT_ID}/snapshot.jpg?authSig=")
     assert sent["data"] == {
         "tag": "hsi-digest-hsi-scheduled",
         "group": "home-security-intelligence",
-        "url": snapshot,
-        "clickAction": snapshot,
+        "image": image,
+        "url": image,
+        "clickAction": image,
     }
+    aioclient_mock.get(
+        f"{URL}/api/v1/events/{EVENT_ID}/snapshot.jpg", content=JPEG, headers={"Content-Type": "image/jpeg"}
+    )
+    phone_app = await hass_client_no_auth()
+    resp = await phone_app.get(image)
+    assert resp.status == 200 and await resp.read() == JPEG
+    assert aioclient_mock.mock_calls[-1][3]["Authorization"] == "Bearer k"  # the server's key stays in HA
+    assert (await phone_app.get(image.split("?")[0])).status == 401  # unsigned: Home Assistant's login needed
 
     prose = {**DIGEST, "text": "A calm night; a person at the shed at 02:14 (critical).", "text_source": "llm"}
     async_fire_mqtt_message(hass, "hsi/digest", json.dumps(prose | {"model": "qwen2.5-3b"}))
@@ -122,3 +137,9 @@ async def test_quiet_nights_can_be_skipped_and_persistent_notifications_used(
     assert [(c.data["title"], c.data["notification_id"]) for c in created] == [
         (DIGEST["title"], "hsi-digest-hsi-scheduled")
     ]
+    # The sidebar shows the most important event's snapshot, through Home Assistant.
+    message = created[0].data["message"]
+    text, picture = message.split("\n\n")
+    assert text == DIGEST["text"]
+    path = f"/api/home_security_intelligence/{entry_id(hass)}/events/{EVENT_ID}/snapshot.jpg?authSig="
+    assert picture.startswith(f"![Back yard, 02:14]({path}") and picture.endswith(")")

@@ -22,7 +22,7 @@ from custom_components.home_security_intelligence.const import DOMAIN
 from custom_components.home_security_intelligence.llm_api import resolve_period
 
 from .conftest import URL, camera_online, publish, sample
-from .server import RealServer, start_server
+from .server import RealServer, server_file, start_server
 
 PARIS = "Europe/Paris"
 
@@ -70,6 +70,10 @@ def night(real_server: RealServer) -> dict[str, Any]:
         ("front", "Front door", today - timedelta(hours=1, minutes=30), 40, "medium", "Person leaves a parcel"),
         ("front", "Front door", today - timedelta(days=3), 5, "low", "Cat crossing the lawn"),
     ]
+    # The shed's snapshot: a real camera picture in the server's snapshot folder.
+    shed_snapshot = real_server.data_dir / "snapshots" / "yard" / "shed.jpg"
+    shed_snapshot.parent.mkdir(parents=True, exist_ok=True)
+    shed_snapshot.write_bytes(server_file("demo_assets.image('bus.jpg')").read_bytes())
     ids = real_server.add_events(
         [
             {
@@ -81,10 +85,18 @@ def night(real_server: RealServer) -> dict[str, Any]:
                 "summary": summary,
                 "objects": {"cat": 1} if "Cat" in summary else {"person": 1},
             }
+            | ({"snapshot_path": str(shed_snapshot)} if "shed" in summary else {})
             for camera, name, at, score, level, summary in rows
         ]
     )
-    return {"shed": ids[0], "parcel": ids[1], "cat": ids[2], "shed_time": rows[0][2], "parcel_time": rows[1][2]}
+    return {
+        "shed": ids[0],
+        "parcel": ids[1],
+        "cat": ids[2],
+        "shed_time": rows[0][2],
+        "parcel_time": rows[1][2],
+        "shed_snapshot": shed_snapshot.read_bytes(),
+    }
 
 
 async def _api(hass: HomeAssistant, entry: MockConfigEntry) -> llm.APIInstance:
@@ -161,8 +173,13 @@ async def test_an_agent_summarises_a_period(
     ]
     week = await _tool(api, "summarize_security_events", since=(dt_util.now() - timedelta(days=4)).isoformat())
     assert week["total"] == 3
+    # Without a period: the last 24 hours. Last night's parcel (22:30 yesterday, Paris time) is in
+    # them only while the clock there is before 22:30.
+    before = dt_util.now()
     default = await _tool(api, "summarize_security_events", camera="Front door")
-    assert default["total"] == 1  # the last 24 hours: the parcel
+    since = datetime.fromisoformat(default["period"]["from"])
+    assert before - timedelta(hours=24) <= since <= dt_util.now() - timedelta(hours=24)
+    assert default["total"] == (night["parcel_time"] >= since)
 
 
 async def test_camera_status_reports_what_mqtt_said(hass: HomeAssistant, real_entry: MockConfigEntry) -> None:
@@ -201,8 +218,9 @@ async def test_bad_tool_arguments_are_refused_clearly(
 
 
 async def test_summarize_service_returns_the_digest_with_absolute_snapshot_urls(
-    hass: HomeAssistant, real_entry: MockConfigEntry, night: dict[str, Any]
+    hass: HomeAssistant, real_entry: MockConfigEntry, night: dict[str, Any], hass_client_no_auth: Any
 ) -> None:
+    await hass.config.async_update(external_url="https://home.example.org")
     since = dt_util.start_of_local_day() - timedelta(hours=2)
     digest = await hass.services.async_call(
         DOMAIN,
@@ -227,16 +245,37 @@ async def test_summarize_service_returns_the_digest_with_absolute_snapshot_urls(
     )
     assert shed["snapshot_url"] == f"{real_entry.data['url']}/api/v1/events/{night['shed']}/snapshot.jpg"
     assert digest["server_id"] == "hsi"
+    # The same picture through Home Assistant: a signed path a phone opens without the server's key.
+    path = f"/api/home_security_intelligence/{real_entry.entry_id}/events/{night['shed']}/snapshot.jpg"
+    assert shed["image_path"].startswith(f"{path}?authSig=")
+    assert shed["image_url"] == f"https://home.example.org{shed['image_path']}"
+    phone = await hass_client_no_auth()
+    resp = await phone.get(shed["image_path"])
+    assert resp.status == 200 and resp.content_type == "image/jpeg"
+    assert await resp.read() == night["shed_snapshot"]  # the real server's file, fetched with the entry's key
+    assert (await phone.get(path)).status == 401  # unsigned: Home Assistant's login is needed
+    parcel = digest["top"][1]  # an event without a snapshot: the server's 404 passes through
+    assert (await phone.get(parcel["image_path"])).status == 404
 
     # The digest the server publishes on hsi/digest fires one Home Assistant event.
     fired = async_capture_events(hass, f"{DOMAIN}_digest")
     raw = {**digest, "top": [{**e, "snapshot_url": f"/api/v1/events/{e['id']}/snapshot.jpg"} for e in digest["top"]]}
+    for event in raw["top"]:
+        del event["image_path"], event["image_url"]
     raw.pop("server_id")
     publish(hass, "hsi/digest", raw)
     publish(hass, "hsi/digest", "not json")
     await hass.async_block_till_done()
     assert len(fired) == 1
-    assert fired[0].data == digest
+    # Signed again when it came (its own issue time), for the same paths.
+    signed = [e.pop("image_path").split("?")[0] for e in fired[0].data["top"]]
+    assert signed == [e["image_path"].split("?")[0] for e in digest["top"]]
+    for event in fired[0].data["top"]:
+        event.pop("image_url")
+    assert fired[0].data == {
+        **digest,
+        "top": [{k: v for k, v in e.items() if k not in ("image_path", "image_url")} for e in digest["top"]],
+    }
 
 
 async def test_the_api_goes_with_its_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:

@@ -14,16 +14,21 @@ import pytest
 import pytest_socket
 from homeassistant.components import automation
 from homeassistant.const import STATE_UNKNOWN
-from homeassistant.core import HomeAssistant
+from homeassistant.core import HomeAssistant, State
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.setup import async_setup_component
-from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_mqtt_message
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_fire_mqtt_message,
+    mock_restore_cache_with_extra_data,
+)
 from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
 from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
 from custom_components.home_security_intelligence.alerts import recognised_people, unfamiliar_face
+from custom_components.home_security_intelligence.const import DOMAIN
 
-from .conftest import call_service, camera_online, publish, sample
+from .conftest import KEY, URL, call_service, camera_online, publish, sample
 from .server import RealServer, server_file, start_server
 from .test_blueprint import BLUEPRINT, _set_up_with_blueprint
 
@@ -51,13 +56,19 @@ async def test_enroll_from_an_event_then_forget_deletes_the_person_and_embedding
             break
         await asyncio.sleep(0.1)
     [event] = events
-    assert event["detections"][0]["identity"] == {
+    identity = event["detections"][0]["identity"]
+    assert identity == {
         "person": None,
         "person_id": None,
         "similarity": None,
         "source": "face",
-        "visitor": event["detections"][0]["identity"]["visitor"],
+        "visitor": identity["visitor"],
+        # An unknown person's stranger id (first sighting): no vector, only the id, count and time.
+        "stranger": identity["stranger"],
+        "visits": 1,
+        "first_seen": "2026-11-24T23:00:00Z",
     }
+    assert identity["stranger"].startswith("S-")
 
     enrolled = await call_service(
         hass, "enroll_person", real_entry, event_id=event["id"], name="Anna", person_entity_id="person.anna"
@@ -160,3 +171,40 @@ async def test_blueprint_skips_events_of_known_people_only_when_asked(
         )
         await hass.async_block_till_done()
     assert await shown() == {f"hsi-{event_id}" for event_id, (_, told) in cases.items() if told}
+
+
+async def test_last_recognised_person_survives_a_home_assistant_restart_and_a_reload(
+    hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker
+) -> None:
+    sensor = "sensor.back_door_last_recognised_person"
+    # What Home Assistant saved when it stopped (a RestoreSensor's state and native value).
+    mock_restore_cache_with_extra_data(
+        hass, [(State(sensor, "Anna"), {"native_value": "Anna", "native_unit_of_measurement": None})]
+    )
+    aioclient_mock.get(f"{URL}/api/v1/system/status", json=sample("status.json"))
+    aioclient_mock.get(
+        f"{URL}/api/v1/cameras",
+        json={"cameras": [{"id": "back_door", "name": "Back door", "folder": "back_door", "enabled": True}]},
+    )
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": KEY, "prefix": "hsi"})
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    await camera_online(hass)
+    assert hass.states.get(sensor).state == "Anna"  # restored: the server keeps no "last recognised"
+
+    # An event with nobody recognised keeps her; one recognising Ben replaces her.
+    publish(hass, "hsi/events", sample("event_end.json"))
+    await hass.async_block_till_done()
+    assert hass.states.get(sensor).state == "Anna"
+    event = sample("event_new.json")
+    ben = {"person": "Ben", "person_id": 2, "similarity": 0.88, "source": "face", "visitor": None}
+    publish(hass, "hsi/events", {**event, "detections": [{**event["detections"][0], "identity": ben}]})
+    await hass.async_block_till_done()
+    assert hass.states.get(sensor).state == "Ben"
+
+    # A reload restores the latest one from what Home Assistant keeps while running.
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    await camera_online(hass)
+    assert hass.states.get(sensor).state == "Ben"

@@ -26,7 +26,7 @@ from inference_server import schemas
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.ingest.validate import ImageLimits, inspect_image
-from inference_server.pipeline.detect import decode
+from inference_server.pipeline.decode import decode
 from inference_server.store import cameras
 from tests.server.conftest import auth_headers, make_settings, pose_detector, running  # noqa: F401
 from tests.server.ingest.conftest import with_comment
@@ -80,12 +80,12 @@ def test_decoded_pictures_are_upright_rgb_with_real_grey_levels() -> None:
     grey = decode(CORPUS / "grey16.png", 640)
     small_good = good.resize(grey.size).convert("L")
     # Same picture: mean brightness within a few levels (clipping would give ~255).
-    mean = sum(grey.convert("L").getdata()) / (grey.size[0] * grey.size[1])
-    good_mean = sum(small_good.getdata()) / (grey.size[0] * grey.size[1])
+    mean = sum(grey.convert("L").tobytes()) / (grey.size[0] * grey.size[1])
+    good_mean = sum(small_good.tobytes()) / (grey.size[0] * grey.size[1])
     assert abs(mean - good_mean) < 8
     # The sideways file, turned upright, is the same picture as the upright one.
     rotated = decode(CORPUS / "exif_rotated.jpg", 640).convert("L").resize((64, 36))
-    diff = sum(abs(a - b) for a, b in zip(rotated.getdata(), good.convert("L").resize((64, 36)).getdata(), strict=True))
+    diff = sum(abs(a - b) for a, b in zip(rotated.tobytes(), good.convert("L").resize((64, 36)).tobytes(), strict=True))
     assert diff / (64 * 36) < 10
     assert Image.open(CORPUS / "exif_rotated.jpg").size == (good.size[1], good.size[0])  # stored sideways
     # ... and ingest records the size it will be seen at (upright), like the plain picture's.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from inference_server.decode_budget import MIB, DecodeBudget, shared
 from inference_server.ingest.validate import ImageLimits, check_pixels, inspect_image
-from inference_server.pipeline.detect import decode
+from inference_server.pipeline.decode import decode
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "hostile"
 BIG_PNG = CORPUS / "rgba_6300x6300.png"  # 170 kB, 159 MB decoded

@@ -11,8 +11,8 @@ import pytest
 
 from inference_server import demo_assets
 from inference_server.config import LlmSettings, Settings
-from inference_server.detection.vram import VramBudget, detector_need_mb, llm_need_mb
-from inference_server.schemas import GpuStatus, SystemStatus
+from inference_server.detection.vram import VramBudget, detector_need_mb, embedder_need_mb, llm_need_mb
+from inference_server.schemas import GpuStatus, ModelStatus, SystemStatus
 
 from ..conftest import auth_headers, running
 
@@ -99,3 +99,62 @@ async def test_refusals_run_the_models_on_the_cpu_and_show_in_the_status(
     need = llm_need_mb(demo_assets.smollm2_gguf(), 2048)
     assert models["llm"].detail == f"needs ~{need:.0f} MB, 300 MB of the 300 MB budget left"
     assert status.gpu is not None and status.gpu.name == "Fake GPU (test)"
+
+
+def test_embedder_needs_grow_with_the_crops_of_a_batch_and_exceed_the_weights() -> None:
+    for source in ("face", "body"):
+        model = demo_assets.embedder_model(source)
+        assert model.stat().st_size / 2**20 < embedder_need_mb(model, 1) < embedder_need_mb(model, 8)
+
+
+def test_a_model_admitted_that_runs_on_the_cpu_gives_its_share_back() -> None:
+    budget = VramBudget(FakeGpu(total_mb=16_000, used_mb=500), budget_mb=400)
+    assert budget.admit("face_embedder", 300) is None
+    assert budget.admit("body_embedder", 300) is not None  # the face embedder holds 300 of 400
+    budget.loaded("face_embedder", "cpu", before_mb=None, estimate_mb=None)
+    assert budget.admit("body_embedder", 300) is None
+
+
+@pytest.mark.slow
+async def test_embedders_on_a_gpu_take_their_place_in_the_budget_after_the_detector(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Recognition on ``embedding_device: cuda`` with a fake GPU (there is none here, and this
+    onnxruntime has no CUDA provider): each embedder is admitted to the budget or refused, and
+    one admitted whose runtime has no GPU is a labelled CPU fallback that holds no VRAM."""
+    face, body = demo_assets.embedder_model("face"), demo_assets.embedder_model("body")
+    face_need, body_need = embedder_need_mb(face, 4), embedder_need_mb(body, 4)
+
+    async def models(budget_mb: float) -> dict[str, ModelStatus]:
+        settings = make_settings(
+            face_embedder_model=face,
+            body_embedder_model=body,
+            embedding_device="cuda",
+            embedding_max_people=4,
+            vram_budget_mb=budget_mb,
+        )
+        async with running(settings, gpu=FakeGpu(total_mb=16_000, used_mb=500)) as server:
+            headers = await auth_headers(server, f"budget {budget_mb}")  # one database, a key per start
+            async with (
+                aiohttp.ClientSession(headers=headers) as http,
+                http.get(server.api_url + "/api/v1/system/status") as resp,
+            ):
+                assert resp.status == 200
+                status = SystemStatus.model_validate(await resp.json())
+        return {m.name: m for m in status.models}
+
+    # Room for one at a time only: both are admitted in turn, because the face embedder (loaded
+    # first), on the CPU after all, gave its share back.
+    both = await models(max(face_need, body_need) + 1)
+    for name in ("face_embedder", "body_embedder"):
+        assert (both[name].state, both[name].device) == ("cpu_fallback", "cpu"), both[name]
+        assert "no CUDA provider" in (both[name].detail or "")
+    # A budget too small for either: refused, with the need and what is left.
+    small = min(face_need, body_need) - 1
+    refused = await models(small)
+    assert refused["face_embedder"].state == "cpu_fallback"
+    assert (
+        refused["face_embedder"].detail
+        == f"needs ~{face_need:.0f} MB, {small:.0f} MB of the {small:.0f} MB budget left"
+    )
+    assert refused["body_embedder"].detail is not None and refused["body_embedder"].detail.startswith("needs ~")

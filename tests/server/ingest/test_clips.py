@@ -197,6 +197,15 @@ async def test_a_clip_in_a_camera_folder_becomes_one_event_that_links_it(
             async with http.get(event["clip_url"], headers=headers) as resp:
                 assert resp.status == 200 and resp.content_type == "video/mp4"
                 assert await resp.read() == CARPHONE
+            # Events seen in clips, and only those, for a media browser.
+            still = await server.pool.fetchval("SELECT count(*) FROM events") - 1
+            for has_clip, expected in (("true", [str(event_id)]), ("false", None)):
+                async with http.get("/api/v1/events", params={"has_clip": has_clip}, headers=headers) as resp:
+                    found = [e["id"] for e in (await resp.json())["events"]]
+                if expected is not None:
+                    assert found == expected
+                else:
+                    assert len(found) == still and str(event_id) not in found
 
 
 async def test_a_damaged_clip_is_quarantined_and_the_camera_goes_on(

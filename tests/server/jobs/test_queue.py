@@ -94,3 +94,22 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert [round(policy.backoff(n) / d, 1) <= 1.1 for n, d in ((1, 2), (2, 4), (3, 8), (4, 10), (9, 10))] == [True] * 5
     assert 9 <= policy.backoff(9) <= 11
     assert 1.8 <= policy.backoff(1) <= 2.2
+
+
+async def test_completing_several_jobs_leaves_out_the_one_whose_lease_was_lost(pool: asyncpg.Pool) -> None:
+    crashed = JobQueue(pool, QueuePolicy(lease_s=0.2), "crashed")
+    rescuer = JobQueue(pool, QueuePolicy(lease_s=30), "rescuer")
+    await _enqueue(pool, crashed, 3)
+    held = await crashed.claim(3)
+    await pool.execute("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1", held[1].id)
+    assert await rescuer.reap_expired() == (1, 0)
+    [taken] = await rescuer.claim(1)
+    assert taken.id == held[1].id
+
+    async with pool.acquire() as conn, conn.transaction():
+        owned = await crashed.complete_many(conn, held)
+
+    assert owned == {held[0].id, held[2].id}
+    states = dict(await pool.fetch("SELECT id, state FROM jobs ORDER BY id"))
+    assert states == {held[0].id: "done", held[1].id: "running", held[2].id: "done"}
+    assert await pool.fetchval("SELECT worker_id FROM jobs WHERE id = $1", held[1].id) == "rescuer"

@@ -3,6 +3,9 @@
 - Inference: a detector that raises on one picture (an error type the old loop did not expect) in
   a batch of four; the batch is run again image by image, so the other three still get their
   detections, and only the one job is retried and then dead-lettered with the error.
+- Storing: one camera's images of a batch are stored in one transaction; a result the database
+  refuses (a confidence above 1, from a detector that returns one for one picture) fails that
+  transaction, and the four are stored again one by one, so only the one job fails.
 - Batch closing: an activity batch that cannot be judged (a detection captured in 9999, seen in
   Europe/Berlin: year 10000) is closed unjudged; the batch stage keeps running and the camera's
   next activity becomes an event as usual.
@@ -27,6 +30,7 @@ from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.domain import Detection
+from inference_server.telemetry import metrics
 from tests.support.waiting import wait_until
 
 from ..conftest import running
@@ -100,6 +104,59 @@ async def test_an_inference_error_fails_only_that_images_job(
             state = await server.pool.fetchval("SELECT state FROM jobs WHERE id = $1", result.job_id)
             assert state == "done"
         assert await server.pool.fetchval("SELECT count(DISTINCT image_id) FROM detections") == 3
+        assert server.failure is None and all(not t.done() for t in server._tasks)
+
+
+class _OutOfRangeOnOnePicture(_RaisesOnOnePicture):
+    """The real detector, except that a ``POISON_SIZE`` picture gets a detection with confidence 1.5."""
+
+    def detect(self, images: Sequence[Any]) -> list[list[Detection]]:
+        self.batches.append(len(images))
+        found = self.inner.detect(images)
+        return [
+            [Detection("person", 1.5, (0.1, 0.1, 0.4, 0.9))] if i.size == POISON_SIZE else dets
+            for i, dets in zip(images, found, strict=True)
+        ]
+
+
+async def test_a_result_the_database_refuses_fails_only_that_images_job(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    settings = make_settings(
+        detector_batch_size=4, detector_batch_wait_ms=1000, job_max_attempts=1, fast_path={}, batch_idle_s=60
+    )
+    detector = _OutOfRangeOnOnePicture(pose_detector)
+    bus = demo_assets.image("bus.jpg").read_bytes()
+    split_before = metrics.REGISTRY.get_sample_value("hsi_store_groups_split_total") or 0.0
+    async with running(settings, detector) as server:  # type: ignore[arg-type]
+        await server.pool.execute("INSERT INTO cameras (id, name) VALUES ('porch', 'Porch')")
+        first, poison, *rest = await asyncio.gather(
+            server.ingestor.ingest_bytes("porch", with_comment(bus, "a"), captured_at=None, original_name="a"),
+            server.ingestor.ingest_bytes("porch", _poison_picture(), captured_at=None, original_name="p"),
+            *(
+                server.ingestor.ingest_bytes("porch", with_comment(bus, f"{n}"), captured_at=None, original_name="g")
+                for n in range(2)
+            ),
+        )
+
+        async def settled() -> bool:
+            n = await server.pool.fetchval("SELECT count(*) FROM jobs WHERE state IN ('done', 'dead')")
+            return bool(n == 4)
+
+        await wait_until(settled, timeout=60)
+        assert detector.batches[0] == 4, detector.batches  # all four were in one batch, one camera
+        row = await server.pool.fetchrow("SELECT state, last_error FROM jobs WHERE id = $1", poison.job_id)
+        assert row is not None and row["state"] == "dead", dict(row or {})
+        assert row["last_error"].startswith("store: CheckViolationError"), row["last_error"]
+        for result in (first, *rest):
+            assert await server.pool.fetchval("SELECT state FROM jobs WHERE id = $1", result.job_id) == "done"
+        stored = await server.pool.fetchval("SELECT count(DISTINCT image_id) FROM detections")
+        assert stored == 3
+        # The three are in the camera's activity batch, each once.
+        in_batch = await server.pool.fetchval("SELECT count(*) FROM batch_images")
+        assert in_batch == 3
+        # They were stored together first: that transaction failed and was split once.
+        assert metrics.REGISTRY.get_sample_value("hsi_store_groups_split_total") == split_before + 1
         assert server.failure is None and all(not t.done() for t in server._tasks)
 
 

@@ -1,15 +1,20 @@
-"""Camera snapshots on MQTT are rate-limited per camera; the annotated files on disk are not.
+"""Camera snapshots on MQTT are rate-limited per camera, and a snapshot is drawn only when it is
+used: published, or an event's picture (issue 20: drawn once per published snapshot, not per image).
 
 Four people-pictures of one camera arrive together at noon. No fast path, a long batch, and people
 at noon without context are judged below the alert level: none of them opens or rescores an event,
-so only the interval decides which snapshots go through the outbox.
+so only the interval decides which snapshots go through the outbox. Images of one camera stored in
+one transaction publish the camera's retained state and snapshot once, for the latest of them.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
+import aiohttp
 import pytest
+from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.config import Settings
@@ -17,17 +22,17 @@ from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from tests.server.ingest.conftest import with_comment
 from tests.support.waiting import wait_until
 
-from ..conftest import running
+from ..conftest import auth_headers, running
 
 IMAGES = 4
 
 
-@pytest.mark.parametrize(("interval_s", "published"), [(0.0, IMAGES), (3600.0, 1)])
-async def test_camera_snapshots_are_published_at_most_once_per_interval(
+@pytest.mark.parametrize(("interval_s", "most"), [(0.0, IMAGES), (3600.0, 1)])
+async def test_camera_snapshots_are_published_at_most_once_per_interval_and_drawn_only_then(
     make_settings: Callable[..., Settings],
     pose_detector: UltralyticsDetector,
     interval_s: float,
-    published: int,
+    most: int,
 ) -> None:
     settings = make_settings(snapshot_publish_interval_s=interval_s, fast_path={}, batch_idle_s=120, batch_window_s=300)
     source = demo_assets.image("zidane.jpg").read_bytes()
@@ -40,7 +45,46 @@ async def test_camera_snapshots_are_published_at_most_once_per_interval(
             lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", IMAGES), 60
         )
         assert await server.pool.fetchval("SELECT count(*) FROM events") == 0
-        rows = await server.pool.fetchval("SELECT count(*) FROM outbox WHERE topic = 'hsi/cameras/porch/snapshot'")
-        assert rows == published
-        # Every image's annotated picture is on disk all the same (the evidence an event points at).
-        assert len(list((settings.snapshots_path / "porch").glob("*.jpg"))) == IMAGES
+        sent = await server.pool.fetch(
+            "SELECT payload FROM outbox WHERE topic = 'hsi/cameras/porch/snapshot' ORDER BY id"
+        )
+        assert 1 <= len(sent) <= most
+        drawn = sorted((settings.snapshots_path / "porch").glob("*.jpg"), key=lambda p: int(p.stem))
+        # Drawn only when published: one file per message, and what went out is what is on disk.
+        assert len(drawn) == len(sent)
+        assert {p.read_bytes() for p in drawn} == {bytes(r["payload"]) for r in sent}
+        if interval_s == 0:
+            # The retained snapshot ends on the newest image.
+            newest = await server.pool.fetchval("SELECT max(id) FROM images WHERE camera_id = 'porch'")
+            assert drawn[-1].stem == str(newest)
+            assert bytes(sent[-1]["payload"]) == drawn[-1].read_bytes()
+
+
+async def test_an_event_opened_when_its_batch_closes_gets_its_picture_drawn_then(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """No image is in memory when the batch closer opens an event: its picture is drawn from the
+    stored file and stored detections, at full size, and served over REST."""
+    settings = make_settings(snapshot_publish_interval_s=3600.0, fast_path={}, batch_idle_s=0.3, batch_window_s=300)
+    source = demo_assets.image("zidane.jpg").read_bytes()
+    async with running(settings, pose_detector) as server:
+        folder = settings.cameras_path / "porch"
+        folder.mkdir(parents=True)
+        for n in range(3):
+            (folder / f"MDAlarm_20261124-12000{n}.jpg").write_bytes(with_comment(source, f"shot {n}"))
+        event = await wait_until(
+            lambda: server.pool.fetchrow("SELECT id, image_id, snapshot_path FROM events WHERE camera_id = 'porch'"),
+            60,
+        )
+        assert event["snapshot_path"] == str(settings.snapshots_path / "porch" / f"{event['image_id']}.jpg")
+        drawn = {int(p.stem) for p in (settings.snapshots_path / "porch").glob("*.jpg")}
+        published = await server.pool.fetchval("SELECT count(*) FROM outbox WHERE topic = 'hsi/cameras/porch/snapshot'")
+        # The one published while the batch was open (interval 3600 s), and the event's picture.
+        assert event["image_id"] in drawn and len(drawn) <= 2 and published >= 1
+        headers = await auth_headers(server)
+        async with (
+            aiohttp.ClientSession(base_url=server.api_url, headers=headers) as http,
+            http.get(f"/api/v1/events/{event['id']}/snapshot.jpg") as resp,
+        ):
+            assert resp.status == 200
+            assert Image.open(io.BytesIO(await resp.read())).size == (1280, 720)

@@ -10,7 +10,8 @@ from bench.store_stage import store_pipeline
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
-from inference_server.pipeline.detect import _Item, decode
+from inference_server.pipeline.decode import decode
+from inference_server.pipeline.detect import _Item
 from inference_server.server import open_database
 from tests.server.ingest.conftest import with_comment
 

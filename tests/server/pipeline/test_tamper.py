@@ -153,6 +153,39 @@ async def test_tampering_is_raised_with_hysteresis_kept_over_a_restart_and_clear
     ]
 
 
+async def test_a_normal_view_is_checked_once_a_second_a_suspicious_one_every_image(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings]
+) -> None:
+    """Issue 20: at 5 images a second, a camera whose view looks normal is checked once a second of
+    capture time (the features and two statements per image otherwise); while it is learned, and
+    from its first tampered-looking check on, every image is."""
+    rng = np.random.default_rng(5)
+    view = scenes.picture("zidane.jpg")
+    settings = make_settings(tamper_learn_frames=4, tamper_trigger_frames=3, tamper_check_interval_s=1.0)
+    stage = TamperStage(settings, Topics())
+    await pool.execute(
+        "INSERT INTO images (camera_id, sha256, path, source, media_type, width, height,"
+        " size_bytes, captured_at, captured_at_source) SELECT 'drive', int8send(g), 'x', 'upload',"
+        " 'image/jpeg', 1, 1, 1, now(), 'client' FROM generate_series(1, 40) g"
+    )
+    frames = [scenes.lit(view, 1.0, rng) for _ in range(14)] + [scenes.covered(view, rng) for _ in range(8)]
+    checked: list[int] = []
+    raised_at: int | None = None
+    for i, frame in enumerate(frames):
+        at = T0 + timedelta(seconds=0.2 * i)
+        if not stage.wants("drive", at):
+            continue
+        checked.append(i)
+        async with pool.acquire() as conn, conn.transaction():
+            published = await stage.observe(conn, "drive", i + 1, at, features(frame))
+            if any(TamperState.model_validate_json(p).tampered for _, p, _ in published):
+                raised_at = i
+    # Learning: 0-3; then one a second (every fifth image); covered from 14: first seen at 18 (a
+    # second after 13), then every image, so three in a row raise it at 20.
+    assert checked == [0, 1, 2, 3, 8, 13, 18, 19, 20, 21], checked
+    assert raised_at == 20
+
+
 async def test_a_dusk_over_a_real_clip_never_raises_tampering(
     pool: asyncpg.Pool, make_settings: Callable[..., Settings]
 ) -> None:

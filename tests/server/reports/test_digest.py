@@ -3,9 +3,12 @@ period sent once even across restarts, and published on hsi/digest through the o
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,10 +18,13 @@ import asyncpg
 import pytest
 
 from inference_server.comms.topics import Topics
-from inference_server.config import Settings
-from inference_server.domain import Assessment
-from inference_server.reasoning.backends.base import LlmReply, LlmUnavailable
+from inference_server.config import LlmSettings, Settings
+from inference_server.domain import Assessment, Detection, Observation
+from inference_server.reasoning.backends.base import LlmBackend, LlmReply, LlmUnavailable
+from inference_server.reasoning.llm import LlmReasoner
 from inference_server.reasoning.prompts import ChatMessage
+from inference_server.reasoning.reasoner import LevelThresholds
+from inference_server.reasoning.rules import RulesReasoner
 from inference_server.reports.digest import DigestService
 from inference_server.reports.scheduler import DigestScheduler, latest_period, next_end
 from inference_server.schemas import CameraCreate, Digest
@@ -27,6 +33,7 @@ from inference_server.store import cameras, events
 from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
 from tests.support.mqtt import Subscriber
+from tests.support.waiting import wait_until
 
 from ..conftest import FakeClock, auth_headers, running
 
@@ -48,6 +55,9 @@ class FakeLlm:
     async def start(self) -> None:
         return None
 
+    async def can_see(self) -> bool:
+        return False
+
     async def complete(self, messages: Sequence[ChatMessage], schema: Mapping[str, Any]) -> LlmReply:
         self.asked.append(str(messages[-1]["content"]))
         if self.text is None:
@@ -56,6 +66,11 @@ class FakeLlm:
 
     async def close(self) -> None:
         return None
+
+
+def _reasoner(backend: LlmBackend, **options: Any) -> LlmReasoner:
+    """The events' LLM reasoner, whose slots and circuit breaker the digest shares."""
+    return LlmReasoner(backend, LevelThresholds(), **options)
 
 
 @pytest.fixture
@@ -153,7 +168,7 @@ async def test_quiet_night_says_so(pool: asyncpg.Pool) -> None:
 async def test_llm_prose_is_shown_and_labelled_with_the_rules_text_kept(pool: asyncpg.Pool) -> None:
     await _night(pool)
     fake = FakeLlm("A quiet night except a person at the shed at 02:14 (critical).")
-    service = DigestService(pool, Topics(), "Europe/Paris", digest_prose(fake, 5))
+    service = DigestService(pool, Topics(), "Europe/Paris", digest_prose(_reasoner(fake), 5))
     digest = await service.compose(*latest_period(MORNING, "22:00", "07:00", PARIS), kind="scheduled", now=MORNING)
     assert (digest.text_source, digest.model, digest.llm_error) == ("llm", "fake-llm", None)
     assert digest.text == digest.llm_text == "A quiet night except a person at the shed at 02:14 (critical)."
@@ -172,10 +187,142 @@ async def test_llm_failure_falls_back_to_the_rules_text_labelled(
     pool: asyncpg.Pool, reply: str | None, error: str
 ) -> None:
     await _night(pool)
-    service = DigestService(pool, Topics(), "Europe/Paris", digest_prose(FakeLlm(reply), 5))
+    service = DigestService(pool, Topics(), "Europe/Paris", digest_prose(_reasoner(FakeLlm(reply)), 5))
     digest = await service.compose(*latest_period(MORNING, "22:00", "07:00", PARIS), kind="scheduled", now=MORNING)
     assert (digest.text_source, digest.llm_text, digest.model, digest.llm_error) == ("rules", None, None, error)
     assert digest.text == digest.rules_text
+
+
+OBSERVATION = Observation(
+    "front", "Front door", MORNING.astimezone(UTC), [Detection("person", 0.9, (0.1, 0.1, 0.4, 0.9))]
+)
+RULES = RulesReasoner(LevelThresholds()).assess_now(OBSERVATION)
+
+
+class GatedLlm:
+    """A FAKE language model: every call waits for ``gate``, then events' calls fail (unreachable)
+    and the digest's gets its prose; records the calls in the order they reached it and the most
+    in flight at once."""
+
+    name = "fake"
+    model = "fake-llm"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.order: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def can_see(self) -> bool:
+        return False
+
+    async def complete(self, messages: Sequence[ChatMessage], schema: Mapping[str, Any]) -> LlmReply:
+        kind = "digest" if "morning summary" in str(messages[0]["content"]) else "event"
+        self.order.append(kind)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.gate.wait()
+        finally:
+            self.in_flight -= 1
+        if kind == "event":
+            raise LlmUnavailable("connection refused")
+        return LlmReply(json.dumps({"text": "A calm night."}), 0.1)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_open_circuit_breaker_gives_the_rules_digest_labelled_as_the_fallback(
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _night(pool)
+    down = FakeLlm(None)
+    now = [0.0]
+    reasoner = _reasoner(down, circuit_failures=3, circuit_reset_s=60, clock=lambda: now[0])
+    service = DigestService(pool, Topics(), "Europe/Paris", digest_prose(reasoner, 5))
+    period = latest_period(MORNING, "22:00", "07:00", PARIS)
+    # Three events' calls fail: the breaker the events opened skips the digest's call too.
+    for _ in range(3):
+        assert (await reasoner.refine(OBSERVATION, RULES)).analysis_source == "rules"
+    assert reasoner.circuit_state == "open"
+    down.text = "A calm night."  # would answer now, but is not asked while the circuit is open
+    asked = len(down.asked)
+    caplog.set_level(logging.WARNING, logger="inference_server.reports.digest")
+    digest = await service.compose(*period, kind="scheduled", now=MORNING)
+    assert (digest.text_source, digest.llm_text, digest.model) == ("rules", None, None)
+    assert digest.text == digest.rules_text
+    assert digest.llm_error == "circuit open: LLM skipped after 3 failures in a row; next try after 60s"
+    assert len(down.asked) == asked
+    assert any("(fallback)" in r.getMessage() and "circuit open" in r.getMessage() for r in caplog.records)
+    # After the cooling-down the digest is the half-open trial; its success closes the circuit.
+    now[0] = 61.0
+    digest = await service.compose(*period, kind="scheduled", now=MORNING)
+    assert (digest.text_source, digest.text) == ("llm", "A calm night.")
+    state: str = reasoner.circuit_state  # (read again: the breaker moved since the last look)
+    assert state == "closed"
+
+
+async def test_digest_failures_count_towards_the_events_circuit_breaker(pool: asyncpg.Pool) -> None:
+    down = FakeLlm(None)
+    reasoner = _reasoner(down, circuit_failures=3, circuit_reset_s=60, clock=lambda: 0.0)
+    service = DigestService(pool, Topics(), "Europe/Paris", digest_prose(reasoner, 5))
+    for _ in range(3):
+        digest = await service.compose(*latest_period(MORNING, "22:00", "07:00", PARIS), kind="scheduled", now=MORNING)
+        assert digest.llm_error == "unreachable: connection refused"
+    assert reasoner.circuit_state == "open"
+    event = await reasoner.refine(OBSERVATION, RULES)
+    assert event.analysis_source == "rules" and "LLM fallback: circuit open" in event.reasoning
+    assert len(down.asked) == 3  # the event's call was skipped, not sent
+
+
+async def test_digest_shares_the_events_llm_slots_and_never_goes_before_a_waiting_event(pool: asyncpg.Pool) -> None:
+    await _night(pool)
+    llm = GatedLlm()
+    reasoner = _reasoner(llm, max_concurrency=1, circuit_failures=10)
+    service = DigestService(pool, Topics(), "Europe/Paris", digest_prose(reasoner, 30))
+    period = latest_period(MORNING, "22:00", "07:00", PARIS)
+    first_event = asyncio.create_task(reasoner.refine(OBSERVATION, RULES))
+    await wait_until(lambda: llm.order == ["event"], timeout=5, interval=0.01)
+    digest = asyncio.create_task(service.compose(*period, kind="scheduled", now=MORNING))
+    # The digest has composed its facts and waits for the LLM's one slot; then an event comes.
+    await wait_until(lambda: reasoner._slots.waiting == (0, 1), timeout=5, interval=0.01)
+    second_event = asyncio.create_task(reasoner.refine(OBSERVATION, RULES))
+    await wait_until(lambda: reasoner._slots.waiting == (1, 1), timeout=5, interval=0.01)
+    assert llm.order == ["event"] and llm.in_flight == 1
+    llm.gate.set()
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(first_event, second_event)
+        made = await digest
+    # One call at a time, and the event that came after the digest still went before it.
+    assert llm.most_in_flight == 1
+    assert llm.order == ["event", "event", "digest"]
+    assert [r.analysis_source for r in results] == ["rules", "rules"]
+    assert (made.text_source, made.text) == ("llm", "A calm night.")
+
+
+async def test_digest_waits_for_a_slot_at_most_its_timeout_then_keeps_the_rules_text(pool: asyncpg.Pool) -> None:
+    llm = GatedLlm()
+    reasoner = _reasoner(llm, max_concurrency=1)
+    service = DigestService(pool, Topics(), "Europe/Paris", digest_prose(reasoner, 0.2))
+    event = asyncio.create_task(reasoner.refine(OBSERVATION, RULES))
+    try:
+        await wait_until(lambda: llm.order == ["event"], timeout=5, interval=0.01)
+        digest = await service.compose(*latest_period(MORNING, "22:00", "07:00", PARIS), kind="scheduled", now=MORNING)
+        assert digest.text_source == "rules"
+        assert digest.llm_error == "busy: no LLM slot free within 0.2s (events' calls go first)"
+        assert llm.order == ["event"]
+        assert reasoner.circuit_state == "closed"  # a busy LLM is no outage
+    finally:
+        llm.gate.set()
+        await event
+    # The digest that gave up left no claim behind: the next one gets the free slot at once.
+    assert reasoner._slots.waiting == (0, 0)
+    again = await service.compose(*latest_period(MORNING, "22:00", "07:00", PARIS), kind="scheduled", now=MORNING)
+    assert (again.text_source, again.text) == ("llm", "A calm night.")
 
 
 async def test_scheduled_digest_is_sent_once_even_after_a_restart(pool: asyncpg.Pool) -> None:
@@ -284,3 +431,76 @@ def test_digest_times_must_be_clock_times() -> None:
     for bad in ("7:00", "24:00", "07:60", "seven"):
         with pytest.raises(ValueError, match="digest_at"):
             Settings(digest_at=bad)
+
+
+async def test_a_server_down_for_three_mornings_catches_up_the_last_night_once_then_keeps_its_schedule(
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One event each night from 29 May to 4 June; the server was down from the evening of the
+    # 30th until 07:30 on 2 June: the mornings of the 31st, 1st and 2nd were missed.
+    for day in range(29, 35):
+        at = datetime(2025, 5, 1, 23, 0, tzinfo=PARIS) + timedelta(days=day - 1)
+        await _event(pool, "front", at, 40, "medium", f"Car in the drive on the {at:%d}")
+    clock = FakeClock(MORNING.astimezone(UTC) + timedelta(minutes=30))
+    caplog.set_level(logging.INFO, logger="inference_server.reports.scheduler")
+
+    async def sent() -> list[tuple[datetime, datetime, int]]:
+        rows = await pool.fetch("SELECT payload FROM outbox WHERE topic = 'hsi/digest' ORDER BY id")
+        digests = [Digest.model_validate_json(r["payload"]) for r in rows]
+        return [(d.period_start.astimezone(PARIS), d.period_end.astimezone(PARIS), d.total) for d in digests]
+
+    @asynccontextmanager
+    async def scheduler_running() -> AsyncIterator[None]:
+        """The real scheduler loop, looking at the clock every 10 ms."""
+        stop = asyncio.Event()
+        scheduler = DigestScheduler(DigestService(pool, Topics(), "Europe/Paris"), clock, "22:00", "07:00", wake_s=0.01)
+        task = asyncio.create_task(scheduler.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            async with asyncio.timeout(5):
+                await task
+
+    night = (datetime(2025, 6, 1, 22, 0, tzinfo=PARIS), MORNING, 1)
+    async with scheduler_running():  # started at 07:30 on the 2nd
+        await wait_until(sent, timeout=10, interval=0.02)
+        await asyncio.sleep(0.3)  # some 30 more looks at the clock
+    assert await sent() == [night]  # the last night only, once
+    caught_up = [r.getMessage() for r in caplog.records if "caught up" in r.getMessage()]
+    assert len(caught_up) == 1 and "late_by_s=1800" in caught_up[0]
+
+    # Restarted the same morning, it runs through the day and the next night: nothing more
+    # until 07:00, then the next night, on time.
+    async with scheduler_running():
+        await asyncio.sleep(0.2)
+        clock.current = (MORNING + timedelta(hours=23, minutes=59)).astimezone(UTC)
+        await asyncio.sleep(0.2)
+        assert await sent() == [night]
+        clock.current = (MORNING + timedelta(days=1)).astimezone(UTC)
+        await wait_until(lambda: _count(pool), timeout=10, interval=0.02)
+    next_night = (datetime(2025, 6, 2, 22, 0, tzinfo=PARIS), MORNING + timedelta(days=1), 1)
+    assert await sent() == [night, next_night]
+    assert len([r for r in caplog.records if "caught up" in r.getMessage()]) == 1  # that one was on time
+
+
+async def _count(pool: asyncpg.Pool, n: int = 2) -> bool:
+    found: int = await pool.fetchval("SELECT count(*) FROM outbox WHERE topic = 'hsi/digest'")
+    return found >= n
+
+
+async def test_an_api_only_process_leaves_the_scheduled_digest_to_the_workers_llm(
+    make_settings: Callable[..., Settings], mosquitto_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scale-out: the api process has no LLM; had it sent the morning's digest, the rules text
+    would take the period before the worker's LLM wrote its prose."""
+    llm = LlmSettings(backend="openai", base_url="http://127.0.0.1:9", model="nowhere")
+    settings = make_settings(
+        mqtt_url=mosquitto_url, role="api", camera_timezone="Europe/Paris", llm=llm, digest_enabled=True
+    )
+    clock = FakeClock(MORNING.astimezone(UTC) + timedelta(minutes=5))
+    caplog.set_level(logging.INFO, logger="inference_server.server")
+    async with running(settings, clock=clock) as server:
+        await asyncio.sleep(2)  # a scheduler would have sent the 07:00 digest at once
+        assert await server.pool.fetchval("SELECT count(*) FROM digests") == 0
+    assert any("left to the worker processes" in r.getMessage() for r in caplog.records)

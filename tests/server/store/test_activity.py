@@ -23,9 +23,9 @@ async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def test_each_image_counts_once_per_distinct_label_in_its_hour(conn: asyncpg.Connection) -> None:
-    await activity.record(conn, "front", ["person", "person", "car"], TODAY, 9)
-    await activity.record(conn, "front", ["person"], TODAY, 9)
-    await activity.record(conn, "front", ["person"], TODAY, 10)
+    await activity.record_images(conn, "front", [(TODAY, 9, ["person", "person", "car"])])
+    await activity.record_images(conn, "front", [(TODAY, 9, ["person"])])
+    await activity.record_images(conn, "front", [(TODAY, 10, ["person"])])
 
     rows = await conn.fetch("SELECT label, hour, images FROM activity_hourly ORDER BY hour, label")
     assert [tuple(r) for r in rows] == [("car", 9, 1), ("person", 9, 2), ("person", 10, 1)]
@@ -33,12 +33,14 @@ async def test_each_image_counts_once_per_distinct_label_in_its_hour(conn: async
 
 async def test_no_baseline_until_enough_days_are_learned_then_the_average_per_day(conn: asyncpg.Connection) -> None:
     for back in range(1, activity.MIN_DAYS_LEARNED):
-        await activity.record(conn, "front", ["person"], TODAY - timedelta(days=back), 9)
-    await activity.record(conn, "front", ["person"], TODAY, 9)  # today is not history
+        await activity.record_images(conn, "front", [(TODAY - timedelta(days=back), 9, ["person"])])
+    await activity.record_images(conn, "front", [(TODAY, 9, ["person"])])  # today is not history
     assert await activity.baseline(conn, "front", TODAY, 9) is None
 
-    await activity.record(conn, "front", ["car"], TODAY - timedelta(days=activity.MIN_DAYS_LEARNED), 20)
-    await activity.record(conn, "front", ["person"], TODAY - timedelta(days=activity.BASELINE_DAYS + 1), 9)  # too old
+    await activity.record_images(conn, "front", [(TODAY - timedelta(days=activity.MIN_DAYS_LEARNED), 20, ["car"])])
+    await activity.record_images(
+        conn, "front", [(TODAY - timedelta(days=activity.BASELINE_DAYS + 1), 9, ["person"])]
+    )  # too old
 
     baseline = await activity.baseline(conn, "front", TODAY, 9)
     days = activity.MIN_DAYS_LEARNED
@@ -76,3 +78,14 @@ async def test_an_unknown_kind_of_feedback_is_refused(conn: asyncpg.Connection) 
     with pytest.raises(ValueError, match="unknown feedback"):
         await activity.add_feedback(conn, "front", "", "person", 9, "maybe")
     assert await conn.fetchval("SELECT count(*) FROM feedback_stats") == 0
+
+
+async def test_several_images_are_counted_in_one_statement_each_once(conn: asyncpg.Connection) -> None:
+    await activity.record_images(
+        conn,
+        "front",
+        [(TODAY, 9, ["person", "dog"]), (TODAY, 9, ["person"]), (TODAY, 10, ["car", "car"]), (TODAY, 9, [])],
+    )
+
+    rows = await conn.fetch("SELECT label, hour, images FROM activity_hourly ORDER BY hour, label")
+    assert [tuple(r) for r in rows] == [("dog", 9, 1), ("person", 9, 2), ("car", 10, 1)]

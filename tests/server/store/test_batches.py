@@ -61,8 +61,8 @@ async def test_adding_an_image_links_it_once_and_activity_time_only_moves_forwar
     batch = await batches.open_new(conn, "front", T0)
     image_id = await _image(conn, "a", T0)
 
-    later = await batches.add_image(conn, batch, image_id, T0 + timedelta(seconds=30))
-    again = await batches.add_image(conn, later, image_id, T0 + timedelta(seconds=10))
+    later = await batches.add_images(conn, batch, [image_id], T0 + timedelta(seconds=30))
+    again = await batches.add_images(conn, later, [image_id], T0 + timedelta(seconds=10))
 
     assert later.last_activity_at == T0 + timedelta(seconds=30)
     assert again.last_activity_at == T0 + timedelta(seconds=30)
@@ -85,7 +85,7 @@ async def test_batches_are_due_when_their_window_or_idle_time_has_run_out_oldest
 ) -> None:
     await cameras.create(pool, CameraCreate(id="side", name="Side"))
     window_over = await batches.open_new(conn, "front", T0 - timedelta(seconds=120))
-    busy = await batches.add_image(conn, window_over, await _image(conn, "w", T0), T0)  # active, but too long open
+    busy = await batches.add_images(conn, window_over, [await _image(conn, "w", T0)], T0)  # active, but too long open
     idle = await batches.open_new(conn, "back", T0 - timedelta(seconds=50))
     await batches.open_new(conn, "side", T0 - timedelta(seconds=10))  # neither: not due
 
@@ -120,7 +120,7 @@ async def test_a_batch_detections_come_in_capture_order_with_their_zones(conn: a
     )
     await _image(conn, "elsewhere", T0, "dog")  # not in the batch
     for image_id in (late, early):
-        batch = await batches.add_image(conn, batch, image_id, T0)
+        batch = await batches.add_images(conn, batch, [image_id], T0)
 
     found = await batches.detections(conn, batch.id)
 
@@ -133,16 +133,16 @@ async def test_a_batch_detections_come_in_capture_order_with_their_zones(conn: a
 
 async def test_recent_person_visits_count_other_batches_of_the_camera_with_a_person(conn: asyncpg.Connection) -> None:
     old = await batches.open_new(conn, "front", T0 - timedelta(hours=2))
-    await batches.add_image(conn, old, await _image(conn, "old", T0, "person"), T0)
+    await batches.add_images(conn, old, [await _image(conn, "old", T0, "person")], T0)
     await batches.close(conn, old.id, T0)
     visit = await batches.open_new(conn, "front", T0 - timedelta(minutes=30))
-    await batches.add_image(conn, visit, await _image(conn, "visit", T0, "person", "car"), T0)
+    await batches.add_images(conn, visit, [await _image(conn, "visit", T0, "person", "car")], T0)
     await batches.close(conn, visit.id, T0)
     cat = await batches.open_new(conn, "front", T0 - timedelta(minutes=20))
-    await batches.add_image(conn, cat, await _image(conn, "cat", T0, "cat"), T0)
+    await batches.add_images(conn, cat, [await _image(conn, "cat", T0, "cat")], T0)
     await batches.close(conn, cat.id, T0)
     current = await batches.open_new(conn, "front", T0)
-    await batches.add_image(conn, current, await _image(conn, "now", T0, "person"), T0)
+    await batches.add_images(conn, current, [await _image(conn, "now", T0, "person")], T0)
 
     since = T0 - timedelta(hours=1)
     assert await batches.recent_person_visits(conn, "front", current.id, since) == 1

@@ -178,7 +178,7 @@ async def test_states_say_each_camera_as_stored_with_its_open_batch_latest_image
 
     batch = await batches.open_new(conn, "front", T0)
     for image_id in image_ids:
-        batch = await batches.add_image(conn, batch, image_id, T0)
+        batch = await batches.add_images(conn, batch, [image_id], T0)
     open_batch = (await cameras.states(conn, "front"))["front"]
     assert (open_batch.risk_score, open_batch.objects) == (0, {"person": 2, "car": 1})  # no event yet
 

@@ -58,7 +58,7 @@ async def test_the_overview_lists_images_with_detections_strongest_first_and_the
         conn, seen, "front", T0, [Detection("car", 0.5, (0, 0, 1, 1)), Detection("person", 0.9, (0, 0, 1, 1))]
     )
     batch = await batches.open_new(conn, "front", T0)
-    await batches.add_image(conn, batch, seen, T0)
+    await batches.add_images(conn, batch, [seen], T0)
     event_id = await add_event(conn, seen, 35, "medium", batch_id=batch.id)
 
     first, second = await images.overview(conn)

@@ -139,3 +139,36 @@ async def test_retention_prunes_the_embeddings_of_old_detections_and_keeps_enrol
     assert [r["detection_id"] for r in left] == [ids["new"]]  # the old detection's vector went with it
     assert await _count(conn, "detection_identities") == 1
     assert await people.embedding_count(conn, anna.id) == 1  # what was enrolled from it stays hers
+
+
+async def test_retention_prunes_a_strangers_vectors_with_its_sightings_then_the_stranger(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, retention_days=7)
+    old, new = T0 - timedelta(days=30), T0
+    gone = await people.new_stranger(conn, old)
+    kept = await people.new_stranger(conn, old)
+    for n, (stranger, received) in enumerate(((gone, old), (kept, old), (kept, new))):
+        image_id = await images.insert(
+            conn,
+            images.NewImage("front", bytes([n]), f"{n}.jpg", "folder", None, "image/jpeg", 8, 8, 1, received, "mtime"),
+        )
+        assert image_id is not None
+        await conn.execute("UPDATE images SET received_at = $2 WHERE id = $1", image_id, received)
+        await detections.insert_many(
+            conn, image_id, "front", received, [Detection("person", 0.9, (0.1, 0.1, 0.5, 0.9))]
+        )
+        [detection_id] = await people.detection_ids(conn, image_id)
+        identity = Identity("face", visitor=detection_id, stranger=stranger)
+        await people.store_detection(conn, detection_id, [("face", "m", FACE), ("body", "m", BODY)], identity)
+    await people.saw_stranger(conn, kept, new, 300)
+
+    report = await run_retention(pool, settings, now=T0 + timedelta(hours=1))
+    assert report.detections == 2 and report.strangers == 1
+    left = await conn.fetch(
+        "SELECT di.stranger_id, count(*) AS n FROM detection_embeddings de"
+        " JOIN detection_identities di USING (detection_id) GROUP BY 1"
+    )
+    assert [(r["stranger_id"], r["n"]) for r in left] == [(kept, 2)]  # only the recent sighting's vectors
+    assert [r["id"] for r in await conn.fetch("SELECT id FROM strangers")] == [kept]
+    assert (await run_retention(pool, settings, now=T0 + timedelta(hours=1))).strangers == 0

@@ -472,3 +472,37 @@ async def test_worker_survives_a_database_error(world: World, caplog: pytest.Log
 
     assert await worker.run_once() is None
     assert any("retention run failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_digests_older_than_digest_retention_are_pruned_and_counted(world: World) -> None:
+    settings = world.settings.model_copy(update={"digest_retention_days": 30})
+
+    async def digest(kind: str, made_days_ago: float, period_end_days_ago: float) -> int:
+        end = _ago(period_end_days_ago)
+        digest_id: int = await world.pool.fetchval(
+            "INSERT INTO digests (kind, period_start, period_end, body, created_at)"
+            " VALUES ($1, $2, $3, '{}', $4) RETURNING id",
+            kind,
+            end - timedelta(hours=9),
+            end,
+            _ago(made_days_ago),
+        )
+        return digest_id
+
+    ids = {
+        "scheduled_old": await digest("scheduled", 40, 40),
+        "on_demand_old": await digest("on_demand", 31, 35),
+        "scheduled_recent": await digest("scheduled", 29, 29),
+        "on_demand_recent": await digest("on_demand", 1, 2),
+        # A clock set back (or a digest of a period asked for long after): made long ago but of
+        # the latest night. It stays: its row keeps a restarted scheduler from sending it again.
+        "scheduled_latest": await digest("scheduled", 40, 0.2),
+    }
+
+    report = await run_retention(world.pool, settings, now=NOW)
+
+    assert report.digests == 2
+    assert report == RetentionReport(digests=2)
+    assert await world.named_rows("digests", ids) == {"scheduled_recent", "on_demand_recent", "scheduled_latest"}
+    assert (await run_retention(world.pool, settings, now=NOW)).digests == 0
+    assert "digests=2" in report.summary()
