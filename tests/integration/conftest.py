@@ -15,6 +15,8 @@ from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClien
 
 from custom_components.home_security_intelligence.const import DOMAIN
 
+from .server import RealServer, start_server
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mqtt"
 URL = "http://192.168.1.20:8765"
 KEY = "hsi_0123456789ab_" + "s" * 43
@@ -69,9 +71,20 @@ async def camera_online(hass: HomeAssistant) -> None:
     await hass.async_block_till_done()
 
 
+@pytest.fixture(scope="module")
+def real_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServer]:
+    """A REAL server (subprocess, embedded PostgreSQL) for the module that asks for it, started once,
+    before the per-test socket guard of HA's harness applies; a module's ``REAL_SERVER_OPTIONS``
+    (e.g. ``{"recognition": True}``) are passed to ``start_server``."""
+    pytest_socket.enable_socket()
+    server = start_server(tmp_path_factory.mktemp("hsi"), **getattr(request.module, "REAL_SERVER_OPTIONS", {}))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 async def real_entry(
-    hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: Any
+    hass: HomeAssistant, socket_enabled: None, mqtt_mock: Any, real_server: RealServer
 ) -> AsyncGenerator[MockConfigEntry]:
     """The integration set up against the module's REAL server (its ``real_server`` fixture)."""
     pytest_socket.socket_allow_hosts(["127.0.0.1"], allow_unix_socket=True)

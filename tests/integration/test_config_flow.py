@@ -9,7 +9,6 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -37,7 +36,7 @@ from custom_components.home_security_intelligence.const import DOMAIN
 from tests.support.mosquitto import plain_mosquitto
 
 from .conftest import sample
-from .server import RealServer, start_server
+from .server import RealServer
 
 URL = "http://192.168.1.20:8765"
 KEY = "hsi_0123456789ab_" + "s" * 43
@@ -589,15 +588,6 @@ def test_every_reason_and_error_of_the_flow_is_translated() -> None:
         config = json.loads((component / name).read_text(encoding="utf-8"))["config"]
         assert reasons <= set(config["abort"]), (name, reasons - set(config["abort"]))
         assert errors <= set(config["error"]), (name, errors - set(config["error"]))
-
-
-@pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServer]:
-    # Started once per module, before the per-test socket guard of HA's harness applies.
-    pytest_socket.enable_socket()
-    server = start_server(tmp_path_factory.mktemp("hsi"))
-    yield server
-    server.stop()
 
 
 @pytest.mark.real_setup

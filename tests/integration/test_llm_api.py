@@ -4,7 +4,7 @@ then ``async_call_tool``), against a REAL running server (PostgreSQL, full-text 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,17 +22,9 @@ from custom_components.home_security_intelligence.const import DOMAIN
 from custom_components.home_security_intelligence.llm_api import resolve_period
 
 from .conftest import URL, camera_online, publish, sample
-from .server import RealServer, server_file, start_server
+from .server import RealServer, server_file
 
 PARIS = "Europe/Paris"
-
-
-@pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServer]:
-    pytest_socket.enable_socket()
-    server = start_server(tmp_path_factory.mktemp("hsi"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Generator
 from typing import Any
 
 import pytest
-import pytest_socket
 from homeassistant.components import media_source
 from homeassistant.components.media_player.errors import BrowseError
 from homeassistant.components.media_source.error import Unresolvable
@@ -23,17 +21,9 @@ from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClien
 from custom_components.home_security_intelligence.const import DOMAIN
 
 from .conftest import URL
-from .server import RealServer, server_file, start_server
+from .server import RealServer, server_file
 
 ROOT = f"media-source://{DOMAIN}"
-
-
-@pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServer]:
-    pytest_socket.enable_socket()
-    server = start_server(tmp_path_factory.mktemp("hsi"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Generator
 from typing import Any
 
 import pytest
-import pytest_socket
 from homeassistant.components import automation
 from homeassistant.const import STATE_UNKNOWN
 from homeassistant.core import HomeAssistant, State
@@ -29,16 +27,11 @@ from custom_components.home_security_intelligence.alerts import recognised_peopl
 from custom_components.home_security_intelligence.const import DOMAIN
 
 from .conftest import KEY, URL, call_service, camera_online, publish, sample
-from .server import RealServer, server_file, start_server
+from .server import RealServer, server_file
 from .test_blueprint import BLUEPRINT, _set_up_with_blueprint
 
-
-@pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServer]:
-    pytest_socket.enable_socket()
-    server = start_server(tmp_path_factory.mktemp("hsi"), recognition=True)
-    yield server
-    server.stop()
+#: How conftest's ``real_server`` starts this module's server.
+REAL_SERVER_OPTIONS = {"recognition": True}
 
 
 async def test_enroll_from_an_event_then_forget_deletes_the_person_and_embeddings(

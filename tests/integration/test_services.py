@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,7 @@ from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClien
 from custom_components.home_security_intelligence.const import DOMAIN
 
 from .conftest import URL, call_service
-from .server import RealServer, server_file, start_server
-
-
-@pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RealServer]:
-    # Started once per module, before the per-test socket guard of HA's harness applies.
-    pytest_socket.enable_socket()
-    server = start_server(tmp_path_factory.mktemp("hsi"))
-    yield server
-    server.stop()
+from .server import RealServer, server_file
 
 
 async def test_analyze_review_and_list_through_the_real_server(
