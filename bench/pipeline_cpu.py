@@ -554,6 +554,15 @@ async def run_phase(
     )
 
 
+def server_weights(root: Path, args: argparse.Namespace) -> Path:
+    """The server's weights: the .pt for ultralytics (it finds its cached export); for the onnx
+    backend (the add-on's), the very .onnx the bare engine exported and runs."""
+    if args.backend == "ultralytics":
+        return demo_assets.pose_weights()
+    [exported] = sorted((root / "data" / "models").rglob("*.onnx"))
+    return exported
+
+
 async def run_server(
     root: Path, args: argparse.Namespace, meter: CpuMeter, bare_rate: float, run_id: str
 ) -> tuple[list[PhaseResult], float]:
@@ -566,7 +575,8 @@ async def run_server(
         mqtt_url=mosquitto[1] if mosquitto else None,
         mqtt_embedded_port=0,
         api_port=0,
-        detector_weights=demo_assets.pose_weights(),
+        detector_backend=args.backend,
+        detector_weights=server_weights(root, args),
         detector_device=args.device,
         detector_runtime=args.runtime,
         detector_imgsz=args.imgsz,
@@ -747,7 +757,8 @@ def report(
     say(f"Machine: {os.cpu_count()} CPUs, {gpu}; device {args.device}; torch threads {torch.get_num_threads()}")
     say(
         f"Settings: {args.images} images, batch size {args.batch_size}, imgsz {args.imgsz}, conf {args.conf},"
-        f" file_stable_s {args.file_stable_s}, log level {args.log_level}, broker {args.broker},"
+        f" server backend {args.backend}, file_stable_s {args.file_stable_s}, log level {args.log_level},"
+        f" broker {args.broker},"
         f" switch interval {sys.getswitchinterval() * 1000:g} ms, server start-up {startup:.1f} s"
     )
     say()
@@ -896,6 +907,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--runtime", default="pytorch", choices=("pytorch", "tensorrt", "onnx"), help="detector runtime, both sides"
     )
+    p.add_argument(
+        "--backend",
+        default="ultralytics",
+        choices=("ultralytics", "onnx"),
+        help="the server's detector backend; onnx (the add-on's: ONNX Runtime without torch) needs --runtime onnx",
+    )
     p.add_argument("--conf", type=float, default=0.4)
     p.add_argument("--file-stable-s", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=8, help="server warm-up files, not measured")
@@ -928,6 +945,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.images < 1 or args.batch_size < 1:
         p.error("--images and --batch-size must be ≥ 1")
+    if args.backend == "onnx" and args.runtime != "onnx":
+        p.error("--backend onnx runs the bare engine's ONNX export: give --runtime onnx")
     return args
 
 

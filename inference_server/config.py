@@ -325,6 +325,11 @@ class Settings(BaseSettings):
         " from them); letterbox: only the longer side (a 16:9 frame at half the pixels: less CPU per image,"
         " but a snapshot is drawn from the file again). Recognition (face crops) always uses cover.",
     )
+    detector_onnx_spin: bool = Field(
+        default=False,
+        description="onnx backend: let ONNX Runtime's threads spin while they wait for work (the runtime's"
+        " default). Off: they sleep at once, leaving that CPU to the server's other stages (docs/performance.md).",
+    )
     detector_batch_size: int = Field(default=4, ge=1, le=256)
     detector_batch_wait_ms: float = Field(
         default=5.0, ge=0, le=1000, description="A batch short of detector_batch_size waits this long for more jobs."

@@ -23,8 +23,15 @@ from PIL import Image
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.detector import build_detector
-from inference_server.detection.onnx_backend import ModelFormatError, OnnxDetector, decode, letterbox
+from inference_server.detection.onnx_backend import (
+    ModelFormatError,
+    OnnxDetector,
+    decode,
+    letterbox,
+    resize_bilinear,
+)
 from inference_server.domain import Detection
+from inference_server.pipeline.decode import decode as decode_picture
 from tests.support.models import COCO_CONFIDENCE, COCO_IMGSZ, coco_onnx
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -221,3 +228,32 @@ def test_the_registry_builds_the_onnx_backend_from_settings(tmp_path: Path) -> N
     assert detector.name == "onnx" and detector.describe().startswith(f"onnx:{pose_onnx().name} onnxruntime")
     with pytest.raises(ValueError, match="unknown detector_backend 'tflite'"):
         build_detector(settings.model_copy(update={"detector_backend": "tflite"}))
+
+
+def test_spinning_is_off_by_default_and_finds_the_same_people(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, detector_backend="onnx", detector_weights=pose_onnx(), detect_classes=["person"]
+    )
+    quiet = build_detector(settings)  # the default: the runtime's threads sleep when idle
+    spinning = build_detector(settings.model_copy(update={"detector_onnx_spin": True}))
+    assert isinstance(spinning, OnnxDetector) and isinstance(quiet, OnnxDetector)
+    entry = "session.intra_op.allow_spinning"
+    assert quiet._session.get_session_options().get_session_config_entry(entry) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # left at the runtime's default
+        spinning._session.get_session_options().get_session_config_entry(entry)
+    pictures = [Image.open(demo_assets.image(n)) for n in ("bus.jpg", "zidane.jpg")]
+    assert [[d.bbox for d in found] for found in quiet.detect(pictures)] == [
+        [d.bbox for d in found] for found in spinning.detect(pictures)
+    ]
+
+
+def test_a_two_to_one_letterbox_is_opencvs_resize_exactly() -> None:
+    """A 1280×720 frame (and a 2560×1440 one, decoded at 1/2) goes to 640×360: each pixel is the
+    mean of a 2×2 block, which ``Image.reduce`` computes exactly as OpenCV's INTER_LINEAR does
+    (ultralytics' letterbox), and several times faster than bilinear sampling."""
+    cv2 = pytest.importorskip("cv2")
+    picture = decode_picture(demo_assets.image("zidane.jpg"), 640)
+    assert picture.size == (1280, 720)
+    ours = np.asarray(resize_bilinear(picture, 640, 360))
+    theirs = cv2.resize(np.asarray(picture), (640, 360), interpolation=cv2.INTER_LINEAR)
+    assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
