@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -20,6 +21,26 @@ def _not_a_number(value: object) -> object:
     if isinstance(value, str) and _NUMBER.fullmatch(value):
         raise ValueError("expected an ISO 8601 date-time with a time zone, not a number")
     return value
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _plain(pattern: re.Pattern[str], what: str) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        # Pydantic reads " 5" or "5\u00a0" as 5 (it strips any Unicode space): the OpenAPI
+        # document promises an integer, so text around the digits is refused, as other junk is.
+        if isinstance(value, str) and not pattern.fullmatch(value):
+            raise ValueError(f"expected {what}")
+        return value
+
+    return check
+
+
+#: An integer or a number in a path or query string: ASCII digits only, nothing around them.
+IntParam = Annotated[int, BeforeValidator(_plain(_INTEGER, "an integer"))]
+FloatParam = Annotated[float, BeforeValidator(_plain(_DECIMAL, "a number"))]
 
 
 def _query_time(value: datetime) -> datetime:
@@ -58,24 +79,24 @@ class EventPath(_Params):
 
 
 class JobPath(_Params):
-    job_id: int = Field(ge=1, le=2**63 - 1)
+    job_id: IntParam = Field(ge=1, le=2**63 - 1)
 
 
 class Page(_Params):
-    limit: int = Field(default=50, ge=1, le=500)
+    limit: IntParam = Field(default=50, ge=1, le=500)
     cursor: str | None = Field(default=None, max_length=200, description="next_cursor of the previous page")
 
 
 class IdPage(_Params):
-    limit: int = Field(default=50, ge=1, le=500)
-    cursor: int | None = Field(default=None, ge=1, le=2**63 - 1, description="next_cursor of the previous page")
+    limit: IntParam = Field(default=50, ge=1, le=500)
+    cursor: IntParam | None = Field(default=None, ge=1, le=2**63 - 1, description="next_cursor of the previous page")
 
 
 class EventQuery(Page):
     camera: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN)
     since: DateTimeParam | None = None
     until: DateTimeParam | None = None
-    min_risk: int | None = Field(default=None, ge=0, le=100)
+    min_risk: IntParam | None = Field(default=None, ge=0, le=100)
     level: RiskLevel | None = None
     min_level: RiskLevel | None = Field(
         default=None, description="This level or higher (medium: medium, high, critical)."
@@ -102,7 +123,7 @@ class SummaryQuery(_Params):
     camera: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN)
     since: DateTimeParam | None = Field(default=None, description="Default: 24 hours before until.")
     until: DateTimeParam | None = Field(default=None, description="Default: now.")
-    top: int = Field(default=5, ge=1, le=50, description="How many of the most important events to return.")
+    top: IntParam = Field(default=5, ge=1, le=50, description="How many of the most important events to return.")
 
 
 class DigestRequest(_Params):
@@ -142,7 +163,7 @@ class DetectionQuery(IdPage):
     label: str | None = Field(default=None, max_length=64)
     since: DateTimeParam | None = None
     until: DateTimeParam | None = None
-    min_confidence: float | None = Field(default=None, ge=0, le=1)
+    min_confidence: FloatParam | None = Field(default=None, ge=0, le=1)
 
 
 class DlqQuery(IdPage):
@@ -157,9 +178,9 @@ class UploadParams(CameraPath):
 
 
 class PersonPath(_Params):
-    person_id: int = Field(ge=1, le=2**63 - 1)
+    person_id: IntParam = Field(ge=1, le=2**63 - 1)
 
 
 class EventDetectionPath(_Params):
     event_id: UUID
-    n: int = Field(ge=0, le=999, description="The detection's index in the event's `detections`.")
+    n: IntParam = Field(ge=0, le=999, description="The detection's index in the event's `detections`.")
