@@ -81,6 +81,16 @@ def _client(request: web.Request, entry_id: str, event_id: str) -> tuple[HsiClie
     return client, event
 
 
+def _upstream_failure(err: HsiError, what: str, event_id: str, passed_on: tuple[HTTPStatus, ...]) -> web.Response:
+    """The answer when the server did not give the event's ``what`` (snapshot, clip): the server's
+    own status when it is one of ``passed_on`` (the event has none, a range past its end), else 502
+    (logged: the server failed or could not be reached)."""
+    if isinstance(err, HsiApiError) and err.status in passed_on:
+        return web.Response(status=err.status)
+    _LOGGER.warning("event %s not fetched event_id=%s error=%s", what, event_id, err)
+    return web.Response(status=HTTPStatus.BAD_GATEWAY)
+
+
 class HsiEventSnapshotView(HomeAssistantView):
     """An event's snapshot, fetched from the entry's server with its key."""
 
@@ -94,14 +104,8 @@ class HsiEventSnapshotView(HomeAssistantView):
         client, event = found
         try:
             jpeg = await client.event_snapshot(event)
-        except HsiApiError as err:
-            if err.status == HTTPStatus.NOT_FOUND:
-                return web.Response(status=HTTPStatus.NOT_FOUND)
-            _LOGGER.warning("event snapshot not fetched event_id=%s error=%s", event, err)
-            return web.Response(status=HTTPStatus.BAD_GATEWAY)
         except HsiError as err:
-            _LOGGER.warning("event snapshot not fetched event_id=%s error=%s", event, err)
-            return web.Response(status=HTTPStatus.BAD_GATEWAY)
+            return _upstream_failure(err, "snapshot", event, (HTTPStatus.NOT_FOUND,))
         # Evidence: kept by the viewer only, never by a shared cache.
         return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
@@ -133,11 +137,7 @@ class HsiEventClipView(HomeAssistantView):
                     return response
                 await response.write_eof()
                 return response
-        except HsiApiError as err:
-            if err.status in (HTTPStatus.NOT_FOUND, HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE):
-                return web.Response(status=err.status)
-            _LOGGER.warning("event clip not fetched event_id=%s error=%s", event, err)
-            return web.Response(status=HTTPStatus.BAD_GATEWAY)
         except HsiError as err:
-            _LOGGER.warning("event clip not fetched event_id=%s error=%s", event, err)
-            return web.Response(status=HTTPStatus.BAD_GATEWAY)
+            return _upstream_failure(
+                err, "clip", event, (HTTPStatus.NOT_FOUND, HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            )

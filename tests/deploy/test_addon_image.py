@@ -22,6 +22,7 @@ port set up as that image sets itself up (superuser ``hsi`` with ``HSI_DB_PASSWO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import glob
 import json
@@ -148,6 +149,29 @@ def _live(http: aiohttp.ClientSession, base: str, name: str) -> Callable[[], Awa
     return live
 
 
+@contextlib.asynccontextmanager
+async def _container(
+    name: str, args: list[str], api_port: int, recorder: Recorder, tmp_path: Path
+) -> AsyncIterator[tuple[aiohttp.ClientSession, str, Callable[[], Awaitable[bool]], float]]:
+    """The container ``docker run -d --name NAME --network host ARGS`` starts, once its server
+    answers on ``api_port``: a session, the API's base URL, the server's liveness check and the
+    seconds from ``docker run`` to its first answer. On leaving: ``recorder`` closed, the
+    container's log kept in ``tmp_path``/container.log and the container removed."""
+    started = time.monotonic()
+    _docker("run", "-d", "--name", name, "--network", "host", *args)
+    base = f"http://127.0.0.1:{api_port}/api/v1"
+    try:
+        async with aiohttp.ClientSession() as http:
+            live = _live(http, base, name)
+            await _until("the server to answer", live, 300)
+            yield http, base, live, time.monotonic() - started
+    finally:
+        recorder.close()
+        logs = _docker("logs", name, check=False)
+        (tmp_path / "container.log").write_text(logs)
+        _docker("rm", "-f", name, check=False)
+
+
 async def _events(http: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> list[Any]:
     async with http.get(f"{base}/events", headers=headers) as resp:
         return list((await resp.json())["events"])
@@ -199,8 +223,7 @@ async def test_the_addon_image_finds_a_person_survives_a_restart_and_stays_lean(
     (data / "options.json").write_text(json.dumps(_options("/share/hsi/cameras", ftp_port)), encoding="utf-8")
     name = f"hsi-addon-test-{uuid.uuid4().hex[:8]}"
     recorder = Recorder(mqtt_port, user, password)
-    run = [
-        "run", "-d", "--name", name, "--network", "host",
+    args = [
         "-v", f"{data}:/data", "-v", f"{share}:/share",
         "-v", f"{ROOT / 'tests/deploy/standin/init'}:/standin-init:ro",
         "-e", f"SUPERVISOR_TOKEN={TOKEN}", "-e", f"HSI_SUPERVISOR_URL=http://127.0.0.1:{supervisor_port}",
@@ -208,51 +231,39 @@ async def test_the_addon_image_finds_a_person_survives_a_restart_and_stays_lean(
         "-e", f"HSI_API_PORT={api_port}",
         "--entrypoint", "/standin-init", IMAGE,
     ]  # fmt: skip
-    started = time.monotonic()
-    _docker(*run)
-    base = f"http://127.0.0.1:{api_port}/api/v1"
-    try:
-        async with aiohttp.ClientSession() as http:
-            live = _live(http, base, name)
-            await _until("the server to answer", live, 300)
-            ready_s = time.monotonic() - started
-            # Discovery went through the (fake) Supervisor with a working API key.
-            await _until("the discovery", lambda: asyncio.sleep(0, fake.discoveries), 120)
-            [announced] = fake.discoveries
-            assert announced["service"] == "home_security_intelligence"
-            assert announced["config"]["port"] == api_port and fake.unauthorised == 0 and not fake.refused
-            key = announced["config"]["api_key"]
-            headers = {"Authorization": f"Bearer {key}"}
-            async with http.get(f"{base}/system/status", headers=headers) as resp:
-                status = await resp.json()
-            assert resp.status == 200 and status["detector"].startswith("onnx:detector.onnx"), status
-            idle_mb = _rss_mb(name)
+    async with _container(name, args, api_port, recorder, tmp_path) as (http, base, live, ready_s):
+        # Discovery went through the (fake) Supervisor with a working API key.
+        await _until("the discovery", lambda: asyncio.sleep(0, fake.discoveries), 120)
+        [announced] = fake.discoveries
+        assert announced["service"] == "home_security_intelligence"
+        assert announced["config"]["port"] == api_port and fake.unauthorised == 0 and not fake.refused
+        key = announced["config"]["api_key"]
+        headers = {"Authorization": f"Bearer {key}"}
+        async with http.get(f"{base}/system/status", headers=headers) as resp:
+            status = await resp.json()
+        assert resp.status == 200 and status["detector"].startswith("onnx:detector.onnx"), status
+        idle_mb = _rss_mb(name)
 
-            camera = share / "hsi" / "cameras" / "front"
-            stored = await _an_event_from_a_real_image(http, base, headers, camera, recorder)
-            loaded_mb = _rss_mb(name)
+        camera = share / "hsi" / "cameras" / "front"
+        stored = await _an_event_from_a_real_image(http, base, headers, camera, recorder)
+        loaded_mb = _rss_mb(name)
 
-            # Restart: the database in /data survives, and the server comes back with it.
-            _docker("stop", "-t", "60", name, timeout=90)
-            _docker("start", name)
-            await _until("the server after the restart", live, 300)
-            after = await _events(http, base, headers)
-            assert [e["id"] for e in after] == [stored["id"]]
-            # Open Web UI's page (ingress_entry) lists it.
-            async with http.get(f"{base}/ui", headers=headers) as resp:
-                page = await resp.text()
-            assert resp.status == 200 and "onnx:detector.onnx" in page and stored["summary"][:20] in page
-        size_mb = int(_docker("image", "inspect", "-f", "{{.Size}}", IMAGE)) / 1e6
-        figures = {"image_mb": round(size_mb), "cold_start_to_live_s": round(ready_s, 1)}
-        figures |= {"idle_rss_mb": round(idle_mb), "after_one_image_rss_mb": round(loaded_mb)}
-        print(f"addon-image figures: {json.dumps(figures)}")
-        assert size_mb <= 1500, figures
-        assert idle_mb <= 500, figures
-    finally:
-        recorder.close()
-        logs = _docker("logs", name, check=False)
-        (tmp_path / "container.log").write_text(logs)
-        _docker("rm", "-f", name, check=False)
+        # Restart: the database in /data survives, and the server comes back with it.
+        _docker("stop", "-t", "60", name, timeout=90)
+        _docker("start", name)
+        await _until("the server after the restart", live, 300)
+        after = await _events(http, base, headers)
+        assert [e["id"] for e in after] == [stored["id"]]
+        # Open Web UI's page (ingress_entry) lists it.
+        async with http.get(f"{base}/ui", headers=headers) as resp:
+            page = await resp.text()
+        assert resp.status == 200 and "onnx:detector.onnx" in page and stored["summary"][:20] in page
+    size_mb = int(_docker("image", "inspect", "-f", "{{.Size}}", IMAGE)) / 1e6
+    figures = {"image_mb": round(size_mb), "cold_start_to_live_s": round(ready_s, 1)}
+    figures |= {"idle_rss_mb": round(idle_mb), "after_one_image_rss_mb": round(loaded_mb)}
+    print(f"addon-image figures: {json.dumps(figures)}")
+    assert size_mb <= 1500, figures
+    assert idle_mb <= 500, figures
 
 
 # --- compose.yaml's server image (the Dockerfile's `gpu` target) ----------------------------------
@@ -377,65 +388,52 @@ async def test_the_compose_server_image_finds_a_person_and_survives_a_restart(
     }
     name = f"hsi-server-test-{uuid.uuid4().hex[:8]}"
     recorder = Recorder(compose_mosquitto, "homeassistant", PASSWORDS["HSI_MQTT_READER_PASSWORD"])
-    run = ["run", "-d", "--name", name, "--network", "host"]
-    run += ["-v", f"{data}:/data", "-v", f"{cameras}:/cameras", "-v", f"{models}:/models:ro"]
+    args = ["-v", f"{data}:/data", "-v", f"{cameras}:/cameras", "-v", f"{models}:/models:ro"]
     for key, value in env.items():
-        run += ["-e", f"{key}={value}"]
-    run += ["--entrypoint", entrypoint[0], IMAGE, *entrypoint[1:]]
-    started = time.monotonic()
-    _docker(*run)
-    base = f"http://127.0.0.1:{api_port}/api/v1"
-    try:
-        async with aiohttp.ClientSession() as http:
-            live = _live(http, base, name)
-            await _until("the server to answer", live, 300)
-            ready_s = time.monotonic() - started
-            # The key as docs/install.md makes it (docker compose exec server ... apikey create).
-            key = _docker("exec", name, entrypoint[0], "-m", "inference_server", "apikey", "create", "homeassistant")
-            headers = {"Authorization": f"Bearer {key.splitlines()[-1]}"}
-            async with http.get(f"{base}/system/status", headers=headers) as resp:
-                status = await resp.json()
-            detector = f"ultralytics:{weights.name} "
-            assert resp.status == 200 and status["detector"].startswith(detector) and " cpu " in status["detector"]
-            idle_mb = _rss_mb(name)
+        args += ["-e", f"{key}={value}"]
+    args += ["--entrypoint", entrypoint[0], IMAGE, *entrypoint[1:]]
+    async with _container(name, args, api_port, recorder, tmp_path) as (http, base, live, ready_s):
+        # The key as docs/install.md makes it (docker compose exec server ... apikey create).
+        key = _docker("exec", name, entrypoint[0], "-m", "inference_server", "apikey", "create", "homeassistant")
+        headers = {"Authorization": f"Bearer {key.splitlines()[-1]}"}
+        async with http.get(f"{base}/system/status", headers=headers) as resp:
+            status = await resp.json()
+        detector = f"ultralytics:{weights.name} "
+        assert resp.status == 200 and status["detector"].startswith(detector) and " cpu " in status["detector"]
+        idle_mb = _rss_mb(name)
 
-            first_image = time.monotonic()
-            stored = await _an_event_from_a_real_image(http, base, headers, cameras / "front", recorder)
-            event_s = time.monotonic() - first_image
-            loaded_mb = _rss_mb(name)
-            snapshot_url = f"{base}/events/{stored['id']}/snapshot.jpg"
+        first_image = time.monotonic()
+        stored = await _an_event_from_a_real_image(http, base, headers, cameras / "front", recorder)
+        event_s = time.monotonic() - first_image
+        loaded_mb = _rss_mb(name)
+        snapshot_url = f"{base}/events/{stored['id']}/snapshot.jpg"
 
-            async def snapshot() -> bytes:
-                async with http.get(snapshot_url, headers=headers) as resp:
-                    return await resp.read() if resp.status == 200 else b""
+        async def snapshot() -> bytes:
+            async with http.get(snapshot_url, headers=headers) as resp:
+                return await resp.read() if resp.status == 200 else b""
 
-            before = await _until("the event's snapshot", snapshot, 60)
+        before = await _until("the event's snapshot", snapshot, 60)
 
-            # Restart the server's container and PostgreSQL (docker compose restart): the rows in
-            # PostgreSQL and the files in /data survive, and the server comes back to both.
-            stopping = time.monotonic()
-            _docker("stop", "-t", "60", name, timeout=90)
-            stop_s = time.monotonic() - stopping
-            compose_postgres.stop()
-            compose_postgres.start()
-            restarted = time.monotonic()
-            _docker("start", name)
-            await _until("the server after the restart", live, 300)
-            warm_s = time.monotonic() - restarted
-            after = await _events(http, base, headers)
-            assert [e["id"] for e in after] == [stored["id"]]
-            assert await snapshot() == before
-            async with http.get(f"{base}/ui", headers=headers) as resp:
-                page = await resp.text()
-            assert resp.status == 200 and detector.strip() in page and stored["summary"][:20] in page
-        size_mb = int(_docker("image", "inspect", "-f", "{{.Size}}", IMAGE)) / 1e6
-        figures = {"image_mb": round(size_mb), "cold_start_to_live_s": round(ready_s, 1)}
-        figures |= {"idle_rss_mb": round(idle_mb), "after_one_image_rss_mb": round(loaded_mb)}
-        figures |= {"image_to_event_s": round(event_s, 1), "stop_s": round(stop_s, 1)}
-        figures |= {"restart_to_live_s": round(warm_s, 1), "detector": status["detector"]}
-        print(f"gpu-image figures: {json.dumps(figures)}")
-    finally:
-        recorder.close()
-        logs = _docker("logs", name, check=False)
-        (tmp_path / "container.log").write_text(logs)
-        _docker("rm", "-f", name, check=False)
+        # Restart the server's container and PostgreSQL (docker compose restart): the rows in
+        # PostgreSQL and the files in /data survive, and the server comes back to both.
+        stopping = time.monotonic()
+        _docker("stop", "-t", "60", name, timeout=90)
+        stop_s = time.monotonic() - stopping
+        compose_postgres.stop()
+        compose_postgres.start()
+        restarted = time.monotonic()
+        _docker("start", name)
+        await _until("the server after the restart", live, 300)
+        warm_s = time.monotonic() - restarted
+        after = await _events(http, base, headers)
+        assert [e["id"] for e in after] == [stored["id"]]
+        assert await snapshot() == before
+        async with http.get(f"{base}/ui", headers=headers) as resp:
+            page = await resp.text()
+        assert resp.status == 200 and detector.strip() in page and stored["summary"][:20] in page
+    size_mb = int(_docker("image", "inspect", "-f", "{{.Size}}", IMAGE)) / 1e6
+    figures = {"image_mb": round(size_mb), "cold_start_to_live_s": round(ready_s, 1)}
+    figures |= {"idle_rss_mb": round(idle_mb), "after_one_image_rss_mb": round(loaded_mb)}
+    figures |= {"image_to_event_s": round(event_s, 1), "stop_s": round(stop_s, 1)}
+    figures |= {"restart_to_live_s": round(warm_s, 1), "detector": status["detector"]}
+    print(f"gpu-image figures: {json.dumps(figures)}")

@@ -45,6 +45,12 @@ def sample(name: str) -> dict[str, Any]:
 @pytest.fixture
 async def entry(hass: HomeAssistant, mqtt_mock: Any, aioclient_mock: AiohttpClientMocker) -> MockConfigEntry:
     """An entry set up against a mocked server (REST) with one camera, "back_door"."""
+    return await set_up_entry(hass, aioclient_mock)
+
+
+async def set_up_entry(hass: HomeAssistant, aioclient_mock: AiohttpClientMocker) -> MockConfigEntry:
+    """What the ``entry`` fixture does, for a test that must act first (e.g. seed Home Assistant's
+    restore cache, which is read when the entry is set up); the test asks for ``mqtt_mock`` itself."""
     aioclient_mock.get(f"{URL}/api/v1/system/status", json=sample("status.json"))
     aioclient_mock.get(
         f"{URL}/api/v1/cameras",

@@ -24,9 +24,8 @@ from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClien
 from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
 from custom_components.home_security_intelligence.alerts import recognised_people, unfamiliar_face
-from custom_components.home_security_intelligence.const import DOMAIN
 
-from .conftest import KEY, URL, call_service, camera_online, publish, sample
+from .conftest import call_service, camera_online, publish, sample, set_up_entry
 from .server import RealServer, server_file
 from .test_blueprint import BLUEPRINT, _set_up_with_blueprint
 
@@ -174,15 +173,7 @@ async def test_last_recognised_person_survives_a_home_assistant_restart_and_a_re
     mock_restore_cache_with_extra_data(
         hass, [(State(sensor, "Anna"), {"native_value": "Anna", "native_unit_of_measurement": None})]
     )
-    aioclient_mock.get(f"{URL}/api/v1/system/status", json=sample("status.json"))
-    aioclient_mock.get(
-        f"{URL}/api/v1/cameras",
-        json={"cameras": [{"id": "back_door", "name": "Back door", "folder": "back_door", "enabled": True}]},
-    )
-    entry = MockConfigEntry(domain=DOMAIN, unique_id="hsi", data={"url": URL, "api_key": KEY, "prefix": "hsi"})
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+    entry = await set_up_entry(hass, aioclient_mock)
     await camera_online(hass)
     assert hass.states.get(sensor).state == "Anna"  # restored: the server keeps no "last recognised"
 
