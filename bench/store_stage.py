@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.roundtrips import RoundTrips
 from bench.soak import tagged_jpeg
 from inference_server import demo_assets
 from inference_server.clock import SystemClock
@@ -60,38 +61,6 @@ async def store_pipeline(
 
 
 NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-
-
-class RoundTrips:
-    """Counts the statements sent to PostgreSQL (each one round trip), while entered: asyncpg's
-    prepared-statement path and its simple-query path (``execute`` without arguments: BEGIN,
-    COMMIT, NOTIFY)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __enter__(self) -> RoundTrips:
-        self._do_execute = asyncpg.connection.Connection._do_execute
-        self._execute = asyncpg.connection.Connection.execute
-        counter = self
-        do_execute, execute = self._do_execute, self._execute
-
-        def counted_do_execute(conn: Any, *a: Any, **kw: Any) -> Any:
-            counter.count += 1
-            return do_execute(conn, *a, **kw)
-
-        async def counted_execute(conn: Any, query: str, *args: Any, **kw: Any) -> Any:
-            if not args:
-                counter.count += 1
-            return await execute(conn, query, *args, **kw)
-
-        asyncpg.connection.Connection._do_execute = counted_do_execute  # type: ignore[method-assign]
-        asyncpg.connection.Connection.execute = counted_execute  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        asyncpg.connection.Connection._do_execute = self._do_execute  # type: ignore[method-assign]
-        asyncpg.connection.Connection.execute = self._execute  # type: ignore[method-assign]
 
 
 async def _run(pg_uri: str, work: Path, detector: UltralyticsDetector, args: argparse.Namespace, k: int) -> float:

@@ -110,6 +110,12 @@ class LlmSettings(BaseModel):
         " json_object for llama-cpp-python's server (python -m llama_cpp.server).",
     )
     n_ctx: int = Field(default=4096, ge=512, description="Context window in tokens (llamacpp).")
+    kv_cache_type: Literal["f16", "q8_0"] = Field(
+        default="q8_0",
+        description="Precision of the KV cache (llamacpp): q8_0 holds the context in about half the memory of"
+        " f16 (-42 MB at n_ctx 4096 for SmolLM2-135M, far more for a 3-8 B model) at the same speed, with"
+        " flash attention on; f16 for a build whose flash attention is missing.",
+    )
     n_threads: int | None = Field(default=None, ge=1, description="CPU threads (llamacpp); unset: half the cores.")
     n_gpu_layers: Literal["auto"] | int = Field(
         default="auto",
@@ -327,8 +333,25 @@ class Settings(BaseSettings):
     )
     detector_onnx_spin: bool = Field(
         default=False,
-        description="onnx backend: let ONNX Runtime's threads spin while they wait for work (the runtime's"
+        description="ONNX Runtime on the CPU (the onnx backend, and ultralytics running an .onnx): let its"
+        " threads spin while they wait for work (the runtime's"
         " default). Off: they sleep at once, leaving that CPU to the server's other stages (docs/performance.md).",
+    )
+    outbox_gather_ms: float = Field(
+        default=10.0,
+        ge=0,
+        le=1000,
+        description="Once woken by a commit, the MQTT relay waits this long before it sends, so that the stores"
+        " of one inferred batch (a transaction per camera) go out in one pass (4 statements) instead of one"
+        " pass each. Adds at most this much to an alert's latency; 0: send at once.",
+    )
+    malloc_arena_max: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="glibc malloc arenas for the server's threads (0: glibc's default, 8 per core). Each busy"
+        " thread otherwise gets an arena of its own that keeps what it once held: 2 saves 30-50 MB of RSS"
+        " (docs/performance.md). The MALLOC_ARENA_MAX environment variable, when set, wins.",
     )
     detector_batch_size: int = Field(default=4, ge=1, le=256)
     detector_batch_wait_ms: float = Field(

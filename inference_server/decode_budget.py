@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -125,21 +126,41 @@ def jpeg_coefficient_bytes(width: int, height: int, components: int) -> int:
     return width * height * components * 2
 
 
-def _load_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _libc(name: str, argtypes: list[type[ctypes.c_int] | type[ctypes.c_size_t]]) -> Callable[..., int] | None:
+    """A glibc function, or None where the C library is another (musl, macOS)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        func = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        func = getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
         return None
-    func.argtypes = [ctypes.c_size_t]
+    func.argtypes = argtypes
     func.restype = ctypes.c_int
-    trim: Callable[[int], int] = func
-    return trim
+    found: Callable[..., int] = func
+    return found
 
 
-_malloc_trim = _load_trim()
+_malloc_trim = _libc("malloc_trim", [ctypes.c_size_t])
+
+#: mallopt's parameter number for the arena limit (glibc's malloc.h).
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(count: int) -> str:
+    """Cap glibc's malloc arenas (``malloc_arena_max``) before the server starts its threads:
+    by default every thread that allocates while another holds the lock gets an arena of its
+    own (up to 8 per core) that keeps its peak. Returns what applies, for the log."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return f"MALLOC_ARENA_MAX={os.environ['MALLOC_ARENA_MAX']} (environment)"
+    if count == 0:
+        return "glibc default"
+    mallopt = _libc("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
+        return "not glibc: unchanged"
+    if mallopt(_M_ARENA_MAX, count) != 1:
+        return "mallopt refused: unchanged"
+    return str(count)
 
 
 def trim_heap() -> None:

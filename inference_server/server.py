@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from aiohttp import web
 
-from inference_server import __version__
+from inference_server import __version__, decode_budget
 from inference_server.api.app import build_app, build_runner
 from inference_server.api.deps import ApiContext, ReadinessCheck
 from inference_server.clock import Clock, SystemClock
@@ -155,6 +155,7 @@ class Server:
         broker, the job queue, the detector, the API, the publisher and background tasks, ingest,
         then the pipeline's workers."""
         s = self.settings
+        log.info("malloc arenas=%s", decode_budget.limit_malloc_arenas(s.malloc_arena_max))
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.topics = Topics(s.mqtt_prefix)
         self.pool, self._embedded_pg = await open_database(s)
@@ -189,7 +190,7 @@ class Server:
         await self._load_recognition(s)
         await self._start_api(runs_api)
         publisher = await self._start_publisher()
-        self._spawn(OutboxRelay(self.pool, publisher).run(self._stop), "relay")
+        self._spawn(OutboxRelay(self.pool, publisher, gather_s=s.outbox_gather_ms / 1000).run(self._stop), "relay")
         self._spawn(self._republish_states(), "camera-states")
         self._spawn(self._publish_status(), "status")
         self._spawn(RetentionWorker(self.pool, s).run(self._stop), "retention")
@@ -339,7 +340,7 @@ class Server:
         if not self.vram.gpu_present or resolve_gpu_layers(llm.n_gpu_layers) == 0 or not llm.model_path.exists():
             self.vram.loaded("llm", "cpu", before_mb=None, estimate_mb=None)
             return llm
-        need = llm_need_mb(llm.model_path, llm.n_ctx)
+        need = llm_need_mb(llm.model_path, llm.n_ctx, llm.kv_cache_type)
         if (refusal := self.vram.admit("llm", need)) is not None:
             self.vram.refused("llm", refusal, fallback_device="cpu")
             return llm.model_copy(update={"n_gpu_layers": 0})

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from inference_server.config import Settings
+from inference_server.decode_budget import trim_heap
 from inference_server.detection.detector import DetectorModelMissing, register_detector
 from inference_server.detection.runtime import (
     Hardware,
@@ -95,8 +96,10 @@ class UltralyticsDetector:
         max_batch: int = 8,
         workspace_gb: float = 4.0,
         hardware: Hardware | None = None,
+        onnx_spin: bool = False,
     ) -> None:
         YOLO = _import_yolo()
+        self.onnx_spin = onnx_spin
 
         if not weights.exists():
             raise DetectorModelMissing(
@@ -261,6 +264,34 @@ class UltralyticsDetector:
 
     def warmup(self) -> None:
         self.detect([Image.new("RGB", (self.imgsz, self.imgsz))])
+        if not self.onnx_spin and _stop_onnx_spinning(self._model):
+            log.info("detector onnx runtime threads sleep when idle (detector_onnx_spin false)")
+
+
+def _stop_onnx_spinning(model: Any) -> bool:
+    """ultralytics builds its ONNX Runtime session without options, so the runtime's pool threads
+    busy-wait between parallel sections: on a small CPU that takes what decoding, storing and
+    PostgreSQL need (the onnx backend's ``detector_onnx_spin``, docs/performance.md). Once the
+    predictor exists (after the first ``predict``), a CPU session is built again from the same
+    file with spinning off. Other providers (CUDA, TensorRT, OpenVINO) are left as they are.
+    True when it was rebuilt."""
+    import onnxruntime as ort
+
+    backend: Any = getattr(getattr(getattr(model, "predictor", None), "model", None), "backend", None)
+    session = getattr(backend, "session", None)
+    path = getattr(model, "model_name", None)  # the file YOLO() was given: the .onnx here
+    if (
+        not isinstance(session, ort.InferenceSession)
+        or session.get_providers() != ["CPUExecutionProvider"]
+        or not (isinstance(path, str) and path.endswith(".onnx"))
+    ):
+        return False
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    backend.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    trim_heap()
+    return True
 
 
 def _keypoints(keypoints: Any, count: int) -> list[tuple[tuple[float, float, float], ...] | None]:
@@ -288,4 +319,5 @@ def _build(settings: Settings) -> UltralyticsDetector:
         cache_dir=settings.data_dir / "models",
         max_batch=settings.detector_batch_size,
         workspace_gb=settings.tensorrt_workspace_gb,
+        onnx_spin=settings.detector_onnx_spin,
     )

@@ -42,9 +42,13 @@ def embedder_need_mb(model: Path, crops: int) -> float:
     return round(ORT_SESSION_OVERHEAD_MB + 4 * weights_mb + crops * EMBEDDER_MB_PER_CROP, 1)
 
 
-def llm_need_mb(model_path: Path, n_ctx: int) -> float:
+#: KV cache MB per token of context for a 3-8 B model in f16; q8_0 stores 8.5 bits a value.
+_KV_MB_PER_TOKEN = {"f16": 0.25, "q8_0": 0.25 * 8.5 / 16}
+
+
+def llm_need_mb(model_path: Path, n_ctx: int, kv_cache_type: str) -> float:
     """A GGUF's tensors as stored, 20 % for compute buffers, and a KV cache of ``n_ctx`` tokens."""
-    return round(model_path.stat().st_size / 2**20 * 1.2 + n_ctx * 0.25, 1)
+    return round(model_path.stat().st_size / 2**20 * 1.2 + n_ctx * _KV_MB_PER_TOKEN[kv_cache_type], 1)
 
 
 class VramBudget:

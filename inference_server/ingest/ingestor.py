@@ -80,6 +80,10 @@ def printable(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace").replace("\x00", "\\0")
 
 
+#: Folders whose camera id the ingestor keeps (it forgets them all past this).
+_FOLDER_IDS_KEPT = 1024
+
+
 class UnknownCamera(LookupError):
     """Upload for a camera id that does not exist."""
 
@@ -126,6 +130,9 @@ class Ingestor:
         self.queue = queue
         self.root = settings.cameras_path.resolve()
         self.tz = ZoneInfo(settings.camera_timezone)
+        #: Folder → camera id, learned from the files stored: a known folder's next file is one
+        #: statement that checks the id is still the folder's (``_insert``), no look-up first.
+        self._folder_ids: dict[str, str] = {}
         self.limits = ImageLimits(
             settings.max_image_bytes,
             settings.max_image_pixels,
@@ -171,7 +178,14 @@ class Ingestor:
         return None
 
     async def _camera_id_for_folder(self, folder: str) -> str:
+        if (known := self._folder_ids.get(folder)) is not None:
+            return known
         return await cameras.id_for_folder(self.pool, printable(folder), camera_id_candidates(folder))
+
+    def _remember(self, folder: str, camera_id: str) -> None:
+        if len(self._folder_ids) >= _FOLDER_IDS_KEPT:
+            self._folder_ids.clear()  # folders are cameras: thousands only from a hostile uploader
+        self._folder_ids[folder] = camera_id
 
     async def _ingest_file(self, path: Path) -> IngestResult:
         started = metrics.now()
@@ -588,24 +602,35 @@ class Ingestor:
         source: str,
     ) -> tuple[int | None, int | None, str]:
         """Image row and job in one transaction; (image id or None if a duplicate, job id, camera id)."""
+        new_image = images.NewImage(
+            camera_id=camera_id,
+            sha256=loaded.sha256,
+            path=str(stored),
+            source=source,
+            original_name=original_name,
+            media_type=loaded.info.media_type,
+            width=loaded.info.width,
+            height=loaded.info.height,
+            size_bytes=len(loaded.data),
+            captured_at=captured_at,
+            captured_at_source=captured_at_source,
+        )
+        if folder is not None and self._folder_ids.get(folder) == camera_id:
+            # A known folder: one statement, which inserts only while the camera is still the
+            # folder's and enabled (the transaction below checks the same, in four round trips).
+            enabled, image_id, job_id = await self.queue.enqueue_folder_image(self.pool, new_image, printable(folder))
+            if enabled is None:
+                # Deleted, or the folder re-registered under another id, since it was learned.
+                self._folder_ids.pop(folder, None)
+                raise CameraIdConflict(camera_id)
+            if not enabled:
+                raise CameraDisabled(camera_id)
+            return image_id, job_id, camera_id
         async with self.pool.acquire() as conn, conn.transaction():
             camera = await self._camera_in(conn, camera_id, folder)
-            image_id, job_id = await self.queue.enqueue_image(
-                conn,
-                images.NewImage(
-                    camera_id=camera.id,
-                    sha256=loaded.sha256,
-                    path=str(stored),
-                    source=source,
-                    original_name=original_name,
-                    media_type=loaded.info.media_type,
-                    width=loaded.info.width,
-                    height=loaded.info.height,
-                    size_bytes=len(loaded.data),
-                    captured_at=captured_at,
-                    captured_at_source=captured_at_source,
-                ),
-            )
+            image_id, job_id = await self.queue.enqueue_image(conn, new_image)
+        if folder is not None:
+            self._remember(folder, camera.id)
         return image_id, job_id, camera.id
 
     async def _quarantine(

@@ -26,6 +26,12 @@ from inference_server.store.db import Listener
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "hsi_jobs"
+#: The job of the image inserted by a CTE named ``image`` (camera $1, attempts $14), and the
+#: workers woken when it commits: the tail of the enqueue statements.
+_JOB_AND_WAKE = (
+    "job AS (INSERT INTO jobs (image_id, camera_id, max_attempts) SELECT id, $1, $14 FROM image RETURNING id),"
+    f" woken AS (SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM job)"
+)
 
 
 class LeaseLost(RuntimeError):
@@ -89,9 +95,7 @@ class JobQueue:
         caller's transaction: (image id, job id), or (None, None) when the camera already has
         these bytes (nothing inserted, nobody woken)."""
         row = await conn.fetchrow(
-            f"WITH image AS ({images.INSERT}),"
-            " job AS (INSERT INTO jobs (image_id, camera_id, max_attempts) SELECT id, $1, $14 FROM image RETURNING id),"
-            f" woken AS (SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM job)"
+            f"WITH image AS ({images.INSERT}), {_JOB_AND_WAKE}"
             " SELECT (SELECT id FROM image) AS image_id, (SELECT id FROM job) AS job_id,"
             " (SELECT count(*) FROM woken) AS woken",
             *images.insert_args(image),
@@ -99,6 +103,26 @@ class JobQueue:
         )
         assert row is not None
         return row["image_id"], row["job_id"]
+
+    async def enqueue_folder_image(
+        self, pool: asyncpg.Pool, image: images.NewImage, folder: str
+    ) -> tuple[bool | None, int | None, int | None]:
+        """A camera folder's next image in one statement (no transaction around it): inserted
+        with its job, and the workers woken, only while ``image.camera_id`` is still the camera of
+        ``folder`` and enabled. (enabled, image id, job id): enabled None when it is not that
+        folder's camera any more (nothing inserted), False when it is switched off (nothing
+        inserted), True with (None, None) for bytes the camera already has."""
+        row = await pool.fetchrow(
+            "WITH camera AS (SELECT enabled FROM cameras WHERE id = $1 AND folder = $15),"
+            f" image AS ({images.insert_if('(SELECT enabled FROM camera)')}), {_JOB_AND_WAKE}"
+            " SELECT (SELECT enabled FROM camera) AS enabled, (SELECT id FROM image) AS image_id,"
+            " (SELECT id FROM job) AS job_id, (SELECT count(*) FROM woken) AS woken",
+            *images.insert_args(image),
+            self.policy.max_attempts,
+            folder,
+        )
+        assert row is not None
+        return row["enabled"], row["image_id"], row["job_id"]
 
     # --- consumer side -------------------------------------------------------------------
     async def listen(self) -> None:

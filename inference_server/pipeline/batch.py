@@ -189,7 +189,8 @@ class BatchStage:
             if any(g.risk_score + self.rules.batch_headroom(g) >= self.alert_score for g in glances):
                 # ...unless its history could lift it to the alert level: then the batch is judged
                 # now, and an alert-worthy judgement opens the event at once, whatever the confidence.
-                judged = await self.judge(conn, batch, camera_name, zones)
+                observed = await self.observe(conn, batch, camera_name, zones, (latest.captured_at, household))
+                judged = self.judge(observed)
                 assessment = judged.assessment
                 if assessment.risk_score >= self.alert_score:
                     opens = f"judged {assessment.risk_level}"
@@ -201,7 +202,7 @@ class BatchStage:
                 messages += await self._snapshots.messages(camera_id, latest.snapshot, always=False)
                 return messages
         else:
-            judged = await self.judge(conn, batch, camera_name, zones)
+            judged = self.judge(await self.observe(conn, batch, camera_name, zones))
         metrics.STAGE.labels("reason").observe((metrics.now() - started) / len(seen))
         changed = True
         if batch.event_id is None:
@@ -322,7 +323,7 @@ class BatchStage:
         if camera is None:  # deleted meanwhile: its events went with it
             await batches.close(conn, batch.id, now)
             return messages
-        judged = await self.judge(conn, batch, camera.name, camera.zones)
+        judged = self.judge(await self.observe(conn, batch, camera.name, camera.zones))
         continues = self._continues(batch, now)
         event_id = batch.event_id
         if event_id is None:
@@ -370,23 +371,30 @@ class BatchStage:
         return messages
 
     # --- judging -------------------------------------------------------------------------------
-    async def judge(
-        self, conn: asyncpg.Connection, batch: batches.Batch, camera_name: str, zones: Sequence[Zone]
-    ) -> Judged:
-        observation, image_id = await self.observe(conn, batch, camera_name, zones)
+    def judge(self, observed: tuple[Observation, int]) -> Judged:
+        """The rules' judgement of an observed batch (``observe``)."""
+        observation, image_id = observed
         assessment = self.rules.assess_now(observation)
         labels = frozenset(d.label for d in observation.detections)
         return Judged(observation, assessment, image_id, labels)
 
     async def observe(
-        self, conn: asyncpg.Connection, batch: batches.Batch, camera_name: str, zones: Sequence[Zone]
+        self,
+        conn: asyncpg.Connection,
+        batch: batches.Batch,
+        camera_name: str,
+        zones: Sequence[Zone],
+        household: tuple[datetime, ContextState] | None = None,
     ) -> tuple[Observation, int]:
-        """Everything the reasoners need about a batch, and the image that best shows it."""
+        """Everything the reasoners need about a batch, and the image that best shows it.
+        ``household``: the context the caller read for a capture time, used when that is the
+        batch's latest."""
         rows = await batches.detections(conn, batch.id)
         if not rows:
             raise RuntimeError(f"batch {batch.id} has no detections")
         detections = [Detection(r.label, r.confidence, r.bbox) for r in rows]
-        known = await people.identities(conn, [r.detection_id for r in rows])
+        identified = [r.detection_id for r in rows if r.identified]
+        known = await people.identities(conn, identified) if identified else {}
         per_image: dict[int, Counter[str]] = defaultdict(Counter)
         for r in rows:
             per_image[r.image_id][r.label] += 1
@@ -408,8 +416,20 @@ class BatchStage:
         local = last_seen.astimezone(self.tz)
         # The household as it was when the batch's latest image was taken (a late upload is judged
         # with the context of its capture time, not today's); the LLM phase reads the same.
-        ctx_state = await context.for_capture(conn, last_seen)
+        if household is None or household[0] != last_seen:
+            ctx_state = await context.for_capture(conn, last_seen)
+        else:
+            ctx_state = household[1]  # the caller read it for this very capture time
         top = max((r for r in rows if category_of(r.label) == top_category), key=lambda r: r.confidence)
+        past = await activity.history(
+            conn,
+            batch.camera_id,
+            local,
+            batch_id=batch.id,
+            visits_since=batch.opened_at - _VISIT_WINDOW,
+            zone=top.zones[0] if top.zones else "",
+            label=top.label,
+        )
         observation = Observation(
             camera_id=batch.camera_id,
             camera_name=camera_name,
@@ -423,13 +443,9 @@ class BatchStage:
             frames=sum(any(category_of(lbl) == top_category for lbl in c) for c in per_image.values()),
             first_seen=first_seen,
             last_seen=last_seen,
-            baseline=await activity.baseline(conn, batch.camera_id, local.date(), local.hour),
-            recent_visits=await batches.recent_person_visits(
-                conn, batch.camera_id, batch.id, batch.opened_at - _VISIT_WINDOW
-            ),
-            feedback=await activity.feedback(
-                conn, batch.camera_id, top.zones[0] if top.zones else "", top.label, local.hour
-            ),
+            baseline=past.baseline,
+            recent_visits=past.recent_visits,
+            feedback=past.feedback,
             identities=[known.get(r.detection_id) for r in rows] if known else (),
             enrolled_people=await people.enrolled_count(conn) if known else 0,
         )

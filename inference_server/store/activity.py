@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Iterable
-from datetime import date, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 
 import asyncpg
 
 from inference_server.domain import FeedbackCounts
+from inference_server.store import batches
 
 BASELINE_DAYS = 14
 #: Days of history (before today) needed before "unusual for this hour" is judged at all.
@@ -38,28 +41,25 @@ async def record_images(
     )
 
 
-async def baseline(conn: asyncpg.Connection, camera_id: str, today: date, hour: int) -> dict[str, float] | None:
-    """Average images per hour with each label at ``hour`` over the last BASELINE_DAYS days
-    before ``today``; None while fewer than MIN_DAYS_LEARNED days of history exist."""
-    start = today - timedelta(days=BASELINE_DAYS)
-    days = await conn.fetchval(
-        "SELECT count(DISTINCT day) FROM activity_hourly WHERE camera_id = $1 AND day >= $2 AND day < $3",
-        camera_id,
-        start,
-        today,
+def _baseline_columns(camera: str, start: str, today: str, hour: str) -> str:
+    """The baseline's two columns, for SQL parameters named by the arguments: the days of history
+    and each label's images at the hour over them (JSON)."""
+    return (
+        f"(SELECT count(DISTINCT day) FROM activity_hourly WHERE camera_id = {camera} AND day >= {start}"
+        f" AND day < {today}) AS baseline_days,"
+        " (SELECT json_object_agg(label, n) FROM (SELECT label, sum(images) AS n FROM activity_hourly"
+        f" WHERE camera_id = {camera} AND hour = {hour} AND day >= {start} AND day < {today} GROUP BY label) t)"
+        " AS baseline_counts"
     )
+
+
+def _baseline_of(row: asyncpg.Record) -> dict[str, float] | None:
+    days: int = row["baseline_days"]
     if days < MIN_DAYS_LEARNED:
         return None
-    rows = await conn.fetch(
-        "SELECT label, sum(images) AS n FROM activity_hourly"
-        " WHERE camera_id = $1 AND hour = $2 AND day >= $3 AND day < $4 GROUP BY label",
-        camera_id,
-        hour,
-        start,
-        today,
-    )
     span = min(BASELINE_DAYS, max(days, 1))
-    return {r["label"]: round(r["n"] / span, 3) for r in rows}
+    counts: dict[str, int] = row["baseline_counts"] or {}  # JSON, decoded by the pool's codec (store/db.py)
+    return {label: round(n / span, 3) for label, n in counts.items()}
 
 
 async def add_feedback(
@@ -76,18 +76,62 @@ async def add_feedback(
     )
 
 
-async def feedback(conn: asyncpg.Connection, camera_id: str, zone: str, label: str, hour: int) -> FeedbackCounts:
-    row = await conn.fetchrow(
-        "SELECT false_alarm, correct, missed_threat FROM feedback_stats"
-        " WHERE camera_id = $1 AND zone = $2 AND label = $3 AND hour = $4",
-        camera_id,
-        zone,
-        label,
-        hour,
+def _feedback_join(camera: str, zone: str, label: str, hour: str) -> str:
+    """A ``FROM`` that gives one row, with the feedback counts when there are any (else NULLs)."""
+    return (
+        "FROM (VALUES (1)) AS one LEFT JOIN feedback_stats f"
+        f" ON f.camera_id = {camera} AND f.zone = {zone} AND f.label = {label} AND f.hour = {hour}"
     )
-    if row is None:
+
+
+def _feedback_of(row: asyncpg.Record) -> FeedbackCounts:
+    if row["false_alarm"] is None:
         return FeedbackCounts()
     return FeedbackCounts(row["false_alarm"], row["correct"], row["missed_threat"])
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the rules weigh about a camera besides the batch itself."""
+
+    baseline: dict[str, float] | None
+    recent_visits: int
+    feedback: FeedbackCounts
+
+
+async def history(
+    conn: asyncpg.Connection,
+    camera_id: str,
+    local: datetime,
+    *,
+    batch_id: uuid.UUID,
+    visits_since: datetime,
+    zone: str,
+    label: str,
+) -> History:
+    """What the rules weigh besides the batch, in one round trip (a judgement asks for every group
+    of images whose history could lift it to the alert level):
+
+    - ``baseline``: average images per hour with each label at ``local``'s hour over the last
+      BASELINE_DAYS days before its day; None while fewer than MIN_DAYS_LEARNED days are learned.
+    - ``recent_visits``: see ``batches.recent_person_visits_sql`` (other visits since ``visits_since``).
+    - ``feedback``: the votes for the batch's top detection's zone and label at that hour."""
+    today = local.date()
+    row = await conn.fetchrow(
+        f"SELECT {_baseline_columns('$1', '$2', '$3', '$4')},"
+        f" {batches.recent_person_visits_sql('$1', '$7', '$8')} AS recent_visits,"
+        f" f.false_alarm, f.correct, f.missed_threat {_feedback_join('$1', '$5', '$6', '$4')}",
+        camera_id,
+        today - timedelta(days=BASELINE_DAYS),
+        today,
+        local.hour,
+        zone,
+        label,
+        batch_id,
+        visits_since,
+    )
+    assert row is not None
+    return History(_baseline_of(row), row["recent_visits"], _feedback_of(row))
 
 
 async def change_feedback(

@@ -160,13 +160,16 @@ class BatchDetection:
     zones: tuple[str, ...]
     captured_at: datetime
     detection_id: int = 0
+    #: Recognition wrote an identity for it (``people.identities`` reads which).
+    identified: bool = False
 
 
 async def detections(conn: asyncpg.Connection, batch_id: uuid.UUID) -> list[BatchDetection]:
     """The detections of the batch's activity: its own and, once it has an event, those of every
     batch of that event (a continuing activity is judged as one), oldest capture first."""
     rows = await conn.fetch(
-        "SELECT d.id, d.image_id, d.label, d.confidence, d.x1, d.y1, d.x2, d.y2, d.zone, i.captured_at"
+        "SELECT d.id, d.image_id, d.label, d.confidence, d.x1, d.y1, d.x2, d.y2, d.zone, i.captured_at,"
+        " EXISTS (SELECT 1 FROM detection_identities di WHERE di.detection_id = d.id) AS identified"
         " FROM batch_images bi JOIN detections d ON d.image_id = bi.image_id JOIN images i ON i.id = bi.image_id"
         " WHERE bi.batch_id = $1 OR bi.batch_id IN (SELECT o.id FROM batches b JOIN batches o"
         "   ON o.event_id = b.event_id WHERE b.id = $1)"
@@ -182,26 +185,23 @@ async def detections(conn: asyncpg.Connection, batch_id: uuid.UUID) -> list[Batc
             tuple(z for z in (r["zone"] or "").split(",") if z),
             r["captured_at"],
             r["id"],
+            r["identified"],
         )
         for r in rows
     ]
 
 
-async def recent_person_visits(conn: asyncpg.Connection, camera_id: str, exclude: uuid.UUID, since: datetime) -> int:
-    """Other visits to this camera since ``since`` in which a person was detected: the activities
-    (events; a batch without one yet counts alone) other than ``exclude``'s. The batches of one
-    continuing event are one visit."""
-    n: int = await conn.fetchval(
-        "SELECT count(DISTINCT coalesce(b.event_id, b.id)) FROM batches b"
-        " WHERE b.camera_id = $1 AND b.id <> $2 AND b.opened_at >= $3"
-        " AND (b.event_id = (SELECT event_id FROM batches WHERE id = $2)) IS NOT TRUE"
+def recent_person_visits_sql(camera: str, exclude: str, since: str) -> str:
+    """A scalar subquery, for SQL parameters named by the arguments: the other visits to the camera
+    since ``since`` in which a person was detected, i.e. the activities (events; a batch without one
+    yet counts alone) other than ``exclude``'s. The batches of one continuing event are one visit."""
+    return (
+        "(SELECT count(DISTINCT coalesce(b.event_id, b.id)) FROM batches b"
+        f" WHERE b.camera_id = {camera} AND b.id <> {exclude} AND b.opened_at >= {since}"
+        f" AND (b.event_id = (SELECT event_id FROM batches WHERE id = {exclude})) IS NOT TRUE"
         " AND EXISTS (SELECT 1 FROM batch_images bi JOIN detections d ON d.image_id = bi.image_id"
-        "             WHERE bi.batch_id = b.id AND d.label = 'person')",
-        camera_id,
-        exclude,
-        since,
+        "             WHERE bi.batch_id = b.id AND d.label = 'person'))"
     )
-    return n
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, batch_id: uuid.UUID) -> Batch | None:

@@ -27,13 +27,18 @@ class NewImage:
     clip_offset_s: float | None = None
 
 
-#: Insert one image ($1–$13, ``insert_args``); returns its id, nothing for bytes the camera has.
-INSERT = (
+_COLUMNS = (
     "INSERT INTO images (camera_id, sha256, path, source, original_name, media_type, width, height,"
     " size_bytes, captured_at, captured_at_source, clip_id, clip_offset_s)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    " ON CONFLICT (camera_id, sha256) DO NOTHING RETURNING id"
 )
+_ON_CONFLICT = " ON CONFLICT (camera_id, sha256) DO NOTHING RETURNING id"
+#: Insert one image ($1–$13, ``insert_args``); returns its id, nothing for bytes the camera has.
+INSERT = f"{_COLUMNS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13){_ON_CONFLICT}"
+
+
+def insert_if(condition: str) -> str:
+    """``INSERT`` that inserts only while ``condition`` (an SQL boolean) holds."""
+    return f"{_COLUMNS} SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 WHERE {condition}{_ON_CONFLICT}"
 
 
 def insert_args(image: NewImage) -> tuple[object, ...]:

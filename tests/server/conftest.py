@@ -25,6 +25,8 @@ from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.jobs.queue import NOTIFY_CHANNEL
 from inference_server.server import Server
 from inference_server.store import api_keys
+from inference_server.store.db import create_pool
+from inference_server.store.migrate import migrate
 from inference_server.telemetry.gpu import GpuReader
 from tests.support.models import COCO_CONFIDENCE, COCO_IMGSZ, coco_onnx
 from tests.support.mosquitto import plain_mosquitto
@@ -57,6 +59,17 @@ async def database_url(pg_uri: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated database's pool, for tests of one module against the real database."""
+    pool = await create_pool(database_url, 2)
+    await migrate(pool)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,16 @@ does not fit waits (in the ingest check and in the detect stage) instead of allo
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from inference_server.decode_budget import MIB, DecodeBudget, shared
 from inference_server.ingest.validate import ImageLimits, check_pixels, inspect_image
@@ -102,3 +107,40 @@ def test_ingest_check_of_a_progressive_jpeg_waits_for_the_budget() -> None:
 def test_the_shared_budget_follows_the_setting() -> None:
     assert shared(256) is shared(512)
     assert shared(512).total == 512 * MIB
+
+
+_ARENAS_SCRIPT = """
+import sys, threading
+import numpy as np
+from inference_server import decode_budget
+from inference_server.decode_budget import _libc
+print(decode_budget.limit_malloc_arenas(int(sys.argv[1])), flush=True)
+kept = []
+def work():
+    kept.append([np.ones(4096) for _ in range(50)])  # malloc'd on this thread's arena
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+_libc("malloc_stats", [])()  # glibc writes one "Arena N:" block per arena to stderr
+"""
+
+
+@pytest.mark.parametrize(("limit", "most"), [(2, 2), (1, 1)])
+def test_the_arena_limit_keeps_new_threads_on_the_capped_arenas(limit: int, most: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    capped = subprocess.run(
+        [sys.executable, "-c", _ARENAS_SCRIPT, str(limit)], capture_output=True, text=True, env=env, check=True
+    )
+    free = subprocess.run(
+        [sys.executable, "-c", _ARENAS_SCRIPT, "0"], capture_output=True, text=True, env=env, check=True
+    )
+    assert capped.stdout.strip() == str(limit) and free.stdout.strip() == "glibc default"
+    assert capped.stderr.count("Arena ") <= most < free.stderr.count("Arena ")
+
+
+def test_the_environment_wins_over_the_setting() -> None:
+    env = {**os.environ, "MALLOC_ARENA_MAX": "3"}
+    run = subprocess.run(
+        [sys.executable, "-c", _ARENAS_SCRIPT, "2"], capture_output=True, text=True, env=env, check=True
+    )
+    assert run.stdout.strip() == "MALLOC_ARENA_MAX=3 (environment)"

@@ -53,6 +53,19 @@ def resolve_gpu_layers(requested: int | Literal["auto"]) -> int:
     return -1 if llama_cpp.llama_supports_gpu_offload() else 0
 
 
+#: ggml's tensor types (ggml.h) for the KV cache.
+_GGML_TYPES = {"f16": 1, "q8_0": 8}
+
+
+def kv_cache_options(kv_cache_type: Literal["f16", "q8_0"]) -> dict[str, Any]:
+    """``Llama`` keywords for the KV cache's precision. A quantised V cache needs flash attention
+    (llama.cpp refuses it otherwise); f16 keeps llama.cpp's defaults."""
+    if kv_cache_type == "f16":
+        return {}
+    ggml_type = _GGML_TYPES[kv_cache_type]
+    return {"type_k": ggml_type, "type_v": ggml_type, "flash_attn": True}
+
+
 class LlamaCppBackend:
     """One GGUF model in this process. ``start`` loads it; ``complete`` loads it on first use too."""
 
@@ -64,6 +77,7 @@ class LlamaCppBackend:
         *,
         model: str | None = None,
         n_ctx: int = 4096,
+        kv_cache_type: Literal["f16", "q8_0"] = "q8_0",
         n_gpu_layers: int | Literal["auto"] = "auto",
         n_threads: int | None = None,
         max_tokens: int = 512,
@@ -82,6 +96,7 @@ class LlamaCppBackend:
         self.model_path = model_path
         self.model = model or model_path.name.removesuffix(".gguf")
         self.n_ctx = n_ctx
+        self.kv_cache_type = kv_cache_type
         self.n_gpu_layers = n_gpu_layers
         self.n_threads = n_threads
         self.max_tokens = max_tokens
@@ -131,6 +146,7 @@ class LlamaCppBackend:
             self._llama = Llama(
                 model_path=str(self.model_path),
                 n_ctx=self.n_ctx,
+                **kv_cache_options(self.kv_cache_type),
                 n_gpu_layers=layers,
                 n_threads=self.n_threads,
                 chat_handler=handler,
@@ -140,9 +156,10 @@ class LlamaCppBackend:
             raise LlmError(f"cannot load {self.model_path}: {err}") from err
         self.load_seconds = time.perf_counter() - started
         log.info(
-            "llm model loaded backend=llamacpp model=%s n_ctx=%d n_gpu_layers=%d n_threads=%d seconds=%.2f",
+            "llm model loaded backend=llamacpp model=%s n_ctx=%d kv_cache=%s n_gpu_layers=%d n_threads=%d seconds=%.2f",
             self.model,
             self.n_ctx,
+            self.kv_cache_type,
             layers,
             self._llama.n_threads,
             self.load_seconds,
@@ -214,6 +231,7 @@ def _build(settings: LlmSettings) -> LlamaCppBackend:
         settings.model_path,
         model=settings.model,
         n_ctx=settings.n_ctx,
+        kv_cache_type=settings.kv_cache_type,
         n_gpu_layers=settings.n_gpu_layers,
         n_threads=settings.n_threads,
         max_tokens=settings.max_tokens,

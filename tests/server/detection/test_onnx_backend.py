@@ -257,3 +257,23 @@ def test_a_two_to_one_letterbox_is_opencvs_resize_exactly() -> None:
     ours = np.asarray(resize_bilinear(picture, 640, 360))
     theirs = cv2.resize(np.asarray(picture), (640, 360), interpolation=cv2.INTER_LINEAR)
     assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+
+def test_ultralytics_running_an_onnx_model_on_the_cpu_stops_the_runtime_spinning_too() -> None:
+    """The GPU image's backend falls back to the CPU: its ONNX Runtime session, which ultralytics
+    builds without options, is built again with spinning off at warm-up, and finds the same."""
+    from inference_server.detection.ultralytics_backend import UltralyticsDetector
+
+    entry = "session.intra_op.allow_spinning"
+    pictures = [Image.open(demo_assets.image(n)).convert("RGB") for n in ("bus.jpg", "zidane.jpg")]
+    spinning = UltralyticsDetector(pose_onnx(), device="cpu", onnx_spin=True)
+    spinning.warmup()
+    quiet = UltralyticsDetector(pose_onnx(), device="cpu")
+    quiet.warmup()
+    sessions = [d._model.predictor.model.backend.session for d in (spinning, quiet)]
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # the runtime's default
+        sessions[0].get_session_options().get_session_config_entry(entry)
+    assert sessions[1].get_session_options().get_session_config_entry(entry) == "0"
+    assert [[d.bbox for d in found] for found in quiet.detect(pictures)] == [
+        [d.bbox for d in found] for found in spinning.detect(pictures)
+    ]

@@ -72,8 +72,12 @@ def test_need_estimates_grow_with_what_they_load() -> None:
     weights = demo_assets.pose_weights()
     assert 500 < detector_need_mb(weights, 1, 640) < detector_need_mb(weights, 32, 640)
     gguf = demo_assets.smollm2_gguf()
-    assert llm_need_mb(gguf, 512) < llm_need_mb(gguf, 8192)
-    assert llm_need_mb(gguf, 512) > gguf.stat().st_size / 2**20
+    assert llm_need_mb(gguf, 512, "f16") < llm_need_mb(gguf, 8192, "f16")
+    assert llm_need_mb(gguf, 512, "q8_0") > gguf.stat().st_size / 2**20
+    # A q8_0 KV cache (the default) holds the context in a little over half of f16's memory.
+    kv_f16 = llm_need_mb(gguf, 8192, "f16") - llm_need_mb(gguf, 0, "f16")
+    kv_q8 = llm_need_mb(gguf, 8192, "q8_0") - llm_need_mb(gguf, 0, "q8_0")
+    assert kv_q8 == pytest.approx(kv_f16 * 8.5 / 16, abs=0.2)
 
 
 @pytest.mark.slow
@@ -96,7 +100,7 @@ async def test_refusals_run_the_models_on_the_cpu_and_show_in_the_status(
     assert models["detector"].state == "cpu_fallback" and models["detector"].device == "cpu"
     assert status.detector is not None and " cpu " in status.detector
     assert models["llm"].state == "cpu_fallback" and models["llm"].device == "cpu"
-    need = llm_need_mb(demo_assets.smollm2_gguf(), 2048)
+    need = llm_need_mb(demo_assets.smollm2_gguf(), 2048, llm.kv_cache_type)
     assert models["llm"].detail == f"needs ~{need:.0f} MB, 300 MB of the 300 MB budget left"
     assert status.gpu is not None and status.gpu.name == "Fake GPU (test)"
 

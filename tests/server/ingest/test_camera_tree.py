@@ -177,3 +177,56 @@ async def test_symlinks_present_at_start_up_lead_nothing_out_of_the_camera_tree(
         for outside in (before, after, nested):
             assert outside.exists()
             assert _sha(outside.read_bytes()) not in stored_shas
+
+
+async def test_a_known_folders_next_file_is_one_statement(ingest: tuple[Ingestor, Settings]) -> None:
+    """The first file of a folder registers its camera (a look-up and a transaction); the next
+    ones are one statement each: no look-up, no BEGIN/COMMIT (issue 20, cost per image)."""
+    from bench.roundtrips import RoundTrips
+
+    ingestor, settings = ingest
+    cams = settings.cameras_path.resolve()
+    with RoundTrips() as first:
+        assert (await ingestor.ingest_file(_write(cams / "porch" / "a.jpg", BUS))).status == "queued"
+    with RoundTrips() as second:
+        result = await ingestor.ingest_file(_write(cams / "porch" / "b.jpg", with_comment(BUS, "b")))
+    assert result.status == "queued" and result.camera_id == "porch"
+    assert second.count == 1 < first.count  # the first: look-up, BEGIN, camera registered, insert, COMMIT
+    rows = await ingestor.pool.fetch("SELECT i.camera_id, j.state FROM images i JOIN jobs j ON j.image_id = i.id")
+    assert [(r["camera_id"], r["state"]) for r in rows] == [("porch", "queued"), ("porch", "queued")]
+
+
+async def test_a_camera_switched_off_after_its_first_file_refuses_the_next(ingest: tuple[Ingestor, Settings]) -> None:
+    ingestor, settings = ingest
+    cams = settings.cameras_path.resolve()
+    await ingestor.ingest_file(_write(cams / "porch" / "a.jpg", BUS))
+    await ingestor.pool.execute("UPDATE cameras SET enabled = false WHERE id = 'porch'")
+
+    result = await ingestor.ingest_file(_write(cams / "porch" / "b.jpg", with_comment(BUS, "b")))
+
+    assert (result.status, result.reason) == ("quarantined", "camera_disabled")
+    assert await ingestor.pool.fetchval("SELECT count(*) FROM images") == 1
+    stored = sorted(p.name for p in settings.images_path.rglob("*") if p.is_file())
+    assert stored == [f"{_sha(BUS).hex()[:32]}.jpg"]  # b's bytes were taken back out
+
+
+async def test_a_folder_whose_camera_let_go_of_it_is_looked_up_again(ingest: tuple[Ingestor, Settings]) -> None:
+    """The ingestor remembers a folder's camera; when the database no longer says so (the camera
+    was detached from the folder, deleted, or the folder registered again elsewhere) the file is
+    not stored under the old id: the id is looked up again and the file stored once."""
+    ingestor, settings = ingest
+    cams = settings.cameras_path.resolve()
+    await ingestor.ingest_file(_write(cams / "porch" / "a.jpg", BUS))
+    await ingestor.pool.execute("UPDATE cameras SET folder = NULL WHERE id = 'porch'")
+
+    second = with_comment(BUS, "b")
+    result = await ingestor.ingest_file(_write(cams / "porch" / "b.jpg", second))
+
+    assert (result.status, result.camera_id) == ("queued", "porch")
+    rows = await ingestor.pool.fetch("SELECT id, folder FROM cameras")
+    assert [(r["id"], r["folder"]) for r in rows] == [("porch", "porch")]  # adopted again
+    assert [r["sha256"] for r in await ingestor.pool.fetch("SELECT sha256 FROM images ORDER BY id")] == [
+        _sha(BUS),
+        _sha(second),
+    ]
+    assert await ingestor.pool.fetchval("SELECT count(*) FROM jobs") == 2

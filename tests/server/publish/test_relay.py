@@ -3,17 +3,26 @@ the broker is down is published once it is back."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from inference_server import demo_assets
+from inference_server.comms.mqtt import BrokerAddress, MqttPublisher
+from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.publish.relay import OutboxRelay
 from inference_server.schemas import CameraState
+from inference_server.store import outbox
+from inference_server.store.db import create_pool
+from inference_server.store.migrate import migrate
 from tests.support.mqtt import Subscriber
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
@@ -91,3 +100,79 @@ async def test_event_made_during_broker_outage_is_published_after_it_returns(
             assert CameraState.model_validate_json(message.payload).last_event_id == event_id
         finally:
             subscriber.close()
+
+
+@asynccontextmanager
+async def _relay(
+    database_url: str, broker: Mosquitto, **options: float
+) -> AsyncIterator[tuple[OutboxRelay, asyncpg.Pool]]:
+    """A real relay on a migrated database and a real broker, running until the block ends."""
+    pool = await create_pool(database_url, 4)  # the relay's listener and pass, and the stores
+    await migrate(pool)
+    publisher = MqttPublisher(BrokerAddress.parse(broker.url), Topics("hsi"), "relay-test", [])
+    await publisher.start()
+    relay = OutboxRelay(pool, publisher, **options)
+    stop = asyncio.Event()
+    running_relay = asyncio.create_task(relay.run(stop))
+    try:
+        listening = "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE 'LISTEN %' || $1 || '%'"
+        await wait_until(lambda: pool.fetchval(listening, outbox.NOTIFY_CHANNEL), timeout=10)
+        yield relay, pool
+    finally:
+        stop.set()
+        await running_relay
+        await publisher.stop()
+        await pool.close()
+
+
+async def _store(pool: asyncpg.Pool, camera: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.add_many(conn, [(f"hsi/cameras/{camera}/state", b"{}", True)])
+
+
+def _all_sent(pool: asyncpg.Pool) -> Awaitable[bool]:
+    return pool.fetchval("SELECT count(*) = 0 FROM outbox WHERE sent_at IS NULL")  # type: ignore[no-any-return]
+
+
+async def test_stores_committed_together_are_relayed_in_one_pass(database_url: str, own_broker: Mosquitto) -> None:
+    """One inferred batch is stored in a transaction per camera, committed milliseconds apart.
+    Once woken, the relay waits ``outbox_gather_ms`` (here 0.5 s, for a loaded test machine), so
+    they go out in one pass (BEGIN, lock, mark sent, COMMIT) rather than one pass each (issue 20)."""
+    async with _relay(database_url, own_broker, gather_s=0.5) as (relay, pool):
+        passes = 0
+        relay_once = relay.relay_once
+
+        async def counting() -> int:
+            nonlocal passes
+            passes += 1
+            return await relay_once()
+
+        relay.relay_once = counting  # type: ignore[method-assign]
+        for camera in ("a", "b", "c", "d"):
+            await _store(pool, camera)
+            await asyncio.sleep(0.02)
+        await wait_until(lambda: _all_sent(pool), timeout=20)
+    assert passes == 1
+
+
+async def test_a_row_committed_while_a_pass_runs_is_sent_without_waiting_for_the_poll(
+    database_url: str, own_broker: Mosquitto
+) -> None:
+    """The pass locks the rows committed so far; a store committed after that wakes the relay
+    again. The wake-up used to be cleared after the pass, so that row waited for the next poll
+    (1 s in the server; 60 s here to make it plain)."""
+    async with _relay(database_url, own_broker, poll_interval_s=60) as (relay, pool):
+        relay_once = relay.relay_once
+        first = True
+
+        async def committing_during_the_pass() -> int:
+            nonlocal first
+            sent = await relay_once()
+            if first:
+                first = False
+                await _store(pool, "late")  # its notification arrives while this pass still runs
+            return sent
+
+        relay.relay_once = committing_during_the_pass  # type: ignore[method-assign]
+        await _store(pool, "early")
+        await wait_until(lambda: _all_sent(pool), timeout=10)

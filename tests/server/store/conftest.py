@@ -12,18 +12,6 @@ import pytest
 from inference_server.domain import Assessment
 from inference_server.schemas import CameraCreate
 from inference_server.store import cameras, events
-from inference_server.store.db import create_pool
-from inference_server.store.migrate import migrate
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, 2)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

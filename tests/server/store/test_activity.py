@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 
 import asyncpg
 import pytest
@@ -13,6 +14,27 @@ from inference_server.schemas import CameraCreate
 from inference_server.store import activity, cameras
 
 TODAY = date(2025, 6, 15)
+
+
+async def _history(conn: asyncpg.Connection, hour: int, zone: str = "porch", label: str = "person") -> activity.History:
+    """activity.history at ``hour`` of TODAY for a batch that does not exist (no visits)."""
+    return await activity.history(
+        conn,
+        "front",
+        datetime.combine(TODAY, time(hour)),
+        batch_id=uuid.uuid4(),
+        visits_since=datetime.combine(TODAY, time(0)),
+        zone=zone,
+        label=label,
+    )
+
+
+async def _baseline(conn: asyncpg.Connection, hour: int) -> dict[str, float] | None:
+    return (await _history(conn, hour)).baseline
+
+
+async def _feedback(conn: asyncpg.Connection, zone: str, label: str, hour: int) -> FeedbackCounts:
+    return (await _history(conn, hour, zone, label)).feedback
 
 
 @pytest.fixture
@@ -35,43 +57,43 @@ async def test_no_baseline_until_enough_days_are_learned_then_the_average_per_da
     for back in range(1, activity.MIN_DAYS_LEARNED):
         await activity.record_images(conn, "front", [(TODAY - timedelta(days=back), 9, ["person"])])
     await activity.record_images(conn, "front", [(TODAY, 9, ["person"])])  # today is not history
-    assert await activity.baseline(conn, "front", TODAY, 9) is None
+    assert await _baseline(conn, 9) is None
 
     await activity.record_images(conn, "front", [(TODAY - timedelta(days=activity.MIN_DAYS_LEARNED), 20, ["car"])])
     await activity.record_images(
         conn, "front", [(TODAY - timedelta(days=activity.BASELINE_DAYS + 1), 9, ["person"])]
     )  # too old
 
-    baseline = await activity.baseline(conn, "front", TODAY, 9)
+    baseline = await _baseline(conn, 9)
     days = activity.MIN_DAYS_LEARNED
     assert baseline == {"person": round((days - 1) / days, 3)}
-    assert await activity.baseline(conn, "front", TODAY, 20) == {"car": round(1 / days, 3)}
-    assert await activity.baseline(conn, "front", TODAY, 3) == {}
+    assert await _baseline(conn, 20) == {"car": round(1 / days, 3)}
+    assert await _baseline(conn, 3) == {}
 
 
 async def test_feedback_is_counted_per_camera_zone_label_and_hour(conn: asyncpg.Connection) -> None:
-    assert await activity.feedback(conn, "front", "porch", "person", 9) == FeedbackCounts()
+    assert await _feedback(conn, "porch", "person", 9) == FeedbackCounts()
 
     await activity.add_feedback(conn, "front", "porch", "person", 9, "false_alarm")
     await activity.add_feedback(conn, "front", "porch", "person", 9, "false_alarm")
     await activity.add_feedback(conn, "front", "porch", "person", 9, "correct")
 
-    assert await activity.feedback(conn, "front", "porch", "person", 9) == FeedbackCounts(2, 1, 0)
-    assert await activity.feedback(conn, "front", "porch", "person", 10) == FeedbackCounts()
+    assert await _feedback(conn, "porch", "person", 9) == FeedbackCounts(2, 1, 0)
+    assert await _feedback(conn, "porch", "person", 10) == FeedbackCounts()
 
 
 async def test_a_correction_moves_the_vote_and_never_goes_below_zero(conn: asyncpg.Connection) -> None:
     await activity.add_feedback(conn, "front", "", "person", 9, "false_alarm")
 
     await activity.change_feedback(conn, "front", "", "person", 9, "false_alarm", "missed_threat")
-    assert await activity.feedback(conn, "front", "", "person", 9) == FeedbackCounts(0, 0, 1)
+    assert await _feedback(conn, "", "person", 9) == FeedbackCounts(0, 0, 1)
 
     await activity.change_feedback(conn, "front", "", "person", 9, "missed_threat", "missed_threat")  # no change
     await activity.change_feedback(conn, "front", "", "person", 9, "correct", None)  # nothing there to take
-    assert await activity.feedback(conn, "front", "", "person", 9) == FeedbackCounts(0, 0, 1)
+    assert await _feedback(conn, "", "person", 9) == FeedbackCounts(0, 0, 1)
 
     await activity.change_feedback(conn, "front", "", "person", 9, "missed_threat", None)
-    assert await activity.feedback(conn, "front", "", "person", 9) == FeedbackCounts()
+    assert await _feedback(conn, "", "person", 9) == FeedbackCounts()
 
 
 async def test_an_unknown_kind_of_feedback_is_refused(conn: asyncpg.Connection) -> None:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from inference_server.domain import Detection
+from inference_server.domain import Detection, FeedbackCounts
 from inference_server.schemas import CameraCreate
-from inference_server.store import batches, cameras, detections, images
+from inference_server.store import activity, batches, cameras, detections, images
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -131,6 +131,11 @@ async def test_a_batch_detections_come_in_capture_order_with_their_zones(conn: a
     assert found[0].bbox == (0.1, 0.2, 0.3, 0.4) and found[0].confidence == 0.9
 
 
+async def _visits(conn: asyncpg.Connection, camera_id: str, exclude: uuid.UUID, since: datetime) -> int:
+    past = await activity.history(conn, camera_id, T0, batch_id=exclude, visits_since=since, zone="", label="person")
+    return past.recent_visits
+
+
 async def test_recent_person_visits_count_other_batches_of_the_camera_with_a_person(conn: asyncpg.Connection) -> None:
     old = await batches.open_new(conn, "front", T0 - timedelta(hours=2))
     await batches.add_images(conn, old, [await _image(conn, "old", T0, "person")], T0)
@@ -145,6 +150,47 @@ async def test_recent_person_visits_count_other_batches_of_the_camera_with_a_per
     await batches.add_images(conn, current, [await _image(conn, "now", T0, "person")], T0)
 
     since = T0 - timedelta(hours=1)
-    assert await batches.recent_person_visits(conn, "front", current.id, since) == 1
-    assert await batches.recent_person_visits(conn, "front", visit.id, since) == 1  # the current one counts then
-    assert await batches.recent_person_visits(conn, "back", current.id, since) == 0
+    assert await _visits(conn, "front", current.id, since) == 1
+    assert await _visits(conn, "front", visit.id, since) == 1  # the current one counts then
+    assert await _visits(conn, "back", current.id, since) == 0
+    assert await _visits(conn, "front", current.id, T0 - timedelta(hours=3)) == 2  # the old one too
+
+
+async def test_a_judgements_history_is_one_statement(conn: asyncpg.Connection) -> None:
+    """activity.history: the baseline, the recent visits and the feedback a judgement weighs, in
+    one round trip instead of four (issue 20)."""
+    from bench.roundtrips import RoundTrips
+
+    visit = await batches.open_new(conn, "front", T0 - timedelta(minutes=30))
+    await batches.add_images(conn, visit, [await _image(conn, "visit", T0, "person")], T0)
+    await batches.close(conn, visit.id, T0)
+    current = await batches.open_new(conn, "front", T0)
+    await batches.add_images(conn, current, [await _image(conn, "now", T0, "person")], T0)
+    today, hour = T0.date(), T0.hour
+    for back in range(1, activity.MIN_DAYS_LEARNED + 2):
+        await activity.record_images(conn, "front", [(today - timedelta(days=back), hour, ["person"] * back)])
+    await activity.record_images(conn, "front", [(today - timedelta(days=1), hour, ["car"])])
+    await activity.add_feedback(conn, "front", "porch", "person", hour, "false_alarm")
+    since = T0 - timedelta(hours=1)
+
+    with RoundTrips() as trips:
+        past = await activity.history(
+            conn, "front", T0, batch_id=current.id, visits_since=since, zone="porch", label="person"
+        )
+
+    assert trips.count == 1
+    days = activity.MIN_DAYS_LEARNED + 1
+    # An image counts once per label: one image with a person each day, one with a car on one day.
+    assert past.baseline == {"person": 1.0, "car": round(1 / days, 3)}
+    assert past.recent_visits == 1
+    assert past.feedback == FeedbackCounts(1, 0, 0)
+    nothing = await activity.history(
+        conn,
+        "front",
+        T0 - timedelta(days=30),
+        batch_id=visit.id,
+        visits_since=T0 + timedelta(hours=1),
+        zone="",
+        label="dog",
+    )
+    assert nothing == activity.History(None, 0, FeedbackCounts())

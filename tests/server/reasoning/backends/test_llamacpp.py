@@ -69,6 +69,21 @@ def test_model_loads_once_on_the_cpu_of_a_build_without_gpu_offload(backend: Lla
     assert resolve_gpu_layers(12) == 12
 
 
+def test_the_kv_cache_is_q8_0_by_default_and_f16_on_request(backend: LlamaCppBackend) -> None:
+    """The memory it saves is measured by bench/memory.py (docs/performance.md)."""
+    import llama_cpp
+
+    assert LlmSettings().kv_cache_type == "q8_0"
+    params = backend._llama.context_params
+    assert (params.type_k, params.type_v) == (llama_cpp.GGML_TYPE_Q8_0, llama_cpp.GGML_TYPE_Q8_0)
+    f16 = LlamaCppBackend(smollm2_gguf(), n_ctx=1024, kv_cache_type="f16")
+    try:
+        params = f16._load().context_params
+        assert (params.type_k, params.type_v) == (llama_cpp.GGML_TYPE_F16, llama_cpp.GGML_TYPE_F16)
+    finally:
+        asyncio.run(f16.close())
+
+
 async def test_real_model_reply_is_valid_against_the_answer_schema(backend: LlamaCppBackend) -> None:
     thresholds = LevelThresholds()
     rules = RulesReasoner(thresholds).assess_now(OBSERVATION)

@@ -1,0 +1,44 @@
+"""Counting the statements a piece of code sends to PostgreSQL (benches and tests)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import asyncpg
+
+
+class RoundTrips:
+    """Counts the statements sent to PostgreSQL (each one round trip), while entered: asyncpg's
+    prepared-statement path and its simple-query path (``execute`` without arguments: BEGIN,
+    COMMIT, NOTIFY)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        #: Statements by their text (whitespace folded), for "which ones".
+        self.by_statement: Counter[str] = Counter()
+
+    def __enter__(self) -> RoundTrips:
+        self._do_execute = asyncpg.connection.Connection._do_execute
+        self._execute = asyncpg.connection.Connection.execute
+        counter = self
+        do_execute, execute = self._do_execute, self._execute
+
+        def counted_do_execute(conn: Any, query: str, *a: Any, **kw: Any) -> Any:
+            counter.count += 1
+            counter.by_statement[" ".join(query.split())] += 1
+            return do_execute(conn, query, *a, **kw)
+
+        async def counted_execute(conn: Any, query: str, *args: Any, **kw: Any) -> Any:
+            if not args:
+                counter.count += 1
+                counter.by_statement[" ".join(query.split())] += 1
+            return await execute(conn, query, *args, **kw)
+
+        asyncpg.connection.Connection._do_execute = counted_do_execute  # type: ignore[method-assign]
+        asyncpg.connection.Connection.execute = counted_execute  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncpg.connection.Connection._do_execute = self._do_execute  # type: ignore[method-assign]
+        asyncpg.connection.Connection.execute = self._execute  # type: ignore[method-assign]
