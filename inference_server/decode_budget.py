@@ -163,6 +163,29 @@ def limit_malloc_arenas(count: int) -> str:
     return str(count)
 
 
+#: mallopt's parameter number for the mmap threshold (glibc's malloc.h).
+_M_MMAP_THRESHOLD = -3
+
+
+def fix_mmap_threshold(kib: int) -> str:
+    """Serve every allocation of ``kib`` KiB or more with its own mmap, returned to the OS when
+    freed (``malloc_mmap_threshold_kb``). glibc's default threshold starts at 128 KiB and rises to
+    the largest block freed so far: after one decoded picture (2-5 MB) is freed, later pictures,
+    tensors and file reads come from the heap, whose top cannot shrink below a small block still
+    held, and the RSS ratchets with the work done (performance.md, "Memory"). Setting it also
+    fixes the trim threshold. Returns what applies, for the log."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return f"MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']} (environment)"
+    if kib == 0:
+        return "glibc default (dynamic)"
+    mallopt = _libc("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
+        return "not glibc: unchanged"
+    if mallopt(_M_MMAP_THRESHOLD, kib * 1024) != 1:
+        return "mallopt refused: unchanged"
+    return f"{kib} KiB"
+
+
 def trim_heap() -> None:
     """Give memory freed by a large decode back to the OS (glibc keeps it in its arenas)."""
     if _malloc_trim is not None:

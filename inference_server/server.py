@@ -155,7 +155,11 @@ class Server:
         broker, the job queue, the detector, the API, the publisher and background tasks, ingest,
         then the pipeline's workers."""
         s = self.settings
-        log.info("malloc arenas=%s", decode_budget.limit_malloc_arenas(s.malloc_arena_max))
+        log.info(
+            "malloc arenas=%s mmap_threshold=%s",
+            decode_budget.limit_malloc_arenas(s.malloc_arena_max),
+            decode_budget.fix_mmap_threshold(s.malloc_mmap_threshold_kb),
+        )
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.topics = Topics(s.mqtt_prefix)
         self.pool, self._embedded_pg = await open_database(s)

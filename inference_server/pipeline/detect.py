@@ -222,6 +222,9 @@ class DetectWorker:
             raise RuntimeError(f"detector returned {len(found)} results for {len(items)} images")
         for item, dets in zip(items, found, strict=True):
             item.detections = list(dets)
+            # The model's input (a float tensor, 2-5 MB an image) is not needed past inference:
+            # let it go, not hold it while the batch waits to be stored (issue 20, RSS when busy).
+            item.model_input = None
 
     async def _inference_failed(self, item: _Item, err: Exception) -> None:
         log.error("inference failed job_id=%s camera_id=%s error=%r", item.job.id, item.job.camera_id, err)

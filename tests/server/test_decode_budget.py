@@ -144,3 +144,45 @@ def test_the_environment_wins_over_the_setting() -> None:
         [sys.executable, "-c", _ARENAS_SCRIPT, "2"], capture_output=True, text=True, env=env, check=True
     )
     assert run.stdout.strip() == "MALLOC_ARENA_MAX=3 (environment)"
+
+
+_MMAP_SCRIPT = """
+import ctypes, sys
+import numpy as np
+from inference_server import decode_budget
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                 "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+print(decode_budget.fix_mmap_threshold(int(sys.argv[1])), flush=True)
+picture = np.ones(4 << 20, dtype=np.uint8)  # a decoded picture, mmapped: 4 MB > any threshold
+del picture  # freed: glibc's own threshold now rises to 4 MB
+before = libc.mallinfo2().hblkhd
+tensor = np.ones(1 << 20, dtype=np.uint8)  # the next picture's tensor, 1 MB
+print(libc.mallinfo2().hblkhd - before >= 1 << 20)
+"""
+
+
+@pytest.mark.parametrize(("kib", "mapped"), [(256, "True"), (0, "False")])
+def test_a_fixed_mmap_threshold_keeps_large_blocks_off_the_heap(kib: int, mapped: str) -> None:
+    """After one large block is freed, glibc's own threshold rises and later large blocks come from
+    the heap (which ratchets); with the threshold fixed they still get a mapping of their own."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    run = subprocess.run(
+        [sys.executable, "-c", _MMAP_SCRIPT, str(kib)], capture_output=True, text=True, env=env, check=True
+    )
+    applied, on_its_own_mapping = run.stdout.splitlines()
+    assert applied == ("256 KiB" if kib else "glibc default (dynamic)")
+    assert on_its_own_mapping == mapped
+
+
+def test_the_environment_wins_over_the_mmap_setting() -> None:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    run = subprocess.run(
+        [sys.executable, "-c", _MMAP_SCRIPT, "256"], capture_output=True, text=True, env=env, check=True
+    )
+    assert run.stdout.splitlines()[0] == "MALLOC_MMAP_THRESHOLD_=131072 (environment)"
