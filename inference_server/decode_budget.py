@@ -143,47 +143,41 @@ def _libc(name: str, argtypes: list[type[ctypes.c_int] | type[ctypes.c_size_t]])
 
 _malloc_trim = _libc("malloc_trim", [ctypes.c_size_t])
 
-#: mallopt's parameter number for the arena limit (glibc's malloc.h).
+#: mallopt's parameter numbers (glibc's malloc.h).
 _M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
+
+
+def _mallopt(variable: str, parameter: int, value: int, applied: str) -> str:
+    """Set one of glibc's malloc parameters unless its environment ``variable`` is set (which
+    wins) or ``value`` is 0 (glibc's default). Returns what applies, for the log."""
+    if variable in os.environ:
+        return f"{variable}={os.environ[variable]} (environment)"
+    if value == 0:
+        return "glibc default"
+    mallopt = _libc("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
+        return "not glibc: unchanged"
+    if mallopt(parameter, value) != 1:
+        return "mallopt refused: unchanged"
+    return applied
 
 
 def limit_malloc_arenas(count: int) -> str:
     """Cap glibc's malloc arenas (``malloc_arena_max``) before the server starts its threads:
     by default every thread that allocates while another holds the lock gets an arena of its
-    own (up to 8 per core) that keeps its peak. Returns what applies, for the log."""
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return f"MALLOC_ARENA_MAX={os.environ['MALLOC_ARENA_MAX']} (environment)"
-    if count == 0:
-        return "glibc default"
-    mallopt = _libc("mallopt", [ctypes.c_int, ctypes.c_int])
-    if mallopt is None:
-        return "not glibc: unchanged"
-    if mallopt(_M_ARENA_MAX, count) != 1:
-        return "mallopt refused: unchanged"
-    return str(count)
-
-
-#: mallopt's parameter number for the mmap threshold (glibc's malloc.h).
-_M_MMAP_THRESHOLD = -3
+    own (up to 8 per core) that keeps its peak."""
+    return _mallopt("MALLOC_ARENA_MAX", _M_ARENA_MAX, count, str(count))
 
 
 def fix_mmap_threshold(kib: int) -> str:
     """Serve every allocation of ``kib`` KiB or more with its own mmap, returned to the OS when
     freed (``malloc_mmap_threshold_kb``). glibc's default threshold starts at 128 KiB and rises to
     the largest block freed so far: after one decoded picture (2-5 MB) is freed, later pictures,
-    tensors and file reads come from the heap, whose top cannot shrink below a small block still
+    tensors and batches come from the heap, whose top cannot shrink below a small block still
     held, and the RSS ratchets with the work done (performance.md, "Memory"). Setting it also
-    fixes the trim threshold. Returns what applies, for the log."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return f"MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']} (environment)"
-    if kib == 0:
-        return "glibc default (dynamic)"
-    mallopt = _libc("mallopt", [ctypes.c_int, ctypes.c_int])
-    if mallopt is None:
-        return "not glibc: unchanged"
-    if mallopt(_M_MMAP_THRESHOLD, kib * 1024) != 1:
-        return "mallopt refused: unchanged"
-    return f"{kib} KiB"
+    fixes the trim threshold."""
+    return _mallopt("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, kib * 1024, f"{kib} KiB")
 
 
 def trim_heap() -> None:
