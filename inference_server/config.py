@@ -357,7 +357,7 @@ class Settings(BaseSettings):
         default=1024,
         ge=0,
         le=32768,
-        description="Allocations this large or larger (decoded pictures, tensors, file reads) get their own"
+        description="Allocations this large or larger (decoded pictures, tensors, batches) get their own"
         " mapping, returned to the system when freed (0: glibc's default, a threshold that rises to the"
         " largest block freed). Keeps the RSS from ratcheting with a backlog (444 -> 368 MB at 7,000 queued) for"
         " 3-4 ms more CPU per image (docs/performance.md). The MALLOC_MMAP_THRESHOLD_ environment variable,"

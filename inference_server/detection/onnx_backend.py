@@ -18,6 +18,7 @@ import ast
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -99,40 +100,74 @@ def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
     )
 
 
-def resize_bilinear(image: Image.Image, new_w: int, new_h: int) -> Image.Image:
-    """OpenCV's ``INTER_LINEAR`` with Pillow: bilinear sampling at the mapped pixel centres, no
-    antialiasing — the resize ultralytics' letterbox does, within one grey level (OpenCV rounds
-    in fixed point), which moves a score by at most 0.02 on the test images. Pillow's ``resize``
-    filter smooths a downscale, which moved scores by up to 0.04 (measured).
+#: The letterbox as an ONNX graph (``scripts/models/make_letterbox_onnx.py`` writes it): a linear
+#: ``Resize`` with half-pixel centres and no antialiasing (OpenCV's ``INTER_LINEAR``), the scale to
+#: 0-1 and the grey padding, in one call.
+LETTERBOX_GRAPH = Path(__file__).with_name("letterbox.onnx")
 
-    Exactly 2:1 (a 1280×720 frame, or 2560×1440 decoded at 1/2, to 640×360) each output pixel is
-    the mean of a 2×2 block: ``Image.reduce(2)`` computes that equal to OpenCV to the grey level,
-    at a sixth of the cost (tests/server/detection/test_onnx_backend.py)."""
+
+@cache
+def _letterbox_session() -> ort.InferenceSession:
+    """One session for every decode thread (``run`` is thread-safe), each call on the calling
+    thread: the decode threads are the parallelism."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(LETTERBOX_GRAPH), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _whole_factor(image: Image.Image, new_w: int, new_h: int) -> Image.Image | None:
+    """OpenCV's ``INTER_LINEAR`` where the picture is ``k`` times the new size for a whole ``k``,
+    exactly, and without sampling: it samples at ``k·x + (k - 1) / 2``. For ``k = 2`` that is the
+    mean of each 2×2 block (``Image.reduce(2)``: a 1280×720 frame, or 2560×1440 decoded at 1/2);
+    for an odd ``k`` the pixel at the block's centre, which Pillow's nearest-neighbour resize
+    picks (a 1920×1080 frame decoded whole, or 3840×2160 at 1/2, to 640×360: 0.4 ms). ``None``
+    for any other scale."""
     width, height = image.size
-    if (width, height) == (2 * new_w, 2 * new_h):
-        return image.reduce(2)
-    return image.transform(
-        (new_w, new_h),
-        Image.Transform.AFFINE,
-        (width / new_w, 0, 0, 0, height / new_h, 0),
-        resample=Image.Resampling.BILINEAR,
-    )
+    factor = width // new_w
+    if factor < 2 or (width, height) != (factor * new_w, factor * new_h) or (factor % 2 == 0 and factor != 2):
+        return None
+    return image.reduce(2) if factor == 2 else image.resize((new_w, new_h), Image.Resampling.NEAREST)
 
 
 def letterbox(image: Image.Image, shape: tuple[int, int]) -> Letterboxed:
     """Scale the longest side to fit ``shape`` (height, width), pad the rest with grey 114, centred:
-    ultralytics' ``LetterBox``, its rounding and its interpolation."""
+    ultralytics' ``LetterBox``, its rounding and its interpolation (OpenCV's ``INTER_LINEAR``).
+
+    A whole factor of 2 or an odd one is OpenCV's resize exactly and cheaply (``_whole_factor``).
+    Any other scale (a 1080p frame decoded at 1/2, 960×540, to 640×360; bus.jpg's 810×1080 to
+    480×640) goes through ONNX Runtime's ``Resize`` (``LETTERBOX_GRAPH``): bilinear sampling at
+    the mapped pixel centres in floating point, within one grey level of OpenCV's fixed point, in
+    half the CPU of Pillow's affine bilinear sampling. Pillow's ``resize`` filter smooths a
+    downscale, which moved scores by up to 0.04 (measured), so it is not used."""
     rgb = image.convert("RGB") if image.mode != "RGB" else image
     width, height = rgb.size
     ratio = min(shape[0] / height, shape[1] / width)
     new_w, new_h = round(width * ratio), round(height * ratio)
-    if (new_w, new_h) != (width, height):
-        rgb = resize_bilinear(rgb, new_w, new_h)
     dw, dh = (shape[1] - new_w) / 2, (shape[0] - new_h) / 2
     top, left = round(dh - 0.1), round(dw - 0.1)
-    canvas = np.full((shape[0], shape[1], 3), _PAD, dtype=np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = np.asarray(rgb)
-    tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+    if (new_w, new_h) != (width, height):
+        scaled = _whole_factor(rgb, new_w, new_h)
+        if scaled is None:
+            pads = [0, 0, top, left, 0, 0, shape[0] - new_h - top, shape[1] - new_w - left]
+            [batch] = _letterbox_session().run(
+                None,
+                {
+                    "image": np.asarray(rgb)[np.newaxis],
+                    "sizes": np.array([1, 3, new_h, new_w], dtype=np.int64),
+                    "pads": np.array(pads, dtype=np.int64),
+                },
+            )
+            return Letterboxed(batch[0], width, height, ratio, left, top)
+        rgb = scaled
+    # Straight into the tensor, in one pass: grey around, the picture scaled to 0-1 (CHW) within.
+    tensor = np.empty((3, shape[0], shape[1]), dtype=np.float32)
+    grey = np.float32(_PAD / 255.0)
+    tensor[:, :top], tensor[:, top + new_h :] = grey, grey
+    tensor[:, :, :left], tensor[:, :, left + new_w :] = grey, grey
+    inside = tensor[:, top : top + new_h, left : left + new_w]
+    np.multiply(np.asarray(rgb).transpose(2, 0, 1), np.float32(1.0 / 255.0), out=inside, casting="unsafe")
     return Letterboxed(tensor, width, height, ratio, left, top)
 
 

@@ -23,7 +23,8 @@ from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.detector import Detector, build_detector
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
-from tests.support.models import COCO_IMGSZ, coco_onnx, converter
+from tests.support.agreement import SCORE_TOLERANCE, assert_same_detections
+from tests.support.models import COCO_CONFIDENCE, COCO_IMGSZ, coco_onnx, converter
 
 from ..conftest import coco_settings
 
@@ -138,17 +139,19 @@ def test_conversion_reads_the_weights_exactly_and_matches_onnx(tmp_path: Path) -
 
 
 def test_the_lean_onnx_backend_agrees_with_ultralytics_on_it(coco_detector: Detector, tmp_path: Path) -> None:
-    """The add-on's ONNX Runtime backend (no torch, no ultralytics) runs the same file: same
-    labels, scores within 0.02, boxes within 0.005 of the picture, on people, a bus and a motorcycle."""
+    """The add-on's ONNX Runtime backend (no torch, no ultralytics) runs the same file: the same
+    detections, scores within 0.02, boxes within 0.005 of the picture, on people, a bus and a
+    motorcycle; only a detection within 0.02 of the threshold may be found by one side alone
+    (zidane.jpg's third person scores 0.248 with OpenCV's letterbox and 0.253 with ours)."""
     lean = build_detector(
         Settings(detector_backend="onnx", detector_device="cpu", data_dir=tmp_path, **coco_settings())
     )
+    found: set[str] = set()
     for name in ("bus.jpg", "motorcycle_left.png", "zidane.jpg"):
         with Image.open(demo_assets.image(name)) as img:
             picture = img.convert("RGB")
         [want] = coco_detector.detect([coco_detector.prepare(picture)])
         [got] = lean.detect([lean.prepare(picture)])
-        assert [d.label for d in got] == [d.label for d in want], name
-        for a, b in zip(got, want, strict=True):
-            assert abs(a.confidence - b.confidence) < 0.02, (name, a, b)
-            assert all(abs(x - y) < 0.005 for x, y in zip(a.bbox, b.bbox, strict=True)), (name, a, b)
+        assert_same_detections(name, got, want, COCO_CONFIDENCE, box_tolerance=0.005)
+        found.update(d.label for d in got if d.confidence >= COCO_CONFIDENCE + SCORE_TOLERANCE)
+    assert {"person", "bus", "motorcycle"} <= found

@@ -24,32 +24,38 @@ from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.detector import build_detector
 from inference_server.detection.onnx_backend import (
+    LETTERBOX_GRAPH,
+    Letterboxed,
     ModelFormatError,
     OnnxDetector,
     decode,
     letterbox,
-    resize_bilinear,
 )
 from inference_server.domain import Detection
 from inference_server.pipeline.decode import decode as decode_picture
+from tests.support.agreement import assert_same_detections
 from tests.support.models import COCO_CONFIDENCE, COCO_IMGSZ, coco_onnx
 
 ROOT = Path(__file__).resolve().parents[3]
 IMAGES = ("bus.jpg", "zidane.jpg", "chelsea.png", "astronaut.png", "horse.png", "coffee.png", "motorcycle_left.png")
-#: Normalised box corners; scores. The two letterboxes differ by at most one grey level (OpenCV's
-#: fixed-point rounding against Pillow's), which moved the cat of chelsea.png by 0.017.
+#: Normalised box corners (scores: tests/support/agreement.py). The two letterboxes differ by at
+#: most one grey level (OpenCV's fixed point against ONNX Runtime's floating-point resize).
 TOLERANCE = 0.01
-SCORE_TOLERANCE = 0.02
+
+
+def _script(name: str) -> Any:
+    """One of ``scripts/models/``'s scripts, imported."""
+    spec = importlib.util.spec_from_file_location(f"hsi_{name}", ROOT / "scripts" / "models" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @cache
 def pose_onnx() -> Path:
     """yolo11n-pose exported to ONNX (cached by the weights' hash; scripts/bootstrap makes it)."""
-    spec = importlib.util.spec_from_file_location("hsi_export_yolo_onnx", ROOT / "scripts/models/export_yolo_onnx.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path: Path = module.ensure_model(demo_assets.pose_weights())
+    path: Path = _script("export_yolo_onnx").ensure_model(demo_assets.pose_weights())
     return path
 
 
@@ -71,27 +77,6 @@ def _ultralytics(model: Path, task: str, images: list[Image.Image], conf: float,
     return out
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union
-
-
-def _assert_same(name: str, ours: list[Detection], theirs: list[Detection], conf: float) -> None:
-    """Each detection of one side has its twin on the other (same class, score and corners within
-    the tolerance); only one whose score is within the tolerance of the threshold may be missing."""
-    for side, other in ((ours, theirs), (theirs, ours)):
-        for det in side:
-            twins = [o for o in other if o.label == det.label and _iou(o.bbox, det.bbox) > 0.8]
-            if not twins:
-                assert det.confidence < conf + SCORE_TOLERANCE, (name, det, other)
-                continue
-            twin = max(twins, key=lambda o: _iou(o.bbox, det.bbox))
-            assert abs(twin.confidence - det.confidence) <= SCORE_TOLERANCE, (name, det, twin)
-            assert np.allclose(twin.bbox, det.bbox, atol=TOLERANCE), (name, det, twin)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "task", "conf", "imgsz"),
@@ -104,7 +89,7 @@ def test_same_boxes_as_ultralytics_on_the_same_onnx(model: str, task: str, conf:
     ours = detector.detect(images)
     theirs = _ultralytics(path, task, images, conf, imgsz)
     for name, a, b in zip(IMAGES, ours, theirs, strict=True):
-        _assert_same(name, a, b, conf)
+        assert_same_detections(name, a, b, conf, box_tolerance=TOLERANCE)
     # ultralytics' rectangle for a dynamic model: zidane.jpg (16:9) is padded to a stride multiple.
     assert detector.prepare(images[1]).tensor.shape == (3, imgsz * 9 // 16 // 32 * 32 + 32, imgsz)
     # Not an empty agreement: the people of bus.jpg and zidane.jpg are found by both.
@@ -247,16 +232,81 @@ def test_spinning_is_off_by_default_and_finds_the_same_people(tmp_path: Path) ->
     ]
 
 
-def test_a_two_to_one_letterbox_is_opencvs_resize_exactly() -> None:
-    """A 1280×720 frame (and a 2560×1440 one, decoded at 1/2) goes to 640×360: each pixel is the
-    mean of a 2×2 block, which ``Image.reduce`` computes exactly as OpenCV's INTER_LINEAR does
-    (ultralytics' letterbox), and several times faster than bilinear sampling."""
+def _scaled_part(boxed: Letterboxed, width: int, height: int) -> np.ndarray:
+    """The picture's part of a letterboxed tensor, as 0-255 HWC."""
+    new_w, new_h = round(width * boxed.ratio), round(height * boxed.ratio)
+    part = boxed.tensor[:, boxed.top : boxed.top + new_h, boxed.left : boxed.left + new_w]
+    return np.asarray(part.transpose(1, 2, 0) * 255.0)
+
+
+@pytest.mark.parametrize(
+    ("size", "shape"),
+    [
+        ((1920, 1080), (384, 640)),  # 3:1, a 1080p frame decoded whole: the centre pixel of each 3×3
+        ((2240, 1260), (256, 448)),  # 5:1
+    ],
+)
+def test_a_whole_factor_letterbox_is_opencvs_resize_exactly(size: tuple[int, int], shape: tuple[int, int]) -> None:
+    """A picture 2 or an odd number of times the letterbox's size: ``Image.reduce(2)`` and the
+    nearest-neighbour resize compute OpenCV's INTER_LINEAR (ultralytics' letterbox) to the grey
+    level, several times faster than bilinear sampling."""
+    cv2 = pytest.importorskip("cv2")
+    width, height = size
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    boxed = letterbox(Image.fromarray(pixels), shape)
+    new_w, new_h = round(width * boxed.ratio), round(height * boxed.ratio)
+    assert width == new_w * (width // new_w)
+    theirs = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(np.rint(_scaled_part(boxed, width, height)), theirs)
+
+
+def test_zidane_at_two_to_one_is_opencvs_resize_exactly() -> None:
+    """A real frame, decoded as the pipeline decodes it (1280×720 → 640×360: the mean of each 2×2
+    block, ``Image.reduce(2)``)."""
     cv2 = pytest.importorskip("cv2")
     picture = decode_picture(demo_assets.image("zidane.jpg"), 640)
     assert picture.size == (1280, 720)
-    ours = np.asarray(resize_bilinear(picture, 640, 360))
+    boxed = letterbox(picture, (384, 640))
     theirs = cv2.resize(np.asarray(picture), (640, 360), interpolation=cv2.INTER_LINEAR)
-    assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+    assert np.array_equal(np.rint(_scaled_part(boxed, 1280, 720)), theirs)
+
+
+@pytest.mark.parametrize(
+    ("size", "shape"),
+    [
+        ((960, 540), (384, 640)),  # a 1080p camera decoded at 1/2: 3:2
+        ((810, 1080), (640, 480)),  # bus.jpg: 27:16, portrait
+        ((2560, 1440), (384, 640)),  # 4:1, a whole factor OpenCV samples between two pixels
+        ((1281, 719), (384, 640)),  # odd sizes, neither 2:1 nor a round ratio
+        ((320, 240), (480, 640)),  # scaled up, as ultralytics' predict does
+        ((200, 100), (64, 64)),
+    ],
+)
+def test_any_other_scale_is_opencvs_bilinear_resize_within_a_grey_level(
+    size: tuple[int, int], shape: tuple[int, int]
+) -> None:
+    """Frames that are not 2:1 go through ONNX Runtime's ``Resize`` (the letterbox graph): OpenCV's
+    INTER_LINEAR in floating point, so within one grey level of its fixed point, on grey 114."""
+    cv2 = pytest.importorskip("cv2")
+    width, height = size
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    boxed = letterbox(Image.fromarray(pixels), shape)
+    assert boxed.tensor.shape == (3, *shape) and boxed.tensor.dtype == np.float32
+    new_w, new_h = round(width * boxed.ratio), round(height * boxed.ratio)
+    theirs = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    assert np.abs(_scaled_part(boxed, width, height) - theirs).max() < 1.0
+    padding = np.ones(shape, dtype=bool)
+    padding[boxed.top : boxed.top + new_h, boxed.left : boxed.left + new_w] = False
+    assert np.allclose(boxed.tensor[:, padding] * 255.0, 114.0, atol=1e-3)
+
+
+def test_the_committed_letterbox_graph_is_the_scripts() -> None:
+    """``letterbox.onnx`` is built by ``scripts/models/make_letterbox_onnx.py`` (the ``onnx`` package
+    that builds it is not in the lean image): the committed file must be what the script builds."""
+    onnx = pytest.importorskip("onnx")
+    committed = onnx.load_from_string(LETTERBOX_GRAPH.read_bytes())
+    built = onnx.load_from_string(_script("make_letterbox_onnx").build())
+    assert committed.graph == built.graph and committed.opset_import == built.opset_import
 
 
 def test_ultralytics_running_an_onnx_model_on_the_cpu_stops_the_runtime_spinning_too() -> None:
