@@ -9,7 +9,7 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from inference_server import demo_assets
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
@@ -62,3 +62,47 @@ def test_the_model_finds_the_same_people_in_the_letterbox_decode(
     for a, b in zip(sorted(found_small, key=lambda d: d.bbox), sorted(found_full, key=lambda d: d.bbox), strict=True):
         assert max(abs(x - y) for x, y in zip(a.bbox, b.bbox, strict=True)) < 0.02
         assert abs(a.confidence - b.confidence) < 0.05
+
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def _colour(picture: Image.Image, xy: tuple[int, int]) -> tuple[int, int, int]:
+    """RED or BLUE, whichever the pixel is (JPEG moves a colour by a few levels)."""
+    pixel = picture.getpixel(xy)
+    assert isinstance(pixel, tuple)
+    return min((RED, BLUE), key=lambda c: sum(abs(a - b) for a, b in zip(pixel, c, strict=True)))
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+@pytest.mark.parametrize(
+    ("orientation", "size", "first", "last"),
+    [
+        (1, (1280, 720), RED, BLUE),  # upright: as stored, left to right
+        (3, (1280, 720), BLUE, RED),  # a half turn
+        (6, (720, 1280), RED, BLUE),  # a quarter turn clockwise: the stored left comes to the top
+        (8, (720, 1280), BLUE, RED),  # a quarter turn anticlockwise
+    ],
+)
+def test_a_camera_mounted_sideways_is_turned_upright_and_others_decoded_as_stored(
+    tmp_path: Path,
+    suffix: str,
+    orientation: int,
+    size: tuple[int, int],
+    first: tuple[int, int, int],
+    last: tuple[int, int, int],
+) -> None:
+    """EXIF orientation (cameras tag, not rotate). The picture comes back RGB and loaded, usable
+    after its file is gone."""
+    stored = Image.new("RGB", (1280, 720), RED)
+    stored.paste(BLUE, (640, 0, 1280, 720))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    path = tmp_path / f"frame.{suffix}"
+    stored.save(path, exif=exif.tobytes())
+    picture = decode(path, 640)
+    path.unlink()
+    assert picture.mode == "RGB" and picture.size == size
+    # Along the longer side: the first and the last tenth.
+    ends = ((100, 360), (1180, 360)) if size[0] > size[1] else ((360, 100), (360, 1180))
+    assert (_colour(picture, ends[0]), _colour(picture, ends[1])) == (first, last)
