@@ -67,6 +67,8 @@ _DARK = 8.0
 _COVER_LAYOUT = 0.75
 #: Contrast over noise (thumbnail) under which a picture is too dark to judge at all.
 _MIN_SNR = 2.0
+#: Cameras whose tamper row this process keeps (a thumbnail of a few kB each).
+_ROWS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,8 @@ class TamperStage:
         self._checked: dict[str, datetime] = {}
         #: Per camera: still learning, or its last check looked tampered (every image is checked).
         self._watchful: dict[str, bool] = {}
+        #: Per camera: its row as this process last read or wrote it (``observe``).
+        self._rows: dict[str, tamper_store.Row] = {}
 
     def wants(self, camera_id: str, captured_at: datetime) -> bool:
         """Whether this image is checked: every image while the camera's scene is being learned
@@ -231,7 +235,20 @@ class TamperStage:
     async def observe(
         self, conn: asyncpg.Connection, camera_id: str, image_id: int, captured_at: datetime, seen: SceneFeatures
     ) -> list[Message]:
-        """Judge one image in the caller's transaction; the messages announce a changed state."""
+        """Judge one image in the caller's transaction; the messages announce a changed state.
+
+        The camera's row as this process last wrote it is judged first and written back in one
+        statement if nobody changed it since (``save_if_current``) and nothing is announced (most
+        checks); otherwise it is read again under a lock and judged from that."""
+        known = self._rows.get(camera_id)
+        if known is not None:
+            done = self.step(known, seen, captured_at)
+            if done.change is None:
+                version = await tamper_store.save_if_current(conn, camera_id, done.baseline, done.state, known.version)
+                if version is not None:
+                    self._keep(camera_id, tamper_store.Row(done.baseline, done.state, version))
+                    return []
+                log.debug("tamper row changed elsewhere, read again camera_id=%s", camera_id)
         old = await tamper_store.lock(conn, camera_id)
         done = self.step(old, seen, captured_at)
         state = done.state
@@ -256,11 +273,17 @@ class TamperStage:
             log.info("tamper cleared camera_id=%s kind=%s image_id=%s", camera_id, old.state.kind, image_id)
         elif done.change == "learned":
             log.info("tamper baseline learned camera_id=%s images=%d", camera_id, done.baseline.learned)
-        await tamper_store.save(conn, camera_id, done.baseline, state)
-        self._watchful[camera_id] = (
-            done.baseline.learned < self.learn_frames or state.tampered or state.abnormal_run > 0
-        )
+        version = await tamper_store.save(conn, camera_id, done.baseline, state)
+        self._keep(camera_id, tamper_store.Row(done.baseline, state, version))
         return [] if done.change is None else [self._message(camera_id, state, done.baseline.learned)]
+
+    def _keep(self, camera_id: str, row: tamper_store.Row) -> None:
+        if camera_id not in self._rows and len(self._rows) >= _ROWS_KEPT:
+            self._rows.clear()  # cameras by the thousand only from a hostile uploader: read again
+        self._rows[camera_id] = row
+        self._watchful[camera_id] = (
+            row.baseline.learned < self.learn_frames or row.state.tampered or row.state.abnormal_run > 0
+        )
 
     def _message(self, camera_id: str, state: tamper_store.Counters, learned: int) -> Message:
         payload = TamperState(tampered=state.tampered, kind=state.kind, since=state.since, learned_images=learned)

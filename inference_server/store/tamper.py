@@ -40,11 +40,14 @@ class Counters:
 class Row:
     baseline: Baseline
     state: Counters
+    #: The row version read or written (PostgreSQL's ``xmin``: the id of the transaction that
+    #: wrote it), for ``save_if_current``.
+    version: int
 
 
 async def lock(conn: asyncpg.Connection, camera_id: str) -> Row | None:
     """The camera's row, locked for the caller's transaction (None: nothing learned yet)."""
-    r = await conn.fetchrow("SELECT * FROM camera_tamper WHERE camera_id = $1 FOR UPDATE", camera_id)
+    r = await conn.fetchrow("SELECT *, xmin AS version FROM camera_tamper WHERE camera_id = $1 FOR UPDATE", camera_id)
     if r is None:
         return None
     layout = np.frombuffer(r["baseline"], dtype=np.float32).reshape(r["thumb_h"], r["thumb_w"])
@@ -53,34 +56,51 @@ async def lock(conn: asyncpg.Connection, camera_id: str) -> Row | None:
         Counters(
             r["abnormal_run"], r["normal_run"], r["pending_kind"], r["tampered"], r["kind"], r["since"], r["episode_id"]
         ),
+        int(r["version"]),
     )
 
 
-async def save(conn: asyncpg.Connection, camera_id: str, base: Baseline, state: Counters) -> None:
+_SET = (
+    "thumb_w = $2, thumb_h = $3, baseline = $4, sharpness = $5, contrast = $6, brightness = $7, learned = $8,"
+    " abnormal_run = $9, normal_run = $10, pending_kind = $11, tampered = $12, kind = $13, since = $14,"
+    " episode_id = $15, updated_at = now()"
+)
+
+
+def _values(camera_id: str, base: Baseline, state: Counters) -> tuple[Any, ...]:
     height, width = base.layout.shape
-    await conn.execute(
+    layout = np.ascontiguousarray(base.layout, dtype=np.float32).tobytes()
+    scene = (camera_id, width, height, layout, base.sharpness, base.contrast, base.brightness, base.learned)
+    counters = (state.abnormal_run, state.normal_run, state.pending_kind, state.tampered, state.kind, state.since)
+    return (*scene, *counters, state.episode_id)
+
+
+async def save(conn: asyncpg.Connection, camera_id: str, base: Baseline, state: Counters) -> int:
+    """Write the camera's row; its new version."""
+    version = await conn.fetchval(
         "INSERT INTO camera_tamper (camera_id, thumb_w, thumb_h, baseline, sharpness, contrast, brightness, learned,"
         " abnormal_run, normal_run, pending_kind, tampered, kind, since, episode_id)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        " ON CONFLICT (camera_id) DO UPDATE SET thumb_w = $2, thumb_h = $3, baseline = $4, sharpness = $5,"
-        " contrast = $6, brightness = $7, learned = $8, abnormal_run = $9, normal_run = $10, pending_kind = $11,"
-        " tampered = $12, kind = $13, since = $14, episode_id = $15, updated_at = now()",
-        camera_id,
-        width,
-        height,
-        np.ascontiguousarray(base.layout, dtype=np.float32).tobytes(),
-        base.sharpness,
-        base.contrast,
-        base.brightness,
-        base.learned,
-        state.abnormal_run,
-        state.normal_run,
-        state.pending_kind,
-        state.tampered,
-        state.kind,
-        state.since,
-        state.episode_id,
+        f" ON CONFLICT (camera_id) DO UPDATE SET {_SET} RETURNING xmin",
+        *_values(camera_id, base, state),
     )
+    return int(version)
+
+
+async def save_if_current(
+    conn: asyncpg.Connection, camera_id: str, base: Baseline, state: Counters, version: int
+) -> int | None:
+    """Write the camera's row if it is still at ``version``: one statement instead of ``lock``
+    and ``save``. Its new version, or None when the row changed since (another worker, a
+    ``forget``, or a transaction of ours rolled back): then ``lock`` it and judge again. The update
+    waits for a concurrent writer and then compares that writer's version, so two writers never
+    both pass."""
+    written = await conn.fetchval(
+        f"UPDATE camera_tamper SET {_SET} WHERE camera_id = $1 AND xmin = $16 RETURNING xmin",
+        *_values(camera_id, base, state),
+        version,
+    )
+    return None if written is None else int(written)
 
 
 async def start_episode(

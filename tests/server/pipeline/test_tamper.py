@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from bench import scenes
+from bench.roundtrips import RoundTrips
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
@@ -257,3 +258,48 @@ async def test_a_covered_camera_turns_its_tamper_state_on_over_mqtt(
                     assert resp.status == 404
     finally:
         subscriber.close()
+
+
+async def _check(pool: asyncpg.Pool, stage: TamperStage, image: Image.Image, i: int) -> None:
+    """One check in a transaction of its own, committed."""
+    async with pool.acquire() as conn, conn.transaction():
+        await stage.observe(conn, "drive", i + 1, T0 + timedelta(minutes=i), features(image))
+
+
+async def _learned(pool: asyncpg.Pool) -> int | None:
+    state = await tamper_store.state(pool, "drive")
+    return None if state is None else state.learned_images
+
+
+async def test_a_check_that_changes_nothing_is_one_statement_and_sees_what_others_wrote(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings]
+) -> None:
+    """Issue 20: a check of a camera this process judged before is one statement (its row written
+    back if nobody changed it since), not a locking read and a write. Another worker's checks, a
+    ``forget`` and a check rolled back are seen all the same: nothing is counted twice or lost."""
+    rng = np.random.default_rng(7)
+    view = scenes.picture("bus.jpg")
+    frames = [scenes.lit(view, 1.0, rng) for _ in range(12)]
+    settings = make_settings(tamper_learn_frames=50)  # every check teaches: each is counted
+    ours, theirs = TamperStage(settings, Topics()), TamperStage(settings, Topics())
+    await _check(pool, ours, frames[0], 0)  # the first: nothing known, read under a lock, written
+    with RoundTrips() as trips:
+        await _check(pool, ours, frames[1], 1)
+    # BEGIN, the write, COMMIT.
+    assert trips.count == 3, trips.by_statement
+    assert await _learned(pool) == 2
+
+    await _check(pool, theirs, frames[2], 2)  # a second worker
+    await _check(pool, ours, frames[3], 3)  # ours is out of date: read again, not overwritten
+    assert await _learned(pool) == 4
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        async with pool.acquire() as conn, conn.transaction():
+            await ours.observe(conn, "drive", 5, T0 + timedelta(minutes=4), features(frames[4]))
+            raise RuntimeError("rolled back: a lost lease")
+    await _check(pool, ours, frames[5], 5)
+    assert await _learned(pool) == 5  # the rolled-back check did not count
+
+    assert await tamper_store.forget(pool, "drive")
+    await _check(pool, ours, frames[6], 6)
+    assert await _learned(pool) == 1  # learning anew, not from what this process remembered
