@@ -123,6 +123,29 @@ class _Loaded:
     sha256: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _Turned:
+    """A camera file refused before anything was stored: what ``_quarantine`` records."""
+
+    reason: str
+    detail: str
+    entry: Path | None
+    move: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A camera image checked and placed in the image store, for ``_commit``."""
+
+    found: _Located
+    loaded: _Loaded
+    captured_at: datetime
+    when_source: str
+    stored: Path
+    #: Whether this ingest put the bytes there (False: the same bytes were stored before).
+    placed_now: bool
+
+
 class Ingestor:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, queue: JobQueue) -> None:
         self.settings = settings
@@ -206,53 +229,30 @@ class Ingestor:
             )
         folder = rel.parts[0]
         camera_id = await self._camera_id_for_folder(folder)
-        try:
-            found = await asyncio.to_thread(_locate, self.root / rel, self.root / folder)
-        except FileNotFoundError:
+        # One trip to a thread: find, check, read and place the file (the event loop's share of a
+        # hop is most of ingest's own CPU: docs/performance.md, "Stop 28").
+        opened = await asyncio.to_thread(self._open_file, path, rel, camera_id)
+        if opened is None:
             return IngestResult("vanished", camera_id)
-        except _Refused as refused:
+        if isinstance(opened, _Turned):
             return await self._quarantine(
-                path, camera_id, refused.reason, refused.detail, entry=refused.entry, move=refused.entry is not None
+                path, camera_id, opened.reason, opened.detail, entry=opened.entry, move=opened.move
             )
-        entry, source, st = found.entry, found.source, found.st
-        if not stat.S_ISREG(st.st_mode):
-            return await self._quarantine(path, camera_id, "not_a_file", "not a regular file", entry=entry)
-        if path.suffix.lower() in CLIP_SUFFIXES:
-            return await self._ingest_clip_file(path, rel, folder, camera_id, found)
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            return await self._quarantine(
-                path,
-                camera_id,
-                "unsupported_file_type",
-                f"suffix {printable(path.suffix)!r} is not .jpg/.png/.mp4/.mkv/.avi/.mov",
-                entry=entry,
-            )
-        if st.st_size > self.limits.max_bytes:
-            return await self._quarantine(
-                path, camera_id, "too_large", f"{st.st_size} bytes > limit {self.limits.max_bytes}", entry=entry
-            )
-        try:
-            loaded = await asyncio.to_thread(self._load, source)
-        except InvalidImage as bad:
-            return await self._quarantine(path, camera_id, bad.reason, bad.detail, entry=entry)
-        except FileNotFoundError:
-            return IngestResult("vanished", camera_id)
-
-        when = _capture_time(path.name, st.st_mtime, self.tz)
-        if isinstance(when, str):
-            return await self._quarantine(path, camera_id, CAPTURED_AT_OUT_OF_RANGE, when)
-        captured_at, when_source = when
+        if isinstance(opened, _Located):
+            return await self._ingest_clip_file(path, rel, folder, camera_id, opened)
+        entry = opened.found.entry
         metrics.STAGE.labels("validate").observe(metrics.now() - started)
         try:
             result = await self._commit(
                 camera_id=camera_id,
                 folder=folder,
-                loaded=loaded,
-                source_file=source,
+                loaded=opened.loaded,
+                source_file=opened.found.source,
                 original_name=printable(rel),
-                captured_at=captured_at,
-                captured_at_source=when_source,
+                captured_at=opened.captured_at,
+                captured_at_source=opened.when_source,
                 source="folder",
+                placed=(opened.stored, opened.placed_now),
             )
         except CameraDisabled:
             return await self._quarantine(
@@ -273,6 +273,45 @@ class Ingestor:
                     printable(path),
                 )
         return result
+
+    def _open_file(self, path: Path, rel: Path, camera_id: str) -> _Ready | _Located | _Turned | None:
+        """On a thread: where the camera file really is, whether it may be ingested, its bytes
+        checked, and (an image) its bytes placed in the image store. A clip's location is returned
+        for ``_ingest_clip_file``; None: the file is gone."""
+        try:
+            found = _locate(self.root / rel, self.root / rel.parts[0])
+        except FileNotFoundError:
+            return None
+        except _Refused as refused:
+            return _Turned(refused.reason, refused.detail, refused.entry, move=refused.entry is not None)
+        entry, st = found.entry, found.st
+        suffix = path.suffix.lower()
+        if not stat.S_ISREG(st.st_mode):
+            return _Turned("not_a_file", "not a regular file", entry)
+        if suffix in CLIP_SUFFIXES:
+            return found
+        if suffix not in IMAGE_SUFFIXES:
+            detail = f"suffix {printable(path.suffix)!r} is not .jpg/.png/.mp4/.mkv/.avi/.mov"
+            return _Turned("unsupported_file_type", detail, entry)
+        if st.st_size > self.limits.max_bytes:
+            return _Turned("too_large", f"{st.st_size} bytes > limit {self.limits.max_bytes}", entry)
+        try:
+            loaded = self._load(found.source)
+        except InvalidImage as bad:
+            return _Turned(bad.reason, bad.detail, entry)
+        except FileNotFoundError:
+            return None
+        when = _capture_time(path.name, st.st_mtime, self.tz)
+        if isinstance(when, str):
+            return _Turned(CAPTURED_AT_OUT_OF_RANGE, when, None)
+        stored = self._stored_path(camera_id, when[0], loaded)
+        return _Ready(found, loaded, when[0], when[1], stored, _place(found.source, loaded.data, stored))
+
+    def _stored_path(self, camera_id: str, captured_at: datetime, loaded: _Loaded) -> Path:
+        """Where the image store keeps the bytes: by camera, UTC day and hash."""
+        day = captured_at.astimezone(UTC).strftime("%Y-%m-%d")
+        name = f"{loaded.sha256.hex()[:32]}.{_EXT[loaded.info.media_type]}"
+        return self.settings.images_path / camera_id / day / name
 
     async def ingest_bytes(
         self,
@@ -541,17 +580,19 @@ class Ingestor:
         captured_at: datetime,
         captured_at_source: str,
         source: str,
+        placed: tuple[Path, bool] | None = None,
     ) -> IngestResult:
+        """Insert the image and its job; ``placed``: its bytes are in the store already (where,
+        and whether this call put them there), else they are placed first."""
         started = metrics.now()
         if folder is None:
             # An upload names its camera (anyone on the broker can name any): look it up before a
             # folder is made for it, so an unknown, disabled or malformed id leaves nothing on disk.
             await self._require_camera(camera_id)
-        day = captured_at.astimezone(UTC).strftime("%Y-%m-%d")
-        stored = (
-            self.settings.images_path / camera_id / day / f"{loaded.sha256.hex()[:32]}.{_EXT[loaded.info.media_type]}"
-        )
-        placed_now = await asyncio.to_thread(_place, source_file, loaded.data, stored)
+        if placed is None:
+            stored = self._stored_path(camera_id, captured_at, loaded)
+            placed = (stored, await asyncio.to_thread(_place, source_file, loaded.data, stored))
+        stored, placed_now = placed
         try:
             image_id, job_id, camera_id = await self._insert(
                 camera_id, folder, loaded, stored, original_name, captured_at, captured_at_source, source
