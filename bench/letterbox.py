@@ -4,7 +4,7 @@
 
 For each decoded size the pipeline hands the detector (``detector_decode_fit`` ``cover``, the
 default, at ``detector_imgsz`` 640), the letterbox into the model's rectangle, timed in one run
-(thread CPU time) against two references on the same picture: Pillow's affine bilinear sampling
+(thread CPU time, with the server's fixed mmap threshold) against two references on the same picture: Pillow's affine bilinear sampling
 then the float tensor (the letterbox before stop 28), and OpenCV's ``resize`` (``INTER_LINEAR``,
 ultralytics' letterbox) then the same, where OpenCV is installed (the dev venv; not the add-on).
 The last column is the largest difference from OpenCV's picture, in grey levels.
@@ -20,6 +20,8 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
+from inference_server.config import Settings
+from inference_server.decode_budget import fix_mmap_threshold
 from inference_server.detection.onnx_backend import letterbox
 
 #: (what, decoded width, height): a camera's frame as ``pipeline.decode`` gives it at ``cover`` 640.
@@ -66,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=40)
     args = parser.parse_args()
+    print(f"glibc's mmap threshold: {fix_mmap_threshold(Settings().malloc_mmap_threshold_kb)} (the server's)")
     try:
         import cv2
     except ImportError:

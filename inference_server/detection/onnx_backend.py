@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -117,6 +118,14 @@ def _letterbox_session() -> ort.InferenceSession:
     return ort.InferenceSession(str(LETTERBOX_GRAPH), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+#: One letterbox at a time through the graph. ONNX Runtime's arena keeps the intermediates of the
+#: largest calls that ran at once for as long as the process runs: 120 MB with three decode
+#: threads on 1-MP pictures, one call's ~25 MB with this lock (tests/server/detection/
+#: test_onnx_memory.py). Without the arena every call maps its intermediates afresh (glibc's fixed
+#: mmap threshold) and their page faults cost more than the resize (5-9 ms a call, measured).
+_LETTERBOX_LOCK = threading.Lock()
+
+
 def _whole_factor(image: Image.Image, new_w: int, new_h: int) -> Image.Image | None:
     """OpenCV's ``INTER_LINEAR`` where the picture is ``k`` times the new size for a whole ``k``,
     exactly, and without sampling: it samples at ``k·x + (k - 1) / 2``. For ``k = 2`` that is the
@@ -151,14 +160,13 @@ def letterbox(image: Image.Image, shape: tuple[int, int]) -> Letterboxed:
         scaled = _whole_factor(rgb, new_w, new_h)
         if scaled is None:
             pads = [0, 0, top, left, 0, 0, shape[0] - new_h - top, shape[1] - new_w - left]
-            [batch] = _letterbox_session().run(
-                None,
-                {
-                    "image": np.asarray(rgb)[np.newaxis],
-                    "sizes": np.array([1, 3, new_h, new_w], dtype=np.int64),
-                    "pads": np.array(pads, dtype=np.int64),
-                },
-            )
+            feeds = {
+                "image": np.asarray(rgb)[np.newaxis],
+                "sizes": np.array([1, 3, new_h, new_w], dtype=np.int64),
+                "pads": np.array(pads, dtype=np.int64),
+            }
+            with _LETTERBOX_LOCK:
+                [batch] = _letterbox_session().run(None, feeds)
             return Letterboxed(batch[0], width, height, ratio, left, top)
         rgb = scaled
     # Straight into the tensor, in one pass: grey around, the picture scaled to 0-1 (CHW) within.

@@ -172,7 +172,8 @@ class Recognizer:
         return out
 
     def _embed_now(self, image: Image.Image, detections: Sequence[Detection]) -> list[PersonVectors | None]:
-        pixels: np.ndarray[Any, np.dtype[np.uint8]] = np.asarray(image.convert("RGB"))
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB one
+        pixels: np.ndarray[Any, np.dtype[np.uint8]] = np.asarray(rgb)
         width, height = image.size
         crops: dict[EmbeddingSource, list[tuple[int, Any]]] = {"face": [], "body": []}
         for index, det in enumerate(detections):

@@ -55,3 +55,51 @@ def test_a_loaded_model_keeps_no_freed_copies_of_its_weights() -> None:
     assert figures["load"] < 2 * size, f"loading a {size / 2**20:.0f} MB model kept {figures['load'] / 2**20:.0f} MB"
     # Warm-up (one 416x416 picture) adds the arena of one inference, a few MB.
     assert figures["warm"] < 2 * size + 32 * 2**20, figures
+
+
+_LETTERBOX = """
+import json, threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from inference_server.decode_budget import fix_mmap_threshold
+from inference_server.detection.onnx_backend import letterbox
+
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+fix_mmap_threshold(1024)  # the server's default
+sizes = [(810, 1080), (1296, 972), (960, 540)]
+pictures = [Image.fromarray(np.full((h, w, 3), 90, dtype=np.uint8)) for w, h in sizes]
+letterbox(pictures[2], (384, 640))
+before = rss()
+
+def work():
+    for k in range(30):
+        picture = pictures[k % 3]
+        letterbox(picture, (640, 480) if picture.height > picture.width else (480, 640))
+
+threads = [threading.Thread(target=work) for _ in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"growth": rss() - before}))
+"""
+
+
+def test_the_letterbox_keeps_one_calls_memory_however_many_threads_call_it() -> None:
+    """Three decode threads letterboxing 1-MP pictures through ONNX Runtime's ``Resize``: the
+    runtime's arena keeps the intermediates of the largest calls that ran at once for as long as
+    the process runs (84 MB here with three at once); one call at a time, one call's (36 MB)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _LETTERBOX], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    growth = json.loads(result.stdout.strip().splitlines()[-1])["growth"]
+    assert growth < 48 * 2**20, f"the letterbox kept {growth / 2**20:.0f} MB"
