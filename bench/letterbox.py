@@ -4,9 +4,10 @@
 
 For each decoded size the pipeline hands the detector (``detector_decode_fit`` ``cover``, the
 default, at ``detector_imgsz`` 640), the letterbox into the model's rectangle, timed in one run
-(thread CPU time, with the server's fixed mmap threshold) against two references on the same picture: Pillow's affine bilinear sampling
-then the float tensor (the letterbox before stop 28), and OpenCV's ``resize`` (``INTER_LINEAR``,
-ultralytics' letterbox) then the same, where OpenCV is installed (the dev venv; not the add-on).
+(thread CPU time, with the server's fixed mmap threshold) against two references on the same
+picture: Pillow's affine bilinear sampling then the float tensor (the letterbox before stop 28),
+and OpenCV's ``resize`` (``INTER_LINEAR``, ultralytics' letterbox) then the same, where OpenCV is
+installed (the dev venv; not the add-on).
 The last column is the largest difference from OpenCV's picture, in grey levels.
 """
 
