@@ -62,6 +62,13 @@ def stor_replies(ftp: ftplib.FTP, uploads: list[tuple[str, bytes, int | None]]) 
             replies.append(ftp.storbinary(f"STOR {name}", io.BytesIO(data), rest=rest))
         except ftplib.error_perm as err:
             replies.append(str(err))
+        except (ConnectionResetError, BrokenPipeError):
+            # Refused mid-transfer: the server closed the data connection while this client was
+            # still sending; its reply waits on the control connection.
+            try:
+                replies.append(ftp.voidresp())
+            except ftplib.error_perm as err:
+                replies.append(str(err))
     return replies
 
 
