@@ -143,7 +143,15 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 #: What a database call may raise because of the database or the connection rather than the
 #: caller: a worker catches these around a step it must survive, and `is_unavailable` tells an
 #: outage (retry later) from the rest.
-DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+#: What a database outage raises. ``InternalClientError``: asyncpg's protocol state on a connection
+#: PostgreSQL dropped while shutting down ("another operation is in progress", seen in CI when the
+#: batch stage began a transaction as the database stopped); the pool replaces the connection.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+)
 
 
 def connection_alive(conn: asyncpg.Connection) -> bool:
