@@ -120,7 +120,7 @@ def _letterbox_session() -> ort.InferenceSession:
 
 #: One letterbox at a time through the graph. ONNX Runtime's arena keeps the intermediates of the
 #: largest calls that ran at once for as long as the process runs: 120 MB with three decode
-#: threads on 1-MP pictures, one call's ~25 MB with this lock (tests/server/detection/
+#: threads on 1-MP pictures, one call's ~36 MB with this lock (tests/server/detection/
 #: test_onnx_memory.py). Without the arena every call maps its intermediates afresh (glibc's fixed
 #: mmap threshold) and their page faults cost more than the resize (5-9 ms a call, measured).
 _LETTERBOX_LOCK = threading.Lock()

@@ -16,8 +16,7 @@ from tests.support.models import COCO_IMGSZ, coco_onnx
 
 ROOT = Path(__file__).resolve().parents[3]
 
-_LOAD = """
-import json, sys
+_RSS = """
 from pathlib import Path
 
 def rss():
@@ -25,6 +24,12 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+"""
+
+_LOAD = (
+    _RSS
+    + """
+import json, sys
 
 import onnxruntime  # its own pages before the first figure: only the model's cost is measured
 from inference_server.detection.onnx_backend import OnnxDetector
@@ -35,6 +40,7 @@ loaded = rss()
 detector.warmup()
 print(json.dumps({"load": loaded - before, "warm": rss() - before}))
 """
+)
 
 
 def test_a_loaded_model_keeps_no_freed_copies_of_its_weights() -> None:
@@ -57,21 +63,16 @@ def test_a_loaded_model_keeps_no_freed_copies_of_its_weights() -> None:
     assert figures["warm"] < 2 * size + 32 * 2**20, figures
 
 
-_LETTERBOX = """
+_LETTERBOX = (
+    _RSS
+    + """
 import json, threading
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from inference_server.decode_budget import fix_mmap_threshold
 from inference_server.detection.onnx_backend import letterbox
-
-def rss():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 fix_mmap_threshold(1024)  # the server's default
 sizes = [(810, 1080), (1296, 972), (960, 540)]
@@ -91,6 +92,7 @@ for t in threads:
     t.join()
 print(json.dumps({"growth": rss() - before}))
 """
+)
 
 
 def test_the_letterbox_keeps_one_calls_memory_however_many_threads_call_it() -> None:
