@@ -29,7 +29,7 @@ import asyncpg
 from bench.roundtrips import RoundTrips
 from bench.soak import tagged_jpeg
 from inference_server import demo_assets
-from inference_server.clock import SystemClock
+from inference_server.clock import Clock, SystemClock
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.detector import Detector
@@ -46,14 +46,15 @@ from inference_server.server import open_database
 
 
 async def store_pipeline(
-    settings: Settings, pool: asyncpg.Pool, detector: Detector, cameras: list[str]
+    settings: Settings, pool: asyncpg.Pool, detector: Detector, cameras: list[str], clock: Clock | None = None
 ) -> tuple[DetectWorker, Ingestor, JobQueue]:
     """A detect worker wired as the server wires it (rules only, no LLM, no MQTT), its ingestor
-    and queue, with ``cameras`` created (also used by tests/server/pipeline)."""
+    and queue, with ``cameras`` created (also used by tests/server/pipeline); the batch stage
+    keeps ``clock`` (the system's by default)."""
     queue = JobQueue(pool, QueuePolicy(lease_s=600), "store-bench")
     ingestor = Ingestor(settings, pool, queue)
     rules = RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))
-    batches = BatchStage(settings, pool, rules, Topics("hsi"), SystemClock(), llm_enabled=False)
+    batches = BatchStage(settings, pool, rules, Topics("hsi"), clock or SystemClock(), llm_enabled=False)
     worker = DetectWorker(settings, queue, detector, ResultStage(settings, pool, queue, batches))
     for camera in cameras:
         await pool.execute("INSERT INTO cameras (id, name, folder) VALUES ($1, $1, $1)", camera)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -35,10 +35,11 @@ import asyncpg
 from inference_server.clock import Clock
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
-from inference_server.domain import Assessment, Detection, Identity, Observation, category_of
+from inference_server.domain import Assessment, Detection, Identity, Observation
 from inference_server.pipeline import snapshot as snapshot_module
 from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, event_message
 from inference_server.pipeline.snapshot import Snapshot, snapshot_file
+from inference_server.pipeline.summary import ActivitySummary
 from inference_server.reasoning.rules import RulesReasoner
 from inference_server.schemas import ContextState, Zone
 from inference_server.store import activity, batches, cameras, context, outbox, people
@@ -68,6 +69,20 @@ class Seen:
     snapshot: Snapshot
     #: Parallel to ``detections`` (or empty): who each person is, where recognised.
     identities: Sequence[Identity | None] = ()
+    #: Parallel to ``detections`` (or empty: unknown): their ids in the database.
+    detection_ids: Sequence[int] = ()
+
+    def rows(self) -> list[batches.BatchDetection]:
+        """The image's detections as ``batches.detections`` reads them back (needs ``detection_ids``)."""
+        identities = list(self.identities) or [None] * len(self.detections)
+        return [
+            batches.BatchDetection(
+                self.image_id, d.label, d.confidence, d.bbox, zones, self.captured_at, detection_id, who is not None
+            )
+            for d, zones, who, detection_id in zip(
+                self.detections, self.detection_zones, identities, self.detection_ids, strict=True
+            )
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +119,8 @@ class BatchStage:
         self._snapshots = SnapshotThrottle(topics, settings.snapshot_publish_interval_s)
         #: The score from which an activity opens its event at once (``alert_open_level``).
         self.alert_score = rules.thresholds.score_of(settings.alert_open_level)
+        #: Per camera, its open batch's activity as this stage last stored it (pipeline/summary.py).
+        self._summaries: dict[str, ActivitySummary] = {}
 
     def _due(self, batch: batches.Batch, now: datetime) -> bool:
         return (
@@ -155,10 +172,13 @@ class BatchStage:
         if batch is not None and self._due(batch, now) and not await self._held_for_clip(conn, batch, now, arriving):
             messages += await self.close_guarded(conn, batch, now)
             batch = await batches.lock_open(conn, camera_id)  # the batch continuing its event, if any
+        opened = batch is None
         if batch is None:
             batch = await batches.open_new(conn, camera_id, now)
             log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
+        before = batch.version
         batch = await batches.add_images(conn, batch, arriving, now)
+        self._follow(batch, before, seen, opened=opened)
 
         started = metrics.now()
         live = dict(Counter(d.label for d in latest.detections))
@@ -371,6 +391,36 @@ class BatchStage:
         return messages
 
     # --- judging -------------------------------------------------------------------------------
+    def _follow(self, batch: batches.Batch, before: int, seen: Sequence[Seen], *, opened: bool) -> None:
+        """Add the images that joined ``batch`` (version ``before`` until they did) to its kept
+        summary, if that summary is the batch's as of ``before``; otherwise forget it, and the
+        batch's detections are read again when it is next judged."""
+        summary = ActivitySummary(batch.id, before) if opened else self._summaries.get(batch.camera_id)
+        if (
+            summary is None
+            or summary.batch_id != batch.id
+            or summary.version != before
+            or summary.holds_any(s.image_id for s in seen)
+            or any(len(s.detection_ids) != len(s.detections) for s in seen)
+        ):
+            self._summaries.pop(batch.camera_id, None)
+            return
+        for s in seen:
+            summary.add(s.rows())
+        summary.version = batch.version
+        self._summaries[batch.camera_id] = summary
+
+    async def _summary(self, conn: asyncpg.Connection, batch: batches.Batch) -> ActivitySummary:
+        """The batch's activity: the kept summary while the batch's row is at its version, else
+        read (and kept)."""
+        summary = self._summaries.get(batch.camera_id)
+        if summary is not None and summary.batch_id == batch.id and summary.version == batch.version:
+            return summary
+        summary = ActivitySummary.of(batch.id, batch.version, await batches.detections(conn, batch.id))
+        if batch.version:
+            self._summaries[batch.camera_id] = summary
+        return summary
+
     def judge(self, observed: tuple[Observation, int]) -> Judged:
         """The rules' judgement of an observed batch (``observe``)."""
         observation, image_id = observed
@@ -385,34 +435,30 @@ class BatchStage:
         camera_name: str,
         zones: Sequence[Zone],
         household: tuple[datetime, ContextState] | None = None,
+        *,
+        every_detection: bool = False,
     ) -> tuple[Observation, int]:
         """Everything the reasoners need about a batch, and the image that best shows it.
         ``household``: the context the caller read for a capture time, used when that is the
-        batch's latest."""
-        rows = await batches.detections(conn, batch.id)
-        if not rows:
+        batch's latest. The observation's detections are those that carry the rules' judgement,
+        or with ``every_detection`` all of them (the LLM's prompt lists them)."""
+        # The rules are given the detections that carry their judgement (the same judgement as
+        # all of them: pipeline/summary.py); the LLM phase every one.
+        if every_detection:
+            rows = await batches.detections(conn, batch.id)
+            summary = ActivitySummary.of(batch.id, batch.version, rows)
+        else:
+            summary = await self._summary(conn, batch)
+            rows = summary.detections()
+        if not summary.images:
             raise RuntimeError(f"batch {batch.id} has no detections")
-        detections = [Detection(r.label, r.confidence, r.bbox) for r in rows]
-        identified = [r.detection_id for r in rows if r.identified]
+        identified = [r.detection_id for r in summary.identified]
         known = await people.identities(conn, identified) if identified else {}
-        per_image: dict[int, Counter[str]] = defaultdict(Counter)
-        for r in rows:
-            per_image[r.image_id][r.label] += 1
-        max_counts: dict[str, int] = {}
-        for counts in per_image.values():
-            for label, n in counts.items():
-                max_counts[label] = max(max_counts.get(label, 0), n)
-        top_category = min(
-            (category_of(d.label) for d in detections),
-            key=("person", "vehicle", "object", "animal").index,
-        )
+        top_category = summary.top_category()
         # The image showing the most of the top category (the latest on a tie) represents the event.
-        image_id = max(
-            per_image,
-            key=lambda i: (sum(n for lbl, n in per_image[i].items() if category_of(lbl) == top_category), i),
-        )
-        first_seen = rows[0].captured_at
-        last_seen = max(r.captured_at for r in rows)
+        image_id = summary.shown[top_category][1]
+        assert summary.first_seen is not None and summary.last_seen is not None
+        last_seen = summary.last_seen
         local = last_seen.astimezone(self.tz)
         # The household as it was when the batch's latest image was taken (a late upload is judged
         # with the context of its capture time, not today's); the LLM phase reads the same.
@@ -420,7 +466,7 @@ class BatchStage:
             ctx_state = await context.for_capture(conn, last_seen)
         else:
             ctx_state = household[1]  # the caller read it for this very capture time
-        top = max((r for r in rows if category_of(r.label) == top_category), key=lambda r: r.confidence)
+        top = summary.best[top_category]
         past = await activity.history(
             conn,
             batch.camera_id,
@@ -434,14 +480,14 @@ class BatchStage:
             camera_id=batch.camera_id,
             camera_name=camera_name,
             captured_at=local,
-            detections=detections,
+            detections=[Detection(r.label, r.confidence, r.bbox) for r in rows],
             detection_zones=[r.zones for r in rows],
             zones=zones,
             context=ctx_state.context if ctx_state.set_at is not None else None,
             context_set_late=_set_late(ctx_state, last_seen),
-            max_counts=max_counts,
-            frames=sum(any(category_of(lbl) == top_category for lbl in c) for c in per_image.values()),
-            first_seen=first_seen,
+            max_counts=dict(summary.max_counts),
+            frames=summary.frames[top_category],
+            first_seen=summary.first_seen,
             last_seen=last_seen,
             baseline=past.baseline,
             recent_visits=past.recent_visits,

@@ -163,7 +163,9 @@ class LlmStage:
                 log.warning("llm phase skipped: event has no batch event_id=%s", event_id)
                 await events_store.finish_llm(conn, event_id, None, failure="no batch to judge")
                 return
-            observation, _ = await self.batch_stage.observe(conn, batch, camera.name, camera.zones)
+            observation, _ = await self.batch_stage.observe(
+                conn, batch, camera.name, camera.zones, every_detection=True
+            )
             frames = await self._frames(conn, batch.id, event_id) if sees else []
         rules = self.batch_stage.rules.assess_now(observation)
         started = metrics.now()

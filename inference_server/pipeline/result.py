@@ -146,7 +146,7 @@ class ResultStage:
             return messages
         zones = {r.job.image_id: list(r.job.zones) for r in found}
         tagged = {r.job.image_id: [zones_of(d, zones[r.job.image_id]) for d in r.detections] for r in found}
-        await detections_store.insert_images(
+        detection_ids = await detections_store.insert_images(
             conn, camera_id, [(r.job.image_id, r.job.captured_at, r.detections, tagged[r.job.image_id]) for r in found]
         )
         local = {r.job.image_id: r.job.captured_at.astimezone(self.tz) for r in found}
@@ -157,7 +157,7 @@ class ResultStage:
         )
         seen: list[Seen] = []
         enrolled = 0
-        for r in found:
+        for r, ids in zip(found, detection_ids, strict=True):
             identities: list[Identity | None] = []
             if self.recognizer is not None and r.vectors:
                 identities, enrolled = await self.recognizer.identify(conn, camera_id, r.job.image_id, r.vectors)
@@ -169,6 +169,7 @@ class ResultStage:
                     tagged[r.job.image_id],
                     r.snapshot,
                     identities,
+                    ids,
                 )
             )
         latest = found[-1].job

@@ -23,17 +23,27 @@ class Batch:
     event_id: uuid.UUID | None
     #: When the first batch of this batch's chain (its event) opened; its own ``opened_at`` if none.
     chain_started_at: datetime
+    #: The row's version (its ``xmin``, the transaction that last wrote it): equal versions, the
+    #: same images (``pipeline/summary.py``).
+    version: int = 0
 
 
 # chain_started_at is NULL for a batch that starts its chain: it began when the batch opened.
 _COLUMNS = (
-    "id, camera_id, opened_at, last_activity_at, event_id, coalesce(chain_started_at, opened_at) AS chain_started_at"
+    "id, camera_id, opened_at, last_activity_at, event_id, coalesce(chain_started_at, opened_at) AS chain_started_at,"
+    " xmin::text::bigint AS version"
 )
 
 
 def _batch(row: asyncpg.Record) -> Batch:
     return Batch(
-        row["id"], row["camera_id"], row["opened_at"], row["last_activity_at"], row["event_id"], row["chain_started_at"]
+        row["id"],
+        row["camera_id"],
+        row["opened_at"],
+        row["last_activity_at"],
+        row["event_id"],
+        row["chain_started_at"],
+        row["version"],
     )
 
 
