@@ -167,7 +167,8 @@ class BatchStage:
         messages: list[Message] = []
         latest = seen[-1]
         snapshots = {s.image_id: s.snapshot for s in seen}
-        batch = await batches.lock_open(conn, camera_id)
+        # The batch, locked, and the household as it was when the latest image was taken.
+        batch, household = await batches.lock_open_in_context(conn, camera_id, latest.captured_at)
         arriving = [s.image_id for s in seen]
         if batch is not None and self._due(batch, now) and not await self._held_for_clip(conn, batch, now, arriving):
             messages += await self.close_guarded(conn, batch, now)
@@ -187,7 +188,6 @@ class BatchStage:
             # Most images: the batch is judged as a whole when it closes. The camera's live risk
             # is the latest image alone in the context of its capture time (no history queries on
             # the hot path)...
-            household = await context.for_capture(conn, latest.captured_at)
             glances = [
                 self.rules.assess_now(
                     Observation(
@@ -222,7 +222,7 @@ class BatchStage:
                 messages += await self._snapshots.messages(camera_id, latest.snapshot, always=False)
                 return messages
         else:
-            judged = self.judge(await self.observe(conn, batch, camera_name, zones))
+            judged = self.judge(await self.observe(conn, batch, camera_name, zones, (latest.captured_at, household)))
         metrics.STAGE.labels("reason").observe((metrics.now() - started) / len(seen))
         changed = True
         if batch.event_id is None:

@@ -146,14 +146,16 @@ class ResultStage:
             return messages
         zones = {r.job.image_id: list(r.job.zones) for r in found}
         tagged = {r.job.image_id: [zones_of(d, zones[r.job.image_id]) for d in r.detections] for r in found}
-        detection_ids = await detections_store.insert_images(
-            conn, camera_id, [(r.job.image_id, r.job.captured_at, r.detections, tagged[r.job.image_id]) for r in found]
-        )
         local = {r.job.image_id: r.job.captured_at.astimezone(self.tz) for r in found}
-        await activity.record_images(
+        hourly = activity.hourly_counts(
+            (local[i].date(), local[i].hour, (d.label for d in r.detections)) for r in found if (i := r.job.image_id)
+        )
+        # One statement: the detections, with the camera's hourly counts.
+        detection_ids = await detections_store.insert_images(
             conn,
             camera_id,
-            [(local[i].date(), local[i].hour, (d.label for d in r.detections)) for r in found if (i := r.job.image_id)],
+            [(r.job.image_id, r.job.captured_at, r.detections, tagged[r.job.image_id]) for r in found],
+            hourly=hourly,
         )
         seen: list[Seen] = []
         enrolled = 0

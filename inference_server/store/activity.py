@@ -18,27 +18,38 @@ BASELINE_DAYS = 14
 MIN_DAYS_LEARNED = 3
 
 
+Hourly = tuple[list[str], list[date], list[int], list[int]]
+
+
+def hourly_counts(images: Iterable[tuple[date, int, Iterable[str]]]) -> Hourly:
+    """Each image counted once per label it shows, for its camera's day and hour (local time),
+    as the parallel arrays ``hourly_upsert`` takes: labels, days, hours, images."""
+    counts: Counter[tuple[str, date, int]] = Counter()
+    for day, hour, labels in images:
+        counts.update((label, day, hour) for label in set(labels))
+    keys = sorted(counts)
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [counts[k] for k in keys]
+
+
+def hourly_upsert(camera: str, labels: str, days: str, hours: str, counts: str) -> str:
+    """The statement adding ``hourly_counts`` to a camera's counts, for SQL parameters named by the
+    arguments (also a data-modifying CTE of the detections' insert: ``detections.insert_images``)."""
+    return (
+        "INSERT INTO activity_hourly (camera_id, label, day, hour, images)"
+        f" SELECT {camera}, l, d, h, n FROM unnest({labels}::text[], {days}::date[], {hours}::int[], {counts}::int[])"
+        " AS a (l, d, h, n)"
+        " ON CONFLICT (camera_id, label, hour, day) DO UPDATE SET images = activity_hourly.images + EXCLUDED.images"
+    )
+
+
 async def record_images(
     conn: asyncpg.Connection, camera_id: str, images: Iterable[tuple[date, int, Iterable[str]]]
 ) -> None:
     """Count each image once per label it shows, for its camera's day and hour (local time):
     several images of one camera in one statement, each ``(day, hour, labels)``."""
-    counts: Counter[tuple[str, date, int]] = Counter()
-    for day, hour, labels in images:
-        counts.update((label, day, hour) for label in set(labels))
-    if not counts:
-        return
-    keys = sorted(counts)
-    await conn.execute(
-        "INSERT INTO activity_hourly (camera_id, label, day, hour, images)"
-        " SELECT $1, l, d, h, n FROM unnest($2::text[], $3::date[], $4::int[], $5::int[]) AS a (l, d, h, n)"
-        " ON CONFLICT (camera_id, label, hour, day) DO UPDATE SET images = activity_hourly.images + EXCLUDED.images",
-        camera_id,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        [counts[k] for k in keys],
-    )
+    counts = hourly_counts(images)
+    if counts[0]:
+        await conn.execute(hourly_upsert("$1", "$2", "$3", "$4", "$5"), camera_id, *counts)
 
 
 def _baseline_columns(camera: str, start: str, today: str, hour: str) -> str:

@@ -13,6 +13,9 @@ from datetime import datetime
 
 import asyncpg
 
+from inference_server.schemas import ContextState
+from inference_server.store import context
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -54,6 +57,25 @@ async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:
         camera_id,
     )
     return _batch(row) if row is not None else None
+
+
+async def lock_open_in_context(
+    conn: asyncpg.Connection, camera_id: str, captured_at: datetime
+) -> tuple[Batch | None, ContextState]:
+    """``lock_open``, and the household context to judge an image captured at ``captured_at``
+    with (``context.for_capture``), in one round trip."""
+    if captured_at.tzinfo is None:
+        raise ValueError("captured_at must be timezone-aware")
+    rows = await conn.fetch(
+        f"SELECT b.*, c.* FROM (SELECT 1) AS one"
+        f" LEFT JOIN (SELECT {_COLUMNS} FROM batches WHERE camera_id = $1 AND closed_at IS NULL FOR UPDATE) AS b"
+        " ON true"
+        f" LEFT JOIN ({context.for_capture_sql('$2')}) AS c ON true",
+        camera_id,
+        captured_at,
+    )
+    batch = _batch(rows[0]) if rows[0]["id"] is not None else None
+    return batch, context.capture_state(rows, captured_at)
 
 
 async def open_new(conn: asyncpg.Connection, camera_id: str, now: datetime) -> Batch:

@@ -7,6 +7,7 @@ history is bounded by retention (``prune``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -62,26 +63,25 @@ async def at(conn: asyncpg.Connection | asyncpg.Pool, when: datetime) -> Context
     )
 
 
-async def for_capture(conn: asyncpg.Connection | asyncpg.Pool, captured_at: datetime) -> ContextState:
-    """The context to judge an image captured at ``captured_at`` with: the one in force then
-    (``at``). An image captured before the first context that is still kept (older than the
-    history, or a camera clock far behind) is judged with the current one, logged as that
-    fallback; unset when no context was ever sent."""
-    if captured_at.tzinfo is None:
-        raise ValueError("captured_at must be timezone-aware")
-    # One round trip (this runs for every stored group of images): the context in force at the
-    # capture time, and the latest, each by the index ``household_context_latest``.
-    rows = await conn.fetch(
-        "(SELECT context, set_at, set_by, true AS in_force FROM household_context WHERE set_at <= $1"
-        " ORDER BY set_at DESC, id DESC LIMIT 1)"
+def for_capture_sql(captured_at: str) -> str:
+    """The rows ``capture_state`` judges, for an SQL parameter named by the argument: the context in
+    force at the capture time (``in_force``), and the latest, each by the index
+    ``household_context_latest`` (also a part of ``batches.lock_open_in_context``)."""
+    return (
+        "(SELECT context, set_at, set_by, true AS in_force FROM household_context WHERE set_at <= "
+        f"{captured_at} ORDER BY set_at DESC, id DESC LIMIT 1)"
         " UNION ALL (SELECT context, set_at, set_by, false FROM household_context"
-        " ORDER BY set_at DESC, id DESC LIMIT 1)",
-        captured_at,
+        " ORDER BY set_at DESC, id DESC LIMIT 1)"
     )
-    in_force = [r for r in rows if r["in_force"]]
+
+
+def capture_state(rows: Sequence[asyncpg.Record], captured_at: datetime) -> ContextState:
+    """``for_capture`` of the rows ``for_capture_sql`` read (rows without ``set_at``: none)."""
+    found = [r for r in rows if r["set_at"] is not None]
+    in_force = [r for r in found if r["in_force"]]
     if in_force:
         return _state(in_force[0])
-    state = _state(rows[0] if rows else None)
+    state = _state(found[0] if found else None)
     if state.set_at is not None:
         log.info(
             "context fallback: none known at capture time, judged with the current one captured_at=%s set_at=%s",
@@ -89,6 +89,17 @@ async def for_capture(conn: asyncpg.Connection | asyncpg.Pool, captured_at: date
             state.set_at.isoformat(),
         )
     return state
+
+
+async def for_capture(conn: asyncpg.Connection | asyncpg.Pool, captured_at: datetime) -> ContextState:
+    """The context to judge an image captured at ``captured_at`` with: the one in force then
+    (``at``). An image captured before the first context that is still kept (older than the
+    history, or a camera clock far behind) is judged with the current one, logged as that
+    fallback; unset when no context was ever sent."""
+    if captured_at.tzinfo is None:
+        raise ValueError("captured_at must be timezone-aware")
+    # One round trip (this runs for every stored group of images).
+    return capture_state(await conn.fetch(for_capture_sql("$1"), captured_at), captured_at)
 
 
 async def prune(conn: asyncpg.Connection | asyncpg.Pool, before: datetime, limit: int) -> int:

@@ -9,6 +9,7 @@ import asyncpg
 
 from inference_server.domain import Detection
 from inference_server.schemas import DetectionRecord
+from inference_server.store import activity
 
 
 async def insert_many(
@@ -27,10 +28,13 @@ async def insert_images(
     conn: asyncpg.Connection,
     camera_id: str,
     images: Sequence[tuple[int, datetime, Sequence[Detection], Sequence[tuple[str, ...]]]],
+    *,
+    hourly: activity.Hourly | None = None,
 ) -> list[list[int]]:
     """Insert the detections of several images of one camera in one statement; each image is
     ``(image_id, detected_at, detections, zones)`` with ``zones`` parallel to its detections.
-    Returns each image's detection ids, parallel to its detections."""
+    ``hourly`` (``activity.hourly_counts``) is added to the camera's activity counts in the same
+    statement. Returns each image's detection ids, parallel to its detections."""
     rows = [
         (image_id, d.label, d.category, d.confidence, *d.bbox, ",".join(z) or None, detected_at)
         for image_id, detected_at, dets, zones in images
@@ -39,13 +43,15 @@ async def insert_images(
     if not rows:
         return [[] for _ in images]
     columns = list(zip(*rows, strict=True))
+    counted = f"WITH counted AS ({activity.hourly_upsert('$1', '$12', '$13', '$14', '$15')}) " if hourly else ""
     inserted = await conn.fetch(
-        "INSERT INTO detections (image_id, camera_id, label, category, confidence, x1, y1, x2, y2, zone,"
+        f"{counted}INSERT INTO detections (image_id, camera_id, label, category, confidence, x1, y1, x2, y2, zone,"
         " detected_at) SELECT i, $1, l, c, p, a, b, e, f, z, t FROM unnest($2::bigint[], $3::text[],"
         " $4::text[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::text[],"
         " $11::timestamptz[]) WITH ORDINALITY AS d (i, l, c, p, a, b, e, f, z, t, n) ORDER BY n RETURNING id",
         camera_id,
         *(list(c) for c in columns),
+        *(hourly or ()),
     )
     # The identity column numbers the rows in the order they are inserted: the given order.
     ids = iter(sorted(r["id"] for r in inserted))

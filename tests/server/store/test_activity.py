@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import asyncpg
 import pytest
 
-from inference_server.domain import FeedbackCounts
+from bench.roundtrips import RoundTrips
+from inference_server.domain import Detection, FeedbackCounts
 from inference_server.schemas import CameraCreate
-from inference_server.store import activity, cameras
+from inference_server.store import activity, cameras, detections, images
 
 TODAY = date(2025, 6, 15)
 
@@ -49,6 +50,40 @@ async def test_each_image_counts_once_per_distinct_label_in_its_hour(conn: async
     await activity.record_images(conn, "front", [(TODAY, 9, ["person"])])
     await activity.record_images(conn, "front", [(TODAY, 10, ["person"])])
 
+    rows = await conn.fetch("SELECT label, hour, images FROM activity_hourly ORDER BY hour, label")
+    assert [tuple(r) for r in rows] == [("car", 9, 1), ("person", 9, 2), ("person", 10, 1)]
+
+
+async def test_the_detections_insert_counts_the_hours_in_the_same_statement(conn: asyncpg.Connection) -> None:
+    """``detections.insert_images(hourly=...)`` adds the counts ``record_images`` adds, and gives
+    each image's detection ids in the order they were given."""
+    await activity.record_images(conn, "front", [(TODAY, 9, ["person"])])
+    at = datetime.combine(TODAY, time(9), tzinfo=UTC)
+    ids = []
+    for n in range(2):
+        image_id = await images.insert(
+            conn,
+            images.NewImage(
+                "front", f"i{n}".encode(), f"front/{n}.jpg", "folder", None, "image/jpeg", 64, 48, 10, at, "filename"
+            ),
+        )
+        assert image_id is not None
+        ids.append(image_id)
+    found = [
+        [Detection("person", 0.9, (0, 0, 0.5, 0.5)), Detection("car", 0.8, (0.5, 0.5, 1, 1))],
+        [Detection("person", 0.7, (0, 0, 1, 1))],
+    ]
+    hourly = activity.hourly_counts([(TODAY, 9, ["person", "car"]), (TODAY, 10, ["person"])])
+    with RoundTrips() as trips:
+        given = await detections.insert_images(
+            conn, "front", [(ids[0], at, found[0], []), (ids[1], at, found[1], [])], hourly=hourly
+        )
+    # (asyncpg's own look-ups of the array types aside, on this connection's first use of them)
+    ours = {text: n for text, n in trips.by_statement.items() if "INSERT" in text}
+    assert list(ours.values()) == [1] and "activity_hourly" in next(iter(ours))
+    stored = await conn.fetch("SELECT id, image_id, label FROM detections ORDER BY id")
+    assert given == [[stored[0]["id"], stored[1]["id"]], [stored[2]["id"]]]
+    assert [(r["image_id"], r["label"]) for r in stored] == [(ids[0], "person"), (ids[0], "car"), (ids[1], "person")]
     rows = await conn.fetch("SELECT label, hour, images FROM activity_hourly ORDER BY hour, label")
     assert [tuple(r) for r in rows] == [("car", 9, 1), ("person", 9, 2), ("person", 10, 1)]
 

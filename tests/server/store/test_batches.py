@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from bench.roundtrips import RoundTrips
 from inference_server.domain import Detection, FeedbackCounts
-from inference_server.schemas import CameraCreate
-from inference_server.store import activity, batches, cameras, detections, images
+from inference_server.schemas import CameraCreate, HouseholdContext
+from inference_server.store import activity, batches, cameras, context, detections, images
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -194,3 +195,30 @@ async def test_a_judgements_history_is_one_statement(conn: asyncpg.Connection) -
         label="dog",
     )
     assert nothing == activity.History(None, 0, FeedbackCounts())
+
+
+async def test_the_open_batch_is_locked_and_the_capture_times_context_read_in_one_statement(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """``lock_open_in_context`` is ``lock_open`` and ``context.for_capture`` in one round trip: the
+    same batch, locked the same way, and the same context (none, in force, or the fallback)."""
+    at = T0 + timedelta(minutes=5)
+    assert await batches.lock_open_in_context(conn, "front", at) == (None, await context.for_capture(conn, at))
+    batch = await batches.open_new(conn, "front", T0)
+    await context.put(conn, HouseholdContext(alarm_state="armed_away"), "test", set_at=T0 + timedelta(minutes=10))
+    for captured in (at, T0 + timedelta(minutes=20)):  # before the only context (its fallback), after it
+        async with conn.transaction():
+            with RoundTrips() as trips:
+                found, state = await batches.lock_open_in_context(conn, "front", captured)
+            assert trips.count == 1
+            assert found == batch
+            assert state == await context.for_capture(conn, captured)
+            assert state.context.alarm_state == "armed_away"
+            # Locked as lock_open locks it: another transaction cannot take the row.
+            async with pool.acquire() as other, other.transaction():
+                await other.execute("SET LOCAL lock_timeout = '100ms'")
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await batches.lock_open(other, "front")
+    await context.put(conn, HouseholdContext(alarm_state="disarmed"), "test", set_at=T0 + timedelta(minutes=30))
+    found, state = await batches.lock_open_in_context(conn, "front", T0 + timedelta(minutes=40))
+    assert state.context.alarm_state == "disarmed" and found == batch
