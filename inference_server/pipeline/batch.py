@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -168,10 +169,14 @@ class BatchStage:
         latest = seen[-1]
         snapshots = {s.image_id: s.snapshot for s in seen}
         # The batch, locked, and the household as it was when the latest image was taken.
-        batch, household = await batches.lock_open_in_context(conn, camera_id, latest.captured_at)
+        locked = await batches.lock_open_in_context(conn, camera_id, latest.captured_at)
+        batch, household = locked.batch, locked.household
+        # The camera's latest event, while this call has made none (closing a batch may).
+        last_event: tuple[uuid.UUID, datetime] | Literal["read"] | None = locked.last_event
         arriving = [s.image_id for s in seen]
         if batch is not None and self._due(batch, now) and not await self._held_for_clip(conn, batch, now, arriving):
             messages += await self.close_guarded(conn, batch, now)
+            last_event = "read"
             batch = await batches.lock_open(conn, camera_id)  # the batch continuing its event, if any
         opened = batch is None
         if batch is None:
@@ -217,7 +222,14 @@ class BatchStage:
             if opens is None:
                 metrics.STAGE.labels("reason").observe((metrics.now() - started) / len(seen))
                 messages += await camera_state(
-                    conn, self.topics, camera_id, camera_enabled, assessment, live, previous=frozenset()
+                    conn,
+                    self.topics,
+                    camera_id,
+                    camera_enabled,
+                    assessment,
+                    live,
+                    previous=frozenset(),
+                    last_event=last_event,
                 )
                 messages += await self._snapshots.messages(camera_id, latest.snapshot, always=False)
                 return messages
@@ -228,12 +240,20 @@ class BatchStage:
         if batch.event_id is None:
             event_id = await self._open_event(conn, batch, judged, opened_by=opens, current=snapshots)
             messages.append(await event_message(conn, self.topics, event_id, "new"))
+            last_event = "read"
         else:
             changed = await self._rescore(conn, batch, judged, snapshots)
             if changed:
                 messages.append(await event_message(conn, self.topics, batch.event_id, "update"))
         messages += await camera_state(
-            conn, self.topics, camera_id, camera_enabled, judged.assessment, live, previous=frozenset()
+            conn,
+            self.topics,
+            camera_id,
+            camera_enabled,
+            judged.assessment,
+            live,
+            previous=frozenset(),
+            last_event=last_event,
         )
         shown = snapshots.get(judged.image_id, latest.snapshot) if changed else latest.snapshot
         messages += await self._snapshots.messages(camera_id, shown, always=changed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime
 from typing import Literal
 
 import asyncpg
@@ -44,10 +45,12 @@ async def camera_state(
     live: dict[str, int],
     *,
     previous: frozenset[str],
+    last_event: tuple[uuid.UUID, datetime] | Literal["read"] | None = "read",
 ) -> list[Message]:
     """The camera's retained state and one retained count per label in ``live`` or ``previous``
-    (a label seen before and gone now is published as 0)."""
-    last = await events_store.latest_for_camera(conn, camera_id)
+    (a label seen before and gone now is published as 0). ``last_event``: the camera's latest
+    event as the caller read it in this transaction, after which it made none; ``"read"``: read it."""
+    last = await events_store.latest_for_camera(conn, camera_id) if last_event == "read" else last_event
     state = CameraState(
         risk_score=assessment.risk_score,
         risk_level=assessment.risk_level,

@@ -14,7 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from inference_server.schemas import ContextState
-from inference_server.store import context
+from inference_server.store import context, events
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,23 +59,39 @@ async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:
     return _batch(row) if row is not None else None
 
 
-async def lock_open_in_context(
-    conn: asyncpg.Connection, camera_id: str, captured_at: datetime
-) -> tuple[Batch | None, ContextState]:
-    """``lock_open``, and the household context to judge an image captured at ``captured_at``
-    with (``context.for_capture``), in one round trip."""
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """What ``lock_open_in_context`` reads."""
+
+    #: The camera's open batch, locked for the transaction (None: none is open).
+    batch: Batch | None
+    #: The household context to judge an image captured at the given time with.
+    household: ContextState
+    #: The camera's latest event (id, started_at), if any.
+    last_event: tuple[uuid.UUID, datetime] | None
+
+
+async def lock_open_in_context(conn: asyncpg.Connection, camera_id: str, captured_at: datetime) -> Locked:
+    """``lock_open``, the household context for an image captured at ``captured_at``
+    (``context.for_capture``) and the camera's latest event (``events.latest_for_camera``), in one
+    round trip."""
     if captured_at.tzinfo is None:
         raise ValueError("captured_at must be timezone-aware")
     rows = await conn.fetch(
-        f"SELECT b.*, c.* FROM (SELECT 1) AS one"
+        f"SELECT b.*, c.*, e.id AS last_event_id, e.started_at AS last_event_at FROM (SELECT 1) AS one"
         f" LEFT JOIN (SELECT {_COLUMNS} FROM batches WHERE camera_id = $1 AND closed_at IS NULL FOR UPDATE) AS b"
         " ON true"
+        f" LEFT JOIN ({events.latest_for_camera_sql('$1')}) AS e ON true"
         f" LEFT JOIN ({context.for_capture_sql('$2')}) AS c ON true",
         camera_id,
         captured_at,
     )
-    batch = _batch(rows[0]) if rows[0]["id"] is not None else None
-    return batch, context.capture_state(rows, captured_at)
+    first = rows[0]
+    return Locked(
+        _batch(first) if first["id"] is not None else None,
+        context.capture_state(rows, captured_at),
+        (first["last_event_id"], first["last_event_at"]) if first["last_event_id"] is not None else None,
+    )
 
 
 async def open_new(conn: asyncpg.Connection, camera_id: str, now: datetime) -> Batch:

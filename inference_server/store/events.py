@@ -428,10 +428,14 @@ async def last_event_at(conn: asyncpg.Connection | asyncpg.Pool) -> datetime | N
     return value
 
 
+def latest_for_camera_sql(camera: str) -> str:
+    """The camera's latest event (``id``, ``started_at``), for an SQL parameter named by the
+    argument (also a part of ``batches.lock_open_in_context``)."""
+    return f"SELECT id, started_at FROM events WHERE camera_id = {camera} ORDER BY started_at DESC LIMIT 1"
+
+
 async def latest_for_camera(conn: asyncpg.Connection | asyncpg.Pool, camera_id: str) -> tuple[UUID, datetime] | None:
-    row = await conn.fetchrow(
-        "SELECT id, started_at FROM events WHERE camera_id = $1 ORDER BY started_at DESC LIMIT 1", camera_id
-    )
+    row = await conn.fetchrow(latest_for_camera_sql("$1"), camera_id)
     return (row["id"], row["started_at"]) if row is not None else None
 
 

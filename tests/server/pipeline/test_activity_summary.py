@@ -34,7 +34,7 @@ from inference_server.pipeline.detect import DetectWorker
 from inference_server.pipeline.summary import ActivitySummary
 from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.reasoning.rules import RulesReasoner
-from inference_server.schemas import HouseholdContext, Zone, ZoneList
+from inference_server.schemas import CameraState, HouseholdContext, Zone, ZoneList
 from inference_server.server import open_database
 from inference_server.store import batches, cameras
 from inference_server.store.batches import BatchDetection
@@ -304,3 +304,30 @@ async def test_a_continued_batch_is_judged_with_the_whole_event(porch) -> None: 
     kept, full = await _judgements(worker.result.batches, pool)
     assert kept == full
     assert "seen in 80 images" in kept[0].reasoning  # type: ignore[attr-defined]
+
+
+async def _last_state(pool: object) -> CameraState:
+    payload = await pool.fetchval(  # type: ignore[attr-defined]
+        "SELECT payload FROM outbox WHERE topic = 'hsi/cameras/porch/state' ORDER BY id DESC LIMIT 1"
+    )
+    return CameraState.model_validate_json(payload)
+
+
+async def test_the_camera_state_names_the_latest_event_read_with_the_lock(porch) -> None:  # type: ignore[no-untyped-def]
+    """The lock's statement reads the camera's latest event too (no statement of its own on the
+    common path), and an event the same transaction makes is named: here the one the closing of
+    the camera's previous (low-risk) batch opens as the next image arrives."""
+    camera, _, pool, (*_, clock) = porch
+    dog = [[Detection("dog", 0.8, (0.1, 0.6, 0.3, 0.9))]]
+    await camera.store(dog)
+    assert await pool.fetchval("SELECT count(*) FROM events") == 0
+    assert (await _last_state(pool)).last_event_id is None
+    clock.advance(31)  # past the 30 s window: the next image closes the batch, which opens its event
+    await camera.store(dog)
+    event_id = await pool.fetchval("SELECT id FROM events")
+    assert event_id is not None
+    assert (await _last_state(pool)).last_event_id == event_id
+    with RoundTrips() as trips:
+        await camera.store(dog)  # the common path: joins the new batch, no event change
+    assert not [t for t in trips.by_statement if t.startswith("SELECT id, started_at FROM events")]
+    assert (await _last_state(pool)).last_event_id == event_id

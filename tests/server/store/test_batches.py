@@ -11,7 +11,9 @@ import pytest
 from bench.roundtrips import RoundTrips
 from inference_server.domain import Detection, FeedbackCounts
 from inference_server.schemas import CameraCreate, HouseholdContext
-from inference_server.store import activity, batches, cameras, context, detections, images
+from inference_server.store import activity, batches, cameras, context, detections, events, images
+
+from .conftest import add_event
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -203,14 +205,17 @@ async def test_the_open_batch_is_locked_and_the_capture_times_context_read_in_on
     """``lock_open_in_context`` is ``lock_open`` and ``context.for_capture`` in one round trip: the
     same batch, locked the same way, and the same context (none, in force, or the fallback)."""
     at = T0 + timedelta(minutes=5)
-    assert await batches.lock_open_in_context(conn, "front", at) == (None, await context.for_capture(conn, at))
+    assert await batches.lock_open_in_context(conn, "front", at) == batches.Locked(
+        None, await context.for_capture(conn, at), None
+    )
     batch = await batches.open_new(conn, "front", T0)
     await context.put(conn, HouseholdContext(alarm_state="armed_away"), "test", set_at=T0 + timedelta(minutes=10))
     for captured in (at, T0 + timedelta(minutes=20)):  # before the only context (its fallback), after it
         async with conn.transaction():
             with RoundTrips() as trips:
-                found, state = await batches.lock_open_in_context(conn, "front", captured)
-            assert trips.count == 1
+                locked = await batches.lock_open_in_context(conn, "front", captured)
+            found, state = locked.batch, locked.household
+            assert trips.count == 1 and locked.last_event is None
             assert found == batch
             assert state == await context.for_capture(conn, captured)
             assert state.context.alarm_state == "armed_away"
@@ -220,5 +225,8 @@ async def test_the_open_batch_is_locked_and_the_capture_times_context_read_in_on
                 with pytest.raises(asyncpg.LockNotAvailableError):
                     await batches.lock_open(other, "front")
     await context.put(conn, HouseholdContext(alarm_state="disarmed"), "test", set_at=T0 + timedelta(minutes=30))
-    found, state = await batches.lock_open_in_context(conn, "front", T0 + timedelta(minutes=40))
-    assert state.context.alarm_state == "disarmed" and found == batch
+    event_id = await add_event(conn, await _image(conn, "seen", T0, "person"), 40, "medium")
+    locked = await batches.lock_open_in_context(conn, "front", T0 + timedelta(minutes=40))
+    assert locked.household.context.alarm_state == "disarmed" and locked.batch == batch
+    assert locked.last_event == await events.latest_for_camera(conn, "front")
+    assert locked.last_event is not None and locked.last_event[0] == event_id
