@@ -312,6 +312,9 @@ class BatchStage:
 
     async def close_due(self) -> int:
         closed = 0
+        s = self.settings
+        if not await batches.any_due(self.pool, self.clock.now(), s.batch_window_s, s.batch_idle_s, s.event_max_s):
+            return closed  # most ticks: one statement, no transaction
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
                 now = self.clock.now()

@@ -42,19 +42,24 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The last wait ran out without a wake-up: the poll for rows whose wake-up was missed (a
+        # database restart, another process) looks before it takes a transaction.
+        polled = False
         try:
             while not stop.is_set():
                 if await self._listener.ensure():
                     # LISTEN again after a database restart (until then the relay polled).
                     log.info("outbox relay listening again")
                     self._wakeup.set()  # rows committed while nobody listened
+                    polled = False
                 # Cleared before the pass, not after: a row committed while the pass runs (after
                 # it locked its rows) wakes the next pass instead of waiting for the poll.
                 self._wakeup.clear()
                 sent = 0
                 if self.publisher.connected.is_set():
                     try:
-                        sent = await self.relay_once()
+                        if not polled or await outbox.any_pending(self.pool):
+                            sent = await self.relay_once()
                     except DB_ERRORS as err:
                         log.error("outbox relay database error: %r", err)
                         await asyncio.sleep(_RETRY_S)
@@ -64,6 +69,7 @@ class OutboxRelay:
                 await asyncio.wait(waiters, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waiters:
                     waiter.cancel()
+                polled = not self._wakeup.is_set()
                 if self.gather_s > 0 and self._wakeup.is_set() and not stop.is_set():
                     await asyncio.sleep(self.gather_s)
         finally:

@@ -53,6 +53,12 @@ async def add_many(conn: asyncpg.Connection, messages: list[tuple[str, bytes, bo
     await conn.execute(_ADD_MANY, list(topics), list(payloads), list(retains))
 
 
+async def any_pending(conn: asyncpg.Connection | asyncpg.Pool) -> bool:
+    """Whether a row waits to be sent (locked ones too), without a transaction."""
+    found: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL)")
+    return found
+
+
 async def lock_pending(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
     """Lock up to ``limit`` unsent rows, oldest first; call inside a transaction."""
     rows = await conn.fetch(

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bench.roundtrips import RoundTrips
 from inference_server import demo_assets
 from inference_server.comms.mqtt import BrokerAddress, MqttPublisher
 from inference_server.comms.topics import Topics
@@ -175,4 +176,20 @@ async def test_a_row_committed_while_a_pass_runs_is_sent_without_waiting_for_the
 
         relay.relay_once = committing_during_the_pass  # type: ignore[method-assign]
         await _store(pool, "early")
+        await wait_until(lambda: _all_sent(pool), timeout=10)
+
+
+async def test_an_idle_poll_is_one_statement_and_still_finds_rows_nobody_announced(
+    database_url: str, own_broker: Mosquitto
+) -> None:
+    """The poll is for rows whose wake-up was missed (committed while the listener reconnected,
+    or by a process that does not notify); while nothing waits it looks without a transaction:
+    one statement, not BEGIN, a locking read and COMMIT (stop 29)."""
+    async with _relay(database_url, own_broker, poll_interval_s=0.2) as (_, pool):
+        await asyncio.sleep(0.5)
+        with RoundTrips() as trips:
+            await asyncio.sleep(1.5)
+        assert "BEGIN;" not in trips.by_statement
+        assert sum(n for text, n in trips.by_statement.items() if "FROM outbox WHERE sent_at IS NULL" in text) >= 3
+        await pool.execute("INSERT INTO outbox (topic, payload, retain) VALUES ('hsi/unannounced', '\\x7b7d', false)")
         await wait_until(lambda: _all_sent(pool), timeout=10)
