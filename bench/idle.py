@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.pipeline_cpu import CpuMeter
+from bench.report import show
 from bench.roundtrips import RoundTrips
 from inference_server import demo_assets
 from inference_server.clock import SystemClock
@@ -67,10 +67,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    result = asyncio.run(run(args))
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    show(asyncio.run(run(args)), args.json)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.pipeline_cpu import CpuMeter
+from bench.report import show
 from bench.roundtrips import RoundTrips
 from bench.soak import tagged_jpeg
 from bench.store_stage import NOON, store_pipeline
@@ -142,9 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     result = asyncio.run(run(args))
-    print(json.dumps({k: v for k, v in result.items() if k != "segments"}, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    show(result, args.json, {k: v for k, v in result.items() if k != "segments"})
 
 
 if __name__ == "__main__":

@@ -21,3 +21,10 @@ def finish(figures: dict[str, Any], json_path: Path | None, failure: str) -> int
         say(failure)
         return 1
     return 0
+
+
+def show(figures: dict[str, Any], json_path: Path | None, printed: dict[str, Any] | None = None) -> None:
+    """Print ``printed`` (by default ``figures``) as JSON; write ``figures`` to ``json_path`` if given."""
+    print(json.dumps(figures if printed is None else printed, indent=2, default=str), flush=True)
+    if json_path is not None:
+        json_path.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")

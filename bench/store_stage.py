@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.report import show
 from bench.roundtrips import RoundTrips
 from bench.soak import tagged_jpeg
 from inference_server import demo_assets
@@ -158,10 +158,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    result = asyncio.run(main_async(args))
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    show(asyncio.run(main_async(args)), args.json)
 
 
 if __name__ == "__main__":
