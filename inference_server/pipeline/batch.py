@@ -387,6 +387,7 @@ class BatchStage:
             # camera stays live). The next batch carries the event from the start.
             await batches.close(conn, batch.id, now)
             successor = await batches.open_continuation(conn, replace(batch, event_id=event_id), now)
+            self._carry(batch, successor)
             log.info(
                 "batch continued batch_id=%s camera_id=%s event_id=%s next_batch_id=%s risk_score=%s",
                 batch.id,
@@ -432,6 +433,14 @@ class BatchStage:
             summary.add(s.rows())
         summary.version = batch.version
         self._summaries[batch.camera_id] = summary
+
+    def _carry(self, closed: batches.Batch, successor: batches.Batch) -> None:
+        """The summary of a batch that ``successor`` continues is the successor's as it opens: the
+        activity of an event's batches is judged as one, and the closed batch takes no more images.
+        Only a summary of ``closed`` at the version it was closed at (as just judged) is carried."""
+        summary = self._summaries.get(closed.camera_id)
+        if summary is not None and summary.batch_id == closed.id and summary.version == closed.version:
+            summary.batch_id, summary.version = successor.id, successor.version
 
     async def _summary(self, conn: asyncpg.Connection, batch: batches.Batch) -> ActivitySummary:
         """The batch's activity: the kept summary while the batch's row is at its version, else

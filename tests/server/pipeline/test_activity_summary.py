@@ -297,8 +297,12 @@ async def test_the_kept_summary_is_not_trusted_after_another_worker_or_a_rollbac
 
 async def test_a_continued_batch_is_judged_with_the_whole_event(porch) -> None:  # type: ignore[no-untyped-def]
     camera, worker, pool, _ = porch
-    for k in range(40):  # 80 images, half a second apart: the 30 s window runs out, the activity goes on
-        await camera.store(_group(k))
+    await camera.store(_group(0))
+    with RoundTrips() as trips:
+        for k in range(1, 40):  # 80 images, half a second apart: the 30 s window runs out, the activity goes on
+            await camera.store(_group(k))
+    # The continuing batch starts from the summary of the one it continues (stop 29).
+    assert not [text for text in trips.by_statement if CHAIN_READ in text]
     assert await pool.fetchval("SELECT count(*) FROM batches") >= 2
     assert await pool.fetchval("SELECT count(*) FROM events") == 1
     kept, full = await _judgements(worker.result.batches, pool)
