@@ -422,8 +422,7 @@ class BatchStage:
         summary = ActivitySummary(batch.id, before) if opened else self._summaries.get(batch.camera_id)
         if (
             summary is None
-            or summary.batch_id != batch.id
-            or summary.version != before
+            or not summary.describes(batch.id, before)
             or summary.holds_any(s.image_id for s in seen)
             or any(len(s.detection_ids) != len(s.detections) for s in seen)
         ):
@@ -439,18 +438,17 @@ class BatchStage:
         activity of an event's batches is judged as one, and the closed batch takes no more images.
         Only a summary of ``closed`` at the version it was closed at (as just judged) is carried."""
         summary = self._summaries.get(closed.camera_id)
-        if summary is not None and summary.batch_id == closed.id and summary.version == closed.version:
+        if summary is not None and summary.describes(closed.id, closed.version):
             summary.batch_id, summary.version = successor.id, successor.version
 
     async def _summary(self, conn: asyncpg.Connection, batch: batches.Batch) -> ActivitySummary:
         """The batch's activity: the kept summary while the batch's row is at its version, else
         read (and kept)."""
         summary = self._summaries.get(batch.camera_id)
-        if summary is not None and summary.batch_id == batch.id and summary.version == batch.version:
+        if summary is not None and summary.describes(batch.id, batch.version):
             return summary
         summary = ActivitySummary.of(batch.id, batch.version, await batches.detections(conn, batch.id))
-        if batch.version:
-            self._summaries[batch.camera_id] = summary
+        self._summaries[batch.camera_id] = summary
         return summary
 
     def judge(self, observed: tuple[Observation, int]) -> Judged:

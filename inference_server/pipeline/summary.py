@@ -8,7 +8,7 @@ second). Of the detections the rules use only: the most confident of each catego
 capture order on a tie), the labels and the zones each stands in, every detection recognition
 identified (in order), and counts per image. ``ActivitySummary`` keeps exactly that as images
 join, and ``detections`` gives the rules the subsequence of the activity's detections that
-carries it: the same judgement as all of them (tests/server/pipeline/test_summary.py), at a cost
+carries it: the same judgement as all of them (tests/server/pipeline/test_activity_summary.py), at a cost
 that does not grow with the activity.
 
 A summary describes one batch as of one version of its row (``Batch.version``); the batch stage
@@ -62,6 +62,10 @@ class ActivitySummary:
         summary = cls(batch_id, version)
         summary.add(rows)
         return summary
+
+    def describes(self, batch_id: uuid.UUID, version: int) -> bool:
+        """Whether this is the summary of that batch as of that version of its row."""
+        return self.batch_id == batch_id and self.version == version
 
     def holds_any(self, image_ids: Iterable[int]) -> bool:
         return any(i in self.images for i in image_ids)

@@ -28,7 +28,7 @@ class Batch:
     chain_started_at: datetime
     #: The row's version (its ``xmin``, the transaction that last wrote it): equal versions, the
     #: same images (``pipeline/summary.py``).
-    version: int = 0
+    version: int
 
 
 # chain_started_at is NULL for a batch that starts its chain: it began when the batch opened.
@@ -50,12 +50,13 @@ def _batch(row: asyncpg.Record) -> Batch:
     )
 
 
+# The camera ($1)'s open batch, locked for the transaction.
+_LOCK_OPEN = f"SELECT {_COLUMNS} FROM batches WHERE camera_id = $1 AND closed_at IS NULL FOR UPDATE"
+
+
 async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:
     """The camera's open batch, locked for this transaction."""
-    row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM batches WHERE camera_id = $1 AND closed_at IS NULL FOR UPDATE",
-        camera_id,
-    )
+    row = await conn.fetchrow(_LOCK_OPEN, camera_id)
     return _batch(row) if row is not None else None
 
 
@@ -79,8 +80,7 @@ async def lock_open_in_context(conn: asyncpg.Connection, camera_id: str, capture
         raise ValueError("captured_at must be timezone-aware")
     rows = await conn.fetch(
         f"SELECT b.*, c.*, e.id AS last_event_id, e.started_at AS last_event_at FROM (SELECT 1) AS one"
-        f" LEFT JOIN (SELECT {_COLUMNS} FROM batches WHERE camera_id = $1 AND closed_at IS NULL FOR UPDATE) AS b"
-        " ON true"
+        f" LEFT JOIN ({_LOCK_OPEN}) AS b ON true"
         f" LEFT JOIN ({events.latest_for_camera_sql('$1')}) AS e ON true"
         f" LEFT JOIN ({context.for_capture_sql('$2')}) AS c ON true",
         camera_id,
