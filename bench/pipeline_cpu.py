@@ -185,6 +185,9 @@ class CpuSnapshot:
     wall: float
     process: float
     threads: dict[int, tuple[str, float]]
+    #: Minor page faults of this process, and of each thread (its group, the count).
+    faults: int
+    thread_faults: dict[int, tuple[str, int]]
     system_busy: float
     postgres: float | None
     broker: float | None
@@ -208,6 +211,7 @@ class CpuMeter:
     def snapshot(self) -> CpuSnapshot:
         names = {t.native_id: t.name for t in threading.enumerate()}
         threads: dict[int, tuple[str, float]] = {}
+        thread_faults: dict[int, tuple[str, int]] = {}
         for task in Path("/proc/self/task").iterdir():
             try:
                 text = (task / "stat").read_text()
@@ -218,13 +222,17 @@ class CpuMeter:
             comm = text[text.index("(") + 1 : text.rindex(")")]
             name = names.get(tid) or f"native:{comm}"
             threads[tid] = (_thread_group(name), (int(f[11]) + int(f[12])) / CLK_TCK)
+            thread_faults[tid] = (_thread_group(name), int(f[7]))  # minflt (field 10)
         f = _stat_fields(Path("/proc/self/stat").read_text())
         process = (int(f[11]) + int(f[12])) / CLK_TCK
+        faults = int(f[7])
         cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in cpu[:8])
         busy = (user + nice + system + irq + softirq + steal) / CLK_TCK
         postgres, broker, others, kernel = self._processes()
-        return CpuSnapshot(time.perf_counter(), process, threads, busy, postgres, broker, others, kernel)
+        return CpuSnapshot(
+            time.perf_counter(), process, threads, faults, thread_faults, busy, postgres, broker, others, kernel
+        )
 
     def _processes(self) -> tuple[float | None, float | None, float, float]:
         """CPU seconds of: the embedded PostgreSQL, the external broker, everyone else, the kernel."""
@@ -268,7 +276,12 @@ def cpu_delta(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, Any]:
     exited = process - sum(groups.values())
     if exited > 0.005:
         groups["threads that exited"] = exited
+    faults: dict[str, int] = {}
+    for tid, (group, count) in b.thread_faults.items():
+        faults[group] = faults.get(group, 0) + count - a.thread_faults.get(tid, (group, 0))[1]
+    faults["= this process"] = b.faults - a.faults
     return {
+        "page_faults": faults,
         "wall_s": b.wall - a.wall,
         "process_cpu_s": process,
         "system_busy_cpu_s": b.system_busy - a.system_busy,
@@ -890,6 +903,11 @@ def report(
         " own threads, plus PostgreSQL and an external broker), ms per image:"
     )
     say(table(["part", "CPU ms per image"], [[k, v] for k, v in outside.items()]))
+    faults = burst.cpu["page_faults"]
+    say(
+        "  minor page faults per image in the burst: "
+        + ", ".join(f"{k} {v / burst.files:.0f}" for k, v in sorted(faults.items(), key=lambda kv: -kv[1]) if v)
+    )
     if burst.statements_per_image is not None:
         say(f"  PostgreSQL statements (round trips) per image in the burst: {burst.statements_per_image:.2f}")
         say(table(["per image", "statement"], [[n, q[:110]] for q, n in burst.statements.items()]))

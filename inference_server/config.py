@@ -363,6 +363,16 @@ class Settings(BaseSettings):
         " 3-4 ms more CPU per image (docs/performance.md). The MALLOC_MMAP_THRESHOLD_ environment variable,"
         " when set, wins.",
     )
+    detector_tensor_cache_mb: int = Field(
+        default=32,
+        ge=0,
+        le=4096,
+        description="The detector's letterboxed input tensors and batches kept for reuse while images flow (the"
+        " onnx backend): with the fixed mmap threshold each one was otherwise a fresh mapping whose pages are"
+        " faulted in again (~300 page faults an image fewer, docs/performance.md). Given back whenever the"
+        " queue runs dry; 0: off. A GPU box with large batches wants a batch's tensors in it (batch size x 5 MB"
+        " at 640).",
+    )
     detector_batch_size: int = Field(default=4, ge=1, le=256)
     detector_batch_wait_ms: float = Field(
         default=5.0, ge=0, le=1000, description="A batch short of detector_batch_size waits this long for more jobs."

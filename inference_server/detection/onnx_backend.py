@@ -28,6 +28,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image
 
+from inference_server import buffers
 from inference_server.config import Settings
 from inference_server.decode_budget import trim_heap
 from inference_server.detection.detector import DetectorModelMissing, register_detector
@@ -49,7 +50,7 @@ class ModelFormatError(DetectorModelMissing, ValueError):
     """The file is not an ONNX detection model this backend can run (with what to do instead)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Letterboxed:
     """One picture as the model takes it, and what maps its boxes back to the picture."""
 
@@ -59,6 +60,8 @@ class Letterboxed:
     ratio: float
     left: int
     top: int
+    #: Inferred, and its tensor given back to the detector's pool: it may hold another picture now.
+    spent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +143,7 @@ def _whole_factor(image: Image.Image, new_w: int, new_h: int) -> Image.Image | N
     return image.reduce(2) if factor == 2 else image.resize((new_w, new_h), Image.Resampling.NEAREST)
 
 
-def letterbox(image: Image.Image, shape: tuple[int, int]) -> Letterboxed:
+def letterbox(image: Image.Image, shape: tuple[int, int], out: Floats | None = None) -> Letterboxed:
     """Scale the longest side to fit ``shape`` (height, width), pad the rest with grey 114, centred:
     ultralytics' ``LetterBox``, its rounding and its interpolation (OpenCV's ``INTER_LINEAR``).
 
@@ -149,8 +152,15 @@ def letterbox(image: Image.Image, shape: tuple[int, int]) -> Letterboxed:
     480×640) goes through ONNX Runtime's ``Resize`` (``LETTERBOX_GRAPH``): bilinear sampling at
     the mapped pixel centres in floating point, within one grey level of OpenCV's fixed point, in
     half the CPU of Pillow's affine bilinear sampling. Pillow's ``resize`` filter smooths a
-    downscale, which moved scores by up to 0.04 (measured), so it is not used."""
+    downscale, which moved scores by up to 0.04 (measured), so it is not used.
+
+    ``out``, a C-contiguous ``float32`` array of shape (3, height, width), receives the tensor
+    (every element written; from the detector's pool: no fresh mapping to page-fault in)."""
     rgb = image.convert("RGB") if image.mode != "RGB" else image
+    if out is None:
+        out = np.empty((3, shape[0], shape[1]), dtype=np.float32)
+    elif out.shape != (3, shape[0], shape[1]) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"letterbox output must be a contiguous float32 (3, {shape[0]}, {shape[1]}) array")
     width, height = rgb.size
     ratio = min(shape[0] / height, shape[1] / width)
     new_w, new_h = round(width * ratio), round(height * ratio)
@@ -160,17 +170,19 @@ def letterbox(image: Image.Image, shape: tuple[int, int]) -> Letterboxed:
         scaled = _whole_factor(rgb, new_w, new_h)
         if scaled is None:
             pads = [0, 0, top, left, 0, 0, shape[0] - new_h - top, shape[1] - new_w - left]
-            feeds = {
-                "image": np.asarray(rgb)[np.newaxis],
-                "sizes": np.array([1, 3, new_h, new_w], dtype=np.int64),
-                "pads": np.array(pads, dtype=np.int64),
-            }
+            session = _letterbox_session()
+            binding = session.io_binding()
+            binding.bind_cpu_input("image", np.asarray(rgb)[np.newaxis])
+            binding.bind_cpu_input("sizes", np.array([1, 3, new_h, new_w], dtype=np.int64))
+            binding.bind_cpu_input("pads", np.array(pads, dtype=np.int64))
+            # Written straight into ``out``, not into a tensor the runtime would allocate.
+            binding.bind_output("tensor", "cpu", 0, np.float32, (1, *out.shape), out.ctypes.data)
             with _LETTERBOX_LOCK:
-                [batch] = _letterbox_session().run(None, feeds)
-            return Letterboxed(batch[0], width, height, ratio, left, top)
+                session.run_with_iobinding(binding)
+            return Letterboxed(out, width, height, ratio, left, top)
         rgb = scaled
     # Straight into the tensor, in one pass: grey around, the picture scaled to 0-1 (CHW) within.
-    tensor = np.empty((3, shape[0], shape[1]), dtype=np.float32)
+    tensor = out
     grey = np.float32(_PAD / 255.0)
     tensor[:, :top], tensor[:, top + new_h :] = grey, grey
     tensor[:, :, :left], tensor[:, :, left + new_w :] = grey, grey
@@ -267,6 +279,7 @@ class OnnxDetector:
         device: str = "auto",
         threads: int = 0,
         spin: bool = False,
+        tensor_cache_mb: int = 32,
     ) -> None:
         if not weights.exists():
             raise DetectorModelMissing(
@@ -290,6 +303,8 @@ class OnnxDetector:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
+        #: The letterboxed tensors and batches, reused while images flow (``buffers``).
+        self._tensors = buffers.ArrayPool(tensor_cache_mb * buffers.MIB, np.float32)
         # Building the session optimises the graph on copies of the weights and frees them; glibc
         # keeps freed heap, so the process would hold ~3.5 times the file (122 MB for a 35 MB model,
         # 49 MB after this; tests/server/detection/test_onnx_memory.py). Hand it back.
@@ -337,10 +352,17 @@ class OnnxDetector:
         return (new_h + (self.imgsz - new_h) % stride, new_w + (self.imgsz - new_w) % stride)
 
     def prepare(self, image: Image.Image) -> Letterboxed:
+        """The letterboxed tensor, in an array of the detector's pool (given back by ``detect``)."""
         width, height = image.size
-        return letterbox(image, self._shape(width, height))
+        shape = self._shape(width, height)
+        return letterbox(image, shape, out=self._tensors.take((3, *shape)))
 
     def detect(self, images: Sequence[Any]) -> list[list[Detection]]:
+        """Detections per input. The tensors of prepared inputs go back to the pool once every
+        run has succeeded (a failed batch is retried image by image on the same inputs): a
+        prepared input is inferred once, and raises ``ValueError`` if passed again."""
+        if any(isinstance(i, Letterboxed) and i.spent for i in images):
+            raise ValueError("a prepared input was already inferred: its tensor holds another picture now")
         prepared = [i if isinstance(i, Letterboxed) else self.prepare(i) for i in images]
         out: list[list[Detection]] = [[] for _ in prepared]
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -350,10 +372,19 @@ class OnnxDetector:
             # A fixed-batch model takes one picture at a time; a dynamic one the whole group.
             chunks = [indices] if self.info.dynamic_batch else [[i] for i in indices]
             for chunk in chunks:
-                batch = np.stack([prepared[i].tensor for i in chunk])
+                if len(chunk) == 1:
+                    batch = prepared[chunk[0]].tensor[np.newaxis]  # a view: nothing to copy
+                else:
+                    tensors = [prepared[i].tensor for i in chunk]
+                    batch = np.stack(tensors, out=self._tensors.take((len(chunk), *tensors[0].shape)))
                 [raw] = self._session.run(None, {self._input: batch})[:1]
+                self._tensors.give(batch)  # a view (one picture) is refused: its tensor goes back below
                 for row, index in enumerate(chunk):
                     out[index] = self._detections(np.asarray(raw[row], dtype=np.float32), prepared[index])
+        for item in prepared:
+            if not item.spent:  # the same input twice in one call goes back once
+                item.spent = True
+                self._tensors.give(item.tensor)
         return out
 
     def _detections(self, output: Floats, box: Letterboxed) -> list[Detection]:
@@ -383,4 +414,5 @@ def _build(settings: Settings) -> OnnxDetector:
         runtime=settings.detector_runtime,
         device=settings.detector_device,
         spin=settings.detector_onnx_spin,
+        tensor_cache_mb=settings.detector_tensor_cache_mb,
     )

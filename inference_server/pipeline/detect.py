@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from inference_server import decode_budget
+from inference_server import buffers, decode_budget
 from inference_server.config import Settings
 from inference_server.detection.detector import Detector
 from inference_server.domain import Detection
@@ -90,6 +90,8 @@ class DetectWorker:
                 started = metrics.now()
                 jobs = await self._claim(self.batch_size)
                 if not jobs:
+                    # No work: the model inputs kept for reuse go back to the system.
+                    buffers.release_idle()
                     await self.queue.wait_for_work(self.settings.job_poll_interval_s)
                     continue
                 jobs += await self._top_up(len(jobs))

@@ -21,7 +21,7 @@ PACKAGE = Path(inference_server.__file__).resolve().parent
 #: small helpers that import nothing of the server. ``inference_server`` is the package itself
 #: (``__version__``).
 BASE = frozenset(
-    {"inference_server", "schemas", "config", "telemetry", "clock", "timerange", "decode_budget", "registry"}
+    {"inference_server", "schemas", "config", "telemetry", "clock", "timerange", "decode_budget", "buffers", "registry"}
 )
 
 #: unit → the units it may import. Top to bottom: the wiring, the API and status beside it, the
@@ -74,6 +74,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "clock": frozenset(),
     "timerange": frozenset(),
     "decode_budget": frozenset(),
+    "buffers": frozenset(),
     "registry": frozenset(),
     "logging_setup": frozenset(),
     "demo_assets": frozenset(),

@@ -327,3 +327,60 @@ def test_ultralytics_running_an_onnx_model_on_the_cpu_stops_the_runtime_spinning
     assert [[d.bbox for d in found] for found in quiet.detect(pictures)] == [
         [d.bbox for d in found] for found in spinning.detect(pictures)
     ]
+
+
+def _picture(name: str) -> Image.Image:
+    """A picture as the pipeline decodes it for the detector (``cover`` at 640)."""
+    return decode_picture(demo_assets.image(name), 640)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("bus.jpg", (640, 480)), ("zidane.jpg", (384, 640))])
+def test_the_letterbox_fills_every_element_of_the_array_it_is_given(name: str, shape: tuple[int, int]) -> None:
+    """bus.jpg goes through the runtime's ``Resize`` (written into the array by an I/O binding),
+    zidane.jpg through the whole factor 2: either way the given array is the tensor, all of it."""
+    picture = _picture(name)
+    out = np.full((3, *shape), np.nan, dtype=np.float32)
+    boxed = letterbox(picture, shape, out=out)
+    assert boxed.tensor is out and not np.isnan(out).any()
+    assert np.array_equal(out, letterbox(picture, shape).tensor)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        letterbox(picture, shape, out=np.empty((3, shape[1], shape[0]), dtype=np.float32))
+
+
+def test_tensors_reused_from_the_pool_leave_every_picture_its_own_detections() -> None:
+    """``detect`` gives the tensors back once inferred and ``prepare`` writes later pictures into
+    them: each picture still gets what a detector without the pool finds in it."""
+    pooled = OnnxDetector(pose_onnx(), confidence=0.40)
+    fresh = OnnxDetector(pose_onnx(), confidence=0.40, tensor_cache_mb=0)
+    pictures = [_picture(n) for n in ("bus.jpg", "zidane.jpg", "zidane.jpg", "zidane.jpg", "bus.jpg", "zidane.jpg")]
+    expected = [fresh.detect([p])[0] for p in pictures]
+    first = [pooled.prepare(p) for p in pictures[:3]]
+    arrays = [item.tensor for item in first]
+    found = pooled.detect(first)
+    later = [pooled.prepare(p) for p in pictures[3:]]
+    assert sum(any(item.tensor is a for a in arrays) for item in later) == 3  # all three: the arrays of the same shapes
+    found += pooled.detect(later)
+    assert found == expected
+    assert [len(f) for f in found] == [4, 2, 2, 2, 4, 2]
+
+
+def test_an_input_is_inferred_once_and_a_failed_run_leaves_it_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that fails is retried image by image on the same inputs (pipeline/detect.py), so
+    nothing goes back to the pool before every run succeeded; after that, an input passed again
+    is refused, not run on a tensor that may hold another picture by then."""
+    detector = OnnxDetector(pose_onnx(), confidence=0.40)
+    prepared = [detector.prepare(_picture(n)) for n in ("bus.jpg", "zidane.jpg")]
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a failed run (made to fail by the test)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(detector._session, "run", failing)
+        with pytest.raises(RuntimeError, match="made to fail"):
+            detector.detect(prepared)
+    assert not any(item.spent for item in prepared) and detector._tensors.held_bytes == 0
+    bus, zidane = (detector.detect([item])[0] for item in prepared)
+    assert (len(bus), len(zidane)) == (4, 2)
+    assert all(item.spent for item in prepared)
+    with pytest.raises(ValueError, match="already inferred"):
+        detector.detect([prepared[0]])

@@ -14,9 +14,13 @@ from bench.store_stage import store_pipeline
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.detector import build_detector
-from inference_server.detection.onnx_backend import Letterboxed
+from inference_server.detection.onnx_backend import Letterboxed, OnnxDetector
+from inference_server.pipeline.decode import decode as decode_picture
 from inference_server.pipeline.detect import _Item
-from tests.server.conftest import coco_settings
+from inference_server.schemas import CameraCreate
+from inference_server.store import cameras
+from tests.server.conftest import coco_settings, running
+from tests.support.waiting import wait_until
 
 
 async def test_the_model_input_is_let_go_once_inferred(
@@ -46,8 +50,53 @@ async def test_the_model_input_is_let_go_once_inferred(
 
         assert inferred.get_nowait() == [item] and inferred.get_nowait() is None
         assert [d.label for d in item.detections].count("person") >= 3  # bus.jpg's people
+        assert item.model_input is None, "the inferred batch still holds the model's input"
         gc.collect()
-        assert tensor() is None, "the inferred batch still holds the model's input"
+        # Let go by the batch: back in the detector's bounded pool, for the next picture of that shape.
+        _, again = worker._load(Path(job.image_path))
+        assert isinstance(again, Letterboxed) and again.tensor is tensor()
     finally:
         worker._infer_pool.shutdown()
         worker._decode_pool.shutdown()
+
+
+async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_when_idle(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The server with the add-on's backend, pictures of two shapes from two cameras in batches
+    of 4: the tensors are reused from image to image, and every image's stored
+    detections are what the detector finds in it alone. When the queue runs dry, the pool is
+    given back."""
+    settings = make_settings(
+        **coco_settings(), detector_backend="onnx", detector_batch_size=4, detector_batch_wait_ms=1000, fast_path={}
+    )
+    # Three full batches: the third is decoded into what the first gave back.
+    names = ["bus.jpg", "zidane.jpg", "bus.jpg", "zidane.jpg", "zidane.jpg", "bus.jpg"] * 2
+    async with running(settings) as server:
+        ingestor, detector = server.ingestor, server.detector
+        assert ingestor is not None and isinstance(detector, OnnxDetector)
+        for camera in ("front", "back"):
+            await cameras.create(server.pool, CameraCreate(id=camera, name=camera))
+        jobs: list[tuple[int, str]] = []
+        for n, name in enumerate(names):
+            original = demo_assets.image(name).read_bytes()
+            note = f"copy {n}".encode()  # a JPEG comment: other bytes (not a duplicate), the same pixels
+            data = original[:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + original[2:]
+            result = await ingestor.ingest_bytes(("front", "back")[n % 2], data, captured_at=None, original_name=name)
+            assert result.job_id is not None
+            jobs.append((result.job_id, name))
+        await wait_until(
+            lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", len(names)), timeout=120
+        )
+        assert detector._tensors.reused > 0
+        alone_detector = build_detector(settings)
+        for job_id, name in jobs:
+            stored = await server.pool.fetch(
+                "SELECT d.label, d.confidence FROM detections d JOIN jobs j ON j.image_id = d.image_id"
+                " WHERE j.id = $1 ORDER BY d.confidence DESC, d.label",
+                job_id,
+            )
+            [alone] = alone_detector.detect([decode_picture(demo_assets.image(name), settings.detector_imgsz)])
+            expected = sorted(((d.label, round(d.confidence, 4)) for d in alone), key=lambda d: (-d[1], d[0]))
+            assert [(r["label"], round(r["confidence"], 4)) for r in stored] == expected, name
+        await wait_until(lambda: detector._tensors.held_bytes == 0, timeout=10)
