@@ -8,7 +8,9 @@ one per core here): decode the stored JPEG (``pipeline.decode``) and the onnx ba
 its ``detect`` (the model runs: its tensors go back to the pool), the pictures held until their
 batch is "stored" (two batches later, as the worker's queues allow); one image in four also gets
 the tamper check's grey copy and thumbnail (sampled once a second per camera at 4 frames a second). The pictures are the
-pipeline bench's four (bus.jpg, zidane.jpg, astronaut.png and chelsea.png as JPEGs), in turn.
+pipeline bench's four (bus.jpg, zidane.jpg, astronaut.png and chelsea.png as JPEGs: three of them
+letterboxed by the runtime's ``Resize``), in turn, or with ``--frames cameras`` 1080p and 1440p
+frames (the whole factors 3 and 2, the common cameras' path).
 Each ``--cache-mb`` (``detector_tensor_cache_mb``: the tensor pool) runs in a fresh process with
 the server's fixed mmap threshold and malloc arenas; CPU is the decode threads' (thread CPU time),
 faults the whole process's less the model's own run.
@@ -39,12 +41,26 @@ from inference_server import decode_budget
 from inference_server.detection.onnx_backend import OnnxDetector
 from inference_server.pipeline.decode import decode
 
-model, cache_mb, images, folder = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+model, cache_mb, images = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+folder, frames = Path(sys.argv[4]), sys.argv[5]
 decode_budget.fix_mmap_threshold(1024)
 decode_budget.limit_malloc_arenas(2)
-detector = OnnxDetector(model, tensor_cache_mb=cache_mb)
+import inspect
+if "tensor_cache_mb" in inspect.signature(OnnxDetector).parameters:
+    detector = OnnxDetector(model, tensor_cache_mb=cache_mb)
+else:  # a checkout from before the pool (an A/B run from a git worktree)
+    detector = OnnxDetector(model)
 paths = []
-for name, data in source_jpegs():
+if frames == "pipeline":
+    sources = source_jpegs()
+else:  # cameras' frames: zidane.jpg scaled to 1920x1080 and 2560x1440 (the letterbox's whole factors 3 and 2)
+    with Image.open(io.BytesIO(dict(source_jpegs())["zidane.jpg"])) as zidane:
+        sources = []
+        for size in ((1920, 1080), (2560, 1440)):
+            out = io.BytesIO()
+            zidane.convert("RGB").resize(size).save(out, format="JPEG", quality=90)
+            sources.append((f"zidane_{size[1]}p.jpg", out.getvalue()))
+for name, data in sources:
     path = folder / (name.rsplit(".", 1)[0] + ".jpg")
     path.write_bytes(data)
     paths.append(path)
@@ -95,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--cache-mb", type=int, nargs="+", default=[0, 32, 0, 32])
+    parser.add_argument(
+        "--frames",
+        choices=["pipeline", "cameras"],
+        default="pipeline",
+        help="the pipeline bench's four pictures, or 1080p and 1440p camera frames (whole-factor letterboxes)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     from tests.server.detection.test_onnx_backend import pose_onnx
@@ -104,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     for cache_mb in args.cache_mb:
         folder = Path(subprocess.check_output(["mktemp", "-d"], text=True).strip())
         result = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(model), str(cache_mb), str(args.images), str(folder)],
+            [sys.executable, "-c", _CHILD, str(model), str(cache_mb), str(args.images), str(folder), args.frames],
             capture_output=True,
             text=True,
             cwd=ROOT,
