@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-MIB = 1024 * 1024
-
 _pools: weakref.WeakSet[ArrayPool] = weakref.WeakSet()
 
 

@@ -369,7 +369,7 @@ class Settings(BaseSettings):
         le=4096,
         description="The detector's letterboxed input tensors and batches kept for reuse while images flow (the"
         " onnx backend): with the fixed mmap threshold each one was otherwise a fresh mapping whose pages are"
-        " faulted in again (~300 page faults an image fewer, docs/performance.md). Given back whenever the"
+        " faulted in again (200-770 page faults an image fewer, docs/performance.md). Given back whenever the"
         " queue runs dry; 0: off. A GPU box with large batches wants a batch's tensors in it (batch size x 5 MB"
         " at 640).",
     )

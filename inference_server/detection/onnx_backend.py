@@ -30,7 +30,7 @@ from PIL import Image
 
 from inference_server import buffers
 from inference_server.config import Settings
-from inference_server.decode_budget import trim_heap
+from inference_server.decode_budget import MIB, trim_heap
 from inference_server.detection.detector import DetectorModelMissing, register_detector
 from inference_server.domain import Detection
 
@@ -304,7 +304,7 @@ class OnnxDetector:
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
         #: The letterboxed tensors and batches, reused while images flow (``buffers``).
-        self._tensors = buffers.ArrayPool(tensor_cache_mb * buffers.MIB, np.float32)
+        self._tensors = buffers.ArrayPool(tensor_cache_mb * MIB, np.float32)
         # Building the session optimises the graph on copies of the weights and frees them; glibc
         # keeps freed heap, so the process would hold ~3.5 times the file (122 MB for a 35 MB model,
         # 49 MB after this; tests/server/detection/test_onnx_memory.py). Hand it back.
