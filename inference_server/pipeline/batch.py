@@ -466,16 +466,17 @@ class BatchStage:
         zones: Sequence[Zone],
         household: tuple[datetime, ContextState] | None = None,
         *,
-        every_detection: bool = False,
+        every_detection: Sequence[batches.BatchDetection] | None = None,
     ) -> tuple[Observation, int]:
         """Everything the reasoners need about a batch, and the image that best shows it.
         ``household``: the context the caller read for a capture time, used when that is the
         batch's latest. The observation's detections are those that carry the rules' judgement,
-        or with ``every_detection`` all of them (the LLM's prompt lists them)."""
+        or ``every_detection``, all of the batch's as the caller read them (``batches.detections``:
+        the LLM's prompt lists them, and its key frames are chosen from the same rows)."""
         # The rules are given the detections that carry their judgement (the same judgement as
         # all of them: pipeline/summary.py); the LLM phase every one.
-        if every_detection:
-            rows = await batches.detections(conn, batch.id)
+        if every_detection is not None:
+            rows = list(every_detection)
             summary = ActivitySummary.of(batch.id, batch.version, rows)
         else:
             summary = await self._summary(conn, batch)

@@ -138,10 +138,11 @@ class LlmStage:
             await self.reasoner.close()
 
     async def _frames(
-        self, conn: asyncpg.Connection, batch_id: uuid.UUID, event_id: uuid.UUID
+        self, conn: asyncpg.Connection, rows: Sequence[batches.BatchDetection], event_id: uuid.UUID
     ) -> list[key_frames.Frame]:
-        """The event's key frames, best first (encoded in a worker thread)."""
-        chosen = key_frames.choose(await batches.detections(conn, batch_id), self.max_images)
+        """The event's key frames, best first (encoded in a worker thread), chosen from its batch's
+        detections ``rows``."""
+        chosen = key_frames.choose(rows, self.max_images)
         frames = await key_frames.load(chosen, await images.paths(conn, chosen), self.image_max_px)
         log.info(
             "llm key frames event_id=%s image_ids=%s bytes=%d encode_s=%.3f",
@@ -163,10 +164,12 @@ class LlmStage:
                 log.warning("llm phase skipped: event has no batch event_id=%s", event_id)
                 await events_store.finish_llm(conn, event_id, None, failure="no batch to judge")
                 return
+            # Every detection, read once: the prompt lists them and the key frames come from them.
+            rows = await batches.detections(conn, batch.id)
             observation, _ = await self.batch_stage.observe(
-                conn, batch, camera.name, camera.zones, every_detection=True
+                conn, batch, camera.name, camera.zones, every_detection=rows
             )
-            frames = await self._frames(conn, batch.id, event_id) if sees else []
+            frames = await self._frames(conn, rows, event_id) if sees else []
         rules = self.batch_stage.rules.assess_now(observation)
         started = metrics.now()
         result = await self.reasoner.refine(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from inference_server import demo_assets
 from inference_server.store.migrate import available_migrations
@@ -81,7 +82,12 @@ async def test_job_is_reclaimed_after_sigkill_and_yields_exactly_one_event(
             assert str(events[0]["id"]) in message.payload.decode()
         finally:
             second.send_signal(signal.SIGTERM)
-            assert second.wait(30) == 0, log.read_text()[-3000:]
+            try:
+                code = second.wait(30)
+            except subprocess.TimeoutExpired:
+                second.kill()  # not left running past the test; its log says where it stopped
+                pytest.fail(f"the server did not stop within 30 s of SIGTERM:\n{log.read_text()[-3000:]}")
+            assert code == 0, log.read_text()[-3000:]
     finally:
         if first.poll() is None:
             first.kill()

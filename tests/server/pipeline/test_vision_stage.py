@@ -5,6 +5,7 @@ server sent."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +16,10 @@ from PIL import Image, ImageChops, ImageOps, ImageStat
 from inference_server import demo_assets
 from inference_server.config import LlmSettings, Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.pipeline.llm import LlmStage
 from inference_server.reasoning.prompts import VisionAssessment
 from inference_server.schemas import EventMessage, HouseholdContext
+from inference_server.store import batches as store_batches
 from inference_server.store import context, events
 from tests.support.fake_vlm import V2_REPLY, FakeVlm, assessments, decode, image_parts
 from tests.support.mqtt import Subscriber
@@ -56,10 +59,32 @@ def _vision_settings(
     )
 
 
+def _count_llm_phase_reads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The batches whose detections the LLM phase (``LlmStage.process``) reads, one entry a read."""
+    reads: list[object] = []
+    real = store_batches.detections
+
+    async def counted(conn: object, batch_id: object) -> object:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code is not LlmStage.process.__code__:
+            frame = frame.f_back
+        if frame is not None:
+            reads.append(batch_id)
+        return await real(conn, batch_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_batches, "detections", counted)
+    return reads
+
+
 async def test_key_frames_reach_the_model_bounded_and_its_description_reaches_event_mqtt_and_store(
-    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, mosquitto_url: str, fake_vlm: FakeVlm
+    make_settings: Callable[..., Settings],
+    pose_detector: UltralyticsDetector,
+    mosquitto_url: str,
+    fake_vlm: FakeVlm,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = _vision_settings(make_settings, mosquitto_url, fake_vlm, max_images=2, image_max_px=320)
+    llm_reads = _count_llm_phase_reads(monkeypatch)
     subscriber = await Subscriber(mosquitto_url, "hsi/events").ready()
     try:
         async with running(settings, pose_detector) as server:
@@ -76,6 +101,8 @@ async def test_key_frames_reach_the_model_bounded_and_its_description_reaches_ev
     finally:
         subscriber.close()
     assert len(assessments(fake_vlm)) == 1
+    # The prompt's detections and the key frames come from one read of the batch's detections.
+    assert len(llm_reads) == 1, llm_reads
     body = assessments(fake_vlm)[0]
     urls = image_parts(body)
     # At most max_images of the event's three images, in the order the event records them.
