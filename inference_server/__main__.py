@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -14,6 +15,12 @@ from inference_server.config import Settings
 from inference_server.logging_setup import configure
 
 log = logging.getLogger("inference_server")
+
+#: Seconds a stop may take before the process dumps its threads' stacks and exits anyway: the
+#: components' grace and cancellation (``server.STOP_GRACE_S``, ``CANCEL_GRACE_S``), the
+#: database's close, with room to spare. The add-on's stop timeout (``addon/config.yaml``) and
+#: compose's ``stop_grace_period`` are longer, so the supervisor never has to kill it.
+STOP_WATCHDOG_S = 30.0
 
 
 async def _serve(settings: Settings) -> int:
@@ -38,7 +45,14 @@ async def _serve(settings: Settings) -> int:
             server._stop.set()
         await server.wait_stopped()
     finally:
-        await server.stop()
+        # A stop that hangs (a thread stuck in a library, a component deaf to cancellation)
+        # must not leave a dead server that no supervisor restarts: past the watchdog, every
+        # thread's stack goes to stderr (the log) and the process exits with status 1.
+        faulthandler.dump_traceback_later(STOP_WATCHDOG_S, exit=True, file=2)  # stderr: the log
+        try:
+            await server.stop()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     if server.failure is not None:
         log.critical("exiting with status %d: %s", server.exit_status, server.failure)
     return server.exit_status

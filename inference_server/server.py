@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import os
 import socket
@@ -55,6 +56,12 @@ if TYPE_CHECKING:
     from inference_server.reasoning.llm import LlmReasoner
 
 log = logging.getLogger(__name__)
+
+#: After ``stop``, how long the components have to finish their work, then how long cancelled
+#: ones are waited for. With the database's close (10 s at most) and PostgreSQL's own shutdown,
+#: the add-on's stop timeout (``addon/config.yaml``) must cover them.
+STOP_GRACE_S = 10.0
+CANCEL_GRACE_S = 5.0
 
 #: What keeps one ``hsi/status`` from being published: the next interval tries again.
 _STATUS_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, PublishError)
@@ -502,10 +509,17 @@ class Server:
         if self.ftp is not None:
             await asyncio.to_thread(self.ftp.stop)
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=15)
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_GRACE_S)
             for task in pending:
+                log.warning("component did not stop in %.0f s, cancelling it task=%s", STOP_GRACE_S, task.get_name())
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if pending:
+                # Bounded too: one that ignores its cancellation must not keep the rest open.
+                _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+                for task in stuck:
+                    where = io.StringIO()
+                    task.print_stack(file=where)
+                    log.error("component did not end when cancelled task=%s %s", task.get_name(), where.getvalue())
         if self._runner is not None:
             await self._runner.cleanup()
         if self._publisher is not None:

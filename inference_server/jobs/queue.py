@@ -258,6 +258,34 @@ class JobQueue:
         )
         return state
 
+    async def release(self, jobs: Sequence[ClaimedJob], *, tried: bool) -> set[int]:
+        """Give jobs this worker still holds back to the queue at once, as a worker that stops
+        does: no lease to wait out, and the workers are woken. An untried job (claimed, never
+        handed to the model) gets its attempt back; a tried one (cut off while it ran) keeps it,
+        as a reaped lease does, so an image that hangs the model still reaches the dead letters.
+        Returns the ids released (a job completed or taken over meanwhile is left alone)."""
+        if not jobs:
+            return set()
+        rows = await self.pool.fetch(
+            "WITH released AS ("
+            " UPDATE jobs SET"
+            "   attempts = CASE WHEN $4 THEN jobs.attempts ELSE jobs.attempts - 1 END,"
+            "   state = CASE WHEN $4 AND jobs.attempts >= jobs.max_attempts THEN 'dead' ELSE 'queued' END,"
+            "   last_error = CASE WHEN $4 THEN 'stopped while it ran on worker ' || $3 ELSE jobs.last_error END,"
+            "   finished_at = CASE WHEN $4 AND jobs.attempts >= jobs.max_attempts THEN now() END,"
+            "   run_after = now(), lease_until = NULL, updated_at = now()"
+            " FROM unnest($1::bigint[], $2::int[]) AS held (id, attempts)"
+            " WHERE jobs.id = held.id AND jobs.attempts = held.attempts AND jobs.state = 'running'"
+            " AND jobs.worker_id = $3 RETURNING jobs.id, jobs.state),"
+            f" woken AS (SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM released WHERE state = 'queued' LIMIT 1)"
+            " SELECT id FROM released, (SELECT count(*) FROM woken) AS w",
+            [j.id for j in jobs],
+            [j.attempts for j in jobs],
+            self.worker_id,
+            tried,
+        )
+        return {r["id"] for r in rows}
+
     async def reap_expired(self) -> tuple[int, int]:
         """Requeue jobs whose worker lost its lease; dead-letter those out of attempts.
 

@@ -62,57 +62,70 @@ class DetectWorker:
         threads = settings.detector_decode_threads or min(8, os.cpu_count() or 2)
         self._decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self._store_slots = asyncio.Semaphore(settings.store_concurrency)
+        #: Jobs claimed and not yet completed, failed or released (``run`` gives back those it
+        #: holds when it ends); ``_started``: those among them in the decoder or the model, or past
+        #: the model (what was tried), not those decoded and waiting for it.
+        self._held: dict[int, ClaimedJob] = {}
+        self._started: set[int] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: then the batch in the model is finished and stored with what was
+        inferred before it, and the jobs claimed but not yet handed to the model go back to the
+        queue at once (their attempt returned), so a stop takes one batch's inference, not the
+        queued batches'. Cancelled (a stop that overran its grace), every job still held goes back
+        without waiting for its lease; the one cut off in the model keeps its attempt."""
         decoded: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2)
         inferred: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2)
         # Recognition (known people) skips images while inferred results wait to be stored.
         self.result.backlog = inferred.qsize
         tasks = [
             asyncio.create_task(self._claim_loop(stop, decoded), name="detect-claim"),
-            asyncio.create_task(self._infer_loop(decoded, inferred), name="detect-infer"),
+            asyncio.create_task(self._infer_loop(decoded, inferred, stop), name="detect-infer"),
             asyncio.create_task(self._finish_loop(inferred), name="detect-finish"),
             asyncio.create_task(self._reap_loop(stop), name="detect-reap"),
         ]
         try:
             await asyncio.gather(*tasks)
         finally:
+            # The loops hand the end on only when they return: a cancelled one waits on no queue.
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._infer_pool.shutdown(wait=True, cancel_futures=True)
+            await self._release_held()
+            # The model's thread ends its batch without holding up the event loop meanwhile.
+            await asyncio.to_thread(self._infer_pool.shutdown, wait=True, cancel_futures=True)
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _claim_loop(self, stop: asyncio.Event, out: asyncio.Queue[list[_Item] | None]) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while not stop.is_set():
-                started = metrics.now()
-                jobs = await self._claim(self.batch_size)
-                if not jobs:
-                    # No work: the model inputs kept for reuse go back to the system.
-                    buffers.release_idle()
-                    await self.queue.wait_for_work(self.settings.job_poll_interval_s)
-                    continue
-                jobs += await self._top_up(len(jobs))
-                metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
-                started = metrics.now()
-                results = await asyncio.gather(
-                    *(loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path)) for j in jobs),
-                    return_exceptions=True,
-                )
-                metrics.STAGE.labels("decode").observe((metrics.now() - started) / len(jobs))
-                items: list[_Item] = []
-                for job, result in zip(jobs, results, strict=True):
-                    if isinstance(result, BaseException):
-                        await self._decode_failed(job, result)
-                    else:
-                        image, model_input = result
-                        items.append(_Item(job, image, [], model_input))
-                if items:
-                    await out.put(items)
-        finally:
-            await out.put(_STOP)
+        while not stop.is_set():
+            started = metrics.now()
+            jobs = await self._claim(self.batch_size)
+            if not jobs:
+                # No work: the model inputs kept for reuse go back to the system.
+                buffers.release_idle()
+                await self.queue.wait_for_work(self.settings.job_poll_interval_s)
+                continue
+            jobs += await self._top_up(len(jobs))
+            metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
+            started = metrics.now()
+            self._started.update(j.id for j in jobs)
+            results = await asyncio.gather(
+                *(loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path)) for j in jobs),
+                return_exceptions=True,
+            )
+            metrics.STAGE.labels("decode").observe((metrics.now() - started) / len(jobs))
+            items: list[_Item] = []
+            for job, result in zip(jobs, results, strict=True):
+                if isinstance(result, BaseException):
+                    await self._decode_failed(job, result)
+                else:
+                    image, model_input = result
+                    items.append(_Item(job, image, [], model_input))
+                    self._started.discard(job.id)  # decoded: it waits, untried, for the model
+            if items:
+                await out.put(items)
+        await out.put(_STOP)
 
     def _load(self, path: Path) -> tuple[Image.Image, Any]:
         """On a decode thread: decode, then the detector's own preparation (resize, colour order),
@@ -143,6 +156,7 @@ class DetectWorker:
             await asyncio.sleep(self._db_backoff_s)
             return []
         self._db_backoff_s = 0.0
+        self._held.update((job.id, job) for job in jobs)
         return jobs
 
     async def _decode_failed(self, job: ClaimedJob, err: BaseException) -> None:
@@ -184,37 +198,80 @@ class DetectWorker:
                 err,
             )
             outcome = "lease_will_expire"
+        else:
+            self._forget([job])
         metrics.JOBS_FAILED.labels(outcome).inc()
 
-    async def _infer_loop(
-        self, source: asyncio.Queue[list[_Item] | None], out: asyncio.Queue[list[_Item] | None]
-    ) -> None:
+    def _forget(self, jobs: list[ClaimedJob]) -> None:
+        """These jobs are off this worker's hands (completed, failed or released)."""
+        for job in jobs:
+            self._held.pop(job.id, None)
+            self._started.discard(job.id)
+
+    async def _release(self, jobs: list[ClaimedJob], *, tried: bool) -> None:
+        """Give jobs back to the queue (``JobQueue.release``). While the database is unreachable
+        they cannot be: their leases expire and the reaper requeues them, as after a crash."""
         try:
-            while (items := await source.get()) is not _STOP:
-                started = metrics.now()
-                try:
-                    await self._detect(items)
-                except Exception as err:
-                    if len(items) == 1:
-                        await self._inference_failed(items[0], err)
-                        continue
-                    # One image may be what breaks the batch: run each alone, so only its job fails.
-                    log.error("inference failed batch=%d, trying its images one by one error=%r", len(items), err)
-                    done: list[_Item] = []
-                    for item in items:
-                        try:
-                            await self._detect([item])
-                        except Exception as single:
-                            await self._inference_failed(item, single)
-                        else:
-                            done.append(item)
-                    items = done
-                    if not items:
-                        continue
-                metrics.STAGE.labels("infer").observe((metrics.now() - started) / len(items))
-                await out.put(items)
-        finally:
-            await out.put(_STOP)
+            released = await self.queue.release(jobs, tried=tried)
+        except Exception as err:
+            if not is_unavailable(err):
+                raise
+            log.error("jobs not given back, database unavailable jobs=%d error=%r", len(jobs), err)
+            return
+        self._forget(jobs)
+        if released:
+            log.info("jobs given back to the queue jobs=%d tried=%s", len(released), tried)
+
+    async def _release_held(self) -> None:
+        """On the way out: every job still held goes back (bounded: a stop must end)."""
+        held = list(self._held.values())
+        if not held:
+            return
+        # A job cut off in the decoder or the model may be what hangs it: it keeps its attempt.
+        tried = [job for job in held if job.id in self._started]
+        untried = [job for job in held if job.id not in self._started]
+        try:
+            async with asyncio.timeout(5):
+                await self._release(untried, tried=False)
+                await self._release(tried, tried=True)
+        except Exception as err:
+            log.error("jobs not given back; their leases will expire jobs=%d error=%r", len(self._held), err)
+
+    async def _infer_loop(
+        self,
+        source: asyncio.Queue[list[_Item] | None],
+        out: asyncio.Queue[list[_Item] | None],
+        stop: asyncio.Event,
+    ) -> None:
+        while (items := await source.get()) is not _STOP:
+            if stop.is_set():
+                # Stopping: what is not in the model yet goes back to the queue, not through it.
+                await self._release([i.job for i in items], tried=False)
+                continue
+            started = metrics.now()
+            self._started.update(i.job.id for i in items)
+            try:
+                await self._detect(items)
+            except Exception as err:
+                if len(items) == 1:
+                    await self._inference_failed(items[0], err)
+                    continue
+                # One image may be what breaks the batch: run each alone, so only its job fails.
+                log.error("inference failed batch=%d, trying its images one by one error=%r", len(items), err)
+                done: list[_Item] = []
+                for item in items:
+                    try:
+                        await self._detect([item])
+                    except Exception as single:
+                        await self._inference_failed(item, single)
+                    else:
+                        done.append(item)
+                items = done
+                if not items:
+                    continue
+            metrics.STAGE.labels("infer").observe((metrics.now() - started) / len(items))
+            await out.put(items)
+        await out.put(_STOP)
 
     async def _detect(self, items: list[_Item]) -> None:
         """One batched inference on the model's thread; each item gets its detections."""
@@ -265,6 +322,10 @@ class DetectWorker:
                         lost += await self.result.finish_many([(item.job, item.image, item.detections)])
                     except Exception as single:
                         await self._store_failed([item], single)
+                    else:
+                        self._forget([item.job])
+            else:
+                self._forget([i.job for i in items])
             for job in lost:
                 log.warning(
                     "result discarded: job %s attempt %s is no longer held by this worker", job.id, job.attempts

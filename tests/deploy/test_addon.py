@@ -20,6 +20,7 @@ import yaml
 from aiohttp import web
 
 from inference_server import __version__
+from inference_server.__main__ import STOP_WATCHDOG_S
 from inference_server.api.app import build_app  # noqa: F401  (registers every route)
 from inference_server.api.openapi import openapi
 from inference_server.config import FtpUser, LlmSettings, Settings
@@ -62,6 +63,18 @@ def test_config_names_the_addon_consistently_with_the_package() -> None:
     assert {"name", "url", "maintainer"} <= set(repository)
     for image in ("icon.png", "logo.png"):
         assert (ADDON / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_supervisor_and_compose_wait_longer_for_a_stop_than_the_server_may_take() -> None:
+    """Supervisor kills an add-on 10 s after SIGTERM unless ``timeout`` says otherwise (10 to 300),
+    Docker compose after 10 s unless ``stop_grace_period`` does: the server may take up to its
+    watchdog, and PostgreSQL stops after it (in the add-on, as an s6 service of the container)."""
+    timeout = _config()["timeout"]
+    assert 10 <= timeout <= 300, "outside the Supervisor's range"
+    assert timeout >= STOP_WATCHDOG_S + 10
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    grace = compose["services"]["server"]["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > STOP_WATCHDOG_S
 
 
 def test_every_option_has_a_schema_entry_and_every_required_one_a_default() -> None:

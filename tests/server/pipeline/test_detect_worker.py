@@ -46,7 +46,7 @@ async def test_the_model_input_is_let_go_once_inferred(
         decoded.put_nowait([item])
         decoded.put_nowait(None)
 
-        await worker._infer_loop(decoded, inferred)
+        await worker._infer_loop(decoded, inferred, asyncio.Event())
 
         assert inferred.get_nowait() == [item] and inferred.get_nowait() is None
         assert [d.label for d in item.detections].count("person") >= 3  # bus.jpg's people
