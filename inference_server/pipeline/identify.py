@@ -325,7 +325,7 @@ class _Strangers:
         seen_at: datetime,
         source: EmbeddingSource,
         found: PersonVectors,
-        visitors: list[tuple[int, list[float], int | None]],
+        visitors: list[tuple[int, list[float], int | None, int]],
     ) -> Identity:
         conn, r = self.conn, self.recognizer
         if not self._locked:
@@ -335,11 +335,11 @@ class _Strangers:
         visitor: int | None = None
         stranger: int | None = None
         how: EmbeddingSource | None = None
-        free = [(v, vec) for v, vec, _ in visitors if v not in self._taken_visitors]
+        free = [(v, vec) for v, vec, _, _ in visitors if v not in self._taken_visitors]
         if found.body is not None and free:
             visitor = link(free, found.body)
             if visitor is not None:
-                stranger = next((s for v, _, s in visitors if v == visitor and s is not None), None)
+                stranger = next((s for v, _, s, _ in visitors if v == visitor and s is not None), None)
                 how = "body" if stranger is not None else None
         seen: tuple[int, datetime] | None = None
         if stranger is not None and stranger not in self._taken:

@@ -185,20 +185,31 @@ async def detection_vectors(
     return [(r["source"], r["model"], list(r["vector"])) for r in rows]
 
 
+#: Body vectors of each visitor of the open batch that linking an unknown person compares with:
+#: their latest sightings (as ``identify.SIGHTINGS_PER_STRANGER`` for strangers), so an image's
+#: read stays bounded however long someone stays in view.
+SIGHTINGS_PER_VISITOR = 4
+
+
 async def unknown_visitors(
     conn: asyncpg.Connection, camera_id: str, model: str
-) -> list[tuple[int, list[float], int | None]]:
-    """(visitor, body vector, stranger) of the unknown people seen in the camera's open batch so far."""
+) -> list[tuple[int, list[float], int | None, int]]:
+    """(visitor, body vector, stranger, detection) of the unknown people seen in the camera's open
+    batch so far: each visitor's latest ``SIGHTINGS_PER_VISITOR`` sightings, in detection order."""
     rows = await conn.fetch(
-        "SELECT di.visitor, de.vector, di.stranger_id FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
+        "SELECT visitor, vector, stranger_id, detection_id FROM ("
+        " SELECT di.visitor, de.vector, di.stranger_id, d.id AS detection_id,"
+        "  row_number() OVER (PARTITION BY di.visitor ORDER BY d.id DESC) AS nth"
+        " FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
         " JOIN detections d ON d.image_id = bi.image_id JOIN detection_identities di ON di.detection_id = d.id"
         " JOIN detection_embeddings de ON de.detection_id = d.id AND de.source = 'body' AND de.model = $2"
         " WHERE b.camera_id = $1 AND b.closed_at IS NULL AND di.person_id IS NULL AND di.visitor IS NOT NULL"
-        " ORDER BY d.id",
+        ") AS seen WHERE nth <= $3 ORDER BY detection_id",
         camera_id,
         model,
+        SIGHTINGS_PER_VISITOR,
     )
-    return [(r["visitor"], list(r["vector"]), r["stranger_id"]) for r in rows]
+    return [(r["visitor"], list(r["vector"]), r["stranger_id"], r["detection_id"]) for r in rows]
 
 
 # --- strangers (migration 0009) -------------------------------------------------------------------

@@ -31,9 +31,10 @@ from inference_server.pipeline.identify import PersonVectors, Recognizer
 from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.reasoning.rules import RulesReasoner
 from inference_server.schemas import CameraCreate
-from inference_server.store import cameras, detections, images, people
+from inference_server.store import batches, cameras, detections, images, people
 from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
+from inference_server.store.people import SIGHTINGS_PER_VISITOR
 from tests.support.waiting import wait_until
 
 from ..conftest import auth_headers, drop, running
@@ -145,6 +146,43 @@ async def test_the_same_unknown_people_keep_their_stranger_ids_across_events_and
             for p in views[view]
         ]
         assert recognizer.strangers.read == sum(vectors[:-2])
+    finally:
+        recognizer.close()
+
+
+async def test_a_visitor_in_a_long_batch_is_linked_from_its_latest_sightings_only(
+    pool: asyncpg.Pool, views: dict[str, list[PersonVectors]]
+) -> None:
+    """Someone in view for a whole batch (4 frames a second, 90 s: 360 sightings) stays one
+    visitor, and linking the next image reads a bounded number of their body vectors, the latest
+    (as strangers keep theirs): before, every unknown sighting of the open batch, per image."""
+    person = views["zidane"][0]
+    other = views["astronaut"][0]
+    recognizer = Recognizer(Settings(), {}, MODELS)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            batch = await batches.open_new(conn, "front", T0)
+        visitors: list[int | None] = []
+        for n in range(12):
+            at = T0 + timedelta(seconds=n)
+            async with pool.acquire() as conn, conn.transaction():
+                image_id = await _image(conn, "front", at, 2)
+                batch = await batches.add_images(conn, batch, [image_id], at)
+                found, _ = await recognizer.identify(conn, "front", image_id, [person, other])
+            visitors += [i.visitor if i is not None else None for i in found]
+        # Two people, each one visitor all along (the first sighting's detection names it).
+        assert len(set(visitors[0::2])) == 1 and len(set(visitors[1::2])) == 1
+        assert visitors[0] != visitors[1]
+        async with pool.acquire() as conn:
+            kept = await people.unknown_visitors(conn, "front", MODELS["body"])
+            latest = await conn.fetch(
+                "SELECT di.visitor, d.id FROM detection_identities di JOIN detections d ON d.id = di.detection_id"
+                " ORDER BY d.id DESC"
+            )
+        assert len(kept) == 2 * SIGHTINGS_PER_VISITOR, "bounded per visitor, not every sighting of the batch"
+        for visitor in set(visitors):
+            newest = [r["id"] for r in latest if r["visitor"] == visitor][:SIGHTINGS_PER_VISITOR]
+            assert sorted(d for v, _, _, d in kept if v == visitor) == sorted(newest), "the latest ones"
     finally:
         recognizer.close()
 
