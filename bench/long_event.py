@@ -9,7 +9,9 @@ second for ``--seconds`` of capture time, ``--batch`` images per transaction as 
 hands them on, with the batch stage's clock following the capture times. It prints, for each
 ``--segment`` images in the event's order: the CPU per image of this process and of PostgreSQL,
 and the statements per image. A flat column is the goal: the cost of an image must not grow
-with the age of the event it joins.
+with the age of the event it joins. ``--recognition`` turns known people on (the real face and
+body embedders): every person is embedded, linked to the batch's visitors and to strangers, and
+their identities are judged with the activity.
 
     YOLO_OFFLINE=1 XDG_RUNTIME_DIR=/tmp/hsi-runtime-0 .venv/bin/python -m bench.long_event
 """
@@ -33,7 +35,10 @@ from bench.store_stage import NOON, store_pipeline
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.embedding.embedder import Embedder, EmbeddingSource, model_key
+from inference_server.embedding.onnx_backend import OnnxEmbedder
 from inference_server.pipeline.decode import decode
+from inference_server.pipeline.identify import Recognizer
 from inference_server.server import open_database
 
 
@@ -67,7 +72,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         pool, _ = await open_database(settings)
         clock = CaptureClock(NOON)
         detector = UltralyticsDetector(demo_assets.pose_weights(), device="cpu", runtime="pytorch")
-        worker, ingestor, queue = await store_pipeline(settings, pool, detector, ["garden"], clock=clock)
+        recognizer = None
+        if args.recognition:
+            # The real face and body embedders (scripts/models/fetch), as the server loads them.
+            paths = {src: demo_assets.embedder_model(src) for src in ("face", "body")}
+            embedders: dict[EmbeddingSource, Embedder] = {src: OnnxEmbedder(src, path) for src, path in paths.items()}
+            recognizer = Recognizer(settings, embedders, {src: model_key(path) for src, path in paths.items()})
+        worker, ingestor, queue = await store_pipeline(
+            settings, pool, detector, ["garden"], clock=clock, recognizer=recognizer
+        )
         sources = [demo_assets.image("bus.jpg"), demo_assets.image("zidane.jpg")]
         raw = [p.read_bytes() for p in sources]
         pictures = [decode(p, settings.detector_imgsz) for p in sources]
@@ -93,6 +106,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     assert not lost, lost
             own = time.process_time() - cpu
             after = meter.snapshot()
+            if args.analyze:
+                await pool.execute("ANALYZE")
             postgres = (after.postgres or 0.0) - (before.postgres or 0.0)
             n = len(segment)
             rows.append(
@@ -111,8 +126,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             if args.statements and start in (0, (images - 1) // args.segment * args.segment):
                 for text, count in trips.by_statement.most_common(args.statements):
-                    print(f"{count / n:8.2f}  {text[:150]}")
+                    ms = trips.seconds_by_statement[text] * 1000 / n
+                    print(f"{count / n:8.2f}  {ms:7.3f} ms  {text[:140]}")
         events = await pool.fetchval("SELECT count(*) FROM events")
+        identified = await pool.fetchval("SELECT count(*) FROM detection_identities")
+        windows = await pool.fetchval("SELECT count(*) FROM batches")
+        if recognizer is not None:
+            recognizer.close()
         worker._infer_pool.shutdown()
         worker._decode_pool.shutdown()
         await pool.close()
@@ -122,6 +142,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "fps": args.fps,
             "batch": args.batch,
             "events": events,
+            "identified_detections": identified,
+            "batches": windows,
             "segments": rows,
             "last_to_first_cpu": round(
                 (last["server_ms"] + last["postgres_ms"]) / (first["server_ms"] + first["postgres_ms"]), 2
@@ -137,7 +159,14 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=4.0, help="frames a second the camera sends")
     parser.add_argument("--batch", type=int, default=4, help="images stored together (one detector batch)")
     parser.add_argument("--segment", type=int, default=240, help="images per printed row")
-    parser.add_argument("--statements", type=int, default=0, help="print the most frequent, first and last rows")
+    parser.add_argument(
+        "--statements",
+        type=int,
+        default=0,
+        help="print the most frequent, first and last rows (per image: how many, ms from sending to result)",
+    )
+    parser.add_argument("--recognition", action="store_true", help="known people on: the real face and body embedders")
+    parser.add_argument("--analyze", action="store_true", help="ANALYZE after each segment (not counted)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -17,6 +18,9 @@ class RoundTrips:
         self.count = 0
         #: Statements by their text (whitespace folded), for "which ones".
         self.by_statement: Counter[str] = Counter()
+        #: Seconds from sending each statement to its result, by text (the round trip: PostgreSQL's
+        #: work and the wait for the event loop), for "which ones take the time".
+        self.seconds_by_statement: Counter[str] = Counter()
 
     def __enter__(self) -> RoundTrips:
         self._do_execute = asyncpg.connection.Connection._do_execute
@@ -24,16 +28,27 @@ class RoundTrips:
         counter = self
         do_execute, execute = self._do_execute, self._execute
 
-        def counted_do_execute(conn: Any, query: str, *a: Any, **kw: Any) -> Any:
+        async def counted_do_execute(conn: Any, query: str, *a: Any, **kw: Any) -> Any:
+            text = " ".join(query.split())
             counter.count += 1
-            counter.by_statement[" ".join(query.split())] += 1
-            return do_execute(conn, query, *a, **kw)
+            counter.by_statement[text] += 1
+            started = time.perf_counter()
+            try:
+                return await do_execute(conn, query, *a, **kw)
+            finally:
+                counter.seconds_by_statement[text] += time.perf_counter() - started
 
         async def counted_execute(conn: Any, query: str, *args: Any, **kw: Any) -> Any:
-            if not args:
-                counter.count += 1
-                counter.by_statement[" ".join(query.split())] += 1
-            return await execute(conn, query, *args, **kw)
+            if args:
+                return await execute(conn, query, *args, **kw)
+            text = " ".join(query.split())
+            counter.count += 1
+            counter.by_statement[text] += 1
+            started = time.perf_counter()
+            try:
+                return await execute(conn, query, *args, **kw)
+            finally:
+                counter.seconds_by_statement[text] += time.perf_counter() - started
 
         asyncpg.connection.Connection._do_execute = counted_do_execute  # type: ignore[method-assign]
         asyncpg.connection.Connection.execute = counted_execute  # type: ignore[method-assign]

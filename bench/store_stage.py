@@ -39,6 +39,7 @@ from inference_server.jobs.queue import JobQueue, QueuePolicy
 from inference_server.pipeline.batch import BatchStage
 from inference_server.pipeline.decode import decode
 from inference_server.pipeline.detect import DetectWorker, _Item
+from inference_server.pipeline.identify import Recognizer
 from inference_server.pipeline.result import ResultStage
 from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.reasoning.rules import RulesReasoner
@@ -46,16 +47,21 @@ from inference_server.server import open_database
 
 
 async def store_pipeline(
-    settings: Settings, pool: asyncpg.Pool, detector: Detector, cameras: list[str], clock: Clock | None = None
+    settings: Settings,
+    pool: asyncpg.Pool,
+    detector: Detector,
+    cameras: list[str],
+    clock: Clock | None = None,
+    recognizer: Recognizer | None = None,
 ) -> tuple[DetectWorker, Ingestor, JobQueue]:
     """A detect worker wired as the server wires it (rules only, no LLM, no MQTT), its ingestor
     and queue, with ``cameras`` created (also used by tests/server/pipeline); the batch stage
-    keeps ``clock`` (the system's by default)."""
+    keeps ``clock`` (the system's by default); ``recognizer``: known people and strangers."""
     queue = JobQueue(pool, QueuePolicy(lease_s=600), "store-bench")
     ingestor = Ingestor(settings, pool, queue)
     rules = RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))
     batches = BatchStage(settings, pool, rules, Topics("hsi"), clock or SystemClock(), llm_enabled=False)
-    worker = DetectWorker(settings, queue, detector, ResultStage(settings, pool, queue, batches))
+    worker = DetectWorker(settings, queue, detector, ResultStage(settings, pool, queue, batches, recognizer))
     for camera in cameras:
         await pool.execute("INSERT INTO cameras (id, name, folder) VALUES ($1, $1, $1)", camera)
     return worker, ingestor, queue

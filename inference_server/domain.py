@@ -69,6 +69,18 @@ class Identity:
     def known(self) -> bool:
         return self.person_id is not None
 
+    @property
+    def who(self) -> tuple[str, int | None]:
+        """Whom this sighting is of: the enrolled person, else the stranger (one unknown person
+        across batches and events), else the visitor (one within a batch). An activity longer
+        than a batch window gives one stranger a visitor per batch: counting visitors would make
+        one person several."""
+        if self.person_id is not None:
+            return ("person", self.person_id)
+        if self.stranger is not None:
+            return ("stranger", self.stranger)
+        return ("visitor", self.visitor)
+
 
 @dataclass(frozen=True, slots=True)
 class FeedbackCounts:

@@ -485,6 +485,8 @@ class BatchStage:
             raise RuntimeError(f"batch {batch.id} has no detections")
         identified = [r.detection_id for r in summary.identified]
         known = await people.identities(conn, identified) if identified else {}
+        if every_detection is None:
+            summary.keep_identified(known)  # the next group reads these only, and its own
         top_category = summary.top_category()
         # The image showing the most of the top category (the latest on a tie) represents the event.
         image_id = summary.shown[top_category][1]

@@ -9,7 +9,10 @@ capture order on a tie), the labels and the zones each stands in, every detectio
 identified (in order), and counts per image. ``ActivitySummary`` keeps exactly that as images
 join, and ``detections`` gives the rules the subsequence of the activity's detections that
 carries it: the same judgement as all of them (tests/server/pipeline/test_activity_summary.py), at a cost
-that does not grow with the activity.
+that does not grow with the activity. Of the identified detections, once their identities are
+read (``keep_identified``), it keeps at most two per person, stranger or visitor: the rules'
+identity factors use no more, and the identities read for each group stay as few as the people
+seen.
 
 A summary describes one batch as of one version of its row (``Batch.version``); the batch stage
 keeps one per camera and trusts it only while the row it reads under lock has that version
@@ -22,11 +25,11 @@ from __future__ import annotations
 import bisect
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from inference_server.domain import category_of
+from inference_server.domain import Identity, category_of
 from inference_server.schemas import Category
 from inference_server.store.batches import BatchDetection
 
@@ -46,7 +49,7 @@ class ActivitySummary:
     best: dict[Category, BatchDetection] = field(default_factory=dict)
     #: Per label and zones, the first detection in order.
     firsts: dict[tuple[str, tuple[str, ...]], BatchDetection] = field(default_factory=dict)
-    #: Every detection recognition identified, in order.
+    #: The detections recognition identified, in order: all of them, until ``keep_identified``.
     identified: list[BatchDetection] = field(default_factory=list)
     #: Most of each label seen together in one image.
     max_counts: dict[str, int] = field(default_factory=dict)
@@ -103,6 +106,33 @@ class ActivitySummary:
             self.first_seen = d.captured_at
         if self.last_seen is None or d.captured_at > self.last_seen:
             self.last_seen = d.captured_at
+
+    def keep_identified(self, identities: Mapping[int, Identity]) -> None:
+        """Keep of the identified detections (``identities``: theirs, as read) what the rules'
+        identity factors use, so the identities read for the next group do not grow with the
+        activity. Per person, stranger or visitor (``Identity.who``): the first sighting (the
+        rules name people in the order they appeared) and the one that decides, the most similar
+        for a person (the first among equals) and the first with a face for an unknown person.
+        A detection whose identity is gone (the person was forgotten) is dropped, as the rules
+        would ignore it."""
+        first: dict[tuple[str, int | None], BatchDetection] = {}
+        best: dict[tuple[str, int | None], tuple[BatchDetection, Identity]] = {}
+        for d in self.identified:  # in order
+            identity = identities.get(d.detection_id)
+            if identity is None:
+                continue
+            key = identity.who
+            first.setdefault(key, d)
+            held = best.get(key)
+            if held is None:
+                best[key] = (d, identity)
+            elif identity.known:
+                if (identity.similarity or 0) > (held[1].similarity or 0):
+                    best[key] = (d, identity)
+            elif identity.source == "face" and held[1].source != "face":
+                best[key] = (d, identity)
+        kept = {d.detection_id: d for d in (*first.values(), *(d for d, _ in best.values()))}
+        self.identified = sorted(kept.values(), key=order_key)
 
     def top_category(self) -> Category:
         return min(self.best, key=("person", "vehicle", "object", "animal").index)

@@ -518,7 +518,7 @@ def _people_phrase(obs: Observation, n: int) -> str:
     names = list(dict.fromkeys(i.name or f"person {i.person_id}" for i in seen if i.known))
     strangers = 0
     if obs.enrolled_people > 0:
-        strangers = len({i.visitor for i in seen if not i.known and i.source == "face"})
+        strangers = len({i.who for i in seen if not i.known and i.source == "face"})
     if not names and not strangers:
         return f"{n} {_plural('person', n)}"
     parts = list(names)

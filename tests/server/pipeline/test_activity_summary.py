@@ -59,6 +59,10 @@ IDENTITIES = [
     Identity("face", None, visitor=1, stranger=7, visits=3, first_seen=NOON - timedelta(hours=2)),
     Identity("face", None, visitor=2, stranger=8, visits=3, first_seen=NOON - timedelta(hours=5)),
     Identity("body", None, visitor=3),
+    # Stranger 7 again in a later batch of the event: another visitor, the same person.
+    Identity("face", None, visitor=4, stranger=7, visits=3, first_seen=NOON - timedelta(hours=2)),
+    Identity("body", None, visitor=4, stranger=7, visits=3, first_seen=NOON - timedelta(hours=2)),
+    Identity("face", 1, "Anna", "person.anna", 0.93),  # a tie with the most similar
 ]
 
 detection_rows = st.builds(
@@ -122,6 +126,8 @@ def test_the_rules_judge_the_summary_as_they_judge_every_detection(drawn: list, 
         group, groups = groups[:take], groups[take:]
         summary.add(r for rows in group for r in rows)
         stored += group
+        # As the batch stage does once it read their identities: two sightings per person kept.
+        summary.keep_identified({d.detection_id: known[d.detection_id] for d in summary.identified})
 
     # The reference: what observe computed from every row, in the order it read them.
     every = sorted((r for rows in stored for r in rows), key=lambda r: (r.captured_at, r.detection_id))
@@ -148,6 +154,7 @@ def test_the_rules_judge_the_summary_as_they_judge_every_detection(drawn: list, 
     assert (summary.first_seen, summary.last_seen) == (every[0].captured_at, max(r.captured_at for r in every))
     condensed = summary.detections()
     assert len(condensed) <= len(every)
+    assert len(summary.identified) <= 2 * len({i.who for i in known.values()})
     batch = {
         "max_counts": max_counts,
         "frames": frames,

@@ -97,3 +97,28 @@ def test_a_stranger_with_a_resident_is_still_unfamiliar() -> None:
     factors = {f.name: f.points for f in judged.factors}
     assert factors["unfamiliar_person"] > 0 and factors["known_person"] == 0
     assert judged.summary.startswith("Anna and an unfamiliar person at Front Door")
+
+
+def test_one_stranger_seen_in_two_batches_of_an_event_is_one_unfamiliar_person() -> None:
+    """An activity longer than a batch window gives the same stranger a new visitor in each batch
+    (visitors link sightings within one batch): still one person, not two (before: "2 unfamiliar
+    people"). Two strangers are two."""
+    first = Identity("face", visitor=501, stranger=7, visits=1)
+    again = Identity("face", visitor=733, stranger=7, visits=1)
+    other = Identity("face", visitor=734, stranger=8, visits=1)
+
+    def summary(together: int, *seen: Identity) -> str:
+        # Sightings of several images: ``together``, the most people in one of them.
+        obs = Observation(
+            "front",
+            "Front Door",
+            AT_23,
+            [PERSON] * len(seen),
+            identities=list(seen),
+            enrolled_people=2,
+            max_counts={"person": together},
+        )
+        return RULES.assess_now(obs).summary
+
+    assert summary(1, first, again).startswith("an unfamiliar person at Front Door")
+    assert summary(2, first, again, other).startswith("2 unfamiliar people at Front Door")
