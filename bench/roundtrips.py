@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
@@ -28,27 +29,23 @@ class RoundTrips:
         counter = self
         do_execute, execute = self._do_execute, self._execute
 
-        async def counted_do_execute(conn: Any, query: str, *a: Any, **kw: Any) -> Any:
+        async def counted(query: str, sent: Awaitable[Any]) -> Any:
             text = " ".join(query.split())
             counter.count += 1
             counter.by_statement[text] += 1
             started = time.perf_counter()
             try:
-                return await do_execute(conn, query, *a, **kw)
+                return await sent
             finally:
                 counter.seconds_by_statement[text] += time.perf_counter() - started
 
+        def counted_do_execute(conn: Any, query: str, *a: Any, **kw: Any) -> Any:
+            return counted(query, do_execute(conn, query, *a, **kw))
+
         async def counted_execute(conn: Any, query: str, *args: Any, **kw: Any) -> Any:
-            if args:
+            if args:  # sent through _do_execute, counted there
                 return await execute(conn, query, *args, **kw)
-            text = " ".join(query.split())
-            counter.count += 1
-            counter.by_statement[text] += 1
-            started = time.perf_counter()
-            try:
-                return await execute(conn, query, *args, **kw)
-            finally:
-                counter.seconds_by_statement[text] += time.perf_counter() - started
+            return await counted(query, execute(conn, query, *args, **kw))
 
         asyncpg.connection.Connection._do_execute = counted_do_execute  # type: ignore[method-assign]
         asyncpg.connection.Connection.execute = counted_execute  # type: ignore[method-assign]
