@@ -67,11 +67,17 @@ def test_config_names_the_addon_consistently_with_the_package() -> None:
 
 def test_the_supervisor_and_compose_wait_longer_for_a_stop_than_the_server_may_take() -> None:
     """Supervisor kills an add-on 10 s after SIGTERM unless ``timeout`` says otherwise (10 to 300),
-    Docker compose after 10 s unless ``stop_grace_period`` does: the server may take up to its
+    s6-overlay its services after 3 s unless ``S6_SERVICES_GRACETIME`` does, Docker compose after
+    10 s unless ``stop_grace_period`` does: the server may take up to its
     watchdog, and PostgreSQL stops after it (in the add-on, as an s6 service of the container)."""
     timeout = _config()["timeout"]
     assert 10 <= timeout <= 300, "outside the Supervisor's range"
     assert timeout >= STOP_WATCHDOG_S + 10
+    # s6-overlay's own limit for the services' stop (its default is 3 s), inside the Supervisor's,
+    # with room for s6's final kill grace (3 s by default).
+    s6 = re.search(r"S6_SERVICES_GRACETIME=(\d+)", (ADDON / "Dockerfile").read_text(encoding="utf-8"))
+    assert s6 is not None, "the add-on's image leaves s6-overlay's 3 s stop limit"
+    assert STOP_WATCHDOG_S * 1000 < int(s6.group(1)) <= (timeout - 3) * 1000
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
     grace = compose["services"]["server"]["stop_grace_period"]
     assert grace.endswith("s") and int(grace[:-1]) > STOP_WATCHDOG_S
