@@ -23,9 +23,10 @@ log = logging.getLogger("inference_server")
 STOP_WATCHDOG_S = 30.0
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, *, watchdog: bool = False) -> int:
     """Run the server until SIGTERM/SIGINT (exit status 0) or until a component fails (1: a
-    supervisor — systemd, Docker, the add-on's — restarts it)."""
+    supervisor — systemd, Docker, the add-on's — restarts it). ``watchdog`` (the process's own
+    run, not a test's): once the stop begins, the process has ``STOP_WATCHDOG_S`` to end."""
     from inference_server.server import Server
 
     server = Server(settings)
@@ -45,14 +46,14 @@ async def _serve(settings: Settings) -> int:
             server._stop.set()
         await server.wait_stopped()
     finally:
-        # A stop that hangs (a thread stuck in a library, a component deaf to cancellation)
-        # must not leave a dead server that no supervisor restarts: past the watchdog, every
-        # thread's stack goes to stderr (the log) and the process exits with status 1.
-        faulthandler.dump_traceback_later(STOP_WATCHDOG_S, exit=True, file=2)  # stderr: the log
-        try:
-            await server.stop()
-        finally:
-            faulthandler.cancel_dump_traceback_later()
+        if watchdog:
+            # A stop that hangs (a thread stuck in a library, a component deaf to cancellation,
+            # the interpreter waiting at exit for a thread that never ends) must not leave a dead
+            # server that no supervisor restarts: past the watchdog, every thread's stack goes to
+            # stderr (the log) and the process exits with status 1. It is never disarmed: a
+            # process that ended in time never sees it.
+            faulthandler.dump_traceback_later(STOP_WATCHDOG_S, exit=True, file=2)  # stderr: the log
+        await server.stop()
     if server.failure is not None:
         log.critical("exiting with status %d: %s", server.exit_status, server.failure)
     return server.exit_status
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure(settings.log_level, settings.log_format)
     if args.command == "serve":
-        return asyncio.run(_serve(settings))
+        return asyncio.run(_serve(settings, watchdog=True))
     elif args.command == "apikey":
         return asyncio.run(_apikey(settings, args.action, args.name))
     else:

@@ -63,31 +63,38 @@ async def test_serve_returns_1_when_a_component_crashes(
 
 
 #: The real ``serve`` with its watchdog at 1 s, around a Server whose stop is stuck in a blocking
-#: call (as a thread stuck in a library would hold it): a stand-in for the hang, nothing else.
-_STUCK_STOP = """
-import asyncio, sys, time
+#: call (as a thread stuck in a library would hold it), or whose stop returns but leaves a thread
+#: the interpreter waits for at exit: stand-ins for the hang, nothing else.
+_STUCK = """
+import asyncio, sys, threading, time
 import inference_server.__main__ as main
 import inference_server.server as server
 from inference_server.config import Settings
 
-class StuckStop(server.Server):
+class Stuck(server.Server):
     async def start(self): pass
     async def wait_stopped(self): pass
-    async def stop(self): time.sleep(120)
+    async def stop(self):
+        if sys.argv[2] == "stop":
+            time.sleep(120)
+        else:
+            threading.Thread(target=time.sleep, args=(120,)).start()  # joined by threading._shutdown
 
 main.STOP_WATCHDOG_S = 1.0
-server.Server = StuckStop
-sys.exit(asyncio.run(main._serve(Settings(data_dir=sys.argv[1]))))
+server.Server = Stuck
+sys.exit(asyncio.run(main._serve(Settings(data_dir=sys.argv[1]), watchdog=True)))
 """
 
 
-def test_a_stop_that_hangs_dumps_every_thread_and_exits_1(tmp_path: Path) -> None:
-    """A server that cannot finish its stop is not left half-stopped (and never restarted by its
-    supervisor): past the watchdog it writes where each thread is to stderr and exits 1."""
+@pytest.mark.parametrize(("where", "stack"), [("stop", "in stop"), ("exit", "in _shutdown")])
+def test_a_stop_that_hangs_dumps_every_thread_and_exits_1(tmp_path: Path, where: str, stack: str) -> None:
+    """A server that cannot finish its stop, or whose process cannot end after it, is not left
+    half-stopped (and never restarted by its supervisor): past the watchdog it writes where each
+    thread is to stderr and exits 1."""
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-c", _STUCK_STOP, str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", _STUCK, str(tmp_path), where], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 1, done.stderr[-2000:]
     assert time.monotonic() - started < 30, "the watchdog did not end it"
-    assert "Timeout (0:00:01)!" in done.stderr and "in stop" in done.stderr, done.stderr[-2000:]
+    assert "Timeout (0:00:01)!" in done.stderr and stack in done.stderr, done.stderr[-2000:]
