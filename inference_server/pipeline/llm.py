@@ -122,9 +122,9 @@ class LlmStage:
             while not stop.is_set():
                 self._wakeup.clear()
                 try:
-                    event_id = await events_store.claim_llm(self.pool, self.lease_s)
-                    if event_id is not None:
-                        await self.process(event_id)
+                    claim = await events_store.claim_llm(self.pool, self.lease_s)
+                    if claim is not None:
+                        await self._process_unless_stopped(claim, stop)
                         continue
                 except DB_ERRORS as err:
                     log.error("llm stage database error, will retry error=%r", err)
@@ -136,6 +136,25 @@ class LlmStage:
             await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
             await self.pool.release(listener)
             await self.reasoner.close()
+
+    async def _process_unless_stopped(self, claim: events_store.LlmClaim, stop: asyncio.Event) -> None:
+        """The claimed event's phase two, given up when the server stops meanwhile (a model on a
+        CPU can take a minute): the event goes back to the queue at once, so the next start
+        takes it up without waiting out the lease, and the stop waits for no model."""
+        work = asyncio.ensure_future(self.process(claim.event_id))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((work, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not work.done():
+                work.cancel()
+                # The call ends at its next await (llama.cpp's at its next token: backends/llamacpp.py).
+                await asyncio.wait((work,))
+                if await events_store.release_llm(self.pool, claim):
+                    log.info("llm phase given up at stop, event queued again event_id=%s", claim.event_id)
+        if not work.cancelled():
+            work.result()  # its errors are the stage's, as when it was awaited directly
 
     async def _frames(
         self, conn: asyncpg.Connection, rows: Sequence[batches.BatchDetection], event_id: uuid.UUID

@@ -170,16 +170,38 @@ async def end(conn: asyncpg.Connection, event_id: UUID, ended_at: datetime) -> N
     await conn.execute("UPDATE events SET ended_at = $2, updated_at = now() WHERE id = $1", event_id, ended_at)
 
 
-async def claim_llm(conn: asyncpg.Connection | asyncpg.Pool, lease_s: float) -> UUID | None:
+@dataclass(frozen=True, slots=True)
+class LlmClaim:
+    """An event taken for the LLM phase, and until when (the lease ``release_llm`` checks)."""
+
+    event_id: UUID
+    until: datetime
+
+
+async def claim_llm(conn: asyncpg.Connection | asyncpg.Pool, lease_s: float) -> LlmClaim | None:
     """Take one event waiting for the LLM (or whose LLM worker died), oldest first."""
-    event_id: UUID | None = await conn.fetchval(
+    row = await conn.fetchrow(
         "UPDATE events SET llm_state = 'running', llm_claimed_until = now() + make_interval(secs => $1)"
         " WHERE id = (SELECT id FROM events WHERE llm_state = 'pending'"
         "   OR (llm_state = 'running' AND llm_claimed_until < now())"
-        "   ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+        "   ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, llm_claimed_until",
         lease_s,
     )
-    return event_id
+    return None if row is None else LlmClaim(row["id"], row["llm_claimed_until"])
+
+
+async def release_llm(conn: asyncpg.Connection | asyncpg.Pool, claim: LlmClaim) -> bool:
+    """Hand a claimed event back to the LLM queue at once (a stopping worker gives up its phase
+    two): the next worker, or this one after its restart, takes it without waiting out the lease.
+    Nothing happens if the claim is no longer this one's (its lease ran out and another took it)."""
+    released: UUID | None = await conn.fetchval(
+        "WITH released AS (UPDATE events SET llm_state = 'pending', llm_claimed_until = NULL"
+        "  WHERE id = $1 AND llm_state = 'running' AND llm_claimed_until = $2 RETURNING id)"
+        " SELECT id FROM released, (SELECT pg_notify('hsi_llm', '') FROM released) AS woken",
+        claim.event_id,
+        claim.until,
+    )
+    return released is not None
 
 
 async def batch_of(conn: asyncpg.Connection | asyncpg.Pool, event_id: UUID) -> UUID | None:

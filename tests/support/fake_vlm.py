@@ -10,6 +10,7 @@ without that endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -43,6 +44,8 @@ class FakeVlm:
     props_status: int = 200
     requests: list[dict[str, Any]] = field(default_factory=list)
     props_calls: int = 0
+    #: Set: every chat completion waits for it before answering (a model still thinking).
+    hold: asyncio.Event | None = None
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -73,6 +76,8 @@ class FakeVlm:
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append(body)
+        if self.hold is not None:
+            await self.hold.wait()
         message = {"role": "assistant", "content": json.dumps(self.reply)}
         return web.json_response(
             {

@@ -3,11 +3,15 @@ the same event id; an LLM that cannot be reached leaves the rules result, labell
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import asyncpg
+
 from inference_server import demo_assets
+from inference_server.clock import SystemClock
 from inference_server.config import LlmSettings, Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.domain import Assessment
@@ -15,10 +19,13 @@ from inference_server.pipeline.llm import bound_adjustment
 from inference_server.reasoning.llm import LOWERING_GROUNDS, LOWERING_REFUSED
 from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.schemas import EventMessage, HouseholdContext, RiskFactor
+from inference_server.server import Server
 from inference_server.store import context, events
 from inference_server.telemetry.metrics import REGISTRY
+from tests.support.fake_vlm import FakeVlm, assessments
 from tests.support.mqtt import Subscriber
 from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 from ..conftest import drop, running
 
@@ -141,3 +148,37 @@ def test_llm_cannot_lower_the_rules_score_by_opinion_nor_raise_it_past_the_bound
     grounded = _llm(80, RiskFactor(name=LOWERING_GROUNDS, points=0, detail="known_person: Anna"))
     assert bound_adjustment(grounded, rules, 25, LevelThresholds()) is grounded
     assert bound_adjustment(_llm(100), rules, 100, LevelThresholds()).risk_score == 100
+
+
+async def test_a_stop_during_phase_two_gives_the_event_back_at_once(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, database_url: str
+) -> None:
+    """A model still thinking when the server stops (a minute on a CPU is not rare): the stop does
+    not wait for it, and the event goes back to the LLM queue at once instead of staying claimed
+    for the lease (here 240 s), so the next start takes its phase two up straight away. Before:
+    the stop waited for the model until its 10 s grace ran out, and the event stayed claimed."""
+    fake = FakeVlm(hold=asyncio.Event())
+    await fake.start()
+    llm = LlmSettings(backend="openai", base_url=fake.base_url, model="fake-vlm", timeout_s=60)
+    settings = make_settings(llm=llm)
+    server = Server(settings, detector=pose_detector, clock=SystemClock())
+    stopped = False
+    try:
+        await server.start()
+        drop(demo_assets.image("zidane.jpg"), settings.cameras_path / "hall" / "MDAlarm_20261124-021000.jpg")
+        await wait_until(lambda: assessments(fake), timeout=60, what="the LLM asked")
+        claimed = await server.pool.fetchrow("SELECT id, llm_state, llm_claimed_until FROM events")
+        assert claimed["llm_state"] == "running" and claimed["llm_claimed_until"] is not None
+        await asyncio.wait_for(server.stop(), 8)
+        stopped = True
+    finally:
+        if not stopped:
+            await server.stop()
+        fake.hold.set()
+        await fake.close()
+    db = await asyncpg.connect(database_url)
+    try:
+        row = await db.fetchrow("SELECT llm_state, llm_claimed_until FROM events WHERE id = $1", claimed["id"])
+    finally:
+        await db.close()
+    assert (row["llm_state"], row["llm_claimed_until"]) == ("pending", None)

@@ -189,11 +189,19 @@ async def test_the_llm_claims_pending_events_oldest_first_once_each_and_reclaims
     await _event(conn, llm_pending=False)  # skipped: never claimed
     assert await events.llm_waiting(pool) == 2
 
-    assert await events.claim_llm(pool, 300) == first
-    assert await events.claim_llm(pool, -60) == second  # a lease already run out
-    assert await events.claim_llm(pool, 300) == second  # ...is taken again
-    assert await events.claim_llm(pool, 300) is None
+    claims = [await events.claim_llm(pool, lease) for lease in (300, -60, 300, 300)]
+    assert [c.event_id if c is not None else None for c in claims] == [
+        first,
+        second,  # a lease already run out...
+        second,  # ...is taken again
+        None,
+    ]
     assert await events.llm_waiting(pool) == 2  # running still counts as waiting
+    assert claims[1] is not None and claims[2] is not None
+    assert not await events.release_llm(pool, claims[1]), "the lease that ran out is someone else's claim now"
+    assert await events.release_llm(pool, claims[2])
+    again = await events.claim_llm(pool, 300)
+    assert again is not None and again.event_id == second, "given back: claimable at once"
 
 
 async def test_pages_run_newest_first_without_repeats_or_gaps_even_when_start_times_tie(
