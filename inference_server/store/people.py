@@ -189,25 +189,34 @@ async def detection_vectors(
 #: their latest sightings (as ``identify.SIGHTINGS_PER_STRANGER`` for strangers), so an image's
 #: read stays bounded however long someone stays in view.
 SIGHTINGS_PER_VISITOR = 4
+#: The open batch's latest images whose unknown sightings are candidates: the same person in the
+#: frames just before. Someone back after a longer gap becomes a new visitor of the batch, linked
+#: to the same stranger by the strangers' matching (and counted once: ``Identity.who``). Without
+#: it, linking ranked every unknown sighting of the batch (2.3-2.6 ms of PostgreSQL an image with
+#: three people in view, at the end of a 90 s window: docs/performance.md, stop 31).
+VISITOR_RECENT_IMAGES = 32
 
 
 async def unknown_visitors(
     conn: asyncpg.Connection, camera_id: str, model: str
 ) -> list[tuple[int, list[float], int | None, int]]:
     """(visitor, body vector, stranger, detection) of the unknown people seen in the camera's open
-    batch so far: each visitor's latest ``SIGHTINGS_PER_VISITOR`` sightings, in detection order."""
+    batch's latest ``VISITOR_RECENT_IMAGES`` images: each visitor's latest ``SIGHTINGS_PER_VISITOR``
+    sightings, in detection order."""
     rows = await conn.fetch(
         "SELECT visitor, vector, stranger_id, detection_id FROM ("
         " SELECT di.visitor, de.vector, di.stranger_id, d.id AS detection_id,"
         "  row_number() OVER (PARTITION BY di.visitor ORDER BY d.id DESC) AS nth"
-        " FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
-        " JOIN detections d ON d.image_id = bi.image_id JOIN detection_identities di ON di.detection_id = d.id"
+        " FROM (SELECT bi.image_id FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
+        "  WHERE b.camera_id = $1 AND b.closed_at IS NULL ORDER BY bi.image_id DESC LIMIT $4) AS recent"
+        " JOIN detections d ON d.image_id = recent.image_id JOIN detection_identities di ON di.detection_id = d.id"
         " JOIN detection_embeddings de ON de.detection_id = d.id AND de.source = 'body' AND de.model = $2"
-        " WHERE b.camera_id = $1 AND b.closed_at IS NULL AND di.person_id IS NULL AND di.visitor IS NOT NULL"
+        " WHERE di.person_id IS NULL AND di.visitor IS NOT NULL"
         ") AS seen WHERE nth <= $3 ORDER BY detection_id",
         camera_id,
         model,
         SIGHTINGS_PER_VISITOR,
+        VISITOR_RECENT_IMAGES,
     )
     return [(r["visitor"], list(r["vector"]), r["stranger_id"], r["detection_id"]) for r in rows]
 

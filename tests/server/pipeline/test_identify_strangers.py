@@ -34,7 +34,7 @@ from inference_server.schemas import CameraCreate
 from inference_server.store import batches, cameras, detections, images, people
 from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
-from inference_server.store.people import SIGHTINGS_PER_VISITOR
+from inference_server.store.people import SIGHTINGS_PER_VISITOR, VISITOR_RECENT_IMAGES
 from tests.support.waiting import wait_until
 
 from ..conftest import auth_headers, drop, running
@@ -183,6 +183,42 @@ async def test_a_visitor_in_a_long_batch_is_linked_from_its_latest_sightings_onl
         for visitor in set(visitors):
             newest = [r["id"] for r in latest if r["visitor"] == visitor][:SIGHTINGS_PER_VISITOR]
             assert sorted(d for v, _, _, d in kept if v == visitor) == sorted(newest), "the latest ones"
+    finally:
+        recognizer.close()
+
+
+async def test_someone_back_after_a_gap_in_the_batch_is_the_same_stranger_counted_once(
+    pool: asyncpg.Pool, views: dict[str, list[PersonVectors]]
+) -> None:
+    """Visitors are linked from the batch's latest ``VISITOR_RECENT_IMAGES`` images (the read stays
+    small however busy the batch): a person back after a longer gap is a new visitor, linked to
+    the same stranger, and ``Identity.who`` (what the rules count) is the same person."""
+    person = views["zidane"][0]
+    other = views["astronaut"][0]
+    recognizer = Recognizer(Settings(), {}, MODELS)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            batch = await batches.open_new(conn, "front", T0)
+
+        async def seen(n: int, who: PersonVectors) -> Identity:
+            at = T0 + timedelta(seconds=n)
+            async with pool.acquire() as conn, conn.transaction():
+                nonlocal batch
+                image_id = await _image(conn, "front", at, 1)
+                batch = await batches.add_images(conn, batch, [image_id], at)
+                [found], _ = await recognizer.identify(conn, "front", image_id, [who])
+            assert found is not None
+            return found
+
+        first = [await seen(n, person) for n in range(2)]
+        between = [await seen(2 + n, other) for n in range(VISITOR_RECENT_IMAGES)]
+        async with pool.acquire() as conn:
+            candidates = await people.unknown_visitors(conn, "front", MODELS["body"])
+        assert {v for v, _, _, _ in candidates} == {between[0].visitor}, "only the latest images' visitors"
+        back = await seen(2 + VISITOR_RECENT_IMAGES, person)
+        assert first[0].visitor == first[1].visitor and back.visitor != first[0].visitor
+        assert back.stranger == first[0].stranger and back.who == first[0].who
+        assert between[0].who != back.who
     finally:
         recognizer.close()
 
