@@ -150,26 +150,40 @@ async def test_the_same_unknown_people_keep_their_stranger_ids_across_events_and
         recognizer.close()
 
 
+class _OpenBatch:
+    """Images of one person or more joining camera "front"'s open batch one by one, each stored
+    and identified in its own transaction, as the store path does."""
+
+    def __init__(self, pool: asyncpg.Pool, recognizer: Recognizer) -> None:
+        self.pool = pool
+        self.recognizer = recognizer
+        self.batch: batches.Batch | None = None
+
+    async def seen(self, n: int, shown: list[PersonVectors]) -> list[Identity]:
+        """Image ``n`` (``n`` seconds after T0) showing ``shown``: their identities."""
+        at = T0 + timedelta(seconds=n)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if self.batch is None:
+                self.batch = await batches.open_new(conn, "front", T0)
+            image_id = await _image(conn, "front", at, len(shown))
+            self.batch = await batches.add_images(conn, self.batch, [image_id], at)
+            found, _ = await self.recognizer.identify(conn, "front", image_id, shown)
+        assert all(i is not None for i in found)
+        return [i for i in found if i is not None]
+
+
 async def test_a_visitor_in_a_long_batch_is_linked_from_its_latest_sightings_only(
     pool: asyncpg.Pool, views: dict[str, list[PersonVectors]]
 ) -> None:
     """Someone in view for a whole batch (4 frames a second, 90 s: 360 sightings) stays one
     visitor, and linking the next image reads a bounded number of their body vectors, the latest
     (as strangers keep theirs): before, every unknown sighting of the open batch, per image."""
-    person = views["zidane"][0]
-    other = views["astronaut"][0]
     recognizer = Recognizer(Settings(), {}, MODELS)
     try:
-        async with pool.acquire() as conn, conn.transaction():
-            batch = await batches.open_new(conn, "front", T0)
+        batch = _OpenBatch(pool, recognizer)
         visitors: list[int | None] = []
         for n in range(12):
-            at = T0 + timedelta(seconds=n)
-            async with pool.acquire() as conn, conn.transaction():
-                image_id = await _image(conn, "front", at, 2)
-                batch = await batches.add_images(conn, batch, [image_id], at)
-                found, _ = await recognizer.identify(conn, "front", image_id, [person, other])
-            visitors += [i.visitor if i is not None else None for i in found]
+            visitors += [i.visitor for i in await batch.seen(n, [views["zidane"][0], views["astronaut"][0]])]
         # Two people, each one visitor all along (the first sighting's detection names it).
         assert len(set(visitors[0::2])) == 1 and len(set(visitors[1::2])) == 1
         assert visitors[0] != visitors[1]
@@ -193,29 +207,16 @@ async def test_someone_back_after_a_gap_in_the_batch_is_the_same_stranger_counte
     """Visitors are linked from the batch's latest ``VISITOR_RECENT_IMAGES`` images (the read stays
     small however busy the batch): a person back after a longer gap is a new visitor, linked to
     the same stranger, and ``Identity.who`` (what the rules count) is the same person."""
-    person = views["zidane"][0]
-    other = views["astronaut"][0]
+    person, other = views["zidane"][0], views["astronaut"][0]
     recognizer = Recognizer(Settings(), {}, MODELS)
     try:
-        async with pool.acquire() as conn, conn.transaction():
-            batch = await batches.open_new(conn, "front", T0)
-
-        async def seen(n: int, who: PersonVectors) -> Identity:
-            at = T0 + timedelta(seconds=n)
-            async with pool.acquire() as conn, conn.transaction():
-                nonlocal batch
-                image_id = await _image(conn, "front", at, 1)
-                batch = await batches.add_images(conn, batch, [image_id], at)
-                [found], _ = await recognizer.identify(conn, "front", image_id, [who])
-            assert found is not None
-            return found
-
-        first = [await seen(n, person) for n in range(2)]
-        between = [await seen(2 + n, other) for n in range(VISITOR_RECENT_IMAGES)]
+        batch = _OpenBatch(pool, recognizer)
+        first = [(await batch.seen(n, [person]))[0] for n in range(2)]
+        between = [(await batch.seen(2 + n, [other]))[0] for n in range(VISITOR_RECENT_IMAGES)]
         async with pool.acquire() as conn:
             candidates = await people.unknown_visitors(conn, "front", MODELS["body"])
         assert {v for v, _, _, _ in candidates} == {between[0].visitor}, "only the latest images' visitors"
-        back = await seen(2 + VISITOR_RECENT_IMAGES, person)
+        [back] = await batch.seen(2 + VISITOR_RECENT_IMAGES, [person])
         assert first[0].visitor == first[1].visitor and back.visitor != first[0].visitor
         assert back.stranger == first[0].stranger and back.who == first[0].who
         assert between[0].who != back.who
