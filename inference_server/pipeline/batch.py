@@ -559,7 +559,7 @@ class BatchStage:
         )
         await batches.set_event(conn, batch.id, event_id)
         if self.llm_enabled:
-            await conn.execute("NOTIFY hsi_llm")
+            await conn.execute(f"NOTIFY {events_store.LLM_CHANNEL}")
         a = judged.assessment
         metrics.EVENTS.labels(a.risk_level, a.analysis_source).inc()
         log.info(

@@ -35,8 +35,6 @@ from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "hsi_llm"
-
 
 def zones_text(observation: Observation, zones: Sequence[Zone]) -> str | None:
     if not zones:
@@ -116,7 +114,7 @@ class LlmStage:
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = await self.pool.acquire()
-        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        await listener.add_listener(events_store.LLM_CHANNEL, self._on_notify)
         await self.reasoner.start()
         try:
             while not stop.is_set():
@@ -133,7 +131,7 @@ class LlmStage:
                 for waiter in waiters:
                     waiter.cancel()
         finally:
-            await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            await listener.remove_listener(events_store.LLM_CHANNEL, self._on_notify)
             await self.pool.release(listener)
             await self.reasoner.close()
 

@@ -170,6 +170,10 @@ async def end(conn: asyncpg.Connection, event_id: UUID, ended_at: datetime) -> N
     await conn.execute("UPDATE events SET ended_at = $2, updated_at = now() WHERE id = $1", event_id, ended_at)
 
 
+#: Woken when an event waits for the LLM phase (``pipeline/llm.py`` listens).
+LLM_CHANNEL = "hsi_llm"
+
+
 @dataclass(frozen=True, slots=True)
 class LlmClaim:
     """An event taken for the LLM phase, and until when (the lease ``release_llm`` checks)."""
@@ -197,7 +201,7 @@ async def release_llm(conn: asyncpg.Connection | asyncpg.Pool, claim: LlmClaim) 
     released: UUID | None = await conn.fetchval(
         "WITH released AS (UPDATE events SET llm_state = 'pending', llm_claimed_until = NULL"
         "  WHERE id = $1 AND llm_state = 'running' AND llm_claimed_until = $2 RETURNING id)"
-        " SELECT id FROM released, (SELECT pg_notify('hsi_llm', '') FROM released) AS woken",
+        f" SELECT id FROM released, (SELECT pg_notify('{LLM_CHANNEL}', '') FROM released) AS woken",
         claim.event_id,
         claim.until,
     )
