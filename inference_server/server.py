@@ -520,6 +520,11 @@ class Server:
                     where = io.StringIO()
                     task.print_stack(file=where)
                     log.error("component did not end when cancelled task=%s %s", task.get_name(), where.getvalue())
+            for task in self._tasks:
+                # What a component raised on its way out is said once here (stop set, _task_done
+                # leaves it), not left to asyncio's "exception was never retrieved".
+                if task.done() and not task.cancelled() and (err := task.exception()) is not None:
+                    log.error("component failed while stopping task=%s", task.get_name(), exc_info=err)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._publisher is not None:

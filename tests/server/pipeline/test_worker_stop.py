@@ -169,3 +169,22 @@ async def test_the_server_stops_when_a_component_ignores_its_cancellation(
         assert "component did not end when cancelled task=deaf" in caplog.text
         assert "in deaf" in caplog.text, "the log says where it is stuck"
         release.set()
+
+
+async def test_a_component_failing_on_its_way_out_is_logged_by_the_stop(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error raised while stopping is said, with its traceback, by the stop (not swallowed, and
+    not left to asyncio's "exception was never retrieved")."""
+
+    async def fails_when_stopped(stop: asyncio.Event) -> None:
+        await stop.wait()
+        raise RuntimeError("made to fail on the way out by the test")
+
+    async with running(make_settings(**coco_settings(), detector_backend="onnx")) as server:
+        server._spawn(fails_when_stopped(server._stop), "failing")
+        with caplog.at_level(logging.ERROR, logger="inference_server.server"):
+            await server.stop()
+        failed = [r for r in caplog.records if r.getMessage() == "component failed while stopping task=failing"]
+        assert failed and failed[0].exc_info is not None
+        assert "made to fail on the way out" in str(failed[0].exc_info[1])
