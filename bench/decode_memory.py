@@ -3,17 +3,19 @@
     YOLO_OFFLINE=1 .venv/bin/python -m bench.decode_memory [--images 96] [--cache-mb 0 32 0 32]
 
 What the detect worker does for each image, on its decode threads (``detector_decode_threads``,
-one per core here): decode the stored JPEG (``pipeline.decode``) and the onnx backend's
+one per core here): decode the stored JPEG (``pipeline.decode.decode_picture``, into the worker's
+picture pool; ``decode``, a Pillow image, in a checkout from before it) and the onnx backend's
 ``prepare`` (the letterbox into the model's tensor); then the inference thread's batch of 4 and
 its ``detect`` (the model runs: its tensors go back to the pool), the pictures held until their
-batch is "stored" (two batches later, as the worker's queues allow); one image in four also gets
+batch is "stored" (two batches later, as the worker's queues allow) and then given back to their
+pool; one image in four also gets
 the tamper check's grey copy and thumbnail (sampled once a second per camera at 4 frames a second). The pictures are the
 pipeline bench's four (bus.jpg, zidane.jpg, astronaut.png and chelsea.png as JPEGs: three of them
 letterboxed by the runtime's ``Resize``), in turn, or with ``--frames cameras`` 1080p and 1440p
 frames (the whole factors 3 and 2, the common cameras' path).
-Each ``--cache-mb`` (``detector_tensor_cache_mb``: the tensor pool) runs in a fresh process with
-the server's fixed mmap threshold and malloc arenas; CPU is the decode threads' (thread CPU time),
-faults the whole process's less the model's own run.
+Each ``--cache-mb`` (``detector_tensor_cache_mb`` and ``decode_picture_cache_mb``: both pools)
+runs in a fresh process with the server's fixed mmap threshold and malloc arenas; CPU is the
+decode threads' (thread CPU time), faults the whole process's less the model's own run.
 """
 
 from __future__ import annotations
@@ -67,14 +69,27 @@ for name, data in sources:
 
 cpu = {"decode": 0.0}
 lock = threading.Lock()
+try:
+    import numpy as np
+    from inference_server.buffers import ArrayPool
+    from inference_server.pipeline.decode import decode_picture
+    pictures = ArrayPool(cache_mb << 20, np.uint8)
+
+    def decode_one(path):
+        picture = decode_picture(path, 640, pool=pictures)
+        return picture, picture.pixels, picture.image
+except ImportError:  # a checkout from before decode_picture: a Pillow image
+    def decode_one(path):
+        picture = decode(path, 640)
+        return picture, picture, lambda: picture
 
 def load(item):
     index, path = item
     start = time.thread_time()
-    picture = decode(path, 640)
-    prepared = detector.prepare(picture)
+    picture, pixels, pillow = decode_one(path)
+    prepared = detector.prepare(pixels)
     if index % 4 == 0:  # the tamper check's grey picture and thumbnails, sampled (pipeline/tamper.py)
-        picture.convert("L").resize((64, 48), Image.Resampling.BOX)
+        pillow().convert("L").resize((64, 48), Image.Resampling.BOX)
     with lock:
         cpu["decode"] += time.thread_time() - start
     return picture, prepared
@@ -93,7 +108,9 @@ def run(count):
             model_faults += faults() - before
             held.append([picture for picture, _ in batch])
             if len(held) > 2:
-                held.popleft()
+                for picture in held.popleft():  # stored: the worker gives it back
+                    if hasattr(picture, "release"):
+                        picture.release()
     return model_faults
 
 run(16)  # warm: the runtime's arena, the first pictures

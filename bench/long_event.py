@@ -37,7 +37,7 @@ from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.embedding.embedder import Embedder, EmbeddingSource, model_key
 from inference_server.embedding.onnx_backend import OnnxEmbedder
-from inference_server.pipeline.decode import decode
+from inference_server.pipeline.decode import decode_picture
 from inference_server.pipeline.identify import Recognizer
 from inference_server.server import open_database
 
@@ -83,8 +83,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         sources = [demo_assets.image("bus.jpg"), demo_assets.image("zidane.jpg")]
         raw = [p.read_bytes() for p in sources]
-        pictures = [decode(p, settings.detector_imgsz) for p in sources]
-        found = detector.detect(pictures)
+        pictures = [decode_picture(p, settings.detector_imgsz) for p in sources]
+        found = detector.detect([detector.prepare(p.pixels) for p in pictures])
         images = int(args.seconds * args.fps)
         captured = [NOON + timedelta(seconds=n / args.fps) for n in range(images)]
         for n in range(images):

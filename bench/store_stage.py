@@ -37,7 +37,7 @@ from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.jobs.queue import JobQueue, QueuePolicy
 from inference_server.pipeline.batch import BatchStage
-from inference_server.pipeline.decode import decode
+from inference_server.pipeline.decode import decode_picture
 from inference_server.pipeline.detect import DetectWorker, _Item
 from inference_server.pipeline.identify import Recognizer
 from inference_server.pipeline.result import ResultStage
@@ -93,8 +93,8 @@ async def _run(pg_uri: str, work: Path, detector: UltralyticsDetector, args: arg
         worker, ingestor, queue = await store_pipeline(settings, pool, detector, cameras)
         sources = [demo_assets.image("bus.jpg"), demo_assets.image("zidane.jpg")]
         raw = [p.read_bytes() for p in sources]
-        pictures = [decode(p, settings.detector_imgsz) for p in sources]
-        found = detector.detect(pictures)
+        pictures = [decode_picture(p, settings.detector_imgsz) for p in sources]
+        found = detector.detect([detector.prepare(p.pixels) for p in pictures])
         for n in range(args.images):
             image = tagged_jpeg(raw[n % 2], n, "hsi-store-bench")
             # Noon, 4 frames a second per camera: the same judgement whenever the bench runs.

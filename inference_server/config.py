@@ -252,6 +252,15 @@ class Settings(BaseSettings):
         description="Decoded pixels held at once by all image decodes (ingest checks and detection); "
         "a decode waits for its share. One image larger than this decodes alone.",
     )
+    decode_picture_cache_mb: int = Field(
+        default=32,
+        ge=0,
+        le=8192,
+        description="The detect worker's decoded pictures kept for reuse while images flow: a JPEG is decoded"
+        " straight into one (with the fixed mmap threshold each was otherwise a fresh mapping whose pages are"
+        " faulted in again: docs/performance.md). Given back whenever the queue runs dry; 0: off. Large batches"
+        " of large frames want a batch's pictures in it (batch size x 6 MB a 1080p frame).",
+    )
     # --- video clips (.mp4 .mkv .avi .mov) and tampering (issue 19) -----------------------
     clip_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Largest clip accepted (file or upload).")
     clip_max_duration_s: float = Field(

@@ -139,6 +139,8 @@ class Server:
     ftp: FtpReceiver | None = field(init=False, default=None)
     ingestor: Ingestor = field(init=False)
     batches: BatchStage = field(init=False)
+    #: None in a process without the detect role.
+    detect_worker: DetectWorker | None = field(init=False, default=None)
     digests: DigestService = field(init=False)
     #: Known people: None when no embedding model is configured.
     recognizer: Recognizer | None = field(init=False, default=None)
@@ -305,7 +307,8 @@ class Server:
         self.batches = BatchStage(s, self.pool, rules, self.topics, self.clock, llm_enabled=llm is not None)
         tamper = TamperStage(s, self.topics) if s.tamper_enabled else None
         result = ResultStage(s, self.pool, queue, self.batches, self.recognizer, tamper=tamper)
-        self._spawn(DetectWorker(s, queue, self.detector, result).run(self._stop), "detect")
+        self.detect_worker = DetectWorker(s, queue, self.detector, result)
+        self._spawn(self.detect_worker.run(self._stop), "detect")
         self._spawn(self.batches.run(self._stop), "batches")
         if llm is not None and llm_settings is not None:
             lease = max(60.0, llm_settings.timeout_s * 4)

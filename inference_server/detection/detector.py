@@ -6,6 +6,8 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from inference_server.domain import Detection
@@ -15,14 +17,47 @@ if TYPE_CHECKING:
     from inference_server.config import Settings
 
 
+#: A picture's pixels as the pipeline decodes them: RGB, (height, width, 3), ``uint8``.
+RgbPixels = npt.NDArray[np.uint8]
+
+
+def rgb_array(image: Image.Image | RgbPixels) -> RgbPixels:
+    """``image``'s RGB pixels, (height, width, 3) ``uint8``: an array as it is (the pipeline's
+    decoded pictures), a Pillow image copied out (Pillow keeps 4 bytes a pixel)."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"RGB pixels are (height, width, 3) uint8, not {image.shape} {image.dtype}")
+        return image
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def packed(pixels: RgbPixels) -> npt.NDArray[np.uint8]:
+    """A contiguous array holding ``pixels`` for a graph that takes 3 or 4 channels (the letterbox
+    graph drops a fourth): the array itself, or the RGBX array it is the RGB view of (no copy),
+    else a contiguous copy."""
+    if pixels.flags.c_contiguous:
+        return pixels
+    base = pixels.base
+    if (
+        isinstance(base, np.ndarray)
+        and base.dtype == np.uint8
+        and base.shape == (*pixels.shape[:2], 4)
+        and base.flags.c_contiguous
+        and base.ctypes.data == pixels.ctypes.data
+    ):
+        return base
+    return np.ascontiguousarray(pixels)
+
+
 class Detector(Protocol):
     """Finds objects in images. ``detect`` blocks: callers run it off the event loop."""
 
     name: str
 
-    def prepare(self, image: Image.Image) -> Any:
-        """The model's input for ``image``, made on a decode thread (thread-safe, no model state):
-        the resizing and conversion ``detect`` would otherwise do on the one inference thread."""
+    def prepare(self, image: Image.Image | RgbPixels) -> Any:
+        """The model's input for ``image`` (a Pillow image or RGB pixels), made on a decode thread
+        (thread-safe, no model state): the resizing and conversion ``detect`` would otherwise do on
+        the one inference thread."""
         ...
 
     def detect(self, images: Sequence[Any]) -> list[list[Detection]]:

@@ -31,7 +31,7 @@ from PIL import Image
 from inference_server import buffers
 from inference_server.config import Settings
 from inference_server.decode_budget import MIB, trim_heap
-from inference_server.detection.detector import DetectorModelMissing, register_detector
+from inference_server.detection.detector import DetectorModelMissing, RgbPixels, packed, register_detector, rgb_array
 from inference_server.domain import Detection
 
 log = logging.getLogger(__name__)
@@ -129,50 +129,51 @@ def _letterbox_session() -> ort.InferenceSession:
 _LETTERBOX_LOCK = threading.Lock()
 
 
-def _whole_factor(image: Image.Image, new_w: int, new_h: int) -> Image.Image | None:
-    """OpenCV's ``INTER_LINEAR`` where the picture is ``k`` times the new size for a whole ``k``,
-    exactly, and without sampling: it samples at ``k·x + (k - 1) / 2``. For ``k = 2`` that is the
-    mean of each 2×2 block (``Image.reduce(2)``: a 1280×720 frame, or 2560×1440 decoded at 1/2);
-    for an odd ``k`` the pixel at the block's centre, which Pillow's nearest-neighbour resize
-    picks (a 1920×1080 frame decoded whole, or 3840×2160 at 1/2, to 640×360: 0.4 ms). ``None``
-    for any other scale."""
-    width, height = image.size
+def _odd_factor(pixels: RgbPixels, new_w: int, new_h: int) -> RgbPixels | None:
+    """OpenCV's ``INTER_LINEAR`` where the picture is an odd whole ``k`` times the new size,
+    exactly and without arithmetic: it samples at ``k·x + (k - 1) / 2``, the pixel at each
+    block's centre (a 1920×1080 frame decoded whole, or 3840×2160 at 1/2, to 640×360): a view of
+    every ``k``-th pixel, nothing copied. ``None`` for any other scale."""
+    height, width = pixels.shape[:2]
     factor = width // new_w
-    if factor < 2 or (width, height) != (factor * new_w, factor * new_h) or (factor % 2 == 0 and factor != 2):
+    if factor < 3 or factor % 2 == 0 or (width, height) != (factor * new_w, factor * new_h):
         return None
-    return image.reduce(2) if factor == 2 else image.resize((new_w, new_h), Image.Resampling.NEAREST)
+    return pixels[factor // 2 :: factor, factor // 2 :: factor]
 
 
-def letterbox(image: Image.Image, shape: tuple[int, int], out: Floats | None = None) -> Letterboxed:
+def letterbox(image: Image.Image | RgbPixels, shape: tuple[int, int], out: Floats | None = None) -> Letterboxed:
     """Scale the longest side to fit ``shape`` (height, width), pad the rest with grey 114, centred:
     ultralytics' ``LetterBox``, its rounding and its interpolation (OpenCV's ``INTER_LINEAR``).
 
-    A whole factor of 2 or an odd one is OpenCV's resize exactly and cheaply (``_whole_factor``).
-    Any other scale (a 1080p frame decoded at 1/2, 960×540, to 640×360; bus.jpg's 810×1080 to
-    480×640) goes through ONNX Runtime's ``Resize`` (``LETTERBOX_GRAPH``): bilinear sampling at
-    the mapped pixel centres in floating point, within one grey level of OpenCV's fixed point, in
-    half the CPU of Pillow's affine bilinear sampling. Pillow's ``resize`` filter smooths a
-    downscale, which moved scores by up to 0.04 (measured), so it is not used.
+    ``image``: RGB pixels (the pipeline's decoded picture, read where it is) or a Pillow image
+    (copied out first). An odd whole factor is OpenCV's resize exactly and for free
+    (``_odd_factor``). Any other scale (1280×720 to 640×360; a 1080p frame decoded at 1/2,
+    960×540, to 640×360; bus.jpg's 810×1080 to 480×640) goes through ONNX Runtime's ``Resize``
+    (``LETTERBOX_GRAPH``): bilinear sampling at the mapped pixel centres in floating point,
+    within one grey level of OpenCV's fixed point (2:1 is the exact mean of each 2×2 block,
+    which OpenCV rounds to a whole level), in half the CPU of Pillow's affine bilinear sampling.
+    Pillow's ``resize`` filter smooths a downscale, which moved scores by up to 0.04 (measured),
+    so it is not used.
 
     ``out``, a C-contiguous ``float32`` array of shape (3, height, width), receives the tensor
     (every element written; from the detector's pool: no fresh mapping to page-fault in)."""
-    rgb = image.convert("RGB") if image.mode != "RGB" else image
+    rgb = rgb_array(image)
     if out is None:
         out = np.empty((3, shape[0], shape[1]), dtype=np.float32)
     elif out.shape != (3, shape[0], shape[1]) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"letterbox output must be a contiguous float32 (3, {shape[0]}, {shape[1]}) array")
-    width, height = rgb.size
+    height, width = rgb.shape[:2]
     ratio = min(shape[0] / height, shape[1] / width)
     new_w, new_h = round(width * ratio), round(height * ratio)
     dw, dh = (shape[1] - new_w) / 2, (shape[0] - new_h) / 2
     top, left = round(dh - 0.1), round(dw - 0.1)
     if (new_w, new_h) != (width, height):
-        scaled = _whole_factor(rgb, new_w, new_h)
+        scaled = _odd_factor(rgb, new_w, new_h)
         if scaled is None:
             pads = [0, 0, top, left, 0, 0, shape[0] - new_h - top, shape[1] - new_w - left]
             session = _letterbox_session()
             binding = session.io_binding()
-            binding.bind_cpu_input("image", np.asarray(rgb)[np.newaxis])
+            binding.bind_cpu_input("image", packed(rgb)[np.newaxis])  # RGB or RGBX: the graph takes either
             binding.bind_cpu_input("sizes", np.array([1, 3, new_h, new_w], dtype=np.int64))
             binding.bind_cpu_input("pads", np.array(pads, dtype=np.int64))
             # Written straight into ``out``, not into a tensor the runtime would allocate.
@@ -187,7 +188,7 @@ def letterbox(image: Image.Image, shape: tuple[int, int], out: Floats | None = N
     tensor[:, :top], tensor[:, top + new_h :] = grey, grey
     tensor[:, :, :left], tensor[:, :, left + new_w :] = grey, grey
     inside = tensor[:, top : top + new_h, left : left + new_w]
-    np.multiply(np.asarray(rgb).transpose(2, 0, 1), np.float32(1.0 / 255.0), out=inside, casting="unsafe")
+    np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=inside, casting="unsafe")
     return Letterboxed(tensor, width, height, ratio, left, top)
 
 
@@ -351,11 +352,11 @@ class OnnxDetector:
         stride = self.info.stride
         return (new_h + (self.imgsz - new_h) % stride, new_w + (self.imgsz - new_w) % stride)
 
-    def prepare(self, image: Image.Image) -> Letterboxed:
+    def prepare(self, image: Image.Image | RgbPixels) -> Letterboxed:
         """The letterboxed tensor, in an array of the detector's pool (given back by ``detect``)."""
-        width, height = image.size
-        shape = self._shape(width, height)
-        return letterbox(image, shape, out=self._tensors.take((3, *shape)))
+        rgb = rgb_array(image)
+        shape = self._shape(rgb.shape[1], rgb.shape[0])
+        return letterbox(rgb, shape, out=self._tensors.take((3, *shape)))
 
     def detect(self, images: Sequence[Any]) -> list[list[Detection]]:
         """Detections per input. The tensors of prepared inputs go back to the pool once every

@@ -17,7 +17,7 @@ from PIL import Image
 
 from inference_server.config import Settings
 from inference_server.decode_budget import trim_heap
-from inference_server.detection.detector import DetectorModelMissing, register_detector
+from inference_server.detection.detector import DetectorModelMissing, RgbPixels, register_detector, rgb_array
 from inference_server.detection.runtime import (
     Hardware,
     RequestedFormat,
@@ -198,14 +198,14 @@ class UltralyticsDetector:
             os.replace(produced, target)
         return target
 
-    def prepare(self, image: Image.Image) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    def prepare(self, image: Image.Image | RgbPixels) -> np.ndarray[Any, np.dtype[np.uint8]]:
         """Resize to the letterbox's inner size and convert to BGR, on the caller's (decode) thread.
 
         The same arithmetic and interpolation as ultralytics' ``LetterBox`` (the longest side to
         ``imgsz``, ``cv2.INTER_LINEAR``), so the inference thread's letterbox only pads and the
         detections are the ones the full picture would give. Normalised boxes are unchanged by a
         uniform scale: no coordinates to map back."""
-        rgb: np.ndarray[Any, Any] = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+        rgb: np.ndarray[Any, Any] = np.ascontiguousarray(rgb_array(image))  # OpenCV wants it packed
         height, width = rgb.shape[:2]
         ratio = min(self.imgsz / height, self.imgsz / width)
         size = (round(width * ratio), round(height * ratio))

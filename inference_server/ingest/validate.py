@@ -112,8 +112,9 @@ def check_pixels(data: bytes, info: ImageInfo, budget: DecodeBudget) -> None:
 
 # libjpeg's warnings for data that stops before the picture is complete (JWRN_HIT_MARKER, JWRN_JPEG_EOF).
 _JPEG_CUT_SHORT = ("premature end of data segment", "premature end of jpeg file")
-# A warning tolerated: some cameras pad the scan before the end marker; the picture is whole.
-_JPEG_HARMLESS = "extraneous bytes before marker"
+#: A warning tolerated: some cameras pad the scan before the end marker; the picture is whole
+#: (the detect worker's decode tolerates it too: ``pipeline/decode.py``).
+JPEG_HARMLESS = "extraneous bytes before marker"
 
 
 def _check_jpeg(data: bytes, info: ImageInfo, budget: DecodeBudget) -> None:
@@ -134,7 +135,7 @@ def _check_jpeg(data: bytes, info: ImageInfo, budget: DecodeBudget) -> None:
             message = str(err)
             if any(cut in message.lower() for cut in _JPEG_CUT_SHORT):
                 raise InvalidImage("truncated", f"JPEG data ends early: {message}") from err
-            if _JPEG_HARMLESS not in message.lower():
+            if JPEG_HARMLESS not in message.lower():
                 raise InvalidImage("corrupt_image", f"cannot be decoded: {message}") from err
             try:
                 simplejpeg.decode_jpeg(data, colorspace=target, min_height=1, min_width=1, strict=False)

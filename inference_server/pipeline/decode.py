@@ -4,17 +4,30 @@ The model needs only its letterbox (the longer side at ``detector_imgsz``); face
 annotated snapshot need more (both sides at that size or more). A JPEG is decoded straight at
 the DCT scale that gives that (1/2, 1/4, 1/8: several times cheaper than a full decode), within
 the process's decode memory budget (``decode_budget``).
+
+``decode`` gives a Pillow image (snapshots drawn from the stored file, tests, benches);
+``decode_picture`` the detect worker's ``Picture``: the pixels as an array, a JPEG's decoded by
+libjpeg-turbo straight into an array of the worker's pool (no Pillow image and no copy of it,
+no fresh mapping to page-fault in: docs/decisions.md, "Decoded pictures: into reused arrays").
 """
 
 from __future__ import annotations
 
+import io
+import math
+import threading
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
+import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 
 from inference_server import decode_budget
+from inference_server.buffers import ArrayPool
 from inference_server.decode_budget import DecodeBudget
+from inference_server.ingest.validate import JPEG_HARMLESS
 
 #: ``cover``: both sides ≥ the target; ``letterbox``: the longer side ≥ the target.
 Fit = Literal["cover", "letterbox"]
@@ -69,6 +82,120 @@ def decode(path: Path, target: int, budget: DecodeBudget | None = None, *, fit: 
 
 
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"})
+
+Pixels = npt.NDArray[np.uint8]
+
+
+class PictureReleased(RuntimeError):
+    """A released picture's pixels were asked for: they belong to another picture now."""
+
+
+class Picture:
+    """A decoded picture. ``pixels``: RGB, (height, width, 3) ``uint8``; a view of the 4-byte RGBX
+    pixels libjpeg-turbo decoded into (Pillow's own layout: ``image`` maps them, no copy), or
+    a contiguous RGB array (a picture Pillow decoded).
+
+    When its array came from a pool, ``release`` gives it back once nothing reads it any more
+    (the detect worker, when the picture's batch is stored); ``pixels`` and ``image`` then raise
+    ``PictureReleased`` rather than hand out another picture's pixels. Releasing twice does
+    nothing, nor does releasing a picture of no pool (its array is never another's: it stays)."""
+
+    __slots__ = ("_array", "_lock", "_pool", "size")
+
+    def __init__(self, array: npt.NDArray[np.uint8], pool: ArrayPool | None = None) -> None:
+        """``array``: (height, width, 3) RGB or (height, width, 4) RGBX ``uint8``, C-contiguous."""
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4) or not array.flags.c_contiguous:
+            raise ValueError(f"a picture is contiguous (height, width, 3 or 4) uint8, not {array.shape} {array.dtype}")
+        self._array: npt.NDArray[np.uint8] | None = array
+        self._pool = pool
+        self._lock = threading.Lock()
+        #: (width, height), as Pillow's ``size``.
+        self.size: tuple[int, int] = (int(array.shape[1]), int(array.shape[0]))
+
+    def _held(self) -> npt.NDArray[np.uint8]:
+        array = self._array
+        if array is None:
+            raise PictureReleased("the picture was released")
+        return array
+
+    @property
+    def pixels(self) -> Pixels:
+        """RGB, (height, width, 3): a view (of RGBX pixels, not contiguous) or the array itself."""
+        return self._held()[:, :, :3]
+
+    @property
+    def released(self) -> bool:
+        return self._array is None
+
+    def image(self) -> Image.Image:
+        """A Pillow image of the picture: RGBX pixels mapped as they are (mode "RGBX", read-only,
+        valid until the picture is released: convert it to keep it), RGB ones copied in."""
+        array = self._held()
+        if array.shape[2] == 4:
+            return Image.frombuffer("RGBX", self.size, array, "raw", "RGBX", 0, 1)
+        return Image.fromarray(array, "RGB")
+
+    def release(self) -> None:
+        if self._pool is None:
+            return
+        with self._lock:
+            array, self._array = self._array, None
+        if array is not None:
+            self._pool.give(array)
+
+
+def decode_picture(
+    path: Path, target: int, budget: DecodeBudget | None = None, *, fit: Fit = "cover", pool: ArrayPool | None = None
+) -> Picture:
+    """``decode``'s picture as an array (``Picture``). A JPEG in YCbCr or grey whose EXIF asks
+    for no turn is decoded by libjpeg-turbo (simplejpeg) at the same DCT scale as ``decode``, as
+    RGBX (Pillow's layout, so tamper features and snapshots map it without a copy) into an array
+    of ``pool`` when given; anything else (PNG, CMYK, a picture to turn upright) goes through
+    ``decode`` and is copied out of Pillow's image as RGB. Raises ``DecodeError`` as ``decode``."""
+    budget = budget or decode_budget.shared()
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        header = Image.open(io.BytesIO(data))
+        fast = (
+            header.format == "JPEG"
+            and header.mode in ("RGB", "L")
+            and header.getexif().get(ExifTags.Base.Orientation, 1) == 1
+        )
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DecodeError(f"{type(err).__name__}: {err}") from err
+    if not fast:
+        return Picture(np.asarray(decode(path, target, budget, fit=fit)))
+    width, height = header.size
+    scale = next(s for s in (8, 4, 2, 1) if s <= _scale(header.size, target, fit))
+    shape = (math.ceil(height / scale), math.ceil(width / scale), 4)
+    need = shape[0] * shape[1] * 4
+    if header.info.get("progressive"):
+        need += decode_budget.jpeg_coefficient_bytes(width, height, len(header.getbands()))
+    with budget.hold(need):
+        pixels: Pixels = pool.take(shape) if pool is not None else np.empty(shape, dtype=np.uint8)
+        _decode_jpeg_into(data, pixels)
+    return Picture(pixels, pool)
+
+
+def _decode_jpeg_into(data: bytes, pixels: npt.NDArray[np.uint8]) -> None:
+    """libjpeg-turbo's RGBX decode at the scale that gives ``pixels``' shape, strict (a warning
+    is an error) but for the one warning a whole picture raises."""
+    height, width = pixels.shape[:2]
+    options: dict[str, Any] = {"colorspace": "RGBX", "min_height": height, "min_width": width, "buffer": pixels}
+    try:
+        try:
+            out = simplejpeg.decode_jpeg(data, strict=True, **options)
+        except ValueError as err:
+            if JPEG_HARMLESS not in str(err).lower():
+                raise
+            out = simplejpeg.decode_jpeg(data, strict=False, **options)
+    except ValueError as err:
+        raise DecodeError(f"ValueError: {err}") from err
+    if out.shape != pixels.shape:  # a scale other than 1/2, 1/4 or 1/8 picked: a bug here, not the file
+        raise RuntimeError(f"libjpeg-turbo decoded {out.shape}, not the {pixels.shape} asked for")
 
 
 def _scale(size: tuple[int, int], target: int, fit: Fit = "cover") -> int:

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+import numpy as np
 
 from inference_server import buffers, decode_budget
 from inference_server.config import Settings
 from inference_server.detection.detector import Detector
 from inference_server.domain import Detection
 from inference_server.jobs.queue import ClaimedJob, JobQueue
-from inference_server.pipeline.decode import DecodeError, decode
+from inference_server.pipeline.decode import DecodeError, Picture, decode_picture
 from inference_server.pipeline.result import ResultStage
 from inference_server.store import quarantine
 from inference_server.store.db import is_unavailable
@@ -40,8 +40,8 @@ _STOP = None
 @dataclass(slots=True)
 class _Item:
     job: ClaimedJob
-    #: The decoded picture (snapshots are drawn on it).
-    image: Image.Image
+    #: The decoded picture (snapshots are drawn on it); released when the item is done with.
+    image: Picture
     detections: list[Detection]
     #: What the detector runs on (``Detector.prepare``, made on a decode thread); the image if unset.
     model_input: Any = None
@@ -61,6 +61,8 @@ class DetectWorker:
         # Decoding runs in Pillow's C code without the GIL: one thread per core keeps a GPU fed.
         threads = settings.detector_decode_threads or min(8, os.cpu_count() or 2)
         self._decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        #: The decoded pictures' arrays, reused (JPEG decoded straight into them): pipeline/decode.py.
+        self._pictures = buffers.ArrayPool(settings.decode_picture_cache_mb * decode_budget.MIB, np.uint8)
         self._store_slots = asyncio.Semaphore(settings.store_concurrency)
         #: Jobs claimed and not yet completed, failed or released (``run`` gives back those it
         #: holds when it ends); ``_started``: those among them in the decoder or the model, or past
@@ -127,12 +129,18 @@ class DetectWorker:
                 await out.put(items)
         await out.put(_STOP)
 
-    def _load(self, path: Path) -> tuple[Image.Image, Any]:
+    def _load(self, path: Path) -> tuple[Picture, Any]:
         """On a decode thread: decode, then the detector's own preparation (resize, colour order),
         so the single inference thread only runs the model."""
         budget = decode_budget.shared(self.settings.decode_memory_mb)
-        image = decode(path, self.settings.detector_imgsz, budget, fit=self.result.decode_fit)
-        return image, self.detector.prepare(image)
+        picture = decode_picture(
+            path, self.settings.detector_imgsz, budget, fit=self.result.decode_fit, pool=self._pictures
+        )
+        try:
+            return picture, self.detector.prepare(picture.pixels)
+        except BaseException:
+            picture.release()
+            raise
 
     async def _top_up(self, have: int) -> list[ClaimedJob]:
         """More jobs for a short batch, waiting at most ``batch_wait_s`` in all."""
@@ -247,6 +255,7 @@ class DetectWorker:
             if stop.is_set():
                 # Stopping: what is not in the model yet goes back to the queue, not through it.
                 await self._release([i.job for i in items], tried=False)
+                _let_go(items)
                 continue
             started = metrics.now()
             self._started.update(i.job.id for i in items)
@@ -255,6 +264,7 @@ class DetectWorker:
             except Exception as err:
                 if len(items) == 1:
                     await self._inference_failed(items[0], err)
+                    _let_go(items)
                     continue
                 # One image may be what breaks the batch: run each alone, so only its job fails.
                 log.error("inference failed batch=%d, trying its images one by one error=%r", len(items), err)
@@ -264,6 +274,7 @@ class DetectWorker:
                         await self._detect([item])
                     except Exception as single:
                         await self._inference_failed(item, single)
+                        _let_go([item])
                     else:
                         done.append(item)
                 items = done
@@ -275,7 +286,7 @@ class DetectWorker:
 
     async def _detect(self, items: list[_Item]) -> None:
         """One batched inference on the model's thread; each item gets its detections."""
-        inputs = [i.image if i.model_input is None else i.model_input for i in items]
+        inputs = [i.image.image() if i.model_input is None else i.model_input for i in items]
         found = await asyncio.get_running_loop().run_in_executor(self._infer_pool, self.detector.detect, inputs)
         if len(found) != len(items):
             raise RuntimeError(f"detector returned {len(found)} results for {len(items)} images")
@@ -300,6 +311,12 @@ class DetectWorker:
             await asyncio.gather(*(self._finish_camera(group) for group in by_camera.values()))
 
     async def _finish_camera(self, items: list[_Item]) -> None:
+        try:
+            await self._store_camera(items)
+        finally:
+            _let_go(items)  # stored or failed: nothing reads the pictures any more
+
+    async def _store_camera(self, items: list[_Item]) -> None:
         async with self._store_slots:
             try:
                 lost = await self.result.finish_many([(i.job, i.image, i.detections) for i in items])
@@ -367,3 +384,9 @@ class DetectWorker:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
                 continue
+
+
+def _let_go(items: list[_Item]) -> None:
+    """The items' pictures go back to the worker's pool (their batch is done with)."""
+    for item in items:
+        item.image.release()

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from inference_server.config import Settings
+from inference_server.detection.detector import RgbPixels, rgb_array
 from inference_server.domain import Detection, Identity
 from inference_server.embedding.crops import body_box, crop, face_box
 from inference_server.embedding.embedder import Embedder, EmbeddingSource, Vectors
@@ -135,9 +136,10 @@ class Recognizer:
 
     # --- before the transaction ----------------------------------------------------------------
     async def embed(
-        self, image: Image.Image, detections: Sequence[Detection], *, backlog: int = 0
+        self, image: Image.Image | RgbPixels, detections: Sequence[Detection], *, backlog: int = 0
     ) -> list[PersonVectors | None]:
-        """Embeddings of each person detection (parallel to ``detections``; None for the rest).
+        """Embeddings of each person detection (parallel to ``detections``; None for the rest) in
+        ``image``, a Pillow image or RGB pixels (the detect worker's decoded picture).
 
         ``backlog``: inferred batches waiting to be stored behind this one. Any backlog, or
         ``max_pending`` images already being embedded, and this image is not embedded: the
@@ -171,10 +173,9 @@ class Recognizer:
         metrics.EMBEDDINGS.labels("done").inc(sum(v is not None for v in found))
         return out
 
-    def _embed_now(self, image: Image.Image, detections: Sequence[Detection]) -> list[PersonVectors | None]:
-        rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB one
-        pixels: np.ndarray[Any, np.dtype[np.uint8]] = np.asarray(rgb)
-        width, height = image.size
+    def _embed_now(self, image: Image.Image | RgbPixels, detections: Sequence[Detection]) -> list[PersonVectors | None]:
+        pixels = rgb_array(image)
+        height, width = pixels.shape[:2]
         crops: dict[EmbeddingSource, list[tuple[int, Any]]] = {"face": [], "body": []}
         for index, det in enumerate(detections):
             if "face" in self.embedders and (box := face_box(det, width, height)) is not None:

@@ -23,13 +23,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import asyncpg
-from PIL import Image
 
 from inference_server.config import Settings
 from inference_server.domain import Detection, Identity
 from inference_server.jobs.queue import ClaimedJob, JobQueue, LeaseLost
 from inference_server.pipeline.batch import BatchStage, Seen
-from inference_server.pipeline.decode import Fit
+from inference_server.pipeline.decode import Fit, Picture
 from inference_server.pipeline.identify import PersonVectors, Recognizer
 from inference_server.pipeline.messages import Message
 from inference_server.pipeline.snapshot import Snapshot
@@ -86,14 +85,12 @@ class ResultStage:
             return "letterbox"
         return "cover"
 
-    async def finish(self, job: ClaimedJob, image: Image.Image, dets: Sequence[Detection]) -> None:
+    async def finish(self, job: ClaimedJob, image: Picture, dets: Sequence[Detection]) -> None:
         """Store one job's outcome (raises ``LeaseLost`` if another worker owns the job now)."""
         if await self.finish_many([(job, image, dets)]):
             raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {self.queue.worker_id}")
 
-    async def finish_many(
-        self, results: Sequence[tuple[ClaimedJob, Image.Image, Sequence[Detection]]]
-    ) -> list[ClaimedJob]:
+    async def finish_many(self, results: Sequence[tuple[ClaimedJob, Picture, Sequence[Detection]]]) -> list[ClaimedJob]:
         """Store the outcomes of one camera's jobs, in arrival order, in one transaction; return
         the jobs whose lease was lost (nothing of them is stored)."""
         ready = [await self._prepare(job, image, dets) for job, image, dets in results]
@@ -113,7 +110,7 @@ class ResultStage:
             _observe_end_to_end(r.job)
         return [r.job for r in ready if r.job.id not in owned]
 
-    async def _prepare(self, job: ClaimedJob, image: Image.Image, dets: Sequence[Detection]) -> _Ready:
+    async def _prepare(self, job: ClaimedJob, image: Picture, dets: Sequence[Detection]) -> _Ready:
         """Before the transaction: embeddings (bounded) and the scene's tamper features; the
         snapshot is only prepared (drawn if used: ``pipeline/snapshot.py``)."""
         # The decoded picture serves as the snapshot's when it is as large as a snapshot is drawn
@@ -124,12 +121,12 @@ class ResultStage:
         vectors: list[PersonVectors | None] = []
         if dets and self.recognizer is not None:
             started = metrics.now()
-            vectors = await self.recognizer.embed(image, dets, backlog=self.backlog())
+            vectors = await self.recognizer.embed(image.pixels, dets, backlog=self.backlog())
             metrics.STAGE.labels("embed").observe(metrics.now() - started)
         scene: SceneFeatures | None = None
         # With or without detections: a covered camera sees nothing.
         if self.tamper is not None and self.tamper.wants(job.camera_id, job.captured_at):
-            scene = await asyncio.to_thread(features, image)
+            scene = await asyncio.to_thread(features, image.image())
         return _Ready(job, dets, snap, vectors, scene)
 
     async def _store(self, conn: asyncpg.Connection, ready: Sequence[_Ready]) -> list[Message]:

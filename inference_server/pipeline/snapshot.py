@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from inference_server import decode_budget
 from inference_server.config import Settings
 from inference_server.domain import Detection
-from inference_server.pipeline.decode import decode
+from inference_server.pipeline.decode import Picture, decode
 from inference_server.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,14 @@ def snapshot_file(settings: Settings, camera_id: str, image_id: int) -> Path:
     return settings.snapshots_path / camera_id / f"{image_id}.jpg"
 
 
-def render(image: Image.Image, detections: Sequence[Detection], quality: int = 80) -> bytes:
+def render(image: Image.Image | Picture, detections: Sequence[Detection], quality: int = 80) -> bytes:
     """Return a JPEG of ``image`` with boxes; the input image is not modified."""
-    canvas = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    if isinstance(image, Picture):
+        canvas = image.image()  # RGBX pixels mapped (converted below), or RGB ones copied
+        if canvas.mode != "RGB":
+            canvas = canvas.convert("RGB")
+    else:
+        canvas = image.convert("RGB") if image.mode != "RGB" else image.copy()
     draw = ImageDraw.Draw(canvas)
     width, height = canvas.size
     line = max(2, round(min(width, height) / 250))
@@ -62,10 +67,13 @@ def render(image: Image.Image, detections: Sequence[Detection], quality: int = 8
     return out.getvalue()
 
 
-def draw_file(settings: Settings, source: Path | Image.Image, detections: Sequence[Detection], dest: Path) -> bytes:
+def draw_file(
+    settings: Settings, source: Path | Image.Image | Picture, detections: Sequence[Detection], dest: Path
+) -> bytes:
     """Draw ``detections`` on ``source`` (a stored file, decoded here, or a decoded picture) and
     write the JPEG to ``dest`` whole (a temporary name, then a rename: a reader never sees half a
     file); return it. Blocking: run it on a thread."""
+    picture: Image.Image | Picture
     if isinstance(source, Path):
         budget = decode_budget.shared(settings.decode_memory_mb)
         picture = decode(source, settings.detector_imgsz, budget, fit="cover")
@@ -83,7 +91,8 @@ class Snapshot:
     """One image's annotated snapshot, drawn on first use (``jpeg``), then kept.
 
     ``picture`` is the decoded image in memory when it is as large as a snapshot is drawn
-    (``fit="cover"``); otherwise None, and the stored file ``source`` is decoded again.
+    (``fit="cover"``); otherwise None, and the stored file ``source`` is decoded again, as it
+    is when the picture was released (its array reused) before the snapshot was drawn.
     """
 
     def __init__(
@@ -93,7 +102,7 @@ class Snapshot:
         image_id: int,
         source: Path,
         detections: Sequence[Detection],
-        picture: Image.Image | None = None,
+        picture: Picture | None = None,
     ) -> None:
         self.settings = settings
         self.image_id = image_id
@@ -106,7 +115,8 @@ class Snapshot:
     async def jpeg(self) -> bytes:
         if self._jpeg is None:
             started = metrics.now()
-            source = self._picture if self._picture is not None else self._source
+            picture = self._picture
+            source: Path | Picture = picture if picture is not None and not picture.released else self._source
             self._jpeg = await asyncio.to_thread(draw_file, self.settings, source, self._detections, self.path)
             metrics.STAGE.labels("snapshot").observe(metrics.now() - started)
         return self._jpeg

@@ -22,7 +22,7 @@ from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.detection.detector import build_detector
+from inference_server.detection.detector import RgbPixels, build_detector, packed
 from inference_server.detection.onnx_backend import (
     LETTERBOX_GRAPH,
     Letterboxed,
@@ -32,7 +32,7 @@ from inference_server.detection.onnx_backend import (
     letterbox,
 )
 from inference_server.domain import Detection
-from inference_server.pipeline.decode import decode as decode_picture
+from inference_server.pipeline.decode import decode_picture
 from tests.support.agreement import assert_same_detections
 from tests.support.models import COCO_CONFIDENCE, COCO_IMGSZ, coco_onnx
 
@@ -182,7 +182,7 @@ sys.meta_path.insert(0, Block())
 from PIL import Image
 import inference_server.__main__, inference_server.server
 from inference_server.config import Settings
-from inference_server.detection.detector import build_detector
+from inference_server.detection.detector import RgbPixels, build_detector, packed
 detector = build_detector(Settings(detector_backend="onnx", detector_weights=sys.argv[1], detect_classes=["person"]))
 detector.warmup()
 [found] = detector.detect([Image.open(sys.argv[2])])
@@ -246,29 +246,36 @@ def _scaled_part(boxed: Letterboxed, width: int, height: int) -> np.ndarray:
         ((2240, 1260), (256, 448)),  # 5:1
     ],
 )
-def test_a_whole_factor_letterbox_is_opencvs_resize_exactly(size: tuple[int, int], shape: tuple[int, int]) -> None:
-    """A picture 2 or an odd number of times the letterbox's size: ``Image.reduce(2)`` and the
-    nearest-neighbour resize compute OpenCV's INTER_LINEAR (ultralytics' letterbox) to the grey
-    level, several times faster than bilinear sampling."""
+@pytest.mark.parametrize("given", ["pixels", "pillow"])
+def test_an_odd_whole_factor_letterbox_is_opencvs_resize_exactly(
+    size: tuple[int, int], shape: tuple[int, int], given: str
+) -> None:
+    """A picture an odd number of times the letterbox's size: every k-th pixel (a view, nothing
+    computed) is OpenCV's INTER_LINEAR (ultralytics' letterbox) to the grey level."""
     cv2 = pytest.importorskip("cv2")
     width, height = size
     pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    boxed = letterbox(Image.fromarray(pixels), shape)
+    boxed = letterbox(pixels if given == "pixels" else Image.fromarray(pixels), shape)
     new_w, new_h = round(width * boxed.ratio), round(height * boxed.ratio)
     assert width == new_w * (width // new_w)
     theirs = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     assert np.array_equal(np.rint(_scaled_part(boxed, width, height)), theirs)
 
 
-def test_zidane_at_two_to_one_is_opencvs_resize_exactly() -> None:
-    """A real frame, decoded as the pipeline decodes it (1280×720 → 640×360: the mean of each 2×2
-    block, ``Image.reduce(2)``)."""
+def test_zidane_at_two_to_one_is_the_mean_of_each_block_that_opencv_rounds() -> None:
+    """A real frame, decoded as the pipeline decodes it (1280×720 → 640×360): the runtime's
+    ``Resize`` gives the exact mean of each 2×2 block, OpenCV's fixed point that mean rounded to a
+    whole grey level: never more than half a level apart."""
     cv2 = pytest.importorskip("cv2")
     picture = decode_picture(demo_assets.image("zidane.jpg"), 640)
     assert picture.size == (1280, 720)
-    boxed = letterbox(picture, (384, 640))
-    theirs = cv2.resize(np.asarray(picture), (640, 360), interpolation=cv2.INTER_LINEAR)
-    assert np.array_equal(np.rint(_scaled_part(boxed, 1280, 720)), theirs)
+    pixels = picture.pixels
+    boxed = letterbox(pixels, (384, 640))
+    theirs = cv2.resize(pixels, (640, 360), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    blocks = pixels.reshape(360, 2, 640, 2, 3).astype(np.float32).mean(axis=(1, 3))
+    ours = _scaled_part(boxed, 1280, 720)
+    assert np.abs(ours - blocks).max() < 1e-3
+    assert np.abs(ours - theirs).max() <= 0.5 + 1e-3
 
 
 @pytest.mark.parametrize(
@@ -329,15 +336,15 @@ def test_ultralytics_running_an_onnx_model_on_the_cpu_stops_the_runtime_spinning
     ]
 
 
-def _picture(name: str) -> Image.Image:
+def _picture(name: str) -> RgbPixels:
     """A picture as the pipeline decodes it for the detector (``cover`` at 640)."""
-    return decode_picture(demo_assets.image(name), 640)
+    return decode_picture(demo_assets.image(name), 640).pixels
 
 
 @pytest.mark.parametrize(("name", "shape"), [("bus.jpg", (640, 480)), ("zidane.jpg", (384, 640))])
 def test_the_letterbox_fills_every_element_of_the_array_it_is_given(name: str, shape: tuple[int, int]) -> None:
-    """bus.jpg goes through the runtime's ``Resize`` (written into the array by an I/O binding),
-    zidane.jpg through the whole factor 2: either way the given array is the tensor, all of it."""
+    """bus.jpg (27:16) and zidane.jpg (2:1) through the runtime's ``Resize``, written into the
+    given array by an I/O binding: the given array is the tensor, all of it."""
     picture = _picture(name)
     out = np.full((3, *shape), np.nan, dtype=np.float32)
     boxed = letterbox(picture, shape, out=out)
@@ -384,3 +391,15 @@ def test_an_input_is_inferred_once_and_a_failed_run_leaves_it_whole(monkeypatch:
     assert all(item.spent for item in prepared)
     with pytest.raises(ValueError, match="already inferred"):
         detector.detect([prepared[0]])
+
+
+@pytest.mark.parametrize("name", ["bus.jpg", "zidane.jpg"])
+def test_rgbx_pixels_are_letterboxed_where_they_are_as_their_rgb(name: str) -> None:
+    """The detect worker's pictures are the RGB view of RGBX memory: the graph reads the RGBX
+    array itself (its fourth byte dropped), with the same tensor as the packed RGB copy gives."""
+    view = _picture(name)
+    assert not view.flags.c_contiguous and packed(view) is view.base
+    shape = (640, 480) if name == "bus.jpg" else (384, 640)
+    assert np.array_equal(letterbox(view, shape).tensor, letterbox(np.ascontiguousarray(view), shape).tensor)
+    mirrored = view[:, ::-1]  # a view of no RGBX array: packed into a copy
+    assert packed(mirrored).flags.c_contiguous and np.array_equal(packed(mirrored), mirrored)

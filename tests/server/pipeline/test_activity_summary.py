@@ -29,7 +29,7 @@ from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.domain import Detection, Identity, Observation, category_of
 from inference_server.pipeline import result as result_module
 from inference_server.pipeline.batch import BatchStage
-from inference_server.pipeline.decode import decode
+from inference_server.pipeline.decode import decode_picture
 from inference_server.pipeline.detect import DetectWorker
 from inference_server.pipeline.summary import ActivitySummary
 from inference_server.reasoning.reasoner import LevelThresholds
@@ -240,7 +240,7 @@ async def porch(make_settings: Callable[..., Settings], pose_detector: Ultralyti
     clock = FakeClock(NOON)
     worker, ingestor, queue = await store_pipeline(settings, pool, pose_detector, ["porch"], clock=clock)
     await cameras.set_zones(pool, "porch", ZoneList(zones=ZONES))
-    picture = decode(demo_assets.image("bus.jpg"), settings.detector_imgsz)
+    picture = decode_picture(demo_assets.image("bus.jpg"), settings.detector_imgsz)
     try:
         yield _Camera(worker, ingestor, queue, picture, clock), worker, pool, (settings, ingestor, queue, clock)
     finally:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.config import Settings
+from inference_server.detection.detector import RgbPixels
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.domain import Detection
 from inference_server.schemas import CameraCreate, HouseholdContext
@@ -37,7 +38,7 @@ class RecordingDetector:
         self.batches: list[int] = []
         self._lock = threading.Lock()
 
-    def prepare(self, image: Image.Image) -> Any:
+    def prepare(self, image: Image.Image | RgbPixels) -> Any:
         return self.inner.prepare(image)
 
     def detect(self, images: Sequence[Any]) -> list[list[Detection]]:

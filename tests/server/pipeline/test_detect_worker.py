@@ -15,7 +15,7 @@ from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.detector import build_detector
 from inference_server.detection.onnx_backend import Letterboxed, OnnxDetector
-from inference_server.pipeline.decode import decode as decode_picture
+from inference_server.pipeline.decode import decode as decode_pillow
 from inference_server.pipeline.detect import _Item
 from inference_server.schemas import CameraCreate
 from inference_server.store import cameras
@@ -64,17 +64,18 @@ async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_wh
     make_settings: Callable[..., Settings],
 ) -> None:
     """The server with the add-on's backend, pictures of two shapes from two cameras in batches
-    of 4: the tensors are reused from image to image, and every image's stored
-    detections are what the detector finds in it alone. When the queue runs dry, the pool is
-    given back."""
+    of 4: the tensors and the decoded pictures are reused from image to image, and every image's
+    stored detections are what the detector finds in it alone (decoded by Pillow, not into a
+    reused array). When the queue runs dry, the pools are given back."""
     settings = make_settings(
         **coco_settings(), detector_backend="onnx", detector_batch_size=4, detector_batch_wait_ms=1000, fast_path={}
     )
-    # Three full batches: the third is decoded into what the first gave back.
-    names = ["bus.jpg", "zidane.jpg", "bus.jpg", "zidane.jpg", "zidane.jpg", "bus.jpg"] * 2
+    # Six full batches: a tensor goes back once inferred, a picture once its batch is stored (two
+    # batches wait decoded meanwhile): the later batches are decoded into what the first gave back.
+    names = ["bus.jpg", "zidane.jpg", "bus.jpg", "zidane.jpg", "zidane.jpg", "bus.jpg"] * 4
     async with running(settings) as server:
-        ingestor, detector = server.ingestor, server.detector
-        assert ingestor is not None and isinstance(detector, OnnxDetector)
+        ingestor, detector, worker = server.ingestor, server.detector, server.detect_worker
+        assert ingestor is not None and isinstance(detector, OnnxDetector) and worker is not None
         for camera in ("front", "back"):
             await cameras.create(server.pool, CameraCreate(id=camera, name=camera))
         jobs: list[tuple[int, str]] = []
@@ -89,6 +90,7 @@ async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_wh
             lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", len(names)), timeout=120
         )
         assert detector._tensors.reused > 0
+        assert worker._pictures.reused > 0
         alone_detector = build_detector(settings)
         for job_id, name in jobs:
             stored = await server.pool.fetch(
@@ -96,7 +98,8 @@ async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_wh
                 " WHERE j.id = $1 ORDER BY d.confidence DESC, d.label",
                 job_id,
             )
-            [alone] = alone_detector.detect([decode_picture(demo_assets.image(name), settings.detector_imgsz)])
+            [alone] = alone_detector.detect([decode_pillow(demo_assets.image(name), settings.detector_imgsz)])
             expected = sorted(((d.label, round(d.confidence, 4)) for d in alone), key=lambda d: (-d[1], d[0]))
             assert [(r["label"], round(r["confidence"], 4)) for r in stored] == expected, name
         await wait_until(lambda: detector._tensors.held_bytes == 0, timeout=10)
+        await wait_until(lambda: worker._pictures.held_bytes == 0, timeout=10)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.config import Settings
-from inference_server.detection.detector import Detector
+from inference_server.detection.detector import Detector, RgbPixels
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.domain import Detection
 from inference_server.schemas import CameraCreate, HouseholdContext, Zone, ZoneList
@@ -98,10 +98,10 @@ class LabelledDetections:
     def __init__(self, detections: list[Detection]) -> None:
         self.detections = detections
 
-    def prepare(self, image: Image.Image) -> Image.Image:
+    def prepare(self, image: Image.Image | RgbPixels) -> Image.Image | RgbPixels:
         return image
 
-    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+    def detect(self, images: Sequence[Image.Image | RgbPixels]) -> list[list[Detection]]:
         return [list(self.detections) for _ in images]
 
     def warmup(self) -> None:

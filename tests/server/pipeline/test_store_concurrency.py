@@ -10,7 +10,7 @@ from bench.store_stage import store_pipeline
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
-from inference_server.pipeline.decode import decode
+from inference_server.pipeline.decode import decode_picture
 from inference_server.pipeline.detect import _Item
 from inference_server.server import open_database
 from tests.server.ingest.conftest import with_comment
@@ -29,8 +29,8 @@ async def test_cameras_are_stored_side_by_side_and_each_camera_in_order(
         worker, ingestor, queue = await store_pipeline(settings, pool, pose_detector, CAMERAS)
         source = demo_assets.image("zidane.jpg")
         raw = source.read_bytes()
-        picture = decode(source, settings.detector_imgsz)
-        found = pose_detector.detect([picture])[0]
+        picture = decode_picture(source, settings.detector_imgsz)
+        found = pose_detector.detect([pose_detector.prepare(picture.pixels)])[0]
         assert found, "zidane.jpg has people"
         for n in range(len(CAMERAS) * PER_CAMERA):  # interleaved arrivals: front, garden, hall, front, ...
             await ingestor.ingest_bytes(

@@ -21,7 +21,7 @@ from bench.store_stage import store_pipeline
 from inference_server import demo_assets
 from inference_server import server as server_module
 from inference_server.config import Settings
-from inference_server.detection.detector import Detector, build_detector
+from inference_server.detection.detector import Detector, RgbPixels, build_detector
 from inference_server.domain import Detection
 from inference_server.jobs.queue import JobQueue
 from inference_server.pipeline.detect import DetectWorker
@@ -39,7 +39,7 @@ class GatedDetector:
         self.gate = threading.Event()
         self.entered = threading.Event()
 
-    def prepare(self, image: Image.Image) -> Any:
+    def prepare(self, image: Image.Image | RgbPixels) -> Any:
         return self.inner.prepare(image)
 
     def detect(self, images: Sequence[Any]) -> list[list[Detection]]:
