@@ -23,6 +23,11 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+
+#: The one libjpeg warning a whole picture raises (some cameras pad the scan before a marker):
+#: tolerated by ingest's check at the door (``ingest/validate.py``) and the detect worker's
+#: decode (``pipeline/decode.py``); every other warning refuses the picture.
+JPEG_HARMLESS = "extraneous bytes before marker"
 DEFAULT_MB = 512
 #: Decodes at least this large hand freed memory back to the OS when they finish.
 TRIM_AFTER_BYTES = 32 * MIB

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import simplejpeg
 from PIL import ImageFile, JpegImagePlugin, PngImagePlugin
 
-from inference_server.decode_budget import DecodeBudget, jpeg_coefficient_bytes
+from inference_server.decode_budget import JPEG_HARMLESS, DecodeBudget, jpeg_coefficient_bytes
 
 # The only two parsers that ever see uploaded bytes, picked by signature and called directly.
 # Not Image.open: it tries every format Pillow knows (a wider attack surface), names a JPEG
@@ -112,9 +112,6 @@ def check_pixels(data: bytes, info: ImageInfo, budget: DecodeBudget) -> None:
 
 # libjpeg's warnings for data that stops before the picture is complete (JWRN_HIT_MARKER, JWRN_JPEG_EOF).
 _JPEG_CUT_SHORT = ("premature end of data segment", "premature end of jpeg file")
-#: A warning tolerated: some cameras pad the scan before the end marker; the picture is whole
-#: (the detect worker's decode tolerates it too: ``pipeline/decode.py``).
-JPEG_HARMLESS = "extraneous bytes before marker"
 
 
 def _check_jpeg(data: bytes, info: ImageInfo, budget: DecodeBudget) -> None:

@@ -26,8 +26,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from inference_server import decode_budget
 from inference_server.buffers import ArrayPool
-from inference_server.decode_budget import DecodeBudget
-from inference_server.ingest.validate import JPEG_HARMLESS
+from inference_server.decode_budget import JPEG_HARMLESS, DecodeBudget
 
 #: ``cover``: both sides ≥ the target; ``letterbox``: the longer side ≥ the target.
 Fit = Literal["cover", "letterbox"]
