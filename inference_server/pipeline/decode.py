@@ -134,6 +134,12 @@ class Picture:
             return Image.frombuffer("RGBX", self.size, array, "raw", "RGBX", 0, 1)
         return Image.fromarray(array, "RGB")
 
+    def rgbx(self) -> npt.NDArray[np.uint8] | None:
+        """The RGBX array itself (height, width, 4) when the picture is one (a JPEG the worker
+        decoded), else None: to copy from, never to write to."""
+        array = self._held()
+        return array if array.shape[2] == 4 else None
+
     def release(self) -> None:
         if self._pool is None:
             return

@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 from PIL import Image, ImageDraw
 
 from inference_server import decode_budget
+from inference_server.buffers import ArrayPool
 from inference_server.config import Settings
 from inference_server.domain import Detection
 from inference_server.pipeline.decode import Picture, decode
@@ -40,14 +42,33 @@ def snapshot_file(settings: Settings, camera_id: str, image_id: int) -> Path:
     return settings.snapshots_path / camera_id / f"{image_id}.jpg"
 
 
+#: Canvases for snapshots drawn from a picture in memory, reused (a 1080p one is 8 MB): with the
+#: fixed mmap threshold a fresh copy of the picture faulted its pages in for every snapshot, half
+#: the cost of drawing one (docs/performance.md, "Stop 32"). Emptied when the queue runs dry, as
+#: the detect worker's other pools (``buffers.release_idle``).
+CANVAS_CACHE_BYTES = 24 * decode_budget.MIB
+_CANVASES = ArrayPool(CANVAS_CACHE_BYTES, np.uint8)
+
+
 def render(image: Image.Image | Picture, detections: Sequence[Detection], quality: int = 80) -> bytes:
     """Return a JPEG of ``image`` with boxes; the input image is not modified."""
-    if isinstance(image, Picture):
-        canvas = image.image()  # RGBX pixels mapped (converted below), or RGB ones copied
-        if canvas.mode != "RGB":
-            canvas = canvas.convert("RGB")
-    else:
-        canvas = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    if isinstance(image, Image.Image):
+        return _draw(image.convert("RGB") if image.mode != "RGB" else image.copy(), detections, quality)
+    rgbx = image.rgbx()
+    if rgbx is None:
+        return _draw(image.image(), detections, quality)  # an RGB picture's Pillow image is a copy
+    # The picture's RGBX pixels copied into a reused array, drawn on there (Pillow's own layout).
+    pixels = _CANVASES.take(rgbx.shape)
+    try:
+        np.copyto(pixels, rgbx)
+        canvas = Image.frombuffer("RGBX", (rgbx.shape[1], rgbx.shape[0]), pixels, "raw", "RGBX", 0, 1)
+        canvas.readonly = 0  # the array is this canvas's own: drawn on where it is, not copied again
+        return _draw(canvas, detections, quality)
+    finally:
+        _CANVASES.give(pixels)
+
+
+def _draw(canvas: Image.Image, detections: Sequence[Detection], quality: int) -> bytes:
     draw = ImageDraw.Draw(canvas)
     width, height = canvas.size
     line = max(2, round(min(width, height) / 250))

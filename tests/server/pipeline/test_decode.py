@@ -18,8 +18,9 @@ from inference_server.buffers import ArrayPool
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.domain import Detection
+from inference_server.pipeline import snapshot as snapshot_module
 from inference_server.pipeline.decode import DecodeError, Picture, PictureReleased, decode, decode_picture
-from inference_server.pipeline.snapshot import Snapshot
+from inference_server.pipeline.snapshot import Snapshot, render
 
 
 def _jpeg(tmp_path: Path, size: tuple[int, int], name: str = "frame.jpg") -> Path:
@@ -244,3 +245,17 @@ async def test_a_snapshot_whose_picture_was_released_is_drawn_from_the_stored_fi
     other = decode_picture(_jpeg(tmp_path, (1280, 720), "other.jpg"), 640, pool=pool)
     other.pixels[:] = 0  # the array is another picture's now
     assert await late.jpeg() == from_memory
+
+
+def test_a_snapshot_is_drawn_on_a_reused_copy_and_leaves_the_picture_as_it_was(tmp_path: Path) -> None:
+    """Drawn from the picture's RGBX pixels, copied into a reused canvas: the same JPEG as drawn
+    on a Pillow image of the same picture, the picture untouched, the canvas taken again next."""
+    path = _jpeg(tmp_path, (1280, 720))
+    picture = decode_picture(path, 640)
+    before = picture.pixels.copy()
+    boxes = [Detection("person", 0.9, (0.1, 0.1, 0.5, 0.9)), Detection("dog", 0.6, (0.6, 0.5, 0.9, 0.95))]
+    reused = snapshot_module._CANVASES.reused
+    jpeg = render(picture, boxes)
+    assert jpeg == render(decode(path, 640), boxes)
+    assert np.array_equal(picture.pixels, before)
+    assert render(picture, boxes) == jpeg and snapshot_module._CANVASES.reused > reused
