@@ -213,6 +213,7 @@ class Recognizer:
             raise RuntimeError(f"image {image_id} has {len(seen)} stored detections, {len(vectors)} were embedded")
         visitors = await people.unknown_visitors(conn, camera_id, self.models["body"]) if "body" in self.models else []
         strangers: _Strangers | None = None
+        stored: list[tuple[int, list[tuple[EmbeddingSource, str, list[float]]], Identity]] = []
         for index, ((detection_id, seen_at), found) in enumerate(zip(seen, vectors, strict=True)):
             if found is None:
                 continue
@@ -226,9 +227,12 @@ class Recognizer:
                     strangers = _Strangers(self, conn)
                 identity = await strangers.identity(detection_id, seen_at, source, found, visitors)
             parts: tuple[tuple[EmbeddingSource, Vectors | None], ...] = (("face", found.face), ("body", found.body))
-            stored = [(s, self.models[s], [float(x) for x in v]) for s, v in parts if v is not None]
-            await people.store_detection(conn, detection_id, stored, identity)
+            kept = [(s, self.models[s], [float(x) for x in v]) for s, v in parts if v is not None]
+            stored.append((detection_id, kept, identity))
             identities[index] = identity
+        # The image's people in one statement: linking one of them reads none of the others' rows
+        # (the visitors were read above, the strangers' sightings when the lock was taken).
+        await people.store_detections(conn, stored)
         return identities, self._gallery.people()
 
     async def _refresh(self, conn: asyncpg.Connection) -> None:

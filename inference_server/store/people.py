@@ -158,21 +158,60 @@ async def store_detection(
     vectors: Iterable[tuple[Source, str, Sequence[float]]],
     identity: Identity,
 ) -> None:
-    await conn.executemany(
-        "INSERT INTO detection_embeddings (detection_id, source, model, vector) VALUES ($1, $2, $3, $4::real[])",
-        [(detection_id, source, model, list(map(float, v))) for source, model, v in vectors],
-    )
+    """One detection's vectors and identity (``store_detections`` of one)."""
+    await store_detections(conn, [(detection_id, vectors, identity)])
+
+
+async def store_detections(
+    conn: asyncpg.Connection,
+    rows: Sequence[tuple[int, Iterable[tuple[Source, str, Sequence[float]]], Identity]],
+) -> None:
+    """Each detection's vectors and identity (an image's people), in one statement: the vectors
+    travel as one flat array with each one's bounds, since PostgreSQL arrays of arrays must be
+    rectangular and a face's vector is not a body's length. A stranger's sighting is numbered
+    (``stranger_seq``) in ``rows``' order."""
+    if not rows:
+        return
+    owners: list[int] = []
+    sources: list[str] = []
+    models: list[str] = []
+    firsts: list[int] = []
+    lasts: list[int] = []
+    flat: list[float] = []
+    for detection_id, vectors, _ in rows:
+        for source, model, vector in vectors:
+            owners.append(detection_id)
+            sources.append(source)
+            models.append(model)
+            firsts.append(len(flat) + 1)  # PostgreSQL's arrays count from 1, slices include both ends
+            flat.extend(map(float, vector))
+            lasts.append(len(flat))
+    identities = [identity for _, _, identity in rows]
     await conn.execute(
-        "INSERT INTO detection_identities (detection_id, person_id, similarity, source, visitor, stranger_id,"
-        " stranger_link, stranger_seq) VALUES ($1, $2, $3, $4, $5, $6, $7,"
-        " CASE WHEN $6::bigint IS NULL THEN NULL ELSE nextval('stranger_sightings_seq') END)",
-        detection_id,
-        identity.person_id,
-        identity.similarity,
-        identity.source,
-        identity.visitor,
-        identity.stranger,
-        identity.stranger_link,
+        "WITH vectors AS (INSERT INTO detection_embeddings (detection_id, source, model, vector)"
+        " SELECT e.detection_id, e.source, e.model, ($6::real[])[e.first:e.last]"
+        " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::int[])"
+        "  AS e(detection_id, source, model, first, last))"
+        " INSERT INTO detection_identities (detection_id, person_id, similarity, source, visitor, stranger_id,"
+        " stranger_link, stranger_seq)"
+        " SELECT i.detection_id, i.person_id, i.similarity, i.source, i.visitor, i.stranger_id, i.stranger_link,"
+        "  CASE WHEN i.stranger_id IS NULL THEN NULL ELSE nextval('stranger_sightings_seq') END"
+        " FROM unnest($7::bigint[], $8::bigint[], $9::real[], $10::text[], $11::bigint[], $12::bigint[], $13::text[])"
+        "  WITH ORDINALITY AS i(detection_id, person_id, similarity, source, visitor, stranger_id, stranger_link, n)"
+        " ORDER BY i.n",
+        owners,
+        sources,
+        models,
+        firsts,
+        lasts,
+        flat,
+        [detection_id for detection_id, _, _ in rows],
+        [i.person_id for i in identities],
+        [i.similarity for i in identities],
+        [i.source for i in identities],
+        [i.visitor for i in identities],
+        [i.stranger for i in identities],
+        [i.stranger_link for i in identities],
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bench.roundtrips import RoundTrips
 from inference_server.config import Settings
 from inference_server.domain import Detection, Identity
 from inference_server.store import detections, images, people
@@ -172,3 +173,45 @@ async def test_retention_prunes_a_strangers_vectors_with_its_sightings_then_the_
     assert [(r["stranger_id"], r["n"]) for r in left] == [(kept, 2)]  # only the recent sighting's vectors
     assert [r["id"] for r in await conn.fetch("SELECT id FROM strangers")] == [kept]
     assert (await run_retention(pool, settings, now=T0 + timedelta(hours=1))).strangers == 0
+
+
+async def test_an_images_people_are_stored_in_one_statement_as_given(conn: asyncpg.Connection) -> None:
+    """Vectors of different lengths (a face's, a body's) in one flat array, each back whole and in
+    its place; the strangers' sightings numbered in the people's order, the others not numbered."""
+    image_id = await images.insert(
+        conn, images.NewImage("front", b"x", "x.jpg", "folder", None, "image/jpeg", 8, 8, 1, T0, "mtime")
+    )
+    assert image_id is not None
+    boxes = [Detection("person", 0.9 - n / 10, (0.1 * n, 0.1, 0.1 * n + 0.1, 0.9)) for n in range(4)]
+    await detections.insert_many(conn, image_id, "front", T0, boxes)
+    ids = await people.detection_ids(conn, image_id)
+    anna = await people.create(conn, "Anna", None)
+    first, second = await people.new_stranger(conn, T0), await people.new_stranger(conn, T0)
+    face = [float(n) for n in range(1024)]
+    body = [float(-n) for n in range(1280)]
+    rows = [
+        (ids[0], [("face", "f", face), ("body", "b", body)], Identity("face", visitor=ids[0], stranger=second)),
+        (ids[1], [("body", "b", body[:300])], Identity("body", anna.id, similarity=0.8)),
+        (ids[2], [("face", "f", face[:16])], Identity("face", visitor=ids[2], stranger=first, stranger_link="face")),
+        (ids[3], [], Identity("body", visitor=ids[3])),
+    ]
+    await people.store_detections(conn, rows[:1])  # type: ignore[arg-type]  # (asyncpg learns the types once)
+    trips = RoundTrips()
+    with trips:
+        await people.store_detections(conn, rows[1:])  # type: ignore[arg-type]
+    assert trips.count == 1  # three people, one statement
+    for detection_id, vectors, _ in rows:
+        assert await people.detection_vectors(conn, detection_id) == sorted(vectors)  # by source, as stored
+    stored = await conn.fetch(
+        "SELECT detection_id, person_id, similarity, source, visitor, stranger_id, stranger_link, stranger_seq"
+        " FROM detection_identities ORDER BY detection_id"
+    )
+    assert [(r["person_id"], r["source"], r["visitor"], r["stranger_id"], r["stranger_link"]) for r in stored] == [
+        (None, "face", ids[0], second, None),
+        (anna.id, "body", None, None, None),
+        (None, "face", ids[2], first, "face"),
+        (None, "body", ids[3], None, None),
+    ]
+    seqs = [r["stranger_seq"] for r in stored]
+    assert seqs[1] is None and seqs[3] is None and seqs[0] < seqs[2]
+    assert abs(stored[1]["similarity"] - 0.8) < 1e-6
