@@ -13,12 +13,9 @@ of ``snapshot.render`` (two people boxed) and of the tamper features, each the m
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from bench.report import say, show
+from bench.report import child_json, say, show, temporary_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,18 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    folder = Path(subprocess.check_output(["mktemp", "-d"], text=True).strip())
-    result = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(args.rounds), str(folder)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    if result.returncode != 0:
-        print(result.stderr[-3000:], file=sys.stderr)
+    figures = child_json(_CHILD, str(args.rounds), str(temporary_folder()), cwd=ROOT)
+    if figures is None:
         return 1
-    figures = json.loads(result.stdout.splitlines()[-1])
     for name, row in figures.items():
         say(
             f"{name:>10}: snapshot {row['snapshot_cpu_ms']:.2f} ms, {row['snapshot_faults']} page faults;"

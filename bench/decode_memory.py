@@ -21,12 +21,9 @@ decode threads' (thread CPU time), faults the whole process's less the model's o
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from bench.report import say, show
+from bench.report import child_json, say, show, temporary_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,18 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     model = pose_onnx()
     rows = []
     for cache_mb in args.cache_mb:
-        folder = Path(subprocess.check_output(["mktemp", "-d"], text=True).strip())
-        result = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(model), str(cache_mb), str(args.images), str(folder), args.frames],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=False,
+        figures = child_json(
+            _CHILD, str(model), str(cache_mb), str(args.images), str(temporary_folder()), args.frames, cwd=ROOT
         )
-        if result.returncode != 0:
-            print(result.stderr[-3000:], file=sys.stderr)
+        if figures is None:
             return 1
-        figures = json.loads(result.stdout.splitlines()[-1])
         rows.append({"cache_mb": cache_mb, **figures})
         say(
             f"cache {cache_mb:>3} MB: decode threads {figures['decode_cpu_ms']:.2f} ms/image,"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +31,19 @@ def show(figures: dict[str, Any], json_path: Path | None, printed: dict[str, Any
     print(json.dumps(figures if printed is None else printed, indent=2, default=str), flush=True)
     if json_path is not None:
         json_path.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def child_json(code: str, *args: str, cwd: Path) -> Any:
+    """Run ``code`` in a fresh interpreter (``python -c``, as the server would be: nothing this
+    process imported or allocated) with ``args``; its last line of output, read as JSON, or None
+    when it failed (the end of its error output printed)."""
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, check=False)
+    if result.returncode != 0:
+        print(result.stderr[-3000:], file=sys.stderr)
+        return None
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def temporary_folder() -> Path:
+    """A new empty folder under the system's temporary directory (left for the OS to clean)."""
+    return Path(tempfile.mkdtemp(prefix="hsi-bench-"))
