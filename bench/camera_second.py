@@ -32,8 +32,12 @@ from inference_server.pipeline.snapshot import render
 from inference_server.pipeline.tamper import features
 
 rounds, folder = int(sys.argv[1]), Path(sys.argv[2])
-decode_budget.fix_mmap_threshold(1024)
-decode_budget.limit_malloc_arenas(2)
+from inference_server.config import Settings
+server = Settings()  # the server's malloc settings (a checkout from before the trim threshold: without it)
+decode_budget.fix_mmap_threshold(server.malloc_mmap_threshold_kb)
+decode_budget.limit_malloc_arenas(server.malloc_arena_max)
+if hasattr(decode_budget, "fix_trim_threshold"):
+    decode_budget.fix_trim_threshold(server.malloc_trim_threshold_kb)
 boxes = [Detection("person", 0.9, (0.1, 0.1, 0.4, 0.9)), Detection("person", 0.8, (0.5, 0.2, 0.7, 0.9))]
 source = Image.open(demo_assets.image("zidane.jpg")).convert("RGB")
 frames = {}

@@ -42,8 +42,12 @@ from inference_server.pipeline.decode import decode
 
 model, cache_mb, images = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 folder, frames = Path(sys.argv[4]), sys.argv[5]
-decode_budget.fix_mmap_threshold(1024)
-decode_budget.limit_malloc_arenas(2)
+from inference_server.config import Settings
+server = Settings()  # the server's malloc settings (a checkout from before the trim threshold: without it)
+decode_budget.fix_mmap_threshold(server.malloc_mmap_threshold_kb)
+decode_budget.limit_malloc_arenas(server.malloc_arena_max)
+if hasattr(decode_budget, "fix_trim_threshold"):
+    decode_budget.fix_trim_threshold(server.malloc_trim_threshold_kb)
 import inspect
 if "tensor_cache_mb" in inspect.signature(OnnxDetector).parameters:
     detector = OnnxDetector(model, tensor_cache_mb=cache_mb)

@@ -372,6 +372,16 @@ class Settings(BaseSettings):
         " 3-4 ms more CPU per image (docs/performance.md). The MALLOC_MMAP_THRESHOLD_ environment variable,"
         " when set, wins.",
     )
+    malloc_trim_threshold_kb: int = Field(
+        default=8192,
+        ge=0,
+        le=262144,
+        description="Free memory kept at the top of each malloc heap for the next picture's work rather than"
+        " given back to the system at once (0: glibc's default, 128 KiB once the mmap threshold is fixed,"
+        " which gave back and faulted in again every grey copy and NumPy temporary between that and the mmap"
+        " threshold: docs/performance.md). At most this much per arena is kept beyond what is in use. The"
+        " MALLOC_TRIM_THRESHOLD_ environment variable, when set, wins.",
+    )
     detector_tensor_cache_mb: int = Field(
         default=32,
         ge=0,

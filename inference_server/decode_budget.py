@@ -151,6 +151,7 @@ _malloc_trim = _libc("malloc_trim", [ctypes.c_size_t])
 #: mallopt's parameter numbers (glibc's malloc.h).
 _M_ARENA_MAX = -8
 _M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD = -1
 
 
 def _mallopt(variable: str, parameter: int, value: int, applied: str) -> str:
@@ -183,6 +184,16 @@ def fix_mmap_threshold(kib: int) -> str:
     held, and the RSS ratchets with the work done (performance.md, "Memory"). Setting it also
     fixes the trim threshold."""
     return _mallopt("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, kib * 1024, f"{kib} KiB")
+
+
+def fix_trim_threshold(kib: int) -> str:
+    """Keep up to ``kib`` KiB free at the top of each malloc heap rather than give it back to the
+    system at once (``malloc_trim_threshold_kb``). Once the mmap threshold is fixed, glibc's trim
+    threshold stays at its 128 KiB: every block between that and the mmap threshold (a grey copy,
+    a resize's pass, NumPy's temporaries) freed at the top of the heap was given back and faulted
+    in again for the next picture (performance.md, "Stop 32"). Bounded: at most this much per arena
+    (``malloc_arena_max``) is kept beyond what is in use."""
+    return _mallopt("MALLOC_TRIM_THRESHOLD_", _M_TRIM_THRESHOLD, kib * 1024, f"{kib} KiB")
 
 
 def trim_heap() -> None:

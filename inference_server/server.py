@@ -165,9 +165,10 @@ class Server:
         then the pipeline's workers."""
         s = self.settings
         log.info(
-            "malloc arenas=%s mmap_threshold=%s",
+            "malloc arenas=%s mmap_threshold=%s trim_threshold=%s",
             decode_budget.limit_malloc_arenas(s.malloc_arena_max),
             decode_budget.fix_mmap_threshold(s.malloc_mmap_threshold_kb),
+            decode_budget.fix_trim_threshold(s.malloc_trim_threshold_kb),
         )
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.topics = Topics(s.mqtt_prefix)

@@ -186,3 +186,44 @@ def test_the_environment_wins_over_the_mmap_setting() -> None:
         [sys.executable, "-c", _MMAP_SCRIPT, "256"], capture_output=True, text=True, env=env, check=True
     )
     assert run.stdout.splitlines()[0] == "MALLOC_MMAP_THRESHOLD_=131072 (environment)"
+
+
+_TRIM_SCRIPT = """
+import ctypes, resource, sys
+import numpy as np
+from inference_server import decode_budget
+
+print(decode_budget.fix_mmap_threshold(1024), decode_budget.fix_trim_threshold(int(sys.argv[1])), sep="|", flush=True)
+faults = []
+for _ in range(20):  # a picture's work: a 768 KiB temporary (under the mmap threshold), freed each time
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    grey = np.ones(768 << 10, dtype=np.uint8)
+    del grey
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[10:]))
+"""
+
+
+@pytest.mark.parametrize(("kib", "applied"), [(8192, "8192 KiB"), (0, "glibc default")])
+def test_a_fixed_trim_threshold_keeps_a_freed_temporary_for_the_next_picture(kib: int, applied: str) -> None:
+    """With the mmap threshold fixed, glibc gives back every block over 128 KiB freed at the top of
+    the heap, and the next picture's temporary faults its pages in again (~190 for 768 KiB); with
+    the trim threshold fixed above it, the heap keeps it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    run = subprocess.run(
+        [sys.executable, "-c", _TRIM_SCRIPT, str(kib)], capture_output=True, text=True, env=env, check=True
+    )
+    settings, faults = run.stdout.splitlines()
+    assert settings == f"1024 KiB|{applied}"
+    if kib:
+        assert int(faults) < 10  # ten temporaries, their pages kept
+    else:
+        assert int(faults) > 1000  # ten temporaries, each faulted in afresh
+
+
+def test_the_environment_wins_over_the_trim_setting() -> None:
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "131072"}
+    run = subprocess.run(
+        [sys.executable, "-c", _TRIM_SCRIPT, "8192"], capture_output=True, text=True, env=env, check=True
+    )
+    assert run.stdout.splitlines()[0] == "1024 KiB|MALLOC_TRIM_THRESHOLD_=131072 (environment)"
