@@ -3,11 +3,12 @@
     YOLO_OFFLINE=1 .venv/bin/python -m bench.letterbox [--repeat 40]
 
 For each decoded size the pipeline hands the detector (``detector_decode_fit`` ``cover``, the
-default, at ``detector_imgsz`` 640), the letterbox into the model's rectangle, timed in one run
-(thread CPU time, with the server's fixed mmap threshold) against two references on the same
-picture: Pillow's affine bilinear sampling then the float tensor (the letterbox before stop 28),
-and OpenCV's ``resize`` (``INTER_LINEAR``, ultralytics' letterbox) then the same, where OpenCV is
-installed (the dev venv; not the add-on).
+default, at ``detector_imgsz`` 640), the letterbox into the model's rectangle as the detect worker
+runs it (the picture's pixels where they were decoded, the RGB view of an RGBX array, into a
+reused tensor), timed in one run (thread CPU time, with the server's fixed mmap threshold) against
+two references on the same picture: Pillow's affine bilinear sampling then the float tensor (the
+letterbox before stop 28), and OpenCV's ``resize`` (``INTER_LINEAR``, ultralytics' letterbox) then
+the same, where OpenCV is installed (the dev venv; not the add-on).
 The last column is the largest difference from OpenCV's picture, in grey levels.
 """
 
@@ -78,10 +79,13 @@ def main() -> None:
     for what, width, height in SIZES:
         pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
         picture = Image.fromarray(pixels)
+        rgbx = np.full((height, width, 4), 255, dtype=np.uint8)  # as pipeline.decode.decode_picture holds it
+        rgbx[:, :, :3] = pixels
         shape = _shape(width, height)
-        boxed = letterbox(picture, shape)
+        out = np.empty((3, *shape), dtype=np.float32)  # a tensor from the detector's pool
+        boxed = letterbox(rgbx[:, :, :3], shape, out)
         size = (round(width * boxed.ratio), round(height * boxed.ratio))
-        ours = _cpu_ms(partial(letterbox, picture, shape), args.repeat)
+        ours = _cpu_ms(partial(letterbox, rgbx[:, :, :3], shape, out), args.repeat)
         before = _cpu_ms(partial(_affine, picture, size, shape), args.repeat)
         if cv2 is None:
             print(f"{what:52} {ours:8.2f} {before:14.2f} {'-':>8} {'-':>12}")
