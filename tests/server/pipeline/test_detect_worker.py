@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from bench.store_stage import store_pipeline
 from inference_server import demo_assets
@@ -55,6 +56,33 @@ async def test_the_model_input_is_let_go_once_inferred(
         # Let go by the batch: back in the detector's bounded pool, for the next picture of that shape.
         _, again = worker._load(Path(job.image_path))
         assert isinstance(again, Letterboxed) and again.tensor is tensor()
+    finally:
+        worker._infer_pool.shutdown()
+        worker._decode_pool.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "ultralytics"])
+async def test_a_picture_without_its_prepared_input_is_detected_as_it_is(
+    make_settings: Callable[..., Settings], pool: asyncpg.Pool, backend: str
+) -> None:
+    """An item without its model input goes to the detector as a Pillow image of its picture
+    (the RGBX pixels mapped): each backend takes it as RGB and finds the same as prepared."""
+    settings = make_settings(**coco_settings(), detector_backend=backend)
+    worker, ingestor, queue = await store_pipeline(settings, pool, build_detector(settings), ["front"])
+    try:
+        await ingestor.ingest_bytes(
+            "front", demo_assets.image("bus.jpg").read_bytes(), captured_at=None, original_name=None
+        )
+        [job] = await queue.claim(1)
+        picture, model_input = worker._load(Path(job.image_path))
+        assert picture.rgbx() is not None
+        prepared, bare = _Item(job, picture, [], model_input), _Item(job, picture, [], None)
+        await worker._detect([prepared])
+        await worker._detect([bare])
+        assert [d.label for d in bare.detections].count("person") >= 3
+        assert [(d.label, round(d.confidence, 2)) for d in bare.detections] == [
+            (d.label, round(d.confidence, 2)) for d in prepared.detections
+        ]
     finally:
         worker._infer_pool.shutdown()
         worker._decode_pool.shutdown()
