@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,37 +49,48 @@ def decode(path: Path, target: int, budget: DecodeBudget | None = None, *, fit: 
     whole) reduced right after by the largest whole factor. The decode first waits for its
     estimated memory in ``budget`` (default: the process's shared one) and gives it back when done."""
     budget = budget or decode_budget.shared()
+    # The file is ours to close, not Pillow's: the loaded picture outlives it as it is, where
+    # ``with Image.open(path)`` would free its pixels on the way out and so need a copy.
+    with _decode_errors(), open(path, "rb") as fh:
+        return _decode_opened(Image.open(fh), target, budget, fit)
+
+
+@contextmanager
+def _decode_errors() -> Iterator[None]:
+    """What a decode raises for bytes that cannot be decoded, as ``DecodeError`` (a file that is
+    gone stays ``FileNotFoundError``)."""
     try:
-        # The file is ours to close, not Pillow's: the loaded picture outlives it as it is, where
-        # ``with Image.open(path)`` would free its pixels on the way out and so need a copy.
-        with open(path, "rb") as fh:
-            img = Image.open(fh)
-            with budget.hold(_decoded_bytes(img, target, fit)):
-                scale = _scale(img.size, target, fit)
-                if img.format == "JPEG":
-                    img.draft("RGB", _draft_size(img.size, target, fit))
-                    scale = 1  # the DCT did it
-                img.load()  # also reads a PNG's eXIf chunk that follows the pixels
-                picture: Image.Image = img
-                if picture.mode in _SIXTEEN_BIT:
-                    # 16-bit grey (PNG): scale to 8 bits; convert("RGB") would clip everything to white.
-                    picture = picture.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-                elif picture.mode not in _REDUCIBLE and scale > 1:
-                    picture = picture.convert("RGB")  # palette or 1-bit: average colours, not indices
-                if scale > 1:
-                    picture = picture.reduce(scale)  # keeps info (EXIF) for the transpose below
-                if picture.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-                    # Cameras mounted sideways tag, not rotate. (Without a turn to make,
-                    # ``exif_transpose`` returns a copy: 4 ms of a 1 MP picture, not made.)
-                    picture = ImageOps.exif_transpose(picture)
-                if picture.mode != "RGB":
-                    picture = picture.convert("RGB")
-                picture.load()
-                return picture
+        yield
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DecodeError(f"{type(err).__name__}: {err}") from err
+
+
+def _decode_opened(img: Image.Image, target: int, budget: DecodeBudget, fit: Fit) -> Image.Image:
+    """``decode`` of a picture opened (its header read) and not loaded yet."""
+    with budget.hold(_decoded_bytes(img, target, fit)):
+        scale = _scale(img.size, target, fit)
+        if img.format == "JPEG":
+            img.draft("RGB", _draft_size(img.size, target, fit))
+            scale = 1  # the DCT did it
+        img.load()  # also reads a PNG's eXIf chunk that follows the pixels
+        picture: Image.Image = img
+        if picture.mode in _SIXTEEN_BIT:
+            # 16-bit grey (PNG): scale to 8 bits; convert("RGB") would clip everything to white.
+            picture = picture.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+        elif picture.mode not in _REDUCIBLE and scale > 1:
+            picture = picture.convert("RGB")  # palette or 1-bit: average colours, not indices
+        if scale > 1:
+            picture = picture.reduce(scale)  # keeps info (EXIF) for the transpose below
+        if picture.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            # Cameras mounted sideways tag, not rotate. (Without a turn to make,
+            # ``exif_transpose`` returns a copy: 4 ms of a 1 MP picture, not made.)
+            picture = ImageOps.exif_transpose(picture)
+        if picture.mode != "RGB":
+            picture = picture.convert("RGB")
+        picture.load()
+        return picture
 
 
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"})
@@ -158,23 +171,18 @@ def decode_picture(
     of ``pool`` when given; anything else (PNG, CMYK, a picture to turn upright) goes through
     ``decode`` and is copied out of Pillow's image as RGB. Raises ``DecodeError`` as ``decode``."""
     budget = budget or decode_budget.shared()
-    try:
+    with _decode_errors():
         with open(path, "rb") as fh:
             data = fh.read()
         header = Image.open(io.BytesIO(data))
-        fast = (
-            header.format == "JPEG"
-            and header.mode in ("RGB", "L")
-            and header.getexif().get(ExifTags.Base.Orientation, 1) == 1
-        )
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DecodeError(f"{type(err).__name__}: {err}") from err
-    if not fast:
-        return Picture(np.asarray(decode(path, target, budget, fit=fit)))
+        if (
+            header.format != "JPEG"
+            or header.mode not in ("RGB", "L")
+            or header.getexif().get(ExifTags.Base.Orientation, 1) != 1
+        ):
+            return Picture(np.asarray(_decode_opened(header, target, budget, fit)))
     width, height = header.size
-    scale = next(s for s in (8, 4, 2, 1) if s <= _scale(header.size, target, fit))
+    scale = _dct_scale(header.size, target, fit)
     shape = (math.ceil(height / scale), math.ceil(width / scale), 4)
     need = shape[0] * shape[1] * 4
     if header.info.get("progressive"):
@@ -210,6 +218,11 @@ def _scale(size: tuple[int, int], target: int, fit: Fit = "cover") -> int:
     return max(1, pick(size[0] // target, size[1] // target))
 
 
+def _dct_scale(size: tuple[int, int], target: int, fit: Fit) -> int:
+    """The JPEG DCT scale (8, 4, 2 or 1) within ``_scale``'s whole factor."""
+    return next(s for s in (8, 4, 2, 1) if s <= _scale(size, target, fit))
+
+
 def _draft_size(size: tuple[int, int], target: int, fit: Fit) -> tuple[int, int]:
     """The size to ask ``Image.draft`` for: it keeps both sides ≥ the request."""
     if fit == "cover":
@@ -222,7 +235,7 @@ def _decoded_bytes(img: Image.Image, target: int, fit: Fit = "cover") -> int:
     """An upper estimate of the memory ``decode`` needs for ``img`` (header read, not decoded)."""
     width, height = img.size
     if img.format == "JPEG":
-        scale = next(s for s in (8, 4, 2, 1) if s <= _scale(img.size, target, fit))
+        scale = _dct_scale(img.size, target, fit)
         decoded = 0  # counted in the output copies below
         if img.info.get("progressive"):
             decoded = decode_budget.jpeg_coefficient_bytes(width, height, len(img.getbands()))

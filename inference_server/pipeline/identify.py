@@ -213,7 +213,7 @@ class Recognizer:
             raise RuntimeError(f"image {image_id} has {len(seen)} stored detections, {len(vectors)} were embedded")
         visitors = await people.unknown_visitors(conn, camera_id, self.models["body"]) if "body" in self.models else []
         strangers: _Strangers | None = None
-        stored: list[tuple[int, list[tuple[EmbeddingSource, str, list[float]]], Identity]] = []
+        stored: list[tuple[int, list[tuple[EmbeddingSource, str, Vectors]], Identity]] = []
         for index, ((detection_id, seen_at), found) in enumerate(zip(seen, vectors, strict=True)):
             if found is None:
                 continue
@@ -227,7 +227,7 @@ class Recognizer:
                     strangers = _Strangers(self, conn)
                 identity = await strangers.identity(detection_id, seen_at, source, found, visitors)
             parts: tuple[tuple[EmbeddingSource, Vectors | None], ...] = (("face", found.face), ("body", found.body))
-            kept = [(s, self.models[s], [float(x) for x in v]) for s, v in parts if v is not None]
+            kept = [(s, self.models[s], v) for s, v in parts if v is not None]  # made floats once, when stored
             stored.append((detection_id, kept, identity))
             identities[index] = identity
         # The image's people in one statement: linking one of them reads none of the others' rows

@@ -155,7 +155,7 @@ async def detections_seen(conn: asyncpg.Connection, image_id: int) -> list[tuple
 async def store_detection(
     conn: asyncpg.Connection,
     detection_id: int,
-    vectors: Iterable[tuple[Source, str, Sequence[float]]],
+    vectors: Iterable[tuple[Source, str, Iterable[float]]],
     identity: Identity,
 ) -> None:
     """One detection's vectors and identity (``store_detections`` of one)."""
@@ -164,7 +164,7 @@ async def store_detection(
 
 async def store_detections(
     conn: asyncpg.Connection,
-    rows: Sequence[tuple[int, Iterable[tuple[Source, str, Sequence[float]]], Identity]],
+    rows: Sequence[tuple[int, Iterable[tuple[Source, str, Iterable[float]]], Identity]],
 ) -> None:
     """Each detection's vectors and identity (an image's people), in one statement: the vectors
     travel as one flat array with each one's bounds, since PostgreSQL arrays of arrays must be
