@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import logging
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline_cpu import CpuMeter
+from bench.pipeline_cpu import CpuMeter, cpu_delta
 from bench.report import show
 from bench.roundtrips import RoundTrips
 from inference_server import demo_assets
@@ -42,12 +43,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         meter.find_postgres(settings.data_dir)
         await asyncio.sleep(args.settle)
         before, cpu = meter.snapshot(), time.process_time()
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            profiler.enable()  # the event loop's thread only
         with RoundTrips() as trips:
             started = time.perf_counter()
             await asyncio.sleep(args.seconds)
             elapsed = time.perf_counter() - started
         own = time.process_time() - cpu
         after = meter.snapshot()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
     finally:
         await server.stop()
     postgres = None if after.postgres is None or before.postgres is None else after.postgres - before.postgres
@@ -56,6 +63,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "statements_per_s": round(trips.count / elapsed, 2),
         "server_cpu_percent_of_a_core": round(100 * own / elapsed, 2),
         "postgres_cpu_percent_of_a_core": None if postgres is None else round(100 * postgres / elapsed, 2),
+        "server_cpu_ms_per_s_by_thread": {
+            group: round(1000 * secs / elapsed, 2)
+            for group, secs in sorted(cpu_delta(before, after)["threads_cpu_s"].items(), key=lambda kv: -kv[1])
+            if secs > 0
+        },
         "by_statement_per_s": {text[:120]: round(n / elapsed, 2) for text, n in trips.by_statement.most_common(10)},
     }
 
@@ -65,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--settle", type=float, default=10, help="seconds after start-up before counting")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, help="cProfile the event loop while counting, stats to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     show(asyncio.run(run(args)), args.json)

@@ -65,7 +65,7 @@ def run_camera(stage: TamperStage, frames: Iterator[Image.Image]) -> tuple[dict[
     judged = 0
     for i, frame in enumerate(frames):
         step = stage.step(row, features(frame), START + timedelta(minutes=i))
-        row = tamper_store.Row(step.baseline, step.state)
+        row = tamper_store.Row(step.baseline, step.state, version=0)
         judged += step.verdict is not None
         abnormal += step.verdict is not None and step.verdict.kind is not None
         if step.change in ("raised", "rekind"):
@@ -94,12 +94,12 @@ def caught(
         raised_after = None
         for i in range(10):
             step = stage.step(state, features(make()), START)
-            state = tamper_store.Row(step.baseline, step.state)
+            state = tamper_store.Row(step.baseline, step.state, version=0)
             if step.change == "raised" and raised_after is None:
                 raised_after = (i + 1, step.state.kind)
         for _ in range(5):  # put right again: it must clear
             step = stage.step(state, features(dim), START)
-            state = tamper_store.Row(step.baseline, step.state)
+            state = tamper_store.Row(step.baseline, step.state, version=0)
         out[kind] = {"raised_after_images": raised_after, "cleared": not state.state.tampered}
     return out
 

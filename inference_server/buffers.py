@@ -4,8 +4,8 @@ glibc's mmap threshold is fixed (``decode_budget.fix_mmap_threshold``, so the RS
 with a backlog): every letterboxed tensor (2-5 MB) and batch is a mapping of its own, unmapped
 when freed, and the next one page-faults its pages in afresh. ``ArrayPool`` keeps the detector's
 tensors for the next pictures of the same shape instead, bounded by ``detector_tensor_cache_mb``;
-``release_idle`` (the detect worker, when it finds no work) empties every pool, so an idle
-server keeps none of them. docs/decisions.md, "Model inputs' memory reused".
+``release_idle`` (the detect worker, once it has found no work for ``buffers_idle_s``) empties
+every pool, so an idle server keeps none of them. docs/decisions.md, "Model inputs' memory reused".
 """
 
 from __future__ import annotations

@@ -258,8 +258,17 @@ class Settings(BaseSettings):
         le=8192,
         description="The detect worker's decoded pictures kept for reuse while images flow: a JPEG is decoded"
         " straight into one (with the fixed mmap threshold each was otherwise a fresh mapping whose pages are"
-        " faulted in again: docs/performance.md). Given back whenever the queue runs dry; 0: off. Large batches"
-        " of large frames want a batch's pictures in it (batch size x 6 MB a 1080p frame).",
+        " faulted in again: docs/performance.md). Given back once the queue has been dry for"
+        " ``buffers_idle_s``; 0: off. Large batches of large frames want a batch's pictures in it (batch size x"
+        " 6 MB a 1080p frame).",
+    )
+    buffers_idle_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Seconds the job queue stays dry before the detect worker gives back the memory it reuses"
+        " (decoded pictures, model inputs, snapshot canvases). A camera sending a picture a second keeps it;"
+        " given back after every picture, each would fault its pages in afresh (docs/performance.md).",
     )
     # --- video clips (.mp4 .mkv .avi .mov) and tampering (issue 19) -----------------------
     clip_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Largest clip accepted (file or upload).")
@@ -388,9 +397,9 @@ class Settings(BaseSettings):
         le=4096,
         description="The detector's letterboxed input tensors and batches kept for reuse while images flow (the"
         " onnx backend): with the fixed mmap threshold each one was otherwise a fresh mapping whose pages are"
-        " faulted in again (200-770 page faults an image fewer, docs/performance.md). Given back whenever the"
-        " queue runs dry; 0: off. A GPU box with large batches wants a batch's tensors in it (batch size x 5 MB"
-        " at 640).",
+        " faulted in again (200-770 page faults an image fewer, docs/performance.md). Given back once the"
+        " queue has been dry for ``buffers_idle_s``; 0: off. A GPU box with large batches wants a batch's"
+        " tensors in it (batch size x 5 MB at 640).",
     )
     detector_batch_size: int = Field(default=4, ge=1, le=256)
     detector_batch_wait_ms: float = Field(

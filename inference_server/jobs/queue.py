@@ -141,14 +141,17 @@ class JobQueue:
             log.info("listening for new jobs again")
             self._wakeup.set()  # jobs committed while nobody listened
 
-    async def wait_for_work(self, timeout: float) -> None:
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Until a job is committed (or was while nobody waited), at most ``timeout`` seconds;
+        whether one was."""
         await self._relisten()
         try:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
         except TimeoutError:
-            return
+            return False
         finally:
             self._wakeup.clear()
+        return True
 
     async def claim(self, limit: int) -> list[ClaimedJob]:
         rows = await self.pool.fetch(

@@ -100,15 +100,24 @@ class DetectWorker:
 
     async def _claim_loop(self, stop: asyncio.Event, out: asyncio.Queue[list[_Item] | None]) -> None:
         loop = asyncio.get_running_loop()
+        # A claim that filled its batch may have left ready jobs behind: claim again at once.
+        # One that did not found the queue empty of ready jobs: a new job wakes the worker
+        # (LISTEN/NOTIFY), a retry's delay ending is found by the poll.
+        more = True
+        worked_at = loop.time()
         while not stop.is_set():
             started = metrics.now()
-            jobs = await self._claim(self.batch_size)
+            jobs = await self._claim(self.batch_size) if more else []
             if not jobs:
-                # No work: the model inputs kept for reuse go back to the system.
-                buffers.release_idle()
+                # No work for a while: the memory kept for reuse goes back to the system.
+                if loop.time() - worked_at >= self.settings.buffers_idle_s:
+                    buffers.release_idle()
                 await self.queue.wait_for_work(self.settings.job_poll_interval_s)
+                more = True
                 continue
             jobs += await self._top_up(len(jobs))
+            more = len(jobs) >= self.batch_size
+            worked_at = loop.time()
             metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
             started = metrics.now()
             self._started.update(j.id for j in jobs)
@@ -148,7 +157,8 @@ class DetectWorker:
         deadline = loop.time() + self.batch_wait_s
         more: list[ClaimedJob] = []
         while have + len(more) < self.batch_size and (left := deadline - loop.time()) > 0:
-            await self.queue.wait_for_work(left)
+            if not await self.queue.wait_for_work(left):
+                break  # no job arrived meanwhile: claiming again would find none
             more += await self._claim(self.batch_size - have - len(more))
         return more
 

@@ -44,8 +44,8 @@ def snapshot_file(settings: Settings, camera_id: str, image_id: int) -> Path:
 
 #: Canvases for snapshots drawn from a picture in memory, reused (a 1080p one is 8 MB): with the
 #: fixed mmap threshold a fresh copy of the picture faulted its pages in for every snapshot, half
-#: the cost of drawing one (docs/performance.md, "Stop 32"). Emptied when the queue runs dry, as
-#: the detect worker's other pools (``buffers.release_idle``).
+#: the cost of drawing one (docs/performance.md, "Stop 32"). Emptied once the queue has been dry
+#: for ``buffers_idle_s``, as the detect worker's other pools (``buffers.release_idle``).
 CANVAS_CACHE_BYTES = 24 * decode_budget.MIB
 _CANVASES = ArrayPool(CANVAS_CACHE_BYTES, np.uint8)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bench.roundtrips import RoundTrips
 from bench.store_stage import store_pipeline
 from inference_server import demo_assets
 from inference_server.config import Settings
@@ -96,7 +97,12 @@ async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_wh
     stored detections are what the detector finds in it alone (decoded by Pillow, not into a
     reused array). When the queue runs dry, the pools are given back."""
     settings = make_settings(
-        **coco_settings(), detector_backend="onnx", detector_batch_size=4, detector_batch_wait_ms=1000, fast_path={}
+        **coco_settings(),
+        detector_backend="onnx",
+        detector_batch_size=4,
+        detector_batch_wait_ms=1000,
+        fast_path={},
+        buffers_idle_s=1,
     )
     # Six full batches: a tensor goes back once inferred, a picture once its batch is stored (two
     # batches wait decoded meanwhile): the later batches are decoded into what the first gave back.
@@ -131,3 +137,47 @@ async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_wh
             assert [(r["label"], round(r["confidence"], 4)) for r in stored] == expected, name
         await wait_until(lambda: detector._tensors.held_bytes == 0, timeout=10)
         await wait_until(lambda: worker._pictures.held_bytes == 0, timeout=10)
+
+
+def _copy(name: str, n: int) -> bytes:
+    """``name``'s demo JPEG with a comment: other bytes (not a duplicate), the same pixels."""
+    original = demo_assets.image(name).read_bytes()
+    note = f"copy {n}".encode()
+    return original[:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + original[2:]
+
+
+async def test_a_picture_at_a_time_is_one_claim_and_reuses_the_memory(make_settings: Callable[..., Settings]) -> None:
+    """A camera sending a picture now and then (the common case): each picture costs the worker
+    one claim (it used to claim three times: its own, once more after the batch wait found
+    nothing, and once more after the batch), and the memory reused for decoding stays while the
+    queue is dry for less than ``buffers_idle_s`` (it used to go back after every picture, and
+    the next one faulted its pages in afresh)."""
+    settings = make_settings(
+        **coco_settings(),
+        detector_backend="onnx",
+        detector_batch_size=4,
+        detector_batch_wait_ms=50,
+        fast_path={},
+        buffers_idle_s=30,
+        job_poll_interval_s=30,  # no poll meanwhile: only the claims a picture needs
+    )
+    pictures = 4
+    async with running(settings) as server:
+        ingestor, worker = server.ingestor, server.detect_worker
+        assert ingestor is not None and worker is not None
+        await cameras.create(server.pool, CameraCreate(id="front", name="front"))
+        with RoundTrips() as trips:
+            for n in range(pictures):
+                result = await ingestor.ingest_bytes("front", _copy("bus.jpg", n), captured_at=None, original_name=None)
+                await wait_until(
+                    lambda job=result.job_id: server.pool.fetchval(
+                        "SELECT state = 'done' FROM jobs WHERE id = $1", job
+                    ),
+                    timeout=60,
+                )
+                await asyncio.sleep(0.3)  # the worker finds the queue dry between pictures
+        claims = sum(n for text, n in trips.by_statement.items() if text.startswith("WITH picked AS"))
+        assert claims == pictures
+        # Every picture after the first was decoded into the array the one before gave back.
+        assert worker._pictures.made == 1
+        assert worker._pictures.reused == pictures - 1
