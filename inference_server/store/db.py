@@ -193,6 +193,14 @@ class Listener:
         self._conn: asyncpg.Connection | None = None
         self._listened = False
 
+    @property
+    def connection(self) -> asyncpg.Connection | None:
+        """The connection listening now (None while not listening): the outbox relay also runs its
+        statements on it, under the session lock it holds there (``publish/relay.py``)."""
+        if self._conn is not None and connection_alive(self._conn):
+            return self._conn
+        return None
+
     async def ensure(self) -> bool:
         """LISTEN unless already listening; while the database is unreachable, try at the next call.
         True when listening again after the connection was lost (notifications may have been missed)."""

@@ -59,12 +59,11 @@ async def any_pending(conn: asyncpg.Connection | asyncpg.Pool) -> bool:
     return found
 
 
-async def lock_pending(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
-    """Lock up to ``limit`` unsent rows, oldest first; call inside a transaction."""
+async def pending(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
+    """Up to ``limit`` unsent rows, oldest first, without locking them: for the one relay that
+    holds the relay lock (``publish/relay.py``), outside a transaction."""
     rows = await conn.fetch(
-        "SELECT id, topic, payload, retain, qos FROM outbox WHERE sent_at IS NULL"
-        " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        limit,
+        "SELECT id, topic, payload, retain, qos FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1", limit
     )
     return [OutboxMessage(r["id"], r["topic"], bytes(r["payload"]), r["retain"], r["qos"]) for r in rows]
 

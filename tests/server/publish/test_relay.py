@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ from inference_server.comms.mqtt import BrokerAddress, MqttPublisher
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
-from inference_server.publish.relay import OutboxRelay
+from inference_server.publish.relay import _LOCK_KEY, OutboxRelay
 from inference_server.schemas import CameraState
 from inference_server.store import outbox
 from inference_server.store.db import create_pool
@@ -105,25 +106,30 @@ async def test_event_made_during_broker_outage_is_published_after_it_returns(
 
 @asynccontextmanager
 async def _relay(
-    database_url: str, broker: Mosquitto, **options: float
+    database_url: str, broker: Mosquitto, *, lead: bool = True, **options: float
 ) -> AsyncIterator[tuple[OutboxRelay, asyncpg.Pool]]:
-    """A real relay on a migrated database and a real broker, running until the block ends."""
+    """A real relay on a migrated database and a real broker, running until the block ends
+    (``lead``: once it holds the relay lock; else at once, another relay may hold it)."""
     pool = await create_pool(database_url, 4)  # the relay's listener and pass, and the stores
     await migrate(pool)
-    publisher = MqttPublisher(BrokerAddress.parse(broker.url), Topics("hsi"), "relay-test", [])
+    publisher = MqttPublisher(BrokerAddress.parse(broker.url), Topics("hsi"), f"relay-test-{uuid.uuid4().hex[:8]}", [])
     await publisher.start()
     relay = OutboxRelay(pool, publisher, **options)
     stop = asyncio.Event()
     running_relay = asyncio.create_task(relay.run(stop))
     try:
-        listening = "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE 'LISTEN %' || $1 || '%'"
-        await wait_until(lambda: pool.fetchval(listening, outbox.NOTIFY_CHANNEL), timeout=10)
+        if lead:
+            # Listening, then the relay lock taken on that connection at its first pass.
+            await wait_until(lambda: pool.fetchval(_LEADING, _LOCK_KEY), timeout=10)
         yield relay, pool
     finally:
         stop.set()
         await running_relay
         await publisher.stop()
         await pool.close()
+
+
+_LEADING = "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = $1::bigint::oid"
 
 
 async def _store(pool: asyncpg.Pool, camera: str) -> None:
@@ -138,7 +144,7 @@ def _all_sent(pool: asyncpg.Pool) -> Awaitable[bool]:
 async def test_stores_committed_together_are_relayed_in_one_pass(database_url: str, own_broker: Mosquitto) -> None:
     """One inferred batch is stored in a transaction per camera, committed milliseconds apart.
     Once woken, the relay waits ``outbox_gather_ms`` (here 0.5 s, for a loaded test machine), so
-    they go out in one pass (BEGIN, lock, mark sent, COMMIT) rather than one pass each (issue 20)."""
+    they go out in one pass (read, mark sent) rather than one pass each (issue 20)."""
     async with _relay(database_url, own_broker, gather_s=0.5) as (relay, pool):
         passes = 0
         relay_once = relay.relay_once
@@ -193,3 +199,51 @@ async def test_an_idle_poll_is_one_statement_and_still_finds_rows_nobody_announc
         assert sum(n for text, n in trips.by_statement.items() if "FROM outbox WHERE sent_at IS NULL" in text) >= 3
         await pool.execute("INSERT INTO outbox (topic, payload, retain) VALUES ('hsi/unannounced', '\\x7b7d', false)")
         await wait_until(lambda: _all_sent(pool), timeout=10)
+
+
+async def test_a_pass_is_two_statements_without_a_transaction(database_url: str, own_broker: Mosquitto) -> None:
+    """A pass reads the waiting rows and marks them sent, one statement each on the relay's own
+    connection under its lock: it used to be BEGIN, a locking read, the mark and COMMIT, four
+    round trips for every picture a camera sends a second (stop 33)."""
+    async with _relay(database_url, own_broker, poll_interval_s=60) as (_, pool):
+        with RoundTrips() as trips:
+            await _store(pool, "a")  # BEGIN, the insert and its wake-up, COMMIT: the store's own
+            await wait_until(lambda: _all_sent(pool), timeout=10)
+        relayed = {
+            text: n
+            for text, n in trips.by_statement.items()
+            if text.startswith(("SELECT id, topic, payload", "UPDATE outbox", "SELECT pg_try_advisory_lock"))
+        }
+        assert trips.by_statement["BEGIN;"] == trips.by_statement["COMMIT;"] == 1  # the store's
+        assert sorted(relayed) == [
+            "SELECT id, topic, payload, retain, qos FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+            "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+        ]
+        assert list(relayed.values()) == [1, 1]
+
+
+async def test_two_relays_send_each_message_once_and_the_second_takes_over(
+    database_url: str, own_broker: Mosquitto
+) -> None:
+    """Scale-out: two processes' relays on one database. Only the one holding the relay lock
+    sends, so no message goes out twice; when it stops, the other sends what comes next."""
+    subscriber = await Subscriber(own_broker.url, "hsi/cameras/+/state").ready(timeout=20)
+    try:
+        async with _relay(database_url, own_broker, poll_interval_s=0.2) as (_, pool):
+            async with _relay(database_url, own_broker, lead=False, poll_interval_s=0.2) as (standby, _):
+                for n in range(20):
+                    await _store(pool, f"c{n}")
+                await wait_until(lambda: _all_sent(pool), timeout=20)
+                await asyncio.sleep(0.5)  # anything sent twice would have arrived by now
+                assert standby._leading is None
+            first = [m.topic for m in subscriber.drain()]
+            assert sorted(first) == sorted(f"hsi/cameras/c{n}/state" for n in range(20))
+        async with _relay(database_url, own_broker, lead=False, poll_interval_s=0.2) as (second, pool):
+            # The first relay has stopped: this one takes the lock and sends.
+            await _store(pool, "after")
+            await wait_until(lambda: _all_sent(pool), timeout=20)
+            assert second._leading is not None
+        await subscriber.wait_for(lambda m: m.topic == "hsi/cameras/after/state", timeout=10)
+        assert len(subscriber.drain()) == 21
+    finally:
+        subscriber.close()

@@ -17,15 +17,12 @@ async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
-async def test_pending_messages_are_locked_oldest_first_up_to_the_limit(conn: asyncpg.Connection) -> None:
+async def test_pending_messages_come_oldest_first_up_to_the_limit(conn: asyncpg.Connection) -> None:
     first = await outbox.add(conn, "hsi/a", b"1", retain=True)
     second = await outbox.add(conn, "hsi/b", b"2", qos=0)
     await outbox.add(conn, "hsi/c", b"3")
 
-    async with conn.transaction():
-        locked = await outbox.lock_pending(conn, 2)
-
-    assert locked == [
+    assert await outbox.pending(conn, 2) == [
         outbox.OutboxMessage(first, "hsi/a", b"1", True, 1),
         outbox.OutboxMessage(second, "hsi/b", b"2", False, 0),
     ]
@@ -41,8 +38,7 @@ async def test_a_sent_message_leaves_the_queue_and_a_failed_one_stays_with_its_e
     await outbox.mark_failed(conn, [failed], "still unreachable")
 
     assert await outbox.pending_count(conn) == 1
-    async with conn.transaction():
-        assert [m.id for m in await outbox.lock_pending(conn, 10)] == [failed]
+    assert [m.id for m in await outbox.pending(conn, 10)] == [failed]
     rows = {r["id"]: r for r in await conn.fetch("SELECT id, sent_at, attempts, last_error FROM outbox")}
     assert rows[sent]["sent_at"] is not None and rows[sent]["attempts"] == 1
     assert rows[failed]["sent_at"] is None and rows[failed]["attempts"] == 2
@@ -58,19 +54,9 @@ async def test_add_many_queues_in_the_callers_order_at_qos_1_and_nothing_for_an_
     messages = [(f"hsi/{n}", bytes([n]), n % 2 == 0) for n in (5, 3, 9, 1)]
     await outbox.add_many(conn, messages)
 
-    async with conn.transaction():
-        locked = await outbox.lock_pending(conn, 10)
-    assert [(m.topic, m.payload, m.retain) for m in locked] == messages
-    assert {m.qos for m in locked} == {1}
-
-
-async def test_rows_locked_by_one_relay_are_skipped_by_another(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
-    ids = [await outbox.add(conn, f"hsi/{n}", b"x") for n in range(3)]
-
-    async with pool.acquire() as other, other.transaction():
-        assert [m.id for m in await outbox.lock_pending(other, 2)] == ids[:2]
-        async with conn.transaction():
-            assert [m.id for m in await outbox.lock_pending(conn, 10)] == ids[2:]
+    waiting = await outbox.pending(conn, 10)
+    assert [(m.topic, m.payload, m.retain) for m in waiting] == messages
+    assert {m.qos for m in waiting} == {1}
 
 
 async def test_adding_wakes_a_listener_once_the_transaction_commits(
