@@ -120,7 +120,10 @@ class FolderWatcher:
             force_polling=self.polling,
             poll_delay_ms=int(self.poll_interval_s * 1000),
             debounce=200,
-            step=20,
+            # The notifier's thread takes the GIL every step to look for changes and the stop
+            # event: 20 ms cost 2 ms of CPU a second all day; 50 (watchfiles' default) 0.5, for
+            # up to ~40 ms more before a new file is seen (docs/decisions.md, stop 33).
+            step=50,
             recursive=True,
             ignore_permission_denied=True,
         )

@@ -96,6 +96,11 @@ class Judged:
     labels: frozenset[str]
 
 
+#: The closing loop looks at least this often, for batches of another process (scale-out) that
+#: this one does not know of: their own process closes them on time; this is for one that died.
+_LOOK_AT_LEAST_EVERY = timedelta(seconds=10)
+
+
 class BatchStage:
     def __init__(
         self,
@@ -122,6 +127,16 @@ class BatchStage:
         self.alert_score = rules.thresholds.score_of(settings.alert_open_level)
         #: Per camera, its open batch's activity as this stage last stored it (pipeline/summary.py).
         self._summaries: dict[str, ActivitySummary] = {}
+        #: The closing loop's next look (clock time; None: at its next tick): when the first open
+        #: batch falls due, as the last look found, brought forward by the batches this stage
+        #: changed since, and at most ``_LOOK_AT_LEAST_EVERY`` ahead (another process's batches).
+        self._next_look: datetime | None = None
+
+    def _due_at(self, batch: batches.Batch) -> datetime:
+        """When ``batch`` falls due as it stands (``_due``)."""
+        return min(
+            batch.opened_at + self.window, batch.last_activity_at + self.idle, batch.chain_started_at + self.event_max
+        )
 
     def _due(self, batch: batches.Batch, now: datetime) -> bool:
         return (
@@ -184,6 +199,9 @@ class BatchStage:
             log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
         before = batch.version
         batch = await batches.add_images(conn, batch, arriving, now)
+        if self._next_look is not None:
+            # Before the commit: a look at the new due time comes too early at worst, never late.
+            self._next_look = min(self._next_look, self._due_at(batch))
         self._follow(batch, before, seen, opened=opened)
 
         started = metrics.now()
@@ -311,10 +329,22 @@ class BatchStage:
                 continue
 
     async def close_due(self) -> int:
+        """Close the batches that are due. Most ticks send nothing: the last look found when the
+        first open batch falls due, and the stage brings that forward when it opens or extends
+        one; another process's batch is found by the look at least every
+        ``_LOOK_AT_LEAST_EVERY`` (its own process closes it on time). A look is one statement
+        without a transaction; the closing takes one only when something is due."""
         closed = 0
         s = self.settings
-        if not await batches.any_due(self.pool, self.clock.now(), s.batch_window_s, s.batch_idle_s, s.event_max_s):
-            return closed  # most ticks: one statement, no transaction
+        now = self.clock.now()
+        if self._next_look is not None and now < self._next_look <= now + _LOOK_AT_LEAST_EVERY:
+            return closed  # (a clock set back makes the next look far off: then look now)
+        any_due, next_due = await batches.any_due(self.pool, now, s.batch_window_s, s.batch_idle_s, s.event_max_s)
+        latest = now + _LOOK_AT_LEAST_EVERY
+        self._next_look = latest if next_due is None else min(next_due, latest)
+        if not any_due:
+            return closed
+        self._next_look = None  # closing may open batches that continue the events: look again
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
                 now = self.clock.now()

@@ -208,17 +208,23 @@ async def lock_due(
 
 async def any_due(
     conn: asyncpg.Connection | asyncpg.Pool, now: datetime, window_s: float, idle_s: float, event_max_s: float | None
-) -> bool:
+) -> tuple[bool, datetime | None]:
     """Whether ``lock_due`` would find a batch (locked ones too), without a transaction: the closing
-    loop looks before it takes one (one statement a tick instead of three while nothing is due)."""
-    found: bool = await conn.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM batches WHERE {_due('$1', '$2', '$3', '$4')})",
+    loop looks before it takes one (one statement a tick instead of three while nothing is due);
+    and when the first open batch falls due by its window, idle time or chain's longest time
+    (None: no batch is open), so the loop need not look again before then."""
+    row = await conn.fetchrow(
+        f"SELECT EXISTS (SELECT 1 FROM batches WHERE {_due('$1', '$2', '$3', '$4')}) AS due,"
+        " (SELECT min(least(opened_at + make_interval(secs => $2), last_activity_at + make_interval(secs => $3),"
+        "   coalesce(chain_started_at, opened_at) + make_interval(secs => $4::float8)))"  # least() skips NULL
+        "  FROM batches WHERE closed_at IS NULL) AS next_due",
         now,
         window_s,
         idle_s,
         event_max_s,
     )
-    return found
+    assert row is not None
+    return row["due"], row["next_due"]
 
 
 @dataclass(frozen=True, slots=True)
