@@ -95,11 +95,17 @@ class ResultStage:
         the jobs whose lease was lost (nothing of them is stored)."""
         ready = [await self._prepare(job, image, dets) for job, image, dets in results]
         started = metrics.now()
-        async with self.pool.acquire() as conn, conn.transaction():
-            owned = await self.queue.complete_many(conn, [r.job for r in ready])
-            kept = [r for r in ready if r.job.id in owned]
-            messages = await self._store(conn, kept)
-            await outbox.add_many(conn, messages)
+        committed = False
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                owned = await self.queue.complete_many(conn, [r.job for r in ready])
+                kept = [r for r in ready if r.job.id in owned]
+                messages = await self._store(conn, kept)
+                await outbox.add_many(conn, messages)
+            committed = True
+        finally:
+            if self.tamper is not None and ready:
+                self.tamper.settle(ready[0].job.camera_id, committed=committed)
         elapsed = metrics.now() - started
         for r in kept:
             metrics.STAGE.labels("store").observe(elapsed / len(kept))

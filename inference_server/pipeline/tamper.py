@@ -23,12 +23,16 @@ Hysteresis: the tamper state is raised after ``tamper_trigger_frames`` abnormal 
 and cleared after ``tamper_clear_frames`` normal ones; abnormal images never teach the baseline.
 The baseline, the counters and the state live in ``camera_tamper`` (PostgreSQL) and change in the
 transaction that completes the image's job, so a restart keeps them and no image counts twice.
+A quiet check (a learned camera, untampered, nothing abnormal pending) only moves the baseline's
+running mean: that is written back at most every ``QUIET_SAVE_EVERY_S`` (kept in memory once the
+check's transaction commits, in between), so a restart loses at most that much of the following.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -69,6 +73,10 @@ _COVER_LAYOUT = 0.75
 _MIN_SNR = 2.0
 #: Cameras whose tamper row this process keeps (a thumbnail of a few kB each).
 _ROWS_KEPT = 4096
+#: A quiet camera's row (learned, not tampered, nothing abnormal) is written back at most this
+#: often: in between, its baseline follows the light in memory. A camera sending a picture a
+#: second was a statement a picture for a running mean; a restart loses at most this much of it.
+QUIET_SAVE_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +204,13 @@ class TamperStage:
         self._checked: dict[str, datetime] = {}
         #: Per camera: still learning, or its last check looked tampered (every image is checked).
         self._watchful: dict[str, bool] = {}
-        #: Per camera: its row as this process last read or wrote it (``observe``).
+        #: Per camera: its row as this process last read or wrote it (``observe``), or as a quiet
+        #: check left it unwritten (the version is then the stored row's).
         self._rows: dict[str, tamper_store.Row] = {}
+        #: Per camera: a quiet check's row not written, kept once its transaction commits (``settle``).
+        self._unsaved: dict[str, tamper_store.Row] = {}
+        #: Per camera: when this process last wrote its row (monotonic seconds).
+        self._saved_at: dict[str, float] = {}
 
     def wants(self, camera_id: str, captured_at: datetime) -> bool:
         """Whether this image is checked: every image while the camera's scene is being learned
@@ -244,13 +257,20 @@ class TamperStage:
         The camera's row as this process last wrote it is judged first and written back in one
         statement if nobody changed it since (``save_if_current``) and nothing is announced (most
         checks); otherwise it is read again under a lock and judged from that."""
-        known = self._rows.get(camera_id)
+        known = self._unsaved.pop(camera_id, None) or self._rows.get(camera_id)
         if known is not None:
             done = self.step(known, seen, captured_at)
             if done.change is None:
+                if self._quiet(known.state, done) and time.monotonic() - self._saved_at.get(camera_id, -math.inf) < (
+                    QUIET_SAVE_EVERY_S
+                ):
+                    self._unsaved[camera_id] = tamper_store.Row(done.baseline, done.state, known.version)
+                    metrics.TAMPER_SAVES_DEFERRED.inc()
+                    return []
                 version = await tamper_store.save_if_current(conn, camera_id, done.baseline, done.state, known.version)
                 if version is not None:
                     self._keep(camera_id, tamper_store.Row(done.baseline, done.state, version))
+                    self._saved_at[camera_id] = time.monotonic()
                     return []
                 log.debug("tamper row changed elsewhere, read again camera_id=%s", camera_id)
         old = await tamper_store.lock(conn, camera_id)
@@ -279,7 +299,28 @@ class TamperStage:
             log.info("tamper baseline learned camera_id=%s images=%d", camera_id, done.baseline.learned)
         version = await tamper_store.save(conn, camera_id, done.baseline, state)
         self._keep(camera_id, tamper_store.Row(done.baseline, state, version))
+        self._saved_at[camera_id] = time.monotonic()
         return [] if done.change is None else [self._message(camera_id, state, done.baseline.learned)]
+
+    def _quiet(self, before: tamper_store.Counters, done: Step) -> bool:
+        """A check that leaves a learned camera as it was, untampered with nothing abnormal
+        pending: only its baseline's running mean moved."""
+        state = done.state
+        return (
+            done.baseline.learned >= self.learn_frames
+            and not state.tampered
+            and not before.tampered
+            and state.abnormal_run == 0
+            and before.abnormal_run == 0
+            and state.pending_kind is None
+        )
+
+    def settle(self, camera_id: str, *, committed: bool) -> None:
+        """After the transaction ``observe`` ran in: a quiet check's unwritten row is kept if it
+        committed, forgotten if it rolled back (the image is checked again: nothing counts twice)."""
+        row = self._unsaved.pop(camera_id, None)
+        if row is not None and committed:
+            self._keep(camera_id, row)
 
     def _keep(self, camera_id: str, row: tamper_store.Row) -> None:
         if camera_id not in self._rows and len(self._rows) >= _ROWS_KEPT:

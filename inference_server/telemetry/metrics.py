@@ -39,6 +39,11 @@ STORE_GROUPS_SPLIT = Counter(
     "One camera's results that failed to store together and were stored one by one",
     registry=REGISTRY,
 )
+TAMPER_SAVES_DEFERRED = Counter(
+    "hsi_tamper_saves_deferred_total",
+    "Quiet tamper checks whose baseline was kept in memory, not written (pipeline/tamper.py, QUIET_SAVE_EVERY_S)",
+    registry=REGISTRY,
+)
 TAMPER_CHECKS_SKIPPED = Counter(
     "hsi_tamper_checks_skipped_total",
     "Images not checked for tampering: their camera was checked less than tamper_check_interval_s before",

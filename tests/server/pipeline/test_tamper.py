@@ -19,6 +19,7 @@ from bench.roundtrips import RoundTrips
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.pipeline import tamper
 from inference_server.pipeline.tamper import TamperStage, features, judge, learn
 from inference_server.schemas import CameraCreate, TamperState
 from inference_server.store import cameras
@@ -261,9 +262,15 @@ async def test_a_covered_camera_turns_its_tamper_state_on_over_mqtt(
 
 
 async def _check(pool: asyncpg.Pool, stage: TamperStage, image: Image.Image, i: int) -> None:
-    """One check in a transaction of its own, committed."""
+    """One check in a transaction of its own, committed (and settled, as the result stage does)."""
     async with pool.acquire() as conn, conn.transaction():
         await stage.observe(conn, "drive", i + 1, T0 + timedelta(minutes=i), features(image))
+    stage.settle("drive", committed=True)
+
+
+async def _stored(pool: asyncpg.Pool) -> tamper_store.Row | None:
+    async with pool.acquire() as conn:
+        return await tamper_store.lock(conn, "drive")
 
 
 async def _learned(pool: asyncpg.Pool) -> int | None:
@@ -303,3 +310,48 @@ async def test_a_check_that_changes_nothing_is_one_statement_and_sees_what_other
     assert await tamper_store.forget(pool, "drive")
     await _check(pool, ours, frames[6], 6)
     assert await _learned(pool) == 1  # learning anew, not from what this process remembered
+
+
+async def test_a_quiet_camera_is_written_back_once_a_minute_and_anything_abnormal_at_once(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stop 33: a learned camera whose checks change nothing but the baseline's running mean is
+    written back at most every ``QUIET_SAVE_EVERY_S`` (it was a statement for every picture of a
+    camera sending one a second); its baseline follows in memory meanwhile, a rolled-back check
+    is forgotten, and an abnormal picture is written at once."""
+    rng = np.random.default_rng(11)
+    view = scenes.picture("bus.jpg")
+    frames = [scenes.lit(view, 1.0, rng) for _ in range(8)]
+    settings = make_settings(tamper_learn_frames=3, tamper_trigger_frames=3)
+    ours = TamperStage(settings, Topics())
+    for i in range(3):
+        await _check(pool, ours, frames[i], i)  # learning: every check written
+    stored = await _stored(pool)
+    assert stored is not None and stored.baseline.learned == 3
+    with RoundTrips() as trips:
+        for i in range(3, 6):
+            await _check(pool, ours, frames[i], i)
+    assert not any("camera_tamper" in text for text in trips.by_statement), trips.by_statement
+    in_memory = ours._rows["drive"]
+    assert in_memory.version == stored.version  # the stored row is untouched...
+    assert not np.array_equal(in_memory.baseline.layout, stored.baseline.layout)  # ...the mean moved
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        async with pool.acquire() as conn, conn.transaction():
+            await ours.observe(conn, "drive", 7, T0 + timedelta(minutes=7), features(frames[6]))
+            raise RuntimeError("rolled back: a lost lease")
+    ours.settle("drive", committed=False)
+    assert ours._rows["drive"] is in_memory
+
+    monkeypatch.setattr(tamper, "QUIET_SAVE_EVERY_S", 0.0)  # a minute later
+    await _check(pool, ours, frames[7], 7)
+    written = await _stored(pool)
+    assert written is not None and written.version != stored.version
+    assert np.array_equal(written.baseline.layout, ours._rows["drive"].baseline.layout)
+
+    monkeypatch.setattr(tamper, "QUIET_SAVE_EVERY_S", 3600.0)
+    with RoundTrips() as trips:
+        await _check(pool, ours, scenes.covered(view, rng), 8)
+    assert any(text.startswith("UPDATE camera_tamper") for text in trips.by_statement), trips.by_statement
+    row = await _stored(pool)
+    assert row is not None and row.state.abnormal_run == 1
