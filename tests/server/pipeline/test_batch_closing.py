@@ -27,14 +27,19 @@ from ..conftest import FakeClock, drop, running
 NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
-async def test_a_tick_with_nothing_due_is_one_statement_and_a_due_batch_still_closes(
-    make_settings: Callable[..., Settings], pool: asyncpg.Pool
-) -> None:
+async def _stage(make_settings: Callable[..., Settings], pool: asyncpg.Pool) -> tuple[BatchStage, FakeClock]:
+    """A batch stage on a fake clock at noon (a 90 s window, 60 s idle) and the camera "porch"."""
     settings = make_settings(batch_window_s=90, batch_idle_s=60)
     clock = FakeClock(NOON)
     rules = RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))
-    stage = BatchStage(settings, pool, rules, Topics("hsi"), clock, llm_enabled=False)
     await cameras.create(pool, CameraCreate(id="porch", name="Porch"))
+    return BatchStage(settings, pool, rules, Topics("hsi"), clock, llm_enabled=False), clock
+
+
+async def test_a_tick_with_nothing_due_is_one_statement_and_a_due_batch_still_closes(
+    make_settings: Callable[..., Settings], pool: asyncpg.Pool
+) -> None:
+    stage, clock = await _stage(make_settings, pool)
     async with pool.acquire() as conn:
         batch = await batches.open_new(conn, "porch", NOON)
     with RoundTrips() as trips:
@@ -58,11 +63,7 @@ async def test_the_loop_looks_only_when_a_batch_can_be_due_and_still_closes_on_t
     """The look says when the first open batch falls due; until then the ticks send nothing (a
     camera sending a picture a second paid a look a second: stop 33), but at least every
     ``_LOOK_AT_LEAST_EVERY`` (a batch of another process the stage does not know of)."""
-    settings = make_settings(batch_window_s=90, batch_idle_s=60)
-    clock = FakeClock(NOON)
-    rules = RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))
-    stage = BatchStage(settings, pool, rules, Topics("hsi"), clock, llm_enabled=False)
-    await cameras.create(pool, CameraCreate(id="porch", name="Porch"))
+    stage, clock = await _stage(make_settings, pool)
     async with pool.acquire() as conn:
         await batches.open_new(conn, "porch", NOON)  # as another process would
     with RoundTrips() as trips:

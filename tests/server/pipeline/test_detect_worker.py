@@ -114,9 +114,7 @@ async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_wh
             await cameras.create(server.pool, CameraCreate(id=camera, name=camera))
         jobs: list[tuple[int, str]] = []
         for n, name in enumerate(names):
-            original = demo_assets.image(name).read_bytes()
-            note = f"copy {n}".encode()  # a JPEG comment: other bytes (not a duplicate), the same pixels
-            data = original[:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + original[2:]
+            data = _copy(name, n)
             result = await ingestor.ingest_bytes(("front", "back")[n % 2], data, captured_at=None, original_name=name)
             assert result.job_id is not None
             jobs.append((result.job_id, name))
