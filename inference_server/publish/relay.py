@@ -113,9 +113,10 @@ class OutboxRelay:
         return None
 
     async def _step_down(self) -> None:
-        leading, self._leading = self._leading is not None, None
+        held = self._leading
+        self._leading = None
         conn = self._listener.connection
-        if not leading or conn is None:
+        if held is None or conn is None or held is not conn:
             return  # not leading, or the lock went with its connection
         await conn.execute(f"SELECT pg_advisory_unlock({_LOCK_KEY})")
         log.info("outbox relay standing by (relay lock given back)")

@@ -247,3 +247,31 @@ async def test_two_relays_send_each_message_once_and_the_second_takes_over(
         assert len(subscriber.drain()) == 21
     finally:
         subscriber.close()
+
+
+async def test_a_relay_that_loses_its_broker_lets_another_send(
+    database_url: str, own_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The leader lets the relay lock go while its own broker is unreachable, so a relay of
+    another process that reaches its broker sends meanwhile (rather than nothing going out)."""
+    (tmp_path / "other").mkdir()
+    other = Mosquitto(tmp_path / "other")
+    other.start()
+    try:
+        subscriber = await Subscriber(other.url, "hsi/cameras/+/state").ready(timeout=20)
+        try:
+            async with (
+                _relay(database_url, own_broker, poll_interval_s=0.2) as (leader, pool),
+                _relay(database_url, other, lead=False, poll_interval_s=0.2) as (standby, _),
+            ):
+                assert standby._leading is None
+                own_broker.stop()
+                await wait_until(lambda: not leader.publisher.connected.is_set(), timeout=10)
+                await _store(pool, "meanwhile")
+                await subscriber.wait_for(lambda m: m.topic == "hsi/cameras/meanwhile/state", timeout=20)
+                assert standby._leading is not None and leader._leading is None
+                await wait_until(lambda: _all_sent(pool), timeout=10)
+        finally:
+            subscriber.close()
+    finally:
+        other.stop()
