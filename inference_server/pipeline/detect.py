@@ -112,7 +112,7 @@ class DetectWorker:
                 # No work for a while: the memory kept for reuse goes back to the system.
                 if loop.time() - worked_at >= self.settings.buffers_idle_s:
                     buffers.release_idle()
-                await self.queue.wait_for_work(self.settings.job_poll_interval_s)
+                await self._wait_for_work(stop)
                 more = True
                 continue
             jobs += await self._top_up(len(jobs))
@@ -137,6 +137,17 @@ class DetectWorker:
             if items:
                 await out.put(items)
         await out.put(_STOP)
+
+    async def _wait_for_work(self, stop: asyncio.Event) -> None:
+        """Until a job is announced, the poll interval has passed, or the worker is stopped (a
+        long ``job_poll_interval_s`` must not hold up a stop)."""
+        waits = [asyncio.ensure_future(self.queue.wait_for_work(self.settings.job_poll_interval_s))]
+        waits.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _load(self, path: Path) -> tuple[Picture, Any]:
         """On a decode thread: decode, then the detector's own preparation (resize, colour order),

@@ -164,18 +164,21 @@ async def test_a_picture_at_a_time_is_one_claim_and_reuses_the_memory(make_setti
         ingestor, worker = server.ingestor, server.detect_worker
         assert ingestor is not None and worker is not None
         await cameras.create(server.pool, CameraCreate(id="front", name="front"))
+
+        async def one_picture(n: int) -> None:
+            result = await ingestor.ingest_bytes("front", _copy("bus.jpg", n), captured_at=None, original_name=None)
+            await wait_until(
+                lambda: server.pool.fetchval("SELECT state = 'done' FROM jobs WHERE id = $1", result.job_id),
+                timeout=60,
+            )
+            await asyncio.sleep(0.3)  # the worker finds the queue dry between pictures
+
+        await one_picture(0)  # after the worker's first claim at start (counted or not, by timing)
         with RoundTrips() as trips:
-            for n in range(pictures):
-                result = await ingestor.ingest_bytes("front", _copy("bus.jpg", n), captured_at=None, original_name=None)
-                await wait_until(
-                    lambda job=result.job_id: server.pool.fetchval(
-                        "SELECT state = 'done' FROM jobs WHERE id = $1", job
-                    ),
-                    timeout=60,
-                )
-                await asyncio.sleep(0.3)  # the worker finds the queue dry between pictures
+            for n in range(1, pictures):
+                await one_picture(n)
         claims = sum(n for text, n in trips.by_statement.items() if text.startswith("WITH picked AS"))
-        assert claims == pictures
+        assert claims == pictures - 1
         # Every picture after the first was decoded into the array the one before gave back.
         assert worker._pictures.made == 1
         assert worker._pictures.reused == pictures - 1
