@@ -66,16 +66,15 @@ class OutboxRelay:
                 # it locked its rows) wakes the next pass instead of waiting for the poll.
                 self._wakeup.clear()
                 sent = 0
-                if self.publisher.connected.is_set():
-                    try:
-                        if not polled or await outbox.any_pending(self.pool):
-                            sent = await self.relay_once()
-                    except DB_ERRORS as err:
-                        log.error("outbox relay database error: %r", err)
-                        await asyncio.sleep(_RETRY_S)
-                else:
-                    # This process cannot reach the broker: another relay may, let it send.
-                    await self._step_down()
+                try:
+                    if not self.publisher.connected.is_set():
+                        # This process cannot reach the broker: another relay may, let it send.
+                        await self._step_down()
+                    elif not polled or await outbox.any_pending(self.pool):
+                        sent = await self.relay_once()
+                except DB_ERRORS as err:
+                    log.error("outbox relay database error: %r", err)
+                    await asyncio.sleep(_RETRY_S)
                 if sent == _BATCH:
                     continue
                 waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]

@@ -275,3 +275,28 @@ async def test_a_relay_that_loses_its_broker_lets_another_send(
             subscriber.close()
     finally:
         other.stop()
+
+
+async def test_a_database_error_while_stepping_down_does_not_end_the_relay(
+    database_url: str, own_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker goes away and giving the lock back meets a database error (injected: the
+    connection dropped at that moment): the relay logs it and carries on, as for any database
+    error of a pass. It ended the relay's task before: nothing was published again."""
+    async with _relay(database_url, own_broker, poll_interval_s=0.2) as (relay, pool):
+        step_down = relay._step_down
+        failures = 0
+
+        async def failing_once() -> None:
+            nonlocal failures
+            if failures == 0:
+                failures += 1
+                raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+            await step_down()
+
+        monkeypatch.setattr(relay, "_step_down", failing_once)
+        own_broker.stop()
+        await wait_until(lambda: failures == 1, timeout=10)
+        own_broker.start()
+        await _store(pool, "after")
+        await wait_until(lambda: _all_sent(pool), timeout=30)
