@@ -139,11 +139,7 @@ class BatchStage:
         )
 
     def _due(self, batch: batches.Batch, now: datetime) -> bool:
-        return (
-            now - batch.opened_at >= self.window
-            or now - batch.last_activity_at >= self.idle
-            or now - batch.chain_started_at >= self.event_max
-        )
+        return now >= self._due_at(batch)
 
     async def _held_for_clip(
         self, conn: asyncpg.Connection, batch: batches.Batch, now: datetime, arriving: Sequence[int]

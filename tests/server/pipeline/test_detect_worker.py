@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -17,12 +19,33 @@ from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.detector import build_detector
 from inference_server.detection.onnx_backend import Letterboxed, OnnxDetector
+from inference_server.jobs.queue import ClaimedJob
+from inference_server.pipeline.decode import Picture
 from inference_server.pipeline.decode import decode as decode_pillow
-from inference_server.pipeline.detect import _Item
+from inference_server.pipeline.detect import DetectWorker, _Item
 from inference_server.schemas import CameraCreate
 from inference_server.store import cameras
 from tests.server.conftest import coco_settings, running
 from tests.support.waiting import wait_until
+
+
+@asynccontextmanager
+async def _bus_loaded(
+    settings: Settings, pool: asyncpg.Pool
+) -> AsyncIterator[tuple[DetectWorker, ClaimedJob, Picture, Any]]:
+    """A detect worker (not running) with bus.jpg ingested, its job claimed and loaded as a decode
+    thread loads it: (worker, job, picture, model input); the worker's threads end with the block."""
+    worker, ingestor, queue = await store_pipeline(settings, pool, build_detector(settings), ["front"])
+    try:
+        await ingestor.ingest_bytes(
+            "front", demo_assets.image("bus.jpg").read_bytes(), captured_at=None, original_name=None
+        )
+        [job] = await queue.claim(1)
+        picture, model_input = worker._load(Path(job.image_path))
+        yield worker, job, picture, model_input
+    finally:
+        worker._infer_pool.shutdown()
+        worker._decode_pool.shutdown()
 
 
 async def test_the_model_input_is_let_go_once_inferred(
@@ -32,13 +55,7 @@ async def test_the_model_input_is_let_go_once_inferred(
     thread) is released when inference is done, not held while the batch waits to be stored."""
     # The add-on's backend (ultralytics' predictor keeps its own last batch, whatever we do).
     settings = make_settings(**coco_settings(), detector_backend="onnx")
-    worker, ingestor, queue = await store_pipeline(settings, pool, build_detector(settings), ["front"])
-    try:
-        await ingestor.ingest_bytes(
-            "front", demo_assets.image("bus.jpg").read_bytes(), captured_at=None, original_name=None
-        )
-        [job] = await queue.claim(1)
-        image, model_input = worker._load(Path(job.image_path))
+    async with _bus_loaded(settings, pool) as (worker, job, image, model_input):
         assert isinstance(model_input, Letterboxed) and model_input.tensor.nbytes > 1_000_000
         tensor = weakref.ref(model_input.tensor)
         item = _Item(job, image, [], model_input)
@@ -57,9 +74,6 @@ async def test_the_model_input_is_let_go_once_inferred(
         # Let go by the batch: back in the detector's bounded pool, for the next picture of that shape.
         _, again = worker._load(Path(job.image_path))
         assert isinstance(again, Letterboxed) and again.tensor is tensor()
-    finally:
-        worker._infer_pool.shutdown()
-        worker._decode_pool.shutdown()
 
 
 @pytest.mark.parametrize("backend", ["onnx", "ultralytics"])
@@ -69,13 +83,7 @@ async def test_a_picture_without_its_prepared_input_is_detected_as_it_is(
     """An item without its model input goes to the detector as a Pillow image of its picture
     (the RGBX pixels mapped): each backend takes it as RGB and finds the same as prepared."""
     settings = make_settings(**coco_settings(), detector_backend=backend)
-    worker, ingestor, queue = await store_pipeline(settings, pool, build_detector(settings), ["front"])
-    try:
-        await ingestor.ingest_bytes(
-            "front", demo_assets.image("bus.jpg").read_bytes(), captured_at=None, original_name=None
-        )
-        [job] = await queue.claim(1)
-        picture, model_input = worker._load(Path(job.image_path))
+    async with _bus_loaded(settings, pool) as (worker, job, picture, model_input):
         assert picture.rgbx() is not None
         prepared, bare = _Item(job, picture, [], model_input), _Item(job, picture, [], None)
         await worker._detect([prepared])
@@ -84,9 +92,6 @@ async def test_a_picture_without_its_prepared_input_is_detected_as_it_is(
         assert [(d.label, round(d.confidence, 2)) for d in bare.detections] == [
             (d.label, round(d.confidence, 2)) for d in prepared.detections
         ]
-    finally:
-        worker._infer_pool.shutdown()
-        worker._decode_pool.shutdown()
 
 
 async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_when_idle(
