@@ -67,7 +67,7 @@ class SnapshotThrottle:
 
     At 20 images/s per camera on a GPU, every frame's ~100 KiB JPEG through the outbox (a
     bytea written, WAL-logged and read back) and the broker is MBs/s that no dashboard shows;
-    the file on disk is written for every image regardless. An image that opens or rescores
+    a snapshot skipped is not drawn at all. An image that opens or rescores
     an event is always sent (``always``), so Home Assistant's picture matches the event.
     """
 

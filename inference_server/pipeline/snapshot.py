@@ -2,7 +2,8 @@
 
 A snapshot is drawn only when something uses it: when it is published on the camera's snapshot
 topic (at most once per ``snapshot_publish_interval_s``) or when its image becomes an event's
-picture (``ensure``), not for every image with a detection. It is drawn from the stored file,
+picture (``ensure``), not for every image with a detection; only an event's picture is written
+to a file (``snapshots/<camera>/<image id>.jpg``). It is drawn from the stored file,
 decoded with both sides at ``detector_imgsz`` or more (the model's own decode may be smaller:
 ``pipeline/decode.py``), or from the decoded picture in memory when that is as large.
 """
@@ -88,28 +89,41 @@ def _draw(canvas: Image.Image, detections: Sequence[Detection], quality: int) ->
     return out.getvalue()
 
 
-def draw_file(
-    settings: Settings, source: Path | Image.Image | Picture, detections: Sequence[Detection], dest: Path
-) -> bytes:
+def draw(settings: Settings, source: Path | Image.Image | Picture, detections: Sequence[Detection]) -> bytes:
     """Draw ``detections`` on ``source`` (a stored file, decoded here, or a decoded picture) and
-    write the JPEG to ``dest`` whole (a temporary name, then a rename: a reader never sees half a
-    file); return it. Blocking: run it on a thread."""
+    return the JPEG. Blocking: run it on a thread."""
     picture: Image.Image | Picture
     if isinstance(source, Path):
         budget = decode_budget.shared(settings.decode_memory_mb)
         picture = decode(source, settings.detector_imgsz, budget, fit="cover")
     else:
         picture = source
-    jpeg = render(picture, detections)
+    return render(picture, detections)
+
+
+def write_whole(dest: Path, jpeg: bytes) -> None:
+    """Write ``jpeg`` to ``dest`` whole (a temporary name, then a rename: a reader never sees
+    half a file). Blocking: run it on a thread."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     partial.write_bytes(jpeg)
     partial.replace(dest)
+
+
+def draw_file(
+    settings: Settings, source: Path | Image.Image | Picture, detections: Sequence[Detection], dest: Path
+) -> bytes:
+    """:func:`draw`, the JPEG written to ``dest`` whole (:func:`write_whole`); return it."""
+    jpeg = draw(settings, source, detections)
+    write_whole(dest, jpeg)
     return jpeg
 
 
 class Snapshot:
-    """One image's annotated snapshot, drawn on first use (``jpeg``), then kept.
+    """One image's annotated snapshot, drawn on first use (``jpeg``), then kept in memory; written
+    to its file (``save``) only when it becomes an event's picture. A snapshot that is only
+    published on MQTT leaves no file: one a second per active camera, never named by any row,
+    would fill the disk (retention removes only what rows name).
 
     ``picture`` is the decoded image in memory when it is as large as a snapshot is drawn
     (``fit="cover"``); otherwise None, and the stored file ``source`` is decoded again, as it
@@ -132,15 +146,28 @@ class Snapshot:
         self._picture = picture
         self._detections = list(detections)
         self._jpeg: bytes | None = None
+        self._saved = False
+
+    @property
+    def drawn(self) -> bool:
+        """Whether the JPEG is drawn already (using it again costs nothing)."""
+        return self._jpeg is not None
 
     async def jpeg(self) -> bytes:
         if self._jpeg is None:
             started = metrics.now()
             picture = self._picture
             source: Path | Picture = picture if picture is not None and not picture.released else self._source
-            self._jpeg = await asyncio.to_thread(draw_file, self.settings, source, self._detections, self.path)
+            self._jpeg = await asyncio.to_thread(draw, self.settings, source, self._detections)
             metrics.STAGE.labels("snapshot").observe(metrics.now() - started)
         return self._jpeg
+
+    async def save(self) -> Path:
+        """The snapshot written to ``path`` (drawn first if it is not yet); its path."""
+        if not self._saved:
+            await asyncio.to_thread(write_whole, self.path, await self.jpeg())
+            self._saved = True
+        return self.path
 
 
 async def ensure(
@@ -150,8 +177,7 @@ async def ensure(
     (``current`` when it is that image's, else from the stored image and its stored detections).
     None, logged, when it cannot be drawn (the image's file is gone): the event keeps no picture."""
     if current is not None and current.image_id == image_id:
-        await current.jpeg()
-        return str(current.path)
+        return str(await current.save())
     path = snapshot_file(settings, camera_id, image_id)
     if path.exists():
         return str(path)

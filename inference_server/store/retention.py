@@ -15,7 +15,9 @@ the folder its kind lives in under the data directory, whatever a row says.
 
 Camera folders under ``images/``, ``snapshots/``, ``quarantine/`` and ``clips/`` whose camera no longer
 exists (a crash between a camera's delete and the removal of its files) are swept: their
-files that no row names go once unchanged for ``ORPHAN_GRACE_S``, then their empty folders.
+files that no row names go once unchanged for ``ORPHAN_GRACE_S``, then their empty folders. So
+are the snapshot files no event names in the folders of cameras that exist (an event's earlier
+picture, one drawn in a transaction that rolled back).
 Deleting a camera removes its files at once with :func:`remove_camera_files`.
 """
 
@@ -83,7 +85,8 @@ class RetentionReport:
     digests: int = 0
     #: Strangers (migration 0009) none of whose sightings is left.
     strangers: int = 0
-    #: Files no row names, swept from the folders of cameras that no longer exist.
+    #: Files no row names, swept from the folders of cameras that no longer exist, and snapshot
+    #: files no event names (an event's earlier picture, say) from those of cameras that do.
     orphan_files: int = 0
     freed_bytes: int = 0
 
@@ -343,29 +346,49 @@ async def _named_paths(pool: asyncpg.Pool, paths: Sequence[str]) -> set[str]:
 
 
 async def _sweep_orphan_folders(pool: asyncpg.Pool, settings: Settings, grace_s: float) -> tuple[int, int]:
-    """Sweep the folders of cameras that no longer exist; return (files removed, bytes freed)."""
-    listed = {kind: await asyncio.to_thread(_folder_names, root) for kind, root in _kind_roots(settings).items()}
+    """Sweep the folders of cameras that no longer exist, and the snapshot folders of those that
+    do; return (files removed, bytes freed).
+
+    A snapshot file no event names is left over: an event's earlier picture (the picture moved to
+    a better image), one drawn in a transaction that rolled back, or (before stop 34) one drawn
+    only to be published on MQTT. Nothing reads such a file again."""
+    roots = _kind_roots(settings)
+    listed = {kind: await asyncio.to_thread(_folder_names, root) for kind, root in roots.items()}
     known = await cameras.ids(pool)
     removed = freed = 0
     for kind, names in listed.items():
         for name in sorted(names - known):
-            count, size = await _sweep_folder(pool, kind, _kind_roots(settings)[kind], name, grace_s)
+            count, size = await _sweep_folder(pool, kind, roots[kind], name, grace_s)
             removed += count
             freed += size
+    for name in sorted(listed["snapshot"] & known):
+        count, size = await _sweep_folder(pool, "snapshot", roots["snapshot"], name, grace_s, keep_folder=True)
+        removed += count
+        freed += size
     return removed, freed
 
 
 async def _sweep_folder(
-    pool: asyncpg.Pool, kind: str, root: Path, name: str, grace_s: float, emptied: set[str] | None = None
+    pool: asyncpg.Pool,
+    kind: str,
+    root: Path,
+    name: str,
+    grace_s: float,
+    emptied: set[str] | None = None,
+    *,
+    keep_folder: bool = False,
 ) -> tuple[int, int]:
     """Remove the files under ``root/name`` that no row names and that are unchanged for
     ``grace_s``, then its empty folders (``emptied``: folders files were just removed from,
-    which go however recently changed); return (files removed, bytes freed)."""
+    which go however recently changed), ``root/name`` itself unless ``keep_folder`` (a camera
+    that exists writes into it); return (files removed, bytes freed)."""
     cutoff = time.time() - grace_s
     old = await asyncio.to_thread(_old_files, root, name, cutoff)
     named = await _named_paths(pool, [_as_text(p) for p in old])
     victims = [p for p in old if _as_text(p) not in named]
-    removed, freed = await asyncio.to_thread(_remove_and_prune, kind, victims, root, name, cutoff, emptied or set())
+    removed, freed = await asyncio.to_thread(
+        _remove_and_prune, kind, victims, root, name, cutoff, emptied or set(), keep_folder
+    )
     if removed or freed:
         log.info("orphaned camera files removed kind=%s folder=%r files=%d freed_bytes=%d", kind, name, removed, freed)
     return removed, freed
@@ -417,7 +440,13 @@ def _old_files(root: Path, name: str, cutoff: float) -> list[str]:
 
 
 def _remove_and_prune(
-    kind: str, paths: list[str], root: Path, name: str, cutoff: float, emptied_before: set[str]
+    kind: str,
+    paths: list[str],
+    root: Path,
+    name: str,
+    cutoff: float,
+    emptied_before: set[str],
+    keep_folder: bool = False,
 ) -> tuple[int, int]:
     real_root = root.resolve()
     removed = freed = 0
@@ -436,6 +465,8 @@ def _remove_and_prune(
     # this sweep emptied it or it has been empty since before the cutoff: a fresh empty folder
     # may be a new image's, made a moment before the image is linked into it.
     for dirpath, _dirs, _names in os.walk(folder, topdown=False, followlinks=False):
+        if keep_folder and dirpath == str(folder):
+            continue
         try:
             if dirpath in emptied or os.lstat(dirpath).st_ctime < cutoff:
                 os.rmdir(dirpath)

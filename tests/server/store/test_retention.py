@@ -343,6 +343,33 @@ async def test_folders_of_cameras_that_no_longer_exist_are_swept_once_old_enough
     assert await run_retention(world.pool, s, now=NOW, orphan_grace_s=0) == RetentionReport()
 
 
+async def test_snapshot_files_no_event_names_are_swept_from_a_live_cameras_folder_once_old_enough(
+    world: World,
+) -> None:
+    """Before stop 34 a snapshot drawn only to be published on MQTT was written to
+    ``snapshots/<camera>/<image id>.jpg`` and nothing ever removed it (no row names it), nor an
+    event's earlier picture once the picture moved: a camera seeing activity a few hours a day
+    left gigabytes there. Retention sweeps them; the camera's folder and the files events name
+    stay."""
+    s = world.settings
+    await world.image("pictured", 1, 1001)
+    await world.event("pictured", "pictured", 1, "medium")
+    pictured = world.snapshot_files["pictured"]
+    leftovers = [_write(s.snapshots_path / "front" / f"{n}.jpg", 300) for n in (7, 8, 9)]
+
+    fresh = await run_retention(world.pool, s, now=NOW)
+
+    # A file drawn moments ago may be the picture of an event whose transaction has not committed.
+    assert fresh.orphan_files == 0 and all(p.exists() for p in leftovers)
+
+    report = await run_retention(world.pool, s, now=NOW, orphan_grace_s=0)
+
+    assert report == RetentionReport(orphan_files=3, freed_bytes=900)
+    assert not any(p.exists() for p in leftovers)
+    assert pictured.exists() and (s.snapshots_path / "front").is_dir()
+    assert await run_retention(world.pool, s, now=NOW, orphan_grace_s=0) == RetentionReport()
+
+
 async def test_image_with_a_queued_job_is_kept_until_the_job_is_finished(world: World) -> None:
     await world.image("backlog", 30, 800, job="queued")
     assert await run_retention(world.pool, world.settings, now=NOW) == RetentionReport()
