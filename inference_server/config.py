@@ -443,10 +443,11 @@ class Settings(BaseSettings):
         "until it goes idle or reaches this length, after which a new event starts.",
     )
     snapshot_publish_interval_s: float = Field(
-        default=1.0,
+        default=5.0,
         ge=0,
-        description="Shortest time between two hsi/cameras/<id>/snapshot messages of one camera (per worker); "
-        "an image that opens or rescores an event is always published. 0: every image.",
+        description="Shortest time between two hsi/cameras/<id>/snapshot messages of one camera (per worker) "
+        "showing the same objects (labels and counts); an image that shows other objects than the last "
+        "snapshot, or opens or rescores an event, is always published. 0: every image.",
     )
     fast_path: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=lambda: {"person": 0.90},

@@ -281,7 +281,11 @@ class BatchStage:
         the judgement changed; otherwise it stays, so an event's images are not each drawn."""
         assert batch.event_id is not None
         path = snapshot_file(self.settings, batch.camera_id, judged.image_id)
-        moves = judged.image_id not in current or self._snapshots.due(batch.camera_id) or path.exists()
+        moves = (
+            judged.image_id not in current
+            or self._snapshots.due(batch.camera_id, current[judged.image_id])
+            or path.exists()
+        )
         picture = await self._picture(conn, batch.camera_id, judged.image_id, current) if moves else None
         changed = await events_store.rescore(
             conn,

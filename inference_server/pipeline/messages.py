@@ -63,30 +63,41 @@ async def camera_state(
 
 
 class SnapshotThrottle:
-    """The camera's retained snapshot, at most once per ``interval_s`` per camera.
+    """When a camera's retained snapshot is published (per camera, per worker process).
 
-    At 20 images/s per camera on a GPU, every frame's ~100 KiB JPEG through the outbox (a
-    bytea written, WAL-logged and read back) and the broker is MBs/s that no dashboard shows;
-    a snapshot skipped is not drawn at all. An image that opens or rescores
-    an event is always sent (``always``), so Home Assistant's picture matches the event.
+    - An image that opens or rescores an event: always (``always``), so Home Assistant's
+      picture matches the event.
+    - An image whose objects differ from the last published snapshot's (labels and counts: a
+      second person, a car arriving, the first thing seen): at once.
+    - Otherwise the same scene again (a parked car on a windy afternoon, someone standing at
+      the door): at most once per ``interval_s``.
+
+    A snapshot not published is not drawn at all. Every image's ~100-250 KiB JPEG through the
+    outbox (a bytea written, WAL-logged and read back) and the broker, at a picture a second
+    per camera while anything is in view, is CPU and megabytes that show no one anything new
+    (docs/performance.md, stop 34). Frigate publishes its MQTT snapshot likewise: when a better
+    picture of the object is found, else at most once a minute.
     """
 
     def __init__(self, topics: Topics, interval_s: float) -> None:
         self.topics = topics
         self.interval_s = interval_s
-        #: Per camera: monotonic time of the last snapshot message queued.
-        self._sent: dict[str, float] = {}
+        #: Per camera: monotonic time of the last snapshot message queued, and what it showed.
+        self._sent: dict[str, tuple[float, frozenset[tuple[str, int]]]] = {}
 
-    def due(self, camera_id: str) -> bool:
-        """Whether the camera's next snapshot would be sent (its last one is not recent)."""
+    def due(self, camera_id: str, snapshot: Snapshot | None = None) -> bool:
+        """Whether the camera's next snapshot (``snapshot``, when known) would be sent: its last
+        one is not recent, or showed other objects."""
         last = self._sent.get(camera_id)
-        return last is None or time.monotonic() - last >= self.interval_s
+        if last is None or time.monotonic() - last[0] >= self.interval_s:
+            return True
+        return snapshot is not None and snapshot.objects != last[1]
 
     async def messages(self, camera_id: str, snapshot: Snapshot, *, always: bool) -> list[Message]:
         """The snapshot message (drawn now, if not yet), or none while the camera's last one is
-        recent: then the snapshot is not drawn at all."""
-        if not always and not self.due(camera_id):
+        recent and showed the same objects: then the snapshot is not drawn at all."""
+        if not always and not self.due(camera_id, snapshot):
             metrics.SNAPSHOTS_SKIPPED.inc()
             return []
-        self._sent[camera_id] = time.monotonic()
+        self._sent[camera_id] = (time.monotonic(), snapshot.objects)
         return [(self.topics.camera_snapshot(camera_id), await snapshot.jpeg(), True)]

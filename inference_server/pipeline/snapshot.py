@@ -14,6 +14,7 @@ import asyncio
 import io
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -149,9 +150,9 @@ class Snapshot:
         self._saved = False
 
     @property
-    def drawn(self) -> bool:
-        """Whether the JPEG is drawn already (using it again costs nothing)."""
-        return self._jpeg is not None
+    def objects(self) -> frozenset[tuple[str, int]]:
+        """What the snapshot shows: each label with its count."""
+        return frozenset(Counter(d.label for d in self._detections).items())
 
     async def jpeg(self) -> bytes:
         if self._jpeg is None:

@@ -51,7 +51,7 @@ TAMPER_CHECKS_SKIPPED = Counter(
 )
 SNAPSHOTS_SKIPPED = Counter(
     "hsi_snapshots_not_published_total",
-    "Camera snapshots kept off MQTT by snapshot_publish_interval_s (not drawn either)",
+    "Camera snapshots kept off MQTT: the same objects as the last, within snapshot_publish_interval_s (not drawn)",
     registry=REGISTRY,
 )
 

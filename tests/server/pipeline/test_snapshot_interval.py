@@ -1,5 +1,6 @@
-"""Camera snapshots on MQTT are rate-limited per camera, and a snapshot is drawn only when it is
-used: published, or an event's picture (issue 20: drawn once per published snapshot, not per image).
+"""Camera snapshots on MQTT are rate-limited per camera while the camera sees the same objects,
+and a snapshot is drawn only when it is used: published, or an event's picture (issue 20: drawn
+once per published snapshot, not per image).
 
 Four people-pictures of one camera arrive together at noon. No fast path, a long batch, and people
 at noon without context are judged below the alert level: none of them opens or rescores an event,
@@ -17,8 +18,12 @@ import pytest
 from PIL import Image
 
 from inference_server import demo_assets
+from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.domain import Detection
+from inference_server.pipeline.messages import SnapshotThrottle
+from inference_server.pipeline.snapshot import Snapshot
 from inference_server.telemetry.metrics import REGISTRY
 from tests.server.ingest.conftest import with_comment
 from tests.support.waiting import wait_until
@@ -93,3 +98,39 @@ async def test_an_event_opened_when_its_batch_closes_gets_its_picture_drawn_then
         ):
             assert resp.status == 200
             assert Image.open(io.BytesIO(await resp.read())).size == (1280, 720)
+
+
+PERSON = Detection("person", 0.9, (0.1, 0.1, 0.4, 0.9))
+CAR = Detection("car", 0.8, (0.5, 0.5, 0.9, 0.8))
+
+
+async def test_a_snapshot_showing_other_objects_is_published_at_once_the_same_scene_once_per_interval(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A parked car on a windy afternoon sends the same picture every second: one snapshot per
+    interval. A person walking up to it changes what is seen: published at once, and again when
+    they leave. Before stop 34 the interval alone decided (the person waited up to 1 s, and at
+    1 s the parked car's snapshot went out every second)."""
+    settings = make_settings()
+    throttle = SnapshotThrottle(Topics(), interval_s=3600)
+    source = demo_assets.image("bus.jpg")
+    drawn_before = _snapshots_drawn()
+
+    async def publish(image_id: int, *detections: Detection, always: bool = False) -> int:
+        shot = Snapshot(settings, "drive", image_id, source, detections)
+        return len(await throttle.messages("drive", shot, always=always))
+
+    published = [
+        await publish(1, CAR),  # the first snapshot
+        await publish(2, CAR),  # the same scene
+        await publish(3, CAR, PERSON),  # someone arrives
+        await publish(4, PERSON, CAR),  # the same objects, in another order
+        await publish(5, CAR, PERSON, PERSON),  # a second person
+        await publish(6, CAR),  # they leave
+        await publish(7, CAR, always=True),  # an event's picture goes out whatever it shows
+        await publish(8, CAR),
+    ]
+
+    assert published == [1, 0, 1, 0, 1, 1, 1, 0]
+    assert _snapshots_drawn() - drawn_before == 5  # one drawing per message, none for the others
+    assert throttle.due("other")  # per camera
