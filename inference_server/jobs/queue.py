@@ -70,6 +70,19 @@ class QueuePolicy:
         return float(delay * random.uniform(0.9, 1.1))
 
 
+def complete_sql(ids: str, attempts: str, worker: str) -> str:
+    """The statement marking jobs done, for SQL parameters named by the arguments (job ids and
+    their attempts, the worker id): only a job still held (running, same attempt, same worker) is
+    marked; it returns their ids. Also a data-modifying CTE of the detections' insert
+    (``detections.complete_and_insert``)."""
+    return (
+        "UPDATE jobs SET state = 'done', finished_at = now(), updated_at = now(), lease_until = NULL"
+        f" FROM unnest({ids}::bigint[], {attempts}::int[]) AS held (id, attempts)"
+        " WHERE jobs.id = held.id AND jobs.attempts = held.attempts AND jobs.state = 'running'"
+        f" AND jobs.worker_id = {worker} RETURNING jobs.id"
+    )
+
+
 class JobQueue:
     def __init__(self, pool: asyncpg.Pool, policy: QueuePolicy, worker_id: str) -> None:
         self.pool = pool
@@ -205,16 +218,12 @@ class JobQueue:
         those still ours (the others' leases were lost: their results must be discarded)."""
         if not jobs:
             return set()
-        rows = await conn.fetch(
-            "UPDATE jobs SET state = 'done', finished_at = now(), updated_at = now(), lease_until = NULL"
-            " FROM unnest($1::bigint[], $2::int[]) AS held (id, attempts)"
-            " WHERE jobs.id = held.id AND jobs.attempts = held.attempts AND jobs.state = 'running'"
-            " AND jobs.worker_id = $3 RETURNING jobs.id",
-            [j.id for j in jobs],
-            [j.attempts for j in jobs],
-            self.worker_id,
-        )
+        rows = await conn.fetch(complete_sql("$1", "$2", "$3"), *self.completing(jobs))
         return {r["id"] for r in rows}
+
+    def completing(self, jobs: Sequence[ClaimedJob]) -> tuple[list[int], list[int], str]:
+        """The parameters of :func:`complete_sql` for ``jobs`` held by this worker."""
+        return [j.id for j in jobs], [j.attempts for j in jobs], self.worker_id
 
     async def fail(self, job: ClaimedJob, error: str, *, retryable: bool) -> str:
         """Record a failed attempt; return the job's new state (``queued`` or ``dead``, or ``lost``

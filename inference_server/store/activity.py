@@ -31,13 +31,14 @@ def hourly_counts(images: Iterable[tuple[date, int, Iterable[str]]]) -> Hourly:
     return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [counts[k] for k in keys]
 
 
-def hourly_upsert(camera: str, labels: str, days: str, hours: str, counts: str) -> str:
+def hourly_upsert(camera: str, labels: str, days: str, hours: str, counts: str, where: str = "TRUE") -> str:
     """The statement adding ``hourly_counts`` to a camera's counts, for SQL parameters named by the
-    arguments (also a data-modifying CTE of the detections' insert: ``detections.insert_images``)."""
+    arguments (also a data-modifying CTE of the detections' insert: ``detections.insert_images``),
+    only when the condition ``where`` holds."""
     return (
         "INSERT INTO activity_hourly (camera_id, label, day, hour, images)"
         f" SELECT {camera}, l, d, h, n FROM unnest({labels}::text[], {days}::date[], {hours}::int[], {counts}::int[])"
-        " AS a (l, d, h, n)"
+        f" AS a (l, d, h, n) WHERE {where}"
         " ON CONFLICT (camera_id, label, hour, day) DO UPDATE SET images = activity_hourly.images + EXCLUDED.images"
     )
 

@@ -24,38 +24,50 @@ async def insert_many(
     await insert_images(conn, camera_id, [(image_id, detected_at, detections, zones)])
 
 
+Images = Sequence[tuple[int, datetime, Sequence[Detection], Sequence[tuple[str, ...]]]]
+
+
 async def insert_images(
-    conn: asyncpg.Connection,
-    camera_id: str,
-    images: Sequence[tuple[int, datetime, Sequence[Detection], Sequence[tuple[str, ...]]]],
-    *,
-    hourly: activity.Hourly | None = None,
+    conn: asyncpg.Connection, camera_id: str, images: Images, *, hourly: activity.Hourly | None = None
 ) -> list[list[int]]:
     """Insert the detections of several images of one camera in one statement; each image is
     ``(image_id, detected_at, detections, zones)`` with ``zones`` parallel to its detections.
     ``hourly`` (``activity.hourly_counts``) is added to the camera's activity counts in the same
     statement. Returns each image's detection ids, parallel to its detections."""
+    values = columns(images)
+    if not values:
+        return [[] for _ in images]
+    counted = f"WITH counted AS ({activity.hourly_upsert('$1', '$12', '$13', '$14', '$15')}) " if hourly else ""
+    inserted = await conn.fetch(f"{counted}{insert_sql('TRUE')}", camera_id, *values, *(hourly or ()))
+    return ids_by_image(images, [r["id"] for r in inserted])
+
+
+def columns(images: Images) -> list[list[object]]:
+    """The detections' columns ($2..$11 of :func:`insert_sql`), empty when there are none."""
     rows = [
         (image_id, d.label, d.category, d.confidence, *d.bbox, ",".join(z) or None, detected_at)
         for image_id, detected_at, dets, zones in images
         for d, z in zip(dets, list(zones) or [()] * len(dets), strict=True)
     ]
-    if not rows:
-        return [[] for _ in images]
-    columns = list(zip(*rows, strict=True))
-    counted = f"WITH counted AS ({activity.hourly_upsert('$1', '$12', '$13', '$14', '$15')}) " if hourly else ""
-    inserted = await conn.fetch(
-        f"{counted}INSERT INTO detections (image_id, camera_id, label, category, confidence, x1, y1, x2, y2, zone,"
+    return [list(c) for c in zip(*rows, strict=True)]
+
+
+def insert_sql(where: str) -> str:
+    """The detections' insert ($1 the camera, $2..$11 the columns), only when ``where`` holds."""
+    return (
+        "INSERT INTO detections (image_id, camera_id, label, category, confidence, x1, y1, x2, y2, zone,"
         " detected_at) SELECT i, $1, l, c, p, a, b, e, f, z, t FROM unnest($2::bigint[], $3::text[],"
         " $4::text[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::text[],"
-        " $11::timestamptz[]) WITH ORDINALITY AS d (i, l, c, p, a, b, e, f, z, t, n) ORDER BY n RETURNING id",
-        camera_id,
-        *(list(c) for c in columns),
-        *(hourly or ()),
+        f" $11::timestamptz[]) WITH ORDINALITY AS d (i, l, c, p, a, b, e, f, z, t, n) WHERE {where}"
+        " ORDER BY n RETURNING id"
     )
+
+
+def ids_by_image(images: Images, ids: list[int]) -> list[list[int]]:
+    """Each image's detection ids, parallel to its detections, from the ids the insert returned."""
     # The identity column numbers the rows in the order they are inserted: the given order.
-    ids = iter(sorted(r["id"] for r in inserted))
-    return [[next(ids) for _ in dets] for _, _, dets, _ in images]
+    ordered = iter(sorted(ids))
+    return [[next(ordered) for _ in dets] for _, _, dets, _ in images]
 
 
 async def page(

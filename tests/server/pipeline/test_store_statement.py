@@ -1,0 +1,126 @@
+"""A camera's group of results is stored with its jobs' completion, its detections and the
+camera's hourly counts in one statement (stop 34: the completion was a round trip of its own),
+and a job whose lease was lost meanwhile still leaves nothing of itself behind.
+
+Real PostgreSQL, the result stage as the server wires it (``bench.store_stage.store_pipeline``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from bench.roundtrips import RoundTrips
+from bench.store_stage import store_pipeline
+from inference_server import demo_assets
+from inference_server.config import Settings
+from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.domain import Detection
+from inference_server.jobs.queue import ClaimedJob, JobQueue
+from inference_server.pipeline.decode import Picture, decode_picture
+from inference_server.pipeline.detect import DetectWorker
+from inference_server.server import open_database
+from tests.server.ingest.conftest import with_comment
+
+from ..conftest import FakeClock
+
+NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+PERSON = Detection("person", 0.62, (0.1, 0.2, 0.3, 0.9))
+CAR = Detection("car", 0.7, (0.6, 0.6, 0.9, 0.9))
+DONE = "UPDATE jobs SET state = 'done'"
+
+
+class _Porch:
+    def __init__(self, worker: DetectWorker, queue: JobQueue, pool: asyncpg.Pool, picture: Picture) -> None:
+        self.worker, self.queue, self.pool, self.picture = worker, queue, pool, picture
+
+    async def claim(self, ingestor: object, count: int) -> list[ClaimedJob]:
+        raw = demo_assets.image("bus.jpg").read_bytes()
+        for n in range(count):
+            await ingestor.ingest_bytes(  # type: ignore[attr-defined]
+                "porch", with_comment(raw, f"store {n}"), captured_at=NOON + timedelta(seconds=n), original_name=None
+            )
+        return sorted(await self.queue.claim(count), key=lambda j: j.id)
+
+    async def finish(self, jobs: Sequence[ClaimedJob], found: Sequence[Sequence[Detection]]) -> list[ClaimedJob]:
+        return await self.worker.result.finish_many([(j, self.picture, d) for j, d in zip(jobs, found, strict=True)])
+
+    async def stored(self) -> tuple[dict[int, list[str]], dict[str, int], dict[int, str]]:
+        """Each image's detection labels (in id order), the camera's hourly counts, each job's state."""
+        labels: dict[int, list[str]] = {}
+        for r in await self.pool.fetch("SELECT image_id, label FROM detections ORDER BY id"):
+            labels.setdefault(r["image_id"], []).append(r["label"])
+        hourly = {r["label"]: r["images"] for r in await self.pool.fetch("SELECT label, images FROM activity_hourly")}
+        states = {r["image_id"]: r["state"] for r in await self.pool.fetch("SELECT image_id, state FROM jobs")}
+        return labels, hourly, states
+
+
+@pytest.fixture
+async def porch(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> AsyncIterator[tuple[_Porch, object]]:
+    # No fast path and a long batch: the group opens no event, so only the store's own work runs.
+    settings = make_settings(fast_path={}, batch_window_s=300, batch_idle_s=120, tamper_enabled=False)
+    pool, _ = await open_database(settings)
+    worker, ingestor, queue = await store_pipeline(settings, pool, pose_detector, ["porch"], clock=FakeClock(NOON))
+    picture = decode_picture(demo_assets.image("bus.jpg"), settings.detector_imgsz)
+    try:
+        yield _Porch(worker, queue, pool, picture), ingestor
+    finally:
+        worker._infer_pool.shutdown()
+        worker._decode_pool.shutdown()
+        await pool.close()
+
+
+async def test_a_groups_jobs_detections_and_counts_are_one_statement(porch: tuple[_Porch, object]) -> None:
+    camera, ingestor = porch
+    jobs = await camera.claim(ingestor, 3)
+
+    with RoundTrips() as trips:
+        lost = await camera.finish(jobs, [[PERSON, CAR], [], [PERSON]])
+
+    assert lost == []
+    completing = {text: n for text, n in trips.by_statement.items() if DONE in text}
+    assert list(completing.values()) == [1], f"the jobs were completed in {completing}"
+    [statement] = completing
+    assert "INSERT INTO detections" in statement and "INSERT INTO activity_hourly" in statement
+    assert not any("INSERT INTO detections" in text for text in trips.by_statement if text != statement)
+    labels, hourly, states = await camera.stored()
+    assert labels == {jobs[0].image_id: ["person", "car"], jobs[2].image_id: ["person"]}
+    assert hourly == {"person": 2, "car": 1}
+    assert set(states.values()) == {"done"}
+
+
+async def test_a_job_whose_lease_was_lost_leaves_nothing_and_the_others_are_stored(
+    porch: tuple[_Porch, object],
+) -> None:
+    """Another worker took the middle job over (its lease had run out): its result is dropped
+    whole, detections and counts, and the job stays the other worker's; the rest of the group is
+    stored as if it had come alone."""
+    camera, ingestor = porch
+    jobs = await camera.claim(ingestor, 3)
+    await camera.pool.execute("UPDATE jobs SET worker_id = 'other', attempts = attempts + 1 WHERE id = $1", jobs[1].id)
+
+    lost = await camera.finish(jobs, [[PERSON], [PERSON, CAR], [CAR]])
+
+    assert [j.id for j in lost] == [jobs[1].id]
+    labels, hourly, states = await camera.stored()
+    assert labels == {jobs[0].image_id: ["person"], jobs[2].image_id: ["car"]}
+    assert hourly == {"person": 1, "car": 1}
+    assert states == {jobs[0].image_id: "done", jobs[1].image_id: "running", jobs[2].image_id: "done"}
+
+
+async def test_a_group_whose_every_lease_was_lost_stores_nothing(porch: tuple[_Porch, object]) -> None:
+    camera, ingestor = porch
+    jobs = await camera.claim(ingestor, 2)
+    await camera.pool.execute("UPDATE jobs SET worker_id = 'other'")
+
+    lost = await camera.finish(jobs, [[PERSON], [CAR]])
+
+    assert {j.id for j in lost} == {j.id for j in jobs}
+    labels, hourly, states = await camera.stored()
+    assert (labels, hourly, set(states.values())) == ({}, {}, {"running"})
+    assert await camera.pool.fetchval("SELECT count(*) FROM batches") == 0
