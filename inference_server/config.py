@@ -334,7 +334,13 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=5, ge=1)
     job_backoff_base_s: float = Field(default=2.0, gt=0)
     job_backoff_max_s: float = Field(default=300.0, gt=0)
-    job_poll_interval_s: float = Field(default=1.0, gt=0)
+    job_poll_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="The detect worker's look for claimable jobs nobody announced (a notification missed, "
+        "another process's retry). New jobs, retries of this process (when their delay runs out), "
+        "reaped leases and a LISTEN connection made again wake it at once. Was 1 s: a statement a second all day.",
+    )
     role: Literal["all", "api", "worker"] = "all"
 
     # --- detection ----------------------------------------------------------------------

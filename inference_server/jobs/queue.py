@@ -258,6 +258,10 @@ class JobQueue:
         if updated is None:
             log.warning("job failure not recorded: lease lost job_id=%s error=%s", job_id, error)
             return "lost"
+        if not dead:
+            # Claimable again once its delay has run out: wake this process's worker then (the
+            # poll, ``job_poll_interval_s``, is only the safety net for a notification missed).
+            asyncio.get_running_loop().call_later(delay, self._wakeup.set)
         log.warning(
             "job failed job_id=%s camera_id=%s attempt=%s/%s state=%s retry_in_s=%.1f error=%s",
             job_id,
@@ -318,6 +322,8 @@ class JobQueue:
         if rows:
             log.warning("expired leases reaped requeued=%d dead=%d", requeued, dead)
             self._wakeup.set()
+        if requeued:
+            await self.pool.execute(f"NOTIFY {NOTIFY_CHANNEL}")  # and the workers of other processes
         return requeued, dead
 
     async def counts(self) -> dict[str, int]:

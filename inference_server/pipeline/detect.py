@@ -102,7 +102,7 @@ class DetectWorker:
         loop = asyncio.get_running_loop()
         # A claim that filled its batch may have left ready jobs behind: claim again at once.
         # One that did not found the queue empty of ready jobs: a new job wakes the worker
-        # (LISTEN/NOTIFY), a retry's delay ending is found by the poll.
+        # (LISTEN/NOTIFY), and so do a retry's delay running out and a reaped lease (jobs/queue.py).
         more = True
         worked_at = loop.time()
         while not stop.is_set():

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 _BATCH = 200
 _RETRY_S = 1.0
+#: The look for rows nobody announced (a standby relay's turn to try the lock; a notification
+#: missed). Rows are announced (NOTIFY) at commit, the broker's return and a LISTEN connection
+#: made again wake the relay, and unacknowledged rows are tried again after ``_RETRY_S``: at 1 s
+#: this poll was a statement a second all day (stop 34).
+POLL_S = 10.0
 #: The relay's session lock ("HSIR"; the migrations' is "HSI1").
 _LOCK_KEY = 0x4853_4952
 
@@ -37,11 +42,13 @@ class OutboxRelay:
     round trips instead of one pass each (docs/decisions.md)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, publisher: MqttPublisher, poll_interval_s: float = 1.0, gather_s: float = 0.0
+        self, pool: asyncpg.Pool, publisher: MqttPublisher, poll_interval_s: float = POLL_S, gather_s: float = 0.0
     ) -> None:
         self.pool = pool
         self.publisher = publisher
         self.poll_interval_s = poll_interval_s
+        #: The last pass left rows unacknowledged: look again after ``_RETRY_S``, not the poll.
+        self._retry = False
         self.gather_s = gather_s
         self._wakeup = asyncio.Event()
         self._listener = Listener(pool, outbox.NOTIFY_CHANNEL, self._on_notify)
@@ -70,18 +77,24 @@ class OutboxRelay:
                     if not self.publisher.connected.is_set():
                         # This process cannot reach the broker: another relay may, let it send.
                         await self._step_down()
+                        self._retry = False  # the broker's return wakes it
                     elif not polled or await outbox.any_pending(self.pool):
                         sent = await self.relay_once()
                 except DB_ERRORS as err:
                     log.error("outbox relay database error: %r", err)
+                    self._retry = True  # look again each _RETRY_S until the database answers
                     await asyncio.sleep(_RETRY_S)
                 if sent == _BATCH:
                     continue
                 waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
-                await asyncio.wait(waiters, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+                if not self.publisher.connected.is_set():
+                    # Back to the broker: send (or lead again) at once, not at the next poll.
+                    waiters.append(asyncio.ensure_future(self.publisher.connected.wait()))
+                timeout = min(_RETRY_S, self.poll_interval_s) if self._retry else self.poll_interval_s
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waiters:
                     waiter.cancel()
-                polled = not self._wakeup.is_set()
+                polled = not self._wakeup.is_set() and not self._retry
                 if self.gather_s > 0 and self._wakeup.is_set() and not stop.is_set():
                     await asyncio.sleep(self.gather_s)
         finally:
@@ -123,6 +136,7 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; return how many were acknowledged (0 as well while
         another relay holds the relay lock)."""
+        self._retry = False
         conn = await self._lead()
         if conn is None:
             return 0
@@ -142,6 +156,7 @@ class OutboxRelay:
         if acked:
             await outbox.mark_sent(conn, acked)
         if failed:
+            self._retry = True
             await outbox.mark_failed(conn, failed, repr(err or PublishError("no acknowledgement in 10 s")))
             log.warning("outbox messages not acknowledged count=%d; will retry", len(failed))
         metrics.STAGE.labels("publish").observe((metrics.now() - started) / len(rows))

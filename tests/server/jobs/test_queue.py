@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import asyncpg
@@ -113,3 +114,44 @@ async def test_completing_several_jobs_leaves_out_the_one_whose_lease_was_lost(p
     states = dict(await pool.fetch("SELECT id, state FROM jobs ORDER BY id"))
     assert states == {held[0].id: "done", held[1].id: "running", held[2].id: "done"}
     assert await pool.fetchval("SELECT worker_id FROM jobs WHERE id = $1", held[1].id) == "rescuer"
+
+
+async def test_a_retry_wakes_its_worker_when_its_delay_runs_out_not_at_the_next_poll(pool: asyncpg.Pool) -> None:
+    """The worker's poll is 10 s (stop 34; it was 1 s, a statement a second all day): a retry
+    must not wait for it. Before, nothing woke the worker when the delay ran out."""
+    queue = JobQueue(pool, QueuePolicy(backoff_base_s=0.3), "w")
+    await queue.listen()
+    try:
+        await _enqueue(pool, queue, 1)
+        [job] = await queue.claim(1)
+        await queue.wait_for_work(0.5)  # the job's own announcement, consumed
+        assert await queue.fail(job, "boom", retryable=True) == "queued"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        assert await queue.wait_for_work(5)
+
+        assert 0.2 <= loop.time() - started < 2
+        [again] = await queue.claim(1)
+        assert again.id == job.id and again.attempts == 2
+    finally:
+        await queue.close()
+
+
+async def test_reaped_leases_wake_the_workers_of_other_processes(pool: asyncpg.Pool) -> None:
+    crashed = JobQueue(pool, QueuePolicy(lease_s=30), "crashed")
+    reaper = JobQueue(pool, QueuePolicy(), "reaper")
+    elsewhere = JobQueue(pool, QueuePolicy(), "elsewhere")
+    await elsewhere.listen()
+    try:
+        await _enqueue(pool, crashed, 2)
+        await crashed.claim(2)
+        await elsewhere.wait_for_work(0.5)  # the jobs' announcement, consumed
+        await pool.execute("UPDATE jobs SET lease_until = now() - interval '1 second'")
+
+        assert await reaper.reap_expired() == (2, 0)
+
+        assert await elsewhere.wait_for_work(2)
+        assert len(await elsewhere.claim(5)) == 2
+    finally:
+        await elsewhere.close()

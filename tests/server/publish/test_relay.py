@@ -20,7 +20,7 @@ from inference_server.comms.mqtt import BrokerAddress, MqttPublisher
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
-from inference_server.publish.relay import _LOCK_KEY, OutboxRelay
+from inference_server.publish.relay import _LOCK_KEY, POLL_S, OutboxRelay
 from inference_server.schemas import CameraState
 from inference_server.store import outbox
 from inference_server.store.db import create_pool
@@ -300,3 +300,26 @@ async def test_a_database_error_while_stepping_down_does_not_end_the_relay(
         own_broker.start()
         await _store(pool, "after")
         await wait_until(lambda: _all_sent(pool), timeout=30)
+
+
+async def test_an_idle_relay_is_quiet_and_its_brokers_return_wakes_it_at_once(
+    database_url: str, own_broker: Mosquitto
+) -> None:
+    """With nothing to send, the relay waits for a notification: its poll is 10 s (stop 34; at 1 s
+    it was a statement a second all day). What waits for the broker is sent when the broker is
+    back, not at the next poll."""
+    async with _relay(database_url, own_broker) as (relay, pool):
+        await asyncio.sleep(0.5)
+        with RoundTrips() as trips:
+            await asyncio.sleep(3)
+        assert trips.count == 0, trips.by_statement
+
+        own_broker.stop()
+        await wait_until(lambda: not relay.publisher.connected.is_set(), timeout=10)
+        await _store(pool, "away")
+        own_broker.start()
+        await wait_until(relay.publisher.connected.is_set, timeout=30)
+        loop = asyncio.get_running_loop()
+        back = loop.time()
+        await wait_until(lambda: _all_sent(pool), timeout=30)
+        assert loop.time() - back < POLL_S / 2
