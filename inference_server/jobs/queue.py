@@ -73,8 +73,8 @@ class QueuePolicy:
 def complete_sql(ids: str, attempts: str, worker: str) -> str:
     """The statement marking jobs done, for SQL parameters named by the arguments (job ids and
     their attempts, the worker id): only a job still held (running, same attempt, same worker) is
-    marked; it returns their ids. Also a data-modifying CTE of the detections' insert
-    (``detections.complete_and_insert``)."""
+    marked; it returns their ids. Also a data-modifying CTE of the result stage's store statement
+    (``pipeline/result.py``, ``_complete_and_insert``)."""
     return (
         "UPDATE jobs SET state = 'done', finished_at = now(), updated_at = now(), lease_until = NULL"
         f" FROM unnest({ids}::bigint[], {attempts}::int[]) AS held (id, attempts)"
