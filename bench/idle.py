@@ -3,7 +3,11 @@ CPU it and PostgreSQL take, with no camera sending anything (the state of a home
 the day). The whole server runs (embedded PostgreSQL, in-process broker, the detector loaded, no
 LLM); the count starts ``--settle`` seconds after start-up and lasts ``--seconds``.
 
-    YOLO_OFFLINE=1 XDG_RUNTIME_DIR=/tmp/hsi-runtime-0 .venv/bin/python -m bench.idle
+``--history N`` first stores N done images and jobs, spread over the last 13 days (inside
+retention), as a home's database holds them after a few weeks: what the server reads on its own
+every few seconds then costs what it costs on a real install, not on an empty database.
+
+    YOLO_OFFLINE=1 XDG_RUNTIME_DIR=/tmp/hsi-runtime-0 .venv/bin/python -m bench.idle [--history 300000]
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     server = Server(settings, clock=SystemClock())
     await server.start()
     try:
+        if args.history:
+            await _history(server, args.history)
         meter = CpuMeter()
         meter.find_postgres(settings.data_dir)
         await asyncio.sleep(args.settle)
@@ -72,10 +78,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def _history(server: Server, count: int) -> None:
+    """``count`` done images and jobs of one camera over the last 13 days, then vacuumed and
+    analysed (as autovacuum leaves a table that has grown)."""
+    assert server.pool is not None
+    started = time.perf_counter()
+    await server.pool.execute("INSERT INTO cameras (id, name) VALUES ('history', 'History') ON CONFLICT DO NOTHING")
+    await server.pool.execute(
+        "WITH img AS (INSERT INTO images (camera_id, sha256, path, source, media_type, width, height, size_bytes,"
+        " captured_at, captured_at_source, received_at)"
+        " SELECT 'history', sha256(int8send(g)), '/history/' || g || '.jpg', 'folder', 'image/jpeg', 1280, 720,"
+        " 100000, t, 'mtime', t FROM generate_series(1, $1) AS g,"
+        " LATERAL (SELECT now() - make_interval(secs => g * 13 * 86400.0 / $1)) AS at (t) RETURNING id, received_at)"
+        " INSERT INTO jobs (image_id, camera_id, state, attempts, max_attempts, created_at, updated_at, finished_at)"
+        " SELECT id, 'history', 'done', 1, 5, received_at, received_at, received_at + interval '0.4 s' FROM img",
+        count,
+    )
+    async with server.pool.acquire() as conn:
+        await conn.execute("VACUUM ANALYZE images")
+        await conn.execute("VACUUM ANALYZE jobs")
+    print(f"history: {count} done images and jobs stored in {time.perf_counter() - started:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--settle", type=float, default=10, help="seconds after start-up before counting")
+    parser.add_argument("--history", type=int, default=0, help="done images and jobs stored first (13 days' worth)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="cProfile the event loop while counting, stats to this file")
     args = parser.parse_args()

@@ -332,10 +332,25 @@ class JobQueue:
 
 async def state_counts(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
     """Jobs by state, every state present (0 when none)."""
-    rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
-    counts = {"queued": 0, "running": 0, "done": 0, "dead": 0}
-    counts.update({r["state"]: r["n"] for r in rows})
-    return counts
+    row = await conn.fetchrow(f"SELECT {_STATE_COUNTS}")
+    assert row is not None
+    return {state: row[state] for state in _STATES}
+
+
+_STATES = ("queued", "running", "done", "dead")
+#: Each state counted on its own partial index (``jobs_ready``, ``jobs_leased``, ``jobs_finished``,
+#: ``jobs_dead``): a ``GROUP BY state`` read the whole table, every status (10 s) all day.
+_STATE_COUNTS = ", ".join(f"(SELECT count(*) FROM jobs WHERE state = '{state}') AS {state}" for state in _STATES)
+#: ``throughput`` in one statement, each part on an index (``jobs_finished``, migration 0010): it
+#: read the whole jobs table three times, every status (10 s) all day.
+THROUGHPUT = (
+    f"SELECT {_STATE_COUNTS},"
+    " (SELECT count(*) FROM jobs WHERE state = 'done' AND finished_at > now() - make_interval(secs => $1)) AS recent,"
+    " (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY ms) FROM ("
+    "   SELECT extract(epoch FROM j.finished_at - i.received_at) * 1000 AS ms"
+    "   FROM jobs j JOIN images i ON i.id = j.image_id WHERE j.state = 'done'"
+    "   ORDER BY j.finished_at DESC LIMIT 500) t) AS pcts"
+)
 
 
 # --- read side for the API and status ----------------------------------------------------------
@@ -396,20 +411,11 @@ class Throughput:
 async def throughput(conn: asyncpg.Connection | asyncpg.Pool, window_s: float = 60.0) -> Throughput:
     """Queue depth by state, jobs finished per second over the window, and their latency
     from image received to job finished (p50/p95 of the last 500 finished jobs)."""
-    counts = await state_counts(conn)
-    row = await conn.fetchrow(
-        "SELECT (SELECT count(*) FROM jobs WHERE state = 'done'"
-        "        AND finished_at > now() - make_interval(secs => $1)) AS recent,"
-        " (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY ms) FROM ("
-        "   SELECT extract(epoch FROM j.finished_at - i.received_at) * 1000 AS ms"
-        "   FROM jobs j JOIN images i ON i.id = j.image_id WHERE j.state = 'done'"
-        "   ORDER BY j.finished_at DESC LIMIT 500) t) AS pcts",
-        window_s,
-    )
+    row = await conn.fetchrow(THROUGHPUT, window_s)
     assert row is not None
     pcts = row["pcts"]
     return Throughput(
-        counts=counts,
+        counts={state: row[state] for state in _STATES},
         images_per_s=round(row["recent"] / window_s, 3),
         latency_ms_p50=round(pcts[0], 1) if pcts else None,
         latency_ms_p95=round(pcts[1], 1) if pcts else None,
