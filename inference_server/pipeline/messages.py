@@ -85,13 +85,11 @@ class SnapshotThrottle:
         #: Per camera: monotonic time of the last snapshot message queued, and what it showed.
         self._sent: dict[str, tuple[float, frozenset[tuple[str, int]]]] = {}
 
-    def due(self, camera_id: str, snapshot: Snapshot | None = None) -> bool:
-        """Whether the camera's next snapshot (``snapshot``, when known) would be sent: its last
-        one is not recent, or showed other objects."""
+    def due(self, camera_id: str, snapshot: Snapshot) -> bool:
+        """Whether ``snapshot`` would be sent as the camera's next: its last one is not recent, or
+        showed other objects."""
         last = self._sent.get(camera_id)
-        if last is None or time.monotonic() - last[0] >= self.interval_s:
-            return True
-        return snapshot is not None and snapshot.objects != last[1]
+        return last is None or time.monotonic() - last[0] >= self.interval_s or snapshot.objects != last[1]
 
     async def messages(self, camera_id: str, snapshot: Snapshot, *, always: bool) -> list[Message]:
         """The snapshot message (drawn now, if not yet), or none while the camera's last one is

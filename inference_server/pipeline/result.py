@@ -140,17 +140,18 @@ class ResultStage:
         if not ready:
             return set(), []
         camera_id = ready[0].job.camera_id
+        jobs = [r.job for r in ready]
         found = [r for r in ready if r.detections]
         tagged = {r.job.image_id: [zones_of(d, r.job.zones) for d in r.detections] for r in found}
-        detection_ids: list[list[int]] | None = None
-        if found:
+        if not found:
+            owned = await self.queue.complete_many(conn, jobs)
+            detection_ids: list[list[int]] | None = []
+        else:
             # One statement: the jobs done, the detections and the camera's hourly counts.
             owned, detection_ids = await _complete_and_insert(
-                conn, camera_id, *self._detections(found, tagged), self.queue.completing([r.job for r in ready])
+                conn, camera_id, *self._detections(found, tagged), self.queue.completing(jobs)
             )
-        else:
-            owned = await self.queue.complete_many(conn, [r.job for r in ready])
-        if detection_ids is None and found:
+        if detection_ids is None:
             # A lease was lost (rare): the statement stored no detection; those still held now.
             found = [r for r in found if r.job.id in owned]
             rows, hourly = self._detections(found, tagged)
@@ -161,8 +162,6 @@ class ResultStage:
                 messages += await self.tamper.observe(conn, camera_id, r.job.image_id, r.job.captured_at, r.scene)
         if not found:
             return owned, messages
-        assert detection_ids is not None
-        zones = {r.job.image_id: list(r.job.zones) for r in found}
         seen: list[Seen] = []
         enrolled = 0
         for r, ids in zip(found, detection_ids, strict=True):
@@ -186,7 +185,7 @@ class ResultStage:
             camera_id=camera_id,
             camera_name=latest.camera_name,
             camera_enabled=latest.camera_enabled,
-            zones=zones[latest.image_id],
+            zones=list(latest.zones),
             seen=seen,
             enrolled_people=enrolled,
         )

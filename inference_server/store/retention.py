@@ -355,14 +355,12 @@ async def _sweep_orphan_folders(pool: asyncpg.Pool, settings: Settings, grace_s:
     roots = _kind_roots(settings)
     listed = {kind: await asyncio.to_thread(_folder_names, root) for kind, root in roots.items()}
     known = await cameras.ids(pool)
+    # (kind, camera folder, whether the folder stays: its camera exists and writes into it)
+    folders = [(kind, name, False) for kind, names in listed.items() for name in sorted(names - known)]
+    folders += [("snapshot", name, True) for name in sorted(listed["snapshot"] & known)]
     removed = freed = 0
-    for kind, names in listed.items():
-        for name in sorted(names - known):
-            count, size = await _sweep_folder(pool, kind, roots[kind], name, grace_s)
-            removed += count
-            freed += size
-    for name in sorted(listed["snapshot"] & known):
-        count, size = await _sweep_folder(pool, "snapshot", roots["snapshot"], name, grace_s, keep_folder=True)
+    for kind, name, keep in folders:
+        count, size = await _sweep_folder(pool, kind, roots[kind], name, grace_s, keep_folder=keep)
         removed += count
         freed += size
     return removed, freed

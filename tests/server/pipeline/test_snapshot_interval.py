@@ -133,4 +133,4 @@ async def test_a_snapshot_showing_other_objects_is_published_at_once_the_same_sc
 
     assert published == [1, 0, 1, 0, 1, 1, 1, 0]
     assert _snapshots_drawn() - drawn_before == 5  # one drawing per message, none for the others
-    assert throttle.due("other")  # per camera
+    assert throttle.due("other", Snapshot(settings, "other", 9, source, [CAR]))  # per camera
