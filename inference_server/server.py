@@ -150,6 +150,7 @@ class Server:
     _embedded_pg: EmbeddedPostgres | None = field(init=False, default=None)
     _broker: EmbeddedBroker | None = field(init=False, default=None)
     _publisher: MqttPublisher | None = field(init=False, default=None)
+    _relay: OutboxRelay | None = field(init=False, default=None)
     _queue: JobQueue | None = field(init=False, default=None)
     _runner: web.AppRunner | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
@@ -204,7 +205,8 @@ class Server:
         await self._load_recognition(s)
         await self._start_api(runs_api)
         publisher = await self._start_publisher()
-        self._spawn(OutboxRelay(self.pool, publisher, gather_s=s.outbox_gather_ms / 1000).run(self._stop), "relay")
+        self._relay = OutboxRelay(self.pool, publisher, gather_s=s.outbox_gather_ms / 1000)
+        self._spawn(self._relay.run(self._stop), "relay")
         self._spawn(self._republish_states(), "camera-states")
         self._spawn(self._publish_status(), "status")
         self._spawn(RetentionWorker(self.pool, s).run(self._stop), "retention")
@@ -308,6 +310,9 @@ class Server:
         self.batches = BatchStage(s, self.pool, rules, self.topics, self.clock, llm_enabled=llm is not None)
         tamper = TamperStage(s, self.topics) if s.tamper_enabled else None
         result = ResultStage(s, self.pool, queue, self.batches, self.recognizer, tamper=tamper)
+        if self._relay is not None:
+            # What the stores and closings commit goes to this process's relay in hand.
+            result.offer = self.batches.offer = self._relay.offer
         self.detect_worker = DetectWorker(s, queue, self.detector, result)
         self._spawn(self.detect_worker.run(self._stop), "detect")
         self._spawn(self.batches.run(self._stop), "batches")

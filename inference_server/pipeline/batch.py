@@ -25,7 +25,7 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -127,6 +127,8 @@ class BatchStage:
         self.alert_score = rules.thresholds.score_of(settings.alert_open_level)
         #: Per camera, its open batch's activity as this stage last stored it (pipeline/summary.py).
         self._summaries: dict[str, ActivitySummary] = {}
+        #: The outbox relay's ``offer`` (the server sets it): the rows a closing committed.
+        self.offer: Callable[[Sequence[outbox.OutboxMessage]], None] = outbox.no_offer
         #: The closing loop's next look (clock time; None: at its next tick): when the first open
         #: batch falls due, as the last look found, brought forward by the batches this stage
         #: changed since, and at most ``_LOOK_AT_LEAST_EVERY`` ahead (another process's batches).
@@ -358,8 +360,9 @@ class BatchStage:
                 )
                 if not due:
                     return closed
-                await outbox.add_many(conn, await self.close_guarded(conn, due[0], now))
-                closed += 1
+                added = await outbox.add_many(conn, await self.close_guarded(conn, due[0], now))
+            self.offer(added)
+            closed += 1
 
     async def close_guarded(self, conn: asyncpg.Connection, batch: batches.Batch, now: datetime) -> list[Message]:
         """``close``, in a savepoint; if judging this one batch raises (a bug or a value its data

@@ -74,6 +74,9 @@ class ResultStage:
         self.backlog: Callable[[], int] = lambda: 0
         #: Tampering (pipeline/tamper.py): None when switched off (``tamper_enabled``).
         self.tamper = tamper
+        #: The outbox relay's ``offer`` (the server sets it): the rows a store committed, handed
+        #: over so the relay need not read them back.
+        self.offer: Callable[[Sequence[outbox.OutboxMessage]], None] = outbox.no_offer
         self.tz = ZoneInfo(settings.camera_timezone)
 
     @property
@@ -99,8 +102,9 @@ class ResultStage:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 owned, messages = await self._store(conn, ready)
-                await outbox.add_many(conn, messages)
+                added = await outbox.add_many(conn, messages)
             committed = True
+            self.offer(added)
         finally:
             if self.tamper is not None and ready:
                 self.tamper.settle(ready[0].job.camera_id, committed=committed)

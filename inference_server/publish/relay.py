@@ -9,12 +9,19 @@ or the leader lets it go while its broker is unreachable. A row whose acknowledg
 come stays unsent and is sent again: delivery is at least once (a leader cut off between the
 broker's acknowledgement and marking the row sends it twice, as the rolled-back transaction
 did), and consumers de-duplicate by event id. docs/decisions.md, "The outbox relay: one sender".
+
+Rows this process has just committed are handed to the leading relay (``offer``): when every row
+the notifications announced since the last pass was handed over, the pass sends those without
+reading them back (one statement a pass: the mark). Anything else (a row another process or an
+earlier version committed, a poll, a leader taking over, a row that failed) makes the pass read
+what waits, in id order, as before. docs/decisions.md, "The outbox relay: committed rows handed over".
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -34,6 +41,9 @@ _RETRY_S = 1.0
 POLL_S = 10.0
 #: The relay's session lock ("HSIR"; the migrations' is "HSI1").
 _LOCK_KEY = 0x4853_4952
+#: Row ids sent from offers whose notification has not come yet, at most (then forgotten: their
+#: notifications make a pass read back, which finds nothing).
+_HANDED_KEPT = 4 * _BATCH
 
 
 class OutboxRelay:
@@ -54,9 +64,50 @@ class OutboxRelay:
         self._listener = Listener(pool, outbox.NOTIFY_CHANNEL, self._on_notify)
         #: The listening connection on which this relay holds the relay lock (None: standing by).
         self._leading: asyncpg.Connection | None = None
+        #: Rows committed by this process and handed over (``offer``), by id.
+        self._offered: dict[int, outbox.OutboxMessage] = {}
+        #: Row ids announced (notified) since the last pass and not sent yet.
+        self._announced: set[int] = set()
+        #: Ids sent before their notification came: it announces nothing new.
+        self._handed: set[int] = set()
+        #: The highest row id this relay has read or sent: an offer of a row at or below it comes
+        #: after a pass that read the rows back, and is not sent again.
+        self._seen_upto = 0
+        #: The next pass reads the waiting rows back: at the start, after a notification that
+        #: listed no ids, a poll, a new leader, a row left unsent or a full batch.
+        self._read = True
 
-    def _on_notify(self, *_: object) -> None:
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        ids = outbox.announced(payload)
+        if ids is None:
+            self._read = True
+        else:
+            fresh = [i for i in ids if i not in self._handed]
+            self._handed.difference_update(ids)
+            if not fresh:
+                return  # all sent already, from the offer
+            self._announced.update(fresh)
         self._wakeup.set()
+
+    def offer(self, messages: Sequence[outbox.OutboxMessage]) -> None:
+        """Rows this process has just committed (``outbox.add_many``'s), handed over so that the
+        next pass need not read them back. Only while this relay leads and its broker is there
+        (else the leader, or this one later, reads them); their notification comes too."""
+        if not messages or self._leading is None or not self.publisher.connected.is_set():
+            return
+        fresh = [m for m in messages if m.id > self._seen_upto]
+        if len(self._offered) + len(fresh) > _BATCH:
+            self._read = True
+            return
+        self._offered.update((m.id, m) for m in fresh)
+        self._wakeup.set()
+
+    def _forget_offers(self) -> None:
+        """Not leading (or no broker): what was offered is read back by whoever sends it."""
+        self._offered.clear()
+        self._announced.clear()
+        self._handed.clear()
+        self._read = True
 
     async def run(self, stop: asyncio.Event) -> None:
         # The last wait ran out without a wake-up: the poll for rows whose wake-up was missed (a
@@ -68,6 +119,7 @@ class OutboxRelay:
                     # LISTEN again after a database restart (until then the relay polled).
                     log.info("outbox relay listening again")
                     self._wakeup.set()  # rows committed while nobody listened
+                    self._forget_offers()
                     polled = False
                 # Cleared before the pass, not after: a row committed while the pass runs (after
                 # it locked its rows) wakes the next pass instead of waiting for the poll.
@@ -78,10 +130,14 @@ class OutboxRelay:
                         # This process cannot reach the broker: another relay may, let it send.
                         await self._step_down()
                         self._retry = False  # the broker's return wakes it
-                    elif not polled or await outbox.any_pending(self.pool):
+                    elif not polled:
+                        sent = await self.relay_once()
+                    elif await outbox.any_pending(self.pool):
+                        self._read = True  # rows nobody announced
                         sent = await self.relay_once()
                 except DB_ERRORS as err:
                     log.error("outbox relay database error: %r", err)
+                    self._forget_offers()
                     self._retry = True  # look again each _RETRY_S until the database answers
                     await asyncio.sleep(_RETRY_S)
                 if sent == _BATCH:
@@ -114,9 +170,11 @@ class OutboxRelay:
         conn = self._listener.connection
         if conn is None:
             self._leading = None  # the lock went with the connection
+            self._forget_offers()
             return None
         if self._leading is conn:
             return conn
+        self._forget_offers()  # a new leader reads what waits first
         if await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
             log.info("outbox relay sending (holds the relay lock)")
             self._leading = conn
@@ -127,6 +185,7 @@ class OutboxRelay:
     async def _step_down(self) -> None:
         held = self._leading
         self._leading = None
+        self._forget_offers()
         conn = self._listener.connection
         if held is None or conn is None or held is not conn:
             return  # not leading, or the lock went with its connection
@@ -140,9 +199,18 @@ class OutboxRelay:
         conn = await self._lead()
         if conn is None:
             return 0
-        rows = await outbox.pending(conn, _BATCH)
+        offered, self._offered = self._offered, {}
+        announced, self._announced = self._announced, set()
+        if self._read or not announced <= offered.keys():
+            self._read = False
+            rows = await outbox.pending(conn, _BATCH)
+            self._read = len(rows) == _BATCH  # more wait
+        else:
+            # Every row announced since the last pass was handed over: send them as they are.
+            rows = sorted(offered.values(), key=lambda m: m.id)
         if not rows:
             return 0
+        self._seen_upto = max(self._seen_upto, rows[-1].id)
         started = metrics.now()
         futures = [self.publisher.send(r.topic, r.payload, retain=r.retain, qos=r.qos) for r in rows]
         done, _ = await asyncio.wait(futures, timeout=10.0)
@@ -155,8 +223,13 @@ class OutboxRelay:
                 f.cancel()
         if acked:
             await outbox.mark_sent(conn, acked)
+            # Their notifications, still to come, announce nothing to send.
+            if len(self._handed) > _HANDED_KEPT:
+                self._handed.clear()
+            self._handed.update(i for i in acked if i not in announced)
         if failed:
             self._retry = True
+            self._read = True  # they are sent again, first
             await outbox.mark_failed(conn, failed, repr(err or PublishError("no acknowledgement in 10 s")))
             log.warning("outbox messages not acknowledged count=%d; will retry", len(failed))
         metrics.STAGE.labels("publish").observe((metrics.now() - started) / len(rows))

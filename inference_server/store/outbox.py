@@ -5,6 +5,7 @@ The relay (publish/relay.py) sends them and marks a row sent only after the brok
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -21,15 +22,32 @@ class OutboxMessage:
     qos: int
 
 
+#: Most row ids a notification lists (a payload holds 8,000 bytes): beyond, it lists none and the
+#: relay reads the rows back.
+ANNOUNCED_MAX = 500
+
+
+def announced(payload: str) -> list[int] | None:
+    """The row ids a notification on ``NOTIFY_CHANNEL`` lists; None when it lists none (too many
+    rows, or sent by an earlier version): the relay must read the waiting rows back."""
+    if not payload:
+        return None
+    try:
+        return [int(part) for part in payload.split(",")]
+    except ValueError:
+        return None
+
+
 async def add(conn: asyncpg.Connection, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> int:
+    """Queue one message and wake the relay (at commit), in one round trip; its row id."""
     mid: int = await conn.fetchval(
-        "INSERT INTO outbox (topic, payload, retain, qos) VALUES ($1, $2, $3, $4) RETURNING id",
+        "WITH added AS (INSERT INTO outbox (topic, payload, retain, qos) VALUES ($1, $2, $3, $4) RETURNING id)"
+        f" SELECT id, pg_notify('{NOTIFY_CHANNEL}', id::text) FROM added",
         topic,
         payload,
         retain,
         qos,
     )
-    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return mid
 
 
@@ -39,18 +57,28 @@ _ADD_MANY = (
     " SELECT m.topic, m.payload, m.retain, 1"
     " FROM unnest($1::text[], $2::bytea[], $3::boolean[]) WITH ORDINALITY AS m(topic, payload, retain, n)"
     " ORDER BY m.n"  # ids in the caller's order: the relay sends in id order (order per camera)
-    " RETURNING 1)"
-    f" SELECT pg_notify('{NOTIFY_CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM added)"
+    " RETURNING id)"
+    " SELECT array_agg(id ORDER BY id) AS ids,"
+    f" pg_notify('{NOTIFY_CHANNEL}',"
+    f" CASE WHEN count(*) <= {ANNOUNCED_MAX} THEN string_agg(id::text, ',' ORDER BY id) ELSE '' END)"
+    " FROM added HAVING count(*) > 0"
 )
 
 
-async def add_many(conn: asyncpg.Connection, messages: list[tuple[str, bytes, bool]]) -> None:
+async def add_many(conn: asyncpg.Connection, messages: list[tuple[str, bytes, bool]]) -> list[OutboxMessage]:
     """Queue (topic, payload, retain) messages at QoS 1 and wake the relay, in one round trip
-    (the notification is delivered when the caller's transaction commits, like ``NOTIFY``)."""
+    (the notification, which lists the new rows' ids, is delivered when the caller's transaction
+    commits, like ``NOTIFY``); the rows, in ``messages``' order, for ``OutboxRelay.offer`` once
+    the transaction has committed."""
     if not messages:
-        return
+        return []
     topics, payloads, retains = zip(*messages, strict=True)
-    await conn.execute(_ADD_MANY, list(topics), list(payloads), list(retains))
+    ids: list[int] = await conn.fetchval(_ADD_MANY, list(topics), list(payloads), list(retains))
+    return [OutboxMessage(i, t, p, r, 1) for i, (t, p, r) in zip(ids, messages, strict=True)]
+
+
+def no_offer(_: Sequence[OutboxMessage]) -> None:
+    """Where no relay takes committed rows in hand (``OutboxRelay.offer``): they are read back."""
 
 
 async def any_pending(conn: asyncpg.Connection | asyncpg.Pool) -> bool:

@@ -222,6 +222,83 @@ async def test_a_pass_is_two_statements_without_a_transaction(database_url: str,
         assert list(relayed.values()) == [1, 1]
 
 
+async def _store_handed(relay: OutboxRelay, pool: asyncpg.Pool, camera: str) -> None:
+    """A store as the result stage makes it: committed, then its rows handed to the relay."""
+    async with pool.acquire() as conn, conn.transaction():
+        added = await outbox.add_many(conn, [(f"hsi/cameras/{camera}/state", f'{{"c":"{camera}"}}'.encode(), True)])
+    relay.offer(added)
+
+
+async def test_rows_handed_over_after_their_commit_are_sent_without_reading_them_back(
+    database_url: str, own_broker: Mosquitto
+) -> None:
+    """The store's rows go to this process's relay in hand: the pass only marks them sent, one
+    statement instead of two (read and mark) for every picture of a camera sending one a second
+    (stop 35). The notification, which lists the rows, wakes no second pass."""
+    subscriber = await Subscriber(own_broker.url, "hsi/cameras/+/state").ready(timeout=20)
+    try:
+        async with _relay(database_url, own_broker, poll_interval_s=60, gather_s=0.05) as (relay, pool):
+            for camera in ("a", "b"):
+                with RoundTrips() as trips:
+                    await _store_handed(relay, pool, camera)
+                    await wait_until(lambda: _all_sent(pool), timeout=10)
+                    await asyncio.sleep(0.3)  # a pass the notification woke would be done by now
+                relayed = {
+                    t: n for t, n in trips.by_statement.items() if t.startswith(("SELECT id, topic", "UPDATE outbox"))
+                }
+                assert relayed == {"UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1)": 1}
+            messages = [await subscriber.wait_for(lambda m, c=c: m.topic == f"hsi/cameras/{c}/state") for c in "ab"]
+            assert [m.payload for m in messages] == [b'{"c":"a"}', b'{"c":"b"}']
+        # Sent as they were stored: retained (a new subscriber gets them from the broker).
+        late = await Subscriber(own_broker.url, "hsi/cameras/+/state").ready(timeout=20)
+        try:
+            retained = [await late.wait_for(lambda m, c=c: m.topic == f"hsi/cameras/{c}/state") for c in "ab"]
+            assert [(m.payload, m.retain) for m in retained] == [(b'{"c":"a"}', True), (b'{"c":"b"}', True)]
+        finally:
+            late.close()
+    finally:
+        subscriber.close()
+
+
+async def test_a_row_announced_but_not_handed_over_is_read_back_with_the_others_in_order(
+    database_url: str, own_broker: Mosquitto
+) -> None:
+    """A row committed by another process (announced, not handed over) among handed ones: the
+    pass reads what waits and sends all of it in id order, each once."""
+    subscriber = await Subscriber(own_broker.url, "hsi/cameras/+/state").ready(timeout=20)
+    try:
+        async with _relay(database_url, own_broker, poll_interval_s=60, gather_s=0.3) as (relay, pool):
+            with RoundTrips() as trips:
+                await _store_handed(relay, pool, "first")
+                await _store(pool, "other")  # another process's store: only its notification comes
+                await _store_handed(relay, pool, "last")
+                await wait_until(lambda: _all_sent(pool), timeout=10)
+            assert any(t.startswith("SELECT id, topic, payload") for t in trips.by_statement)
+            await asyncio.sleep(0.5)  # anything sent twice would have arrived by now
+        topics = [m.topic for m in subscriber.drain()]
+        assert topics == [f"hsi/cameras/{c}/state" for c in ("first", "other", "last")]
+    finally:
+        subscriber.close()
+
+
+async def test_rows_handed_over_after_a_pass_read_them_back_are_not_sent_again(
+    database_url: str, own_broker: Mosquitto
+) -> None:
+    """The offer comes after the commit; when the pass its notification woke came first, that
+    pass read the row back and sent it: the late offer must not send it a second time."""
+    subscriber = await Subscriber(own_broker.url, "hsi/cameras/+/state").ready(timeout=20)
+    try:
+        async with _relay(database_url, own_broker, poll_interval_s=60) as (relay, pool):
+            async with pool.acquire() as conn, conn.transaction():
+                added = await outbox.add_many(conn, [("hsi/cameras/late/state", b"{}", True)])
+            await wait_until(lambda: _all_sent(pool), timeout=10)
+            relay.offer(added)
+            await asyncio.sleep(0.5)  # a second send would have arrived by now
+        assert [m.topic for m in subscriber.drain()] == ["hsi/cameras/late/state"]
+    finally:
+        subscriber.close()
+
+
 async def test_two_relays_send_each_message_once_and_the_second_takes_over(
     database_url: str, own_broker: Mosquitto
 ) -> None:
