@@ -127,6 +127,8 @@ class BatchStage:
         self.alert_score = rules.thresholds.score_of(settings.alert_open_level)
         #: Per camera, its open batch's activity as this stage last stored it (pipeline/summary.py).
         self._summaries: dict[str, ActivitySummary] = {}
+        #: Per camera, the history its open batch was last judged with (``_history``).
+        self._histories: dict[str, tuple[tuple[object, ...], activity.History]] = {}
         #: The outbox relay's ``offer`` (the server sets it): the rows a closing committed.
         self.offer: Callable[[Sequence[outbox.OutboxMessage]], None] = outbox.no_offer
         #: The closing loop's next look (clock time; None: at its next tick): when the first open
@@ -533,15 +535,7 @@ class BatchStage:
         else:
             ctx_state = household[1]  # the caller read it for this very capture time
         top = summary.best[top_category]
-        past = await activity.history(
-            conn,
-            batch.camera_id,
-            local,
-            batch_id=batch.id,
-            visits_since=batch.opened_at - _VISIT_WINDOW,
-            zone=top.zones[0] if top.zones else "",
-            label=top.label,
-        )
+        past = await self._history(conn, batch, local, zone=top.zones[0] if top.zones else "", label=top.label)
         observation = Observation(
             camera_id=batch.camera_id,
             camera_name=camera_name,
@@ -562,6 +556,33 @@ class BatchStage:
             enrolled_people=await people.enrolled_count(conn) if known else 0,
         )
         return observation, image_id
+
+    async def _history(
+        self, conn: asyncpg.Connection, batch: batches.Batch, local: datetime, *, zone: str, label: str
+    ) -> activity.History:
+        """``activity.history`` for the batch's judgement, read once for a batch, a day and hour, a
+        zone and label: while a camera's activity goes on (a picture a second) they stay the same,
+        and so does what it reads. The baseline counts the days before ``local``'s; the other
+        visits are the camera's batches other than this one and its event's (an event opened by
+        this batch is new: no other batch has it), and while this batch is open the camera has
+        no other open one; the feedback changes by a vote, after which
+        this process reads it again (one in another process, an API role of a scale-out, is seen
+        from the camera's next batch: within ``batch_window_s``). Stop 35: a statement a picture."""
+        key = (batch.id, local.date(), local.hour, zone, label, activity.feedback_changes())
+        kept = self._histories.get(batch.camera_id)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        past = await activity.history(
+            conn,
+            batch.camera_id,
+            local,
+            batch_id=batch.id,
+            visits_since=batch.opened_at - _VISIT_WINDOW,
+            zone=zone,
+            label=label,
+        )
+        self._histories[batch.camera_id] = (key, past)
+        return past
 
     # --- events ----------------------------------------------------------------------------------
     async def _open_event(

@@ -74,9 +74,21 @@ def _baseline_of(row: asyncpg.Record) -> dict[str, float] | None:
     return {label: round(n / span, 3) for label, n in counts.items()}
 
 
+#: Feedback changes made by this process (``add_feedback``, ``change_feedback``): a history kept
+#: in memory (``BatchStage``) is read again after one.
+_feedback_changes = 0
+
+
+def feedback_changes() -> int:
+    """How many feedback changes this process has made (a history read before one is stale)."""
+    return _feedback_changes
+
+
 async def add_feedback(
     conn: asyncpg.Connection, camera_id: str, zone: str, label: str, hour: int, feedback: str
 ) -> None:
+    global _feedback_changes
+    _feedback_changes += 1
     column = _column(feedback)
     await conn.execute(
         f"INSERT INTO feedback_stats (camera_id, zone, label, hour, {column}) VALUES ($1, $2, $3, $4, 1)"
@@ -150,8 +162,10 @@ async def change_feedback(
     conn: asyncpg.Connection, camera_id: str, zone: str, label: str, hour: int, old: str | None, new: str | None
 ) -> None:
     """Move an event's feedback from ``old`` to ``new`` in the stats (a correction is not a second vote)."""
+    global _feedback_changes
     if old == new:
         return
+    _feedback_changes += 1
     if old is not None:
         await conn.execute(
             f"UPDATE feedback_stats SET {_column(old)} = greatest({_column(old)} - 1, 0)"

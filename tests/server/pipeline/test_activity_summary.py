@@ -36,7 +36,7 @@ from inference_server.reasoning.reasoner import LevelThresholds
 from inference_server.reasoning.rules import RulesReasoner
 from inference_server.schemas import CameraState, HouseholdContext, Zone, ZoneList
 from inference_server.server import open_database
-from inference_server.store import batches, cameras
+from inference_server.store import activity, batches, cameras
 from inference_server.store.batches import BatchDetection
 from tests.server.ingest.conftest import with_comment
 
@@ -263,6 +263,37 @@ async def test_an_ongoing_event_is_judged_without_reading_its_detections_back(po
     stored = await pool.fetchrow("SELECT risk_score, reasoning, image_id FROM events")
     assert (stored["risk_score"], stored["reasoning"]) == (full[0].risk_score, full[0].reasoning)  # type: ignore[attr-defined]
     assert "seen in 24 images" in stored["reasoning"]
+
+
+HISTORY_READ = "SELECT (SELECT count(DISTINCT day) FROM activity_hourly"  # activity.history
+
+
+async def test_an_ongoing_events_history_is_read_once_and_again_after_a_vote(porch) -> None:  # type: ignore[no-untyped-def]
+    """The history an ongoing event is judged with (baseline, other visits, feedback) was read for
+    every stored group: a statement a picture for a camera sending one a second. It is read once
+    for a batch, an hour, a zone and a label, and again after a feedback vote; the judgement is
+    the one a stage that reads everything gives (stop 35)."""
+    camera, worker, pool, _ = porch
+    at_the_door = [[Detection("person", 0.8, (0.1, 0.2, 0.3, 0.9))], [Detection("person", 0.82, (0.1, 0.2, 0.3, 0.9))]]
+    await camera.store(at_the_door)
+    with RoundTrips() as trips:
+        for _ in range(10):
+            await camera.store(at_the_door)
+    assert sum(n for text, n in trips.by_statement.items() if HISTORY_READ in text) == 0
+    assert await pool.fetchval("SELECT count(*) FROM events") == 1
+    kept, full = await _judgements(worker.result.batches, pool)
+    assert kept == full
+
+    # Someone says the event is a false alarm: the next group is judged with that vote.
+    async with pool.acquire() as conn, conn.transaction():
+        await activity.change_feedback(conn, "porch", "door", "person", NOON.hour, None, "false_alarm")
+    before = kept[0].risk_score  # type: ignore[attr-defined]
+    with RoundTrips() as trips:
+        await camera.store(at_the_door)
+    assert sum(n for text, n in trips.by_statement.items() if HISTORY_READ in text) == 1
+    kept, full = await _judgements(worker.result.batches, pool)
+    assert kept == full
+    assert kept[0].risk_score < before  # type: ignore[attr-defined]
 
 
 async def test_the_kept_summary_is_not_trusted_after_another_worker_or_a_rollback(  # type: ignore[no-untyped-def]
