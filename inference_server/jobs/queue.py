@@ -5,7 +5,10 @@
   each under a lease; a worker that dies loses its lease and the reaper requeues the job;
 - completion is guarded by (worker, attempt), so a worker whose lease was taken over
   cannot also complete the job: each job's result is committed once;
-- failures retry with capped exponential backoff and jitter, then go to the dead letters.
+- failures retry with capped exponential backoff and jitter, then go to the dead letters;
+- a camera folder's next image is inserted already claimed by this process's idle detect worker
+  (``JobTaker``) and handed to it: no notification, no claim (docs/decisions.md, "A picture
+  handed to the idle worker").
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import asyncpg
 
@@ -83,6 +87,26 @@ def complete_sql(ids: str, attempts: str, worker: str) -> str:
     )
 
 
+class JobTaker(Protocol):
+    """This process's detect worker, taking jobs inserted already claimed for it."""
+
+    def wants_job(self) -> bool:
+        """Whether it waits for work with nothing in hand (the next job may be claimed for it)."""
+        ...
+
+    async def take_job(self, job: ClaimedJob) -> None:
+        """A committed job, claimed for it (attempt 1, its lease running)."""
+        ...
+
+
+#: The job of the image inserted by a CTE named ``image``, claimed at once for the worker $16 with
+#: a lease of $17 seconds (camera $1, attempts $14): what ``JobQueue.claim`` would make of it.
+_JOB_CLAIMED = (
+    "job AS (INSERT INTO jobs (image_id, camera_id, max_attempts, state, attempts, lease_until, worker_id)"
+    " SELECT id, $1, $14, 'running', 1, now() + make_interval(secs => $17), $16 FROM image RETURNING id)"
+)
+
+
 class JobQueue:
     def __init__(self, pool: asyncpg.Pool, policy: QueuePolicy, worker_id: str) -> None:
         self.pool = pool
@@ -90,6 +114,9 @@ class JobQueue:
         self.worker_id = worker_id
         self._wakeup = asyncio.Event()
         self._listener = Listener(pool, NOTIFY_CHANNEL, self._on_notify)
+        #: This process's detect worker (it sets itself): a folder's next image goes to it in hand
+        #: while it waits for work.
+        self.taker: JobTaker | None = None
 
     # --- producer side -------------------------------------------------------------------
     async def enqueue(self, conn: asyncpg.Connection, image_id: int, camera_id: str) -> int:
@@ -124,7 +151,14 @@ class JobQueue:
         with its job, and the workers woken, only while ``image.camera_id`` is still the camera of
         ``folder`` and enabled. (enabled, image id, job id): enabled None when it is not that
         folder's camera any more (nothing inserted), False when it is switched off (nothing
-        inserted), True with (None, None) for bytes the camera already has."""
+        inserted), True with (None, None) for bytes the camera already has.
+
+        While this process's detect worker waits for work with nothing in hand, the job is
+        inserted claimed for it and handed over once committed: the worker skips the claim and
+        nobody else is woken (the statement is the same round trip)."""
+        taker = self.taker
+        if taker is not None and taker.wants_job():
+            return await self._enqueue_folder_image_for(taker, pool, image, folder)
         row = await pool.fetchrow(
             "WITH camera AS (SELECT enabled FROM cameras WHERE id = $1 AND folder = $15),"
             f" image AS ({images.insert_if('(SELECT enabled FROM camera)')}), {_JOB_AND_WAKE}"
@@ -136,6 +170,52 @@ class JobQueue:
         )
         assert row is not None
         return row["enabled"], row["image_id"], row["job_id"]
+
+    async def _enqueue_folder_image_for(
+        self, taker: JobTaker, pool: asyncpg.Pool, image: images.NewImage, folder: str
+    ) -> tuple[bool | None, int | None, int | None]:
+        """``enqueue_folder_image`` with the job claimed for this process's worker and handed to it."""
+        row = await pool.fetchrow(
+            "WITH camera AS (SELECT enabled, name, zones FROM cameras WHERE id = $1 AND folder = $15),"
+            f" image AS ({images.insert_if('(SELECT enabled FROM camera)')}), {_JOB_CLAIMED}"
+            " SELECT camera.enabled, camera.name, camera.zones, (SELECT id FROM image) AS image_id,"
+            " (SELECT id FROM job) AS job_id, now() AS received_at FROM (SELECT 1) AS one LEFT JOIN camera ON true",
+            *images.insert_args(image),
+            self.policy.max_attempts,
+            folder,
+            self.worker_id,
+            self.policy.lease_s,
+        )
+        assert row is not None
+        if row["job_id"] is None:
+            return row["enabled"], row["image_id"], row["job_id"]
+        try:
+            job = ClaimedJob(
+                row["job_id"],
+                row["image_id"],
+                image.camera_id,
+                row["name"],
+                1,
+                self.policy.max_attempts,
+                image.path,
+                image.captured_at,
+                tuple(Zone.model_validate(z) for z in row["zones"]),
+                row["received_at"],
+                row["enabled"],
+                (image.width, image.height),
+            )
+        except Exception as err:  # as in ``claim``: an odd camera row fails this job's attempt only
+            log.exception("claimed job unreadable job_id=%s camera_id=%s", row["job_id"], image.camera_id)
+            await self._record_failure(
+                row["job_id"], image.camera_id, 1, self.policy.max_attempts, f"claim: {err!r}", retryable=True
+            )
+        else:
+            await taker.take_job(job)
+        return row["enabled"], row["image_id"], row["job_id"]
+
+    def wake(self) -> None:
+        """Wake ``wait_for_work`` (a job handed to this process's worker)."""
+        self._wakeup.set()
 
     # --- consumer side -------------------------------------------------------------------
     async def listen(self) -> None:

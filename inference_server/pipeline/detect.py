@@ -69,6 +69,12 @@ class DetectWorker:
         #: the model (what was tried), not those decoded and waiting for it.
         self._held: dict[int, ClaimedJob] = {}
         self._started: set[int] = set()
+        #: Jobs the queue inserted claimed for this worker (``take_job``), not yet in a batch.
+        self._handed: list[ClaimedJob] = []
+        #: The claim loop waits for work with nothing in hand: the next folder image is for it.
+        self._waiting = False
+        self._running = False
+        queue.taker = self
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: then the batch in the model is finished and stored with what was
@@ -80,6 +86,7 @@ class DetectWorker:
         inferred: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2)
         # Recognition (known people) skips images while inferred results wait to be stored.
         self.result.backlog = inferred.qsize
+        self._running = True
         tasks = [
             asyncio.create_task(self._claim_loop(stop, decoded), name="detect-claim"),
             asyncio.create_task(self._infer_loop(decoded, inferred, stop), name="detect-infer"),
@@ -89,6 +96,7 @@ class DetectWorker:
         try:
             await asyncio.gather(*tasks)
         finally:
+            self._running = self._waiting = False
             # The loops hand the end on only when they return: a cancelled one waits on no queue.
             for task in tasks:
                 task.cancel()
@@ -107,12 +115,18 @@ class DetectWorker:
         worked_at = loop.time()
         while not stop.is_set():
             started = metrics.now()
-            jobs = await self._claim(self.batch_size) if more else []
+            jobs, self._handed = self._handed, []
+            if not jobs:
+                jobs = await self._claim(self.batch_size) if more else []
             if not jobs:
                 # No work for a while: the memory kept for reuse goes back to the system.
                 if loop.time() - worked_at >= self.settings.buffers_idle_s:
                     buffers.release_idle()
-                await self._wait_for_work(stop)
+                self._waiting = True
+                try:
+                    await self._wait_for_work(stop)
+                finally:
+                    self._waiting = False
                 more = True
                 continue
             jobs += await self._top_up(len(jobs))
@@ -148,6 +162,22 @@ class DetectWorker:
         finally:
             for wait in waits:
                 wait.cancel()
+
+    def wants_job(self) -> bool:
+        """``JobTaker``: the claim loop waits for work with nothing in hand (then no job is queued
+        for it either: its last claim found none, and no notification has come since)."""
+        return self._running and self._waiting and not self._handed
+
+    async def take_job(self, job: ClaimedJob) -> None:
+        """``JobTaker``: a committed job claimed for this worker (by the ingest statement), which
+        the claim loop takes as if it had claimed it. A worker that has stopped meanwhile gives it
+        back at once (else its lease would have to run out)."""
+        if not self._running:
+            await self._release([job], tried=False)
+            return
+        self._held[job.id] = job
+        self._handed.append(job)
+        self.queue.wake()
 
     def _load(self, path: Path) -> tuple[Picture, Any]:
         """On a decode thread: decode, then the detector's own preparation (resize, colour order),

@@ -25,6 +25,8 @@ from inference_server.pipeline.decode import decode as decode_pillow
 from inference_server.pipeline.detect import DetectWorker, _Item
 from inference_server.schemas import CameraCreate
 from inference_server.store import cameras
+from inference_server.store.db import create_pool
+from inference_server.store.migrate import migrate
 from tests.server.conftest import coco_settings, running
 from tests.support.waiting import wait_until
 
@@ -187,3 +189,74 @@ async def test_a_picture_at_a_time_is_one_claim_and_reuses_the_memory(make_setti
         # Every picture after the first was decoded into the array the one before gave back.
         assert worker._pictures.made == 1
         assert worker._pictures.reused == pictures - 1
+
+
+async def test_a_folder_picture_reaching_an_idle_worker_is_handed_to_it_without_a_claim(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A camera folder's next picture, while the worker waits with nothing in hand, is inserted
+    claimed for it and handed over: no notification to wake it, no claim (a statement a picture
+    for a camera sending one a second: stop 35). Pictures that come while it is busy are queued
+    and claimed as before; each is done once, at its first attempt."""
+    settings = make_settings(
+        **coco_settings(),
+        detector_backend="onnx",
+        detector_batch_size=4,
+        detector_batch_wait_ms=50,
+        fast_path={},
+        file_stable_s=0.05,
+        job_poll_interval_s=30,
+    )
+    folder = settings.cameras_path / "front"
+    folder.mkdir(parents=True)
+    async with running(settings) as server:
+
+        def done() -> Any:
+            return server.pool.fetchval("SELECT count(*) FROM jobs WHERE state = 'done'")
+
+        (folder / "first.jpg").write_bytes(_copy("bus.jpg", 0))  # the folder's first: its camera is made
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM jobs WHERE state = 'done'"))
+        await asyncio.sleep(0.3)
+        with RoundTrips() as trips:
+            for n in range(1, 4):
+                (folder / f"next{n}.jpg").write_bytes(_copy("bus.jpg", n))
+                await wait_until(
+                    lambda n=n: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", n + 1)
+                )
+                await asyncio.sleep(0.3)  # the worker waits again
+        claims = sum(k for text, k in trips.by_statement.items() if text.startswith("WITH picked AS"))
+        assert claims == 0, trips.by_statement
+
+        # Three at once while the worker is busy with a fourth: that one is handed over, the
+        # others queued and claimed.
+        for n in range(4, 8):
+            (folder / f"burst{n}.jpg").write_bytes(_copy("bus.jpg", n))
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 8 FROM jobs WHERE state = 'done'"))
+        rows = await server.pool.fetch("SELECT state, attempts FROM jobs")
+        assert [(r["state"], r["attempts"]) for r in rows] == [("done", 1)] * 8
+        assert await server.pool.fetchval("SELECT count(*) FROM detections") > 0
+
+
+async def test_a_job_handed_to_a_stopped_worker_goes_back_to_the_queue(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """The ingest statement claimed the job while the worker waited; if the worker has stopped
+    by the time the job is handed over, the job goes back to the queue at once (its attempt
+    returned), not when its lease runs out."""
+    settings = make_settings(**coco_settings(), detector_backend="onnx")
+    pool = await create_pool(database_url, 4)
+    await migrate(pool)
+    try:
+        worker, ingestor, queue = await store_pipeline(settings, pool, build_detector(settings), ["front"])
+        try:
+            result = await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
+            [job] = await queue.claim(1)
+            assert not worker.wants_job()  # not running
+            await worker.take_job(job)
+            row = await pool.fetchrow("SELECT state, attempts, lease_until FROM jobs WHERE id = $1", result.job_id)
+            assert dict(row) == {"state": "queued", "attempts": 0, "lease_until": None}
+        finally:
+            worker._infer_pool.shutdown()
+            worker._decode_pool.shutdown()
+    finally:
+        await pool.close()
