@@ -44,12 +44,15 @@ _RETRY_AFTER_ERROR_S = 5.0
 _FIRST_RESCAN_S = 2.0
 _RESCAN_EVERY_S = 60.0
 #: inotify's mask bits (linux/inotify.h; asyncinotify's ``Mask`` names them too).
-_MODIFY, _CLOSE_WRITE, _MOVED_FROM, _MOVED_TO, _CREATE = 0x2, 0x8, 0x40, 0x80, 0x100
+_CLOSE_WRITE, _MOVED_FROM, _MOVED_TO, _CREATE = 0x8, 0x40, 0x80, 0x100
 _Q_OVERFLOW, _IGNORED, _ISDIR = 0x4000, 0x8000, 0x40000000
 _ONLYDIR, _DONT_FOLLOW, _EXCL_UNLINK = 0x01000000, 0x02000000, 0x04000000
-#: What a folder's watch reports: a file or folder appearing, written or moved in, and a folder
-#: moved out (its watches go with it). Only on a real folder, never through a symlink.
-_WATCH_MASK = _CREATE | _MODIFY | _CLOSE_WRITE | _MOVED_TO | _MOVED_FROM | _ONLYDIR | _DONT_FOLLOW | _EXCL_UNLINK
+#: What a folder's watch reports: a file or folder appearing, moved in or written and closed (a
+#: file that was there already, written over), and a folder moved out (its watches go with it).
+#: Not each write (``IN_MODIFY``: an FTP upload in 8 KiB chunks is a notification each): a file
+#: seen is watched for its size to settle anyway (``_check_pending``). Only on a real folder,
+#: never through a symlink.
+_WATCH_MASK = _CREATE | _CLOSE_WRITE | _MOVED_TO | _MOVED_FROM | _ONLYDIR | _DONT_FOLLOW | _EXCL_UNLINK
 
 
 @dataclass(slots=True)

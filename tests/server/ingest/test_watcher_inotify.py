@@ -43,6 +43,16 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+async def _upload(path: Path, data: bytes, chunk: int) -> None:
+    """As an FTP server writes an upload coming over the network: a write a chunk, the next a
+    moment later (the kernel merges identical notifications nobody has read yet)."""
+    with path.open("wb") as upload:
+        for start in range(0, len(data), chunk):
+            upload.write(data[start : start + chunk])
+            upload.flush()
+            await asyncio.sleep(0.01)
+
+
 @asynccontextmanager
 async def _watching(settings: Settings, *, polling: bool = False) -> AsyncIterator[asyncpg.Pool]:
     settings.cameras_path.mkdir(parents=True, exist_ok=True)
@@ -170,3 +180,27 @@ async def test_after_a_queue_overflow_folders_made_meanwhile_are_watched_and_lis
         assert set(folder_watcher._pending) == {lost.resolve()}
         watched = {w.path for w in inotify.watches}
         assert {cams.resolve() / "porch", cams.resolve() / "porch" / "lost"} <= watched
+
+
+async def test_an_upload_in_many_writes_is_a_couple_of_notifications(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An FTP upload arrives in chunks: each write was a notification for the event loop to
+    handle (``IN_MODIFY``: 19 in all for bus.jpg in 8 KiB writes). The file is watched for its
+    size to settle once it is seen, so only its creation and its close are asked for."""
+    settings = make_settings()
+    handled: list[int] = []
+    on_event = watcher.FolderWatcher._on_event
+
+    def counted(self: watcher.FolderWatcher, tree: Any, event: Event) -> bool:
+        handled.append(int(event.mask))
+        return on_event(self, tree, event)
+
+    monkeypatch.setattr(watcher.FolderWatcher, "_on_event", counted)
+    (settings.cameras_path / "porch").mkdir(parents=True)
+    async with _watching(settings) as pool:
+        data = with_comment(BUS, "in chunks")
+        await _upload(settings.cameras_path / "porch" / "chunked.jpg", data, 8192)
+        assert await _ingested(pool, 1) == {"porch/chunked.jpg"}
+    assert len(data) // 8192 >= 16
+    assert len(handled) <= 3, [hex(m) for m in handled]
