@@ -156,6 +156,9 @@ class Ingestor:
         #: Folder → camera id, learned from the files stored: a known folder's next file is one
         #: statement that checks the id is still the folder's (``_insert``), no look-up first.
         self._folder_ids: dict[str, str] = {}
+        #: Camera ids an upload (REST, MQTT) was last stored for: their next upload is one
+        #: statement that checks the camera still exists and is enabled, no look-up first.
+        self._upload_ids: set[str] = set()
         self.limits = ImageLimits(
             settings.max_image_bytes,
             settings.max_image_pixels,
@@ -585,9 +588,11 @@ class Ingestor:
         """Insert the image and its job; ``placed``: its bytes are in the store already (where,
         and whether this call put them there), else they are placed first."""
         started = metrics.now()
-        if folder is None:
+        if folder is None and camera_id not in self._upload_ids:
             # An upload names its camera (anyone on the broker can name any): look it up before a
             # folder is made for it, so an unknown, disabled or malformed id leaves nothing on disk.
+            # A camera uploaded to before is checked by the insert (a file placed for one deleted
+            # or switched off since is taken back below).
             await self._require_camera(camera_id)
         if placed is None:
             stored = self._stored_path(camera_id, captured_at, loaded)
@@ -642,7 +647,9 @@ class Ingestor:
         captured_at_source: str,
         source: str,
     ) -> tuple[int | None, int | None, str]:
-        """Image row and job in one transaction; (image id or None if a duplicate, job id, camera id)."""
+        """Image row and job, in one statement for an upload or a known folder's file, else in a
+        transaction that registers a new folder's camera; (image id or None if a duplicate, job
+        id, camera id)."""
         new_image = images.NewImage(
             camera_id=camera_id,
             sha256=loaded.sha256,
@@ -656,10 +663,20 @@ class Ingestor:
             captured_at=captured_at,
             captured_at_source=captured_at_source,
         )
-        if folder is not None and self._folder_ids.get(folder) == camera_id:
+        if folder is None:
+            # An upload: one statement, which inserts only while the camera exists and is enabled.
+            enabled, image_id, job_id = await self.queue.enqueue_camera_image(self.pool, new_image, None)
+            if not enabled:
+                self._upload_ids.discard(camera_id)
+                raise UnknownCamera(camera_id) if enabled is None else CameraDisabled(camera_id)
+            if len(self._upload_ids) >= _FOLDER_IDS_KEPT:
+                self._upload_ids.clear()
+            self._upload_ids.add(camera_id)
+            return image_id, job_id, camera_id
+        if self._folder_ids.get(folder) == camera_id:
             # A known folder: one statement, which inserts only while the camera is still the
             # folder's and enabled (the transaction below checks the same, in four round trips).
-            enabled, image_id, job_id = await self.queue.enqueue_folder_image(self.pool, new_image, printable(folder))
+            enabled, image_id, job_id = await self.queue.enqueue_camera_image(self.pool, new_image, printable(folder))
             if enabled is None:
                 # Deleted, or the folder re-registered under another id, since it was learned.
                 self._folder_ids.pop(folder, None)
@@ -670,8 +687,7 @@ class Ingestor:
         async with self.pool.acquire() as conn, conn.transaction():
             camera = await self._camera_in(conn, camera_id, folder)
             image_id, job_id = await self.queue.enqueue_image(conn, new_image)
-        if folder is not None:
-            self._remember(folder, camera.id)
+        self._remember(folder, camera.id)
         return image_id, job_id, camera.id
 
     async def _quarantine(

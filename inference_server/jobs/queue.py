@@ -6,8 +6,8 @@
 - completion is guarded by (worker, attempt), so a worker whose lease was taken over
   cannot also complete the job: each job's result is committed once;
 - failures retry with capped exponential backoff and jitter, then go to the dead letters;
-- a camera folder's next image is inserted already claimed by this process's idle detect worker
-  (``JobTaker``) and handed to it: no notification, no claim (docs/decisions.md, "A picture
+- a known camera's next image (a folder's or an upload's) is inserted already claimed by this
+  process's idle detect worker (``JobTaker``) and handed to it: no notification, no claim (docs/decisions.md, "A picture
   handed to the idle worker").
 """
 
@@ -107,6 +107,11 @@ _JOB_CLAIMED = (
 )
 
 
+#: The camera $1 (with a folder $15 given: while it is still that folder's camera), as the
+#: enqueue statements of a known camera's image read it.
+_CAMERA = "camera AS (SELECT enabled, name, zones FROM cameras WHERE id = $1 AND ($15::text IS NULL OR folder = $15))"
+
+
 class JobQueue:
     def __init__(self, pool: asyncpg.Pool, policy: QueuePolicy, worker_id: str) -> None:
         self.pool = pool
@@ -144,24 +149,23 @@ class JobQueue:
         assert row is not None
         return row["image_id"], row["job_id"]
 
-    async def enqueue_folder_image(
-        self, pool: asyncpg.Pool, image: images.NewImage, folder: str
+    async def enqueue_camera_image(
+        self, pool: asyncpg.Pool, image: images.NewImage, folder: str | None
     ) -> tuple[bool | None, int | None, int | None]:
-        """A camera folder's next image in one statement (no transaction around it): inserted
-        with its job, and the workers woken, only while ``image.camera_id`` is still the camera of
-        ``folder`` and enabled. (enabled, image id, job id): enabled None when it is not that
-        folder's camera any more (nothing inserted), False when it is switched off (nothing
-        inserted), True with (None, None) for bytes the camera already has.
+        """A known camera's next image in one statement (no transaction around it): inserted
+        with its job, and the workers woken, only while ``image.camera_id`` is a camera (with
+        ``folder`` given: still that folder's camera) and enabled. (enabled, image id, job id):
+        enabled None when there is no such camera (nothing inserted), False when it is switched
+        off (nothing inserted), True with (None, None) for bytes the camera already has.
 
         While this process's detect worker waits for work with nothing in hand, the job is
         inserted claimed for it and handed over once committed: the worker skips the claim and
         nobody else is woken (the statement is the same round trip)."""
         taker = self.taker
         if taker is not None and taker.wants_job():
-            return await self._enqueue_folder_image_for(taker, pool, image, folder)
+            return await self._enqueue_camera_image_for(taker, pool, image, folder)
         row = await pool.fetchrow(
-            "WITH camera AS (SELECT enabled FROM cameras WHERE id = $1 AND folder = $15),"
-            f" image AS ({images.insert_if('(SELECT enabled FROM camera)')}), {_JOB_AND_WAKE}"
+            f"WITH {_CAMERA}, image AS ({images.insert_if('(SELECT enabled FROM camera)')}), {_JOB_AND_WAKE}"
             " SELECT (SELECT enabled FROM camera) AS enabled, (SELECT id FROM image) AS image_id,"
             " (SELECT id FROM job) AS job_id, (SELECT count(*) FROM woken) AS woken",
             *images.insert_args(image),
@@ -171,13 +175,12 @@ class JobQueue:
         assert row is not None
         return row["enabled"], row["image_id"], row["job_id"]
 
-    async def _enqueue_folder_image_for(
-        self, taker: JobTaker, pool: asyncpg.Pool, image: images.NewImage, folder: str
+    async def _enqueue_camera_image_for(
+        self, taker: JobTaker, pool: asyncpg.Pool, image: images.NewImage, folder: str | None
     ) -> tuple[bool | None, int | None, int | None]:
-        """``enqueue_folder_image`` with the job claimed for this process's worker and handed to it."""
+        """``enqueue_camera_image`` with the job claimed for this process's worker and handed to it."""
         row = await pool.fetchrow(
-            "WITH camera AS (SELECT enabled, name, zones FROM cameras WHERE id = $1 AND folder = $15),"
-            f" image AS ({images.insert_if('(SELECT enabled FROM camera)')}), {_JOB_CLAIMED}"
+            f"WITH {_CAMERA}, image AS ({images.insert_if('(SELECT enabled FROM camera)')}), {_JOB_CLAIMED}"
             " SELECT camera.enabled, camera.name, camera.zones, (SELECT id FROM image) AS image_id,"
             " (SELECT id FROM job) AS job_id, now() AS received_at FROM (SELECT 1) AS one LEFT JOIN camera ON true",
             *images.insert_args(image),

@@ -198,8 +198,17 @@ class DetectWorker:
         deadline = loop.time() + self.batch_wait_s
         more: list[ClaimedJob] = []
         while have + len(more) < self.batch_size and (left := deadline - loop.time()) > 0:
+            if self._handed:
+                # Handed over meanwhile (ingests that found the worker waiting, racing the one
+                # that woke it): they join the batch as claimed ones do.
+                need = self.batch_size - have - len(more)
+                more += self._handed[:need]
+                del self._handed[:need]
+                continue
             if not await self.queue.wait_for_work(left):
                 break  # no job arrived meanwhile: claiming again would find none
+            # (Woken by a hand-over alone, this claim finds nothing; but a notification that
+            # came with it is taken by the same wake-up.)
             more += await self._claim(self.batch_size - have - len(more))
         return more
 

@@ -109,3 +109,37 @@ async def test_bad_uploads_get_clear_errors_and_store_nothing(
         assert await server.pool.fetchval("SELECT count(*) FROM images") == 0
         assert await server.pool.fetchval("SELECT count(*) FROM jobs") == 0
         assert not list(settings.images_path.rglob("*.jpg"))
+
+
+async def test_an_upload_to_a_camera_switched_off_or_deleted_since_its_last_upload_is_refused_and_leaves_nothing(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """A camera uploaded to before is not looked up again before its next upload is placed (the
+    insert checks it): one switched off meanwhile still gets 409, one deleted meanwhile 404, and
+    neither keeps the file placed for it, nor a row."""
+    settings = make_settings()
+    async with running(settings, pose_detector) as server:
+        headers = await auth_headers(server)
+        async with aiohttp.ClientSession(base_url=server.api_url, headers=headers) as http:
+
+            async def upload(name: str) -> tuple[int, str | None]:
+                async with http.post(
+                    "/api/v1/cameras/gate/images", data=_jpeg(name), headers={"Content-Type": "image/jpeg"}
+                ) as resp:
+                    body = await resp.json()
+                    return resp.status, body["error"]["code"] if resp.status >= 400 else None
+
+            async with http.post("/api/v1/cameras", json={"id": "gate", "name": "Gate"}) as resp:
+                assert resp.status == 201
+            assert await upload("bus.jpg") == (202, None)
+            async with http.patch("/api/v1/cameras/gate", json={"enabled": False}) as resp:
+                assert resp.status == 200
+            assert await upload("zidane.jpg") == (409, "camera_disabled")
+            async with http.patch("/api/v1/cameras/gate", json={"enabled": True}) as resp:
+                assert resp.status == 200
+            assert await upload("zidane.jpg") == (202, None)
+            async with http.delete("/api/v1/cameras/gate") as resp:
+                assert resp.status == 204
+            assert await upload("bus.jpg") == (404, "not_found")
+        assert await server.pool.fetchval("SELECT count(*) FROM images") == 0
+        assert not list(settings.images_path.rglob("*.jpg"))
