@@ -183,22 +183,28 @@ class BatchStage:
         messages: list[Message] = []
         latest = seen[-1]
         snapshots = {s.image_id: s.snapshot for s in seen}
-        # The batch, locked, and the household as it was when the latest image was taken.
-        locked = await batches.lock_open_in_context(conn, camera_id, latest.captured_at)
+        arriving = [s.image_id for s in seen]
+        # The batch, locked, and the household as it was when the latest image was taken; the
+        # images join the batch in the same statement unless it is due (``_due``) or none is open.
+        joining = batches.Joining(arriving, now, now - self.window, now - self.idle, now - self.event_max)
+        locked = await batches.lock_open_in_context(conn, camera_id, latest.captured_at, joining)
         batch, household = locked.batch, locked.household
         # The camera's latest event, while this call has made none (closing a batch may).
         last_event: tuple[uuid.UUID, datetime] | Literal["read"] | None = locked.last_event
-        arriving = [s.image_id for s in seen]
-        if batch is not None and self._due(batch, now) and not await self._held_for_clip(conn, batch, now, arriving):
-            messages += await self.close_guarded(conn, batch, now)
-            last_event = "read"
-            batch = await batches.lock_open(conn, camera_id)  # the batch continuing its event, if any
-        opened = batch is None
-        if batch is None:
-            batch = await batches.open_new(conn, camera_id, now)
-            log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
-        before = batch.version
-        batch = await batches.add_images(conn, batch, arriving, now)
+        opened = False
+        if batch is not None and locked.joined is not None:
+            before, batch = batch.version, locked.joined
+        else:
+            if batch and self._due(batch, now) and not await self._held_for_clip(conn, batch, now, arriving):
+                messages += await self.close_guarded(conn, batch, now)
+                last_event = "read"
+                batch = await batches.lock_open(conn, camera_id)  # the batch continuing its event, if any
+            opened = batch is None
+            if batch is None:
+                batch = await batches.open_new(conn, camera_id, now)
+                log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
+            before = batch.version
+            batch = await batches.add_images(conn, batch, arriving, now)
         if self._next_look is not None:
             # Before the commit: a look at the new due time comes too early at worst, never late.
             self._next_look = min(self._next_look, self._due_at(batch))

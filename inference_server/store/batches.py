@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
@@ -64,33 +64,83 @@ async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:
 class Locked:
     """What ``lock_open_in_context`` reads."""
 
-    #: The camera's open batch, locked for the transaction (None: none is open).
+    #: The camera's open batch, locked for the transaction (None: none is open), as it was locked.
     batch: Batch | None
     #: The household context to judge an image captured at the given time with.
     household: ContextState
     #: The camera's latest event (id, started_at), if any.
     last_event: tuple[uuid.UUID, datetime] | None
+    #: ``batch`` after the ``Joining`` images joined it (``add_images``); None when they did not
+    #: (none asked, no batch open, or it was due).
+    joined: Batch | None = None
 
 
-async def lock_open_in_context(conn: asyncpg.Connection, camera_id: str, captured_at: datetime) -> Locked:
+@dataclass(frozen=True, slots=True)
+class Joining:
+    """Images that join the open batch in ``lock_open_in_context``'s statement (as ``add_images``
+    at ``now``), if it is not due: opened after ``opened_after``, last active after
+    ``active_after`` and its chain started after ``chain_after`` (the caller's window, idle time
+    and longest event before ``now``)."""
+
+    image_ids: Sequence[int]
+    now: datetime
+    opened_after: datetime
+    active_after: datetime
+    chain_after: datetime
+
+
+async def lock_open_in_context(
+    conn: asyncpg.Connection, camera_id: str, captured_at: datetime, joining: Joining | None = None
+) -> Locked:
     """``lock_open``, the household context for an image captured at ``captured_at``
     (``context.for_capture``) and the camera's latest event (``events.latest_for_camera``), in one
-    round trip."""
+    round trip; with ``joining``, in the same statement its images join the batch if it is not due
+    (``Locked.joined``: the batch after that)."""
     if captured_at.tzinfo is None:
         raise ValueError("captured_at must be timezone-aware")
-    rows = await conn.fetch(
-        f"SELECT b.*, c.*, e.id AS last_event_id, e.started_at AS last_event_at FROM (SELECT 1) AS one"
-        f" LEFT JOIN ({_LOCK_OPEN}) AS b ON true"
+    tail = (
         f" LEFT JOIN ({events.latest_for_camera_sql('$1')}) AS e ON true"
-        f" LEFT JOIN ({context.for_capture_sql('$2')}) AS c ON true",
-        camera_id,
-        captured_at,
+        f" LEFT JOIN ({context.for_capture_sql('$2')}) AS c ON true"
     )
+    if joining is None:
+        rows = await conn.fetch(
+            "SELECT b.*, c.*, e.id AS last_event_id, e.started_at AS last_event_at,"
+            " NULL::timestamptz AS joined_activity_at, NULL::bigint AS joined_version"
+            f" FROM (SELECT 1) AS one LEFT JOIN ({_LOCK_OPEN}) AS b ON true{tail}",
+            camera_id,
+            captured_at,
+        )
+    else:
+        # The link and the activity time as ``add_images`` writes them, for the batch locked by
+        # the first CTE (the UPDATE takes the row this statement already holds).
+        rows = await conn.fetch(
+            f"WITH b AS ({_LOCK_OPEN}),"
+            " kept AS (SELECT id FROM b WHERE opened_at > $3 AND last_activity_at > $4 AND chain_started_at > $5),"
+            " linked AS (INSERT INTO batch_images (batch_id, image_id) SELECT kept.id, unnest($6::bigint[])"
+            "  FROM kept ON CONFLICT DO NOTHING),"
+            " joined AS (UPDATE batches SET last_activity_at = greatest(batches.last_activity_at, $7) FROM kept"
+            "  WHERE batches.id = kept.id"
+            "  RETURNING batches.last_activity_at AS joined_activity_at, batches.xmin::text::bigint AS joined_version)"
+            " SELECT b.*, c.*, e.id AS last_event_id, e.started_at AS last_event_at, j.* FROM (SELECT 1) AS one"
+            f" LEFT JOIN b ON true LEFT JOIN joined AS j ON true{tail}",
+            camera_id,
+            captured_at,
+            joining.opened_after,
+            joining.active_after,
+            joining.chain_after,
+            list(joining.image_ids),
+            joining.now,
+        )
     first = rows[0]
+    batch = _batch(first) if first["id"] is not None else None
+    joined = None
+    if batch is not None and first["joined_version"] is not None:
+        joined = replace(batch, last_activity_at=first["joined_activity_at"], version=first["joined_version"])
     return Locked(
-        _batch(first) if first["id"] is not None else None,
+        batch,
         context.capture_state(rows, captured_at),
         (first["last_event_id"], first["last_event_at"]) if first["last_event_id"] is not None else None,
+        joined,
     )
 
 

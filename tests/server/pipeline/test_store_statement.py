@@ -124,3 +124,22 @@ async def test_a_group_whose_every_lease_was_lost_stores_nothing(porch: tuple[_P
     labels, hourly, states = await camera.stored()
     assert (labels, hourly, set(states.values())) == ({}, {}, {"running"})
     assert await camera.pool.fetchval("SELECT count(*) FROM batches") == 0
+
+
+async def test_a_group_joins_the_open_batch_in_the_statement_that_locks_it(porch: tuple[_Porch, object]) -> None:
+    """The camera's open batch, not due, is locked and joined (the links and its activity time)
+    in one statement: the join was a round trip of its own (stop 35)."""
+    camera, ingestor = porch
+    first, *later = await camera.claim(ingestor, 3)
+    assert await camera.finish([first], [[PERSON]]) == []  # opens the batch
+
+    with RoundTrips() as trips:
+        assert await camera.finish(later, [[PERSON], [CAR]]) == []
+
+    linking = [text for text in trips.by_statement if "INSERT INTO batch_images" in text]
+    assert len(linking) == 1 and "FOR UPDATE" in linking[0], trips.by_statement
+    assert not any(text.startswith("UPDATE batches") for text in trips.by_statement), trips.by_statement
+    rows = await camera.pool.fetch("SELECT batch_id, image_id FROM batch_images ORDER BY image_id")
+    assert [r["image_id"] for r in rows] == [first.image_id] + [j.image_id for j in later]
+    assert len({r["batch_id"] for r in rows}) == 1
+    assert await camera.pool.fetchval("SELECT last_activity_at FROM batches") == NOON

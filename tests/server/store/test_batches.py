@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -230,3 +231,51 @@ async def test_the_open_batch_is_locked_and_the_capture_times_context_read_in_on
     assert locked.household.context.alarm_state == "disarmed" and locked.batch == batch
     assert locked.last_event == await events.latest_for_camera(conn, "front")
     assert locked.last_event is not None and locked.last_event[0] == event_id
+
+
+def _joining(image_ids: list[int], now: datetime, window_s: float = 60, idle_s: float = 20) -> batches.Joining:
+    event_max = timedelta(hours=1)
+    return batches.Joining(
+        image_ids, now, now - timedelta(seconds=window_s), now - timedelta(seconds=idle_s), now - event_max
+    )
+
+
+async def test_images_join_the_open_batch_in_the_locking_statement_unless_it_is_due(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """``lock_open_in_context`` with a ``Joining``: a batch not due is joined as ``add_images``
+    joins it (links, activity time, a new version), in the one statement, still locked; a batch
+    due by its window, its idle time or its chain's longest time (at the very moment too), or no
+    batch, is left as it is for the caller to close or open."""
+    at = T0 + timedelta(seconds=10)
+    image = await _image(conn, "a", at, "person")
+    assert (await batches.lock_open_in_context(conn, "front", at, _joining([image], at))).joined is None
+    assert await conn.fetchval("SELECT count(*) FROM batch_images") == 0
+
+    batch = await batches.open_new(conn, "front", T0)
+    async with conn.transaction():
+        with RoundTrips() as trips:
+            locked = await batches.lock_open_in_context(conn, "front", at, _joining([image], at))
+        assert trips.count == 1 and locked.batch == batch
+        assert locked.joined is not None and locked.joined.version != batch.version
+        assert replace(locked.joined, version=0) == replace(batch, last_activity_at=at, version=0)
+        assert locked.joined == await batches.get(conn, batch.id)
+        async with pool.acquire() as other, other.transaction():
+            await other.execute("SET LOCAL lock_timeout = '100ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await batches.lock_open(other, "front")
+    assert await conn.fetchval("SELECT array_agg(image_id) FROM batch_images WHERE batch_id = $1", batch.id) == [image]
+    # An earlier capture does not move the activity time back (as add_images).
+    again = await batches.lock_open_in_context(conn, "front", T0, _joining([image], T0 + timedelta(seconds=5)))
+    assert again.joined is not None and again.joined.last_activity_at == at
+
+    later = await _image(conn, "b", at, "person")
+    due = {
+        "window": _joining([later], T0 + timedelta(seconds=60), idle_s=600),  # exactly when the window ends
+        "idle": _joining([later], at + timedelta(seconds=20)),
+        "longest": batches.Joining([later], at, T0 - timedelta(hours=1), T0 - timedelta(hours=1), T0),
+    }
+    for why, joining in due.items():
+        locked = await batches.lock_open_in_context(conn, "front", at, joining)
+        assert locked.joined is None and locked.batch == await batches.get(conn, batch.id), why
+    assert await conn.fetchval("SELECT count(*) FROM batch_images WHERE image_id = $1", later) == 0
