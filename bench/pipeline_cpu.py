@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import cProfile
 import faulthandler
+import http.client
 import io
 import json
 import logging
@@ -40,11 +41,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,9 @@ from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.logging_setup import configure
 from inference_server.pipeline.decode import decode
+from inference_server.schemas import CameraCreate
 from inference_server.server import Server
+from inference_server.store import api_keys, cameras
 from inference_server.telemetry import metrics
 from tests.support.net import free_port
 
@@ -104,6 +108,8 @@ class Shot:
     rel: str  # "<camera>/<file>", what the server stores as images.original_name
     source: str
     data: bytes
+    #: The capture time its name says (UTC, the bench's camera time zone); an upload sends it.
+    captured_at: datetime
 
 
 def make_shots(
@@ -135,12 +141,44 @@ def make_shots(
         else:  # an alarm burst: 4 frames a second per camera (the name's time has whole seconds)
             stamp = base + timedelta(seconds=i // cameras // per_second)
             rel = f"{camera}/MDAlarm_{stamp:%Y%m%d-%H%M%S}_{i:04d}.jpg"
-        shots.append(Shot(rel, name, with_comment(jpeg, f"hsi-bench {run_id} {phase} {i}")))
+        shots.append(Shot(rel, name, with_comment(jpeg, f"hsi-bench {run_id} {phase} {i}"), stamp.replace(tzinfo=UTC)))
     return shots
 
 
-def drop_files(shots: Sequence[Shot], cameras: Path, landed: dict[str, float], interval_s: float | None) -> None:
-    """Land each file atomically (hidden temp name, then rename) and note when it landed."""
+class RestUploader:
+    """Sends a shot as Home Assistant's integration does: the JPEG as the body of
+    ``POST /api/v1/cameras/{camera}/images`` on one kept-alive connection, with its capture time;
+    notes each shot's job."""
+
+    def __init__(self, api_url: str, key: str) -> None:
+        address = urllib.parse.urlsplit(api_url)
+        self._http = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=30)
+        self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"}
+        self.jobs: dict[str, int] = {}
+
+    def __call__(self, shot: Shot) -> None:
+        camera = shot.rel.split("/")[0]
+        query = urllib.parse.urlencode({"captured_at": shot.captured_at.isoformat()})
+        self._http.request("POST", f"/api/v1/cameras/{camera}/images?{query}", shot.data, self._headers)
+        response = self._http.getresponse()
+        body = json.loads(response.read())
+        if response.status != 202:
+            raise RuntimeError(f"upload refused: {response.status} {body}")
+        self.jobs[shot.rel] = int(body["job_id"])
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def drop_files(
+    shots: Sequence[Shot],
+    cameras: Path,
+    landed: dict[str, float],
+    interval_s: float | None,
+    upload: Callable[[Shot], None] | None = None,
+) -> None:
+    """Land each file atomically (hidden temp name, then rename) and note when it landed; with
+    ``upload``, send it with that instead (noted when sending began)."""
     next_at = time.perf_counter()
     for shot in shots:
         if interval_s is not None:
@@ -148,6 +186,10 @@ def drop_files(shots: Sequence[Shot], cameras: Path, landed: dict[str, float], i
             if delay > 0:
                 time.sleep(delay)
             next_at += interval_s
+        if upload is not None:
+            landed[shot.rel] = time.time()
+            upload(shot)
+            continue
         dest = cameras / shot.rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.part")
@@ -471,6 +513,7 @@ async def run_phase(
     dropper: ThreadPoolExecutor,
     timeout_s: float,
     stored: bool = False,
+    upload: RestUploader | None = None,
 ) -> PhaseResult:
     loop = asyncio.get_running_loop()
     names = [s.rel for s in shots]
@@ -479,7 +522,7 @@ async def run_phase(
     last_job = await server.pool.fetchval("SELECT coalesce(max(id), 0) FROM jobs")
     stages_before = stage_totals()
     cpu_before = meter.snapshot()
-    drop = loop.run_in_executor(dropper, drop_files, shots, server.settings.cameras_path, landed, interval_s)
+    drop = loop.run_in_executor(dropper, drop_files, shots, server.settings.cameras_path, landed, interval_s, upload)
 
     deadline = time.monotonic() + timeout_s
     # The poll runs on the server's event loop and PostgreSQL, whose CPU the phase measures: it
@@ -528,11 +571,20 @@ async def run_phase(
     if stored:
         # The common path ends in the stored result (a camera's retained state, no event): when
         # each file's job was finished, by the server's clock (the same host's).
-        rows = await server.pool.fetch(
-            "SELECT i.original_name, extract(epoch FROM j.finished_at)::float8 AS at FROM jobs j"
-            " JOIN images i ON i.id = j.image_id WHERE i.original_name = ANY($1::text[]) AND j.state = 'done'",
-            names,
-        )
+        if upload is not None:  # an upload's name is not the file's: its job is known
+            rel_of = {job_id: rel for rel, job_id in upload.jobs.items()}
+            rows = await server.pool.fetch(
+                "SELECT id, extract(epoch FROM finished_at)::float8 AS at FROM jobs"
+                " WHERE id = ANY($1::bigint[]) AND state = 'done'",
+                list(rel_of),
+            )
+            rows = [{"original_name": rel_of[r["id"]], "at": r["at"]} for r in rows]
+        else:
+            rows = await server.pool.fetch(
+                "SELECT i.original_name, extract(epoch FROM j.finished_at)::float8 AS at FROM jobs j"
+                " JOIN images i ON i.id = j.image_id WHERE i.original_name = ANY($1::text[]) AND j.state = 'done'",
+                names,
+            )
         received_at = {r["original_name"]: r["at"] for r in rows if r["original_name"] in landed}
     first_seen = {event_id: seen for event_id, seen in list(sub.events.items()) if event_id not in known}
     rows = await server.pool.fetch(
@@ -713,6 +765,18 @@ async def one_camera_phase(
     # One view, as a camera has (its bytes differ picture to picture): the four sources of the
     # burst in turn would look to the tamper check like a camera turned away every second.
     shots = make_shots("camera", 4, args.camera_images, sources[:1], run_id, cameras=1, per_second=1)
+    upload: RestUploader | None = None
+    if args.camera_via == "rest":
+        # The camera exists (an upload never makes one) and has had a picture before, as a
+        # camera Home Assistant sends pictures of has.
+        camera = shots[0].rel.split("/")[0]
+        await cameras.create(server.pool, CameraCreate(id=camera, name=camera))
+        upload = RestUploader(server.api_url, await api_keys.create(server.pool, "bench"))
+        first = shots[0]
+        warm = with_comment(sources[0][1], f"hsi-bench {run_id} camera warm-up")
+        earlier = first.captured_at - timedelta(seconds=5)
+        await asyncio.to_thread(upload, Shot(f"{camera}/warm-up", first.source, warm, earlier))
+        await asyncio.sleep(2)
     profiler = cProfile.Profile() if args.profile_camera else None
     if profiler is not None:
         profiler.enable()  # the event loop's thread only
@@ -721,11 +785,14 @@ async def one_camera_phase(
             server,
             sub,
             shots,
-            "one camera, 1/s",
+            "one camera, 1/s" + (" (REST uploads)" if upload else ""),
             interval_s=1.0,
             timeout_s=60 + 2 * args.camera_images,
+            upload=upload,
             **common,
         )
+    if upload is not None:
+        upload.close()
     result.statements_per_image = trips.count / max(result.files, 1)
     result.statements = {q: n / max(result.files, 1) for q, n in trips.by_statement.most_common(14)}
     result.idle_cpu = idle
@@ -1046,6 +1113,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         help="then one camera sending a picture a second for this many seconds (the common path; 0: none)",
+    )
+    p.add_argument(
+        "--camera-via",
+        choices=("folder", "rest"),
+        default="folder",
+        help="how the one camera's pictures come: files in its folder (FTP) or REST uploads (Home Assistant)",
     )
     p.add_argument("--profile-camera", type=Path, help="cProfile the event loop during the one-camera phase")
     p.add_argument("--camera-idle-s", type=float, default=10, help="idle seconds measured before that phase")
