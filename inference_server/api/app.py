@@ -22,7 +22,16 @@ from inference_server.api import (  # noqa: F401
     tamper,
     ui,
 )
-from inference_server.api.auth import KEY_IDS, LIMITER, FailureLimiter, KeyIds, audit_middleware, auth_middleware
+from inference_server.api.auth import (
+    KEY_IDS,
+    LIMITER,
+    USE_MARKS,
+    FailureLimiter,
+    KeyIds,
+    UseMarks,
+    audit_middleware,
+    auth_middleware,
+)
 from inference_server.api.deadlines import DeadlineAppRunner, body_deadline_middleware
 from inference_server.api.deps import CTX, ApiContext
 from inference_server.api.errors import error_middleware
@@ -44,6 +53,7 @@ def build_app(deps: ApiContext) -> web.Application:
     app[CTX] = deps
     app[LIMITER] = FailureLimiter(deps.settings.auth_failures_per_minute)
     app[KEY_IDS] = KeyIds()
+    app[USE_MARKS] = UseMarks()
     API.add_to(app)
     return app
 

@@ -25,6 +25,7 @@ from inference_server.store import clips
     response=ClipAccepted,
     status=202,
     errors=[404, 409],
+    audited=False,  # data, not a change: the clips and images tables record each
 )
 async def upload_clip(request: web.Request, p: UploadParams, _: None) -> web.Response:
     context = ctx(request)

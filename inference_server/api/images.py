@@ -40,6 +40,7 @@ _STATUS_FOR = {
     response=UploadAccepted,
     status=202,
     errors=[404, 409],
+    audited=False,  # data, not a change: the images table records each (a camera's every second)
 )
 async def upload_image(request: web.Request, p: UploadParams, _: None) -> web.Response:
     context = ctx(request)

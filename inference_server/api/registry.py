@@ -56,7 +56,8 @@ class Route:
     #: Other statuses that return the same body as success (e.g. 503 from readiness).
     also: tuple[int, ...]
     auth: bool
-    writes: bool
+    #: A successful request is written to the audit log (``audit_middleware``).
+    audited: bool
 
     @property
     def path_params(self) -> list[str]:
@@ -86,8 +87,10 @@ class RouteTable:
         errors: Sequence[int] = (),
         also: Sequence[int] = (),
         auth: bool = True,
+        audited: bool = True,
     ) -> Callable[[Handler], Handler]:
-        """Declare a route. The handler is called as ``handler(request, params, body)``."""
+        """Declare a route. The handler is called as ``handler(request, params, body)``. A write
+        (POST, PUT, PATCH, DELETE) is audited unless ``audited`` is False."""
 
         def register(handler: Handler) -> Handler:
             extra = {400} if params is not None else set()
@@ -109,7 +112,7 @@ class RouteTable:
                     tuple(sorted(set(errors) | extra)),
                     tuple(also),
                     auth,
-                    method in ("POST", "PUT", "PATCH", "DELETE"),
+                    audited and method in ("POST", "PUT", "PATCH", "DELETE"),
                 )
             )
             return handler

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -63,8 +64,11 @@ async def active_key_ids(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
     return [row["key_id"] for row in rows]
 
 
-async def verify(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> str | None:
-    """The name of the active key ``key``, or None."""
+async def verify(
+    conn: asyncpg.Connection | asyncpg.Pool, key: str, mark_used: Callable[[str], bool] = lambda _: True
+) -> str | None:
+    """The name of the active key ``key``, or None. A verified key is marked as used (at most once
+    a minute) when ``mark_used(key_id)`` says so: the caller may know it marked it a moment ago."""
     match = _KEY.match(key)
     if match is None:
         return None
@@ -79,11 +83,12 @@ async def verify(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> str | Non
         return None
     # Only a verified key counts as used, and at most once a minute: a busy client must not turn
     # every read request into a write.
-    await conn.execute(
-        "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1"
-        " AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
-        key_id,
-    )
+    if mark_used(key_id):
+        await conn.execute(
+            "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1"
+            " AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
+            key_id,
+        )
     name: str = row["name"]
     return name
 

@@ -116,7 +116,7 @@ async def test_an_upload_to_a_camera_switched_off_or_deleted_since_its_last_uplo
 ) -> None:
     """A camera uploaded to before is not looked up again before its next upload is placed (the
     insert checks it): one switched off meanwhile still gets 409, one deleted meanwhile 404, and
-    neither keeps the file placed for it, nor a row."""
+    neither keeps the file placed for it, nor a row. Uploads are not in the audit log."""
     settings = make_settings()
     async with running(settings, pose_detector) as server:
         headers = await auth_headers(server)
@@ -143,3 +143,7 @@ async def test_an_upload_to_a_camera_switched_off_or_deleted_since_its_last_uplo
             assert await upload("bus.jpg") == (404, "not_found")
         assert await server.pool.fetchval("SELECT count(*) FROM images") == 0
         assert not list(settings.images_path.rglob("*.jpg"))
+        # The camera's changes are audited; its pictures are data, not changes (a row a picture
+        # in a log kept forever).
+        actions = await server.pool.fetchval("SELECT array_agg(action ORDER BY id) FROM audit_log")
+        assert actions == ["POST /cameras"] + ["PATCH /cameras/{camera_id}"] * 2 + ["DELETE /cameras/{camera_id}"]
