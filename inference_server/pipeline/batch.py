@@ -158,6 +158,11 @@ class BatchStage:
         is younger than ``event_max_s``), so the next batch continues its event."""
         return now - batch.last_activity_at < self.idle and now - batch.chain_started_at < self.event_max
 
+    def joining(self, image_ids: Sequence[int]) -> batches.Joining:
+        """``image_ids`` joining the camera's open batch now, if it is not due (``_due``)."""
+        now = self.clock.now()
+        return batches.Joining(image_ids, now, now - self.window, now - self.idle, now - self.event_max)
+
     def is_fast(self, detections: Sequence[Detection]) -> bool:
         return any(d.confidence >= self.settings.fast_path.get(d.label, 2.0) for d in detections)
 
@@ -172,22 +177,28 @@ class BatchStage:
         zones: Sequence[Zone],
         seen: Sequence[Seen],
         enrolled_people: int = 0,
+        prelocked: tuple[batches.Joining, batches.Locked] | None = None,
     ) -> list[Message]:
         """One camera's images with detections, stored together in arrival order: their part in
         the camera's batch and event, and the MQTT messages that follow.
 
         They join the batch in one statement and the batch is judged once, with all of them (the
         same commit, so the same moment for every reader): the camera's retained state and
-        snapshot are the latest image's, an event opens or is rescored once."""
-        now = self.clock.now()
+        snapshot are the latest image's, an event opens or is rescored once. ``prelocked``: the
+        caller's statement already locked the batch with ``joining`` of these images, the latest's
+        capture time and this transaction (``lock_query``), and what it read."""
         messages: list[Message] = []
         latest = seen[-1]
         snapshots = {s.image_id: s.snapshot for s in seen}
         arriving = [s.image_id for s in seen]
         # The batch, locked, and the household as it was when the latest image was taken; the
         # images join the batch in the same statement unless it is due (``_due``) or none is open.
-        joining = batches.Joining(arriving, now, now - self.window, now - self.idle, now - self.event_max)
-        locked = await batches.lock_open_in_context(conn, camera_id, latest.captured_at, joining)
+        if prelocked is None:
+            joining = self.joining(arriving)
+            locked = await batches.lock_open_in_context(conn, camera_id, latest.captured_at, joining)
+        else:
+            joining, locked = prelocked
+        now = joining.now
         batch, household = locked.batch, locked.household
         # The camera's latest event, while this call has made none (closing a batch may).
         last_event: tuple[uuid.UUID, datetime] | Literal["read"] | None = locked.last_event

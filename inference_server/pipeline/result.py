@@ -2,8 +2,8 @@
 and handed to their camera's batch — all in the transaction that completes their jobs.
 
 The detect worker hands over one camera's images of an inferred batch together, and they are
-stored in one transaction, in arrival order: their jobs' completion, their detections and the
-activity counts (one statement), the batch and event changes and the MQTT messages announcing
+stored in one transaction, in arrival order: their jobs' completion, their detections, the
+activity counts and the camera's batch locked and joined (one statement), the batch and event changes and the MQTT messages announcing
 them commit together. A crash before the commit leaves every job to be
 retried, a crash after it leaves the messages for the relay. Each image is counted exactly once,
 and every message reaches MQTT at least once. A job whose lease was lost meanwhile is left out
@@ -34,7 +34,7 @@ from inference_server.pipeline.messages import Message
 from inference_server.pipeline.snapshot import Snapshot
 from inference_server.pipeline.tamper import SceneFeatures, TamperStage, features
 from inference_server.pipeline.zones import zones_of
-from inference_server.store import activity, outbox
+from inference_server.store import activity, batches, outbox
 from inference_server.store import detections as detections_store
 from inference_server.telemetry import metrics
 
@@ -147,16 +147,26 @@ class ResultStage:
         jobs = [r.job for r in ready]
         found = [r for r in ready if r.detections]
         tagged = {r.job.image_id: [zones_of(d, r.job.zones) for d in r.detections] for r in found}
+        prelocked: tuple[batches.Joining, batches.Locked] | None = None
         if not found:
             owned = await self.queue.complete_many(conn, jobs)
             detection_ids: list[list[int]] | None = []
         else:
-            # One statement: the jobs done, the detections and the camera's hourly counts.
-            owned, detection_ids = await _complete_and_insert(
-                conn, camera_id, *self._detections(found, tagged), self.queue.completing(jobs)
+            # One statement: the jobs done, the detections and the camera's hourly counts, and the
+            # camera's batch locked (with the household context) and joined by these images.
+            joining = self.batches.joining([r.job.image_id for r in found])
+            owned, detection_ids, locked = await _complete_and_insert(
+                conn,
+                camera_id,
+                *self._detections(found, tagged),
+                self.queue.completing(jobs),
+                batches.lock_query("$1", 20, found[-1].job.captured_at, joining, _HELD),
             )
+            prelocked = (joining, locked)
         if detection_ids is None:
-            # A lease was lost (rare): the statement stored no detection; those still held now.
+            # A lease was lost (rare): the statement stored no detection and joined no image;
+            # those still held now, and their batch locked for them.
+            prelocked = None
             found = [r for r in found if r.job.id in owned]
             rows, hourly = self._detections(found, tagged)
             detection_ids = await detections_store.insert_images(conn, camera_id, rows, hourly=hourly)
@@ -192,6 +202,7 @@ class ResultStage:
             zones=list(latest.zones),
             seen=seen,
             enrolled_people=enrolled,
+            prelocked=prelocked,
         )
         return owned, messages
 
@@ -206,33 +217,42 @@ class ResultStage:
         return [(r.job.image_id, r.job.captured_at, r.detections, tagged[r.job.image_id]) for r in found], hourly
 
 
+#: Every job of the statement below is still held (its $19: how many there are).
+_HELD = "(SELECT count(*) FROM done) = $19"
+
+
 async def _complete_and_insert(
     conn: asyncpg.Connection,
     camera_id: str,
     images: detections_store.Images,
     hourly: activity.Hourly,
     completing: tuple[list[int], list[int], str],
-) -> tuple[set[int], list[list[int]] | None]:
+    lock: batches.LockQuery,
+) -> tuple[set[int], list[list[int]] | None, batches.Locked]:
     """Mark the jobs done (``JobQueue.completing``: ids, attempts, worker) and, when every one of
-    them is still held, insert ``images``' detections with the hourly counts, in one statement
-    (stop 34: it took two round trips). Returns the ids of the jobs marked done, and each image's
-    detection ids, or None when a lease was lost: then no detection was inserted."""
-    held = "(SELECT count(*) FROM done) = $19"
+    them is still held, insert ``images``' detections with the hourly counts; and ``lock`` (the
+    camera's batch, joined by the images only while they are all held: ``_HELD``), in one
+    statement (stop 34: the first two took two round trips; stop 36: the lock was a third).
+    Returns the ids of the jobs marked done, and each image's detection ids, or None when a lease
+    was lost: then no detection was inserted; and what the lock read."""
     rows = await conn.fetch(
         f"WITH done AS ({complete_sql('$16', '$17', '$18')}),"
-        f" counted AS ({activity.hourly_upsert('$1', '$12', '$13', '$14', '$15', where=held)}),"
-        f" inserted AS ({detections_store.insert_sql(held)})"
-        " SELECT id, TRUE AS job FROM done UNION ALL SELECT id, FALSE FROM inserted",
+        f" counted AS ({activity.hourly_upsert('$1', '$12', '$13', '$14', '$15', where=_HELD)}),"
+        f" inserted AS ({detections_store.insert_sql(_HELD)}), {lock.ctes}"
+        " SELECT (SELECT array_agg(id) FROM done) AS done_ids, (SELECT array_agg(id) FROM inserted) AS inserted_ids,"
+        f" {lock.select}",
         camera_id,
         *detections_store.columns(images),
         *hourly,
         *completing,
         len(completing[0]),
+        *lock.args,
     )
-    done = {r["id"] for r in rows if r["job"]}
+    done = set(rows[0]["done_ids"] or ())
+    locked = batches.locked_from(rows, lock)
     if len(done) < len(completing[0]):
-        return done, None
-    return done, detections_store.ids_by_image(images, [r["id"] for r in rows if not r["job"]])
+        return done, None, locked
+    return done, detections_store.ids_by_image(images, list(rows[0]["inserted_ids"] or ())), locked
 
 
 def _observe_end_to_end(job: ClaimedJob) -> None:

@@ -50,13 +50,14 @@ def _batch(row: asyncpg.Record) -> Batch:
     )
 
 
-# The camera ($1)'s open batch, locked for the transaction.
-_LOCK_OPEN = f"SELECT {_COLUMNS} FROM batches WHERE camera_id = $1 AND closed_at IS NULL FOR UPDATE"
+def _lock_open_sql(camera: str) -> str:
+    """The camera's open batch, locked for the transaction, for an SQL parameter named by the argument."""
+    return f"SELECT {_COLUMNS} FROM batches WHERE camera_id = {camera} AND closed_at IS NULL FOR UPDATE"
 
 
 async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:
     """The camera's open batch, locked for this transaction."""
-    row = await conn.fetchrow(_LOCK_OPEN, camera_id)
+    row = await conn.fetchrow(_lock_open_sql("$1"), camera_id)
     return _batch(row) if row is not None else None
 
 
@@ -71,7 +72,7 @@ class Locked:
     #: The camera's latest event (id, started_at), if any.
     last_event: tuple[uuid.UUID, datetime] | None
     #: ``batch`` after the ``Joining`` images joined it (``add_images``); None when they did not
-    #: (none asked, no batch open, or it was due).
+    #: (none asked, no batch open, it was due, or the statement's condition did not hold).
     joined: Batch | None = None
 
 
@@ -89,48 +90,56 @@ class Joining:
     chain_after: datetime
 
 
-async def lock_open_in_context(
-    conn: asyncpg.Connection, camera_id: str, captured_at: datetime, joining: Joining | None = None
-) -> Locked:
-    """``lock_open``, the household context for an image captured at ``captured_at``
-    (``context.for_capture``) and the camera's latest event (``events.latest_for_camera``), in one
-    round trip; with ``joining``, in the same statement its images join the batch if it is not due
-    (``Locked.joined``: the batch after that)."""
+@dataclass(frozen=True, slots=True)
+class LockQuery:
+    """``lock_open_in_context``'s statement in parts, for a statement that takes it in (the
+    result stage's store): ``WITH <ctes> SELECT <select>`` with ``args`` as its parameters."""
+
+    ctes: str
+    select: str
+    args: list[object]
+    #: The capture time the household context is read for (``locked_from`` judges with it).
+    captured_at: datetime
+
+
+def lock_query(camera: str, first: int, captured_at: datetime, joining: Joining, where: str = "true") -> LockQuery:
+    """The lock, the context and latest event, and the join, with the camera as the SQL parameter
+    ``camera`` and its own parameters from ``$first`` on; the images join only while ``where``
+    (an SQL boolean) holds too. The link and the activity time are written as ``add_images``
+    writes them, for the batch locked by the first CTE (the UPDATE takes the row this statement
+    already holds)."""
     if captured_at.tzinfo is None:
         raise ValueError("captured_at must be timezone-aware")
-    tail = (
-        f" LEFT JOIN ({events.latest_for_camera_sql('$1')}) AS e ON true"
-        f" LEFT JOIN ({context.for_capture_sql('$2')}) AS c ON true"
+    captured, opened, active, chain, ids, now = (f"${first + n}" for n in range(6))
+    ctes = (
+        f"b AS ({_lock_open_sql(camera)}),"
+        f" kept AS (SELECT id FROM b WHERE opened_at > {opened} AND last_activity_at > {active}"
+        f"  AND chain_started_at > {chain} AND {where}),"
+        " linked AS (INSERT INTO batch_images (batch_id, image_id)"
+        f"  SELECT kept.id, unnest({ids}::bigint[]) FROM kept ON CONFLICT DO NOTHING),"
+        f" joined AS (UPDATE batches SET last_activity_at = greatest(batches.last_activity_at, {now}) FROM kept"
+        "  WHERE batches.id = kept.id"
+        "  RETURNING batches.last_activity_at AS joined_activity_at, batches.xmin::text::bigint AS joined_version)"
     )
-    if joining is None:
-        rows = await conn.fetch(
-            "SELECT b.*, c.*, e.id AS last_event_id, e.started_at AS last_event_at,"
-            " NULL::timestamptz AS joined_activity_at, NULL::bigint AS joined_version"
-            f" FROM (SELECT 1) AS one LEFT JOIN ({_LOCK_OPEN}) AS b ON true{tail}",
-            camera_id,
-            captured_at,
-        )
-    else:
-        # The link and the activity time as ``add_images`` writes them, for the batch locked by
-        # the first CTE (the UPDATE takes the row this statement already holds).
-        rows = await conn.fetch(
-            f"WITH b AS ({_LOCK_OPEN}),"
-            " kept AS (SELECT id FROM b WHERE opened_at > $3 AND last_activity_at > $4 AND chain_started_at > $5),"
-            " linked AS (INSERT INTO batch_images (batch_id, image_id) SELECT kept.id, unnest($6::bigint[])"
-            "  FROM kept ON CONFLICT DO NOTHING),"
-            " joined AS (UPDATE batches SET last_activity_at = greatest(batches.last_activity_at, $7) FROM kept"
-            "  WHERE batches.id = kept.id"
-            "  RETURNING batches.last_activity_at AS joined_activity_at, batches.xmin::text::bigint AS joined_version)"
-            " SELECT b.*, c.*, e.id AS last_event_id, e.started_at AS last_event_at, j.* FROM (SELECT 1) AS one"
-            f" LEFT JOIN b ON true LEFT JOIN joined AS j ON true{tail}",
-            camera_id,
-            captured_at,
-            joining.opened_after,
-            joining.active_after,
-            joining.chain_after,
-            list(joining.image_ids),
-            joining.now,
-        )
+    select = (
+        "b.*, c.*, e.id AS last_event_id, e.started_at AS last_event_at, j.* FROM (SELECT 1) AS one"
+        " LEFT JOIN b ON true LEFT JOIN joined AS j ON true"
+        f" LEFT JOIN ({events.latest_for_camera_sql(camera)}) AS e ON true"
+        f" LEFT JOIN ({context.for_capture_sql(captured)}) AS c ON true"
+    )
+    args: list[object] = [
+        captured_at,
+        joining.opened_after,
+        joining.active_after,
+        joining.chain_after,
+        list(joining.image_ids),
+        joining.now,
+    ]
+    return LockQuery(ctes, select, args, captured_at)
+
+
+def locked_from(rows: Sequence[asyncpg.Record], query: LockQuery) -> Locked:
+    """``Locked`` of the rows the statement of ``query`` returned."""
     first = rows[0]
     batch = _batch(first) if first["id"] is not None else None
     joined = None
@@ -138,10 +147,23 @@ async def lock_open_in_context(
         joined = replace(batch, last_activity_at=first["joined_activity_at"], version=first["joined_version"])
     return Locked(
         batch,
-        context.capture_state(rows, captured_at),
+        context.capture_state(rows, query.captured_at),
         (first["last_event_id"], first["last_event_at"]) if first["last_event_id"] is not None else None,
         joined,
     )
+
+
+async def lock_open_in_context(
+    conn: asyncpg.Connection, camera_id: str, captured_at: datetime, joining: Joining | None = None
+) -> Locked:
+    """``lock_open``, the household context for an image captured at ``captured_at``
+    (``context.for_capture``) and the camera's latest event (``events.latest_for_camera``), in one
+    round trip; with ``joining``, in the same statement its images join the batch if it is not due
+    (``Locked.joined``: the batch after that)."""
+    at = captured_at
+    query = lock_query("$1", 2, at, joining or Joining((), at, at, at, at), "true" if joining else "false")
+    rows = await conn.fetch(f"WITH {query.ctes} SELECT {query.select}", camera_id, *query.args)
+    return locked_from(rows, query)
 
 
 async def open_new(conn: asyncpg.Connection, camera_id: str, now: datetime) -> Batch:

@@ -128,7 +128,8 @@ async def test_a_group_whose_every_lease_was_lost_stores_nothing(porch: tuple[_P
 
 async def test_a_group_joins_the_open_batch_in_the_statement_that_locks_it(porch: tuple[_Porch, object]) -> None:
     """The camera's open batch, not due, is locked and joined (the links and its activity time)
-    in one statement: the join was a round trip of its own (stop 35)."""
+    by the statement that completes the jobs and inserts the detections: the lock was a round
+    trip of its own, and the join another (stop 35)."""
     camera, ingestor = porch
     first, *later = await camera.claim(ingestor, 3)
     assert await camera.finish([first], [[PERSON]]) == []  # opens the batch
@@ -137,7 +138,8 @@ async def test_a_group_joins_the_open_batch_in_the_statement_that_locks_it(porch
         assert await camera.finish(later, [[PERSON], [CAR]]) == []
 
     linking = [text for text in trips.by_statement if "INSERT INTO batch_images" in text]
-    assert len(linking) == 1 and "FOR UPDATE" in linking[0], trips.by_statement
+    assert len(linking) == 1 and "FOR UPDATE" in linking[0] and DONE in linking[0], trips.by_statement
+    assert not [text for text in trips.by_statement if "FOR UPDATE" in text and text not in linking], trips.by_statement
     assert not any(text.startswith("UPDATE batches") for text in trips.by_statement), trips.by_statement
     rows = await camera.pool.fetch("SELECT batch_id, image_id FROM batch_images ORDER BY image_id")
     assert [r["image_id"] for r in rows] == [first.image_id] + [j.image_id for j in later]
