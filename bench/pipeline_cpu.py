@@ -497,6 +497,9 @@ class PhaseResult:
     statements_per_image: float | None = None
     #: The most frequent statements (their text) and how many per image.
     statements: dict[str, float] = field(default_factory=dict)
+    #: Their mean round trip (sending to result: PostgreSQL's work and the wait for the event
+    #: loop), ms, in the one-camera phase.
+    statement_ms: dict[str, float] = field(default_factory=dict)
     #: The server's CPU while idle just before the phase (the one-camera phase only).
     idle_cpu: dict[str, Any] | None = None
 
@@ -795,6 +798,7 @@ async def one_camera_phase(
         upload.close()
     result.statements_per_image = trips.count / max(result.files, 1)
     result.statements = {q: n / max(result.files, 1) for q, n in trips.by_statement.most_common(14)}
+    result.statement_ms = {q: 1000 * trips.seconds_by_statement[q] / trips.by_statement[q] for q in result.statements}
     result.idle_cpu = idle
     if profiler is not None:
         profiler.disable()
@@ -1053,7 +1057,12 @@ def report(
             f" just before): {idle_ms_per_s:.2f} ms a second"
         )
         say(f"  PostgreSQL statements (round trips) per image: {camera.statements_per_image:.2f}")
-        say(table(["per image", "statement"], [[n, q[:110]] for q, n in camera.statements.items()]))
+        say(
+            table(
+                ["per image", "round trip ms", "statement"],
+                [[n, camera.statement_ms.get(q, float("nan")), q[:100]] for q, n in camera.statements.items()],
+            )
+        )
     say()
     verdict_ratio = "met" if ratio >= 0.9 else "MISSED"
     verdict_ms = "met" if outside["= outside inference"] <= 5.0 else "MISSED"
