@@ -296,9 +296,9 @@ class JobQueue:
         if job.id not in await self.complete_many(conn, [job]):
             raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {self.worker_id}")
 
-    async def complete_many(self, conn: asyncpg.Connection, jobs: Sequence[ClaimedJob]) -> set[int]:
-        """Mark ``jobs`` done in one statement inside the caller's transaction; return the ids of
-        those still ours (the others' leases were lost: their results must be discarded)."""
+    async def complete_many(self, conn: asyncpg.Connection | asyncpg.Pool, jobs: Sequence[ClaimedJob]) -> set[int]:
+        """Mark ``jobs`` done in one statement (in the caller's transaction, if any); return the ids
+        of those still ours (the others' leases were lost: their results must be discarded)."""
         if not jobs:
             return set()
         rows = await conn.fetch(complete_sql("$1", "$2", "$3"), *self.completing(jobs))

@@ -3,9 +3,11 @@ and handed to their camera's batch — all in the transaction that completes the
 
 The detect worker hands over one camera's images of an inferred batch together, and they are
 stored in one transaction, in arrival order: their jobs' completion, their detections, the
-activity counts and the camera's batch locked and joined (one statement), the batch and event changes and the MQTT messages announcing
-them commit together. A crash before the commit leaves every job to be
-retried, a crash after it leaves the messages for the relay. Each image is counted exactly once,
+activity counts and the camera's batch locked and joined (one statement), the batch and event
+changes and the MQTT messages announcing them commit together (a group with nothing detected
+and no tamper check stores only its jobs' completion: one statement, its own transaction). A
+crash before the commit leaves every job to be retried, a crash after it leaves the messages
+for the relay. Each image is counted exactly once,
 and every message reaches MQTT at least once. A job whose lease was lost meanwhile is left out
 of the transaction (its result discarded, as with one image); if storing the group fails for any
 other reason, each image is stored alone, so only the one that fails loses its attempt
@@ -100,9 +102,14 @@ class ResultStage:
         started = metrics.now()
         committed = False
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                owned, messages = await self._store(conn, ready)
-                added = await outbox.add_many(conn, messages)
+            if any(r.detections or r.scene is not None for r in ready):
+                async with self.pool.acquire() as conn, conn.transaction():
+                    owned, messages = await self._store(conn, ready)
+                    added = await outbox.add_many(conn, messages)
+            else:
+                # Nothing detected and no tamper check: the jobs' completion is all there is to
+                # store, one statement, its own transaction (BEGIN and COMMIT were two more).
+                owned, added = await self.queue.complete_many(self.pool, [r.job for r in ready]), []
             committed = True
             self.offer(added)
         finally:
