@@ -102,14 +102,16 @@ class ResultStage:
         started = metrics.now()
         committed = False
         try:
-            if any(r.detections or r.scene is not None for r in ready):
+            if self._completion_only(ready):
+                # Nothing detected, and no tamper check that writes or announces anything: the
+                # jobs' completion is all there is to store, one statement, its own transaction
+                # (BEGIN and COMMIT were two more); the quiet check is then taken in memory.
+                owned, added = await self.queue.complete_many(self.pool, [r.job for r in ready]), []
+                await self._defer_checks([r for r in ready if r.job.id in owned])
+            else:
                 async with self.pool.acquire() as conn, conn.transaction():
                     owned, messages = await self._store(conn, ready)
                     added = await outbox.add_many(conn, messages)
-            else:
-                # Nothing detected and no tamper check: the jobs' completion is all there is to
-                # store, one statement, its own transaction (BEGIN and COMMIT were two more).
-                owned, added = await self.queue.complete_many(self.pool, [r.job for r in ready]), []
             committed = True
             self.offer(added)
         finally:
@@ -125,6 +127,33 @@ class ResultStage:
                 )
             _observe_end_to_end(r.job)
         return [r.job for r in ready if r.job.id not in owned]
+
+    def _completion_only(self, ready: Sequence[_Ready]) -> bool:
+        """Nothing detected, and at most one tamper check, which ``observe`` would take without a
+        statement (``TamperStage.deferrable``)."""
+        if any(r.detections for r in ready):
+            return False
+        checks = [(r.job, r.scene) for r in ready if r.scene is not None]
+        if not checks:
+            return True
+        if len(checks) > 1 or self.tamper is None:
+            return False
+        job, scene = checks[0]
+        return self.tamper.deferrable(job.camera_id, scene, job.captured_at)
+
+    async def _defer_checks(self, kept: Sequence[_Ready]) -> None:
+        """After a completion-only store: the tamper check of the images still held, in memory as
+        ``_completion_only`` found it could be; if another store of the camera changed that
+        meanwhile, ``observe`` in a transaction of its own."""
+        for r in kept:
+            if self.tamper is None or r.scene is None:
+                continue
+            if self.tamper.defer(r.job.camera_id, r.scene, r.job.captured_at):
+                continue
+            async with self.pool.acquire() as conn, conn.transaction():
+                messages = await self.tamper.observe(conn, r.job.camera_id, r.job.image_id, r.job.captured_at, r.scene)
+                added = await outbox.add_many(conn, messages)
+            self.offer(added)
 
     async def _prepare(self, job: ClaimedJob, image: Picture, dets: Sequence[Detection]) -> _Ready:
         """Before the transaction: embeddings (bounded) and the scene's tamper features; the

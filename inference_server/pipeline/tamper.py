@@ -265,11 +265,8 @@ class TamperStage:
         if known is not None:
             done = self.step(known, seen, captured_at)
             if done.change is None:
-                if self._quiet(known.state, done) and time.monotonic() - self._saved_at.get(camera_id, -math.inf) < (
-                    QUIET_SAVE_EVERY_S
-                ):
-                    self._unsaved[camera_id] = tamper_store.Row(done.baseline, done.state, known.version)
-                    metrics.TAMPER_SAVES_DEFERRED.inc()
+                if self._can_wait(camera_id, known, done):
+                    self._defer(camera_id, known, done)
                     return []
                 version = await tamper_store.save_if_current(conn, camera_id, done.baseline, done.state, known.version)
                 if version is not None:
@@ -305,6 +302,38 @@ class TamperStage:
         self._keep(camera_id, tamper_store.Row(done.baseline, state, version))
         self._saved_at[camera_id] = time.monotonic()
         return [] if done.change is None else [self._message(camera_id, state, done.baseline.learned)]
+
+    def deferrable(self, camera_id: str, seen: SceneFeatures, captured_at: datetime) -> bool:
+        """Whether ``observe`` of this check would neither write nor announce anything now (a
+        quiet check whose save can wait, most checks of a quiet camera): then ``defer`` takes it
+        without a statement. Changes nothing."""
+        return self._deferred(camera_id, seen, captured_at) is not None
+
+    def defer(self, camera_id: str, seen: SceneFeatures, captured_at: datetime) -> bool:
+        """``observe`` of a check ``deferrable`` says needs no statement, outside a transaction:
+        kept as ``observe`` keeps it, until ``settle``. False (nothing done) if it is not that."""
+        found = self._deferred(camera_id, seen, captured_at)
+        if found is not None:
+            self._defer(camera_id, *found)
+        return found is not None
+
+    def _deferred(
+        self, camera_id: str, seen: SceneFeatures, captured_at: datetime
+    ) -> tuple[tamper_store.Row, Step] | None:
+        known = self._unsaved.get(camera_id) or self._rows.get(camera_id)
+        if known is None:
+            return None
+        done = self.step(known, seen, captured_at)
+        return (known, done) if done.change is None and self._can_wait(camera_id, known, done) else None
+
+    def _can_wait(self, camera_id: str, known: tamper_store.Row, done: Step) -> bool:
+        """A quiet check, whose row was written less than ``QUIET_SAVE_EVERY_S`` ago."""
+        recently = time.monotonic() - self._saved_at.get(camera_id, -math.inf) < QUIET_SAVE_EVERY_S
+        return recently and self._quiet(known.state, done)
+
+    def _defer(self, camera_id: str, known: tamper_store.Row, done: Step) -> None:
+        self._unsaved[camera_id] = tamper_store.Row(done.baseline, done.state, known.version)
+        metrics.TAMPER_SAVES_DEFERRED.inc()
 
     def _quiet(self, before: tamper_store.Counters, done: Step) -> bool:
         """A check that leaves a learned camera as it was, untampered with nothing abnormal

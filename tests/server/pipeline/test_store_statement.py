@@ -11,18 +11,22 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import numpy as np
 import pytest
 
 from bench.roundtrips import RoundTrips
 from bench.store_stage import store_pipeline
 from inference_server import demo_assets
+from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.domain import Detection
 from inference_server.jobs.queue import ClaimedJob, JobQueue
 from inference_server.pipeline.decode import Picture, decode_picture
 from inference_server.pipeline.detect import DetectWorker
+from inference_server.pipeline.tamper import TamperStage
 from inference_server.server import open_database
+from inference_server.store import tamper as tamper_store
 from tests.server.ingest.conftest import with_comment
 
 from ..conftest import FakeClock
@@ -166,3 +170,40 @@ async def test_a_group_with_nothing_detected_is_one_statement_without_a_transact
     assert list(stored.values()) == [1] and DONE in next(iter(stored)), trips.by_statement
     _, _, states = await camera.stored()
     assert states == {jobs[0].image_id: "done", jobs[1].image_id: "running", jobs[2].image_id: "done"}
+
+
+async def test_a_quiet_cameras_picture_with_nothing_detected_is_one_statement_with_its_tamper_check(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """A learned, quiet camera's picture with nothing detected and its tamper check due: the
+    check changes nothing the database must see now (its row is written once a minute), so the
+    store is the jobs' completion alone, without BEGIN and COMMIT (it was those, the completion,
+    and nothing else); the check is kept in memory as a transaction's would be. A check that must
+    be written (learning the scene) still goes through the transaction."""
+    settings = make_settings(fast_path={}, tamper_learn_frames=2, tamper_check_interval_s=1.0)
+    pool, _ = await open_database(settings)
+    worker, ingestor, queue = await store_pipeline(settings, pool, pose_detector, ["porch"], clock=FakeClock(NOON))
+    worker.result.tamper = stage = TamperStage(settings, Topics())
+    camera = _Porch(worker, queue, pool, decode_picture(demo_assets.image("bus.jpg"), settings.detector_imgsz))
+    try:
+        jobs = await camera.claim(ingestor, 5)
+        for job in jobs[:3]:  # learning, then learned: written
+            assert await camera.finish([job], [[]]) == []
+        stored = await tamper_store.state(pool, "porch")
+        assert stored is not None and stored.learned_images == 2
+        before = stage._rows["porch"]
+
+        with RoundTrips() as trips:
+            assert await camera.finish(jobs[3:4], [[]]) == []
+        ours = ("BEGIN;", "COMMIT;")
+        mine = {t: n for t, n in trips.by_statement.items() if "jobs" in t or "tamper" in t or t in ours}
+        assert list(mine.values()) == [1] and DONE in next(iter(mine)), trips.by_statement
+        after = stage._rows["porch"]  # checked: the running mean moved, in memory
+        assert after.version == before.version and not np.array_equal(after.baseline.layout, before.baseline.layout)
+
+        _, _, states = await camera.stored()
+        assert [states[j.image_id] for j in jobs] == ["done"] * 4 + ["running"]
+    finally:
+        worker._infer_pool.shutdown()
+        worker._decode_pool.shutdown()
+        await pool.close()
