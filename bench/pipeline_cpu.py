@@ -82,10 +82,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --- images ------------------------------------------------------------------------------
 
 
-def source_jpegs() -> list[tuple[str, bytes]]:
-    """The four source pictures as JPEG bytes (PNGs converted as a camera would send them)."""
+def source_jpegs(names: Sequence[str] = SOURCES) -> list[tuple[str, bytes]]:
+    """The source pictures as JPEG bytes (PNGs converted as a camera would send them)."""
     out = []
-    for name in SOURCES:
+    for name in names:
         path = demo_assets.image(name)
         if path.suffix.lower() in (".jpg", ".jpeg"):
             out.append((name, path.read_bytes()))
@@ -767,7 +767,8 @@ async def one_camera_phase(
     idle = cpu_delta(before, meter.snapshot())
     # One view, as a camera has (its bytes differ picture to picture): the four sources of the
     # burst in turn would look to the tamper check like a camera turned away every second.
-    shots = make_shots("camera", 4, args.camera_images, sources[:1], run_id, cameras=1, per_second=1)
+    view = source_jpegs([args.camera_picture]) if args.camera_picture else sources[:1]
+    shots = make_shots("camera", 4, args.camera_images, view, run_id, cameras=1, per_second=1)
     upload: RestUploader | None = None
     if args.camera_via == "rest":
         # The camera exists (an upload never makes one) and has had a picture before, as a
@@ -776,7 +777,7 @@ async def one_camera_phase(
         await cameras.create(server.pool, CameraCreate(id=camera, name=camera))
         upload = RestUploader(server.api_url, await api_keys.create(server.pool, "bench"))
         first = shots[0]
-        warm = with_comment(sources[0][1], f"hsi-bench {run_id} camera warm-up")
+        warm = with_comment(view[0][1], f"hsi-bench {run_id} camera warm-up")
         earlier = first.captured_at - timedelta(seconds=5)
         await asyncio.to_thread(upload, Shot(f"{camera}/warm-up", first.source, warm, earlier))
         await asyncio.sleep(2)
@@ -1128,6 +1129,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("folder", "rest"),
         default="folder",
         help="how the one camera's pictures come: files in its folder (FTP) or REST uploads (Home Assistant)",
+    )
+    p.add_argument(
+        "--camera-picture",
+        help="the one camera's picture (default: the burst's first, bus.jpg); e.g. coffee.png, a view"
+        " with no person in it, as a quiet camera's",
     )
     p.add_argument("--profile-camera", type=Path, help="cProfile the event loop during the one-camera phase")
     p.add_argument("--camera-idle-s", type=float, default=10, help="idle seconds measured before that phase")
