@@ -80,8 +80,9 @@ def printable(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace").replace("\x00", "\\0")
 
 
-#: Folders whose camera id the ingestor keeps (it forgets them all past this).
-_FOLDER_IDS_KEPT = 1024
+#: Folders whose camera id the ingestor keeps, and camera ids uploaded to (it forgets them all
+#: past this).
+_IDS_KEPT = 1024
 
 
 class UnknownCamera(LookupError):
@@ -209,7 +210,7 @@ class Ingestor:
         return await cameras.id_for_folder(self.pool, printable(folder), camera_id_candidates(folder))
 
     def _remember(self, folder: str, camera_id: str) -> None:
-        if len(self._folder_ids) >= _FOLDER_IDS_KEPT:
+        if len(self._folder_ids) >= _IDS_KEPT:
             self._folder_ids.clear()  # folders are cameras: thousands only from a hostile uploader
         self._folder_ids[folder] = camera_id
 
@@ -669,7 +670,7 @@ class Ingestor:
             if not enabled:
                 self._upload_ids.discard(camera_id)
                 raise UnknownCamera(camera_id) if enabled is None else CameraDisabled(camera_id)
-            if len(self._upload_ids) >= _FOLDER_IDS_KEPT:
+            if len(self._upload_ids) >= _IDS_KEPT:
                 self._upload_ids.clear()
             self._upload_ids.add(camera_id)
             return image_id, job_id, camera_id

@@ -7,8 +7,8 @@
   cannot also complete the job: each job's result is committed once;
 - failures retry with capped exponential backoff and jitter, then go to the dead letters;
 - a known camera's next image (a folder's or an upload's) is inserted already claimed by this
-  process's idle detect worker (``JobTaker``) and handed to it: no notification, no claim (docs/decisions.md, "A picture
-  handed to the idle worker").
+  process's idle detect worker (``JobTaker``) and handed to it: no notification, no claim
+  (docs/decisions.md, "A picture handed to the idle worker").
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ class JobQueue:
         self.worker_id = worker_id
         self._wakeup = asyncio.Event()
         self._listener = Listener(pool, NOTIFY_CHANNEL, self._on_notify)
-        #: This process's detect worker (it sets itself): a folder's next image goes to it in hand
-        #: while it waits for work.
+        #: This process's detect worker (it sets itself): a known camera's next image (a folder's
+        #: or an upload's) goes to it in hand while it waits for work.
         self.taker: JobTaker | None = None
 
     # --- producer side -------------------------------------------------------------------

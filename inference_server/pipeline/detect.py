@@ -71,7 +71,7 @@ class DetectWorker:
         self._started: set[int] = set()
         #: Jobs the queue inserted claimed for this worker (``take_job``), not yet in a batch.
         self._handed: list[ClaimedJob] = []
-        #: The claim loop waits for work with nothing in hand: the next folder image is for it.
+        #: The claim loop waits for work with nothing in hand: a known camera's next image is for it.
         self._waiting = False
         self._running = False
         queue.taker = self
