@@ -34,7 +34,7 @@ from inference_server.pipeline.decode import Fit, Picture
 from inference_server.pipeline.identify import PersonVectors, Recognizer
 from inference_server.pipeline.messages import Message
 from inference_server.pipeline.snapshot import Snapshot
-from inference_server.pipeline.tamper import SceneFeatures, TamperStage, features
+from inference_server.pipeline.tamper import Deferral, SceneFeatures, TamperStage, features
 from inference_server.pipeline.zones import zones_of
 from inference_server.store import activity, batches, outbox
 from inference_server.store import detections as detections_store
@@ -102,12 +102,12 @@ class ResultStage:
         started = metrics.now()
         committed = False
         try:
-            if self._completion_only(ready):
+            if (quiet := self._completion_only(ready)) is not None:
                 # Nothing detected, and no tamper check that writes or announces anything: the
                 # jobs' completion is all there is to store, one statement, its own transaction
                 # (BEGIN and COMMIT were two more); the quiet check is then taken in memory.
                 owned, added = await self.queue.complete_many(self.pool, [r.job for r in ready]), []
-                await self._defer_checks([r for r in ready if r.job.id in owned])
+                await self._defer_checks([(r, d) for r, d in quiet if r.job.id in owned])
             else:
                 async with self.pool.acquire() as conn, conn.transaction():
                     owned, messages = await self._store(conn, ready)
@@ -128,27 +128,27 @@ class ResultStage:
             _observe_end_to_end(r.job)
         return [r.job for r in ready if r.job.id not in owned]
 
-    def _completion_only(self, ready: Sequence[_Ready]) -> bool:
-        """Nothing detected, and at most one tamper check, which ``observe`` would take without a
-        statement (``TamperStage.deferrable``)."""
+    def _completion_only(self, ready: Sequence[_Ready]) -> list[tuple[_Ready, Deferral]] | None:
+        """Whether the group's jobs' completion is all there is to store: nothing detected, and at
+        most one tamper check, which ``observe`` would take without a statement
+        (``TamperStage.deferrable``); with that check, judged. None: the transaction."""
         if any(r.detections for r in ready):
-            return False
-        checks = [(r.job, r.scene) for r in ready if r.scene is not None]
+            return None
+        checks = [(r, r.scene) for r in ready if r.scene is not None]
         if not checks:
-            return True
+            return []
         if len(checks) > 1 or self.tamper is None:
-            return False
-        job, scene = checks[0]
-        return self.tamper.deferrable(job.camera_id, scene, job.captured_at)
+            return None
+        r, scene = checks[0]
+        deferral = self.tamper.deferrable(r.job.camera_id, scene, r.job.captured_at)
+        return None if deferral is None else [(r, deferral)]
 
-    async def _defer_checks(self, kept: Sequence[_Ready]) -> None:
-        """After a completion-only store: the tamper check of the images still held, in memory as
-        ``_completion_only`` found it could be; if another store of the camera changed that
-        meanwhile, ``observe`` in a transaction of its own."""
-        for r in kept:
-            if self.tamper is None or r.scene is None:
-                continue
-            if self.tamper.defer(r.job.camera_id, r.scene, r.job.captured_at):
+    async def _defer_checks(self, kept: Sequence[tuple[_Ready, Deferral]]) -> None:
+        """After a completion-only store: the tamper check of the images still held, taken in
+        memory as ``_completion_only`` judged it; if the camera's check changed meanwhile (a
+        ``forget``), ``observe`` in a transaction of its own."""
+        for r, deferral in kept:
+            if self.tamper is None or r.scene is None or self.tamper.defer(deferral):
                 continue
             async with self.pool.acquire() as conn, conn.transaction():
                 messages = await self.tamper.observe(conn, r.job.camera_id, r.job.image_id, r.job.captured_at, r.scene)

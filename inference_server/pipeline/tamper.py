@@ -197,6 +197,16 @@ class Step:
     verdict: Verdict | None
 
 
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """A check ``observe`` would take without a statement, judged (``TamperStage.deferrable``):
+    the camera's row it was judged on, and the step."""
+
+    camera_id: str
+    known: tamper_store.Row
+    done: Step
+
+
 class TamperStage:
     def __init__(self, settings: Settings, topics: Topics) -> None:
         self.learn_frames = settings.tamper_learn_frames
@@ -303,28 +313,29 @@ class TamperStage:
         self._saved_at[camera_id] = time.monotonic()
         return [] if done.change is None else [self._message(camera_id, state, done.baseline.learned)]
 
-    def deferrable(self, camera_id: str, seen: SceneFeatures, captured_at: datetime) -> bool:
-        """Whether ``observe`` of this check would neither write nor announce anything now (a
-        quiet check whose save can wait, most checks of a quiet camera): then ``defer`` takes it
-        without a statement. Changes nothing."""
-        return self._deferred(camera_id, seen, captured_at) is not None
-
-    def defer(self, camera_id: str, seen: SceneFeatures, captured_at: datetime) -> bool:
-        """``observe`` of a check ``deferrable`` says needs no statement, outside a transaction:
-        kept as ``observe`` keeps it, until ``settle``. False (nothing done) if it is not that."""
-        found = self._deferred(camera_id, seen, captured_at)
-        if found is not None:
-            self._defer(camera_id, *found)
-        return found is not None
-
-    def _deferred(
-        self, camera_id: str, seen: SceneFeatures, captured_at: datetime
-    ) -> tuple[tamper_store.Row, Step] | None:
+    def deferrable(self, camera_id: str, seen: SceneFeatures, captured_at: datetime) -> Deferral | None:
+        """The check, judged, when ``observe`` of it would neither write nor announce anything now
+        (a quiet check whose save can wait, most checks of a quiet camera): then ``defer`` takes
+        it without a statement. None: it needs ``observe``. Changes nothing."""
         known = self._unsaved.get(camera_id) or self._rows.get(camera_id)
         if known is None:
             return None
         done = self.step(known, seen, captured_at)
-        return (known, done) if done.change is None and self._can_wait(camera_id, known, done) else None
+        if done.change is None and self._can_wait(camera_id, known, done):
+            return Deferral(camera_id, known, done)
+        return None
+
+    def defer(self, deferral: Deferral) -> bool:
+        """``observe`` of a ``deferrable`` check, outside a transaction: kept as ``observe`` keeps
+        it, until ``settle``; only while the camera's row is still the one it was judged on and
+        its save can still wait. False (nothing done): ``observe`` it."""
+        camera_id, known, done = deferral.camera_id, deferral.known, deferral.done
+        if (self._unsaved.get(camera_id) or self._rows.get(camera_id)) is not known:
+            return False
+        if not self._can_wait(camera_id, known, done):
+            return False
+        self._defer(camera_id, known, done)
+        return True
 
     def _can_wait(self, camera_id: str, known: tamper_store.Row, done: Step) -> bool:
         """A quiet check, whose row was written less than ``QUIET_SAVE_EVERY_S`` ago."""
