@@ -115,7 +115,7 @@ class DetectWorker:
         worked_at = loop.time()
         while not stop.is_set():
             started = metrics.now()
-            jobs, self._handed = self._handed, []
+            jobs = self._take_handed(self.batch_size)
             if not jobs:
                 jobs = await self._claim(self.batch_size) if more else []
             if not jobs:
@@ -201,9 +201,7 @@ class DetectWorker:
             if self._handed:
                 # Handed over meanwhile (ingests that found the worker waiting, racing the one
                 # that woke it): they join the batch as claimed ones do.
-                need = self.batch_size - have - len(more)
-                more += self._handed[:need]
-                del self._handed[:need]
+                more += self._take_handed(self.batch_size - have - len(more))
                 continue
             if not await self.queue.wait_for_work(left):
                 break  # no job arrived meanwhile: claiming again would find none
@@ -211,6 +209,13 @@ class DetectWorker:
             # came with it is taken by the same wake-up.)
             more += await self._claim(self.batch_size - have - len(more))
         return more
+
+    def _take_handed(self, limit: int) -> list[ClaimedJob]:
+        """Up to ``limit`` of the jobs handed over, oldest first (more can come at once: ingests
+        that all found the worker waiting); the rest wait for the next batch."""
+        taken = self._handed[:limit]
+        del self._handed[:limit]
+        return taken
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         """Claim jobs; while the database is unreachable, wait (growing to 10 s) and claim nothing."""

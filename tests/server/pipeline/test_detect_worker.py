@@ -22,7 +22,7 @@ from inference_server.detection.onnx_backend import Letterboxed, OnnxDetector
 from inference_server.jobs.queue import ClaimedJob
 from inference_server.pipeline.decode import Picture
 from inference_server.pipeline.decode import decode as decode_pillow
-from inference_server.pipeline.detect import DetectWorker, _Item
+from inference_server.pipeline.detect import DetectWorker, _Item, _let_go
 from inference_server.schemas import CameraCreate
 from inference_server.store import cameras
 from inference_server.store.db import create_pool
@@ -269,6 +269,46 @@ async def test_an_upload_reaching_an_idle_worker_is_one_statement_and_handed_to_
         assert claims == 0, trips.by_statement
         rows = await server.pool.fetch("SELECT state, attempts FROM jobs")
         assert [(r["state"], r["attempts"]) for r in rows] == [("done", 1)] * 4
+
+
+async def test_jobs_handed_over_at_once_make_batches_of_at_most_the_batch_size(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """Uploads that all found the worker waiting (racing each other: each looked before any was
+    handed over) are all handed to it; its batches still hold at most ``detector_batch_size``
+    (the first took every job handed over, however many)."""
+    settings = make_settings(
+        **coco_settings(), detector_backend="onnx", detector_batch_size=2, detector_batch_wait_ms=0
+    )
+    pool = await create_pool(database_url, 4)
+    await migrate(pool)
+    worker, ingestor, queue = await store_pipeline(settings, pool, build_detector(settings), ["front"])
+    stop, decoded = asyncio.Event(), asyncio.Queue[list[_Item] | None]()
+    claiming: asyncio.Task[None] | None = None
+    try:
+        for n in range(5):
+            await ingestor.ingest_bytes("front", _copy("bus.jpg", n), captured_at=None, original_name=None)
+        jobs = await queue.claim(5)
+        worker._running = True
+        claiming = asyncio.create_task(worker._claim_loop(stop, decoded))
+        await wait_until(worker.wants_job, 30, what="the worker waiting")
+        for job in jobs:
+            await worker.take_job(job)
+        sizes = []
+        while sum(sizes) < len(jobs):
+            items = await asyncio.wait_for(decoded.get(), 30)
+            assert items is not None
+            sizes.append(len(items))
+            _let_go(items)
+        assert sizes == [2, 2, 1]
+    finally:
+        stop.set()
+        if claiming is not None:
+            await asyncio.wait_for(claiming, 30)
+        worker._infer_pool.shutdown()
+        worker._decode_pool.shutdown()
+        await queue.close()
+        await pool.close()
 
 
 async def test_a_job_handed_to_a_stopped_worker_goes_back_to_the_queue(
