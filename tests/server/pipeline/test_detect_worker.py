@@ -15,7 +15,7 @@ import pytest
 
 from bench.roundtrips import RoundTrips
 from bench.store_stage import store_pipeline
-from inference_server import demo_assets
+from inference_server import buffers, demo_assets
 from inference_server.config import Settings
 from inference_server.detection.detector import build_detector
 from inference_server.detection.onnx_backend import Letterboxed, OnnxDetector
@@ -96,23 +96,24 @@ async def test_a_picture_without_its_prepared_input_is_detected_as_it_is(
         ]
 
 
-async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_when_idle(
-    make_settings: Callable[..., Settings],
-) -> None:
+async def test_reused_buffers_leave_each_image_its_own_detections(make_settings: Callable[..., Settings]) -> None:
     """The server with the add-on's backend, pictures of two shapes from two cameras in batches
     of 4: the tensors and the decoded pictures are reused from image to image, and every image's
     stored detections are what the detector finds in it alone (decoded by Pillow, not into a
-    reused array). When the queue runs dry, the pools are given back."""
+    reused array)."""
     settings = make_settings(
         **coco_settings(),
         detector_backend="onnx",
         detector_batch_size=4,
         detector_batch_wait_ms=1000,
         fast_path={},
-        buffers_idle_s=1,
+        buffers_idle_s=3600,  # kept while the test runs: the idle hand-back is the next test's
     )
-    # Six full batches: a tensor goes back once inferred, a picture once its batch is stored (two
-    # batches wait decoded meanwhile): the later batches are decoded into what the first gave back.
+    # A batch first, stored before the rest arrive: its arrays are in the pools then, and the next
+    # batch is decoded into them (when everything comes at once, up to seven batches are in flight
+    # before the first is stored, so whether any of six is decoded into a given-back array depends
+    # on how long the first store takes: the test failed once in CI that way). Then five batches
+    # at once, decoded while earlier ones are inferred and stored, into what those give back.
     names = ["bus.jpg", "zidane.jpg", "bus.jpg", "zidane.jpg", "zidane.jpg", "bus.jpg"] * 4
     async with running(settings) as server:
         ingestor, detector, worker = server.ingestor, server.detector, server.detect_worker
@@ -120,16 +121,26 @@ async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_wh
         for camera in ("front", "back"):
             await cameras.create(server.pool, CameraCreate(id=camera, name=camera))
         jobs: list[tuple[int, str]] = []
-        for n, name in enumerate(names):
-            data = _copy(name, n)
-            result = await ingestor.ingest_bytes(("front", "back")[n % 2], data, captured_at=None, original_name=name)
-            assert result.job_id is not None
-            jobs.append((result.job_id, name))
-        await wait_until(
-            lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", len(names)), timeout=120
-        )
-        assert detector._tensors.reused > 0
-        assert worker._pictures.reused > 0
+
+        async def ingest(first: int, last: int) -> None:
+            for n in range(first, last):
+                data = _copy(names[n], n)
+                result = await ingestor.ingest_bytes(
+                    ("front", "back")[n % 2], data, captured_at=None, original_name=names[n]
+                )
+                assert result.job_id is not None
+                jobs.append((result.job_id, names[n]))
+            await wait_until(
+                lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", last), timeout=120
+            )
+
+        await ingest(0, 4)
+        # Given back once stored (just after the commit the test saw), kept for the next batch.
+        await wait_until(lambda: worker._pictures.held_bytes > 0 and detector._tensors.held_bytes > 0, timeout=10)
+        pictures_reused, tensors_reused = worker._pictures.reused, detector._tensors.reused
+        await ingest(4, len(names))
+        assert detector._tensors.reused > tensors_reused
+        assert worker._pictures.reused > pictures_reused
         alone_detector = build_detector(settings)
         for job_id, name in jobs:
             stored = await server.pool.fetch(
@@ -140,8 +151,33 @@ async def test_reused_buffers_leave_each_image_its_own_detections_and_go_back_wh
             [alone] = alone_detector.detect([decode_pillow(demo_assets.image(name), settings.detector_imgsz)])
             expected = sorted(((d.label, round(d.confidence, 4)) for d in alone), key=lambda d: (-d[1], d[0]))
             assert [(r["label"], round(r["confidence"], 4)) for r in stored] == expected, name
-        await wait_until(lambda: detector._tensors.held_bytes == 0, timeout=10)
-        await wait_until(lambda: worker._pictures.held_bytes == 0, timeout=10)
+
+
+async def test_reused_buffers_go_back_once_the_queue_is_dry_for_buffers_idle_s(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the queue has been dry for ``buffers_idle_s``, the pools are given back: the release
+    finds the stored pictures' arrays and the inferred tensors in them, and leaves none."""
+    settings = make_settings(
+        **coco_settings(), detector_backend="onnx", detector_batch_size=4, fast_path={}, buffers_idle_s=1
+    )
+    found: list[tuple[int, int]] = []  # (pictures, tensors) bytes held when a release ran
+    async with running(settings) as server:
+        ingestor, detector, worker = server.ingestor, server.detector, server.detect_worker
+        assert ingestor is not None and isinstance(detector, OnnxDetector) and worker is not None
+        release_idle = buffers.release_idle
+
+        def watched() -> int:
+            found.append((worker._pictures.held_bytes, detector._tensors.held_bytes))
+            return release_idle()
+
+        monkeypatch.setattr(buffers, "release_idle", watched)
+        await cameras.create(server.pool, CameraCreate(id="front", name="front"))
+        for n, name in enumerate(["bus.jpg", "zidane.jpg"]):
+            await ingestor.ingest_bytes("front", _copy(name, n), captured_at=None, original_name=name)
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 2 FROM jobs WHERE state = 'done'"), timeout=60)
+        await wait_until(lambda: any(pictures and tensors for pictures, tensors in found), timeout=10)
+        assert worker._pictures.held_bytes == 0 and detector._tensors.held_bytes == 0
 
 
 def _copy(name: str, n: int) -> bytes:
