@@ -26,9 +26,11 @@ from inference_server.api.auth import (
     KEY_IDS,
     LIMITER,
     USE_MARKS,
+    VERIFIED_KEYS,
     FailureLimiter,
     KeyIds,
     UseMarks,
+    VerifiedKeys,
     audit_middleware,
     auth_middleware,
 )
@@ -54,6 +56,7 @@ def build_app(deps: ApiContext) -> web.Application:
     app[LIMITER] = FailureLimiter(deps.settings.auth_failures_per_minute)
     app[KEY_IDS] = KeyIds()
     app[USE_MARKS] = UseMarks()
+    app[VERIFIED_KEYS] = VerifiedKeys()
     API.add_to(app)
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import asyncpg
 from aiohttp import web
 
-from inference_server.api.deps import CTX, PRINCIPAL
+from inference_server.api.deps import CTX, PRINCIPAL, STILL_ACTIVE
 from inference_server.api.errors import ApiError, Handler, error_response
 from inference_server.api.registry import route_of
 from inference_server.store import api_keys, audit
@@ -120,7 +121,36 @@ class UseMarks:
         return True
 
 
+class VerifiedKeys:
+    """Keys this process has verified (their secret's hash checked), by the key's SHA-256 (the
+    secret itself is not kept): a request to a route whose statement checks the key again
+    (``Route.key_in_statement``, a camera's picture a second) is served without looking the key
+    up first. Every other request looks its key up, so a revoked key is refused at once
+    everywhere: by the look-up, or by the statement that finds it revoked."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._keys: dict[bytes, tuple[str, str]] = {}
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.sha256(key.encode()).digest()
+
+    def get(self, key: str) -> tuple[str, str] | None:
+        """(name, key id) of ``key`` when this process verified it, else None."""
+        return self._keys.get(self._digest(key))
+
+    def add(self, key: str, name: str, key_id: str) -> None:
+        if len(self._keys) >= self.limit:  # verified keys only: as many as the keys created
+            self._keys.clear()
+        self._keys[self._digest(key)] = (name, key_id)
+
+    def forget(self, key: str) -> None:
+        self._keys.pop(self._digest(key), None)
+
+
 LIMITER: web.AppKey[FailureLimiter] = web.AppKey("auth_limiter", FailureLimiter)
+VERIFIED_KEYS: web.AppKey[VerifiedKeys] = web.AppKey("auth_verified_keys", VerifiedKeys)
 KEY_IDS: web.AppKey[KeyIds] = web.AppKey("auth_key_ids", KeyIds)
 USE_MARKS: web.AppKey[UseMarks] = web.AppKey("auth_use_marks", UseMarks)
 
@@ -143,6 +173,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     limiter = request.app[LIMITER]
     key = _presented_key(request)
+    if route.key_in_statement and key is not None and (known := request.app[VERIFIED_KEYS].get(key)) is not None:
+        return await _serve_verified(request, handler, key, *known)
     token = limiter.reserve(client)
     if token is None:
         # Over the budget: a key of an active key id is still checked (a right key is always
@@ -169,7 +201,31 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
     limiter.release(client, token)
     request[PRINCIPAL] = name
+    if route.key_in_statement and key is not None and (key_id := api_keys.key_id_of(key)) is not None:
+        request.app[VERIFIED_KEYS].add(key, name, key_id)
     return await handler(request)
+
+
+async def _serve_verified(
+    request: web.Request, handler: Handler, key: str, name: str, key_id: str
+) -> web.StreamResponse:
+    """A key this process verified before, on a route whose statement checks it again: served
+    without the look-up. Revoked (or deleted) since, the statement refuses it and so does this,
+    401; a request refused before its statement ran (a bad picture, an unknown camera) looks the
+    key up then, so a revoked key is told 401, never what its request would have been told."""
+    request[PRINCIPAL] = name
+    request[STILL_ACTIVE] = api_keys.StillActive(key_id, request.app[USE_MARKS].due(key_id))
+    try:
+        return await handler(request)
+    except api_keys.KeyRevoked:
+        pass
+    except ApiError:
+        if await api_keys.verify(request.app[CTX].pool, key, lambda _: False) is not None:
+            raise
+    request.app[VERIFIED_KEYS].forget(key)
+    metrics.AUTH_FAILURES.inc()
+    log.warning("auth failed, key revoked since verified client=%s path=%s", request.remote or "?", request.path)
+    raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
 
 
 @web.middleware

@@ -15,6 +15,7 @@ from inference_server.ingest.ingestor import Ingestor
 from inference_server.reports.digest import DigestService
 from inference_server.schemas import DependencyHealth
 from inference_server.status import StatusReporter
+from inference_server.store import api_keys
 
 ReadinessCheck = Callable[[], Awaitable[DependencyHealth]]
 
@@ -44,6 +45,9 @@ class ApiContext:
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
 #: Who made the request: an API key's name, or "ingress" for a trusted proxy.
 PRINCIPAL: web.RequestKey[str] = web.RequestKey("principal", str)
+#: A key verified by this process earlier, which the request's own statement checks again
+#: (``Route.key_in_statement``): set by ``auth_middleware`` instead of looking the key up.
+STILL_ACTIVE: web.RequestKey[api_keys.StillActive] = web.RequestKey("still_active", api_keys.StillActive)
 
 
 def ctx(request: web.Request) -> ApiContext:

@@ -10,7 +10,7 @@ from datetime import datetime
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from inference_server.api.deps import ctx
+from inference_server.api.deps import STILL_ACTIVE, ctx
 from inference_server.api.errors import ApiError, found, not_found
 from inference_server.api.params import JobPath, UploadParams
 from inference_server.api.registry import API, IMAGE_TYPES
@@ -41,12 +41,15 @@ _STATUS_FOR = {
     status=202,
     errors=[404, 409],
     audited=False,  # data, not a change: the images table records each (a camera's every second)
+    key_in_statement=True,  # the insert checks the key verified before (a picture a second: no look-up)
 )
 async def upload_image(request: web.Request, p: UploadParams, _: None) -> web.Response:
     context = ctx(request)
     data, name, captured_at = await read_upload(request, p, context.settings.upload_max_bytes, IMAGE_TYPES, "image")
     with ingest_errors(p.camera_id):
-        result = await context.ingestor.ingest_bytes(p.camera_id, data, captured_at=captured_at, original_name=name)
+        result = await context.ingestor.ingest_bytes(
+            p.camera_id, data, captured_at=captured_at, original_name=name, key=request.get(STILL_ACTIVE)
+        )
     assert result.image_id is not None
     accepted = UploadAccepted(job_id=result.job_id, image_id=result.image_id, duplicate=result.status == "duplicate")
     return web.Response(text=accepted.model_dump_json(), status=202, content_type="application/json")

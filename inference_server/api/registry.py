@@ -58,6 +58,9 @@ class Route:
     auth: bool
     #: A successful request is written to the audit log (``audit_middleware``).
     audited: bool
+    #: The handler's statement checks a key this process verified before (``deps.STILL_ACTIVE``),
+    #: so ``auth_middleware`` does not look it up again: a camera's picture a second over REST.
+    key_in_statement: bool = False
 
     @property
     def path_params(self) -> list[str]:
@@ -88,6 +91,7 @@ class RouteTable:
         also: Sequence[int] = (),
         auth: bool = True,
         audited: bool = True,
+        key_in_statement: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Declare a route. The handler is called as ``handler(request, params, body)``. A write
         (POST, PUT, PATCH, DELETE) is audited unless ``audited`` is False."""
@@ -113,6 +117,7 @@ class RouteTable:
                     tuple(also),
                     auth,
                     audited and method in ("POST", "PUT", "PATCH", "DELETE"),
+                    key_in_statement and auth,
                 )
             )
             return handler

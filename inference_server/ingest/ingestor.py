@@ -39,7 +39,7 @@ from inference_server.ingest.filenames import camera_id_candidates, timestamp_fr
 from inference_server.ingest.validate import ImageInfo, ImageLimits, InvalidImage, check_pixels, inspect_image
 from inference_server.jobs.queue import JobQueue
 from inference_server.schemas import CAMERA_ID_PATTERN
-from inference_server.store import cameras, clips, images, quarantine
+from inference_server.store import api_keys, cameras, clips, images, quarantine
 from inference_server.telemetry import metrics
 from inference_server.timerange import CAPTURED_AT_OUT_OF_RANGE, capture_time_problem
 
@@ -325,10 +325,13 @@ class Ingestor:
         captured_at: datetime | None,
         original_name: str | None,
         source: Literal["upload", "mqtt"] = "upload",
+        key: api_keys.StillActive | None = None,
     ) -> IngestResult:
         """Ingest an uploaded image. Raises ``InvalidImage`` (nothing is stored), ``UnknownCamera``
         or ``CameraDisabled``. Uploads are read in full here, so a corrupt one is refused at once;
-        so is a ``captured_at`` outside ``timerange``'s capture range (reason ``captured_at_out_of_range``)."""
+        so is a ``captured_at`` outside ``timerange``'s capture range (reason ``captured_at_out_of_range``).
+        ``key``: the upload's API key, verified earlier, is checked by the insert (``api_keys.KeyRevoked``,
+        nothing stored, once revoked)."""
         if captured_at is not None and (problem := capture_time_problem(captured_at)) is not None:
             raise InvalidImage(CAPTURED_AT_OUT_OF_RANGE, problem)
         started = metrics.now()
@@ -344,6 +347,7 @@ class Ingestor:
             captured_at=captured_at or datetime.now(UTC),
             captured_at_source=when_source,
             source=source,
+            key=key,
         )
 
     # --- video clips ----------------------------------------------------------------------------
@@ -585,6 +589,7 @@ class Ingestor:
         captured_at_source: str,
         source: str,
         placed: tuple[Path, bool] | None = None,
+        key: api_keys.StillActive | None = None,
     ) -> IngestResult:
         """Insert the image and its job; ``placed``: its bytes are in the store already (where,
         and whether this call put them there), else they are placed first."""
@@ -601,10 +606,11 @@ class Ingestor:
         stored, placed_now = placed
         try:
             image_id, job_id, camera_id = await self._insert(
-                camera_id, folder, loaded, stored, original_name, captured_at, captured_at_source, source
+                camera_id, folder, loaded, stored, original_name, captured_at, captured_at_source, source, key
             )
-        except (UnknownCamera, CameraDisabled):
-            # Deleted or switched off since the look-up: take back the file and the folders made for it.
+        except (UnknownCamera, CameraDisabled, api_keys.KeyRevoked):
+            # Deleted or switched off since the look-up (or the upload's key revoked): take back
+            # the file and the folders made for it.
             if placed_now:
                 await asyncio.to_thread(_unlink_quietly, stored)
                 await asyncio.to_thread(_remove_empty_folders, stored.parent, self.settings.images_path)
@@ -647,6 +653,7 @@ class Ingestor:
         captured_at: datetime,
         captured_at_source: str,
         source: str,
+        key: api_keys.StillActive | None = None,
     ) -> tuple[int | None, int | None, str]:
         """Image row and job, in one statement for an upload or a known folder's file, else in a
         transaction that registers a new folder's camera; (image id or None if a duplicate, job
@@ -666,7 +673,7 @@ class Ingestor:
         )
         if folder is None:
             # An upload: one statement, which inserts only while the camera exists and is enabled.
-            enabled, image_id, job_id = await self.queue.enqueue_camera_image(self.pool, new_image, None)
+            enabled, image_id, job_id = await self.queue.enqueue_camera_image(self.pool, new_image, None, key)
             if not enabled:
                 self._upload_ids.discard(camera_id)
                 raise UnknownCamera(camera_id) if enabled is None else CameraDisabled(camera_id)

@@ -24,7 +24,7 @@ from typing import Protocol
 import asyncpg
 
 from inference_server.schemas import JobState, Zone
-from inference_server.store import images
+from inference_server.store import api_keys, images
 from inference_server.store.db import Listener
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,13 @@ _JOB_CLAIMED = (
 #: The camera $1 (with a folder $15 given: while it is still that folder's camera), as the
 #: enqueue statements of a known camera's image read it.
 _CAMERA = "camera AS (SELECT enabled, name, zones FROM cameras WHERE id = $1 AND ($15::text IS NULL OR folder = $15))"
+#: Whether the image may be inserted: its camera enabled and, for an upload authorised by a key
+#: verified earlier (``api_keys.StillActive``), that key still active.
+_MAY_INSERT = "(SELECT enabled FROM camera) AND (SELECT active FROM key)"
+
+
+def _key_args(key: api_keys.StillActive | None) -> tuple[str | None, bool]:
+    return (None, False) if key is None else (key.key_id, key.mark)
 
 
 class JobQueue:
@@ -150,7 +157,11 @@ class JobQueue:
         return row["image_id"], row["job_id"]
 
     async def enqueue_camera_image(
-        self, pool: asyncpg.Pool, image: images.NewImage, folder: str | None
+        self,
+        pool: asyncpg.Pool,
+        image: images.NewImage,
+        folder: str | None,
+        key: api_keys.StillActive | None = None,
     ) -> tuple[bool | None, int | None, int | None]:
         """A known camera's next image in one statement (no transaction around it): inserted
         with its job, and the workers woken, only while ``image.camera_id`` is a camera (with
@@ -158,38 +169,57 @@ class JobQueue:
         enabled None when there is no such camera (nothing inserted), False when it is switched
         off (nothing inserted), True with (None, None) for bytes the camera already has.
 
+        ``key``: an upload's API key, verified by this process earlier, is checked by the same
+        statement (and marked used when it asks): ``api_keys.KeyRevoked`` when it was revoked or
+        deleted since (nothing inserted).
+
         While this process's detect worker waits for work with nothing in hand, the job is
         inserted claimed for it and handed over once committed: the worker skips the claim and
         nobody else is woken (the statement is the same round trip)."""
         taker = self.taker
         if taker is not None and taker.wants_job():
-            return await self._enqueue_camera_image_for(taker, pool, image, folder)
+            return await self._enqueue_camera_image_for(taker, pool, image, folder, key)
         row = await pool.fetchrow(
-            f"WITH {_CAMERA}, image AS ({images.insert_if('(SELECT enabled FROM camera)')}), {_JOB_AND_WAKE}"
-            " SELECT (SELECT enabled FROM camera) AS enabled, (SELECT id FROM image) AS image_id,"
-            " (SELECT id FROM job) AS job_id, (SELECT count(*) FROM woken) AS woken",
+            f"WITH {_CAMERA}, {api_keys.still_active_ctes('$16', '$17')},"
+            f" image AS ({images.insert_if(_MAY_INSERT)}), {_JOB_AND_WAKE}"
+            " SELECT (SELECT enabled FROM camera) AS enabled, (SELECT active FROM key) AS key_active,"
+            " (SELECT id FROM image) AS image_id, (SELECT id FROM job) AS job_id,"
+            " (SELECT count(*) FROM woken) AS woken",
             *images.insert_args(image),
             self.policy.max_attempts,
             folder,
+            *_key_args(key),
         )
         assert row is not None
+        if not row["key_active"]:
+            raise api_keys.KeyRevoked(key)
         return row["enabled"], row["image_id"], row["job_id"]
 
     async def _enqueue_camera_image_for(
-        self, taker: JobTaker, pool: asyncpg.Pool, image: images.NewImage, folder: str | None
+        self,
+        taker: JobTaker,
+        pool: asyncpg.Pool,
+        image: images.NewImage,
+        folder: str | None,
+        key: api_keys.StillActive | None,
     ) -> tuple[bool | None, int | None, int | None]:
         """``enqueue_camera_image`` with the job claimed for this process's worker and handed to it."""
         row = await pool.fetchrow(
-            f"WITH {_CAMERA}, image AS ({images.insert_if('(SELECT enabled FROM camera)')}), {_JOB_CLAIMED}"
-            " SELECT camera.enabled, camera.name, camera.zones, (SELECT id FROM image) AS image_id,"
-            " (SELECT id FROM job) AS job_id, now() AS received_at FROM (SELECT 1) AS one LEFT JOIN camera ON true",
+            f"WITH {_CAMERA}, {api_keys.still_active_ctes('$18', '$19')},"
+            f" image AS ({images.insert_if(_MAY_INSERT)}), {_JOB_CLAIMED}"
+            " SELECT camera.enabled, camera.name, camera.zones, (SELECT active FROM key) AS key_active,"
+            " (SELECT id FROM image) AS image_id, (SELECT id FROM job) AS job_id, now() AS received_at"
+            " FROM (SELECT 1) AS one LEFT JOIN camera ON true",
             *images.insert_args(image),
             self.policy.max_attempts,
             folder,
             self.worker_id,
             self.policy.lease_s,
+            *_key_args(key),
         )
         assert row is not None
+        if not row["key_active"]:
+            raise api_keys.KeyRevoked(key)
         if row["job_id"] is None:
             return row["enabled"], row["image_id"], row["job_id"]
         try:

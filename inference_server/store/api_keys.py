@@ -22,6 +22,34 @@ _KEY = re.compile(r"^hsi_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 
 @dataclass(frozen=True, slots=True)
+class StillActive:
+    """A key this process verified earlier, checked again by the statement it authorises instead
+    of looked up before it (``still_active_ctes``): the statement does nothing while the key is
+    revoked or deleted. ``mark``: the statement also marks the key used (at most once a minute)."""
+
+    key_id: str
+    mark: bool
+
+
+class KeyRevoked(Exception):
+    """The key of a ``StillActive`` check was revoked or deleted since this process verified it."""
+
+
+def still_active_ctes(key_id: str, mark: str) -> str:
+    """Two CTEs for a statement authorised by a ``StillActive`` key whose id is the SQL parameter
+    ``key_id`` (a NULL id: no key to check) and whose ``mark`` (a boolean parameter) asks for the
+    mark: ``key``, one row whose ``active`` is whether the statement may write (true without a
+    key), and the mark's UPDATE (data-modifying, so it runs whatever reads it)."""
+    return (
+        f"key AS (SELECT {key_id}::text IS NULL OR EXISTS"
+        f" (SELECT 1 FROM api_keys WHERE key_id = {key_id} AND revoked_at IS NULL) AS active),"
+        f" key_mark AS (UPDATE api_keys SET last_used_at = now() WHERE key_id = {key_id} AND {mark}::boolean"
+        " AND revoked_at IS NULL AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
+        " RETURNING 1)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKeyInfo:
     name: str
     key_id: str

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 
 import aiohttp
 from PIL import Image
 
+from bench.roundtrips import RoundTrips
 from inference_server import demo_assets
+from inference_server.api.auth import USE_MARKS
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
+from inference_server.schemas import CameraCreate
+from inference_server.store import api_keys, cameras
 from tests.support.waiting import wait_until
 
 from ..conftest import auth_headers, running
@@ -147,3 +152,87 @@ async def test_an_upload_to_a_camera_switched_off_or_deleted_since_its_last_uplo
         # in a log kept forever).
         actions = await server.pool.fetchval("SELECT array_agg(action ORDER BY id) FROM audit_log")
         assert actions == ["POST /cameras"] + ["PATCH /cameras/{camera_id}"] * 2 + ["DELETE /cameras/{camera_id}"]
+
+
+def _other(name: str, n: int) -> bytes:
+    """``name``'s demo JPEG with a comment: other bytes (not a duplicate), the same pixels."""
+    original = _jpeg(name)
+    note = f"copy {n}".encode()
+    return original[:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + original[2:]
+
+
+async def test_a_camera_sending_pictures_over_rest_has_its_key_looked_up_once(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """Home Assistant sends a camera's picture a second with one key: the key is looked up (its
+    secret's hash checked) on its first request, and after that the upload's own statement checks
+    it is still active, and marks it used at most once a minute (it was a statement a picture)."""
+    async with running(make_settings(), pose_detector) as server:
+        key = await api_keys.create(server.pool, "ha")
+        await cameras.create(server.pool, CameraCreate(id="door", name="Door"))
+        used = "SELECT last_used_at FROM api_keys WHERE name = 'ha'"
+        async with aiohttp.ClientSession(
+            base_url=server.api_url, headers={"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"}
+        ) as http:
+            async with http.post("/api/v1/cameras/door/images", data=_other("bus.jpg", 0)) as resp:
+                assert resp.status == 202
+            first = await server.pool.fetchval(used)
+            assert first is not None
+            with RoundTrips() as trips:
+                for n in range(1, 4):
+                    async with http.post("/api/v1/cameras/door/images", data=_other("bus.jpg", n)) as resp:
+                        assert resp.status == 202, await resp.text()
+            assert not [s for s in trips.by_statement if s.startswith("SELECT name, salt, hash FROM api_keys")], (
+                trips.by_statement
+            )
+            assert await server.pool.fetchval("SELECT count(*) FROM images WHERE camera_id = 'door'") == 4
+            assert await server.pool.fetchval(used) == first
+            # Two minutes later, for the database and for this process: the upload marks it.
+            await server.pool.execute("UPDATE api_keys SET last_used_at = now() - interval '2 minutes'")
+            assert server._runner is not None
+            server._runner.app[USE_MARKS].clock = lambda: time.monotonic() + 120
+            async with http.post("/api/v1/cameras/door/images", data=_other("bus.jpg", 4)) as resp:
+                assert resp.status == 202
+            assert await server.pool.fetchval(used) > first
+
+
+async def test_a_key_revoked_after_it_sent_pictures_gets_401_for_every_upload_and_leaves_nothing(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """A key this process verified, then revoked by another process (the CLI) or deleted: its
+    next uploads are refused with 401 whatever they hold (new bytes, bytes the camera has, a
+    camera that does not exist, a file that is not a picture), and leave no row and no file."""
+    settings = make_settings()
+    async with running(settings, pose_detector) as server:
+        await cameras.create(server.pool, CameraCreate(id="door", name="Door"))
+        for name, end in (("ha", "UPDATE api_keys SET revoked_at = now() WHERE name = $1"), ("old", None)):
+            key = await api_keys.create(server.pool, name)
+            async with aiohttp.ClientSession(
+                base_url=server.api_url, headers={"Authorization": f"Bearer {key}"}
+            ) as http:
+
+                async def upload(camera: str, data: bytes) -> tuple[int, str]:
+                    async with http.post(
+                        f"/api/v1/cameras/{camera}/images", data=data, headers={"Content-Type": "image/jpeg"}
+                    ) as resp:
+                        body = await resp.json()
+                        return resp.status, body["error"]["code"] if resp.status >= 400 else "accepted"
+
+                sent = _other("zidane.jpg", len(name))
+                assert await upload("door", sent) == (202, "accepted")
+                images_before = await server.pool.fetchval("SELECT count(*) FROM images")
+                files_before = sorted(settings.images_path.rglob("*.jpg"))
+                if end is None:
+                    await server.pool.execute("DELETE FROM api_keys WHERE name = $1", name)
+                else:
+                    await server.pool.execute(end, name)
+                for camera, data in (
+                    ("door", _other("bus.jpg", 10 + len(name))),
+                    ("door", sent),
+                    ("nowhere", _other("bus.jpg", 20)),
+                    ("door", b"not a picture"),
+                    ("door", _other("bus.jpg", 10 + len(name))),
+                ):
+                    assert await upload(camera, data) == (401, "unauthorized"), (name, camera)
+                assert await server.pool.fetchval("SELECT count(*) FROM images") == images_before
+                assert sorted(settings.images_path.rglob("*.jpg")) == files_before

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from inference_server.jobs.queue import THROUGHPUT, JobQueue, LeaseLost, QueuePolicy, throughput
+from inference_server.jobs.queue import THROUGHPUT, ClaimedJob, JobQueue, LeaseLost, QueuePolicy, throughput
+from inference_server.store import api_keys, images
 
 
 async def _enqueue(pool: asyncpg.Pool, queue: JobQueue, n: int) -> list[int]:
@@ -171,3 +172,69 @@ async def test_the_status_reads_the_jobs_only_through_indexes(pool: asyncpg.Pool
         plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {THROUGHPUT}", 60.0))
     assert "Seq Scan on jobs" not in plan, plan
     assert (await throughput(pool)).counts == {"queued": 2, "running": 0, "done": 2, "dead": 0}
+
+
+class _WaitingWorker:
+    """A ``JobTaker`` that always waits for work: the enqueue claims its job for it."""
+
+    def __init__(self) -> None:
+        self.taken: list[ClaimedJob] = []
+
+    def wants_job(self) -> bool:
+        return True
+
+    async def take_job(self, job: ClaimedJob) -> None:
+        self.taken.append(job)
+
+
+@pytest.mark.parametrize("handed_over", [False, True])
+async def test_an_upload_authorised_by_a_key_verified_before_is_inserted_only_while_the_key_is_active(
+    pool: asyncpg.Pool, handed_over: bool
+) -> None:
+    """Both enqueue statements of a known camera's upload (queued, or claimed for the waiting
+    worker) check the key verified before: inserted, and the key marked used when asked, while it
+    is active; nothing inserted (``KeyRevoked``) once it is revoked or deleted."""
+    queue = JobQueue(pool, QueuePolicy(), "worker-a")
+    worker = _WaitingWorker()
+    if handed_over:
+        queue.taker = worker
+    key = await api_keys.create(pool, "ha")
+    key_id = api_keys.key_id_of(key)
+    assert key_id is not None
+
+    def image(n: int) -> images.NewImage:
+        return images.NewImage(
+            camera_id="cam",
+            sha256=bytes([n]) * 32,
+            path=f"/x{n}.jpg",
+            source="upload",
+            original_name="upload",
+            media_type="image/jpeg",
+            width=10,
+            height=10,
+            size_bytes=1,
+            captured_at=datetime.now(UTC),
+            captured_at_source="received",
+        )
+
+    enabled, image_id, job_id = await queue.enqueue_camera_image(
+        pool, image(1), None, api_keys.StillActive(key_id, mark=False)
+    )
+    assert enabled is True and image_id is not None and job_id is not None
+    assert await pool.fetchval("SELECT last_used_at FROM api_keys WHERE key_id = $1", key_id) is None
+    enabled, image_id, job_id = await queue.enqueue_camera_image(
+        pool, image(2), None, api_keys.StillActive(key_id, mark=True)
+    )
+    assert enabled is True and image_id is not None
+    assert await pool.fetchval("SELECT last_used_at FROM api_keys WHERE key_id = $1", key_id) is not None
+    assert [j.id for j in worker.taken] == ([job_id - 1, job_id] if handed_over else [])
+    await api_keys.revoke(pool, "ha")
+    with pytest.raises(api_keys.KeyRevoked):
+        await queue.enqueue_camera_image(pool, image(3), None, api_keys.StillActive(key_id, mark=True))
+    await pool.execute("DELETE FROM api_keys")
+    with pytest.raises(api_keys.KeyRevoked):
+        await queue.enqueue_camera_image(pool, image(4), None, api_keys.StillActive(key_id, mark=False))
+    # Without a key (a folder's picture, an MQTT upload) nothing about keys is checked.
+    enabled, image_id, _ = await queue.enqueue_camera_image(pool, image(5), None)
+    assert enabled is True and image_id is not None
+    assert await pool.fetchval("SELECT array_agg(path ORDER BY id) FROM images") == ["/x1.jpg", "/x2.jpg", "/x5.jpg"]
