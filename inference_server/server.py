@@ -313,6 +313,7 @@ class Server:
         if self._relay is not None:
             # What the stores and closings commit goes to this process's relay in hand.
             result.offer = self.batches.offer = self._relay.offer
+            result.marks = self._relay.marks  # and the stores write the marks of what it sent
         self.detect_worker = DetectWorker(s, queue, self.detector, result)
         self._spawn(self.detect_worker.run(self._stop), "detect")
         self._spawn(self.batches.run(self._stop), "batches")

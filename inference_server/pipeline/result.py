@@ -79,6 +79,9 @@ class ResultStage:
         #: The outbox relay's ``offer`` (the server sets it): the rows a store committed, handed
         #: over so the relay need not read them back.
         self.offer: Callable[[Sequence[outbox.OutboxMessage]], None] = outbox.no_offer
+        #: The outbox relay's acknowledged rows (the server sets it): a store's outbox insert
+        #: writes their marks (nobody acknowledges into this default one).
+        self.marks = outbox.SentMarks()
         self.tz = ZoneInfo(settings.camera_timezone)
 
     @property
@@ -101,6 +104,7 @@ class ResultStage:
         ready = [await self._prepare(job, image, dets) for job, image, dets in results]
         started = metrics.now()
         committed = False
+        marks: list[int] = []
         try:
             if (quiet := self._completion_only(ready)) is not None:
                 # Nothing detected, and no tamper check that writes or announces anything: the
@@ -111,10 +115,12 @@ class ResultStage:
             else:
                 async with self.pool.acquire() as conn, conn.transaction():
                     owned, messages = await self._store(conn, ready)
-                    added = await outbox.add_many(conn, messages)
+                    marks = self.marks.take() if messages else []
+                    added = await outbox.add_many(conn, messages, marks)
             committed = True
             self.offer(added)
         finally:
+            self.marks.settle(marks, committed=committed)
             if self.tamper is not None and ready:
                 self.tamper.settle(ready[0].job.camera_id, committed=committed)
         elapsed = metrics.now() - started

@@ -12,9 +12,14 @@ did), and consumers de-duplicate by event id. docs/decisions.md, "The outbox rel
 
 Rows this process has just committed are handed to the leading relay (``offer``): when every row
 the notifications announced since the last pass was handed over, the pass sends those without
-reading them back (one statement a pass: the mark). Anything else (a row another process or an
-earlier version committed, a poll, a leader taking over, a row that failed) makes the pass read
-what waits, in id order, as before. docs/decisions.md, "The outbox relay: committed rows handed over".
+reading them back. Anything else (a row another process or an earlier version committed, a poll,
+a leader taking over, a row that failed) makes the pass read what waits, in id order, as before.
+docs/decisions.md, "The outbox relay: committed rows handed over".
+
+The acknowledged rows' marks are written by this process's next outbox insert, in its own
+statement (``outbox.SentMarks``), or by the relay once they have waited ``outbox.MARK_WAIT_S``:
+a pass of handed-over rows is no statement at all. docs/decisions.md, "The relay's marks ride on
+the next store".
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ _RETRY_S = 1.0
 POLL_S = 10.0
 #: The relay's session lock ("HSIR"; the migrations' is "HSI1").
 _LOCK_KEY = 0x4853_4952
+#: A wait for the marks may end this early (the loop's clock resolution).
+_MARK_EARLY_S = 0.005
 #: Row ids sent from offers whose notification has not come yet, at most (then forgotten: their
 #: notifications make a pass read back, which finds nothing).
 _HANDED_KEPT = 4 * _BATCH
@@ -76,6 +83,9 @@ class OutboxRelay:
         #: The next pass reads the waiting rows back: at the start, after a notification that
         #: listed no ids, a poll, a new leader, a row left unsent or a full batch.
         self._read = True
+        #: Rows the broker acknowledged, their marks written by this process's next outbox insert
+        #: (the stores take them: the server hands this to them), else by ``_write_marks``.
+        self.marks = outbox.SentMarks()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         ids = outbox.announced(payload)
@@ -113,6 +123,9 @@ class OutboxRelay:
         # The last wait ran out without a wake-up: the poll for rows whose wake-up was missed (a
         # database restart, another process) looks before it takes a transaction.
         polled = False
+        #: The last wait ended for the marks alone (their time came): no pass after writing them.
+        marks_only = False
+        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 if await self._listener.ensure():
@@ -123,11 +136,18 @@ class OutboxRelay:
                     polled = False
                 # Cleared before the pass, not after: a row committed while the pass runs (after
                 # it locked its rows) wakes the next pass instead of waiting for the poll.
+                marks_only = marks_only and not self._wakeup.is_set()  # (woken meanwhile: a pass)
                 self._wakeup.clear()
                 sent = 0
                 try:
-                    if not self.publisher.connected.is_set():
-                        # This process cannot reach the broker: another relay may, let it send.
+                    if (due := self.marks.due(loop.time())) is not None and due <= _MARK_EARLY_S:
+                        await self._write_marks()
+                    if marks_only:
+                        pass
+                    elif not self.publisher.connected.is_set():
+                        # This process cannot reach the broker: another relay may, let it send
+                        # (what this one sent is marked first, so it is not sent again).
+                        await self._write_marks()
                         await self._step_down()
                         self._retry = False  # the broker's return wakes it
                     elif not polled:
@@ -147,14 +167,28 @@ class OutboxRelay:
                     # Back to the broker: send (or lead again) at once, not at the next poll.
                     waiters.append(asyncio.ensure_future(self.publisher.connected.wait()))
                 timeout = min(_RETRY_S, self.poll_interval_s) if self._retry else self.poll_interval_s
-                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                marks_due = self.marks.due(loop.time())
+                done, _ = await asyncio.wait(
+                    waiters,
+                    timeout=timeout if marks_due is None else min(timeout, marks_due),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 for waiter in waiters:
                     waiter.cancel()
+                marks_only = not done and marks_due is not None and marks_due < timeout
+                if marks_only:
+                    continue  # the marks' time came, not the poll's
                 polled = not self._wakeup.is_set() and not self._retry
                 if self.gather_s > 0 and self._wakeup.is_set() and not stop.is_set():
                     await asyncio.sleep(self.gather_s)
         finally:
             leading = self._leading
+            try:
+                await self._write_marks()
+            except DB_ERRORS as err:
+                log.warning(
+                    "outbox marks not written, those rows will be sent again count=%d: %r", len(self.marks.held()), err
+                )
             try:
                 await self._step_down()
             except DB_ERRORS as err:
@@ -182,6 +216,19 @@ class OutboxRelay:
         self._leading = None
         return None
 
+    async def _write_marks(self) -> None:
+        """Mark the acknowledged rows no insert has taken (``SentMarks``), one statement; a
+        database error leaves them waiting (and still not sent again by this relay)."""
+        taken = self.marks.take()
+        if not taken:
+            return
+        committed = False
+        try:
+            await outbox.mark_sent(self._leading or self.pool, taken)
+            committed = True
+        finally:
+            self.marks.settle(taken, committed=committed)
+
     async def _step_down(self) -> None:
         held = self._leading
         self._leading = None
@@ -203,7 +250,7 @@ class OutboxRelay:
         announced, self._announced = self._announced, set()
         if self._read or not announced <= offered.keys():
             self._read = False
-            rows = await outbox.pending(conn, _BATCH)
+            rows = await outbox.pending(conn, _BATCH, self.marks.held())
             self._read = len(rows) == _BATCH  # more wait
         else:
             # Every row announced since the last pass was handed over: send them as they are.
@@ -222,7 +269,8 @@ class OutboxRelay:
             if not f.done():
                 f.cancel()
         if acked:
-            await outbox.mark_sent(conn, acked)
+            # Marked by this process's next outbox insert, else by the relay after MARK_WAIT_S.
+            self.marks.acked(acked, asyncio.get_running_loop().time())
             # Their notifications, still to come, announce nothing to send.
             if len(self._handed) > _HANDED_KEPT:
                 self._handed.clear()

@@ -5,7 +5,7 @@ The relay (publish/relay.py) sends them and marks a row sent only after the brok
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -51,8 +51,64 @@ async def add(conn: asyncpg.Connection, topic: str, payload: bytes, *, retain: b
     return mid
 
 
+#: Seconds a row the broker acknowledged may wait for an outbox insert of this process to write
+#: its mark (``SentMarks``) before the relay writes it in a statement of its own.
+MARK_WAIT_S = 2.0
+#: Most marks one insert carries.
+_CARRIED_MAX = 1000
+
+
+class SentMarks:
+    """Rows the broker has acknowledged whose mark (``sent_at``) the database does not have yet.
+
+    The relay puts them here (``acked``) instead of marking them at once, and the next outbox
+    insert of this process writes the marks in its own statement (``take``, then ``add_many``'s
+    ``marks``, then ``settle`` once its transaction has ended): a camera sending a picture a
+    second stores its next picture's messages within the second, so the relay's mark, a statement
+    and a commit a picture, is not needed. The ones that wait ``MARK_WAIT_S`` (no store came) the
+    relay marks itself (``due``, ``take``). Until marked, a row would be sent again after a crash,
+    as one cut off between the broker's acknowledgement and its mark always was: delivery is at
+    least once and consumers de-duplicate by event id (docs/decisions.md, "The relay's marks ride
+    on the next store"). The relay's read-back leaves these rows out (``held``)."""
+
+    def __init__(self) -> None:
+        #: Acknowledged, waiting for an insert to carry the mark: id -> when (loop time).
+        self._waiting: dict[int, float] = {}
+        #: Taken by an insert whose transaction has not ended yet.
+        self._carried: dict[int, float] = {}
+
+    def acked(self, ids: Iterable[int], now: float) -> None:
+        for i in ids:
+            self._waiting.setdefault(i, now)
+
+    def take(self) -> list[int]:
+        """The waiting marks, for one insert to write (no other insert gets them meanwhile)."""
+        taken = list(self._waiting)[:_CARRIED_MAX]
+        for i in taken:
+            self._carried[i] = self._waiting.pop(i)
+        return taken
+
+    def settle(self, taken: Sequence[int], *, committed: bool) -> None:
+        """The transaction that carried ``taken`` has ended: written, or waiting again."""
+        for i in taken:
+            when = self._carried.pop(i, None)
+            if not committed and when is not None:
+                self._waiting[i] = when
+
+    def due(self, now: float) -> float | None:
+        """Seconds until the oldest waiting mark is the relay's to write (0: now); None: none waits."""
+        oldest = next(iter(self._waiting.values()), None)
+        return None if oldest is None else max(0.0, oldest + MARK_WAIT_S - now)
+
+    def held(self) -> list[int]:
+        """Every row acknowledged and not yet marked: not to be sent again meanwhile."""
+        return [*self._waiting, *self._carried]
+
+
 _ADD_MANY = (
-    "WITH added AS ("
+    "WITH marked AS ("
+    " UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($4::bigint[]) AND sent_at IS NULL),"
+    " added AS ("
     " INSERT INTO outbox (topic, payload, retain, qos)"
     " SELECT m.topic, m.payload, m.retain, 1"
     " FROM unnest($1::text[], $2::bytea[], $3::boolean[]) WITH ORDINALITY AS m(topic, payload, retain, n)"
@@ -65,15 +121,19 @@ _ADD_MANY = (
 )
 
 
-async def add_many(conn: asyncpg.Connection, messages: list[tuple[str, bytes, bool]]) -> list[OutboxMessage]:
+async def add_many(
+    conn: asyncpg.Connection, messages: list[tuple[str, bytes, bool]], marks: Sequence[int] = ()
+) -> list[OutboxMessage]:
     """Queue (topic, payload, retain) messages at QoS 1 and wake the relay, in one round trip
     (the notification, which lists the new rows' ids, is delivered when the caller's transaction
     commits, like ``NOTIFY``); the rows, in ``messages``' order, for ``OutboxRelay.offer`` once
-    the transaction has committed."""
+    the transaction has committed. ``marks``: rows the broker acknowledged (``SentMarks.take``),
+    marked sent by the same statement; with no message, the caller must not have taken any."""
     if not messages:
+        assert not marks, "marks taken for an insert that writes nothing"
         return []
     topics, payloads, retains = zip(*messages, strict=True)
-    ids: list[int] = await conn.fetchval(_ADD_MANY, list(topics), list(payloads), list(retains))
+    ids: list[int] = await conn.fetchval(_ADD_MANY, list(topics), list(payloads), list(retains), list(marks))
     return [OutboxMessage(i, t, p, r, 1) for i, (t, p, r) in zip(ids, messages, strict=True)]
 
 
@@ -87,17 +147,24 @@ async def any_pending(conn: asyncpg.Connection | asyncpg.Pool) -> bool:
     return found
 
 
-async def pending(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
+async def pending(conn: asyncpg.Connection, limit: int, held: Sequence[int] = ()) -> list[OutboxMessage]:
     """Up to ``limit`` unsent rows, oldest first, without locking them: for the one relay that
-    holds the relay lock (``publish/relay.py``), outside a transaction."""
+    holds the relay lock (``publish/relay.py``), outside a transaction. ``held``: rows sent whose
+    mark is still to be written (``SentMarks.held``), left out."""
     rows = await conn.fetch(
-        "SELECT id, topic, payload, retain, qos FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1", limit
+        "SELECT id, topic, payload, retain, qos FROM outbox WHERE sent_at IS NULL AND id <> ALL($2::bigint[])"
+        " ORDER BY id LIMIT $1",
+        limit,
+        list(held),
     )
     return [OutboxMessage(r["id"], r["topic"], bytes(r["payload"]), r["retain"], r["qos"]) for r in rows]
 
 
-async def mark_sent(conn: asyncpg.Connection, ids: list[int]) -> None:
-    await conn.execute("UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1)", ids)
+async def mark_sent(conn: asyncpg.Connection | asyncpg.Pool, ids: list[int]) -> None:
+    """Mark rows sent (those an insert marked meanwhile are left as they are)."""
+    await conn.execute(
+        "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1) AND sent_at IS NULL", ids
+    )
 
 
 async def mark_failed(conn: asyncpg.Connection, ids: list[int], error: str) -> None:

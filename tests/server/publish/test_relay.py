@@ -21,10 +21,11 @@ from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.publish.relay import _LOCK_KEY, POLL_S, OutboxRelay
-from inference_server.schemas import CameraState
-from inference_server.store import outbox
+from inference_server.schemas import CameraCreate, CameraState
+from inference_server.store import cameras, outbox
 from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
+from tests.server.ingest.conftest import with_comment
 from tests.support.mqtt import Subscriber
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
@@ -129,6 +130,8 @@ async def _relay(
         await pool.close()
 
 
+#: The relay's own mark (when no store of this process carries it).
+_MARK = "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1) AND sent_at IS NULL"
 _LEADING = "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = $1::bigint::oid"
 
 
@@ -204,7 +207,8 @@ async def test_an_idle_poll_is_one_statement_and_still_finds_rows_nobody_announc
 async def test_a_pass_is_two_statements_without_a_transaction(database_url: str, own_broker: Mosquitto) -> None:
     """A pass reads the waiting rows and marks them sent, one statement each on the relay's own
     connection under its lock: it used to be BEGIN, a locking read, the mark and COMMIT, four
-    round trips for every picture a camera sends a second (stop 33)."""
+    round trips for every picture a camera sends a second (stop 33). (No outbox insert of this
+    process comes to carry the mark: the relay writes it after ``MARK_WAIT_S``.)"""
     async with _relay(database_url, own_broker, poll_interval_s=60) as (_, pool):
         with RoundTrips() as trips:
             await _store(pool, "a")  # BEGIN, the insert and its wake-up, COMMIT: the store's own
@@ -216,8 +220,9 @@ async def test_a_pass_is_two_statements_without_a_transaction(database_url: str,
         }
         assert trips.by_statement["BEGIN;"] == trips.by_statement["COMMIT;"] == 1  # the store's
         assert sorted(relayed) == [
-            "SELECT id, topic, payload, retain, qos FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
-            "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+            "SELECT id, topic, payload, retain, qos FROM outbox WHERE sent_at IS NULL AND id <> ALL($2::bigint[])"
+            " ORDER BY id LIMIT $1",
+            _MARK,
         ]
         assert list(relayed.values()) == [1, 1]
 
@@ -234,7 +239,8 @@ async def test_rows_handed_over_after_their_commit_are_sent_without_reading_them
 ) -> None:
     """The store's rows go to this process's relay in hand: the pass only marks them sent, one
     statement instead of two (read and mark) for every picture of a camera sending one a second
-    (stop 35). The notification, which lists the rows, wakes no second pass."""
+    (stop 35; since stop 37 that mark rides on the next store when one comes, below). The
+    notification, which lists the rows, wakes no second pass."""
     subscriber = await Subscriber(own_broker.url, "hsi/cameras/+/state").ready(timeout=20)
     try:
         async with _relay(database_url, own_broker, poll_interval_s=60, gather_s=0.05) as (relay, pool):
@@ -246,7 +252,7 @@ async def test_rows_handed_over_after_their_commit_are_sent_without_reading_them
                 relayed = {
                     t: n for t, n in trips.by_statement.items() if t.startswith(("SELECT id, topic", "UPDATE outbox"))
                 }
-                assert relayed == {"UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1)": 1}
+                assert relayed == {_MARK: 1}
             messages = [await subscriber.wait_for(lambda m, c=c: m.topic == f"hsi/cameras/{c}/state") for c in "ab"]
             assert [m.payload for m in messages] == [b'{"c":"a"}', b'{"c":"b"}']
         # Sent as they were stored: retained (a new subscriber gets them from the broker).
@@ -400,3 +406,132 @@ async def test_an_idle_relay_is_quiet_and_its_brokers_return_wakes_it_at_once(
         back = loop.time()
         await wait_until(lambda: _all_sent(pool), timeout=30)
         assert loop.time() - back < POLL_S / 2
+
+
+async def _store_carrying(relay: OutboxRelay, pool: asyncpg.Pool, camera: str, *, fail: bool = False) -> list[int]:
+    """A store as the result stage makes it since stop 37: its outbox insert writes the marks of
+    the rows the relay sent (``fail``: its transaction then rolls back); the marks it carried."""
+    marks: list[int] = []
+    committed = False
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            marks = relay.marks.take()
+            added = await outbox.add_many(conn, [(f"hsi/cameras/{camera}/state", camera.encode(), True)], marks)
+            if fail:
+                raise RuntimeError("the store failed")
+        committed = True
+        relay.offer(added)
+    except RuntimeError:
+        assert fail
+    finally:
+        relay.marks.settle(marks, committed=committed)
+    return marks
+
+
+def _unsent(pool: asyncpg.Pool) -> Awaitable[list[str]]:
+    return pool.fetchval(  # type: ignore[no-any-return]
+        "SELECT coalesce(array_agg(convert_from(payload, 'UTF8') ORDER BY id), '{}') FROM outbox WHERE sent_at IS NULL"
+    )
+
+
+async def test_the_marks_of_what_the_relay_sent_ride_on_the_next_store(
+    database_url: str, own_broker: Mosquitto
+) -> None:
+    """A camera sending a picture a second: the rows of each store are sent, and their marks are
+    written by the next store's outbox insert, not by a statement of the relay's own (it was one
+    a picture, and a commit). Meanwhile a pass that reads back what waits does not send them again;
+    the last store's mark, which no store carries, the relay writes after ``MARK_WAIT_S``."""
+    subscriber = await Subscriber(own_broker.url, "hsi/cameras/+/state").ready(timeout=20)
+    try:
+        async with _relay(database_url, own_broker, poll_interval_s=60) as (relay, pool):
+            with RoundTrips() as trips:
+                carried: list[list[int]] = []
+                for n in range(3):
+                    carried.append(await _store_carrying(relay, pool, f"c{n}"))
+                    await subscriber.wait_for(lambda m, n=n: m.topic == f"hsi/cameras/c{n}/state", timeout=10)
+                    await wait_until(lambda: relay.marks.held(), timeout=10)  # acknowledged, not marked
+                    # What was stored before this picture is marked; this picture's row waits.
+                    assert await _unsent(pool) == [f"c{n}"]
+                # A pass that reads back what waits (a notification without ids, a poll).
+                relay._read = True
+                relay._wakeup.set()
+                await asyncio.sleep(0.5)
+                assert await _unsent(pool) == ["c2"]
+            assert not [t for t in trips.by_statement if t.startswith("UPDATE outbox")], trips.by_statement
+            assert [len(m) for m in carried] == [0, 1, 1]
+            await wait_until(lambda: _all_sent(pool), timeout=outbox.MARK_WAIT_S + 5)
+            assert relay.marks.held() == []
+            await asyncio.sleep(0.3)  # anything sent twice would have arrived by now
+        assert [m.payload for m in subscriber.drain()] == [b"c0", b"c1", b"c2"]
+    finally:
+        subscriber.close()
+
+
+async def test_the_marks_a_failed_store_carried_are_written_all_the_same(
+    database_url: str, own_broker: Mosquitto
+) -> None:
+    """A store whose transaction rolls back wrote no mark: the marks it took wait again, and the
+    relay (or the next store) writes them; nothing is sent twice meanwhile."""
+    subscriber = await Subscriber(own_broker.url, "hsi/cameras/+/state").ready(timeout=20)
+    try:
+        async with _relay(database_url, own_broker, poll_interval_s=60) as (relay, pool):
+            await _store_carrying(relay, pool, "sent")
+            await wait_until(lambda: relay.marks.held(), timeout=10)
+            assert len(await _store_carrying(relay, pool, "failed", fail=True)) == 1
+            assert await _unsent(pool) == ["sent"]
+            assert len(relay.marks.held()) == 1
+            await wait_until(lambda: _all_sent(pool), timeout=outbox.MARK_WAIT_S + 5)
+            await asyncio.sleep(0.3)
+        assert [m.payload for m in subscriber.drain()] == [b"sent"]
+    finally:
+        subscriber.close()
+
+
+async def test_a_relay_that_stops_writes_the_marks_it_holds(database_url: str, own_broker: Mosquitto) -> None:
+    """Stopped before ``MARK_WAIT_S`` with a sent row unmarked, the relay marks it as it ends (so
+    the next start does not send it again)."""
+    async with _relay(database_url, own_broker, poll_interval_s=60) as (relay, pool):
+        await _store_carrying(relay, pool, "a")
+        await wait_until(lambda: relay.marks.held(), timeout=10)
+        assert await _unsent(pool) == ["a"]
+    check = await asyncpg.connect(database_url)
+    try:
+        assert await check.fetchval("SELECT count(*) = 0 FROM outbox WHERE sent_at IS NULL")
+    finally:
+        await check.close()
+
+
+async def test_the_server_s_stores_write_the_marks_of_what_its_relay_sent(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, own_broker: Mosquitto
+) -> None:
+    """The server as wired: a camera's pictures a moment apart, each stored with its messages;
+    the rows its relay sent are marked by the next picture's store, the relay writes no mark of
+    its own meanwhile (it was a statement and a commit a picture)."""
+    settings = make_settings(mqtt_url=own_broker.url, fast_path={}, batch_window_s=300, batch_idle_s=120)
+    async with running(settings, pose_detector) as server:
+        relay, ingestor = server._relay, server.ingestor
+        assert relay is not None and ingestor is not None
+        await cameras.create(server.pool, CameraCreate(id="porch", name="Porch"))
+        raw = demo_assets.image("bus.jpg").read_bytes()
+        await wait_until(lambda: _all_sent(server.pool), timeout=outbox.MARK_WAIT_S + 5)  # the start's messages
+        with RoundTrips() as trips:
+            for n in range(3):
+                before = await server.pool.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+                result = await ingestor.ingest_bytes(
+                    "porch", with_comment(raw, f"n{n}"), captured_at=None, original_name=None
+                )
+                await wait_until(
+                    lambda job=result.job_id: server.pool.fetchval(
+                        "SELECT state = 'done' FROM jobs WHERE id = $1", job
+                    ),
+                    30,
+                )
+                # This picture's rows were written; everything before them is marked (by this store).
+                assert await server.pool.fetchval("SELECT count(*) > 0 FROM outbox WHERE id > $1", before)
+                assert (
+                    await server.pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND id <= $1", before)
+                    == 0
+                )
+                await wait_until(lambda: relay.marks.held(), timeout=10)  # this picture's rows, sent
+        assert trips.by_statement.get(_MARK, 0) == 0, trips.by_statement
+        await wait_until(lambda: _all_sent(server.pool), timeout=outbox.MARK_WAIT_S + 5)

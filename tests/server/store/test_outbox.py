@@ -78,3 +78,37 @@ async def test_adding_wakes_a_listener_once_the_transaction_commits(
         finally:
             await listener.remove_listener(outbox.NOTIFY_CHANNEL, wake)
     assert channel == outbox.NOTIFY_CHANNEL
+
+
+def test_sent_marks_go_to_one_insert_and_wait_again_when_its_transaction_fails() -> None:
+    """``SentMarks``: what the broker acknowledged is taken by one insert at a time; a rolled-back
+    insert gives it back (with its first acknowledgement time), a committed one drops it; ``due``
+    counts from the oldest acknowledgement; everything not yet marked is ``held``."""
+    marks = outbox.SentMarks()
+    assert marks.due(100.0) is None and marks.take() == []
+    marks.acked([3, 4], now=100.0)
+    marks.acked([5], now=101.0)
+    assert marks.due(100.5) == pytest.approx(outbox.MARK_WAIT_S - 0.5)
+    taken = marks.take()
+    assert taken == [3, 4, 5] and marks.take() == [] and marks.due(100.5) is None
+    assert sorted(marks.held()) == [3, 4, 5]
+    marks.settle(taken, committed=False)
+    assert marks.due(100.5) == pytest.approx(outbox.MARK_WAIT_S - 0.5)  # still the first acknowledgement's
+    again = marks.take()
+    marks.acked([6], now=102.0)
+    marks.settle(again, committed=True)
+    assert marks.held() == [6] and marks.due(200.0) == 0.0
+
+
+async def test_an_insert_writes_the_marks_it_carries_and_leaves_marked_rows_as_they_are(
+    conn: asyncpg.Connection,
+) -> None:
+    sent = await outbox.add(conn, "hsi/a", b"1")
+    already = await outbox.add(conn, "hsi/b", b"2")
+    await outbox.mark_sent(conn, [already])
+    await outbox.mark_sent(conn, [already])  # marked once: the attempt is counted once
+    added = await outbox.add_many(conn, [("hsi/c", b"3", True)], [sent, already])
+    assert [m.id for m in await outbox.pending(conn, 10)] == [added[0].id]
+    assert [m.id for m in await outbox.pending(conn, 10, held=[added[0].id])] == []
+    attempts = dict(await conn.fetch("SELECT id, attempts FROM outbox WHERE sent_at IS NOT NULL"))
+    assert attempts == {sent: 1, already: 1}
