@@ -10,6 +10,7 @@ batch), so events are remembered well past their end; a review, a failed LLM pha
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from .const import RISK_LEVELS
@@ -17,6 +18,8 @@ from .const import RISK_LEVELS
 #: Events (open or ended) whose levels are remembered; beyond it the least recently judged is
 #: forgotten. An event's LLM update arrives within minutes of its end, long before 1000 newer ones.
 MAX_EVENTS = 1000
+#: Digests of the messages handled, per event, at most (an event's "new", updates, "end").
+MAX_MESSAGES_PER_EVENT = 32
 #: The message types that carry a new judgement (not the event's "end").
 JUDGEMENTS = ("new", "update")
 
@@ -36,6 +39,25 @@ class AlertTracker:
         self._at_level_other: dict[str, dict[str, tuple[str, float]]] = {}
         #: Per event: the model's description last told (a rescoring repeats it: not news).
         self._descriptions: dict[str, str] = {}
+        #: Per event: digests of the messages handled (``repeated``).
+        self._received: dict[str, set[bytes]] = {}
+
+    def repeated(self, event_id: str, payload: str | bytes) -> bool:
+        """Whether this exact message of ``event_id`` was handled already, and remember it. The
+        server sends each message at least once: after a crash (or a broker that redelivers) one
+        comes again, byte for byte, with its event id; handled twice, an "event started" trigger
+        or an automation on the bus event would run twice."""
+        digest = hashlib.blake2b(payload.encode() if isinstance(payload, str) else payload, digest_size=16).digest()
+        seen = self._received.pop(event_id, set())
+        self._received[event_id] = seen  # most recently heard last: the oldest is forgotten first
+        if digest in seen:
+            return True
+        if len(seen) >= MAX_MESSAGES_PER_EVENT:
+            seen.clear()
+        seen.add(digest)
+        while len(self._received) > MAX_EVENTS:
+            del self._received[next(iter(self._received))]
+        return False
 
     def bus_event(self, event: dict[str, Any], camera_id: str, camera_name: str, now: float) -> dict[str, Any]:
         """The data of the bus event for one parsed ``hsi/events`` message received at ``now``."""

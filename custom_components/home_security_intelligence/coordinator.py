@@ -515,6 +515,11 @@ class HsiCoordinator:
         event = _json(msg)
         if event is None or "camera_id" not in event:
             return
+        if self._alerts.repeated(str(event.get("id")), msg.payload):
+            # Sent again (at least once: a server that crashed before marking it sent, a broker's
+            # redelivery): handled already, its triggers and automations ran.
+            _LOGGER.debug("ignoring a repeated %s message of event %s", event.get("type"), event.get("id"))
+            return
         name = event.get("camera_name")
         camera = self._ensure_camera(str(event["camera_id"]), str(name) if name else None)
         if _is_latest(event, camera.last_event):

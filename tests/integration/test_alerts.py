@@ -89,3 +89,19 @@ def test_the_least_recently_judged_event_is_forgotten_beyond_the_limit() -> None
     assert not kept["level_changed"] and kept["previous_risk_level"] == "low"
     forgotten = alerts.bus_event(_message("update", "e0", "low"), "back_door", "Back door", 2001.0)
     assert forgotten["level_changed"] and forgotten["previous_risk_level"] is None
+
+
+def test_a_message_heard_again_byte_for_byte_is_a_repeat_and_any_other_is_not() -> None:
+    """The server sends each message at least once (a crash before its mark, a broker's
+    redelivery): the exact bytes of a message already handled for that event are a repeat; the
+    same event's other messages, and the same bytes for another event, are not."""
+    alerts = AlertTracker()
+    new = b'{"type":"new","id":"e1","risk_level":"high"}'
+    assert not alerts.repeated("e1", new)
+    assert alerts.repeated("e1", new)
+    assert alerts.repeated("e1", new.decode())  # as Home Assistant hands a text payload
+    assert not alerts.repeated("e1", b'{"type":"end","id":"e1"}')
+    assert not alerts.repeated("e2", new)
+    for n in range(MAX_EVENTS):
+        alerts.repeated(f"x{n}", new)
+    assert not alerts.repeated("e1", new)  # forgotten beyond the limit: heard as new

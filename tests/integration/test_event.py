@@ -89,3 +89,23 @@ async def test_the_models_description_reaches_the_event_entity_in_place_when_it_
     await hass.async_block_till_done()
     state = hass.states.get("event.back_door_security_event")
     assert state.state != fired_at and state.attributes["description"] == vision["description"]
+
+
+async def test_a_message_sent_again_fires_nothing_again(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    """At least once: a server that crashed between the broker's acknowledgement and marking the
+    message sent sends it again, byte for byte. The bus event ("event started" triggers, the
+    blueprint) and the event entity fire once for it; the event's next message still fires."""
+    await camera_online(hass)
+    fired = async_capture_events(hass, EVENT_BUS)
+    publish(hass, "hsi/events", sample("event_new.json"))
+    await hass.async_block_till_done()
+    first = hass.states.get("event.back_door_security_event").state
+    publish(hass, "hsi/events", sample("event_new.json"))
+    await hass.async_block_till_done()
+    assert [e.data["type"] for e in fired] == ["new"]
+    assert hass.states.get("event.back_door_security_event").state == first
+    publish(hass, "hsi/events", sample("event_update.json"))
+    publish(hass, "hsi/events", sample("event_end.json"))
+    publish(hass, "hsi/events", sample("event_end.json"))
+    await hass.async_block_till_done()
+    assert [e.data["type"] for e in fired] == ["new", "update", "end"]
