@@ -526,6 +526,11 @@ async def throughput(conn: asyncpg.Connection | asyncpg.Pool, window_s: float = 
     from image received to job finished (p50/p95 of the last 500 finished jobs)."""
     row = await conn.fetchrow(THROUGHPUT, window_s)
     assert row is not None
+    return throughput_of(row, window_s)
+
+
+def throughput_of(row: asyncpg.Record, window_s: float = 60.0) -> Throughput:
+    """``Throughput`` from a row of ``THROUGHPUT`` (with more columns, as the status reads it)."""
     pcts = row["pcts"]
     return Throughput(
         counts={state: row[state] for state in _STATES},

@@ -449,9 +449,8 @@ async def snapshot_path(conn: asyncpg.Connection | asyncpg.Pool, event_id: UUID)
     return (row is not None, row["snapshot_path"] if row is not None else None)
 
 
-async def last_event_at(conn: asyncpg.Connection | asyncpg.Pool) -> datetime | None:
-    value: datetime | None = await conn.fetchval("SELECT max(started_at) FROM events")
-    return value
+#: When the latest event started (None: no event yet): a column of the status's statement.
+LAST_EVENT_AT = "(SELECT max(started_at) FROM events) AS last_event_at"
 
 
 def latest_for_camera_sql(camera: str) -> str:

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from bench.roundtrips import RoundTrips
 from inference_server.domain import Assessment, Detection
 from inference_server.schemas import EventPatch, HouseholdContext, RiskFactor
+from inference_server.status import StatusReporter
 from inference_server.store import detections, events, images
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -278,14 +280,14 @@ async def test_a_patch_changes_only_the_fields_sent_and_a_missing_event_gives_no
 
 
 async def test_lookups_find_the_latest_event_its_snapshot_batch_and_image_name(conn: asyncpg.Connection) -> None:
-    assert await events.last_event_at(conn) is None
+    assert await conn.fetchval(f"SELECT {events.LAST_EVENT_AT}") is None
     assert await events.latest_for_camera(conn, "front") is None
     older = await _event(conn, started_at=T0)
     newer = await _event(conn, started_at=T0 + timedelta(minutes=5))
     await _event(conn, camera_id="back", started_at=T0 + timedelta(minutes=9))
     await events.end(conn, newer, T0 + timedelta(minutes=6))
 
-    assert await events.last_event_at(conn) == T0 + timedelta(minutes=9)
+    assert await conn.fetchval(f"SELECT {events.LAST_EVENT_AT}") == T0 + timedelta(minutes=9)
     assert await events.latest_for_camera(conn, "front") == (newer, T0 + timedelta(minutes=5))
     assert await events.snapshot_path(conn, older) == (True, f"snapshots/{older}.jpg")
     assert await events.snapshot_path(conn, uuid.uuid4()) == (False, None)
@@ -294,3 +296,19 @@ async def test_lookups_find_the_latest_event_its_snapshot_batch_and_image_name(c
     assert await events.id_for_image_name(conn, "front/nothing.jpg") is None
     ended = await events.get(conn, newer)
     assert ended is not None and ended.ended_at == T0 + timedelta(minutes=6)
+
+
+async def test_the_status_reads_the_queue_and_the_latest_event_in_one_statement(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """The status (published every 10 s, all day) read when the latest event started in a
+    statement of its own after the queue's figures: one round trip more every time."""
+    status = StatusReporter(pool, detector="onnx", reasoner="rules", mqtt_connected=lambda: True)
+    assert (await status.current()).last_event_at is None
+    await _event(conn, started_at=T0)
+    await _event(conn, camera_id="back", started_at=T0 + timedelta(minutes=9))
+    with RoundTrips() as trips:
+        now = await status.current()
+    assert now.last_event_at == T0 + timedelta(minutes=9)
+    assert now.queue == {"queued": 0, "running": 0, "done": 0}
+    assert trips.count == 1, trips.by_statement
