@@ -145,6 +145,12 @@ class Event(_Model):
         description="Path of the video clip the event was seen in (`GET` with the API key, like the snapshot);"
         " null when its images were stills.",
     )
+    updated_at: datetime | None = Field(
+        default=None,
+        description="When the event last changed. Two messages of an event that say different things differ"
+        " by it at least, so a message heard twice byte for byte (sent again: delivery is at least once) is a"
+        " repeat to drop.",
+    )
 
 
 class EventMessage(Event):

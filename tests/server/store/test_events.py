@@ -3,6 +3,7 @@ paged through newest first with a cursor that never repeats or skips a row."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +11,9 @@ import asyncpg
 import pytest
 
 from bench.roundtrips import RoundTrips
+from inference_server.comms.topics import Topics
 from inference_server.domain import Assessment, Detection
+from inference_server.pipeline.messages import event_message
 from inference_server.schemas import EventPatch, HouseholdContext, RiskFactor
 from inference_server.status import StatusReporter
 from inference_server.store import detections, events, images
@@ -312,3 +315,20 @@ async def test_the_status_reads_the_queue_and_the_latest_event_in_one_statement(
     assert now.last_event_at == T0 + timedelta(minutes=9)
     assert now.queue == {"queued": 0, "running": 0, "done": 0}
     assert trips.count == 1, trips.by_statement
+
+
+async def test_every_message_of_an_event_that_changed_is_other_bytes_than_the_ones_before(
+    conn: asyncpg.Connection,
+) -> None:
+    """The integration drops a message of an event heard byte for byte before (a repeat: delivery
+    is at least once). An event reviewed, un-reviewed and reviewed again says what it said the
+    first time: without ``updated_at`` its third message was the first's bytes, and was dropped."""
+    event_id = await _event(conn)
+    sent: list[bytes] = []
+    for reviewed in (True, False, True):
+        async with conn.transaction():  # each change is a request of its own: its own now()
+            await events.patch(conn, event_id, EventPatch(reviewed=reviewed))
+            _, payload, _ = await event_message(conn, Topics("hsi"), event_id, "update")
+        sent.append(payload)
+    assert len(set(sent)) == 3
+    assert [json.loads(p)["reviewed"] for p in sent] == [True, False, True]
