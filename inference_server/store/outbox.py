@@ -96,8 +96,9 @@ class SentMarks:
                 self._waiting[i] = when
 
     def due(self, now: float) -> float | None:
-        """Seconds until the oldest waiting mark is the relay's to write (0: now); None: none waits."""
-        oldest = next(iter(self._waiting.values()), None)
+        """Seconds until the oldest waiting mark is the relay's to write (0: now); None: none waits.
+        (The oldest, not the first in the dict: marks a failed insert gave back come after newer ones.)"""
+        oldest = min(self._waiting.values(), default=None)
         return None if oldest is None else max(0.0, oldest + MARK_WAIT_S - now)
 
     def held(self) -> list[int]:

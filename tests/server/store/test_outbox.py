@@ -112,3 +112,15 @@ async def test_an_insert_writes_the_marks_it_carries_and_leaves_marked_rows_as_t
     assert [m.id for m in await outbox.pending(conn, 10, held=[added[0].id])] == []
     attempts = dict(await conn.fetch("SELECT id, attempts FROM outbox WHERE sent_at IS NOT NULL"))
     assert attempts == {sent: 1, already: 1}
+
+
+def test_marks_given_back_by_a_failed_insert_are_due_from_their_own_acknowledgement() -> None:
+    """A mark taken by an insert that then failed waits again behind marks acknowledged after it:
+    the relay's deadline is still the oldest one's (it took a newer mark's, up to ``MARK_WAIT_S``
+    late, when it read the first in the dict)."""
+    marks = outbox.SentMarks()
+    marks.acked([3], now=100.0)
+    taken = marks.take()
+    marks.acked([4], now=101.5)
+    marks.settle(taken, committed=False)
+    assert marks.due(101.5) == pytest.approx(outbox.MARK_WAIT_S - 1.5)
