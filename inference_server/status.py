@@ -12,7 +12,7 @@ import asyncpg
 from prometheus_client import Gauge
 
 from inference_server import __version__
-from inference_server.jobs.queue import THROUGHPUT, throughput_of
+from inference_server.jobs.queue import THROUGHPUT, THROUGHPUT_WINDOW_S, throughput_of
 from inference_server.schemas import ModelStatus, SystemStatus
 from inference_server.store import events
 from inference_server.telemetry import metrics
@@ -61,9 +61,9 @@ class StatusReporter:
 
     async def current(self) -> SystemStatus:
         # The queue's figures and the latest event in one statement (every 10 s, all day).
-        row = await self.pool.fetchrow(f"{THROUGHPUT}, {events.LAST_EVENT_AT}", 60.0)
+        row = await self.pool.fetchrow(f"{THROUGHPUT}, {events.LAST_EVENT_AT}", THROUGHPUT_WINDOW_S)
         assert row is not None
-        tp = throughput_of(row, 60.0)
+        tp = throughput_of(row)
         gpu = await asyncio.to_thread(self.gpu.read)
         status = SystemStatus(
             version=__version__,

@@ -119,6 +119,12 @@ def _key_args(key: api_keys.StillActive | None) -> tuple[str | None, bool]:
     return (None, False) if key is None else (key.key_id, key.mark)
 
 
+def _key_still_active(row: asyncpg.Record, key: api_keys.StillActive | None) -> None:
+    """Raise ``KeyRevoked`` when the enqueue statement's ``key`` CTE found the key inactive."""
+    if not row["key_active"]:
+        raise api_keys.KeyRevoked(key)
+
+
 class JobQueue:
     def __init__(self, pool: asyncpg.Pool, policy: QueuePolicy, worker_id: str) -> None:
         self.pool = pool
@@ -191,8 +197,7 @@ class JobQueue:
             *_key_args(key),
         )
         assert row is not None
-        if not row["key_active"]:
-            raise api_keys.KeyRevoked(key)
+        _key_still_active(row, key)
         return row["enabled"], row["image_id"], row["job_id"]
 
     async def _enqueue_camera_image_for(
@@ -218,8 +223,7 @@ class JobQueue:
             *_key_args(key),
         )
         assert row is not None
-        if not row["key_active"]:
-            raise api_keys.KeyRevoked(key)
+        _key_still_active(row, key)
         if row["job_id"] is None:
             return row["enabled"], row["image_id"], row["job_id"]
         try:
@@ -521,7 +525,11 @@ class Throughput:
     latency_ms_p95: float | None
 
 
-async def throughput(conn: asyncpg.Connection | asyncpg.Pool, window_s: float = 60.0) -> Throughput:
+#: The window ``throughput`` counts finished jobs over (images per second).
+THROUGHPUT_WINDOW_S = 60.0
+
+
+async def throughput(conn: asyncpg.Connection | asyncpg.Pool, window_s: float = THROUGHPUT_WINDOW_S) -> Throughput:
     """Queue depth by state, jobs finished per second over the window, and their latency
     from image received to job finished (p50/p95 of the last 500 finished jobs)."""
     row = await conn.fetchrow(THROUGHPUT, window_s)
@@ -529,7 +537,7 @@ async def throughput(conn: asyncpg.Connection | asyncpg.Pool, window_s: float = 
     return throughput_of(row, window_s)
 
 
-def throughput_of(row: asyncpg.Record, window_s: float = 60.0) -> Throughput:
+def throughput_of(row: asyncpg.Record, window_s: float = THROUGHPUT_WINDOW_S) -> Throughput:
     """``Throughput`` from a row of ``THROUGHPUT`` (with more columns, as the status reads it)."""
     pcts = row["pcts"]
     return Throughput(

@@ -35,6 +35,10 @@ class KeyRevoked(Exception):
     """The key of a ``StillActive`` check was revoked or deleted since this process verified it."""
 
 
+#: A key's last-used mark is written at most once a minute (a busy client's requests are not writes).
+_MARK_DUE = "(last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
+
+
 def still_active_ctes(key_id: str, mark: str) -> str:
     """Two CTEs for a statement authorised by a ``StillActive`` key whose id is the SQL parameter
     ``key_id`` (a NULL id: no key to check) and whose ``mark`` (a boolean parameter) asks for the
@@ -44,8 +48,7 @@ def still_active_ctes(key_id: str, mark: str) -> str:
         f"key AS (SELECT {key_id}::text IS NULL OR EXISTS"
         f" (SELECT 1 FROM api_keys WHERE key_id = {key_id} AND revoked_at IS NULL) AS active),"
         f" key_mark AS (UPDATE api_keys SET last_used_at = now() WHERE key_id = {key_id} AND {mark}::boolean"
-        " AND revoked_at IS NULL AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
-        " RETURNING 1)"
+        f" AND revoked_at IS NULL AND {_MARK_DUE} RETURNING 1)"
     )
 
 
@@ -112,11 +115,7 @@ async def verify(
     # Only a verified key counts as used, and at most once a minute: a busy client must not turn
     # every read request into a write.
     if mark_used(key_id):
-        await conn.execute(
-            "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1"
-            " AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
-            key_id,
-        )
+        await conn.execute(f"UPDATE api_keys SET last_used_at = now() WHERE key_id = $1 AND {_MARK_DUE}", key_id)
     name: str = row["name"]
     return name
 

@@ -106,9 +106,14 @@ class SentMarks:
         return [*self._waiting, *self._carried]
 
 
+def _mark_sent_sql(ids: str) -> str:
+    """Mark the rows of the SQL array ``ids`` sent; a row marked already is left as it is (its
+    attempt counted once)."""
+    return f"UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY({ids}) AND sent_at IS NULL"
+
+
 _ADD_MANY = (
-    "WITH marked AS ("
-    " UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($4::bigint[]) AND sent_at IS NULL),"
+    f"WITH marked AS ({_mark_sent_sql('$4::bigint[]')}),"
     " added AS ("
     " INSERT INTO outbox (topic, payload, retain, qos)"
     " SELECT m.topic, m.payload, m.retain, 1"
@@ -163,9 +168,7 @@ async def pending(conn: asyncpg.Connection, limit: int, held: Sequence[int] = ()
 
 async def mark_sent(conn: asyncpg.Connection | asyncpg.Pool, ids: list[int]) -> None:
     """Mark rows sent (those an insert marked meanwhile are left as they are)."""
-    await conn.execute(
-        "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1) AND sent_at IS NULL", ids
-    )
+    await conn.execute(_mark_sent_sql("$1"), ids)
 
 
 async def mark_failed(conn: asyncpg.Connection, ids: list[int], error: str) -> None:
