@@ -210,10 +210,14 @@ class BatchStage:
                 messages += await self.close_guarded(conn, batch, now)
                 last_event = "read"
                 batch = await batches.lock_open(conn, camera_id)  # the batch continuing its event, if any
-            opened = batch is None
             if batch is None:
-                batch = await batches.open_new(conn, camera_id, now)
-                log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
+                # (Another process storing this camera's images at the same moment may open it
+                # first: then these join that one.)
+                batch, opened = await batches.open_or_lock(conn, camera_id, now)
+                if opened:
+                    log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
+                else:
+                    last_event = "read"  # that process may have opened an event too: read it again
             before = batch.version
             batch = await batches.add_images(conn, batch, arriving, now)
         if self._next_look is not None:

@@ -178,6 +178,28 @@ async def open_new(conn: asyncpg.Connection, camera_id: str, now: datetime) -> B
     return _batch(row)
 
 
+async def open_or_lock(conn: asyncpg.Connection, camera_id: str, now: datetime) -> tuple[Batch, bool]:
+    """A new open batch for the camera, or, when another transaction (another worker process
+    storing the same camera's images at the same moment) opened one first, that one, locked for
+    this transaction once the other committed; and whether this call opened it. ``open_new``
+    failed on the one-open-batch index then, and the images' jobs lost an attempt."""
+    for _ in range(3):
+        row = await conn.fetchrow(
+            "INSERT INTO batches (id, camera_id, opened_at, last_activity_at) VALUES ($1, $2, $3, $3)"
+            f" ON CONFLICT (camera_id) WHERE closed_at IS NULL DO NOTHING RETURNING {_COLUMNS}",
+            uuid.uuid4(),
+            camera_id,
+            now,
+        )
+        if row is not None:
+            return _batch(row), True
+        # The conflict waited for the other transaction: its batch is committed now (read
+        # committed: this statement sees it), unless it was closed since; then open again.
+        if (batch := await lock_open(conn, camera_id)) is not None:
+            return batch, False
+    raise RuntimeError(f"camera {camera_id}'s open batch kept closing while another was opened")
+
+
 async def open_continuation(conn: asyncpg.Connection, previous: Batch, now: datetime) -> Batch:
     """The batch that continues ``previous`` (closed at ``now``, its window run out while its
     activity went on): the same event from the start, the same chain start, and ``previous``'s

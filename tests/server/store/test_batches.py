@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -279,3 +280,32 @@ async def test_images_join_the_open_batch_in_the_locking_statement_unless_it_is_
         locked = await batches.lock_open_in_context(conn, "front", at, joining)
         assert locked.joined is None and locked.batch == await batches.get(conn, batch.id), why
     assert await conn.fetchval("SELECT count(*) FROM batch_images WHERE image_id = $1", later) == 0
+
+
+@pytest.mark.parametrize("first_commits", [True, False])
+async def test_two_processes_opening_a_cameras_batch_at_once_end_with_one(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, first_commits: bool
+) -> None:
+    """Two worker processes storing a camera's first images at the same moment both find no open
+    batch. The second's open waited for the first's and then failed on the one-open-batch index
+    (its images' jobs lost an attempt: the scale-out test saw "a job was claimed twice"). It now
+    takes the batch the first opened once that commits, or opens its own if the first rolls back.
+    (``conn``, with the cameras, is the first process's connection.)"""
+    a = conn
+    async with pool.acquire() as b:
+        first_tx, second_tx = a.transaction(), b.transaction()
+        await first_tx.start()
+        first, opened_first = await batches.open_or_lock(a, "front", T0)
+        await second_tx.start()
+        second_open = asyncio.create_task(batches.open_or_lock(b, "front", T0 + timedelta(seconds=1)))
+        await asyncio.sleep(0.3)
+        assert not second_open.done()  # waits for the first transaction
+        await (first_tx.commit() if first_commits else first_tx.rollback())
+        second, opened_second = await second_open
+        await second_tx.commit()
+    assert opened_first
+    if first_commits:
+        assert not opened_second and second.id == first.id
+    else:
+        assert opened_second and second.id != first.id
+    assert await batches.open_count(pool) == 1
