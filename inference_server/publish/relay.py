@@ -253,8 +253,9 @@ class OutboxRelay:
             rows = await outbox.pending(conn, _BATCH, self.marks.held())
             self._read = len(rows) == _BATCH  # more wait
         else:
-            # Every row announced since the last pass was handed over: send them as they are.
-            rows = sorted(offered.values(), key=lambda m: m.id)
+            # Every row announced since the last pass was handed over: send them as they are,
+            # but not one an earlier pass read back and sent (offered while that pass read).
+            rows = sorted((m for m in offered.values() if m.id > self._seen_upto), key=lambda m: m.id)
         if not rows:
             return 0
         self._seen_upto = max(self._seen_upto, rows[-1].id)

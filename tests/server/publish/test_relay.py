@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -535,3 +536,32 @@ async def test_the_server_s_stores_write_the_marks_of_what_its_relay_sent(
                 await wait_until(lambda: relay.marks.held(), timeout=10)  # this picture's rows, sent
         assert trips.by_statement.get(_MARK, 0) == 0, trips.by_statement
         await wait_until(lambda: _all_sent(server.pool), timeout=outbox.MARK_WAIT_S + 5)
+
+
+async def test_a_row_offered_while_a_pass_reads_it_back_is_not_sent_again(
+    database_url: str, own_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's notification woke a pass that reads the row back; the store's offer came
+    while that read was on its way (before the pass knew the row's id), so the next pass sent
+    the row a second time from the offer (CI saw a camera's state twice)."""
+    subscriber = await Subscriber(own_broker.url, "hsi/cameras/+/state").ready(timeout=20)
+    try:
+        async with _relay(database_url, own_broker, poll_interval_s=60) as (relay, pool):
+            real_pending = outbox.pending
+            stored: asyncio.Future[list[outbox.OutboxMessage]] = asyncio.get_running_loop().create_future()
+
+            async def offered_during_the_read(*args: Any, **kwargs: Any) -> list[outbox.OutboxMessage]:
+                relay.offer(await stored)  # the store's offer, arriving while this read is on its way
+                return await real_pending(*args, **kwargs)
+
+            monkeypatch.setattr(outbox, "pending", offered_during_the_read)
+            async with pool.acquire() as conn, conn.transaction():
+                added = await outbox.add_many(conn, [("hsi/cameras/raced/state", b"raced", True)])
+            await asyncio.sleep(0.3)  # the notification has woken the pass, which reads
+            stored.set_result(added)
+            await subscriber.wait_for(lambda m: m.topic == "hsi/cameras/raced/state", timeout=10)
+            monkeypatch.setattr(outbox, "pending", real_pending)
+            await asyncio.sleep(0.5)  # the pass the offer woke is done by now
+        assert [m.payload for m in subscriber.drain()] == [b"raced"]
+    finally:
+        subscriber.close()
