@@ -24,7 +24,7 @@ from typing import Any
 from bench.pipeline_cpu import CpuMeter, cpu_delta
 from bench.report import show
 from bench.roundtrips import RoundTrips
-from inference_server import demo_assets
+from inference_server import demo_assets, event_loop
 from inference_server.clock import SystemClock
 from inference_server.config import Settings
 from inference_server.server import Server
@@ -65,6 +65,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await server.stop()
     postgres = None if after.postgres is None or before.postgres is None else after.postgres - before.postgres
     return {
+        "event_loop": event_loop.describe(),
         "seconds": round(elapsed, 1),
         "statements_per_s": round(trips.count / elapsed, 2),
         "server_cpu_percent_of_a_core": round(100 * own / elapsed, 2),
@@ -106,10 +107,11 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=10, help="seconds after start-up before counting")
     parser.add_argument("--history", type=int, default=0, help="done images and jobs stored first (13 days' worth)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="the server's: uvloop")
     parser.add_argument("--profile", type=Path, help="cProfile the event loop while counting, stats to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    show(asyncio.run(run(args)), args.json)
+    show(event_loop.run(run(args), args.event_loop), args.json)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ from PIL import Image
 
 from bench.report import finish, say
 from bench.roundtrips import RoundTrips
-from inference_server import demo_assets
+from inference_server import demo_assets, event_loop
 from inference_server.comms.mqtt import BrokerAddress
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
@@ -923,7 +923,7 @@ def report(
     say(
         f"Settings: {args.images} images, batch size {args.batch_size}, imgsz {args.imgsz}, conf {args.conf},"
         f" server backend {args.backend}, file_stable_s {args.file_stable_s}, log level {args.log_level},"
-        f" broker {args.broker},"
+        f" broker {args.broker}, event loop {event_loop.describe()},"
         f" switch interval {sys.getswitchinterval() * 1000:g} ms, server start-up {startup:.1f} s"
     )
     say()
@@ -1150,6 +1150,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         help="sys.setswitchinterval for the whole run (Python's default is 0.005 s)",
     )
+    p.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the event loop the server runs on (the server's default: uvloop)",
+    )
     p.add_argument("--stall-s", type=float, default=60, help="abort (cleaning up) if the event loop is stuck this long")
     p.add_argument("--keep-data", action="store_true", help="keep the temporary data folder")
     p.add_argument("--profile", type=Path, help="cProfile the event loop during the burst, stats to this file")
@@ -1236,7 +1242,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return finish(asyncio.run(amain(args)), args.json, "some events never arrived: see 'events' above")
+    result = event_loop.run(amain(args), args.event_loop)
+    return finish(result, args.json, "some events never arrived: see 'events' above")
 
 
 if __name__ == "__main__":

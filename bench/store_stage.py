@@ -28,7 +28,7 @@ import asyncpg
 from bench.report import show
 from bench.roundtrips import RoundTrips
 from bench.soak import tagged_jpeg
-from inference_server import demo_assets
+from inference_server import demo_assets, event_loop
 from inference_server.clock import Clock, SystemClock
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
@@ -143,6 +143,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         best = {k: max(v) for k, v in rates.items()}
         first = str(args.concurrency[0])
         return {
+            "event_loop": event_loop.describe(),
             "images": args.images,
             "cameras": args.cameras,
             "batch": args.batch,
@@ -162,9 +163,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="the server's: uvloop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    show(asyncio.run(main_async(args)), args.json)
+    show(event_loop.run(main_async(args), args.event_loop), args.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from inference_server import __version__
+from inference_server import __version__, event_loop
 from inference_server.config import Settings
 from inference_server.logging_setup import configure
 
@@ -126,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from inference_server.demo import run_demo
 
-        return asyncio.run(run_demo(args.data_dir, keep_serving=args.serve))
+        return event_loop.run(run_demo(args.data_dir, keep_serving=args.serve))
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure(settings.log_level, settings.log_format)
     if args.command == "serve":
-        return asyncio.run(_serve(settings, watchdog=True))
+        return event_loop.run(_serve(settings, watchdog=True), settings.event_loop)
     elif args.command == "apikey":
-        return asyncio.run(_apikey(settings, args.action, args.name))
+        return event_loop.run(_apikey(settings, args.action, args.name), settings.event_loop)
     else:
-        asyncio.run(_migrate(settings))
+        event_loop.run(_migrate(settings), settings.event_loop)
     return 0
 
 

@@ -522,6 +522,13 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(default=3600, gt=0, description="How often the retention cleanup runs.")
     status_interval_s: float = Field(default=10, gt=0, description="How often hsi/status is published.")
 
+    # --- process ------------------------------------------------------------------------
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The process's event loop: uvloop (asyncio's own where it is not installed, a fallback"
+        " the log and the status name), or asyncio's own.",
+    )
+
     # --- logging ------------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -467,6 +467,11 @@ class SystemStatus(_Model):
     mqtt_connected: bool
     gpu: GpuStatus | None
     models: list[ModelStatus] = Field(default_factory=list, description="Where each model runs (VRAM budget).")
+    event_loop: str | None = Field(
+        default=None,
+        description="The process's event loop: 'uvloop 0.23.0', 'asyncio', or 'asyncio (fallback: …)' where"
+        " uvloop was asked for and could not be imported.",
+    )
 
 
 # --- known people (issue 18, docs/privacy.md) ---------------------------------------------------

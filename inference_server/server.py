@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from aiohttp import web
 
-from inference_server import __version__, decode_budget
+from inference_server import __version__, decode_budget, event_loop
 from inference_server.api.app import build_app, build_runner
 from inference_server.api.deps import ApiContext, ReadinessCheck
 from inference_server.clock import Clock, SystemClock
@@ -222,11 +222,12 @@ class Server:
         if runs_worker and self.detector is not None:
             self._start_workers(queue)
         log.info(
-            "server started role=%s api=%s mqtt=%s worker_id=%s",
+            "server started role=%s api=%s mqtt=%s worker_id=%s event_loop=%r",
             s.role,
             self.api_url,
             redact_url(self.mqtt_url),
             self.worker_id,
+            event_loop.describe(),
         )
 
     async def _start_broker(self) -> str:

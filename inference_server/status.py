@@ -11,7 +11,7 @@ from collections.abc import Callable
 import asyncpg
 from prometheus_client import Gauge
 
-from inference_server import __version__
+from inference_server import __version__, event_loop
 from inference_server.jobs.queue import THROUGHPUT, THROUGHPUT_WINDOW_S, throughput_of
 from inference_server.schemas import ModelStatus, SystemStatus
 from inference_server.store import events
@@ -79,6 +79,7 @@ class StatusReporter:
             mqtt_connected=self.mqtt_connected(),
             gpu=gpu,
             models=list(self.models),
+            event_loop=event_loop.describe(),
         )
         for state, n in tp.counts.items():
             metrics.QUEUE_DEPTH.labels(state).set(n)

@@ -26,6 +26,7 @@ from tests.server.conftest import (  # noqa: F401  (fixtures re-exported for thi
     database_url,
     mosquitto_url,
     pg_uri,
+    pytest_asyncio_loop_factories,
 )
 from tests.support.mosquitto import RestartableMosquitto
 

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from inference_server import demo_assets
+from inference_server import demo_assets, event_loop
 from inference_server.clock import Clock, SystemClock
 from inference_server.comms.broker import EmbeddedBroker
 from inference_server.config import Settings
@@ -31,6 +31,13 @@ from inference_server.telemetry.gpu import GpuReader
 from tests.support.models import COCO_CONFIDENCE, COCO_IMGSZ, coco_onnx
 from tests.support.mosquitto import plain_mosquitto
 from tests.support.net import free_port
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Every async test on the loop the server runs on (``event_loop.new_loop``: uvloop, its
+    default executor's threads named as asyncio's); the fallback, asyncio's own, has tests of its
+    own (test_event_loop.py)."""
+    return {"uvloop": lambda: event_loop.new_loop("uvloop")}
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,18 @@ PACKAGE = Path(inference_server.__file__).resolve().parent
 #: small helpers that import nothing of the server. ``inference_server`` is the package itself
 #: (``__version__``).
 BASE = frozenset(
-    {"inference_server", "schemas", "config", "telemetry", "clock", "timerange", "decode_budget", "buffers", "registry"}
+    {
+        "inference_server",
+        "schemas",
+        "config",
+        "telemetry",
+        "clock",
+        "timerange",
+        "decode_budget",
+        "buffers",
+        "registry",
+        "event_loop",
+    }
 )
 
 #: unit → the units it may import. Top to bottom: the wiring, the API and status beside it, the
@@ -76,6 +87,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "decode_budget": frozenset(),
     "buffers": frozenset(),
     "registry": frozenset(),
+    "event_loop": frozenset(),
     "logging_setup": frozenset(),
     "demo_assets": frozenset(),
 }

@@ -1,0 +1,79 @@
+"""The process's event loop: uvloop (libuv's loop, the one asyncpg and aiohttp are fastest on)
+where it is installed, else asyncio's own, labelled as a fallback in the log and in the status.
+
+The event loop is where a picture's request, its statements' round trips and its messages are
+handled: on uvloop it takes about a fifth less CPU a picture (docs/performance.md, stop 38). The
+default executor (``asyncio.to_thread``) is given explicitly, with asyncio's own thread names
+(``asyncio_0`` …) whichever loop runs: uvloop's would be anonymous ``ThreadPoolExecutor-…``
+threads, and the benches and a ``py-spy dump`` tell the pool by its name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EventLoopChoice = Literal["uvloop", "asyncio"]
+
+#: Why the process runs asyncio's loop though uvloop was asked for (it failed to import); None
+#: when it runs what was asked for. Set by ``new_loop``, read by ``describe``.
+_fallback: str | None = None
+
+
+def _default_executor() -> ThreadPoolExecutor:
+    """asyncio's default executor as asyncio makes it (as many threads as cores + 4, at most 32),
+    named as asyncio names it."""
+    return ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="asyncio")
+
+
+def new_loop(choice: EventLoopChoice = "uvloop") -> asyncio.AbstractEventLoop:
+    """A new event loop of ``choice``; asyncio's when uvloop cannot be imported (logged as a
+    fallback, and ``describe`` says so)."""
+    global _fallback
+    loop: asyncio.AbstractEventLoop
+    if choice == "uvloop":
+        try:
+            import uvloop
+        except ImportError as err:
+            _fallback = f"uvloop not importable: {err}"
+            log.warning("event loop: asyncio (fallback: %s)", _fallback)
+            loop = asyncio.new_event_loop()
+        else:
+            _fallback = None
+            loop = uvloop.new_event_loop()
+    else:
+        _fallback = None
+        loop = asyncio.new_event_loop()
+    loop.set_default_executor(_default_executor())
+    return loop
+
+
+def loop_factory(choice: EventLoopChoice = "uvloop") -> Callable[[], asyncio.AbstractEventLoop]:
+    """``new_loop`` of ``choice``, as ``asyncio.Runner``'s ``loop_factory``."""
+    return lambda: new_loop(choice)
+
+
+def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice = "uvloop") -> T:
+    """``asyncio.run(main)`` on a loop of ``choice`` (see ``new_loop``)."""
+    with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
+        return runner.run(main)
+
+
+def describe(loop: asyncio.AbstractEventLoop | None = None) -> str:
+    """The running loop (or ``loop``) as the status shows it: ``uvloop 0.23.0``, ``asyncio``, or
+    ``asyncio (fallback: …)`` when uvloop was asked for and could not be had."""
+    loop = loop or asyncio.get_running_loop()
+    module = type(loop).__module__.split(".")[0]
+    if module == "uvloop":
+        import uvloop
+
+        return f"uvloop {getattr(uvloop, '__version__', '(version unknown)')}"
+    return "asyncio" if _fallback is None else f"asyncio (fallback: {_fallback})"
