@@ -2,7 +2,7 @@
 where it is installed, else asyncio's own, labelled as a fallback in the log and in the status.
 
 The event loop is where a picture's request, its statements' round trips and its messages are
-handled: on uvloop it takes about a fifth less CPU a picture (docs/performance.md, stop 38). The
+handled: on uvloop it takes about 15 % less CPU a picture (docs/performance.md, stop 38). The
 default executor (``asyncio.to_thread``) is given explicitly, with asyncio's own thread names
 (``asyncio_0`` …) whichever loop runs: uvloop's would be anonymous ``ThreadPoolExecutor-…``
 threads, and the benches and a ``py-spy dump`` tell the pool by its name.
