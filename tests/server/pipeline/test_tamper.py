@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 
 import aiohttp
 import asyncpg
@@ -378,3 +379,19 @@ async def test_a_quiet_camera_is_written_back_once_a_minute_and_anything_abnorma
     assert any(text.startswith("UPDATE camera_tamper") for text in trips.by_statement), trips.by_statement
     row = await _stored(pool)
     assert row is not None and row.state.abnormal_run == 1
+
+
+def test_the_variance_of_whole_numbers_is_exact_at_the_kernels_extremes() -> None:
+    # A Laplacian of grey levels lies within ±2,040; over 960×540 values the sum of squares
+    # (2.2e12) is far past 32 bits and past float32's exact integers.
+    rng = np.random.default_rng(3)
+    for values in (
+        rng.integers(-2040, 2041, size=(540, 960)).astype(np.int16),
+        np.full((540, 960), 2040, dtype=np.int16),
+        np.array([[-2040, 2040]], dtype=np.int16),
+        rng.integers(0, 256, size=(540, 405)).astype(np.int16),
+    ):
+        flat = [int(v) for v in values.ravel()]
+        n = len(flat)
+        exact = Fraction(n * sum(v * v for v in flat) - sum(flat) ** 2, n * n)
+        assert tamper.variance(values) == float(exact)
