@@ -19,7 +19,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from bench.pipeline_cpu import CpuMeter, cpu_delta
 from bench.report import show
@@ -107,7 +107,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=10, help="seconds after start-up before counting")
     parser.add_argument("--history", type=int, default=0, help="done images and jobs stored first (13 days' worth)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="the server's: uvloop")
+    parser.add_argument(
+        "--event-loop", choices=get_args(event_loop.EventLoopChoice), default="uvloop", help="the server's: uvloop"
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the event loop while counting, stats to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -1152,7 +1152,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--event-loop",
-        choices=("uvloop", "asyncio"),
+        choices=get_args(event_loop.EventLoopChoice),
         default="uvloop",
         help="the event loop the server runs on (the server's default: uvloop)",
     )

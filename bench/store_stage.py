@@ -21,7 +21,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg
 
@@ -163,7 +163,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="the server's: uvloop")
+    parser.add_argument(
+        "--event-loop", choices=get_args(event_loop.EventLoopChoice), default="uvloop", help="the server's: uvloop"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     show(event_loop.run(main_async(args), args.event_loop), args.json)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
@@ -26,12 +25,6 @@ EventLoopChoice = Literal["uvloop", "asyncio"]
 #: Why the process runs asyncio's loop though uvloop was asked for (it failed to import); None
 #: when it runs what was asked for. Set by ``new_loop``, read by ``describe``.
 _fallback: str | None = None
-
-
-def _default_executor() -> ThreadPoolExecutor:
-    """asyncio's default executor as asyncio makes it (as many threads as cores + 4, at most 32),
-    named as asyncio names it."""
-    return ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="asyncio")
 
 
 def new_loop(choice: EventLoopChoice = "uvloop") -> asyncio.AbstractEventLoop:
@@ -52,18 +45,14 @@ def new_loop(choice: EventLoopChoice = "uvloop") -> asyncio.AbstractEventLoop:
     else:
         _fallback = None
         loop = asyncio.new_event_loop()
-    loop.set_default_executor(_default_executor())
+    # asyncio's default executor (ThreadPoolExecutor's own size), named as asyncio names it.
+    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
     return loop
-
-
-def loop_factory(choice: EventLoopChoice = "uvloop") -> Callable[[], asyncio.AbstractEventLoop]:
-    """``new_loop`` of ``choice``, as ``asyncio.Runner``'s ``loop_factory``."""
-    return lambda: new_loop(choice)
 
 
 def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice = "uvloop") -> T:
     """``asyncio.run(main)`` on a loop of ``choice`` (see ``new_loop``)."""
-    with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
+    with asyncio.Runner(loop_factory=lambda: new_loop(choice)) as runner:
         return runner.run(main)
 
 

@@ -166,10 +166,15 @@ async def lock_open_in_context(
     return locked_from(rows, query)
 
 
+#: A new open batch of camera $2 at $3 (id $1).
+_OPEN = "INSERT INTO batches (id, camera_id, opened_at, last_activity_at) VALUES ($1, $2, $3, $3)"
+
+
 async def open_new(conn: asyncpg.Connection, camera_id: str, now: datetime) -> Batch:
+    """A new open batch; fails on the one-open-batch index when the camera has one (the server
+    opens through ``open_or_lock``)."""
     row = await conn.fetchrow(
-        "INSERT INTO batches (id, camera_id, opened_at, last_activity_at) VALUES ($1, $2, $3, $3)"
-        f" RETURNING {_COLUMNS}",
+        f"{_OPEN} RETURNING {_COLUMNS}",
         uuid.uuid4(),
         camera_id,
         now,
@@ -185,8 +190,7 @@ async def open_or_lock(conn: asyncpg.Connection, camera_id: str, now: datetime) 
     failed on the one-open-batch index then, and the images' jobs lost an attempt."""
     for _ in range(3):
         row = await conn.fetchrow(
-            "INSERT INTO batches (id, camera_id, opened_at, last_activity_at) VALUES ($1, $2, $3, $3)"
-            f" ON CONFLICT (camera_id) WHERE closed_at IS NULL DO NOTHING RETURNING {_COLUMNS}",
+            f"{_OPEN} ON CONFLICT (camera_id) WHERE closed_at IS NULL DO NOTHING RETURNING {_COLUMNS}",
             uuid.uuid4(),
             camera_id,
             now,
