@@ -202,7 +202,7 @@ class ResultStage:
                 camera_id,
                 *self._detections(found, tagged),
                 self.queue.completing(jobs),
-                batches.lock_query("$1", 20, found[-1].job.captured_at, joining, _HELD),
+                batches.lock_query("$1", 20, found[-1].job.captured_at, joining, _HELD, _COUNTED),
             )
             prelocked = (joining, locked)
         if detection_ids is None:
@@ -261,6 +261,12 @@ class ResultStage:
 
 #: Every job of the statement below is still held (its $19: how many there are).
 _HELD = "(SELECT count(*) FROM done) = $19"
+#: The statement below added the camera's hourly counts (so every job is still held): the batch
+#: is locked only then, and after them. Every transaction of a camera takes its counts rows
+#: before its batch: a store that saw no batch open (another transaction's not yet committed)
+#: holds the counts while it opens or locks one, and a store that took the batch first and then
+#: waited for those counts made a deadlock (stop 38's CI; ``docs/decisions.md``).
+_COUNTED = "(SELECT count(*) FROM counted) > 0"
 
 
 async def _complete_and_insert(
@@ -273,13 +279,14 @@ async def _complete_and_insert(
 ) -> tuple[set[int], list[list[int]] | None, batches.Locked]:
     """Mark the jobs done (``JobQueue.completing``: ids, attempts, worker) and, when every one of
     them is still held, insert ``images``' detections with the hourly counts; and ``lock`` (the
-    camera's batch, joined by the images only while they are all held: ``_HELD``), in one
-    statement (stop 34: the first two took two round trips; stop 36: the lock was a third).
+    camera's batch, locked after the counts and only when they were added: ``_COUNTED``, and
+    joined by the images), in one statement (stop 34: the first two took two round trips; stop
+    36: the lock was a third).
     Returns the ids of the jobs marked done, and each image's detection ids, or None when a lease
     was lost: then no detection was inserted; and what the lock read."""
     rows = await conn.fetch(
         f"WITH done AS ({complete_sql('$16', '$17', '$18')}),"
-        f" counted AS ({activity.hourly_upsert('$1', '$12', '$13', '$14', '$15', where=_HELD)}),"
+        f" counted AS ({activity.hourly_upsert('$1', '$12', '$13', '$14', '$15', where=_HELD)} RETURNING 1),"
         f" inserted AS ({detections_store.insert_sql(_HELD)}), {lock.ctes}"
         " SELECT (SELECT array_agg(id) FROM done) AS done_ids, (SELECT array_agg(id) FROM inserted) AS inserted_ids,"
         f" {lock.select}",

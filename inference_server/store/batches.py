@@ -50,9 +50,10 @@ def _batch(row: asyncpg.Record) -> Batch:
     )
 
 
-def _lock_open_sql(camera: str) -> str:
-    """The camera's open batch, locked for the transaction, for an SQL parameter named by the argument."""
-    return f"SELECT {_COLUMNS} FROM batches WHERE camera_id = {camera} AND closed_at IS NULL FOR UPDATE"
+def _lock_open_sql(camera: str, condition: str = "true") -> str:
+    """The camera's open batch, locked for the transaction, for an SQL parameter named by the
+    argument (while the SQL boolean ``condition`` holds: else nothing is locked)."""
+    return f"SELECT {_COLUMNS} FROM batches WHERE camera_id = {camera} AND closed_at IS NULL AND {condition} FOR UPDATE"
 
 
 async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:
@@ -102,17 +103,20 @@ class LockQuery:
     captured_at: datetime
 
 
-def lock_query(camera: str, first: int, captured_at: datetime, joining: Joining, where: str = "true") -> LockQuery:
+def lock_query(
+    camera: str, first: int, captured_at: datetime, joining: Joining, where: str = "true", lock_if: str = "true"
+) -> LockQuery:
     """The lock, the context and latest event, and the join, with the camera as the SQL parameter
     ``camera`` and its own parameters from ``$first`` on; the images join only while ``where``
     (an SQL boolean) holds too. The link and the activity time are written as ``add_images``
     writes them, for the batch locked by the first CTE (the UPDATE takes the row this statement
-    already holds)."""
+    already holds). The batch is locked only when ``lock_if`` holds: a statement that must take
+    other rows first makes it read the CTE that takes them (the result stage's store)."""
     if captured_at.tzinfo is None:
         raise ValueError("captured_at must be timezone-aware")
     captured, opened, active, chain, ids, now = (f"${first + n}" for n in range(6))
     ctes = (
-        f"b AS ({_lock_open_sql(camera)}),"
+        f"b AS ({_lock_open_sql(camera, lock_if)}),"
         f" kept AS (SELECT id FROM b WHERE opened_at > {opened} AND last_activity_at > {active}"
         f"  AND chain_started_at > {chain} AND {where}),"
         " linked AS (INSERT INTO batch_images (batch_id, image_id)"

@@ -7,6 +7,7 @@ Real PostgreSQL, the result stage as the server wires it (``bench.store_stage.st
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +27,9 @@ from inference_server.pipeline.decode import Picture, decode_picture
 from inference_server.pipeline.detect import DetectWorker
 from inference_server.pipeline.tamper import TamperStage
 from inference_server.server import open_database
+from inference_server.store import batches as batches_store
 from inference_server.store import tamper as tamper_store
+from inference_server.store.batches import Batch
 from tests.server.ingest.conftest import with_comment
 
 from ..conftest import FakeClock
@@ -206,4 +209,72 @@ async def test_a_quiet_cameras_picture_with_nothing_detected_is_one_statement_wi
     finally:
         worker._infer_pool.shutdown()
         worker._decode_pool.shutdown()
+        await pool.close()
+
+
+async def _lock_waits(pool: asyncpg.Pool, count: int) -> None:
+    """Until ``count`` of this database's sessions wait for a lock another transaction holds."""
+    for _ in range(500):
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{count} session(s) never came to wait for a lock")
+
+
+async def test_two_workers_storing_a_camera_as_its_batch_opens_do_not_deadlock(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two worker processes store one camera's pictures while a third transaction opens its batch
+    (the CI failure of stop 38: ``DeadlockDetectedError``, a job's attempt lost). Worker B's
+    statement started before the batch was committed: it took the camera's hourly counts row
+    and, seeing no batch, went on to open one; worker A's statement, after the commit, locked
+    the batch and waited for the counts row B held, while B waited for A's batch lock. Every
+    store now takes the camera's counts row before its batch: A waits for B, B finishes."""
+    settings = make_settings(fast_path={}, batch_window_s=300, batch_idle_s=120, tamper_enabled=False)
+    pool, _ = await open_database(settings)
+    one, ingestor, queue = await store_pipeline(settings, pool, pose_detector, ["porch"], clock=FakeClock(NOON))
+    two, _, _ = await store_pipeline(settings, pool, pose_detector, [], clock=FakeClock(NOON))
+    picture = decode_picture(demo_assets.image("bus.jpg"), settings.detector_imgsz)
+    camera = _Porch(one, queue, pool, picture)
+    opening = await pool.acquire()
+    try:
+        first, a, b = await camera.claim(ingestor, 3)
+        # A third worker's transaction opens the camera's batch with the first picture; not committed yet.
+        transaction = opening.transaction()
+        await transaction.start()
+        await one.result._store(opening, [await one.result._prepare(first, picture, [PERSON])])
+        # B, once its statement is done, holds on before opening a batch of its own.
+        go_on, held = asyncio.Event(), asyncio.Event()
+        open_or_lock = batches_store.open_or_lock
+
+        async def holding_on(conn: asyncpg.Connection, camera_id: str, now: datetime) -> tuple[Batch, bool]:
+            held.set()
+            await go_on.wait()
+            return await open_or_lock(conn, camera_id, now)
+
+        monkeypatch.setattr(batches_store, "open_or_lock", holding_on)
+        store_b = asyncio.create_task(two.result.finish_many([(b, picture, [PERSON])]))
+        await _lock_waits(pool, 1)  # B's statement waits for the opening transaction
+        await transaction.commit()
+        await asyncio.wait_for(held.wait(), 30)  # B saw no batch open when its statement began
+        store_a = asyncio.create_task(one.result.finish_many([(a, picture, [PERSON])]))
+        await _lock_waits(pool, 1)  # A waits for B
+        go_on.set()
+
+        assert await asyncio.wait_for(asyncio.gather(store_a, store_b), 30) == [[], []]
+    finally:
+        await pool.release(opening)
+        for worker in (one, two):
+            worker._infer_pool.shutdown()
+            worker._decode_pool.shutdown()
+    try:
+        _, hourly, states = await camera.stored()
+        assert hourly == {"person": 3} and set(states.values()) == {"done"}
+        rows = await pool.fetch("SELECT batch_id, image_id FROM batch_images ORDER BY image_id")
+        assert [r["image_id"] for r in rows] == [first.image_id, a.image_id, b.image_id]
+        assert len({r["batch_id"] for r in rows}) == 1
+    finally:
         await pool.close()
