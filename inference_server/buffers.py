@@ -76,6 +76,42 @@ class ArrayPool:
         return held
 
 
+class Lent:
+    """An array taken from a pool with one owner at a time: ``take`` moves it on to a new owner
+    (who gives it back to the pool in the end), ``give_back`` returns it unless it was taken. The
+    ingest door decodes a picture into one for this process's detect worker and keeps it until
+    the worker takes it with the job, else gives it back (``ingest/ingestor.py``)."""
+
+    __slots__ = ("_array", "_lock", "pool")
+
+    def __init__(self, pool: ArrayPool, shape: tuple[int, ...]) -> None:
+        self.pool = pool
+        self._array: npt.NDArray[Any] | None = pool.take(shape)
+        self._lock = threading.Lock()
+
+    @property
+    def array(self) -> npt.NDArray[Any]:
+        """The array, while it is still this holder's (to write into)."""
+        if (array := self._array) is None:
+            raise RuntimeError("the array was taken or given back")
+        return array
+
+    def take(self) -> npt.NDArray[Any]:
+        """The array, now the caller's: this holder lets go of it."""
+        with self._lock:
+            array, self._array = self._array, None
+        if array is None:
+            raise RuntimeError("the array was taken or given back")
+        return array
+
+    def give_back(self) -> None:
+        """Back to the pool, unless it was taken (then nothing: its new owner gives it back)."""
+        with self._lock:
+            array, self._array = self._array, None
+        if array is not None:
+            self.pool.give(array)
+
+
 def release_idle() -> int:
     """Let every pool's free arrays go (the work has stopped); returns the bytes let go."""
     return sum(pool.clear() for pool in list(_pools))

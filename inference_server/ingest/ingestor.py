@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from inference_server import decode_budget
+from inference_server.buffers import Lent
 from inference_server.config import Settings
 from inference_server.ingest.clips import (
     CLIP_MEDIA_TYPES,
@@ -36,8 +37,15 @@ from inference_server.ingest.clips import (
     suffix_for,
 )
 from inference_server.ingest.filenames import camera_id_candidates, timestamp_from_name
-from inference_server.ingest.validate import ImageInfo, ImageLimits, InvalidImage, check_pixels, inspect_image
-from inference_server.jobs.queue import JobQueue
+from inference_server.ingest.validate import (
+    ImageInfo,
+    ImageLimits,
+    InvalidImage,
+    check_pixels,
+    decodes_as_rgbx,
+    inspect_image,
+)
+from inference_server.jobs.queue import JobQueue, JobTaker
 from inference_server.schemas import CAMERA_ID_PATTERN
 from inference_server.store import api_keys, cameras, clips, images, quarantine
 from inference_server.telemetry import metrics
@@ -122,6 +130,14 @@ class _Loaded:
     data: bytes
     info: ImageInfo
     sha256: bytes
+    #: The picture decoded by the check for this process's idle detect worker (``_check_upload``):
+    #: handed over with the job, else given back by ``release``.
+    picture: Lent | None = None
+
+    def release(self) -> None:
+        """The decoded picture back to the worker's pool, unless the job took it along."""
+        if self.picture is not None:
+            self.picture.give_back()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +251,7 @@ class Ingestor:
         camera_id = await self._camera_id_for_folder(folder)
         # One trip to a thread: find, check, read and place the file (the event loop's share of a
         # hop is most of ingest's own CPU: docs/performance.md, "Stop 28").
-        opened = await asyncio.to_thread(self._open_file, path, rel, camera_id)
+        opened = await asyncio.to_thread(self._open_file, path, rel, camera_id, self.queue.idle_taker())
         if opened is None:
             return IngestResult("vanished", camera_id)
         if isinstance(opened, _Turned):
@@ -262,6 +278,8 @@ class Ingestor:
             return await self._quarantine(
                 path, camera_id, "camera_disabled", "detection is off for this camera", entry=entry
             )
+        finally:
+            opened.loaded.release()  # unless the worker took the picture along with the job
         if result.status in ("queued", "duplicate"):
             try:
                 await asyncio.to_thread(_take_out, entry, self.root, None)
@@ -278,10 +296,13 @@ class Ingestor:
                 )
         return result
 
-    def _open_file(self, path: Path, rel: Path, camera_id: str) -> _Ready | _Located | _Turned | None:
+    def _open_file(
+        self, path: Path, rel: Path, camera_id: str, taker: JobTaker | None
+    ) -> _Ready | _Located | _Turned | None:
         """On a thread: where the camera file really is, whether it may be ingested, its bytes
-        checked, and (an image) its bytes placed in the image store. A clip's location is returned
-        for ``_ingest_clip_file``; None: the file is gone."""
+        checked (``taker``: decoded for this process's idle worker, ``_check_upload``), and (an
+        image) its bytes placed in the image store. A clip's location is returned for
+        ``_ingest_clip_file``; None: the file is gone."""
         try:
             found = _locate(self.root / rel, self.root / rel.parts[0])
         except FileNotFoundError:
@@ -300,16 +321,22 @@ class Ingestor:
         if st.st_size > self.limits.max_bytes:
             return _Turned("too_large", f"{st.st_size} bytes > limit {self.limits.max_bytes}", entry)
         try:
-            loaded = self._load(found.source)
+            loaded = self._load(found.source, taker)
         except InvalidImage as bad:
             return _Turned(bad.reason, bad.detail, entry)
         except FileNotFoundError:
             return None
-        when = _capture_time(path.name, st.st_mtime, self.tz)
-        if isinstance(when, str):
-            return _Turned(CAPTURED_AT_OUT_OF_RANGE, when, None)
-        stored = self._stored_path(camera_id, when[0], loaded)
-        return _Ready(found, loaded, when[0], when[1], stored, _place(found.source, loaded.data, stored))
+        ready = None
+        try:
+            when = _capture_time(path.name, st.st_mtime, self.tz)
+            if isinstance(when, str):
+                return _Turned(CAPTURED_AT_OUT_OF_RANGE, when, None)
+            stored = self._stored_path(camera_id, when[0], loaded)
+            ready = _Ready(found, loaded, when[0], when[1], stored, _place(found.source, loaded.data, stored))
+            return ready
+        finally:
+            if ready is None:
+                loaded.release()
 
     def _stored_path(self, camera_id: str, captured_at: datetime, loaded: _Loaded) -> Path:
         """Where the image store keeps the bytes: by camera, UTC day and hash."""
@@ -335,20 +362,23 @@ class Ingestor:
         if captured_at is not None and (problem := capture_time_problem(captured_at)) is not None:
             raise InvalidImage(CAPTURED_AT_OUT_OF_RANGE, problem)
         started = metrics.now()
-        loaded = await asyncio.to_thread(self._check_upload, data)
+        loaded = await asyncio.to_thread(self._check_upload, data, self.queue.idle_taker())
         metrics.STAGE.labels("validate").observe(metrics.now() - started)
         when_source = "client" if captured_at is not None else "received"
-        return await self._commit(
-            camera_id=camera_id,
-            folder=None,
-            loaded=loaded,
-            source_file=None,
-            original_name=original_name or source,
-            captured_at=captured_at or datetime.now(UTC),
-            captured_at_source=when_source,
-            source=source,
-            key=key,
-        )
+        try:
+            return await self._commit(
+                camera_id=camera_id,
+                folder=None,
+                loaded=loaded,
+                source_file=None,
+                original_name=original_name or source,
+                captured_at=captured_at or datetime.now(UTC),
+                captured_at_source=when_source,
+                source=source,
+                key=key,
+            )
+        finally:
+            loaded.release()  # unless the worker took the picture along with the job
 
     # --- video clips ----------------------------------------------------------------------------
     async def _ingest_clip_file(
@@ -565,17 +595,34 @@ class Ingestor:
             raise CameraDisabled(camera.id)
         return camera
 
-    def _check_upload(self, data: bytes) -> _Loaded:
+    def _check_upload(self, data: bytes, taker: JobTaker | None = None) -> _Loaded:
         """Headers, then all of the data read in bounded memory (``check_pixels``): a corrupt or
-        cut-short upload is refused at once, without decoding it at full size."""
-        info = inspect_image(data, self.limits)
-        check_pixels(data, info, decode_budget.shared(self.settings.decode_memory_mb))
-        return _Loaded(data, info, hashlib.sha256(data).digest())
+        cut-short upload is refused at once, without decoding it at full size.
 
-    def _load(self, source: Path) -> _Loaded:
+        ``taker``: this process's detect worker, waiting for work with nothing in hand, so the
+        picture is likely to be handed to it with its job (``JobQueue.enqueue_camera_image``). A
+        JPEG it decodes as RGBX is then checked by decoding it as the worker would, into the
+        worker's array (the same entropy decode as the 1/8-scale check, so the same refusals): the
+        worker does not decode it again (docs/decisions.md, "One decode at the door")."""
+        info = inspect_image(data, self.limits)
+        picture = taker.picture_buffer((info.width, info.height)) if taker and decodes_as_rgbx(info) else None
+        try:
+            check_pixels(
+                data,
+                info,
+                decode_budget.shared(self.settings.decode_memory_mb),
+                None if picture is None else picture.array,
+            )
+        except BaseException:
+            if picture is not None:
+                picture.give_back()
+            raise
+        return _Loaded(data, info, hashlib.sha256(data).digest(), picture)
+
+    def _load(self, source: Path, taker: JobTaker | None = None) -> _Loaded:
         with open(source, "rb") as fh:
             data = fh.read(self.limits.max_bytes + 1)
-        return self._check_upload(data)
+        return self._check_upload(data, taker)
 
     async def _commit(
         self,
@@ -673,7 +720,9 @@ class Ingestor:
         )
         if folder is None:
             # An upload: one statement, which inserts only while the camera exists and is enabled.
-            enabled, image_id, job_id = await self.queue.enqueue_camera_image(self.pool, new_image, None, key)
+            enabled, image_id, job_id = await self.queue.enqueue_camera_image(
+                self.pool, new_image, None, key, loaded.picture
+            )
             if not enabled:
                 self._upload_ids.discard(camera_id)
                 raise UnknownCamera(camera_id) if enabled is None else CameraDisabled(camera_id)
@@ -684,7 +733,9 @@ class Ingestor:
         if self._folder_ids.get(folder) == camera_id:
             # A known folder: one statement, which inserts only while the camera is still the
             # folder's and enabled (the transaction below checks the same, in four round trips).
-            enabled, image_id, job_id = await self.queue.enqueue_camera_image(self.pool, new_image, printable(folder))
+            enabled, image_id, job_id = await self.queue.enqueue_camera_image(
+                self.pool, new_image, printable(folder), picture=loaded.picture
+            )
             if enabled is None:
                 # Deleted, or the folder re-registered under another id, since it was learned.
                 self._folder_ids.pop(folder, None)

@@ -13,11 +13,14 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import simplejpeg
 from PIL import ImageFile, JpegImagePlugin, PngImagePlugin
 
-from inference_server.decode_budget import JPEG_HARMLESS, DecodeBudget, jpeg_coefficient_bytes
+from inference_server.decode_budget import DecodeBudget, decode_jpeg_strict, jpeg_coefficient_bytes
 
 # The only two parsers that ever see uploaded bytes, picked by signature and called directly.
 # Not Image.open: it tries every format Pillow knows (a wider attack surface), names a JPEG
@@ -60,6 +63,10 @@ class ImageInfo:
     height: int
     #: A progressive (multi-scan) JPEG: decoding it holds every DCT coefficient, at any scale.
     progressive: bool = field(default=False, compare=False)
+    #: Pillow's mode for the picture as stored ("RGB" for a YCbCr JPEG, "L", "CMYK", ...).
+    mode: str = field(default="", compare=False)
+    #: Stored upright: no EXIF orientation other than 1 (nothing to turn before detection).
+    upright: bool = field(default=True, compare=False)
 
 
 def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
@@ -80,9 +87,11 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
             # Stored as it will be seen: a camera mounted sideways tags (EXIF 5–8) instead of rotating,
             # and the detect stage turns the picture upright before detection. JPEG only: its EXIF
             # sits in the header already read (a PNG's eXIf chunk may lie past a truncation).
-            if media_type == "image/jpeg" and img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if media_type == "image/jpeg" else 1
+            if orientation in (5, 6, 7, 8):
                 width, height = height, width
             progressive = bool(img.info.get("progressive"))
+            mode = img.mode
     except (OSError, SyntaxError, ValueError) as err:
         raise InvalidImage("corrupt_image", f"unreadable header: {err}") from err
     if width * height > limits.max_pixels:
@@ -97,15 +106,28 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
         raise InvalidImage("truncated", "JPEG has no end-of-image marker")
     if media_type == "image/png" and not data.endswith(_PNG_IEND):
         raise InvalidImage("truncated", "PNG has no IEND chunk")
-    return ImageInfo(media_type, width, height, progressive)
+    return ImageInfo(media_type, width, height, progressive, mode, orientation == 1)
 
 
-def check_pixels(data: bytes, info: ImageInfo, budget: DecodeBudget) -> None:
+def decodes_as_rgbx(info: ImageInfo) -> bool:
+    """Whether libjpeg-turbo decodes the picture straight to what detection sees: a YCbCr or grey
+    JPEG stored upright (``check_pixels`` can then decode it ``into`` the detect worker's array;
+    the worker's own decode takes the same path: ``pipeline/decode.py`` ``decode_picture``)."""
+    return info.media_type == "image/jpeg" and info.mode in ("RGB", "L") and info.upright
+
+
+def check_pixels(data: bytes, info: ImageInfo, budget: DecodeBudget, into: npt.NDArray[np.uint8] | None = None) -> None:
     """Read all of an inspected image's data, in bounded memory: refuses (``InvalidImage``) one
     whose data ends early (``truncated``, also behind a forged end marker) or cannot be decoded
-    (``corrupt_image``). A JPEG's decode takes its memory from ``budget`` first."""
+    (``corrupt_image``). A JPEG's decode takes its memory from ``budget`` first.
+
+    ``into`` (a JPEG that ``decodes_as_rgbx``): an RGBX array of the size of a DCT scale of the
+    picture (1, 1/2, 1/4, 1/8), which the check decodes the picture into, as strictly as at 1/8:
+    the same entropy decode, so the same refusals; the detect worker then does not decode it again."""
+    if into is not None and (into.ndim != 3 or into.shape[2] != 4 or not decodes_as_rgbx(info)):
+        raise ValueError(f"a {info.mode} {info.media_type} is not decoded into a {into.shape} RGBX array")
     if info.media_type == "image/jpeg":
-        _check_jpeg(data, info, budget)
+        _check_jpeg(data, info, budget, into)
     else:
         _check_png(data)
 
@@ -114,7 +136,7 @@ def check_pixels(data: bytes, info: ImageInfo, budget: DecodeBudget) -> None:
 _JPEG_CUT_SHORT = ("premature end of data segment", "premature end of jpeg file")
 
 
-def _check_jpeg(data: bytes, info: ImageInfo, budget: DecodeBudget) -> None:
+def _check_jpeg(data: bytes, info: ImageInfo, budget: DecodeBudget, into: npt.NDArray[np.uint8] | None) -> None:
     # min_height/min_width 1: libjpeg-turbo's smallest scale, 1/8 (inverse DCT of the DC term only).
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data, min_height=1, min_width=1)
@@ -122,22 +144,23 @@ def _check_jpeg(data: bytes, info: ImageInfo, budget: DecodeBudget) -> None:
         raise InvalidImage("corrupt_image", f"cannot be decoded: {err}") from err
     target = {"CMYK": "CMYK", "YCCK": "CMYK", "Gray": "GRAY"}.get(colorspace, "RGB")
     bands = {"CMYK": 4, "GRAY": 1}.get(target, 3)
+    options: dict[str, Any] = {"colorspace": target, "min_height": 1, "min_width": 1}
     need = int(width) * int(height) * bands
+    if into is not None:
+        options = {"colorspace": "RGBX", "min_height": into.shape[0], "min_width": into.shape[1], "buffer": into}
+        need, bands = into.nbytes, 3
     if info.progressive:
         need += jpeg_coefficient_bytes(info.width, info.height, bands)
     with budget.hold(need):
         try:
-            simplejpeg.decode_jpeg(data, colorspace=target, min_height=1, min_width=1, strict=True)
+            out = decode_jpeg_strict(data, **options)
         except ValueError as err:
             message = str(err)
             if any(cut in message.lower() for cut in _JPEG_CUT_SHORT):
                 raise InvalidImage("truncated", f"JPEG data ends early: {message}") from err
-            if JPEG_HARMLESS not in message.lower():
-                raise InvalidImage("corrupt_image", f"cannot be decoded: {message}") from err
-            try:
-                simplejpeg.decode_jpeg(data, colorspace=target, min_height=1, min_width=1, strict=False)
-            except ValueError as fatal:
-                raise InvalidImage("corrupt_image", f"cannot be decoded: {fatal}") from fatal
+            raise InvalidImage("corrupt_image", f"cannot be decoded: {message}") from err
+    if into is not None and out.shape != into.shape:  # not a DCT scale of the picture: the caller's bug
+        raise RuntimeError(f"libjpeg-turbo decoded {out.shape}, not the {into.shape} asked for")
 
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: grey, RGB, palette, grey+alpha, RGBA

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import asyncpg
 
+from inference_server.buffers import Lent
 from inference_server.schemas import JobState, Zone
 from inference_server.store import api_keys, images
 from inference_server.store.db import Listener
@@ -94,8 +95,15 @@ class JobTaker(Protocol):
         """Whether it waits for work with nothing in hand (the next job may be claimed for it)."""
         ...
 
-    async def take_job(self, job: ClaimedJob) -> None:
-        """A committed job, claimed for it (attempt 1, its lease running)."""
+    def picture_buffer(self, size: tuple[int, int]) -> Lent:
+        """An array of its pool for a JPEG of ``size`` (width, height) decoded as RGBX as it
+        decodes it (``pipeline/decode.py`` ``rgbx_shape``): the ingest door's check decodes the
+        picture into it (``validate.check_pixels``) and the job takes it along."""
+        ...
+
+    async def take_job(self, job: ClaimedJob, picture: Lent | None = None) -> None:
+        """A committed job, claimed for it (attempt 1, its lease running); with ``picture``, its
+        picture decoded at the door into ``picture_buffer``'s array (taken from the holder)."""
         ...
 
 
@@ -168,6 +176,7 @@ class JobQueue:
         image: images.NewImage,
         folder: str | None,
         key: api_keys.StillActive | None = None,
+        picture: Lent | None = None,
     ) -> tuple[bool | None, int | None, int | None]:
         """A known camera's next image in one statement (no transaction around it): inserted
         with its job, and the workers woken, only while ``image.camera_id`` is a camera (with
@@ -181,10 +190,11 @@ class JobQueue:
 
         While this process's detect worker waits for work with nothing in hand, the job is
         inserted claimed for it and handed over once committed: the worker skips the claim and
-        nobody else is woken (the statement is the same round trip)."""
-        taker = self.taker
-        if taker is not None and taker.wants_job():
-            return await self._enqueue_camera_image_for(taker, pool, image, folder, key)
+        nobody else is woken (the statement is the same round trip); ``picture``, the picture
+        the door decoded for it (``idle_taker``), goes along (else it stays the caller's)."""
+        taker = self.idle_taker()
+        if taker is not None:
+            return await self._enqueue_camera_image_for(taker, pool, image, folder, key, picture)
         row = await pool.fetchrow(
             f"WITH {_CAMERA}, {api_keys.still_active_ctes('$16', '$17')},"
             f" image AS ({images.insert_if(_MAY_INSERT)}), {_JOB_AND_WAKE}"
@@ -207,8 +217,10 @@ class JobQueue:
         image: images.NewImage,
         folder: str | None,
         key: api_keys.StillActive | None,
+        picture: Lent | None,
     ) -> tuple[bool | None, int | None, int | None]:
-        """``enqueue_camera_image`` with the job claimed for this process's worker and handed to it."""
+        """``enqueue_camera_image`` with the job claimed for this process's worker and handed to
+        it, with ``picture`` when given."""
         row = await pool.fetchrow(
             f"WITH {_CAMERA}, {api_keys.still_active_ctes('$18', '$19')},"
             f" image AS ({images.insert_if(_MAY_INSERT)}), {_JOB_CLAIMED}"
@@ -247,8 +259,15 @@ class JobQueue:
                 row["job_id"], image.camera_id, 1, self.policy.max_attempts, f"claim: {err!r}", retryable=True
             )
         else:
-            await taker.take_job(job)
+            await taker.take_job(job, picture)
         return row["enabled"], row["image_id"], row["job_id"]
+
+    def idle_taker(self) -> JobTaker | None:
+        """This process's detect worker while it waits for work with nothing in hand: a known
+        camera's next image is inserted claimed for it, and the ingest door may decode the
+        picture for it (``JobTaker.picture_buffer``)."""
+        taker = self.taker
+        return taker if taker is not None and taker.wants_job() else None
 
     def wake(self) -> None:
         """Wake ``wait_for_work`` (a job handed to this process's worker)."""

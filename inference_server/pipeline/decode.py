@@ -19,16 +19,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 
 from inference_server import decode_budget
 from inference_server.buffers import ArrayPool
-from inference_server.decode_budget import JPEG_HARMLESS, DecodeBudget
+from inference_server.decode_budget import DecodeBudget
 
 #: ``cover``: both sides ≥ the target; ``letterbox``: the longer side ≥ the target.
 Fit = Literal["cover", "letterbox"]
@@ -182,8 +181,7 @@ def decode_picture(
         ):
             return Picture(np.asarray(_decode_opened(header, target, budget, fit)))
     width, height = header.size
-    scale = _dct_scale(header.size, target, fit)
-    shape = (math.ceil(height / scale), math.ceil(width / scale), 4)
+    shape = rgbx_shape(header.size, target, fit)
     need = shape[0] * shape[1] * 4
     if header.info.get("progressive"):
         need += decode_budget.jpeg_coefficient_bytes(width, height, len(header.getbands()))
@@ -193,18 +191,21 @@ def decode_picture(
     return Picture(pixels, pool)
 
 
+def rgbx_shape(size: tuple[int, int], target: int, fit: Fit) -> tuple[int, int, int]:
+    """The array a JPEG of ``size`` (width, height) is decoded into as RGBX by ``decode_picture``:
+    (height, width, 4) at the DCT scale ``fit`` allows."""
+    scale = _dct_scale(size, target, fit)
+    return (math.ceil(size[1] / scale), math.ceil(size[0] / scale), 4)
+
+
 def _decode_jpeg_into(data: bytes, pixels: npt.NDArray[np.uint8]) -> None:
     """libjpeg-turbo's RGBX decode at the scale that gives ``pixels``' shape, strict (a warning
     is an error) but for the one warning a whole picture raises."""
     height, width = pixels.shape[:2]
-    options: dict[str, Any] = {"colorspace": "RGBX", "min_height": height, "min_width": width, "buffer": pixels}
     try:
-        try:
-            out = simplejpeg.decode_jpeg(data, strict=True, **options)
-        except ValueError as err:
-            if JPEG_HARMLESS not in str(err).lower():
-                raise
-            out = simplejpeg.decode_jpeg(data, strict=False, **options)
+        out = decode_budget.decode_jpeg_strict(
+            data, colorspace="RGBX", min_height=height, min_width=width, buffer=pixels
+        )
     except ValueError as err:
         raise DecodeError(f"ValueError: {err}") from err
     if out.shape != pixels.shape:  # a scale other than 1/2, 1/4 or 1/8 picked: a bug here, not the file

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from inference_server import buffers, decode_budget
+from inference_server.buffers import Lent
 from inference_server.config import Settings
 from inference_server.detection.detector import Detector
 from inference_server.domain import Detection
 from inference_server.jobs.queue import ClaimedJob, JobQueue
-from inference_server.pipeline.decode import DecodeError, Picture, decode_picture
+from inference_server.pipeline.decode import DecodeError, Picture, decode_picture, rgbx_shape
 from inference_server.pipeline.result import ResultStage
 from inference_server.store import quarantine
 from inference_server.store.db import is_unavailable
@@ -71,6 +72,8 @@ class DetectWorker:
         self._started: set[int] = set()
         #: Jobs the queue inserted claimed for this worker (``take_job``), not yet in a batch.
         self._handed: list[ClaimedJob] = []
+        #: The pictures the ingest door decoded for handed jobs (``picture_buffer``), by job id.
+        self._door_pictures: dict[int, Picture] = {}
         #: The claim loop waits for work with nothing in hand: a known camera's next image is for it.
         self._waiting = False
         self._running = False
@@ -102,6 +105,9 @@ class DetectWorker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._release_held()
+            for picture in self._door_pictures.values():
+                picture.release()
+            self._door_pictures.clear()
             # The model's thread ends its batch without holding up the event loop meanwhile.
             await asyncio.to_thread(self._infer_pool.shutdown, wait=True, cancel_futures=True)
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -135,8 +141,12 @@ class DetectWorker:
             metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
             started = metrics.now()
             self._started.update(j.id for j in jobs)
+            door = [self._door_pictures.pop(j.id, None) for j in jobs]
             results = await asyncio.gather(
-                *(loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path)) for j in jobs),
+                *(
+                    loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path), picture)
+                    for j, picture in zip(jobs, door, strict=True)
+                ),
                 return_exceptions=True,
             )
             metrics.STAGE.labels("decode").observe((metrics.now() - started) / len(jobs))
@@ -168,24 +178,34 @@ class DetectWorker:
         for it either: its last claim found none, and no notification has come since)."""
         return self._running and self._waiting and not self._handed
 
-    async def take_job(self, job: ClaimedJob) -> None:
+    def picture_buffer(self, size: tuple[int, int]) -> Lent:
+        """``JobTaker``: an array of this worker's picture pool for a JPEG of ``size`` decoded as
+        ``decode_picture`` decodes it here (the scale ``decode_fit`` allows)."""
+        return Lent(self._pictures, rgbx_shape(size, self.settings.detector_imgsz, self.result.decode_fit))
+
+    async def take_job(self, job: ClaimedJob, picture: Lent | None = None) -> None:
         """``JobTaker``: a committed job claimed for this worker (by the ingest statement), which
-        the claim loop takes as if it had claimed it. A worker that has stopped meanwhile gives it
-        back at once (else its lease would have to run out)."""
+        the claim loop takes as if it had claimed it; with ``picture``, the picture the ingest
+        door decoded into ``picture_buffer``'s array, which the claim loop uses instead of
+        decoding the file again. A worker that has stopped meanwhile gives the job back at once
+        (else its lease would have to run out) and leaves the picture to its holder."""
         if not self._running:
             await self._release([job], tried=False)
             return
         self._held[job.id] = job
         self._handed.append(job)
+        if picture is not None:
+            self._door_pictures[job.id] = Picture(picture.take(), self._pictures)
         self.queue.wake()
 
-    def _load(self, path: Path) -> tuple[Picture, Any]:
-        """On a decode thread: decode, then the detector's own preparation (resize, colour order),
-        so the single inference thread only runs the model."""
+    def _load(self, path: Path, door: Picture | None = None) -> tuple[Picture, Any]:
+        """On a decode thread: decode (unless the ingest door did: ``door``), then the detector's
+        own preparation (resize, colour order), so the single inference thread only runs the model."""
         budget = decode_budget.shared(self.settings.decode_memory_mb)
-        picture = decode_picture(
-            path, self.settings.detector_imgsz, budget, fit=self.result.decode_fit, pool=self._pictures
-        )
+        if (picture := door) is None:
+            picture = decode_picture(
+                path, self.settings.detector_imgsz, budget, fit=self.result.decode_fit, pool=self._pictures
+            )
         try:
             return picture, self.detector.prepare(picture.pixels)
         except BaseException:

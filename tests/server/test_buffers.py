@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from inference_server import buffers
 from inference_server.buffers import ArrayPool
@@ -127,3 +128,21 @@ def test_steady_letterboxing_reuses_the_tensors_instead_of_faulting_them_in() ->
     without = _faults_per_image(model, 0)
     pooled = _faults_per_image(model, 32)
     assert without - pooled > 400, (without, pooled)
+
+
+def test_a_lent_array_goes_back_once_unless_it_was_taken() -> None:
+    """``Lent``: the ingest door's holder of the array it decodes into for the worker. Given back
+    (the job did not take it), the pool has it again; taken, giving back does nothing (the new
+    owner gives it back when done); neither can happen twice."""
+    pool = ArrayPool(1 << 20, np.uint8)
+    kept = buffers.Lent(pool, (4, 4, 4))
+    array = kept.array
+    kept.give_back()
+    kept.give_back()
+    assert pool.take((4, 4, 4)) is array and pool.take((4, 4, 4)) is not array
+    moved = buffers.Lent(pool, (2, 2, 4))
+    owned = moved.take()
+    moved.give_back()
+    assert pool.take((2, 2, 4)) is not owned
+    with pytest.raises(RuntimeError, match="taken or given back"):
+        moved.take()

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import io
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from inference_server import demo_assets
 from inference_server.decode_budget import DecodeBudget
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
-from inference_server.ingest.validate import ImageInfo, ImageLimits, InvalidImage, check_pixels, inspect_image
+from inference_server.ingest.validate import (
+    ImageInfo,
+    ImageLimits,
+    InvalidImage,
+    check_pixels,
+    decodes_as_rgbx,
+    inspect_image,
+)
+from inference_server.pipeline.decode import Fit, decode_picture, rgbx_shape
 
 from .conftest import broken_huffman_jpeg, cut_in_half, encoded
 
@@ -281,3 +291,77 @@ def test_png_whose_image_data_is_garbled_is_refused_as_corrupt() -> None:
     at = png.index(b"IDAT") + 10
     wrong_crc[at] ^= 0xFF
     assert pixel_refusal(bytes(wrong_crc)) == "corrupt_image"
+
+
+# --- the check that decodes for the detect worker (one decode at the door) -----------------------
+
+
+def _padded_at_a_restart() -> bytes:
+    with_restarts = _saved(_picture(size=(1280, 720)), "JPEG", restart_marker_rows=1)
+    at = with_restarts.index(b"\xff\xd1", with_restarts.index(b"\xff\xda"))
+    return with_restarts[:at] + bytes(64) + with_restarts[at:]
+
+
+def _outcome(data: bytes, into: np.ndarray | None) -> str:
+    info = inspect_image(data, LIMITS)
+    try:
+        check_pixels(data, info, BUDGET, into)
+    except InvalidImage as refused:
+        return refused.reason
+    return "accepted"
+
+
+_HOSTILE = Path(__file__).resolve().parents[2] / "data" / "hostile"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(demo_assets.image("bus.jpg").read_bytes(), id="bus"),
+        pytest.param(demo_assets.image("zidane.jpg").read_bytes(), id="zidane"),
+        pytest.param(_saved(_picture("L"), "JPEG"), id="grey"),
+        pytest.param(_saved(_picture(size=(1920, 1080)), "JPEG", progressive=True), id="progressive-1080p"),
+        pytest.param(_padded_at_a_restart(), id="padded-at-a-restart"),
+        pytest.param(cut_in_half(demo_assets.image("bus.jpg").read_bytes()) + b"\xff\xd9", id="cut-end-marker"),
+        pytest.param(
+            cut_in_half(_saved(_picture(size=(1280, 720)), "JPEG", progressive=True)) + b"\xff\xd9",
+            id="progressive-cut-end-marker",
+        ),
+        pytest.param(broken_huffman_jpeg(demo_assets.image("bus.jpg").read_bytes()), id="broken-huffman"),
+        pytest.param((_HOSTILE / "declares_6000x6000.jpg").read_bytes(), id="declares-6000x6000"),
+        pytest.param((_HOSTILE / "cut_with_end_marker.jpg").read_bytes(), id="hostile-cut"),
+        pytest.param((_HOSTILE / "corrupt.jpg").read_bytes(), id="hostile-corrupt"),
+    ],
+)
+@pytest.mark.parametrize("fit", ["cover", "letterbox"])
+def test_the_check_decoding_for_the_worker_accepts_and_refuses_as_the_eighth_scale_check(data: bytes, fit: Fit) -> None:
+    """With the detect worker idle, the door decodes a JPEG into the worker's array at the
+    model's scale instead of at 1/8: the same entropy decode, so every picture is accepted or
+    refused for the same reason; an accepted one's pixels are exactly the worker's own decode."""
+    info = inspect_image(data, LIMITS)
+    assert decodes_as_rgbx(info)
+    into = np.zeros(rgbx_shape((info.width, info.height), 640, fit), np.uint8)
+    expected = _outcome(data, None)
+    assert _outcome(data, into) == expected
+    if expected == "accepted":
+        with tempfile.NamedTemporaryFile(suffix=".jpg") as stored:
+            stored.write(data)
+            stored.flush()
+            assert np.array_equal(into, decode_picture(Path(stored.name), 640, BUDGET, fit=fit).rgbx())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_saved(_picture("CMYK"), "JPEG"), id="cmyk"),
+        pytest.param((_HOSTILE / "exif_rotated.jpg").read_bytes(), id="exif-rotated"),
+        pytest.param(demo_assets.image("astronaut.png").read_bytes(), id="png"),
+    ],
+)
+def test_pictures_the_worker_decodes_otherwise_are_not_decoded_for_it(data: bytes) -> None:
+    """A CMYK JPEG, one to turn upright, a PNG: the worker's decode goes through Pillow for them
+    (``decode_picture``), so the door only checks them, as before."""
+    info = inspect_image(data, LIMITS)
+    assert not decodes_as_rgbx(info)
+    with pytest.raises(ValueError, match="is not decoded into"):
+        check_pixels(data, info, BUDGET, np.zeros((8, 8, 4), np.uint8))

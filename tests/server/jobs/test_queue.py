@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from inference_server.buffers import Lent
 from inference_server.jobs.queue import THROUGHPUT, ClaimedJob, JobQueue, LeaseLost, QueuePolicy, throughput
 from inference_server.store import api_keys, images
 
@@ -183,7 +184,10 @@ class _WaitingWorker:
     def wants_job(self) -> bool:
         return True
 
-    async def take_job(self, job: ClaimedJob) -> None:
+    def picture_buffer(self, size: tuple[int, int]) -> Lent:
+        raise AssertionError("the queue asks for no picture")
+
+    async def take_job(self, job: ClaimedJob, picture: Lent | None = None) -> None:
         self.taken.append(job)
 
 

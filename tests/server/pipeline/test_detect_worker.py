@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import numpy as np
 import pytest
+from PIL import Image
 
 from bench.roundtrips import RoundTrips
 from bench.store_stage import store_pipeline
@@ -20,7 +23,7 @@ from inference_server.config import Settings
 from inference_server.detection.detector import build_detector
 from inference_server.detection.onnx_backend import Letterboxed, OnnxDetector
 from inference_server.jobs.queue import ClaimedJob
-from inference_server.pipeline.decode import Picture
+from inference_server.pipeline.decode import Picture, decode_picture
 from inference_server.pipeline.decode import decode as decode_pillow
 from inference_server.pipeline.detect import DetectWorker, _Item, _let_go
 from inference_server.schemas import CameraCreate
@@ -272,6 +275,69 @@ async def test_a_folder_picture_reaching_an_idle_worker_is_handed_to_it_without_
         rows = await server.pool.fetch("SELECT state, attempts FROM jobs")
         assert [(r["state"], r["attempts"]) for r in rows] == [("done", 1)] * 8
         assert await server.pool.fetchval("SELECT count(*) FROM detections") > 0
+
+
+async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload or a known folder's picture that reaches the worker waiting with nothing in hand
+    is decoded once: the door's check decodes it into the worker's array at the model's scale
+    (as strictly as its 1/8-scale check: tests/server/ingest/test_validate.py), and the worker
+    detects on that array instead of decoding the stored file again. The pixels are exactly
+    those of the worker's own decode; pictures the door does not decode for it (a PNG, one that
+    came while it was busy) are decoded by the worker as before; every array goes back to the
+    worker's pool."""
+    settings = make_settings(
+        **coco_settings(), detector_backend="onnx", fast_path={}, file_stable_s=0.05, job_poll_interval_s=30
+    )
+    (settings.cameras_path / "porch").mkdir(parents=True)
+    async with running(settings) as server:
+        ingestor, worker = server.ingestor, server.detect_worker
+        assert ingestor is not None and worker is not None
+        await cameras.create(server.pool, CameraCreate(id="front", name="front"))
+        loads: list[tuple[str, bool, np.ndarray]] = []
+        load = worker._load
+
+        def watched(path: Path, door: Picture | None = None) -> tuple[Picture, Any]:
+            picture, model_input = load(path, door)
+            loads.append((path.name, door is not None, picture.pixels.copy()))
+            return picture, model_input
+
+        monkeypatch.setattr(worker, "_load", watched)
+
+        async def stored(jobs: int) -> None:
+            await wait_until(
+                lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", jobs), timeout=60
+            )
+            await wait_until(worker.wants_job, 30, what="the worker waiting again")
+
+        await wait_until(worker.wants_job, 30, what="the worker waiting")
+        await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
+        await stored(1)
+        png = io.BytesIO()
+        Image.open(demo_assets.image("zidane.jpg")).save(png, "PNG")
+        await ingestor.ingest_bytes("front", png.getvalue(), captured_at=None, original_name=None)
+        await stored(2)
+        (settings.cameras_path / "porch" / "first.jpg").write_bytes(_copy("zidane.jpg", 0))
+        await stored(3)  # a new folder: its camera is registered in a transaction, no hand-off
+        (settings.cameras_path / "porch" / "second.jpg").write_bytes(_copy("zidane.jpg", 1))
+        await stored(4)
+        # Decoded at the door, then no job (the camera has these bytes): the array goes back.
+        again = await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
+        assert again.status == "duplicate"
+        await ingestor.ingest_bytes("front", _copy("bus.jpg", 1), captured_at=None, original_name=None)
+        await stored(5)
+
+        rows = await server.pool.fetch("SELECT path, original_name FROM images ORDER BY id")
+        assert [door for _, door, _ in loads] == [True, False, False, True, True], [r["original_name"] for r in rows]
+        for row, (name, _, pixels) in zip(rows, loads, strict=True):
+            assert Path(row["path"]).name == name
+            own = decode_picture(Path(row["path"]), settings.detector_imgsz, fit=worker.result.decode_fit)
+            assert np.array_equal(pixels, own.pixels), row["original_name"]
+        found = await server.pool.fetch("SELECT image_id, count(*) AS n FROM detections GROUP BY image_id")
+        assert len(found) == 5  # people in every picture, the door's decodes included
+        assert worker._door_pictures == {}
+        assert worker._pictures.made == 2  # bus.jpg's size and zidane.jpg's; every other one reused
 
 
 async def test_an_upload_reaching_an_idle_worker_is_one_statement_and_handed_to_it(
