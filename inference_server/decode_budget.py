@@ -19,34 +19,10 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
-import simplejpeg
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-
-#: The one libjpeg warning a whole picture raises (some cameras pad the scan before a marker):
-#: tolerated by ingest's check at the door (``ingest/validate.py``) and the detect worker's
-#: decode (``pipeline/decode.py``), both through ``decode_jpeg_strict``; every other warning
-#: refuses the picture.
-JPEG_HARMLESS = "extraneous bytes before marker"
-
-
-def decode_jpeg_strict(data: bytes, **options: Any) -> npt.NDArray[np.uint8]:
-    """libjpeg-turbo's decode (``simplejpeg.decode_jpeg`` with ``options``), strict: a warning is
-    an error (``ValueError``), but for ``JPEG_HARMLESS``, after which it decodes again leniently."""
-    try:
-        out: npt.NDArray[np.uint8] = simplejpeg.decode_jpeg(data, strict=True, **options)
-    except ValueError as err:
-        if JPEG_HARMLESS not in str(err).lower():
-            raise
-        out = simplejpeg.decode_jpeg(data, strict=False, **options)
-    return out
-
 
 DEFAULT_MB = 512
 #: Decodes at least this large hand freed memory back to the OS when they finish.

@@ -20,7 +20,8 @@ import numpy.typing as npt
 import simplejpeg
 from PIL import ImageFile, JpegImagePlugin, PngImagePlugin
 
-from inference_server.decode_budget import DecodeBudget, decode_jpeg_strict, jpeg_coefficient_bytes
+from inference_server.decode_budget import DecodeBudget, jpeg_coefficient_bytes
+from inference_server.jpeg import decode_strict
 
 # The only two parsers that ever see uploaded bytes, picked by signature and called directly.
 # Not Image.open: it tries every format Pillow knows (a wider attack surface), names a JPEG
@@ -153,7 +154,7 @@ def _check_jpeg(data: bytes, info: ImageInfo, budget: DecodeBudget, into: npt.ND
         need += jpeg_coefficient_bytes(info.width, info.height, bands)
     with budget.hold(need):
         try:
-            out = decode_jpeg_strict(data, **options)
+            out = decode_strict(data, **options)
         except ValueError as err:
             message = str(err)
             if any(cut in message.lower() for cut in _JPEG_CUT_SHORT):

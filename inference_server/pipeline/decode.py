@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageOps
 
-from inference_server import decode_budget
+from inference_server import decode_budget, jpeg
 from inference_server.buffers import ArrayPool
 from inference_server.decode_budget import DecodeBudget
 
@@ -203,9 +203,7 @@ def _decode_jpeg_into(data: bytes, pixels: npt.NDArray[np.uint8]) -> None:
     is an error) but for the one warning a whole picture raises."""
     height, width = pixels.shape[:2]
     try:
-        out = decode_budget.decode_jpeg_strict(
-            data, colorspace="RGBX", min_height=height, min_width=width, buffer=pixels
-        )
+        out = jpeg.decode_strict(data, colorspace="RGBX", min_height=height, min_width=width, buffer=pixels)
     except ValueError as err:
         raise DecodeError(f"ValueError: {err}") from err
     if out.shape != pixels.shape:  # a scale other than 1/2, 1/4 or 1/8 picked: a bug here, not the file

@@ -1,0 +1,30 @@
+"""libjpeg-turbo's strict decode, shared by the ingest door's check (``ingest/validate.py``) and
+the detect worker's decode (``pipeline/decode.py``): the same refusals in both.
+
+A module of its own, not ``decode_budget``: importing simplejpeg allocates on the heap, and the
+budget's malloc settings are tested in a process that imports only the budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import simplejpeg
+
+#: The one libjpeg warning a whole picture raises (some cameras pad the scan before a marker):
+#: tolerated by ``decode_strict``; every other warning refuses the picture.
+HARMLESS = "extraneous bytes before marker"
+
+
+def decode_strict(data: bytes, **options: Any) -> npt.NDArray[np.uint8]:
+    """libjpeg-turbo's decode (``simplejpeg.decode_jpeg`` with ``options``), strict: a warning is
+    an error (``ValueError``), but for ``HARMLESS``, after which it decodes again leniently."""
+    try:
+        out: npt.NDArray[np.uint8] = simplejpeg.decode_jpeg(data, strict=True, **options)
+    except ValueError as err:
+        if HARMLESS not in str(err).lower():
+            raise
+        out = simplejpeg.decode_jpeg(data, strict=False, **options)
+    return out
