@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -82,12 +83,15 @@ class Lent:
     ingest door decodes a picture into one for this process's detect worker and keeps it until
     the worker takes it with the job, else gives it back (``ingest/ingestor.py``)."""
 
-    __slots__ = ("_array", "_lock", "pool")
+    __slots__ = ("_array", "_lock", "_returned", "pool")
 
-    def __init__(self, pool: ArrayPool, shape: tuple[int, ...]) -> None:
+    def __init__(self, pool: ArrayPool, shape: tuple[int, ...], returned: Callable[[], None] | None = None) -> None:
+        """``returned``: called once when ``give_back`` returns the array to the pool (not when
+        it was taken: its new owner accounts for it then)."""
         self.pool = pool
         self._array: npt.NDArray[Any] | None = pool.take(shape)
         self._lock = threading.Lock()
+        self._returned = returned
 
     @property
     def array(self) -> npt.NDArray[Any]:
@@ -104,12 +108,19 @@ class Lent:
             raise RuntimeError("the array was taken or given back")
         return array
 
+    def __del__(self) -> None:
+        # A holder dropped with its array (an upload cancelled while the door decoded for the
+        # worker: the thread's result is dropped) still gives it back and is counted off.
+        self.give_back()
+
     def give_back(self) -> None:
         """Back to the pool, unless it was taken (then nothing: its new owner gives it back)."""
         with self._lock:
             array, self._array = self._array, None
         if array is not None:
             self.pool.give(array)
+            if self._returned is not None:
+                self._returned()
 
 
 def release_idle() -> int:

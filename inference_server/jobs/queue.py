@@ -95,10 +95,11 @@ class JobTaker(Protocol):
         """Whether it waits for work with nothing in hand (the next job may be claimed for it)."""
         ...
 
-    def picture_buffer(self, size: tuple[int, int]) -> Lent:
+    def picture_buffer(self, size: tuple[int, int]) -> Lent | None:
         """An array of its pool for a JPEG of ``size`` (width, height) decoded as RGBX as it
         decodes it (``pipeline/decode.py`` ``rgbx_shape``): the ingest door's check decodes the
-        picture into it (``validate.check_pixels``) and the job takes it along."""
+        picture into it (``validate.check_pixels``) and the job takes it along. None while as many
+        pictures as it takes in a batch are decoded ahead already (the door checks as before)."""
         ...
 
     async def take_job(self, job: ClaimedJob, picture: Lent | None = None) -> None:

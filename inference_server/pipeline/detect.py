@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,12 @@ class DetectWorker:
         self._started: set[int] = set()
         #: Jobs the queue inserted claimed for this worker (``take_job``), not yet in a batch.
         self._handed: list[ClaimedJob] = []
-        #: The pictures the ingest door decoded for handed jobs (``picture_buffer``), by job id.
+        #: The pictures the ingest door decoded for handed jobs (``picture_buffer``), by job id;
+        #: ``_door_ahead``: those and the ones being decoded at the door, at most a batch (so a
+        #: crowd of uploads at an idle worker holds a batch's pictures decoded ahead, not one each).
         self._door_pictures: dict[int, Picture] = {}
+        self._door_ahead = 0
+        self._door_lock = threading.Lock()
         #: The claim loop waits for work with nothing in hand: a known camera's next image is for it.
         self._waiting = False
         self._running = False
@@ -105,9 +110,9 @@ class DetectWorker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._release_held()
-            for picture in self._door_pictures.values():
-                picture.release()
-            self._door_pictures.clear()
+            for job_id in list(self._door_pictures):
+                if (picture := self._door_picture(job_id)) is not None:
+                    picture.release()
             # The model's thread ends its batch without holding up the event loop meanwhile.
             await asyncio.to_thread(self._infer_pool.shutdown, wait=True, cancel_futures=True)
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -141,7 +146,7 @@ class DetectWorker:
             metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
             started = metrics.now()
             self._started.update(j.id for j in jobs)
-            door = [self._door_pictures.pop(j.id, None) for j in jobs]
+            door = [self._door_picture(j.id) for j in jobs]
             results = await asyncio.gather(
                 *(
                     loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path), picture)
@@ -178,10 +183,28 @@ class DetectWorker:
         for it either: its last claim found none, and no notification has come since)."""
         return self._running and self._waiting and not self._handed
 
-    def picture_buffer(self, size: tuple[int, int]) -> Lent:
+    def picture_buffer(self, size: tuple[int, int]) -> Lent | None:
         """``JobTaker``: an array of this worker's picture pool for a JPEG of ``size`` decoded as
-        ``decode_picture`` decodes it here (the scale ``decode_fit`` allows)."""
-        return Lent(self._pictures, rgbx_shape(size, self.settings.detector_imgsz, self.result.decode_fit))
+        ``decode_picture`` decodes it here (the scale ``decode_fit`` allows); None while a batch
+        of pictures is decoded ahead already (at the door, or handed over and not yet taken)."""
+        with self._door_lock:
+            if self._door_ahead >= self.batch_size:
+                return None
+            self._door_ahead += 1
+        shape = rgbx_shape(size, self.settings.detector_imgsz, self.result.decode_fit)
+        return Lent(self._pictures, shape, returned=self._door_done)
+
+    def _door_done(self) -> None:
+        """A picture decoded ahead is off the count (given back at the door, or taken in a batch)."""
+        with self._door_lock:
+            self._door_ahead -= 1
+
+    def _door_picture(self, job_id: int) -> Picture | None:
+        """The picture the door decoded for the handed job ``job_id``, now the caller's."""
+        picture = self._door_pictures.pop(job_id, None)
+        if picture is not None:
+            self._door_done()
+        return picture
 
     async def take_job(self, job: ClaimedJob, picture: Lent | None = None) -> None:
         """``JobTaker``: a committed job claimed for this worker (by the ingest statement), which

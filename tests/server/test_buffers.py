@@ -146,3 +146,22 @@ def test_a_lent_array_goes_back_once_unless_it_was_taken() -> None:
     assert pool.take((2, 2, 4)) is not owned
     with pytest.raises(RuntimeError, match="taken or given back"):
         moved.take()
+
+
+def test_a_lent_array_counts_back_once_when_given_back_or_dropped_not_when_taken() -> None:
+    """The worker counts the pictures decoded ahead for it through ``returned``: once for an
+    array given back, once for a holder dropped with its array (an upload cancelled while the
+    door decoded), never for one taken (the worker counts that one off when it uses it)."""
+    pool = ArrayPool(1 << 20, np.uint8)
+    back: list[int] = []
+    given = buffers.Lent(pool, (4, 4, 4), returned=lambda: back.append(1))
+    given.give_back()
+    given.give_back()
+    taken = buffers.Lent(pool, (4, 4, 4), returned=lambda: back.append(2))
+    taken.take()
+    del taken
+    dropped = buffers.Lent(pool, (4, 4, 4), returned=lambda: back.append(3))
+    array = dropped.array
+    del dropped
+    assert back == [1, 3]
+    assert pool.take((4, 4, 4)) is array

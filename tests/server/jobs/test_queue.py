@@ -184,7 +184,7 @@ class _WaitingWorker:
     def wants_job(self) -> bool:
         return True
 
-    def picture_buffer(self, size: tuple[int, int]) -> Lent:
+    def picture_buffer(self, size: tuple[int, int]) -> Lent | None:
         raise AssertionError("the queue asks for no picture")
 
     async def take_job(self, job: ClaimedJob, picture: Lent | None = None) -> None:

@@ -340,6 +340,47 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
         assert worker._pictures.made == 2  # bus.jpg's size and zidane.jpg's; every other one reused
 
 
+async def test_a_crowd_of_uploads_at_an_idle_worker_has_at_most_a_batch_decoded_ahead(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten uploads at once, all finding the worker idle: the door decodes at most a batch of them
+    for it (the others are checked at 1/8 scale, as before, and decoded by the worker), so a crowd
+    of uploads holds a batch's pictures decoded ahead, not one each; every picture is stored
+    once, and the count of pictures decoded ahead comes back to none."""
+    settings = make_settings(
+        **coco_settings(), detector_backend="onnx", detector_batch_size=2, fast_path={}, job_poll_interval_s=30
+    )
+    async with running(settings) as server:
+        ingestor, worker = server.ingestor, server.detect_worker
+        assert ingestor is not None and worker is not None
+        await cameras.create(server.pool, CameraCreate(id="front", name="front"))
+        ahead: list[int] = []
+        lend = worker.picture_buffer
+
+        def counted(size: tuple[int, int]) -> buffers.Lent | None:
+            lent = lend(size)
+            ahead.append(worker._door_ahead)
+            return lent
+
+        monkeypatch.setattr(worker, "picture_buffer", counted)
+        await wait_until(worker.wants_job, 30, what="the worker waiting")
+
+        await asyncio.gather(
+            *(
+                ingestor.ingest_bytes("front", _copy("bus.jpg", n), captured_at=None, original_name=None)
+                for n in range(10)
+            )
+        )
+        await wait_until(
+            lambda: server.pool.fetchval("SELECT count(*) = 10 FROM jobs WHERE state = 'done'"), timeout=120
+        )
+        assert len(ahead) >= 2 and max(ahead) <= 2, ahead
+        rows = await server.pool.fetch("SELECT attempts FROM jobs")
+        assert [r["attempts"] for r in rows] == [1] * 10
+        assert await server.pool.fetchval("SELECT count(DISTINCT image_id) FROM detections") == 10
+        assert worker._door_ahead == 0 and worker._door_pictures == {}
+
+
 async def test_an_upload_reaching_an_idle_worker_is_one_statement_and_handed_to_it(
     make_settings: Callable[..., Settings],
 ) -> None:
