@@ -1,8 +1,9 @@
 """libjpeg-turbo's strict decode, shared by the ingest door's check (``ingest/validate.py``) and
 the detect worker's decode (``pipeline/decode.py``): the same refusals in both.
 
-A module of its own, not ``decode_budget``: importing simplejpeg allocates on the heap, and the
-budget's malloc settings are tested in a process that imports only the budget.
+A module of its own, not ``decode_budget``: the budget's malloc settings are tested by counting
+page faults in a process that imports only the budget, so it keeps to the imports it had (one CI
+run saw that test fail while the budget imported simplejpeg; it did not reproduce in isolation).
 """
 
 from __future__ import annotations
