@@ -29,3 +29,13 @@ def decode_strict(data: bytes, **options: Any) -> npt.NDArray[np.uint8]:
             raise
         out = simplejpeg.decode_jpeg(data, strict=False, **options)
     return out
+
+
+def decode_into(data: bytes, pixels: npt.NDArray[np.uint8]) -> None:
+    """``decode_strict`` as RGBX into ``pixels`` (height, width, 4), at the DCT scale that gives
+    its shape. ``ValueError``: the data; ``RuntimeError``: a shape that is no DCT scale of the
+    picture (1, 1/2, 1/4, 1/8), the caller's bug."""
+    height, width = pixels.shape[:2]
+    out = decode_strict(data, colorspace="RGBX", min_height=height, min_width=width, buffer=pixels)
+    if out.shape != pixels.shape:
+        raise RuntimeError(f"libjpeg-turbo decoded {out.shape}, not the {pixels.shape} asked for")

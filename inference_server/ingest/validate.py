@@ -13,15 +13,14 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import simplejpeg
 from PIL import ImageFile, JpegImagePlugin, PngImagePlugin
 
+from inference_server import jpeg
 from inference_server.decode_budget import DecodeBudget, jpeg_coefficient_bytes
-from inference_server.jpeg import decode_strict
 
 # The only two parsers that ever see uploaded bytes, picked by signature and called directly.
 # Not Image.open: it tries every format Pillow knows (a wider attack surface), names a JPEG
@@ -145,23 +144,22 @@ def _check_jpeg(data: bytes, info: ImageInfo, budget: DecodeBudget, into: npt.ND
         raise InvalidImage("corrupt_image", f"cannot be decoded: {err}") from err
     target = {"CMYK": "CMYK", "YCCK": "CMYK", "Gray": "GRAY"}.get(colorspace, "RGB")
     bands = {"CMYK": 4, "GRAY": 1}.get(target, 3)
-    options: dict[str, Any] = {"colorspace": target, "min_height": 1, "min_width": 1}
     need = int(width) * int(height) * bands
     if into is not None:
-        options = {"colorspace": "RGBX", "min_height": into.shape[0], "min_width": into.shape[1], "buffer": into}
         need, bands = into.nbytes, 3
     if info.progressive:
         need += jpeg_coefficient_bytes(info.width, info.height, bands)
     with budget.hold(need):
         try:
-            out = decode_strict(data, **options)
+            if into is None:
+                jpeg.decode_strict(data, colorspace=target, min_height=1, min_width=1)
+            else:
+                jpeg.decode_into(data, into)
         except ValueError as err:
             message = str(err)
             if any(cut in message.lower() for cut in _JPEG_CUT_SHORT):
                 raise InvalidImage("truncated", f"JPEG data ends early: {message}") from err
             raise InvalidImage("corrupt_image", f"cannot be decoded: {message}") from err
-    if into is not None and out.shape != into.shape:  # not a DCT scale of the picture: the caller's bug
-        raise RuntimeError(f"libjpeg-turbo decoded {out.shape}, not the {into.shape} asked for")
 
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: grey, RGB, palette, grey+alpha, RGBA

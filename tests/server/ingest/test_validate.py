@@ -220,12 +220,16 @@ def test_whole_pictures_pass_the_pixel_check(data: bytes) -> None:
     assert checked(data).width > 0
 
 
-def test_jpeg_with_extraneous_bytes_before_a_restart_marker_is_accepted() -> None:
-    # Some cameras pad the scan at restart markers; libjpeg warns, but the picture is whole.
+def _padded_at_a_restart() -> bytes:
+    """A 1280x720 JPEG with 64 zero bytes before its first restart marker (some cameras pad so)."""
     with_restarts = _saved(_picture(size=(1280, 720)), "JPEG", restart_marker_rows=1)
     at = with_restarts.index(b"\xff\xd1", with_restarts.index(b"\xff\xda"))
-    padded = with_restarts[:at] + bytes(64) + with_restarts[at:]
-    assert checked(padded) == ImageInfo("image/jpeg", 1280, 720)
+    return with_restarts[:at] + bytes(64) + with_restarts[at:]
+
+
+def test_jpeg_with_extraneous_bytes_before_a_restart_marker_is_accepted() -> None:
+    # Some cameras pad the scan at restart markers; libjpeg warns, but the picture is whole.
+    assert checked(_padded_at_a_restart()) == ImageInfo("image/jpeg", 1280, 720)
 
 
 @pytest.mark.parametrize("name", ["bus.jpg", "zidane.jpg"])
@@ -294,12 +298,6 @@ def test_png_whose_image_data_is_garbled_is_refused_as_corrupt() -> None:
 
 
 # --- the check that decodes for the detect worker (one decode at the door) -----------------------
-
-
-def _padded_at_a_restart() -> bytes:
-    with_restarts = _saved(_picture(size=(1280, 720)), "JPEG", restart_marker_rows=1)
-    at = with_restarts.index(b"\xff\xd1", with_restarts.index(b"\xff\xda"))
-    return with_restarts[:at] + bytes(64) + with_restarts[at:]
 
 
 def _outcome(data: bytes, into: np.ndarray | None) -> str:
