@@ -46,7 +46,7 @@ from inference_server.reports.digest import DigestService, ProseFailed, ProseSou
 from inference_server.reports.scheduler import DigestScheduler
 from inference_server.schemas import DependencyHealth, Discovery, ModelStatus
 from inference_server.status import StatusReporter
-from inference_server.store import cameras, outbox
+from inference_server.store import batches, cameras, outbox
 from inference_server.store.db import DB_ERRORS, EmbeddedPostgres, create_pool
 from inference_server.store.migrate import migrate
 from inference_server.store.retention import RetentionWorker
@@ -458,6 +458,7 @@ class Server:
             self._states_wanted.clear()
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
+                    await batches.forget_states_sent(conn)
                     states = await cameras.states(conn)
                     messages = [m for cid, st in states.items() for m in camera_state(self.topics, cid, st)]
                     await outbox.add_many(conn, messages)

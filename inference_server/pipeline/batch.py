@@ -38,7 +38,7 @@ from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.domain import Assessment, Detection, Identity, Observation
 from inference_server.pipeline import snapshot as snapshot_module
-from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, event_message
+from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, digest, event_message
 from inference_server.pipeline.snapshot import Snapshot, snapshot_file
 from inference_server.pipeline.summary import ActivitySummary
 from inference_server.reasoning.rules import RulesReasoner
@@ -178,9 +178,11 @@ class BatchStage:
         seen: Sequence[Seen],
         enrolled_people: int = 0,
         prelocked: tuple[batches.Joining, batches.Locked] | None = None,
-    ) -> list[Message]:
+    ) -> tuple[list[Message], batches.StateSent | None]:
         """One camera's images with detections, stored together in arrival order: their part in
-        the camera's batch and event, and the MQTT messages that follow.
+        the camera's batch and event, and the MQTT messages that follow; with the camera's state
+        among them, what its batch is to remember of it (``_changed_state``: the outbox insert
+        writes it), else None.
 
         They join the batch in one statement and the batch is judged once, with all of them (the
         same commit, so the same moment for every reader): the camera's retained state and
@@ -260,18 +262,22 @@ class BatchStage:
                     opens = f"judged {assessment.risk_level}"
             if opens is None:
                 metrics.STAGE.labels("reason").observe((metrics.now() - started) / len(seen))
-                messages += await camera_state(
-                    conn,
-                    self.topics,
-                    camera_id,
-                    camera_enabled,
-                    assessment,
-                    live,
-                    previous=frozenset(),
-                    last_event=last_event,
+                state, sent = self._changed_state(
+                    batch,
+                    await camera_state(
+                        conn,
+                        self.topics,
+                        camera_id,
+                        camera_enabled,
+                        assessment,
+                        live,
+                        previous=frozenset(),
+                        last_event=last_event,
+                    ),
                 )
+                messages += state
                 messages += await self._snapshots.messages(camera_id, latest.snapshot, always=False)
-                return messages
+                return messages, sent
         else:
             judged = self.judge(await self.observe(conn, batch, camera_name, zones, (latest.captured_at, household)))
         metrics.STAGE.labels("reason").observe((metrics.now() - started) / len(seen))
@@ -284,19 +290,35 @@ class BatchStage:
             changed = await self._rescore(conn, batch, judged, snapshots)
             if changed:
                 messages.append(await event_message(conn, self.topics, batch.event_id, "update"))
-        messages += await camera_state(
-            conn,
-            self.topics,
-            camera_id,
-            camera_enabled,
-            judged.assessment,
-            live,
-            previous=frozenset(),
-            last_event=last_event,
+        state, sent = self._changed_state(
+            batch,
+            await camera_state(
+                conn,
+                self.topics,
+                camera_id,
+                camera_enabled,
+                judged.assessment,
+                live,
+                previous=frozenset(),
+                last_event=last_event,
+            ),
         )
+        messages += state
         shown = snapshots.get(judged.image_id, latest.snapshot) if changed else latest.snapshot
         messages += await self._snapshots.messages(camera_id, shown, always=changed)
-        return messages
+        return messages, sent
+
+    @staticmethod
+    def _changed_state(batch: batches.Batch, state: list[Message]) -> tuple[list[Message], batches.StateSent | None]:
+        """The camera's state messages to queue, and what the batch is to remember of them: none
+        when they are what the last store of this batch queued (the broker retains those; a
+        camera sending a picture a second of the same scene queued them every second, a
+        statement and three MQTT messages a picture), else all of them."""
+        sent = digest(state)
+        if batch.state_sent == sent:
+            metrics.STATES_UNCHANGED.inc()
+            return [], None
+        return state, batches.StateSent(batch.id, sent)
 
     async def _rescore(
         self, conn: asyncpg.Connection, batch: batches.Batch, judged: Judged, current: Mapping[int, Snapshot]

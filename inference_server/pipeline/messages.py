@@ -6,8 +6,10 @@ outbox in the transaction that changed what it describes (``publish/relay.py`` s
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -22,7 +24,7 @@ from inference_server.schemas import CameraState, EventMessage
 from inference_server.store import events as events_store
 from inference_server.telemetry import metrics
 
-__all__ = ["Message", "SnapshotThrottle", "camera_state", "event_message"]
+__all__ = ["Message", "SnapshotThrottle", "camera_state", "digest", "event_message"]
 
 
 async def event_message(
@@ -60,6 +62,14 @@ async def camera_state(
         enabled=enabled,
     )
     return state_messages(topics, camera_id, state, previous)
+
+
+def digest(messages: Sequence[Message]) -> bytes:
+    """What identifies ``messages`` (topics, payloads, retain flags, in order): 16 bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    for topic, payload, retain in messages:
+        h.update(b"%d:%s\0%d:%s\0%d" % (len(topic), topic.encode(), len(payload), payload, retain))
+    return h.digest()
 
 
 class SnapshotThrottle:

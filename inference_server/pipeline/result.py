@@ -114,9 +114,9 @@ class ResultStage:
                 await self._defer_checks([(r, d) for r, d in quiet if r.job.id in owned])
             else:
                 async with self.pool.acquire() as conn, conn.transaction():
-                    owned, messages = await self._store(conn, ready)
+                    owned, messages, state = await self._store(conn, ready)
                     marks = self.marks.take() if messages else []
-                    added = await outbox.add_many(conn, messages, marks)
+                    added = await outbox.add_many(conn, messages, marks, state.sql if state is not None else None)
             committed = True
             self.offer(added)
         finally:
@@ -180,11 +180,14 @@ class ResultStage:
             scene = await asyncio.to_thread(features, image.image())
         return _Ready(job, dets, snap, vectors, scene)
 
-    async def _store(self, conn: asyncpg.Connection, ready: Sequence[_Ready]) -> tuple[set[int], list[Message]]:
+    async def _store(
+        self, conn: asyncpg.Connection, ready: Sequence[_Ready]
+    ) -> tuple[set[int], list[Message], batches.StateSent | None]:
         """In the transaction: one camera's images; their jobs marked done (the ids of those still
-        held are returned: nothing of the others is stored) and the MQTT messages that follow."""
+        held are returned: nothing of the others is stored) and the MQTT messages that follow,
+        with what the camera's batch is to remember of its state among them (``on_detections``)."""
         if not ready:
-            return set(), []
+            return set(), [], None
         camera_id = ready[0].job.camera_id
         jobs = [r.job for r in ready]
         found = [r for r in ready if r.detections]
@@ -217,7 +220,7 @@ class ResultStage:
             if self.tamper is not None and r.scene is not None and r.job.id in owned:
                 messages += await self.tamper.observe(conn, camera_id, r.job.image_id, r.job.captured_at, r.scene)
         if not found:
-            return owned, messages
+            return owned, messages, None
         seen: list[Seen] = []
         enrolled = 0
         for r, ids in zip(found, detection_ids, strict=True):
@@ -236,7 +239,7 @@ class ResultStage:
                 )
             )
         latest = found[-1].job
-        messages += await self.batches.on_detections(
+        changed, state = await self.batches.on_detections(
             conn,
             camera_id=camera_id,
             camera_name=latest.camera_name,
@@ -246,7 +249,7 @@ class ResultStage:
             enrolled_people=enrolled,
             prelocked=prelocked,
         )
-        return owned, messages
+        return owned, messages + changed, state
 
     def _detections(
         self, found: Sequence[_Ready], tagged: dict[int, list[tuple[str, ...]]]

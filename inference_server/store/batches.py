@@ -29,12 +29,15 @@ class Batch:
     #: The row's version (its ``xmin``, the transaction that last wrote it): equal versions, the
     #: same images (``pipeline/summary.py``).
     version: int
+    #: The digest of the camera's retained state messages the last store of this batch queued
+    #: (``StateSent``); None: none yet, or another path queued the camera's state since.
+    state_sent: bytes | None = None
 
 
 # chain_started_at is NULL for a batch that starts its chain: it began when the batch opened.
 _COLUMNS = (
     "id, camera_id, opened_at, last_activity_at, event_id, coalesce(chain_started_at, opened_at) AS chain_started_at,"
-    " xmin::text::bigint AS version"
+    " xmin::text::bigint AS version, state_sent"
 )
 
 
@@ -47,6 +50,7 @@ def _batch(row: asyncpg.Record) -> Batch:
         row["event_id"],
         row["chain_started_at"],
         row["version"],
+        row["state_sent"],
     )
 
 
@@ -54,6 +58,33 @@ def _lock_open_sql(camera: str, condition: str = "true") -> str:
     """The camera's open batch, locked for the transaction, for an SQL parameter named by the
     argument (while the SQL boolean ``condition`` holds: else nothing is locked)."""
     return f"SELECT {_COLUMNS} FROM batches WHERE camera_id = {camera} AND closed_at IS NULL AND {condition} FOR UPDATE"
+
+
+@dataclass(frozen=True, slots=True)
+class StateSent:
+    """The camera's retained state messages a store queued (their ``digest``), to be remembered on
+    its open batch (``batch_id``) in the same transaction: the next store that computes the same
+    messages queues none (``pipeline/batch.py``). Written by the outbox insert that queues them
+    (``sql``: a data-modifying CTE, no extra round trip)."""
+
+    batch_id: uuid.UUID
+    digest: bytes
+
+    def sql(self, first: int) -> tuple[str, list[object]]:
+        """The UPDATE, its parameters numbered from ``$first``, and their values."""
+        return f"UPDATE batches SET state_sent = ${first + 1} WHERE id = ${first}", [self.batch_id, self.digest]
+
+
+async def forget_states_sent(conn: asyncpg.Connection, camera_id: str | None = None) -> None:
+    """Another path queues the camera's (``None``: every camera's) retained state in this
+    transaction: its open batch no longer knows what the broker retains, so its next store queues
+    its state whatever it is. The batches are locked in id order (two processes republishing at
+    once take them in the same order)."""
+    await conn.execute(
+        "UPDATE batches SET state_sent = NULL WHERE id IN (SELECT id FROM batches WHERE closed_at IS NULL"
+        " AND state_sent IS NOT NULL AND ($1::text IS NULL OR camera_id = $1) ORDER BY id FOR UPDATE)",
+        camera_id,
+    )
 
 
 async def lock_open(conn: asyncpg.Connection, camera_id: str) -> Batch | None:

@@ -5,7 +5,7 @@ The relay (publish/relay.py) sends them and marks a row sent only after the brok
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -112,35 +112,56 @@ def _mark_sent_sql(ids: str) -> str:
     return f"UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY({ids}) AND sent_at IS NULL"
 
 
-_ADD_MANY = (
-    f"WITH marked AS ({_mark_sent_sql('$4::bigint[]')}),"
-    " added AS ("
-    " INSERT INTO outbox (topic, payload, retain, qos)"
-    " SELECT m.topic, m.payload, m.retain, 1"
-    " FROM unnest($1::text[], $2::bytea[], $3::boolean[]) WITH ORDINALITY AS m(topic, payload, retain, n)"
-    " ORDER BY m.n"  # ids in the caller's order: the relay sends in id order (order per camera)
-    " RETURNING id)"
-    " SELECT array_agg(id ORDER BY id) AS ids,"
-    f" pg_notify('{NOTIFY_CHANNEL}',"
-    f" CASE WHEN count(*) <= {ANNOUNCED_MAX} THEN string_agg(id::text, ',' ORDER BY id) ELSE '' END)"
-    " FROM added HAVING count(*) > 0"
-)
+def _add_many_sql(also: str = "") -> str:
+    """The outbox insert (``add_many``), with ``also``, a data-modifying CTE of the caller's, in
+    the same statement."""
+    return (
+        f"WITH marked AS ({_mark_sent_sql('$4::bigint[]')}),{f' also AS ({also}),' if also else ''}"
+        " added AS ("
+        " INSERT INTO outbox (topic, payload, retain, qos)"
+        " SELECT m.topic, m.payload, m.retain, 1"
+        " FROM unnest($1::text[], $2::bytea[], $3::boolean[]) WITH ORDINALITY AS m(topic, payload, retain, n)"
+        " ORDER BY m.n"  # ids in the caller's order: the relay sends in id order (order per camera)
+        " RETURNING id)"
+        " SELECT array_agg(id ORDER BY id) AS ids,"
+        f" pg_notify('{NOTIFY_CHANNEL}',"
+        f" CASE WHEN count(*) <= {ANNOUNCED_MAX} THEN string_agg(id::text, ',' ORDER BY id) ELSE '' END)"
+        " FROM added HAVING count(*) > 0"
+    )
+
+
+_ADD_MANY = _add_many_sql()
+
+#: A statement of the caller's to run with the insert (``add_many``'s ``also``): given the number
+#: of its first parameter, its SQL and its parameters' values.
+Also = Callable[[int], tuple[str, list[object]]]
 
 
 async def add_many(
-    conn: asyncpg.Connection, messages: list[tuple[str, bytes, bool]], marks: Sequence[int] = ()
+    conn: asyncpg.Connection,
+    messages: list[tuple[str, bytes, bool]],
+    marks: Sequence[int] = (),
+    also: Also | None = None,
 ) -> list[OutboxMessage]:
     """Queue (topic, payload, retain) messages at QoS 1 and wake the relay, in one round trip
     (the notification, which lists the new rows' ids, is delivered when the caller's transaction
     commits, like ``NOTIFY``); the rows, in ``messages``' order, for ``OutboxRelay.offer`` once
     the transaction has committed. ``marks``: rows the broker acknowledged (``SentMarks.take``),
-    marked sent by the same statement; with no message, the caller must not have taken any."""
+    marked sent by the same statement; with no message, the caller must not have taken any.
+    ``also``: a data-modifying statement that goes with these messages (``batches.StateSent``),
+    run by the same statement."""
     if not messages:
-        assert not marks, "marks taken for an insert that writes nothing"
+        assert not marks and also is None, "marks or a statement for an insert that writes nothing"
         return []
     topics, payloads, retains = zip(*messages, strict=True)
-    ids: list[int] = await conn.fetchval(_ADD_MANY, list(topics), list(payloads), list(retains), list(marks))
+    sql, extra = (_ADD_MANY, []) if also is None else _also(also)
+    ids: list[int] = await conn.fetchval(sql, list(topics), list(payloads), list(retains), list(marks), *extra)
     return [OutboxMessage(i, t, p, r, 1) for i, (t, p, r) in zip(ids, messages, strict=True)]
+
+
+def _also(also: Also) -> tuple[str, list[object]]:
+    cte, args = also(5)
+    return _add_many_sql(cte), args
 
 
 def no_offer(_: Sequence[OutboxMessage]) -> None:

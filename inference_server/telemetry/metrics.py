@@ -49,6 +49,11 @@ TAMPER_CHECKS_SKIPPED = Counter(
     "Images not checked for tampering: their camera was checked less than tamper_check_interval_s before",
     registry=REGISTRY,
 )
+STATES_UNCHANGED = Counter(
+    "hsi_camera_states_unchanged_total",
+    "Camera state messages not queued: the same as the last its open batch queued (the broker retains those)",
+    registry=REGISTRY,
+)
 SNAPSHOTS_SKIPPED = Counter(
     "hsi_snapshots_not_published_total",
     "Camera snapshots kept off MQTT: the same objects as the last, within snapshot_publish_interval_s (not drawn)",

@@ -505,21 +505,22 @@ async def test_a_relay_that_stops_writes_the_marks_it_holds(database_url: str, o
 async def test_the_server_s_stores_write_the_marks_of_what_its_relay_sent(
     make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, own_broker: Mosquitto
 ) -> None:
-    """The server as wired: a camera's pictures a moment apart, each stored with its messages;
-    the rows its relay sent are marked by the next picture's store, the relay writes no mark of
-    its own meanwhile (it was a statement and a commit a picture)."""
+    """The server as wired: a camera's pictures a moment apart, each stored with its messages
+    (four people, then two, then four: each changes the camera's state); the rows its relay sent
+    are marked by the next picture's store, the relay writes no mark of its own meanwhile (it
+    was a statement and a commit a picture)."""
     settings = make_settings(mqtt_url=own_broker.url, fast_path={}, batch_window_s=300, batch_idle_s=120)
     async with running(settings, pose_detector) as server:
         relay, ingestor = server._relay, server.ingestor
         assert relay is not None and ingestor is not None
         await cameras.create(server.pool, CameraCreate(id="porch", name="Porch"))
-        raw = demo_assets.image("bus.jpg").read_bytes()
+        raw = [demo_assets.image(name).read_bytes() for name in ("bus.jpg", "zidane.jpg")]
         await wait_until(lambda: _all_sent(server.pool), timeout=outbox.MARK_WAIT_S + 5)  # the start's messages
         with RoundTrips() as trips:
             for n in range(3):
                 before = await server.pool.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
                 result = await ingestor.ingest_bytes(
-                    "porch", with_comment(raw, f"n{n}"), captured_at=None, original_name=None
+                    "porch", with_comment(raw[n % 2], f"n{n}"), captured_at=None, original_name=None
                 )
                 await wait_until(
                     lambda job=result.job_id: server.pool.fetchval(
