@@ -89,7 +89,7 @@ def test_sharpness_and_noise_are_those_of_the_plain_kernels(light: float, noise:
     for name in ("bus.jpg", "zidane.jpg"):
         picture = scenes.lit(scenes.picture(name, width=810), light, rng, noise=noise)
         seen = features(picture)
-        grey = np.asarray(picture.reduce(picture.width // tamper._SHARP_WIDTH).convert("L"), dtype=np.float64)
+        grey = np.asarray(picture.reduce(max(picture.size) // tamper._SHARP_SIDE).convert("L"), dtype=np.float64)
         laplacian = _convolved(grey, [[0, -1, 0], [-1, 4, -1], [0, -1, 0]])
         sigma = np.abs(_convolved(grey, [[1, -2, 1], [-2, 4, -2], [1, -2, 1]])).mean() * np.sqrt(np.pi / 2) / 6
         sharpness = max(laplacian.var() - 20 * sigma**2, 0.0) / max(grey.var() - sigma**2, 1.0)

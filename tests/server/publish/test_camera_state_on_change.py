@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,18 @@ class _Porch:
         return [r["topic"] for r in rows]
 
 
+@asynccontextmanager
+async def _porch(settings: Settings, detector: UltralyticsDetector) -> AsyncIterator[_Porch]:
+    pool, _ = await open_database(settings)
+    worker, ingestor, queue = await store_pipeline(settings, pool, detector, ["porch"], clock=FakeClock(NOON))
+    try:
+        yield _Porch(worker, ingestor, queue, pool)
+    finally:
+        worker._infer_pool.shutdown()
+        worker._decode_pool.shutdown()
+        await pool.close()
+
+
 @pytest.fixture
 async def porch(make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector) -> AsyncIterator[_Porch]:
     # No fast path, a long batch, snapshots at most hourly for the same objects: people and cars
@@ -77,14 +90,8 @@ async def porch(make_settings: Callable[..., Settings], pose_detector: Ultralyti
     settings = make_settings(
         fast_path={}, batch_window_s=300, batch_idle_s=120, tamper_enabled=False, snapshot_publish_interval_s=3600
     )
-    pool, _ = await open_database(settings)
-    worker, ingestor, queue = await store_pipeline(settings, pool, pose_detector, ["porch"], clock=FakeClock(NOON))
-    try:
-        yield _Porch(worker, ingestor, queue, pool)
-    finally:
-        worker._infer_pool.shutdown()
-        worker._decode_pool.shutdown()
-        await pool.close()
+    async with _porch(settings, pose_detector) as camera:
+        yield camera
 
 
 async def test_the_same_scene_again_queues_no_camera_state_and_no_outbox_statement(porch: _Porch) -> None:
@@ -112,6 +119,30 @@ async def test_the_same_scene_again_queues_no_camera_state_and_no_outbox_stateme
     assert len(payloads) >= 3
     assert all(a != b for a, b in itertools.pairwise(payloads))
     assert payloads[-1]["objects"] == {"person": 1}
+
+
+async def test_while_an_event_is_open_its_camera_state_is_queued_on_a_change_too(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """A confident person opens an event at once; the same scene again rescores it with every
+    picture (an ``update`` when the judgement changed), and the camera's state goes out only when
+    it differs from the last one queued."""
+    settings = make_settings(
+        fast_path={"person": 0.9},
+        batch_window_s=300,
+        batch_idle_s=120,
+        tamper_enabled=False,
+        snapshot_publish_interval_s=3600,
+    )
+    confident = Detection("person", 0.95, (0.1, 0.2, 0.3, 0.9))
+    async with _porch(settings, pose_detector) as camera:
+        queued = [await camera.store([confident]) for _ in range(6)]
+        assert await camera.pool.fetchval("SELECT count(*) FROM events") == 1
+        rows = await camera.pool.fetch("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id", STATE)
+    states = [json.loads(r["payload"]) for r in rows]
+    assert states[0]["last_event_id"] is not None  # the first picture's, with its event
+    assert all(a != b for a, b in itertools.pairwise(states)), states
+    assert [STATE in topics for topics in queued].count(False) >= 3, queued
 
 
 async def test_a_store_that_rolls_back_leaves_its_state_to_the_next_one(
