@@ -181,7 +181,7 @@ class BatchStage:
     ) -> tuple[list[Message], batches.StateSent | None]:
         """One camera's images with detections, stored together in arrival order: their part in
         the camera's batch and event, and the MQTT messages that follow; with the camera's state
-        among them, what its batch is to remember of it (``_changed_state``: the outbox insert
+        among them, what its batch is to remember of it (``_state``: the outbox insert
         writes it), else None.
 
         They join the batch in one statement and the batch is judged once, with all of them (the
@@ -262,19 +262,7 @@ class BatchStage:
                     opens = f"judged {assessment.risk_level}"
             if opens is None:
                 metrics.STAGE.labels("reason").observe((metrics.now() - started) / len(seen))
-                state, sent = self._changed_state(
-                    batch,
-                    await camera_state(
-                        conn,
-                        self.topics,
-                        camera_id,
-                        camera_enabled,
-                        assessment,
-                        live,
-                        previous=frozenset(),
-                        last_event=last_event,
-                    ),
-                )
+                state, sent = await self._state(conn, batch, camera_enabled, assessment, live, last_event)
                 messages += state
                 messages += await self._snapshots.messages(camera_id, latest.snapshot, always=False)
                 return messages, sent
@@ -290,30 +278,28 @@ class BatchStage:
             changed = await self._rescore(conn, batch, judged, snapshots)
             if changed:
                 messages.append(await event_message(conn, self.topics, batch.event_id, "update"))
-        state, sent = self._changed_state(
-            batch,
-            await camera_state(
-                conn,
-                self.topics,
-                camera_id,
-                camera_enabled,
-                judged.assessment,
-                live,
-                previous=frozenset(),
-                last_event=last_event,
-            ),
-        )
+        state, sent = await self._state(conn, batch, camera_enabled, judged.assessment, live, last_event)
         messages += state
         shown = snapshots.get(judged.image_id, latest.snapshot) if changed else latest.snapshot
         messages += await self._snapshots.messages(camera_id, shown, always=changed)
         return messages, sent
 
-    @staticmethod
-    def _changed_state(batch: batches.Batch, state: list[Message]) -> tuple[list[Message], batches.StateSent | None]:
-        """The camera's state messages to queue, and what the batch is to remember of them: none
-        when they are what the last store of this batch queued (the broker retains those; a
-        camera sending a picture a second of the same scene queued them every second, a
-        statement and three MQTT messages a picture), else all of them."""
+    async def _state(
+        self,
+        conn: asyncpg.Connection,
+        batch: batches.Batch,
+        enabled: bool,
+        assessment: Assessment,
+        live: dict[str, int],
+        last_event: tuple[uuid.UUID, datetime] | Literal["read"] | None,
+    ) -> tuple[list[Message], batches.StateSent | None]:
+        """The camera's state messages to queue (``camera_state``), and what its open ``batch``
+        is to remember of them: none when they are what the last store of this batch queued (the
+        broker retains those; a camera sending a picture a second of the same scene queued them
+        every second, a statement and three MQTT messages a picture), else all of them."""
+        state = await camera_state(
+            conn, self.topics, batch.camera_id, enabled, assessment, live, previous=frozenset(), last_event=last_event
+        )
         sent = digest(state)
         if batch.state_sent == sent:
             metrics.STATES_UNCHANGED.inc()
