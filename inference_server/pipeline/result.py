@@ -103,7 +103,7 @@ class ResultStage:
         the jobs whose lease was lost (nothing of them is stored)."""
         ready = [await self._prepare(job, image, dets) for job, image, dets in results]
         started = metrics.now()
-        committed = False
+        committed = written = False
         marks: list[int] = []
         try:
             if (quiet := self._completion_only(ready)) is not None:
@@ -114,13 +114,17 @@ class ResultStage:
                 await self._defer_checks([(r, d) for r, d in quiet if r.job.id in owned])
             else:
                 async with self.pool.acquire() as conn, conn.transaction():
-                    owned, messages, state = await self._store(conn, ready)
-                    marks = self.marks.take() if messages else []
-                    added = await outbox.add_many(conn, messages, marks, state.sql if state is not None else None)
+                    # The relay's marks ride on the group's store statement (a picture with
+                    # detections), else on its outbox insert, else they wait for the next store.
+                    marks = self.marks.take()
+                    owned, messages, state, carried = await self._store(conn, ready, marks)
+                    rest = marks if messages and not carried else []
+                    added = await outbox.add_many(conn, messages, rest, state.sql if state is not None else None)
+                    written = carried or bool(rest)
             committed = True
             self.offer(added)
         finally:
-            self.marks.settle(marks, committed=committed)
+            self.marks.settle(marks, committed=committed and written)
             if self.tamper is not None and ready:
                 self.tamper.settle(ready[0].job.camera_id, committed=committed)
         elapsed = metrics.now() - started
@@ -181,13 +185,15 @@ class ResultStage:
         return _Ready(job, dets, snap, vectors, scene)
 
     async def _store(
-        self, conn: asyncpg.Connection, ready: Sequence[_Ready]
-    ) -> tuple[set[int], list[Message], batches.StateSent | None]:
+        self, conn: asyncpg.Connection, ready: Sequence[_Ready], marks: Sequence[int] = ()
+    ) -> tuple[set[int], list[Message], batches.StateSent | None, bool]:
         """In the transaction: one camera's images; their jobs marked done (the ids of those still
         held are returned: nothing of the others is stored) and the MQTT messages that follow,
-        with what the camera's batch is to remember of its state among them (``on_detections``)."""
+        with what the camera's batch is to remember of its state among them (``on_detections``);
+        and whether the store's statement wrote ``marks`` (outbox rows the relay sent: it does
+        when anything was detected)."""
         if not ready:
-            return set(), [], None
+            return set(), [], None, False
         camera_id = ready[0].job.camera_id
         jobs = [r.job for r in ready]
         found = [r for r in ready if r.detections]
@@ -206,6 +212,7 @@ class ResultStage:
                 *self._detections(found, tagged),
                 self.queue.completing(jobs),
                 batches.lock_query("$1", 20, found[-1].job.captured_at, joining, _HELD, _COUNTED),
+                marks,
             )
             prelocked = (joining, locked)
         if detection_ids is None:
@@ -220,7 +227,7 @@ class ResultStage:
             if self.tamper is not None and r.scene is not None and r.job.id in owned:
                 messages += await self.tamper.observe(conn, camera_id, r.job.image_id, r.job.captured_at, r.scene)
         if not found:
-            return owned, messages, None
+            return owned, messages, None, False
         seen: list[Seen] = []
         enrolled = 0
         for r, ids in zip(found, detection_ids, strict=True):
@@ -249,7 +256,7 @@ class ResultStage:
             enrolled_people=enrolled,
             prelocked=prelocked,
         )
-        return owned, messages + changed, state
+        return owned, messages + changed, state, True
 
     def _detections(
         self, found: Sequence[_Ready], tagged: dict[int, list[tuple[str, ...]]]
@@ -279,18 +286,21 @@ async def _complete_and_insert(
     hourly: activity.Hourly,
     completing: tuple[list[int], list[int], str],
     lock: batches.LockQuery,
+    marks: Sequence[int],
 ) -> tuple[set[int], list[list[int]] | None, batches.Locked]:
     """Mark the jobs done (``JobQueue.completing``: ids, attempts, worker) and, when every one of
     them is still held, insert ``images``' detections with the hourly counts; and ``lock`` (the
     camera's batch, locked after the counts and only when they were added: ``_COUNTED``, and
-    joined by the images), in one statement (stop 34: the first two took two round trips; stop
-    36: the lock was a third).
+    joined by the images); and mark the outbox rows ``marks`` sent (``SentMarks``: rows no other
+    transaction writes), in one statement (stop 34: the first two took two round trips; stop
+    36: the lock was a third; stop 40: the marks waited for an outbox insert).
     Returns the ids of the jobs marked done, and each image's detection ids, or None when a lease
     was lost: then no detection was inserted; and what the lock read."""
     rows = await conn.fetch(
         f"WITH done AS ({complete_sql('$16', '$17', '$18')}),"
         f" counted AS ({activity.hourly_upsert('$1', '$12', '$13', '$14', '$15', where=_HELD)} RETURNING 1),"
-        f" inserted AS ({detections_store.insert_sql(_HELD)}), {lock.ctes}"
+        f" inserted AS ({detections_store.insert_sql(_HELD)}), {lock.ctes},"
+        f" marked AS ({outbox.mark_sent_sql(f'${20 + len(lock.args)}::bigint[]')})"
         " SELECT (SELECT array_agg(id) FROM done) AS done_ids, (SELECT array_agg(id) FROM inserted) AS inserted_ids,"
         f" {lock.select}",
         camera_id,
@@ -299,6 +309,7 @@ async def _complete_and_insert(
         *completing,
         len(completing[0]),
         *lock.args,
+        list(marks),
     )
     done = set(rows[0]["done_ids"] or ())
     locked = batches.locked_from(rows, lock)

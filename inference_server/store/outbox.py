@@ -51,8 +51,8 @@ async def add(conn: asyncpg.Connection, topic: str, payload: bytes, *, retain: b
     return mid
 
 
-#: Seconds a row the broker acknowledged may wait for an outbox insert of this process to write
-#: its mark (``SentMarks``) before the relay writes it in a statement of its own.
+#: Seconds a row the broker acknowledged may wait for a store or an outbox insert of this process
+#: to write its mark (``SentMarks``) before the relay writes it in a statement of its own.
 MARK_WAIT_S = 2.0
 #: Most marks one insert carries.
 _CARRIED_MAX = 1000
@@ -61,18 +61,19 @@ _CARRIED_MAX = 1000
 class SentMarks:
     """Rows the broker has acknowledged whose mark (``sent_at``) the database does not have yet.
 
-    The relay puts them here (``acked``) instead of marking them at once, and the next outbox
-    insert of this process writes the marks in its own statement (``take``, then ``add_many``'s
-    ``marks``, then ``settle`` once its transaction has ended): a camera sending a picture a
-    second stores its next picture's messages within the second, so the relay's mark, a statement
-    and a commit a picture, is not needed. The ones that wait ``MARK_WAIT_S`` (no store came) the
-    relay marks itself (``due``, ``take``). Until marked, a row would be sent again after a crash,
+    The relay puts them here (``acked``) instead of marking them at once, and the next store of
+    this process writes the marks in its own statement (``take``, then the store statement of a
+    picture with detections or ``add_many``'s ``marks``, then ``settle`` once its transaction has
+    ended, as written or not): a camera sending a picture a second stores its next picture
+    within the second, so the relay's mark, a statement and a commit a picture, is not needed.
+    The ones that wait ``MARK_WAIT_S`` (no store came) the relay marks itself (``due``,
+    ``take``). Until marked, a row would be sent again after a crash,
     as one cut off between the broker's acknowledgement and its mark always was: delivery is at
     least once and consumers de-duplicate by event id (docs/decisions.md, "The relay's marks ride
     on the next store"). The relay's read-back leaves these rows out (``held``)."""
 
     def __init__(self) -> None:
-        #: Acknowledged, waiting for an insert to carry the mark: id -> when (loop time).
+        #: Acknowledged, waiting for a store to carry the mark: id -> when (loop time).
         self._waiting: dict[int, float] = {}
         #: Taken by an insert whose transaction has not ended yet.
         self._carried: dict[int, float] = {}
@@ -106,7 +107,7 @@ class SentMarks:
         return [*self._waiting, *self._carried]
 
 
-def _mark_sent_sql(ids: str) -> str:
+def mark_sent_sql(ids: str) -> str:
     """Mark the rows of the SQL array ``ids`` sent; a row marked already is left as it is (its
     attempt counted once)."""
     return f"UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY({ids}) AND sent_at IS NULL"
@@ -116,7 +117,7 @@ def _add_many_sql(also: str = "") -> str:
     """The outbox insert (``add_many``), with ``also``, a data-modifying CTE of the caller's, in
     the same statement."""
     return (
-        f"WITH marked AS ({_mark_sent_sql('$4::bigint[]')}),{f' also AS ({also}),' if also else ''}"
+        f"WITH marked AS ({mark_sent_sql('$4::bigint[]')}),{f' also AS ({also}),' if also else ''}"
         " added AS ("
         " INSERT INTO outbox (topic, payload, retain, qos)"
         " SELECT m.topic, m.payload, m.retain, 1"
@@ -189,7 +190,7 @@ async def pending(conn: asyncpg.Connection, limit: int, held: Sequence[int] = ()
 
 async def mark_sent(conn: asyncpg.Connection | asyncpg.Pool, ids: list[int]) -> None:
     """Mark rows sent (those an insert marked meanwhile are left as they are)."""
-    await conn.execute(_mark_sent_sql("$1"), ids)
+    await conn.execute(mark_sent_sql("$1"), ids)
 
 
 async def mark_failed(conn: asyncpg.Connection, ids: list[int], error: str) -> None:

@@ -539,6 +539,43 @@ async def test_the_server_s_stores_write_the_marks_of_what_its_relay_sent(
         await wait_until(lambda: _all_sent(server.pool), timeout=outbox.MARK_WAIT_S + 5)
 
 
+async def test_the_same_scene_s_stores_write_the_marks_though_they_queue_no_message(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, own_broker: Mosquitto
+) -> None:
+    """The same picture a moment apart queues no message (its state unchanged, its snapshot not
+    due: stop 40), so no outbox insert carries the marks of what the relay sent; the store's own
+    statement does, and the relay writes no mark of its own (it did, 2 s after each first one)."""
+    settings = make_settings(
+        mqtt_url=own_broker.url, fast_path={}, batch_window_s=300, batch_idle_s=120, snapshot_publish_interval_s=3600
+    )
+    async with running(settings, pose_detector) as server:
+        relay, ingestor = server._relay, server.ingestor
+        assert relay is not None and ingestor is not None
+        await cameras.create(server.pool, CameraCreate(id="porch", name="Porch"))
+        raw = demo_assets.image("bus.jpg").read_bytes()
+        await wait_until(lambda: _all_sent(server.pool), timeout=outbox.MARK_WAIT_S + 5)  # the start's messages
+
+        async def picture(n: int) -> None:
+            result = await ingestor.ingest_bytes(
+                "porch", with_comment(raw, f"n{n}"), captured_at=None, original_name=None
+            )
+            await wait_until(
+                lambda: server.pool.fetchval("SELECT state = 'done' FROM jobs WHERE id = $1", result.job_id), 30
+            )
+
+        for n in range(2):  # the first sighting, then the rules' live risk of people still there
+            await picture(n)
+        await wait_until(lambda: relay.marks.held(), timeout=10)  # the second one's rows, sent
+        with RoundTrips() as trips:
+            for n in range(2, 5):
+                before = await server.pool.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+                await picture(n)
+                assert await server.pool.fetchval("SELECT count(*) FROM outbox WHERE id > $1", before) == 0
+                assert await _all_sent(server.pool)  # marked by this picture's store
+        assert trips.by_statement.get(_MARK, 0) == 0, trips.by_statement
+        assert not any(text.startswith("WITH marked AS") for text in trips.by_statement), trips.by_statement
+
+
 async def test_a_row_offered_while_a_pass_reads_it_back_is_not_sent_again(
     database_url: str, own_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
