@@ -15,7 +15,6 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -203,49 +202,42 @@ async def _states_queued(server: Server) -> int:
 
 
 async def test_after_a_patch_and_a_broker_restart_the_next_picture_queues_the_live_state_again(
-    tmp_path: Path, make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+    forgetful_broker: RestartableMosquitto, make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
 ) -> None:
-    folder = tmp_path / "mosquitto"
-    folder.mkdir()
-    broker = RestartableMosquitto(folder, persistence=False)
-    broker.start()
-    try:
-        settings = make_settings(mqtt_url=broker.url, fast_path={}, batch_window_s=300, batch_idle_s=120)
-        async with running(settings, pose_detector) as server:
-            await cameras.create(server.pool, CameraCreate(id="porch", name="Porch"))
-            await _picture(server, 0)
-            await _picture(server, 1)  # seen again: the rules' live risk of people still there
-            await wait_until(lambda: _none_pending(server), 30)
-            live = await _retained_state(broker.url)
-            assert live["objects"] == {"person": 4} and int(live["risk_score"]) > 0, live
-            queued = await _states_queued(server)
-            await _picture(server, 2)
-            assert await _states_queued(server) == queued  # the same scene: nothing queued
-            assert await server.pool.fetchval("SELECT count(*) FROM events") == 0
+    broker = forgetful_broker
+    settings = make_settings(mqtt_url=broker.url, fast_path={}, batch_window_s=300, batch_idle_s=120)
+    async with running(settings, pose_detector) as server:
+        await cameras.create(server.pool, CameraCreate(id="porch", name="Porch"))
+        await _picture(server, 0)
+        await _picture(server, 1)  # seen again: the rules' live risk of people still there
+        await wait_until(lambda: _none_pending(server), 30)
+        live = await _retained_state(broker.url)
+        assert live["objects"] == {"person": 4} and int(live["risk_score"]) > 0, live
+        queued = await _states_queued(server)
+        await _picture(server, 2)
+        assert await _states_queued(server) == queued  # the same scene: nothing queued
+        assert await server.pool.fetchval("SELECT count(*) FROM events") == 0
 
-            # A rename over REST queues the camera's state as the database has it: quiet.
-            headers = await auth_headers(server)
-            async with aiohttp.ClientSession(base_url=server.api_url, headers=headers) as http:
-                resp = await http.patch("/api/v1/cameras/porch", json={"name": "Front porch"})
-                assert resp.status == 200, await resp.text()
-            await wait_until(lambda: _none_pending(server), 30)
-            assert (await _retained_state(broker.url))["risk_score"] == 0
-            await _picture(server, 3)
-            await wait_until(lambda: _none_pending(server), 30)
-            assert await _retained_state(broker.url) == live
+        # A rename over REST queues the camera's state as the database has it: quiet.
+        headers = await auth_headers(server)
+        async with aiohttp.ClientSession(base_url=server.api_url, headers=headers) as http:
+            resp = await http.patch("/api/v1/cameras/porch", json={"name": "Front porch"})
+            assert resp.status == 200, await resp.text()
+        await wait_until(lambda: _none_pending(server), 30)
+        assert (await _retained_state(broker.url))["risk_score"] == 0
+        await _picture(server, 3)
+        await wait_until(lambda: _none_pending(server), 30)
+        assert await _retained_state(broker.url) == live
 
-            # A broker that lost its retained messages gets the database's states again...
-            broker.stop()
-            broker.start()
-            await wait_until(lambda: _retained_risk_is(broker.url, 0), 30)
-            # ...and the next picture of the same scene its live state.
-            await _picture(server, 4)
-            await wait_until(lambda: _none_pending(server), 30)
-            assert await _retained_state(broker.url) == live
-            assert await server.pool.fetchval("SELECT count(*) FROM events") == 0
-    finally:
-        if broker.proc is not None:
-            broker.stop()
+        # A broker that lost its retained messages gets the database's states again...
+        broker.stop()
+        broker.start()
+        await wait_until(lambda: _retained_risk_is(broker.url, 0), 30)
+        # ...and the next picture of the same scene its live state.
+        await _picture(server, 4)
+        await wait_until(lambda: _none_pending(server), 30)
+        assert await _retained_state(broker.url) == live
+        assert await server.pool.fetchval("SELECT count(*) FROM events") == 0
 
 
 async def _none_pending(server: Server) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import aiohttp
 
@@ -103,24 +102,17 @@ async def _porch_disabled(url: str) -> bool:
 
 
 async def test_a_broker_restarted_without_persistence_gets_every_camera_state_again(
-    tmp_path: Path, make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+    forgetful_broker: RestartableMosquitto, make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
 ) -> None:
-    folder = tmp_path / "mosquitto"
-    folder.mkdir()
-    broker = RestartableMosquitto(folder, persistence=False)
-    broker.start()
-    try:
-        settings = make_settings(mqtt_url=broker.url)
-        async with running(settings, pose_detector) as server:
-            await _porch_seen(server, settings, add_garden=True)
-            broker.stop()
-            broker.start()
-            # The server reconnects and republishes, with no new image.
-            await wait_until(lambda: _states_match(server, broker.url), 30)
-            assert set(await _retained_states(broker.url)) == {"porch", "garden"}
-    finally:
-        if broker.proc is not None:
-            broker.stop()
+    broker = forgetful_broker
+    settings = make_settings(mqtt_url=broker.url)
+    async with running(settings, pose_detector) as server:
+        await _porch_seen(server, settings, add_garden=True)
+        broker.stop()
+        broker.start()
+        # The server reconnects and republishes, with no new image.
+        await wait_until(lambda: _states_match(server, broker.url), 30)
+        assert set(await _retained_states(broker.url)) == {"porch", "garden"}
 
 
 async def test_a_restarted_server_republishes_every_camera_state(
