@@ -68,7 +68,8 @@ def digest(messages: Sequence[Message]) -> bytes:
     """What identifies ``messages`` (topics, payloads, retain flags, in order): 16 bytes."""
     h = hashlib.blake2b(digest_size=16)
     for topic, payload, retain in messages:
-        h.update(b"%d:%s\0%d:%s\0%d" % (len(topic), topic.encode(), len(payload), payload, retain))
+        name = topic.encode()
+        h.update(b"%d:%s%d:%s%d" % (len(name), name, len(payload), payload, retain))
     return h.digest()
 
 
