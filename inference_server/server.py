@@ -21,7 +21,7 @@ from inference_server.api.app import build_app, build_runner
 from inference_server.api.deps import ApiContext, ReadinessCheck
 from inference_server.clock import Clock, SystemClock
 from inference_server.comms.broker import EmbeddedBroker
-from inference_server.comms.messages import camera_state
+from inference_server.comms.messages import camera_states
 from inference_server.comms.mqtt import BrokerAddress, MqttPublisher, PublishError
 from inference_server.comms.topics import Topics
 from inference_server.config import LlmSettings, Settings, redact_url
@@ -46,7 +46,7 @@ from inference_server.reports.digest import DigestService, ProseFailed, ProseSou
 from inference_server.reports.scheduler import DigestScheduler
 from inference_server.schemas import DependencyHealth, Discovery, ModelStatus
 from inference_server.status import StatusReporter
-from inference_server.store import batches, cameras, outbox
+from inference_server.store import cameras, outbox
 from inference_server.store.db import DB_ERRORS, EmbeddedPostgres, create_pool
 from inference_server.store.migrate import migrate
 from inference_server.store.retention import RetentionWorker
@@ -458,10 +458,8 @@ class Server:
             self._states_wanted.clear()
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
-                    await batches.forget_states_sent(conn)
-                    states = await cameras.states(conn)
-                    messages = [m for cid, st in states.items() for m in camera_state(self.topics, cid, st)]
-                    await outbox.add_many(conn, messages)
+                    states = await cameras.states_to_queue(conn)
+                    await outbox.add_many(conn, camera_states(self.topics, states))
             except DB_ERRORS as err:
                 log.error("queueing the camera states failed, retry_in_s=%.0f error=%r", delay, err)
                 self._states_wanted.set()

@@ -9,10 +9,10 @@ from inference_server.api.deps import ctx
 from inference_server.api.errors import ApiError, found, not_found
 from inference_server.api.params import CameraPath
 from inference_server.api.registry import API
-from inference_server.comms.messages import camera_state
+from inference_server.comms.messages import camera_states
 from inference_server.comms.topics import Topics
 from inference_server.schemas import Camera, CameraCreate, CameraList, CameraPatch, ZoneList
-from inference_server.store import batches, cameras, outbox, retention
+from inference_server.store import cameras, outbox, retention
 
 
 @API.route("GET", "/cameras", summary="List cameras", tag="cameras", response=CameraList)
@@ -74,9 +74,7 @@ async def patch_camera(request: web.Request, p: CameraPath, change: CameraPatch)
 async def _publish_state(conn: asyncpg.Connection, topics: Topics, camera_id: str) -> None:
     """Queue the camera's retained state as this transaction leaves it (its ``enabled`` switch),
     so Home Assistant, reloaded or not, shows what the server does."""
-    await batches.forget_states_sent(conn, camera_id)
-    states = await cameras.states(conn, camera_id)
-    await outbox.add_many(conn, [m for s in states.values() for m in camera_state(topics, camera_id, s)])
+    await outbox.add_many(conn, camera_states(topics, await cameras.states_to_queue(conn, camera_id)))
 
 
 @API.route(

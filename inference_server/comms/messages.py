@@ -6,7 +6,7 @@ the server on every broker connection) publishes the same ``CameraState`` the sa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from inference_server.comms.topics import Topics
 from inference_server.schemas import CameraState
@@ -22,3 +22,8 @@ def camera_state(topics: Topics, camera_id: str, state: CameraState, previous: I
     for label in sorted(set(state.objects) | set(previous)):
         messages.append((topics.camera_objects(camera_id, label), str(state.objects.get(label, 0)).encode(), True))
     return messages
+
+
+def camera_states(topics: Topics, states: Mapping[str, CameraState]) -> list[Message]:
+    """``camera_state`` of each camera in ``states`` (camera id → state), in their order."""
+    return [m for camera_id, state in states.items() for m in camera_state(topics, camera_id, state)]

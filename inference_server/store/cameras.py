@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from inference_server import schemas
+from inference_server.store import batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,13 +204,16 @@ LEFT JOIN LATERAL (
 """
 
 
-async def states(
-    conn: asyncpg.Connection | asyncpg.Pool, camera_id: str | None = None
-) -> dict[str, schemas.CameraState]:
+async def states_to_queue(conn: asyncpg.Connection, camera_id: str | None = None) -> dict[str, schemas.CameraState]:
     """Each camera's retained ``CameraState`` as the database has it now (one camera's with
-    ``camera_id``): its switch, its latest event, and while a batch is open the objects of the
-    batch's latest image with the risk of its event (quiet, 0, before the batch has an event;
-    the next image or the batch's closing publishes the rules' live score)."""
+    ``camera_id``), for a path that queues it in this transaction: its switch, its latest event,
+    and while a batch is open the objects of the batch's latest image with the risk of its event
+    (quiet, 0, before the batch has an event; the next image or the batch's closing publishes the
+    rules' live score). The open batches forget the state they last queued
+    (``batches.forget_states_sent``): the broker now retains this one, so the next picture
+    queues its live state however unchanged. The one way to read them, so no path that queues
+    them can leave a batch believing the broker still has its state."""
+    await batches.forget_states_sent(conn, camera_id)
     if camera_id is None:
         rows = await conn.fetch(_STATES + " ORDER BY c.id")
     else:

@@ -170,7 +170,7 @@ async def test_states_say_each_camera_as_stored_with_its_open_batch_latest_image
         dets = [Detection(label, 0.9, (0, 0, 1, 1)) for label in labels]
         await detections.insert_many(conn, image_id, "front", T0, dets)
         image_ids.append(image_id)
-    quiet = await cameras.states(conn)
+    quiet = await cameras.states_to_queue(conn)
     assert {cid: (s.risk_score, s.risk_level, s.objects, s.enabled, s.last_event_id) for cid, s in quiet.items()} == {
         "back": (0, "low", {}, False, None),
         "front": (0, "low", {}, True, None),
@@ -179,13 +179,13 @@ async def test_states_say_each_camera_as_stored_with_its_open_batch_latest_image
     batch = await batches.open_new(conn, "front", T0)
     for image_id in image_ids:
         batch = await batches.add_images(conn, batch, [image_id], T0)
-    open_batch = (await cameras.states(conn, "front"))["front"]
+    open_batch = (await cameras.states_to_queue(conn, "front"))["front"]
     assert (open_batch.risk_score, open_batch.objects) == (0, {"person": 2, "car": 1})  # no event yet
 
     event_id = await add_event(conn, image_ids[1], 70, "high", batch_id=batch.id, is_fast_path=True)
     await batches.set_event(conn, batch.id, event_id)
-    assert await cameras.states(conn, "nowhere") == {}
-    state = (await cameras.states(conn, "front"))["front"]
+    assert await cameras.states_to_queue(conn, "nowhere") == {}
+    state = (await cameras.states_to_queue(conn, "front"))["front"]
     assert (state.risk_score, state.risk_level, state.objects, state.last_event_id, state.last_event_at) == (
         70,
         "high",
@@ -195,5 +195,32 @@ async def test_states_say_each_camera_as_stored_with_its_open_batch_latest_image
     )
 
     await batches.close(conn, batch.id, T0)
-    closed = (await cameras.states(conn))["front"]
+    closed = (await cameras.states_to_queue(conn))["front"]
     assert (closed.risk_score, closed.objects, closed.last_event_id) == (0, {}, event_id)
+
+
+async def test_reading_the_states_to_queue_makes_the_open_batches_forget_the_state_they_sent(
+    conn: asyncpg.Connection,
+) -> None:
+    """A path that queues the stored state (a PATCH, the republish after a broker connection)
+    replaces what the broker retains: the camera's open batch must not skip its next live state as
+    unchanged. Only the cameras read forget, and a closed batch keeps what it had."""
+    for camera_id in ("front", "back"):
+        await cameras.create(conn, CameraCreate(id=camera_id, name=camera_id))
+    old = await batches.open_new(conn, "front", T0)
+    await batches.close(conn, old.id, T0)
+    front = await batches.open_new(conn, "front", T0)
+    back = await batches.open_new(conn, "back", T0)
+    for batch in (front, back, old):
+        sql, args = batches.StateSent(batch.id, b"d" * 16).sql(1)
+        await conn.execute(sql, *args)
+
+    async def sent() -> dict[str, bytes | None]:
+        rows = await conn.fetch("SELECT id, state_sent FROM batches")
+        names = {front.id: "front", back.id: "back", old.id: "old"}
+        return {names[r["id"]]: r["state_sent"] for r in rows}
+
+    assert set(await cameras.states_to_queue(conn, "front")) == {"front"}
+    assert await sent() == {"front": None, "back": b"d" * 16, "old": b"d" * 16}
+    assert set(await cameras.states_to_queue(conn)) == {"back", "front"}
+    assert await sent() == {"front": None, "back": None, "old": b"d" * 16}
