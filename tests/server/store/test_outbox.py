@@ -59,6 +59,21 @@ async def test_add_many_queues_in_the_callers_order_at_qos_1_and_nothing_for_an_
     assert {m.qos for m in waiting} == {1}
 
 
+async def test_a_large_payload_is_stored_as_it_is_without_compression(conn: asyncpg.Connection) -> None:
+    """A snapshot's JPEG does not compress: PostgreSQL's pglz spent 0.8 ms of the backend's CPU
+    a snapshot finding that out (bench/outbox_payload.py). The outbox stores every payload as
+    given; a highly compressible one shows it (compressed, it would take a few hundred bytes)."""
+    payload = b'{"objects": {"person": 1}} ' * 4000  # 108 kB of repeated text
+    [added] = await outbox.add_many(conn, [("hsi/cameras/front/snapshot", payload, True)])
+    stored = await conn.fetchrow("SELECT payload, pg_column_size(payload) AS size FROM outbox WHERE id = $1", added.id)
+    assert stored["payload"] == payload
+    assert stored["size"] >= len(payload)
+    small = await outbox.add(conn, "hsi/a", b"1")  # a small one stays in the row, as before
+    assert await conn.fetchval("SELECT pg_column_size(payload) FROM outbox WHERE id = $1", small) <= 8
+    [message] = [m for m in await outbox.pending(conn, 10) if m.id == added.id]
+    assert message.payload == payload
+
+
 async def test_adding_wakes_a_listener_once_the_transaction_commits(
     pool: asyncpg.Pool, conn: asyncpg.Connection
 ) -> None:
