@@ -2,14 +2,15 @@
 
 glibc's mmap threshold is fixed (``decode_budget.fix_mmap_threshold``, so the RSS cannot ratchet
 with a backlog): every letterboxed tensor (2-5 MB) and batch is a mapping of its own, unmapped
-when freed, and the next one page-faults its pages in afresh. ``ArrayPool`` keeps the detector's
-tensors for the next pictures of the same shape instead, bounded by ``detector_tensor_cache_mb``;
+when freed, and the next one page-faults its pages in afresh. ``ArrayPool`` keeps their memory for
+the next pictures instead (any shape that fits), bounded by ``detector_tensor_cache_mb``;
 ``release_idle`` (the detect worker, once it has found no work for ``buffers_idle_s``) empties
 every pool, so an idle server keeps none of them. docs/decisions.md, "Model inputs' memory reused".
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Callable
@@ -22,20 +23,29 @@ _pools: weakref.WeakSet[ArrayPool] = weakref.WeakSet()
 
 
 class ArrayPool:
-    """Arrays of one dtype, reused by shape: ``take`` one (the most recently given of that shape,
-    else a new one), ``give`` it back when nothing reads it any more. The free arrays are bounded
-    by ``limit_bytes`` (0: nothing is kept): past it the longest-unused ones are let go, so the
-    pool follows the shapes in use now (cameras of several sizes, batches of several lengths).
-    Thread-safe: decode threads take, the inference thread gives. ``release_idle`` empties every
-    pool."""
+    """Arrays of one dtype, reused while images flow: ``take`` one of a shape, ``give`` it back
+    when nothing reads it any more. The memory is reused by size, not by shape: every array
+    handed out is a view of a flat block of the pool, and a block given back serves any later
+    shape that fits in it (the smallest free one that fits, at most twice the size asked for, else a
+    new block, its size rounded up to a sixteenth of its power of two so that near sizes share
+    one). Cameras of several sizes and batches of several lengths then reuse each other's
+    memory instead of each waiting for its own shape (stop 41: half the pictures and tensors of
+    a four-camera burst were fresh mappings). The free blocks are bounded by ``limit_bytes`` (0:
+    nothing is kept): past it the longest-unused ones are let go. Thread-safe: decode threads
+    take, the inference thread gives. ``release_idle`` empties every pool."""
 
     def __init__(self, limit_bytes: int, dtype: npt.DTypeLike = np.float32) -> None:
         self.dtype = np.dtype(dtype)
         self.limit_bytes = limit_bytes
-        self._free: list[npt.NDArray[Any]] = []  # the longest unused first
+        self._free: list[npt.NDArray[Any]] = []  # flat blocks, the longest unused first
         self._held = 0
-        self._lock = threading.Lock()
-        #: Arrays handed out of the free list (reused) and made anew, since the pool was made.
+        # Re-entrant: a weak reference's callback (a view dropped without being given back) may
+        # run in a thread that holds the lock already.
+        self._lock = threading.RLock()
+        #: The arrays handed out and not given back, by ``id``: only those are taken back (a view
+        #: of one, such as a batch of one picture, shares its block but is not the caller's to give).
+        self._lent: dict[int, weakref.ref[npt.NDArray[Any]]] = {}
+        #: Arrays handed out of a free block (reused) and made on a new block, since the pool was made.
         self.reused = 0
         self.made = 0
         _pools.add(self)
@@ -46,35 +56,64 @@ class ArrayPool:
             return self._held
 
     def take(self, shape: tuple[int, ...]) -> npt.NDArray[Any]:
-        """An array of ``shape`` with undefined contents (write every element)."""
+        """A C-contiguous array of ``shape`` with undefined contents (write every element)."""
+        count = math.prod(shape)
         with self._lock:
-            for index in range(len(self._free) - 1, -1, -1):
-                if self._free[index].shape == shape:
-                    array = self._free.pop(index)
-                    self._held -= array.nbytes
-                    self.reused += 1
-                    return array
-            self.made += 1
-        return np.empty(shape, dtype=self.dtype)
+            best: int | None = None
+            for index in range(len(self._free) - 1, -1, -1):  # the most recently given first
+                size = self._free[index].size
+                if count <= size <= 2 * count and (best is None or size < self._free[best].size):
+                    best = index
+            if best is not None:
+                block = self._free.pop(best)
+                self._held -= block.nbytes
+                self.reused += 1
+            else:
+                self.made += 1
+        if best is None:
+            block = np.empty(_block_size(count), dtype=self.dtype)
+        array = block[:count].reshape(shape)
+        with self._lock:
+            key = id(array)
+            self._lent[key] = weakref.ref(array, lambda ref: self._forget(key, ref))
+        return array
+
+    def _forget(self, key: int, ref: weakref.ref[npt.NDArray[Any]]) -> None:
+        """An array handed out was dropped without being given back: its block is freed with it."""
+        with self._lock:
+            if self._lent.get(key) is ref:
+                del self._lent[key]
 
     def give(self, array: npt.NDArray[Any]) -> None:
-        """Take ``array`` back for reuse; the caller must not read or write it afterwards."""
-        if array.dtype != self.dtype or not array.flags.c_contiguous or array.base is not None:
-            return  # a view or a foreign array: not ours to hand out again
+        """Take ``array`` back for reuse; the caller must not read or write it afterwards. Only an
+        array this pool handed out, once: a view of one, a foreign array or one given back
+        already is ignored (its block may be in use elsewhere, or free already)."""
         with self._lock:
-            if array.nbytes > self.limit_bytes or any(a is array for a in self._free):
-                return  # larger than the pool, or given twice (kept once, it is handed out once)
-            self._free.append(array)
-            self._held += array.nbytes
+            ref = self._lent.get(id(array))
+            if ref is None or ref() is not array:
+                return
+            del self._lent[id(array)]
+            block = array.base
+            if not isinstance(block, np.ndarray) or block.nbytes > self.limit_bytes:
+                return  # larger than the pool: let go
+            self._free.append(block)
+            self._held += block.nbytes
             while self._held > self.limit_bytes:
                 self._held -= self._free.pop(0).nbytes
 
     def clear(self) -> int:
-        """Drop every free array; returns the bytes let go."""
+        """Drop every free block; returns the bytes let go."""
         with self._lock:
             held, self._held = self._held, 0
             self._free.clear()
         return held
+
+
+def _block_size(count: int) -> int:
+    """``count`` elements rounded up to a sixteenth of its power of two (at most 12.5 % more):
+    a 1080×810 and a 1080×820 picture, or batches of close lengths, share a block size."""
+    step = 1 << max(0, count.bit_length() - 4)
+    return -(-count // step) * step
 
 
 class Lent:

@@ -33,19 +33,21 @@ def rgb_array(image: Image.Image | RgbPixels) -> RgbPixels:
 
 def packed(pixels: RgbPixels) -> npt.NDArray[np.uint8]:
     """A contiguous array holding ``pixels`` for a graph that takes 3 or 4 channels (the letterbox
-    graph drops a fourth): the array itself, or the RGBX array it is the RGB view of (no copy),
-    else a contiguous copy."""
+    graph drops a fourth): the array itself, or the RGBX pixels it is the RGB view of (the same
+    memory, no copy: an array over the view's base, whose shape may be another, as a pooled
+    block's is), else a contiguous copy."""
     if pixels.flags.c_contiguous:
         return pixels
+    height, width = pixels.shape[:2]
     base = pixels.base
     if (
         isinstance(base, np.ndarray)
         and base.dtype == np.uint8
-        and base.shape == (*pixels.shape[:2], 4)
         and base.flags.c_contiguous
-        and base.ctypes.data == pixels.ctypes.data
+        and pixels.strides == (4 * width, 4, 1)
+        and 0 <= (offset := pixels.ctypes.data - base.ctypes.data) <= base.nbytes - 4 * width * height
     ):
-        return base
+        return np.ndarray((height, width, 4), np.uint8, buffer=base, offset=offset)
     return np.ascontiguousarray(pixels)
 
 

@@ -21,47 +21,87 @@ from inference_server.buffers import ArrayPool
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_given_array_is_taken_again_for_its_shape_within_the_bound() -> None:
+def block(array: np.ndarray) -> np.ndarray:
+    """The pool's block an array handed out is a view of (the memory that is reused)."""
+    assert isinstance(array.base, np.ndarray) and array.base.ndim == 1
+    return array.base
+
+
+def test_a_given_array_s_memory_is_taken_again_within_the_bound() -> None:
     pool = ArrayPool(limit_bytes=2 * 3 * 8 * 8 * 4)
     first, second, third = (pool.take((3, 8, 8)) for _ in range(3))
     assert pool.made == 3 and pool.reused == 0
+    assert all(a.shape == (3, 8, 8) and a.dtype == np.float32 and a.flags.c_contiguous for a in (first, second, third))
+    blocks = [block(a) for a in (first, second, third)]
     for array in (first, second, third):
         pool.give(array)
     assert pool.held_bytes == 2 * first.nbytes  # over the bound: the longest unused (first) let go
-    assert pool.take((3, 8, 8)) is third and pool.take((3, 8, 8)) is second
-    assert pool.take((3, 8, 8)) is not first and pool.reused == 2
-    other = pool.take((3, 4, 8))  # another shape is never handed a wrong-sized array
-    assert other.shape == (3, 4, 8) and other.dtype == np.float32
+    assert block(pool.take((3, 8, 8))) is blocks[2] and block(pool.take((3, 8, 8))) is blocks[1]
+    assert block(pool.take((3, 8, 8))) is not blocks[0] and pool.reused == 2
 
 
-def test_the_pool_follows_the_shapes_in_use() -> None:
-    """Arrays of a shape no longer asked for (a batch length, a camera gone) give way to the
-    shapes in use, rather than filling the pool so that the new ones are dropped."""
-    pool = ArrayPool(limit_bytes=4 * 3 * 8 * 8 * 4)
+def test_memory_is_reused_by_size_across_shapes() -> None:
+    """A block serves any later shape that fits in it, at most twice the size asked for: a camera
+    of another size, a batch of another length. The smallest free block that fits is taken."""
+    pool = ArrayPool(limit_bytes=1 << 24, dtype=np.uint8)
+    portrait, landscape, small = pool.take((1080, 810, 4)), pool.take((720, 1280, 4)), pool.take((360, 640, 4))
+    blocks = [block(a) for a in (portrait, landscape, small)]
+    for array in (portrait, landscape, small):
+        pool.give(array)
+    # 810×1080 fits in 1280×720's block and its own; the smaller block (its own) is taken first.
+    assert block(pool.take((1080, 810, 4))) is blocks[0]
+    assert block(pool.take((1080, 810, 4))) is blocks[1]
+    # A quarter of the size is too small a use for a block (at most twice what is asked for).
+    tiny = pool.take((180, 320, 4))
+    assert block(tiny) is not blocks[2] and pool.made == 4
+    pool.give(tiny)
+    assert block(pool.take((360, 640, 4))) is blocks[2]
+    # Near sizes round up to one block size: a block made for one serves the other.
+    near = pool.take((1080, 1920, 3))
+    pool.give(near)
+    assert block(pool.take((1088, 1920, 3))) is block(near)
+
+
+def test_the_pool_follows_the_sizes_in_use() -> None:
+    """Blocks of a size no longer asked for (a batch length, a camera gone) give way to the
+    sizes in use, rather than filling the pool so that the new ones are dropped."""
+    pool = ArrayPool(limit_bytes=4 * 3 * 8 * 16 * 4)
     for array in [pool.take((3, 8, 8)) for _ in range(4)]:
         pool.give(array)
-    now = [pool.take((3, 4, 16)) for _ in range(4)]
+    now = [pool.take((3, 8, 16)) for _ in range(4)]  # twice the size: no old block fits
     for array in now:
         pool.give(array)
     assert pool.held_bytes == 4 * now[0].nbytes
-    taken = [pool.take((3, 4, 16)) for _ in range(4)]
-    assert all(any(t is a for a in now) for t in taken) and pool.made == 8
+    taken = [pool.take((3, 8, 16)) for _ in range(4)]
+    assert {id(block(t)) for t in taken} == {id(block(a)) for a in now} and pool.made == 8
 
 
 def test_views_foreign_arrays_and_an_array_given_twice_are_not_kept() -> None:
     pool = ArrayPool(limit_bytes=1 << 20)
     array = pool.take((2, 16))
-    pool.give(array[np.newaxis])  # a view: its base may be in use elsewhere
+    pool.give(array[np.newaxis])  # a view of what was handed out (a batch of one): not the caller's to give
+    pool.give(array.reshape(32))
     pool.give(np.zeros((2, 16), dtype=np.float64))
-    pool.give(np.zeros((16, 2), dtype=np.float32).T)  # not contiguous
+    pool.give(np.zeros((16, 2), dtype=np.float32).T)
     assert pool.held_bytes == 0
     pool.give(array)
     pool.give(array)  # twice: kept once, so it can only be handed out once
-    assert pool.held_bytes == array.nbytes
-    assert pool.take((2, 16)) is array and pool.take((2, 16)) is not array
+    assert pool.held_bytes == block(array).nbytes
+    assert block(pool.take((2, 16))) is block(array) and block(pool.take((2, 16))) is not block(array)
     off = ArrayPool(limit_bytes=0)
     off.give(off.take((2, 16)))
     assert off.held_bytes == 0
+
+
+def test_an_array_dropped_without_being_given_back_is_forgotten() -> None:
+    """A caller that loses an array (an error path) frees its block with it: the pool keeps no
+    record of it, and an array made later at the same address is not taken for it."""
+    pool = ArrayPool(limit_bytes=1 << 20)
+    array = pool.take((4, 64))
+    del array
+    assert pool._lent == {}
+    pool.give(np.zeros((4, 64), dtype=np.float32))
+    assert pool.held_bytes == 0
 
 
 def test_release_idle_empties_every_pool() -> None:
@@ -139,11 +179,11 @@ def test_a_lent_array_goes_back_once_unless_it_was_taken() -> None:
     array = kept.array
     kept.give_back()
     kept.give_back()
-    assert pool.take((4, 4, 4)) is array and pool.take((4, 4, 4)) is not array
+    assert block(pool.take((4, 4, 4))) is block(array) and block(pool.take((4, 4, 4))) is not block(array)
     moved = buffers.Lent(pool, (2, 2, 4))
     owned = moved.take()
     moved.give_back()
-    assert pool.take((2, 2, 4)) is not owned
+    assert block(pool.take((2, 2, 4))) is not block(owned)
     with pytest.raises(RuntimeError, match="taken or given back"):
         moved.take()
 
@@ -164,4 +204,4 @@ def test_a_lent_array_counts_back_once_when_given_back_or_dropped_not_when_taken
     array = dropped.array
     del dropped
     assert back == [1, 3]
-    assert pool.take((4, 4, 4)) is array
+    assert block(pool.take((4, 4, 4))) is block(array)

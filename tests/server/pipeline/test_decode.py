@@ -185,8 +185,10 @@ def test_a_pooled_picture_goes_back_once_and_is_unreadable_after(tmp_path: Path)
     pool = ArrayPool(64 << 20, np.uint8)
     path = _jpeg(tmp_path, (1280, 720))
     first = decode_picture(path, 640, pool=pool)
-    array = first.pixels.base
-    assert isinstance(array, np.ndarray) and array.shape == (720, 1280, 4)  # RGBX, Pillow's layout
+    rgbx = first.rgbx()
+    assert rgbx is not None and rgbx.shape == (720, 1280, 4)  # RGBX, Pillow's layout
+    array = first.pixels.base  # the pool's block
+    assert isinstance(array, np.ndarray) and np.shares_memory(array, rgbx)
     first.release()
     first.release()  # twice: given back once
     assert first.released
