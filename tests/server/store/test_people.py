@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
 
 import asyncpg
-import numpy as np
 import pytest
 
 from bench.roundtrips import RoundTrips
@@ -217,29 +215,3 @@ async def test_an_images_people_are_stored_in_one_statement_as_given(conn: async
     seqs = [r["stranger_seq"] for r in stored]
     assert seqs[1] is None and seqs[3] is None and seqs[0] < seqs[2]
     assert abs(stored[1]["similarity"] - 0.8) < 1e-6
-
-
-async def test_a_face_and_a_body_vector_are_stored_in_their_rows_not_out_of_line(conn: asyncpg.Connection) -> None:
-    """A face's 1,024 floats and a body's 1,280 (4-5 kB) stay in their rows: out of line (the
-    TOAST relation, PostgreSQL's default over 2 kB) every insert wrote them there too and every
-    read fetched them back through its index (bench.recognition --stranger-cost). Real-looking
-    vectors (unit, random: they do not compress) and the values read back as stored."""
-    rng = np.random.default_rng(41)
-    face, body = (rng.standard_normal(n).astype(np.float32) for n in (1024, 1280))
-    face, body = face / np.linalg.norm(face), body / np.linalg.norm(body)
-    detection_id = await _person_detection(conn)
-    vectors: list[tuple[Literal["face", "body"], str, list[float]]] = [
-        ("face", "m", face.tolist()),
-        ("body", "m", body.tolist()),
-    ]
-    await people.store_detection(conn, detection_id, vectors, Identity("body", visitor=detection_id))
-    anna = await people.create(conn, "Anna", None)
-    await people.add_embeddings(conn, anna.id, vectors, origin="upload")
-    for table in ("detection_embeddings", "person_embeddings"):
-        toast = await conn.fetchval("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = $1", table)
-        assert await _count(conn, toast) == 0, f"{table}'s vectors were moved out of line"
-    stored = await people.detection_vectors(conn, detection_id)
-    assert [(s, np.asarray(v, dtype=np.float32).tolist()) for s, _, v in stored] == [
-        ("body", body.tolist()),
-        ("face", face.tolist()),
-    ]
