@@ -42,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.report import finish, say
+from bench.report import finish, process_cpu_s, say
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.logging_setup import configure
@@ -52,7 +52,6 @@ from inference_server.store import events as events_store
 
 CAMERAS = (("front_door", "Front Door"), ("driveway", "Driveway"), ("back_door", "Back Door"), ("garden", "Garden"))
 UPLOAD_CAMERA = "front_door"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -137,12 +136,6 @@ async def seed(server: Server, count: int) -> dict[str, Any]:
 # --- CPU accounting ----------------------------------------------------------------------------
 
 
-def _cpu_s(pid: int | str) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text()
-    rest = fields[fields.rindex(")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -156,7 +149,7 @@ def postgres_cpu_s(pg_root: Path) -> float:
     if pid_file is None:
         return 0.0
     postmaster = pid_file.read_text().split()[0]
-    total = _cpu_s(postmaster)
+    total = process_cpu_s(postmaster)
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -165,7 +158,7 @@ def postgres_cpu_s(pg_root: Path) -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue
         if stat[stat.rindex(")") + 2 :].split()[1] == postmaster:
-            total += _cpu_s(proc.name)
+            total += process_cpu_s(proc.name)
     return total
 
 
@@ -268,7 +261,7 @@ async def run_scenario(
         "jpeg": str(demo_assets.image("bus.jpg")),
         "run_id": f"{run_id} c{concurrency}",
     }
-    cpu0, pg0 = _cpu_s("self"), postgres_cpu_s(server.settings.postgres_path)
+    cpu0, pg0 = process_cpu_s("self"), postgres_cpu_s(server.settings.postgres_path)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -281,7 +274,7 @@ async def run_scenario(
     out, _ = await proc.communicate(json.dumps(spec).encode())
     if proc.returncode != 0:
         raise RuntimeError(f"load generator exited with {proc.returncode}")
-    cpu, pg = _cpu_s("self") - cpu0, postgres_cpu_s(server.settings.postgres_path) - pg0
+    cpu, pg = process_cpu_s("self") - cpu0, postgres_cpu_s(server.settings.postgres_path) - pg0
     got = json.loads(out)
     lat = sorted(got["latencies"])
     ok = sum(n for status, n in got["statuses"].items() if 200 <= int(status) < 300)

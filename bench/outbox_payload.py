@@ -17,26 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.report import show
+from bench.report import process_cpu_s, show
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.server import open_database
 from inference_server.store import outbox
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 STATE_TOPIC = "hsi/cameras/front/state"
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text()
-    rest = fields[fields.rindex(")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,14 +49,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.rounds):  # interleaved: the machine's drift hits both
                 for storage in results:
                     await conn.execute(f"ALTER TABLE outbox ALTER COLUMN payload SET STORAGE {storage.split()[0]}")
-                    cpu, wall = _cpu_s(pid), time.perf_counter()
+                    cpu, wall = process_cpu_s(pid), time.perf_counter()
                     for n in range(args.messages):
                         # Distinct bytes each time (a camera's snapshot changes): a comment's worth appended.
                         snapshot = jpegs[n % 2] + n.to_bytes(4, "little")
                         async with conn.transaction():
                             messages = [("hsi/cameras/front/snapshot", snapshot, True), (STATE_TOPIC, state, True)]
                             await outbox.add_many(conn, messages)
-                    cpu, wall = _cpu_s(pid) - cpu, time.perf_counter() - wall
+                    cpu, wall = process_cpu_s(pid) - cpu, time.perf_counter() - wall
                     await conn.execute("DELETE FROM outbox")
                     row = {"cpu_ms": 1000 * cpu / args.messages, "wall_ms": 1000 * wall / args.messages}
                     results[storage].append(row)

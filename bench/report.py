@@ -1,13 +1,24 @@
-"""What every bench script does at the end: print, write the figures as JSON, exit non-zero on failure."""
+"""What every bench script shares: a process's CPU read from /proc, and at the end: print, write
+the figures as JSON, exit non-zero on failure."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int | str) -> float:
+    """A process's CPU seconds so far, user and system (``/proc/<pid>/stat``; ``"self"``: this one)."""
+    fields = Path(f"/proc/{pid}/stat").read_text()
+    rest = fields[fields.rindex(")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
 def say(text: str = "") -> None:
