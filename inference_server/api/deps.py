@@ -16,6 +16,7 @@ from inference_server.reports.digest import DigestService
 from inference_server.schemas import DependencyHealth
 from inference_server.status import StatusReporter
 from inference_server.store import api_keys
+from inference_server.store.people import Vector
 
 ReadinessCheck = Callable[[], Awaitable[DependencyHealth]]
 
@@ -23,7 +24,7 @@ ReadinessCheck = Callable[[], Awaitable[DependencyHealth]]
 class PhotoEmbedder(Protocol):
     """What enrolment from a photo needs (``pipeline.identify.PhotoEnroller``, wired by the server)."""
 
-    async def vectors(self, data: bytes) -> list[tuple[Literal["face", "body"], str, list[float]]]:
+    async def vectors(self, data: bytes) -> list[tuple[Literal["face", "body"], str, Vector]]:
         """(source, model, vector) of the photo's one person; ``ValueError`` when there is not one."""
         ...
 

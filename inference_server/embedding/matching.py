@@ -52,7 +52,7 @@ class Gallery:
     owners: Mapping[EmbeddingSource, np.ndarray[Any, np.dtype[np.int64]]]
 
     @classmethod
-    def build(cls, rows: Sequence[tuple[int, EmbeddingSource, Sequence[float]]]) -> Gallery:
+    def build(cls, rows: Sequence[tuple[int, EmbeddingSource, Sequence[float] | Vectors]]) -> Gallery:
         vectors: dict[EmbeddingSource, Vectors] = {}
         owners: dict[EmbeddingSource, np.ndarray[Any, np.dtype[np.int64]]] = {}
         for source in SOURCES:
@@ -100,7 +100,7 @@ def identify(
     return None
 
 
-def link(earlier: Sequence[tuple[int, Sequence[float]]], body: Sequence[float] | Vectors) -> int | None:
+def link(earlier: Sequence[tuple[int, Sequence[float] | Vectors]], body: Sequence[float] | Vectors) -> int | None:
     """The visitor (``earlier``: (visitor id, body vector) of the batch's unknown sightings) that
     ``body`` looks most like at ``LINK_THRESHOLD`` or more; None: a new visitor."""
     if not earlier:

@@ -330,7 +330,7 @@ class _Strangers:
         seen_at: datetime,
         source: EmbeddingSource,
         found: PersonVectors,
-        visitors: list[tuple[int, list[float], int | None, int]],
+        visitors: list[tuple[int, Vectors, int | None, int]],
     ) -> Identity:
         conn, r = self.conn, self.recognizer
         if not self._locked:
@@ -401,11 +401,11 @@ class PhotoEnroller:
         self._max_side = max_side
         self._lock = asyncio.Lock()
 
-    async def vectors(self, data: bytes) -> list[tuple[EmbeddingSource, str, list[float]]]:
+    async def vectors(self, data: bytes) -> list[tuple[EmbeddingSource, str, Vectors]]:
         async with self._lock:
             return await asyncio.get_running_loop().run_in_executor(self.recognizer._pool, self._vectors_now, data)
 
-    def _vectors_now(self, data: bytes) -> list[tuple[EmbeddingSource, str, list[float]]]:
+    def _vectors_now(self, data: bytes) -> list[tuple[EmbeddingSource, str, Vectors]]:
         import io
 
         from PIL import ImageOps, UnidentifiedImageError
@@ -425,4 +425,4 @@ class PhotoEnroller:
         if found is None:
             raise NoPersonInPhoto("the person is too small to describe")
         parts: tuple[tuple[EmbeddingSource, Vectors | None], ...] = (("face", found.face), ("body", found.body))
-        return [(s, self.recognizer.models[s], [float(x) for x in v]) for s, v in parts if v is not None]
+        return [(s, self.recognizer.models[s], v) for s, v in parts if v is not None]

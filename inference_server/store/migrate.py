@@ -39,8 +39,10 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-async def migrate(pool: asyncpg.Pool) -> list[int]:
-    """Apply pending migrations; return the versions applied now (empty when up to date)."""
+async def migrate(pool: asyncpg.Pool, *, until: int | None = None) -> list[int]:
+    """Apply pending migrations (those up to version ``until`` only, when given: a test of a later
+    migration's conversion of rows stored before it); return the versions applied now (empty when
+    up to date)."""
     applied_now: list[int] = []
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
@@ -52,7 +54,7 @@ async def migrate(pool: asyncpg.Pool) -> list[int]:
             )
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
             for migration in available_migrations():
-                if migration.version in done:
+                if migration.version in done or (until is not None and migration.version > until):
                     continue
                 async with conn.transaction():
                     await conn.execute(migration.sql)

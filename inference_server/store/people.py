@@ -1,8 +1,9 @@
 """people, person_embeddings, detection_embeddings and detection_identities tables.
 
-Embeddings are ``real[]``; nothing here compares them (``embedding/matching.py`` does, in
-memory). Only this module reads a vector back, and only for the server's own matching and
-enrolment: REST and MQTT carry counts, never vectors (docs/privacy.md).
+Embeddings are ``bytea``: float32 values, big-endian (migration 0013), read with NumPy; nothing
+here compares them (``embedding/matching.py`` does, in memory). Only this module reads a vector
+back, and only for the server's own matching and enrolment: REST and MQTT carry counts, never
+vectors (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -11,13 +12,26 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
+import numpy as np
 
 from inference_server.domain import Identity
 
 Source = Literal["face", "body"]
+#: A vector as read back: float32 in the machine's order.
+Vector = np.ndarray[Any, np.dtype[np.float32]]
+#: A vector as stored (migration 0013): float32, big-endian, as PostgreSQL's ``float4send``.
+STORED = np.dtype(">f4")
+
+
+def vector_bytes(vector: Sequence[float] | Vector) -> bytes:
+    return np.asarray(vector, dtype=STORED).tobytes()
+
+
+def vector_of(data: bytes) -> Vector:
+    return np.frombuffer(data, dtype=STORED).astype(np.float32)
 
 
 class PersonExists(ValueError):
@@ -99,23 +113,21 @@ async def delete(conn: asyncpg.Connection | asyncpg.Pool, person_id: int) -> boo
 async def add_embeddings(
     conn: asyncpg.Connection | asyncpg.Pool,
     person_id: int,
-    vectors: Iterable[tuple[Source, str, Sequence[float]]],
+    vectors: Iterable[tuple[Source, str, Sequence[float] | Vector]],
     *,
     origin: Literal["upload", "detection"],
     detection_id: int | None = None,
 ) -> int:
-    rows = [(person_id, source, model, list(map(float, v)), origin, detection_id) for source, model, v in vectors]
+    rows = [(person_id, source, model, vector_bytes(v), origin, detection_id) for source, model, v in vectors]
     await conn.executemany(
         "INSERT INTO person_embeddings (person_id, source, model, vector, origin, detection_id)"
-        " VALUES ($1, $2, $3, $4::real[], $5, $6)",
+        " VALUES ($1, $2, $3, $4, $5, $6)",
         rows,
     )
     return len(rows)
 
 
-async def gallery(
-    conn: asyncpg.Connection | asyncpg.Pool, models: dict[str, str]
-) -> list[tuple[int, Source, list[float]]]:
+async def gallery(conn: asyncpg.Connection | asyncpg.Pool, models: dict[str, str]) -> list[tuple[int, Source, Vector]]:
     """Every enrolled embedding made by the current model of its source (``models``: source → model)."""
     rows = await conn.fetch(
         "SELECT person_id, source, vector FROM person_embeddings WHERE (source = 'face' AND model = $1)"
@@ -123,7 +135,7 @@ async def gallery(
         models.get("face", ""),
         models.get("body", ""),
     )
-    return [(r["person_id"], r["source"], list(r["vector"])) for r in rows]
+    return [(r["person_id"], r["source"], vector_of(r["vector"])) for r in rows]
 
 
 #: NOTIFY channel of every change to people or person_embeddings (migration 0009's triggers: sent
@@ -155,7 +167,7 @@ async def detections_seen(conn: asyncpg.Connection, image_id: int) -> list[tuple
 async def store_detection(
     conn: asyncpg.Connection,
     detection_id: int,
-    vectors: Iterable[tuple[Source, str, Iterable[float]]],
+    vectors: Iterable[tuple[Source, str, Sequence[float] | Vector]],
     identity: Identity,
 ) -> None:
     """One detection's vectors and identity (``store_detections`` of one)."""
@@ -164,47 +176,37 @@ async def store_detection(
 
 async def store_detections(
     conn: asyncpg.Connection,
-    rows: Sequence[tuple[int, Iterable[tuple[Source, str, Iterable[float]]], Identity]],
+    rows: Sequence[tuple[int, Iterable[tuple[Source, str, Sequence[float] | Vector]], Identity]],
 ) -> None:
-    """Each detection's vectors and identity (an image's people), in one statement: the vectors
-    travel as one flat array with each one's bounds, since PostgreSQL arrays of arrays must be
-    rectangular and a face's vector is not a body's length. A stranger's sighting is numbered
-    (``stranger_seq``) in ``rows``' order."""
+    """Each detection's vectors and identity (an image's people), in one statement. A stranger's
+    sighting is numbered (``stranger_seq``) in ``rows``' order."""
     if not rows:
         return
     owners: list[int] = []
     sources: list[str] = []
     models: list[str] = []
-    firsts: list[int] = []
-    lasts: list[int] = []
-    flat: list[float] = []
+    stored: list[bytes] = []
     for detection_id, vectors, _ in rows:
         for source, model, vector in vectors:
             owners.append(detection_id)
             sources.append(source)
             models.append(model)
-            firsts.append(len(flat) + 1)  # PostgreSQL's arrays count from 1, slices include both ends
-            flat.extend(map(float, vector))
-            lasts.append(len(flat))
+            stored.append(vector_bytes(vector))
     identities = [identity for _, _, identity in rows]
     await conn.execute(
         "WITH vectors AS (INSERT INTO detection_embeddings (detection_id, source, model, vector)"
-        " SELECT e.detection_id, e.source, e.model, ($6::real[])[e.first:e.last]"
-        " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::int[])"
-        "  AS e(detection_id, source, model, first, last))"
+        " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[]))"
         " INSERT INTO detection_identities (detection_id, person_id, similarity, source, visitor, stranger_id,"
         " stranger_link, stranger_seq)"
         " SELECT i.detection_id, i.person_id, i.similarity, i.source, i.visitor, i.stranger_id, i.stranger_link,"
         "  CASE WHEN i.stranger_id IS NULL THEN NULL ELSE nextval('stranger_sightings_seq') END"
-        " FROM unnest($7::bigint[], $8::bigint[], $9::real[], $10::text[], $11::bigint[], $12::bigint[], $13::text[])"
+        " FROM unnest($5::bigint[], $6::bigint[], $7::real[], $8::text[], $9::bigint[], $10::bigint[], $11::text[])"
         "  WITH ORDINALITY AS i(detection_id, person_id, similarity, source, visitor, stranger_id, stranger_link, n)"
         " ORDER BY i.n",
         owners,
         sources,
         models,
-        firsts,
-        lasts,
-        flat,
+        stored,
         [detection_id for detection_id, _, _ in rows],
         [i.person_id for i in identities],
         [i.similarity for i in identities],
@@ -217,11 +219,11 @@ async def store_detections(
 
 async def detection_vectors(
     conn: asyncpg.Connection | asyncpg.Pool, detection_id: int
-) -> list[tuple[Source, str, list[float]]]:
+) -> list[tuple[Source, str, Vector]]:
     rows = await conn.fetch(
         "SELECT source, model, vector FROM detection_embeddings WHERE detection_id = $1 ORDER BY source", detection_id
     )
-    return [(r["source"], r["model"], list(r["vector"])) for r in rows]
+    return [(r["source"], r["model"], vector_of(r["vector"])) for r in rows]
 
 
 #: Body vectors of each visitor of the open batch that linking an unknown person compares with:
@@ -238,7 +240,7 @@ VISITOR_RECENT_IMAGES = 32
 
 async def unknown_visitors(
     conn: asyncpg.Connection, camera_id: str, model: str
-) -> list[tuple[int, list[float], int | None, int]]:
+) -> list[tuple[int, Vector, int | None, int]]:
     """(visitor, body vector, stranger, detection) of the unknown people seen in the camera's open
     batch's latest ``VISITOR_RECENT_IMAGES`` images: each visitor's latest ``SIGHTINGS_PER_VISITOR``
     sightings, in detection order."""
@@ -257,7 +259,7 @@ async def unknown_visitors(
         SIGHTINGS_PER_VISITOR,
         VISITOR_RECENT_IMAGES,
     )
-    return [(r["visitor"], list(r["vector"]), r["stranger_id"], r["detection_id"]) for r in rows]
+    return [(r["visitor"], vector_of(r["vector"]), r["stranger_id"], r["detection_id"]) for r in rows]
 
 
 # --- strangers (migration 0009) -------------------------------------------------------------------
@@ -274,7 +276,7 @@ async def lock_strangers(conn: asyncpg.Connection) -> None:
 
 async def stranger_sightings(
     conn: asyncpg.Connection, after: int, since: datetime | None, models: dict[str, str]
-) -> list[tuple[int, int, Source, datetime, list[float]]]:
+) -> list[tuple[int, int, Source, datetime, Vector]]:
     """(seq, stranger, source, seen at, vector) of the strangers' sightings numbered after ``after``
     (of strangers seen since ``since``, when given), made by the current models, in seq order."""
     rows = await conn.fetch(
@@ -290,7 +292,7 @@ async def stranger_sightings(
         models.get("face", ""),
         models.get("body", ""),
     )
-    return [(r["stranger_seq"], r["stranger_id"], r["source"], r["detected_at"], list(r["vector"])) for r in rows]
+    return [(r["stranger_seq"], r["stranger_id"], r["source"], r["detected_at"], vector_of(r["vector"])) for r in rows]
 
 
 async def new_stranger(conn: asyncpg.Connection, seen_at: datetime) -> int:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 import pytest
 
 from bench.roundtrips import RoundTrips
@@ -74,7 +75,7 @@ async def test_enrolled_from_a_detection_the_embedding_outlives_the_detection(co
     assert [(s, m, len(v)) for s, m, v in vectors] == [("body", "m", 1280)]
     await people.add_embeddings(conn, anna.id, vectors, origin="detection", detection_id=detection_id)
     await conn.execute("DELETE FROM detections WHERE id = $1", detection_id)
-    row = await conn.fetchrow("SELECT origin, detection_id, cardinality(vector) AS n FROM person_embeddings")
+    row = await conn.fetchrow("SELECT origin, detection_id, octet_length(vector) / 4 AS n FROM person_embeddings")
     assert dict(row) == {"origin": "detection", "detection_id": None, "n": 1280}
 
 
@@ -176,8 +177,8 @@ async def test_retention_prunes_a_strangers_vectors_with_its_sightings_then_the_
 
 
 async def test_an_images_people_are_stored_in_one_statement_as_given(conn: asyncpg.Connection) -> None:
-    """Vectors of different lengths (a face's, a body's) in one flat array, each back whole and in
-    its place; the strangers' sightings numbered in the people's order, the others not numbered."""
+    """Vectors of different lengths (a face's, a body's) each back whole, as float32, and in its
+    place; the strangers' sightings numbered in the people's order, the others not numbered."""
     image_id = await images.insert(
         conn, images.NewImage("front", b"x", "x.jpg", "folder", None, "image/jpeg", 8, 8, 1, T0, "mtime")
     )
@@ -201,7 +202,9 @@ async def test_an_images_people_are_stored_in_one_statement_as_given(conn: async
         await people.store_detections(conn, rows[1:])  # type: ignore[arg-type]
     assert trips.count == 1  # three people, one statement
     for detection_id, vectors, _ in rows:
-        assert await people.detection_vectors(conn, detection_id) == sorted(vectors)  # by source, as stored
+        back = await people.detection_vectors(conn, detection_id)
+        assert all(v.dtype == np.float32 for _, _, v in back)
+        assert [(s, m, v.tolist()) for s, m, v in back] == sorted(vectors)  # by source, as stored
     stored = await conn.fetch(
         "SELECT detection_id, person_id, similarity, source, visitor, stranger_id, stranger_link, stranger_seq"
         " FROM detection_identities ORDER BY detection_id"
