@@ -22,6 +22,7 @@ the stranger shows no face). ``bench/recognition.py --strangers`` measures the f
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,114 @@ class Sightings:
         return cls(vectors, owners, times)
 
 
+class SightingsTable:
+    """The strangers' recent sightings, kept as ``Sightings`` in place: per source, a matrix of
+    rows that are reused. A stranger's sighting past its ``per_stranger`` latest takes the row of
+    its oldest; a forgotten stranger's rows are free for the next sightings (owner -1, never
+    matched); the matrix doubles when full. So one new sighting writes one row: rebuilding the
+    matrices from every kept vector at each new sighting cost 11 ms an unknown person with 500
+    strangers in the window (docs/performance.md, stop 42)."""
+
+    def __init__(self, per_stranger: int) -> None:
+        self.per_stranger = per_stranger
+        self._vectors: dict[EmbeddingSource, Vectors] = {}
+        self._owners: dict[EmbeddingSource, np.ndarray[Any, np.dtype[np.int64]]] = {}
+        self._times: dict[EmbeddingSource, np.ndarray[Any, np.dtype[np.float64]]] = {}
+        #: Rows handed out so far per source (the matrices' first ``_used`` rows are matched).
+        self._used: dict[EmbeddingSource, int] = {}
+        self._free: dict[EmbeddingSource, list[int]] = {}
+        #: (stranger, source) → its rows, oldest first.
+        self._rows: dict[tuple[int, EmbeddingSource], deque[int]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self._rows.values())
+
+    def add(self, stranger: int, source: EmbeddingSource, vector: Sequence[float] | Vectors, at: float) -> None:
+        """A sighting of ``stranger`` at ``at`` (epoch seconds); sightings come oldest first."""
+        self.add_many([(stranger, source, vector, at)])
+
+    def add_many(self, rows: Sequence[tuple[int, EmbeddingSource, Sequence[float] | Vectors, float]]) -> None:
+        """``add`` of each (stranger, source, vector, at), oldest first: the matrices grown once
+        and written in one copy per source (a worker's first read of the window brings
+        thousands). A vector of another length than its source's refuses them all."""
+        latest: dict[tuple[int, EmbeddingSource], deque[tuple[Sequence[float] | Vectors, float]]] = {}
+        for stranger, source, vector, at in rows:
+            # Only each stranger's latest sightings of ``rows`` can stay.
+            latest.setdefault((stranger, source), deque(maxlen=self.per_stranger)).append((vector, at))
+        checked = []
+        for source in SOURCES:
+            mine = [(key[0], vector, at) for key, kept in latest.items() if key[1] == source for vector, at in kept]
+            if not mine:
+                continue
+            values = np.asarray([vector for _, vector, _ in mine], dtype=np.float32)
+            known = self._vectors[source].shape[1:] if source in self._vectors else values.shape[1:]
+            if values.ndim != 2 or values.shape[1:] != known:
+                raise ValueError(f"{source} vectors of shape {values.shape[1:]} among vectors of shape {known}")
+            checked.append((source, mine, values))
+        for source, mine, values in checked:
+            self._reserve(source, self._used.get(source, 0) + len(mine), values.shape[1])
+            at_rows = [self._take(stranger, source) for stranger, _, _ in mine]
+            self._vectors[source][at_rows] = values
+            self._owners[source][at_rows] = [stranger for stranger, _, _ in mine]
+            self._times[source][at_rows] = [at for _, _, at in mine]
+
+    def forget(self, stranger: int) -> None:
+        for key in [k for k in self._rows if k[0] == stranger]:
+            self._release(key)
+
+    def forget_seen_before(self, horizon: float) -> None:
+        """Strangers whose latest sighting of a source is older than ``horizon``: that source's rows."""
+        for key in [k for k, rows in self._rows.items() if self._times[k[1]][rows[-1]] < horizon]:
+            self._release(key)
+
+    def sightings(self) -> Sightings:
+        """The rows in use so far (views, valid until the next change)."""
+        return Sightings(
+            {s: m[: self._used[s]] for s, m in self._vectors.items()},
+            {s: o[: self._used[s]] for s, o in self._owners.items()},
+            {s: t[: self._used[s]] for s, t in self._times.items()},
+        )
+
+    def _take(self, stranger: int, source: EmbeddingSource) -> int:
+        """The row for the stranger's next sighting: its oldest past ``per_stranger``, else a free
+        one, else the next unused (room reserved)."""
+        rows = self._rows.setdefault((stranger, source), deque())
+        if len(rows) >= self.per_stranger:
+            row = rows.popleft()
+        elif self._free[source]:
+            row = self._free[source].pop()
+        else:
+            row = self._used[source]
+            self._used[source] = row + 1
+        rows.append(row)
+        return row
+
+    def _reserve(self, source: EmbeddingSource, rows: int, size: int) -> None:
+        """Room for ``rows`` rows of ``size`` values (doubling; 16 at first)."""
+        if source not in self._vectors:
+            self._vectors[source] = np.zeros((0, size), dtype=np.float32)
+            self._owners[source] = np.zeros(0, dtype=np.int64)
+            self._times[source] = np.zeros(0)
+            self._used[source], self._free[source] = 0, []
+        have = len(self._vectors[source])
+        if rows <= have:
+            return
+        grown = max(rows, 2 * have, 16)
+        used = self._used[source]
+        vectors = np.zeros((grown, size), dtype=np.float32)
+        vectors[:used] = self._vectors[source][:used]
+        owners, times = np.full(grown, -1, dtype=np.int64), np.full(grown, -np.inf)
+        owners[:used], times[:used] = self._owners[source][:used], self._times[source][:used]
+        self._vectors[source], self._owners[source], self._times[source] = vectors, owners, times
+
+    def _release(self, key: tuple[int, EmbeddingSource]) -> None:
+        source = key[1]
+        for row in self._rows.pop(key):
+            self._owners[source][row] = -1
+            self._times[source][row] = -np.inf
+            self._free[source].append(row)
+
+
 def match_stranger(
     sightings: Sightings | Sequence[tuple[int, EmbeddingSource, Sequence[float] | Vectors]],
     face: Sequence[float] | Vectors | None,
@@ -151,9 +260,9 @@ def match_stranger(
     seen_between: tuple[float, float] | None = None,
 ) -> StrangerMatch | None:
     """The earlier stranger this unknown person is, or None (a new stranger). ``sightings``:
-    recent unknown sightings (or (stranger, source, vector) rows); ``exclude``: strangers this one
-    cannot be (the other people of the same image); ``seen_between``: only sightings of that time
-    range (epoch seconds) count.
+    recent unknown sightings (or (stranger, source, vector) rows; a row owned by -1 is a free one,
+    never matched); ``exclude``: strangers this one cannot be (the other people of the same
+    image); ``seen_between``: only sightings of that time range (epoch seconds) count.
 
     A face matching one of a stranger's faces decides. Otherwise a body match at the (high) body
     threshold links, unless a face contradicts it: this person's face was seen and so was the
@@ -168,7 +277,8 @@ def match_stranger(
         out: np.ndarray[Any, np.dtype[np.float32]] = np.einsum(
             "ij,j->i", sightings.vectors[source], np.asarray(vector, dtype=np.float32)
         )
-        blocked = np.isin(sightings.owners[source], excluded)
+        owners = sightings.owners[source]
+        blocked = (owners < 0) | np.isin(owners, excluded)
         if seen_between is not None:
             at = sightings.times[source]
             blocked |= (at < seen_between[0]) | (at > seen_between[1])

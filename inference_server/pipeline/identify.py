@@ -24,7 +24,6 @@ import contextlib
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-import numpy as np
 from PIL import Image
 
 from inference_server.config import Settings
@@ -40,7 +38,7 @@ from inference_server.detection.detector import RgbPixels, rgb_array
 from inference_server.domain import Detection, Identity
 from inference_server.embedding.crops import body_box, crop, face_box
 from inference_server.embedding.embedder import Embedder, EmbeddingSource, Vectors
-from inference_server.embedding.matching import Gallery, Sightings, identify, link, match_stranger
+from inference_server.embedding.matching import Gallery, Sightings, SightingsTable, identify, link, match_stranger
 from inference_server.store import people
 from inference_server.store.db import Listener
 from inference_server.telemetry import metrics
@@ -268,45 +266,27 @@ class StrangerCache:
         self.window = window
         self.after = 0
         self.loaded = False
-        self._rows: dict[tuple[int, EmbeddingSource], deque[tuple[float, Vectors]]] = {}
-        self._built: Sightings | None = None
+        self._table = SightingsTable(SIGHTINGS_PER_STRANGER)
         #: Vectors read from the database (a test and the bench read it).
         self.read = 0
 
     async def catch_up(self, conn: asyncpg.Connection, seen_at: datetime, models: dict[str, str]) -> None:
         since = None if self.loaded else seen_at - self.window
         rows = await people.stranger_sightings(conn, self.after, since, models)
-        for seq, stranger, source, at, vector in rows:
-            key = (stranger, source)
-            if key not in self._rows:
-                self._rows[key] = deque(maxlen=SIGHTINGS_PER_STRANGER)
-            self._rows[key].append((at.timestamp(), np.asarray(vector, dtype=np.float32)))
-            self.after = max(self.after, seq)
+        self._table.add_many([(stranger, source, vector, at.timestamp()) for _, stranger, source, at, vector in rows])
+        self.after = max([self.after, *(seq for seq, *_ in rows)])
         self.read += len(rows)
         self.loaded = True
-        if rows:
-            self._built = None
         # Sightings far older than the window of the newest image are of no use any more.
-        horizon = (seen_at - 2 * self.window).timestamp()
-        stale = [key for key, kept in self._rows.items() if kept[-1][0] < horizon]
-        for key in stale:
-            del self._rows[key]
-        if stale:
-            self._built = None
+        self._table.forget_seen_before((seen_at - 2 * self.window).timestamp())
 
     def forget(self, stranger: int) -> None:
         """A stranger that is not in the database (retention deleted it, or its transaction
         rolled back after this process read it)."""
-        for key in [k for k in self._rows if k[0] == stranger]:
-            del self._rows[key]
-        self._built = None
+        self._table.forget(stranger)
 
     def sightings(self) -> Sightings:
-        if self._built is None:
-            self._built = Sightings.build(
-                [(stranger, source, v, at) for (stranger, source), kept in self._rows.items() for at, v in kept]
-            )
-        return self._built
+        return self._table.sightings()
 
 
 class _Strangers:

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import asyncpg
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
@@ -146,6 +147,25 @@ async def test_the_same_unknown_people_keep_their_stranger_ids_across_events_and
             for p in views[view]
         ]
         assert recognizer.strangers.read == sum(vectors[:-2])
+    finally:
+        recognizer.close()
+
+
+async def test_a_new_sighting_is_written_into_the_strangers_matrices_not_rebuilt(
+    pool: asyncpg.Pool, views: dict[str, list[PersonVectors]]
+) -> None:
+    """Each image reads the sightings committed since the one before; they join the matrices the
+    worker holds (one row each) instead of every kept vector being copied into new ones."""
+    recognizer = Recognizer(Settings(stranger_window_h=12), {}, MODELS)
+    try:
+        await _seen(pool, recognizer, "front", T0, views["zidane"])
+        await _seen(pool, recognizer, "front", T0 + timedelta(minutes=1), views["zidane_brighter"])
+        before = recognizer.strangers.sightings()
+        await _seen(pool, recognizer, "front", T0 + timedelta(minutes=2), views["astronaut"])
+        after = recognizer.strangers.sightings()
+        for source in ("face", "body"):
+            assert len(after.vectors[source]) > len(before.vectors[source])
+            assert np.shares_memory(before.vectors[source], after.vectors[source])
     finally:
         recognizer.close()
 
