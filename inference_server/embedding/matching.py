@@ -146,9 +146,14 @@ class SightingsTable:
     """The strangers' recent sightings, kept as ``Sightings`` in place: per source, a matrix of
     rows that are reused. A stranger's sighting past its ``per_stranger`` latest takes the row of
     its oldest; a forgotten stranger's rows are free for the next sightings (owner -1, never
-    matched); the matrix doubles when full. So one new sighting writes one row: rebuilding the
-    matrices from every kept vector at each new sighting cost 11 ms an unknown person with 500
-    strangers in the window (docs/performance.md, stop 42)."""
+    matched); the matrix doubles when full, and is compacted when more than half its rows are
+    free (a crowd gone from the window gives its memory back). So one new sighting writes one
+    row: the matrices rebuilt from every kept vector at each new sighting made an unknown
+    person's identify 6.9 ms with 500 strangers in the window, 2.7 ms now (docs/performance.md,
+    stop 42)."""
+
+    #: Rows handed out up to which free rows are left as they are (a few hundred kB at most).
+    compact_above = 64
 
     def __init__(self, per_stranger: int) -> None:
         self.per_stranger = per_stranger
@@ -194,20 +199,24 @@ class SightingsTable:
             self._times[source][at_rows] = [at for _, _, at in mine]
 
     def forget(self, stranger: int) -> None:
-        for key in [k for k in self._rows if k[0] == stranger]:
-            self._release(key)
+        self._release([k for k in self._rows if k[0] == stranger])
 
     def forget_seen_before(self, horizon: float) -> None:
         """Strangers whose latest sighting of a source is older than ``horizon``: that source's rows."""
-        for key in [k for k, rows in self._rows.items() if self._times[k[1]][rows[-1]] < horizon]:
-            self._release(key)
+        self._release([k for k, rows in self._rows.items() if self._times[k[1]][rows[-1]] < horizon])
+
+    def capacity(self, source: EmbeddingSource) -> int:
+        """Rows the source's matrix has room for (a test reads it)."""
+        return len(self._vectors.get(source, ()))
 
     def sightings(self) -> Sightings:
-        """The rows in use so far (views, valid until the next change)."""
+        """The rows handed out so far (views, valid until the next change); a source without
+        any is left out, as ``Sightings.build`` leaves it."""
+        sources = [s for s, used in self._used.items() if used]
         return Sightings(
-            {s: m[: self._used[s]] for s, m in self._vectors.items()},
-            {s: o[: self._used[s]] for s, o in self._owners.items()},
-            {s: t[: self._used[s]] for s, t in self._times.items()},
+            {s: self._vectors[s][: self._used[s]] for s in sources},
+            {s: self._owners[s][: self._used[s]] for s in sources},
+            {s: self._times[s][: self._used[s]] for s in sources},
         )
 
     def _take(self, stranger: int, source: EmbeddingSource) -> int:
@@ -242,12 +251,34 @@ class SightingsTable:
         owners[:used], times[:used] = self._owners[source][:used], self._times[source][:used]
         self._vectors[source], self._owners[source], self._times[source] = vectors, owners, times
 
-    def _release(self, key: tuple[int, EmbeddingSource]) -> None:
-        source = key[1]
-        for row in self._rows.pop(key):
-            self._owners[source][row] = -1
-            self._times[source][row] = -np.inf
-            self._free[source].append(row)
+    def _release(self, keys: Sequence[tuple[int, EmbeddingSource]]) -> None:
+        for key in keys:
+            source = key[1]
+            for row in self._rows.pop(key):
+                self._owners[source][row] = -1
+                self._times[source][row] = -np.inf
+                self._free[source].append(row)
+        for source in {source for _, source in keys}:
+            if self._used[source] > self.compact_above and 2 * len(self._free[source]) > self._used[source]:
+                self._compact(source)
+
+    def _compact(self, source: EmbeddingSource) -> None:
+        """The rows in use moved to the front of new matrices sized for them (half as many again)."""
+        keys = [k for k in self._rows if k[1] == source]
+        kept = [row for k in keys for row in self._rows[k]]
+        live, size = len(kept), self._vectors[source].shape[1]
+        room = max(16, live + live // 2)
+        vectors = np.zeros((room, size), dtype=np.float32)
+        vectors[:live] = self._vectors[source][kept]
+        owners, times = np.full(room, -1, dtype=np.int64), np.full(room, -np.inf)
+        owners[:live], times[:live] = self._owners[source][kept], self._times[source][kept]
+        self._vectors[source], self._owners[source], self._times[source] = vectors, owners, times
+        at = 0
+        for key in keys:
+            count = len(self._rows[key])
+            self._rows[key] = deque(range(at, at + count))
+            at += count
+        self._used[source], self._free[source] = live, []
 
 
 def match_stranger(

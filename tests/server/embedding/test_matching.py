@@ -37,9 +37,13 @@ def _in_use(sightings: Sightings) -> list[tuple[int, str, float, tuple[float, ..
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(add, add, forget, expire), min_size=10, max_size=120), st.integers(0, 2**31))
-def test_the_table_kept_in_place_matches_as_the_sightings_rebuilt(ops: list[tuple], probe_seed: int) -> None:
+@given(st.lists(st.one_of(add, add, forget, expire), min_size=10, max_size=120), st.integers(0, 2**31), st.booleans())
+def test_the_table_kept_in_place_matches_as_the_sightings_rebuilt(
+    ops: list[tuple], probe_seed: int, compact: bool
+) -> None:
     table = SightingsTable(PER_STRANGER)
+    if compact:
+        table.compact_above = 0  # compacted whenever half its rows are free: the moves tested too
     # The model: each stranger's latest sightings per source, as StrangerCache kept them before.
     kept: dict[tuple[int, EmbeddingSource], deque[tuple[float, np.ndarray]]] = {}
     for clock, op in enumerate(ops):
@@ -116,3 +120,19 @@ def test_sightings_added_together_are_those_added_one_by_one() -> None:
         one_by_one.add(*row)
     together.add_many(rows[5:])
     assert _in_use(together.sightings()) == _in_use(one_by_one.sightings())
+
+
+def test_a_crowd_gone_from_the_window_gives_its_memory_back() -> None:
+    table = SightingsTable(PER_STRANGER)
+    for stranger in range(1, 501):  # a street's evening: 500 strangers, 3 faces each
+        table.add_many([(stranger, "face", _unit([stranger, n], 8), float(stranger)) for n in range(3)])
+    assert table.capacity("face") >= 1500
+    table.forget_seen_before(498.0)  # all but the last three gone
+    assert len(table) == 9 and table.capacity("face") == 16
+    kept = table.sightings()
+    assert sorted(set(kept.owners["face"].tolist())) == [498, 499, 500]
+    # The moved rows still match as themselves.
+    found = match_stranger(kept, _unit([499, 1], 8), None)
+    assert found is not None and found.stranger == 499 and found.similarity == 1.0
+    table.add(501, "face", _unit([501, 0], 8), 501.0)
+    assert len(table.sightings().vectors["face"]) == 10
