@@ -194,10 +194,17 @@ class Recognizer:
 
     # --- inside the result's transaction --------------------------------------------------------
     async def identify(
-        self, conn: asyncpg.Connection, camera_id: str, image_id: int, vectors: Sequence[PersonVectors | None]
+        self,
+        conn: asyncpg.Connection,
+        camera_id: str,
+        image_id: int,
+        vectors: Sequence[PersonVectors | None],
+        seen: Sequence[tuple[int, datetime]] | None = None,
     ) -> tuple[list[Identity | None], int]:
         """Match, link and store each embedded detection of the image (its detections are inserted
         already, in ``vectors``' order); its identities, and how many people are enrolled.
+        ``seen``: the detections' ids and capture time, in that order, when the caller has them
+        (the store's statement returned them), else they are read.
 
         An unknown person is linked to the batch's earlier unknown sightings (``visitor``) and to
         a stranger seen within ``stranger_window_h`` (``stranger``, across events and cameras);
@@ -206,7 +213,8 @@ class Recognizer:
         await self._refresh(conn)
         if not any(v is not None for v in vectors):
             return identities, self._gallery.people()
-        seen = await people.detections_seen(conn, image_id)
+        if seen is None:
+            seen = await people.detections_seen(conn, image_id)
         if len(seen) != len(vectors):
             raise RuntimeError(f"image {image_id} has {len(seen)} stored detections, {len(vectors)} were embedded")
         visitors = await people.unknown_visitors(conn, camera_id, self.models["body"]) if "body" in self.models else []

@@ -233,7 +233,9 @@ class ResultStage:
         for r, ids in zip(found, detection_ids, strict=True):
             identities: list[Identity | None] = []
             if self.recognizer is not None and r.vectors:
-                identities, enrolled = await self.recognizer.identify(conn, camera_id, r.job.image_id, r.vectors)
+                identities, enrolled = await self.recognizer.identify(
+                    conn, camera_id, r.job.image_id, r.vectors, [(i, r.job.captured_at) for i in ids]
+                )
             seen.append(
                 Seen(
                     r.job.image_id,

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from bench.roundtrips import RoundTrips
 from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
@@ -166,6 +167,29 @@ async def test_a_new_sighting_is_written_into_the_strangers_matrices_not_rebuilt
         for source in ("face", "body"):
             assert len(after.vectors[source]) > len(before.vectors[source])
             assert np.shares_memory(before.vectors[source], after.vectors[source])
+    finally:
+        recognizer.close()
+
+
+async def test_detections_the_store_returned_are_not_read_back(
+    pool: asyncpg.Pool, views: dict[str, list[PersonVectors]]
+) -> None:
+    """The store's statement returns the image's detection ids: identify given them (and the
+    capture time) reads no detection back, and links as it does when it reads them."""
+    recognizer = Recognizer(Settings(stranger_window_h=12, stranger_visit_gap_s=300), {}, MODELS)
+    try:
+        first = await _seen(pool, recognizer, "front", T0, views["zidane"])
+        async with pool.acquire() as conn, conn.transaction():
+            at = T0 + timedelta(minutes=30)
+            image_id = await _image(conn, "front", at, 2)
+            ids = await people.detection_ids(conn, image_id)
+            with RoundTrips() as trips:
+                found, _ = await recognizer.identify(
+                    conn, "front", image_id, views["zidane_brighter"], [(i, at) for i in ids]
+                )
+        assert not [q for q in trips.by_statement if "FROM detections WHERE image_id" in q]
+        assert [i.stranger for i in found if i is not None] == [i.stranger for i in first]
+        assert [i.visits for i in found if i is not None] == [2, 2]
     finally:
         recognizer.close()
 
