@@ -217,7 +217,6 @@ class Recognizer:
             seen = await people.detections_seen(conn, image_id)
         if len(seen) != len(vectors):
             raise RuntimeError(f"image {image_id} has {len(seen)} stored detections, {len(vectors)} were embedded")
-        visitors = await people.unknown_visitors(conn, camera_id, self.models["body"]) if "body" in self.models else []
         strangers: _Strangers | None = None
         stored: list[tuple[int, list[tuple[EmbeddingSource, str, Vectors]], Identity]] = []
         for index, ((detection_id, seen_at), found) in enumerate(zip(seen, vectors, strict=True)):
@@ -230,14 +229,14 @@ class Recognizer:
                 identity = Identity(match.source, match.person_id, name, entity, match.similarity)
             else:
                 if strangers is None:
-                    strangers = _Strangers(self, conn)
-                identity = await strangers.identity(detection_id, seen_at, source, found, visitors)
+                    strangers = _Strangers(self, conn, camera_id)
+                identity = await strangers.identity(detection_id, seen_at, source, found)
             parts: tuple[tuple[EmbeddingSource, Vectors | None], ...] = (("face", found.face), ("body", found.body))
             kept = [(s, self.models[s], v) for s, v in parts if v is not None]  # made floats once, when stored
             stored.append((detection_id, kept, identity))
             identities[index] = identity
         # The image's people in one statement: linking one of them reads none of the others' rows
-        # (the visitors were read above, the strangers' sightings when the lock was taken).
+        # (the batch's visitors and the strangers' sightings were read when the lock was taken).
         await people.store_detections(conn, stored)
         return identities, self._gallery.people()
 
@@ -303,11 +302,15 @@ class _Strangers:
     transaction, so two workers cannot make two strangers of one person, and the sightings'
     numbers follow their commit order."""
 
-    def __init__(self, recognizer: Recognizer, conn: asyncpg.Connection) -> None:
+    def __init__(self, recognizer: Recognizer, conn: asyncpg.Connection, camera_id: str) -> None:
         self.recognizer = recognizer
         self.conn = conn
+        self.camera_id = camera_id
         self.window = timedelta(hours=recognizer.stranger_window_h)
         self._locked = False
+        #: The camera's open batch's unknown visitors (read with the lock: an image whose people
+        #: are all known reads none).
+        self._visitors: list[tuple[int, Vectors, int | None, int]] = []
         #: Strangers and visitors given to people of this image: not given to another of them.
         self._taken: set[int] = set()
         self._taken_visitors: set[int] = set()
@@ -318,13 +321,13 @@ class _Strangers:
         seen_at: datetime,
         source: EmbeddingSource,
         found: PersonVectors,
-        visitors: list[tuple[int, Vectors, int | None, int]],
     ) -> Identity:
         conn, r = self.conn, self.recognizer
         if not self._locked:
-            await people.lock_strangers(conn)
+            self._visitors = await people.lock_strangers(conn, self.camera_id, r.models.get("body"))
             await r.strangers.catch_up(conn, seen_at, r.models)
             self._locked = True
+        visitors = self._visitors
         visitor: int | None = None
         stranger: int | None = None
         how: EmbeddingSource | None = None

@@ -238,6 +238,29 @@ SIGHTINGS_PER_VISITOR = 4
 VISITOR_RECENT_IMAGES = 32
 
 
+#: (visitor, body vector, stranger, detection) of the unknown people seen in camera $1's open
+#: batch's latest $4 images by body model $2: each visitor's latest $3 sightings.
+_VISITORS = (
+    "SELECT visitor, vector, stranger_id, detection_id FROM ("
+    " SELECT di.visitor, de.vector, di.stranger_id, d.id AS detection_id,"
+    "  row_number() OVER (PARTITION BY di.visitor ORDER BY d.id DESC) AS nth"
+    " FROM (SELECT bi.image_id FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
+    "  WHERE b.camera_id = $1 AND b.closed_at IS NULL ORDER BY bi.image_id DESC LIMIT $4) AS recent"
+    " JOIN detections d ON d.image_id = recent.image_id JOIN detection_identities di ON di.detection_id = d.id"
+    " JOIN detection_embeddings de ON de.detection_id = d.id AND de.source = 'body' AND de.model = $2"
+    " WHERE di.person_id IS NULL AND di.visitor IS NOT NULL"
+    ") AS seen WHERE nth <= $3"
+)
+
+
+def _visitors(rows: Iterable[asyncpg.Record]) -> list[tuple[int, Vector, int | None, int]]:
+    return [
+        (r["visitor"], vector_of(r["vector"]), r["stranger_id"], r["detection_id"])
+        for r in rows
+        if r["visitor"] is not None
+    ]
+
+
 async def unknown_visitors(
     conn: asyncpg.Connection, camera_id: str, model: str
 ) -> list[tuple[int, Vector, int | None, int]]:
@@ -245,21 +268,9 @@ async def unknown_visitors(
     batch's latest ``VISITOR_RECENT_IMAGES`` images: each visitor's latest ``SIGHTINGS_PER_VISITOR``
     sightings, in detection order."""
     rows = await conn.fetch(
-        "SELECT visitor, vector, stranger_id, detection_id FROM ("
-        " SELECT di.visitor, de.vector, di.stranger_id, d.id AS detection_id,"
-        "  row_number() OVER (PARTITION BY di.visitor ORDER BY d.id DESC) AS nth"
-        " FROM (SELECT bi.image_id FROM batches b JOIN batch_images bi ON bi.batch_id = b.id"
-        "  WHERE b.camera_id = $1 AND b.closed_at IS NULL ORDER BY bi.image_id DESC LIMIT $4) AS recent"
-        " JOIN detections d ON d.image_id = recent.image_id JOIN detection_identities di ON di.detection_id = d.id"
-        " JOIN detection_embeddings de ON de.detection_id = d.id AND de.source = 'body' AND de.model = $2"
-        " WHERE di.person_id IS NULL AND di.visitor IS NOT NULL"
-        ") AS seen WHERE nth <= $3 ORDER BY detection_id",
-        camera_id,
-        model,
-        SIGHTINGS_PER_VISITOR,
-        VISITOR_RECENT_IMAGES,
+        f"{_VISITORS} ORDER BY detection_id", camera_id, model, SIGHTINGS_PER_VISITOR, VISITOR_RECENT_IMAGES
     )
-    return [(r["visitor"], vector_of(r["vector"]), r["stranger_id"], r["detection_id"]) for r in rows]
+    return _visitors(rows)
 
 
 # --- strangers (migration 0009) -------------------------------------------------------------------
@@ -268,10 +279,26 @@ async def unknown_visitors(
 _STRANGERS_LOCK = 0x4853_4953_5452  # "HSISTR"
 
 
-async def lock_strangers(conn: asyncpg.Connection) -> None:
+async def lock_strangers(
+    conn: asyncpg.Connection, camera_id: str | None = None, model: str | None = None
+) -> list[tuple[int, Vector, int | None, int]]:
     """Held until the caller's transaction ends: whoever stores a stranger's sighting holds it, so
-    ``stranger_seq`` (taken while holding it) follows the order the sightings commit in."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _STRANGERS_LOCK)
+    ``stranger_seq`` (taken while holding it) follows the order the sightings commit in. Given a
+    camera and a body model, the same statement reads its ``unknown_visitors`` (one round trip
+    for both: the statement's snapshot is taken before the lock, as a read before it would be)."""
+    if camera_id is None or model is None:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _STRANGERS_LOCK)
+        return []
+    rows = await conn.fetch(
+        "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($5))"
+        f" SELECT seen.* FROM locked LEFT JOIN ({_VISITORS}) AS seen ON true ORDER BY seen.detection_id",
+        camera_id,
+        model,
+        SIGHTINGS_PER_VISITOR,
+        VISITOR_RECENT_IMAGES,
+        _STRANGERS_LOCK,
+    )
+    return _visitors(rows)
 
 
 async def stranger_sightings(

@@ -127,6 +127,10 @@ async def test_identifying_an_image_asks_the_database_nothing_about_the_househol
             assert identity is not None and identity.name == "Anna" and enrolled_people == 1
         household = [q for q in queries if any(t in q for t in ("person_embeddings", "people_version", "FROM people"))]
         assert household == [], household
+        # Everyone known: no stranger to link, so neither the strangers' lock nor the batch's
+        # unknown visitors are read.
+        strangers = [q for q in queries if "pg_advisory_xact_lock" in q or "batch_images" in q]
+        assert strangers == [], strangers
         assert recognizer.reloads == 1
     finally:
         await recognizer.aclose()
