@@ -22,6 +22,7 @@ the stranger shows no face). ``bench/recognition.py --strangers`` measures the f
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -165,6 +166,9 @@ class SightingsTable:
         self._free: dict[EmbeddingSource, list[int]] = {}
         #: (stranger, source) → its rows, oldest first.
         self._rows: dict[tuple[int, EmbeddingSource], deque[int]] = {}
+        #: At most the time of any stranger's latest sighting: a horizon at or before it finds
+        #: nobody to expire without walking every stranger.
+        self._latest_bound = math.inf
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self._rows.values())
@@ -193,6 +197,7 @@ class SightingsTable:
             checked.append((source, mine, values))
         for source, mine, values in checked:
             self._reserve(source, self._used.get(source, 0) + len(mine), values.shape[1])
+            self._latest_bound = min(self._latest_bound, min(at for _, _, at in mine))
             at_rows = [self._take(stranger, source) for stranger, _, _ in mine]
             self._vectors[source][at_rows] = values
             self._owners[source][at_rows] = [stranger for stranger, _, _ in mine]
@@ -203,7 +208,11 @@ class SightingsTable:
 
     def forget_seen_before(self, horizon: float) -> None:
         """Strangers whose latest sighting of a source is older than ``horizon``: that source's rows."""
-        self._release([k for k, rows in self._rows.items() if self._times[k[1]][rows[-1]] < horizon])
+        if horizon <= self._latest_bound:
+            return
+        latest = {key: float(self._times[key[1]][rows[-1]]) for key, rows in self._rows.items()}
+        self._release([key for key, at in latest.items() if at < horizon])
+        self._latest_bound = min((at for at in latest.values() if at >= horizon), default=math.inf)
 
     def capacity(self, source: EmbeddingSource) -> int:
         """Rows the source's matrix has room for (a test reads it)."""
