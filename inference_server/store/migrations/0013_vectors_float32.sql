@@ -4,11 +4,12 @@
 -- the server's CPU for 6,400 vectors, against 26 ms for the same vectors as `bytea` read by
 -- NumPy (docs/performance.md). A vector is now its float32 values, big-endian (network order,
 -- what PostgreSQL's own `float4send` writes, so the rows already stored convert here in SQL),
--- 16 to 4,096 of them as before.
+-- 16 to 4,096 of them as before. A NULL value (only hand-written SQL could store one) becomes
+-- NaN, so every vector keeps its length (a NaN vector matches nothing).
 
 CREATE FUNCTION pg_temp.float32_bytes(v real[]) RETURNS bytea
     LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT coalesce(string_agg(float4send(x), ''::bytea ORDER BY n), ''::bytea)
+    SELECT coalesce(string_agg(float4send(coalesce(x, 'NaN'::real)), ''::bytea ORDER BY n), ''::bytea)
     FROM unnest(v) WITH ORDINALITY AS u(x, n)
 $$;
 
