@@ -232,7 +232,7 @@ class Recognizer:
                     strangers = _Strangers(self, conn, camera_id)
                 identity = await strangers.identity(detection_id, seen_at, source, found)
             parts: tuple[tuple[EmbeddingSource, Vectors | None], ...] = (("face", found.face), ("body", found.body))
-            kept = [(s, self.models[s], v) for s, v in parts if v is not None]  # made floats once, when stored
+            kept = [(s, self.models[s], v) for s, v in parts if v is not None]  # made bytes once, when stored
             stored.append((detection_id, kept, identity))
             identities[index] = identity
         # The image's people in one statement: linking one of them reads none of the others' rows
