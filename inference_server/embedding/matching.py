@@ -250,15 +250,8 @@ class SightingsTable:
             self._times[source] = np.zeros(0)
             self._used[source], self._free[source] = 0, []
         have = len(self._vectors[source])
-        if rows <= have:
-            return
-        grown = max(rows, 2 * have, 16)
-        used = self._used[source]
-        vectors = np.zeros((grown, size), dtype=np.float32)
-        vectors[:used] = self._vectors[source][:used]
-        owners, times = np.full(grown, -1, dtype=np.int64), np.full(grown, -np.inf)
-        owners[:used], times[:used] = self._owners[source][:used], self._times[source][:used]
-        self._vectors[source], self._owners[source], self._times[source] = vectors, owners, times
+        if rows > have:
+            self._move(source, max(rows, 2 * have, 16), slice(0, self._used[source]))
 
     def _release(self, keys: Sequence[tuple[int, EmbeddingSource]]) -> None:
         for key in keys:
@@ -275,19 +268,23 @@ class SightingsTable:
         """The rows in use moved to the front of new matrices sized for them (half as many again)."""
         keys = [k for k in self._rows if k[1] == source]
         kept = [row for k in keys for row in self._rows[k]]
-        live, size = len(kept), self._vectors[source].shape[1]
-        room = max(16, live + live // 2)
-        vectors = np.zeros((room, size), dtype=np.float32)
-        vectors[:live] = self._vectors[source][kept]
-        owners, times = np.full(room, -1, dtype=np.int64), np.full(room, -np.inf)
-        owners[:live], times[:live] = self._owners[source][kept], self._times[source][kept]
-        self._vectors[source], self._owners[source], self._times[source] = vectors, owners, times
+        self._move(source, max(16, len(kept) + len(kept) // 2), kept)
         at = 0
         for key in keys:
             count = len(self._rows[key])
             self._rows[key] = deque(range(at, at + count))
             at += count
-        self._used[source], self._free[source] = live, []
+        self._used[source], self._free[source] = len(kept), []
+
+    def _move(self, source: EmbeddingSource, room: int, kept: slice | list[int]) -> None:
+        """New matrices of ``room`` rows for ``source``, the rows ``kept`` first, the rest free."""
+        vectors = self._vectors[source][kept]
+        live = len(vectors)
+        grown = np.zeros((room, vectors.shape[1]), dtype=np.float32)
+        grown[:live] = vectors
+        owners, times = np.full(room, -1, dtype=np.int64), np.full(room, -np.inf)
+        owners[:live], times[:live] = self._owners[source][kept], self._times[source][kept]
+        self._vectors[source], self._owners[source], self._times[source] = grown, owners, times
 
 
 def match_stranger(

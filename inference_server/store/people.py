@@ -261,18 +261,6 @@ def _visitors(rows: Iterable[asyncpg.Record]) -> list[tuple[int, Vector, int | N
     ]
 
 
-async def unknown_visitors(
-    conn: asyncpg.Connection, camera_id: str, model: str
-) -> list[tuple[int, Vector, int | None, int]]:
-    """(visitor, body vector, stranger, detection) of the unknown people seen in the camera's open
-    batch's latest ``VISITOR_RECENT_IMAGES`` images: each visitor's latest ``SIGHTINGS_PER_VISITOR``
-    sightings, in detection order."""
-    rows = await conn.fetch(
-        f"{_VISITORS} ORDER BY detection_id", camera_id, model, SIGHTINGS_PER_VISITOR, VISITOR_RECENT_IMAGES
-    )
-    return _visitors(rows)
-
-
 # --- strangers (migration 0009) -------------------------------------------------------------------
 #: Transaction lock that serialises linking strangers across worker processes: two workers seeing
 #: the same new stranger at once would otherwise make two.
@@ -284,8 +272,11 @@ async def lock_strangers(
 ) -> list[tuple[int, Vector, int | None, int]]:
     """Held until the caller's transaction ends: whoever stores a stranger's sighting holds it, so
     ``stranger_seq`` (taken while holding it) follows the order the sightings commit in. Given a
-    camera and a body model, the same statement reads its ``unknown_visitors`` (one round trip
-    for both: the statement's snapshot is taken before the lock, as a read before it would be)."""
+    camera and a body model, the same statement reads its unknown visitors (one round trip
+    for both: the statement's snapshot is taken before the lock, as a read before it would be):
+    (visitor, body vector, stranger, detection) of the unknown people seen in the camera's open
+    batch's latest ``VISITOR_RECENT_IMAGES`` images, each visitor's latest
+    ``SIGHTINGS_PER_VISITOR`` sightings, in detection order."""
     if camera_id is None or model is None:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _STRANGERS_LOCK)
         return []

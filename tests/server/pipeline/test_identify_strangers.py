@@ -232,7 +232,7 @@ async def test_a_visitor_in_a_long_batch_is_linked_from_its_latest_sightings_onl
         assert len(set(visitors[0::2])) == 1 and len(set(visitors[1::2])) == 1
         assert visitors[0] != visitors[1]
         async with pool.acquire() as conn:
-            kept = await people.unknown_visitors(conn, "front", MODELS["body"])
+            kept = await people.lock_strangers(conn, "front", MODELS["body"])
             latest = await conn.fetch(
                 "SELECT di.visitor, d.id FROM detection_identities di JOIN detections d ON d.id = di.detection_id"
                 " ORDER BY d.id DESC"
@@ -258,7 +258,7 @@ async def test_someone_back_after_a_gap_in_the_batch_is_the_same_stranger_counte
         first = [(await batch.seen(n, [person]))[0] for n in range(2)]
         between = [(await batch.seen(2 + n, [other]))[0] for n in range(VISITOR_RECENT_IMAGES)]
         async with pool.acquire() as conn:
-            candidates = await people.unknown_visitors(conn, "front", MODELS["body"])
+            candidates = await people.lock_strangers(conn, "front", MODELS["body"])
         assert {v for v, _, _, _ in candidates} == {between[0].visitor}, "only the latest images' visitors"
         [back] = await batch.seen(2 + VISITOR_RECENT_IMAGES, [person])
         assert first[0].visitor == first[1].visitor and back.visitor != first[0].visitor
