@@ -28,9 +28,13 @@ class RoundTrips:
         self._execute = asyncpg.connection.Connection.execute
         counter = self
         do_execute, execute = self._do_execute, self._execute
+        # Each statement's folded text, by its text: the store's statement is kilobytes long, and
+        # folding it again at every call charged the count's own CPU to the server's event loop.
+        folded: dict[str, str] = {}
 
         async def counted(query: str, sent: Awaitable[Any]) -> Any:
-            text = " ".join(query.split())
+            if (text := folded.get(query)) is None:
+                text = folded[query] = " ".join(query.split())
             counter.count += 1
             counter.by_statement[text] += 1
             started = time.perf_counter()

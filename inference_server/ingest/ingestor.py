@@ -361,10 +361,20 @@ class Ingestor:
         nothing stored, once revoked)."""
         if captured_at is not None and (problem := capture_time_problem(captured_at)) is not None:
             raise InvalidImage(CAPTURED_AT_OUT_OF_RANGE, problem)
-        started = metrics.now()
-        loaded = await asyncio.to_thread(self._check_upload, data, self.queue.idle_taker())
-        metrics.STAGE.labels("validate").observe(metrics.now() - started)
         when_source = "client" if captured_at is not None else "received"
+        captured_at = captured_at or datetime.now(UTC)
+        started = metrics.now()
+        placed: tuple[Path, bool] | None = None
+        if camera_id in self._upload_ids:
+            # A camera this process stored an upload for: the bytes are checked and placed in one
+            # hop to a thread (a hop costs ~0.1 ms of CPU; the insert still checks the camera).
+            loaded, stored, placed_now = await asyncio.to_thread(
+                self._check_and_place, camera_id, data, captured_at, self.queue.idle_taker()
+            )
+            placed = (stored, placed_now)
+        else:
+            loaded = await asyncio.to_thread(self._check_upload, data, self.queue.idle_taker())
+        metrics.STAGE.labels("validate").observe(metrics.now() - started)
         try:
             return await self._commit(
                 camera_id=camera_id,
@@ -372,13 +382,27 @@ class Ingestor:
                 loaded=loaded,
                 source_file=None,
                 original_name=original_name or source,
-                captured_at=captured_at or datetime.now(UTC),
+                captured_at=captured_at,
                 captured_at_source=when_source,
                 source=source,
+                placed=placed,
                 key=key,
             )
         finally:
             loaded.release()  # unless the worker took the picture along with the job
+
+    def _check_and_place(
+        self, camera_id: str, data: bytes, captured_at: datetime, taker: JobTaker | None
+    ) -> tuple[_Loaded, Path, bool]:
+        """On a thread: an upload's bytes checked (``_check_upload``, decoded for ``taker``), then
+        placed in the image store; (what was loaded, where it is, whether this call put it there)."""
+        loaded = self._check_upload(data, taker)
+        try:
+            stored = self._stored_path(camera_id, captured_at, loaded)
+            return loaded, stored, _place(None, loaded.data, stored)
+        except BaseException:
+            loaded.release()
+            raise
 
     # --- video clips ----------------------------------------------------------------------------
     async def _ingest_clip_file(
