@@ -30,7 +30,6 @@ from inference_server.domain import Detection
 from inference_server.jobs.queue import ClaimedJob, JobQueue
 from inference_server.pipeline.decode import DecodeError, Picture, decode_picture, rgbx_shape
 from inference_server.pipeline.result import ResultStage
-from inference_server.pipeline.tamper import SceneFeatures, features
 from inference_server.store import quarantine
 from inference_server.store.db import is_unavailable
 from inference_server.telemetry import metrics
@@ -48,9 +47,6 @@ class _Item:
     detections: list[Detection]
     #: What the detector runs on (``Detector.prepare``, made on a decode thread); the image if unset.
     model_input: Any = None
-    #: The picture's tamper features, measured on the decode thread after the letterbox when the
-    #: check chose it (``ResultStage.scene_wanted``); None: not checked.
-    scene: SceneFeatures | None = None
 
 
 class DetectWorker:
@@ -153,9 +149,7 @@ class DetectWorker:
             door = [self._door_picture(j.id) for j in jobs]
             results = await asyncio.gather(
                 *(
-                    loop.run_in_executor(
-                        self._decode_pool, self._load, Path(j.image_path), picture, self.result.scene_wanted(j)
-                    )
+                    loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path), picture)
                     for j, picture in zip(jobs, door, strict=True)
                 ),
                 return_exceptions=True,
@@ -166,8 +160,8 @@ class DetectWorker:
                 if isinstance(result, BaseException):
                     await self._decode_failed(job, result)
                 else:
-                    image, model_input, scene = result
-                    items.append(_Item(job, image, [], model_input, scene))
+                    image, model_input = result
+                    items.append(_Item(job, image, [], model_input))
                     self._started.discard(job.id)  # decoded: it waits, untried, for the model
             if items:
                 await out.put(items)
@@ -227,22 +221,16 @@ class DetectWorker:
             self._door_pictures[job.id] = Picture(picture.take(), self._pictures)
         self.queue.wake()
 
-    def _load(
-        self, path: Path, door: Picture | None = None, scene: bool = False
-    ) -> tuple[Picture, Any, SceneFeatures | None]:
+    def _load(self, path: Path, door: Picture | None = None) -> tuple[Picture, Any]:
         """On a decode thread: decode (unless the ingest door did: ``door``), then the detector's
-        own preparation (resize, colour order), so the single inference thread only runs the model;
-        and with ``scene``, the tamper check's features, while the letterbox has left the picture
-        in this core's cache (a thread of their own read it back from memory: docs/performance.md,
-        stop 43)."""
+        own preparation (resize, colour order), so the single inference thread only runs the model."""
         budget = decode_budget.shared(self.settings.decode_memory_mb)
         if (picture := door) is None:
             picture = decode_picture(
                 path, self.settings.detector_imgsz, budget, fit=self.result.decode_fit, pool=self._pictures
             )
         try:
-            model_input = self.detector.prepare(picture.pixels)
-            return picture, model_input, features(picture.image()) if scene else None
+            return picture, self.detector.prepare(picture.pixels)
         except BaseException:
             picture.release()
             raise
@@ -439,9 +427,7 @@ class DetectWorker:
     async def _store_camera(self, items: list[_Item]) -> None:
         async with self._store_slots:
             try:
-                lost = await self.result.finish_many(
-                    [(i.job, i.image, i.detections) for i in items], [i.scene for i in items]
-                )
+                lost = await self.result.finish_many([(i.job, i.image, i.detections) for i in items])
             except Exception as err:
                 if len(items) == 1 or is_unavailable(err):
                     await self._store_failed(items, err)
@@ -458,7 +444,7 @@ class DetectWorker:
                 lost = []
                 for item in items:
                     try:
-                        lost += await self.result.finish_many([(item.job, item.image, item.detections)], [item.scene])
+                        lost += await self.result.finish_many([(item.job, item.image, item.detections)])
                     except Exception as single:
                         await self._store_failed([item], single)
                     else:

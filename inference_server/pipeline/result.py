@@ -43,13 +43,6 @@ from inference_server.telemetry import metrics
 log = logging.getLogger(__name__)
 
 
-class _Unmeasured:
-    """A picture whose tamper check the caller left to ``ResultStage._prepare``."""
-
-
-_UNMEASURED = _Unmeasured()
-
-
 @dataclass(slots=True)
 class _Ready:
     """One image's result with what is computed before the transaction."""
@@ -105,28 +98,10 @@ class ResultStage:
         if await self.finish_many([(job, image, dets)]):
             raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {self.queue.worker_id}")
 
-    def scene_wanted(self, job: ClaimedJob) -> bool:
-        """Whether ``job``'s picture gets a tamper check (``TamperStage.wants``, which counts it as
-        chosen): the detect worker asks when it sends the picture to a decode thread, which then
-        measures the scene right after the letterbox (``features``), the picture still in that
-        core's cache: 2.9 → 2.1 ms a check at a picture a second (docs/performance.md, stop 43)."""
-        return self.tamper is not None and self.tamper.wants(job.camera_id, job.captured_at)
-
-    async def finish_many(
-        self,
-        results: Sequence[tuple[ClaimedJob, Picture, Sequence[Detection]]],
-        scenes: Sequence[SceneFeatures | None] | None = None,
-    ) -> list[ClaimedJob]:
+    async def finish_many(self, results: Sequence[tuple[ClaimedJob, Picture, Sequence[Detection]]]) -> list[ClaimedJob]:
         """Store the outcomes of one camera's jobs, in arrival order, in one transaction; return
-        the jobs whose lease was lost (nothing of them is stored). ``scenes``: each picture's
-        tamper features as the caller measured them (``scene_wanted``; None: not checked); without
-        them the check is chosen and measured here."""
-        if scenes is not None and len(scenes) != len(results):
-            raise ValueError(f"{len(scenes)} scenes for {len(results)} results")
-        ready = [
-            await self._prepare(job, image, dets, scenes[n] if scenes is not None else _UNMEASURED)
-            for n, (job, image, dets) in enumerate(results)
-        ]
+        the jobs whose lease was lost (nothing of them is stored)."""
+        ready = [await self._prepare(job, image, dets) for job, image, dets in results]
         started = metrics.now()
         committed = written = False
         marks: list[int] = []
@@ -190,16 +165,9 @@ class ResultStage:
                 added = await outbox.add_many(conn, messages)
             self.offer(added)
 
-    async def _prepare(
-        self,
-        job: ClaimedJob,
-        image: Picture,
-        dets: Sequence[Detection],
-        scene: SceneFeatures | _Unmeasured | None = _UNMEASURED,
-    ) -> _Ready:
-        """Before the transaction: embeddings (bounded) and, unless the caller measured them
-        (``scene``), the scene's tamper features; the snapshot is only prepared (drawn if used:
-        ``pipeline/snapshot.py``)."""
+    async def _prepare(self, job: ClaimedJob, image: Picture, dets: Sequence[Detection]) -> _Ready:
+        """Before the transaction: embeddings (bounded) and the scene's tamper features; the
+        snapshot is only prepared (drawn if used: ``pipeline/snapshot.py``)."""
         # The decoded picture serves as the snapshot's when it is as large as a snapshot is drawn
         # (both sides at the model size) or was not reduced at all; else the file is decoded again.
         large = min(image.size) >= self.settings.detector_imgsz or image.size == job.size
@@ -210,9 +178,10 @@ class ResultStage:
             started = metrics.now()
             vectors = await self.recognizer.embed(image.pixels, dets, backlog=self.backlog())
             metrics.STAGE.labels("embed").observe(metrics.now() - started)
-        if isinstance(scene, _Unmeasured):
-            # With or without detections: a covered camera sees nothing.
-            scene = await asyncio.to_thread(features, image.image()) if self.scene_wanted(job) else None
+        scene: SceneFeatures | None = None
+        # With or without detections: a covered camera sees nothing.
+        if self.tamper is not None and self.tamper.wants(job.camera_id, job.captured_at):
+            scene = await asyncio.to_thread(features, image.image())
         return _Ready(job, dets, snap, vectors, scene)
 
     async def _store(

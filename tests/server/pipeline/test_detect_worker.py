@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +23,9 @@ from inference_server.detection.onnx_backend import Letterboxed, OnnxDetector
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.ingest.validate import InvalidImage
 from inference_server.jobs.queue import ClaimedJob
-from inference_server.pipeline import detect as detect_module
-from inference_server.pipeline import result as result_module
 from inference_server.pipeline.decode import Picture, decode_picture
 from inference_server.pipeline.decode import decode as decode_pillow
 from inference_server.pipeline.detect import DetectWorker, _Item, _let_go
-from inference_server.pipeline.tamper import SceneFeatures, features
 from inference_server.schemas import CameraCreate
 from inference_server.store import cameras
 from inference_server.store.db import create_pool
@@ -51,7 +46,7 @@ async def _bus_loaded(
             "front", demo_assets.image("bus.jpg").read_bytes(), captured_at=None, original_name=None
         )
         [job] = await queue.claim(1)
-        picture, model_input, _ = worker._load(Path(job.image_path))
+        picture, model_input = worker._load(Path(job.image_path))
         yield worker, job, picture, model_input
     finally:
         worker._infer_pool.shutdown()
@@ -82,7 +77,7 @@ async def test_the_model_input_is_let_go_once_inferred(
         assert [d.label for d in item.detections].count("person") >= 3  # bus.jpg's people
         assert item.model_input is None, "the inferred batch still holds the model's input"
         # Let go by the batch: back in the detector's bounded pool, for the next picture.
-        _, again, _ = worker._load(Path(job.image_path))
+        _, again = worker._load(Path(job.image_path))
         assert isinstance(again, Letterboxed) and again.tensor.base is block
 
 
@@ -303,10 +298,10 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
         loads: list[tuple[str, bool, np.ndarray]] = []
         load = worker._load
 
-        def watched(path: Path, door: Picture | None = None, scene: bool = False) -> tuple[Picture, Any, Any]:
-            picture, model_input, features = load(path, door, scene)
+        def watched(path: Path, door: Picture | None = None) -> tuple[Picture, Any]:
+            picture, model_input = load(path, door)
             loads.append((path.name, door is not None, picture.pixels.copy()))
-            return picture, model_input, features
+            return picture, model_input
 
         monkeypatch.setattr(worker, "_load", watched)
 
@@ -343,47 +338,6 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
         assert len(found) == 5  # people in every picture, the door's decodes included
         assert worker._door_pictures == {}
         assert worker._pictures.made == 2  # bus.jpg's size and zidane.jpg's; every other one reused
-
-
-async def test_a_checked_pictures_tamper_features_are_measured_on_the_thread_that_letterboxed_it(
-    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The tamper check's features of a picture the check chose are measured on the decode thread
-    that made the model's input of it, right after (the picture still in that core's cache), not
-    on a thread of their own once the picture is inferred (stop 43: 2.9 -> 2.1 ms a check at a
-    picture a second); a picture the check did not choose is not measured. The check judges and
-    stores what was measured there, as before."""
-    settings = make_settings(
-        **coco_settings(),
-        detector_backend="onnx",
-        fast_path={},
-        tamper_learn_frames=2,
-        tamper_check_interval_s=60,
-        job_poll_interval_s=30,
-    )
-    measured: list[str] = []
-
-    def watched(image: Image.Image) -> SceneFeatures:
-        measured.append(threading.current_thread().name)
-        return features(image)
-
-    monkeypatch.setattr(detect_module, "features", watched, raising=False)  # (not imported there before)
-    monkeypatch.setattr(result_module, "features", watched)
-    async with running(settings) as server:
-        assert server.ingestor is not None
-        await cameras.create(server.pool, CameraCreate(id="front", name="front"))
-        taken = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
-        for n in range(3):  # learnt from the first two, then one check a minute: the third is not
-            await server.ingestor.ingest_bytes(
-                "front", _copy("bus.jpg", n), captured_at=taken + timedelta(seconds=n), original_name=None
-            )
-            await wait_until(
-                lambda n=n: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", n + 1),
-                timeout=60,
-            )
-        learned = await server.pool.fetchval("SELECT learned FROM camera_tamper WHERE camera_id = 'front'")
-    assert len(measured) == 2 and all(name.startswith("decode") for name in measured), measured
-    assert learned == 2
 
 
 async def test_a_crowd_of_uploads_at_an_idle_worker_has_at_most_a_batch_decoded_ahead(
