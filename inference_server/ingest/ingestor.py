@@ -364,16 +364,14 @@ class Ingestor:
         when_source = "client" if captured_at is not None else "received"
         captured_at = captured_at or datetime.now(UTC)
         started = metrics.now()
+        taker = self.queue.idle_taker()
         placed: tuple[Path, bool] | None = None
         if camera_id in self._upload_ids:
             # A camera this process stored an upload for: the bytes are checked and placed in one
             # hop to a thread (a hop costs ~0.1 ms of CPU; the insert still checks the camera).
-            loaded, stored, placed_now = await asyncio.to_thread(
-                self._check_and_place, camera_id, data, captured_at, self.queue.idle_taker()
-            )
-            placed = (stored, placed_now)
+            loaded, placed = await asyncio.to_thread(self._check_and_place, camera_id, data, captured_at, taker)
         else:
-            loaded = await asyncio.to_thread(self._check_upload, data, self.queue.idle_taker())
+            loaded = await asyncio.to_thread(self._check_upload, data, taker)
         metrics.STAGE.labels("validate").observe(metrics.now() - started)
         try:
             return await self._commit(
@@ -393,13 +391,14 @@ class Ingestor:
 
     def _check_and_place(
         self, camera_id: str, data: bytes, captured_at: datetime, taker: JobTaker | None
-    ) -> tuple[_Loaded, Path, bool]:
+    ) -> tuple[_Loaded, tuple[Path, bool]]:
         """On a thread: an upload's bytes checked (``_check_upload``, decoded for ``taker``), then
-        placed in the image store; (what was loaded, where it is, whether this call put it there)."""
+        placed in the image store; (what was loaded, (where it is, whether this call put it there)),
+        the ``placed`` that ``_commit`` takes."""
         loaded = self._check_upload(data, taker)
         try:
             stored = self._stored_path(camera_id, captured_at, loaded)
-            return loaded, stored, _place(None, loaded.data, stored)
+            return loaded, (stored, _place(None, loaded.data, stored))
         except BaseException:
             loaded.release()
             raise
