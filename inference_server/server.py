@@ -28,7 +28,6 @@ from inference_server.config import LlmSettings, Settings, redact_url
 from inference_server.detection.detector import Detector, DetectorModelMissing, build_detector
 from inference_server.detection.vram import VramBudget, detector_need_mb, embedder_need_mb, llm_need_mb
 from inference_server.embedding.embedder import Embedder, EmbeddingSource, build_embedder, model_key
-from inference_server.ingest.ftp import FtpReceiver
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.ingest.mqtt import MqttIngest
 from inference_server.ingest.watcher import FolderWatcher
@@ -53,6 +52,7 @@ from inference_server.store.retention import RetentionWorker
 from inference_server.telemetry.gpu import GpuProbe, GpuReader
 
 if TYPE_CHECKING:
+    from inference_server.ingest.ftp import FtpReceiver
     from inference_server.reasoning.llm import LlmReasoner
 
 log = logging.getLogger(__name__)
@@ -290,6 +290,10 @@ class Server:
         self._spawn(self.watcher.run(self._stop), "watcher")
         await asyncio.wait_for(self.watcher.ready.wait(), 30)
         if s.ftp_enabled:
+            # pyftpdlib and the pyOpenSSL it loads (~11 MB of the process's memory) only where
+            # FTP is on.
+            from inference_server.ingest.ftp import FtpReceiver
+
             self.ftp = FtpReceiver(s, self.ingestor.ingest_file, asyncio.get_running_loop())
             self.ftp.start()
 

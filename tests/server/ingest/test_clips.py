@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -90,6 +93,35 @@ def test_a_real_clip_is_sampled_into_a_few_frames_spread_over_its_motion() -> No
     assert offsets[-1] - offsets[0] >= 5.0  # spread over the clip, not bunched at its start
     assert all(f.motion is not None and f.motion >= LIMITS.motion_threshold for f in clip.frames[1:])
     assert all(f.jpeg.startswith(b"\xff\xd8") and (f.width, f.height) == (640, 272) for f in clip.frames)
+
+
+_LAZY = """
+import json, sys
+import inference_server.__main__, inference_server.server
+from inference_server.decode_budget import DecodeBudget
+from inference_server.ingest.clips import ClipLimits, sample_clip
+at_start = sorted(m for m in ("av", "pyftpdlib", "OpenSSL") if m in sys.modules)
+limits = ClipLimits(max_bytes=1 << 26, max_duration_s=120, max_frames=8, decode_timeout_s=30,
+                    max_pixels=40_000_000, min_side=32)
+clip = sample_clip(open(sys.argv[1], "rb").read(), limits, DecodeBudget(1 << 29))
+print(json.dumps({"at_start": at_start, "frames": len(clip.frames), "av_after": "av" in sys.modules}))
+"""
+
+
+def test_pyav_is_loaded_with_the_first_clip_and_pyftpdlib_only_where_ftp_is_on() -> None:
+    """FFmpeg's libraries (~17 MB) and pyftpdlib with pyOpenSSL (~11 MB) are not loaded by a
+    server that only gets pictures and has FTP off; the first clip loads PyAV and is sampled."""
+    result = subprocess.run(
+        [sys.executable, "-c", _LAZY, str(demo_assets.clip("bikes.mp4"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[3],
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"at_start": [], "frames": len(sample_clip(BIKES, LIMITS, BUDGET).frames), "av_after": True}
 
 
 def test_a_clip_where_nothing_moves_gives_one_frame() -> None:
