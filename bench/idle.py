@@ -1,7 +1,8 @@
 """An idle server's own load: the statements it sends PostgreSQL a second, by statement, and the
 CPU it and PostgreSQL take, with no camera sending anything (the state of a home server most of
 the day). The whole server runs (embedded PostgreSQL, in-process broker, the detector loaded, no
-LLM); the count starts ``--settle`` seconds after start-up and lasts ``--seconds``.
+LLM; FTP off unless ``--ftp``, the add-on's default); the count starts ``--settle`` seconds after
+start-up and lasts ``--seconds``.
 
 ``--history N`` first stores N done images and jobs, spread over the last 13 days (inside
 retention), as a home's database holds them after a few weeks: what the server reads on its own
@@ -17,11 +18,13 @@ import asyncio
 import cProfile
 import logging
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, get_args
 
-from bench.pipeline_cpu import CpuMeter, cpu_delta
+from bench.pipeline_cpu import CpuMeter, cpu_delta, thread_group
 from bench.report import show
 from bench.roundtrips import RoundTrips
 from inference_server import demo_assets, event_loop
@@ -39,6 +42,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         api_port=0,
         detector_weights=demo_assets.pose_weights(),
         detector_device="cpu",
+        ftp_enabled=args.ftp,
+        ftp_host="127.0.0.1",
+        ftp_port=0,
+        ftp_passive_ports="0",
     )
     server = Server(settings, clock=SystemClock())
     await server.start()
@@ -48,7 +55,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         meter = CpuMeter()
         meter.find_postgres(settings.data_dir)
         await asyncio.sleep(args.settle)
-        before, cpu = meter.snapshot(), time.process_time()
+        before, cpu, slices = meter.snapshot(), time.process_time(), _timeslices()
         profiler = cProfile.Profile() if args.profile else None
         if profiler is not None:
             profiler.enable()  # the event loop's thread only
@@ -57,7 +64,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(args.seconds)
             elapsed = time.perf_counter() - started
         own = time.process_time() - cpu
-        after = meter.snapshot()
+        after, slices_after = meter.snapshot(), _timeslices()
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
@@ -75,8 +82,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for group, secs in sorted(cpu_delta(before, after)["threads_cpu_s"].items(), key=lambda kv: -kv[1])
             if secs > 0
         },
+        "server_wakeups_per_s_by_thread": {
+            group: round((slices_after.get(group, 0) - n) / elapsed, 2)
+            for group, n in sorted(slices.items(), key=lambda kv: kv[1] - slices_after.get(kv[0], 0))
+            if slices_after.get(group, 0) > n
+        },
         "by_statement_per_s": {text[:120]: round(n / elapsed, 2) for text, n in trips.by_statement.most_common(10)},
     }
+
+
+def _timeslices() -> Counter[str]:
+    """How many times each group of this process's threads has been put on a CPU (a wake-up,
+    or a preemption; ``/proc/<tid>/schedstat``'s third figure)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: Counter[str] = Counter()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            runs = int((task / "schedstat").read_text().split()[2])
+            comm = (task / "comm").read_text().strip()
+        except FileNotFoundError:
+            continue
+        out[thread_group(names.get(int(task.name)) or f"native:{comm}")] += runs
+    return out
 
 
 async def _history(server: Server, count: int) -> None:
@@ -111,6 +138,7 @@ def main() -> None:
         "--event-loop", choices=get_args(event_loop.EventLoopChoice), default="uvloop", help="the server's: uvloop"
     )
     parser.add_argument("--profile", type=Path, help="cProfile the event loop while counting, stats to this file")
+    parser.add_argument("--ftp", action="store_true", help="the FTP receiver on, as the add-on has it (no user)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     show(event_loop.run(run(args), args.event_loop), args.json)

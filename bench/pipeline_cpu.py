@@ -207,7 +207,7 @@ def _stat_fields(text: str) -> list[str]:
     return text[text.rindex(")") + 2 :].split()
 
 
-def _thread_group(name: str) -> str:
+def thread_group(name: str) -> str:
     if name == "MainThread":
         return "event loop (main thread)"
     if name.startswith("infer"):
@@ -224,6 +224,8 @@ def _thread_group(name: str) -> str:
         return "bench file dropper"
     if name.startswith("bench-watchdog"):
         return "bench watchdog"
+    if name == "ftp":
+        return "ftp receiver"
     if name.startswith("AnyIO"):
         # watchfiles' notifier, until stop 35 (the watcher reads inotify on the event loop now):
         # kept so that a run of an earlier revision does not count it as inference.
@@ -272,8 +274,8 @@ class CpuMeter:
             f = _stat_fields(text)
             comm = text[text.index("(") + 1 : text.rindex(")")]
             name = names.get(tid) or f"native:{comm}"
-            threads[tid] = (_thread_group(name), (int(f[11]) + int(f[12])) / CLK_TCK)
-            thread_faults[tid] = (_thread_group(name), int(f[7]))  # minflt (field 10)
+            threads[tid] = (thread_group(name), (int(f[11]) + int(f[12])) / CLK_TCK)
+            thread_faults[tid] = (thread_group(name), int(f[7]))  # minflt (field 10)
         f = _stat_fields(Path("/proc/self/stat").read_text())
         process = (int(f[11]) + int(f[12])) / CLK_TCK
         faults = int(f[7])

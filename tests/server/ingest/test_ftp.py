@@ -364,6 +364,36 @@ async def test_a_connection_that_does_not_log_in_is_closed_at_the_login_deadline
         assert alive.startswith("200")
 
 
+def _wakeups(thread_id: int) -> int:
+    """How often a thread of this process has gone to sleep and been woken (voluntarily)."""
+    status = Path(f"/proc/self/task/{thread_id}/status").read_text(encoding="utf-8")
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
+
+
+async def test_an_idle_receiver_sleeps_until_a_client_comes_or_it_is_stopped(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """The FTP thread waits on its sockets and scheduled calls, not a 0.2 s poll (which woke it
+    five times a second with nothing to do); ``stop`` wakes it at once."""
+    async with running(_settings(make_settings), pose_detector) as server:
+        receiver = server.ftp
+        assert receiver is not None and receiver._thread is not None
+        thread = receiver._thread
+        assert thread.native_id is not None
+        await asyncio.sleep(0.3)
+        before = _wakeups(thread.native_id)
+        await asyncio.sleep(1.5)
+        assert _wakeups(thread.native_id) - before <= 1
+
+        def upload() -> str:
+            with _client(server) as ftp:
+                return ftp.storbinary("STOR MDAlarm_20261124-070000.jpg", io.BytesIO(BUS))
+
+        assert (await asyncio.to_thread(upload)).startswith("226")
+        await asyncio.to_thread(receiver.stop)
+        assert not thread.is_alive()
+
+
 async def test_the_ftp_server_logs_its_start_once_and_sessions_below_info(
     make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -378,7 +408,7 @@ async def test_the_ftp_server_logs_its_start_once_and_sessions_below_info(
                 ftp.storbinary("STOR MDAlarm_20261124-070000.jpg", io.BytesIO(BUS))
 
         await asyncio.to_thread(session)
-        await asyncio.sleep(1.2)  # pyftpdlib's loop runs ~6 rounds of 0.2 s
+        await asyncio.sleep(1.2)  # pyftpdlib's loop had ~6 rounds of 0.2 s
     starts = [r for r in caplog.records if "starting" in r.getMessage() and "FTP" in r.getMessage()]
     assert len(starts) <= 1
     assert [r.getMessage() for r in caplog.records if r.name.startswith("pyftpdlib")] == []
