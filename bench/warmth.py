@@ -9,7 +9,8 @@ the onnx backend's letterbox into a reused tensor on a decode thread, the tamper
 on a third ~50 ms later, once the picture would be inferred), each stage's thread CPU time back to
 back ("hot") and after ``--idle-s`` of sleep ("after idle"), medians of ``--rounds``; and the
 tamper features measured on the decode thread right after the letterbox, the placement stop 43
-tried (docs/decisions.md). The process has the server's fixed mmap threshold.
+tried (docs/decisions.md), and the letterbox on the door's thread right after its decode. The
+process has the server's fixed mmap threshold.
 """
 
 from __future__ import annotations
@@ -65,15 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     hot: dict[str, list[float]] = {name: [] for name in stages}
     cold: dict[str, list[float]] = {name: [] for name in stages}
     after: list[float] = []
+    at_door: list[float] = []
     for _ in range(3):
         for work in stages.values():
             work()
     for name, work in stages.items():  # each stage again and again, nothing else between
         hot[name] += decoder.submit(lambda w=work: [_cpu_ms(w) for _ in range(args.rounds)]).result()
-    for n in range(args.rounds * 2):
+    for n in range(args.rounds * 3):
         time.sleep(args.idle_s)
+        if n % 3 == 2:  # the letterbox on the door's thread, right after its decode
+            at_door.append(door.submit(lambda: (_cpu_ms(decode), _cpu_ms(box))[1]).result())
+            continue
         decoded = door.submit(_cpu_ms, decode).result()
-        if n % 2 == 0:  # as the server runs them
+        if n % 3 == 0:  # as the server runs them
             boxed = decoder.submit(_cpu_ms, box).result()
             time.sleep(0.05)
             cold["door decode"].append(decoded)
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         h, c = statistics.median(hot[name]), statistics.median(cold[name])
         say(f"  {name:<48} {h:7.2f} {c:11.2f} {c / h:6.2f}")
     say(f"  {'tamper features, right after the letterbox':<48} {'':>7} {statistics.median(after):11.2f}")
+    say(f"  {'letterbox on the door thread, after its decode':<48} {'':>7} {statistics.median(at_door):11.2f}")
     return 0
 
 
