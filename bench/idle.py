@@ -1,7 +1,7 @@
 """An idle server's own load: the statements it sends PostgreSQL a second, by statement, and the
 CPU it and PostgreSQL take, with no camera sending anything (the state of a home server most of
 the day). The whole server runs (embedded PostgreSQL, in-process broker, the detector loaded, no
-LLM; FTP off unless ``--ftp``, the add-on's default); the count starts ``--settle`` seconds after
+LLM; FTP off unless ``--ftp``: on with a login, as the add-on has it); the count starts ``--settle`` seconds after
 start-up and lasts ``--seconds``.
 
 ``--history N`` first stores N done images and jobs, spread over the last 13 days (inside
@@ -43,6 +43,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         detector_weights=demo_assets.pose_weights(),
         detector_device="cpu",
         ftp_enabled=args.ftp,
+        ftp_users=[{"username": "bench", "password": "bench-password"}] if args.ftp else [],
         ftp_host="127.0.0.1",
         ftp_port=0,
         ftp_passive_ports="0",
@@ -138,7 +139,7 @@ def main() -> None:
         "--event-loop", choices=get_args(event_loop.EventLoopChoice), default="uvloop", help="the server's: uvloop"
     )
     parser.add_argument("--profile", type=Path, help="cProfile the event loop while counting, stats to this file")
-    parser.add_argument("--ftp", action="store_true", help="the FTP receiver on, as the add-on has it (no user)")
+    parser.add_argument("--ftp", action="store_true", help="the FTP receiver on (with a login), as the add-on has it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     show(event_loop.run(run(args), args.event_loop), args.json)

@@ -289,9 +289,11 @@ class Server:
         )
         self._spawn(self.watcher.run(self._stop), "watcher")
         await asyncio.wait_for(self.watcher.ready.wait(), 30)
-        if s.ftp_enabled:
-            # pyftpdlib and the pyOpenSSL it loads (~11 MB of the process's memory) only where
-            # FTP is on.
+        if s.ftp_enabled and not s.ftp_users:
+            # Every login would be refused: no port open to the network for nothing, and
+            # pyftpdlib with the pyOpenSSL it loads (~11 MB of the process's memory) not loaded.
+            log.warning("ftp receiver not started: ftp_enabled but no ftp_users (add a login for each camera)")
+        elif s.ftp_enabled:
             from inference_server.ingest.ftp import FtpReceiver
 
             self.ftp = FtpReceiver(s, self.ingestor.ingest_file, asyncio.get_running_loop())

@@ -364,6 +364,21 @@ async def test_a_connection_that_does_not_log_in_is_closed_at_the_login_deadline
         assert alive.startswith("200")
 
 
+async def test_a_receiver_without_a_login_is_not_started_and_the_log_says_why(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The add-on has FTP on by default and no login: a port every login is refused on is only
+    attack surface (and pyftpdlib's memory), so none is opened until ``ftp_users`` has one."""
+    caplog.set_level(logging.WARNING)
+    async with running(_settings(make_settings, ftp_users=[]), pose_detector) as server:
+        assert server.ftp is None
+    [warning] = [r for r in caplog.records if r.name == "inference_server.server" and "ftp" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage() == (
+        "ftp receiver not started: ftp_enabled but no ftp_users (add a login for each camera)"
+    )
+
+
 def _wakeups(thread_id: int) -> int:
     """How often a thread of this process has gone to sleep and been woken (voluntarily)."""
     status = Path(f"/proc/self/task/{thread_id}/status").read_text(encoding="utf-8")
