@@ -119,6 +119,24 @@ def bare_matrix(args: argparse.Namespace, hw: Hardware, cache: Path) -> list[dic
     return rows
 
 
+def e2e_argv(images: int, batch: int, runtime: str, cuda: bool) -> list[str]:
+    """``bench.pipeline_cpu``'s arguments for the end to end with the fastest runtime."""
+    return [
+        "--images",
+        str(images),
+        "--batch-size",
+        str(batch),
+        "--device",
+        "cuda:0" if cuda else "cpu",
+        "--runtime",
+        runtime,
+        "--paced-images",
+        "0",
+        "--broker",
+        "mosquitto" if shutil.which("mosquitto") else "amqtt",
+    ]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -150,22 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             best = max(measured, key=lambda r: r["images_per_s"])
             runtime = best["runtime"].split()[0]
             say(f"  end to end with the fastest runtime: {best['runtime']} batch {best['batch']}")
-            e2e_args = pipeline_cpu.parse_args(
-                [
-                    "--images",
-                    str(args.e2e_images),
-                    "--batch-size",
-                    str(best["batch"]),
-                    "--device",
-                    "cuda:0" if hw.cuda else "cpu",
-                    "--runtime",
-                    runtime,
-                    "--paced-images",
-                    "0",
-                    "--broker",
-                    "mosquitto" if shutil.which("mosquitto") else "amqtt",
-                ]
-            )
+            e2e_args = pipeline_cpu.parse_args(e2e_argv(args.e2e_images, best["batch"], runtime, hw.cuda))
             figures["e2e"] = asyncio.run(pipeline_cpu.amain(e2e_args))
     finally:
         shutil.rmtree(cache, ignore_errors=True)

@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import gpu_wheels
+import pytest
+
+from bench import gpu_detect, gpu_wheels, pipeline_cpu
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,3 +73,31 @@ def test_a_carry_past_the_device_limit_is_refused(tmp_path: Path) -> None:
     (tmp_path / "big.whl").write_bytes(b"\0" * gpu_wheels.CARRY_LIMIT)
     status, line = gpu_wheels.carry_report(tmp_path)
     assert status == 1 and f"limit {gpu_wheels.CARRY_LIMIT >> 20} MiB" in line
+
+
+def test_the_gpu_benchmark_runs_here_on_the_cpu(tmp_path: Path) -> None:
+    """``bench/gpu-run``'s benchmark, as small as it goes, on this machine: it runs the bare
+    engine through the server's detector and skips what the CPU cannot run, with the reason."""
+    out = tmp_path / "gpu_detect.json"
+    smallest = ["--batches", "1", "--calls", "1", "--warm", "0", "--only", "pytorch", "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_detect", *smallest],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    rows = json.loads(out.read_text(encoding="utf-8"))["bare"]
+    [fp32] = [r for r in rows if r["config"] == "pt fp32"]
+    assert fp32["batch"] == 1 and fp32["images_per_s"] > 0
+    [fp16] = [r for r in rows if r["config"] == "pt fp16"]
+    assert "skipped" in fp16  # no half precision on a CPU: said, not run as fp32
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_the_end_to_end_arguments_are_the_pipeline_benchs(cuda: bool) -> None:
+    args = pipeline_cpu.parse_args(gpu_detect.e2e_argv(3000, 32, "tensorrt", cuda))
+    assert (args.images, args.batch_size, args.runtime, args.paced_images) == (3000, 32, "tensorrt", 0)
+    assert args.device == ("cuda:0" if cuda else "cpu")
