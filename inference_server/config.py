@@ -267,8 +267,9 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         description="Seconds the job queue stays dry before the detect worker gives back the memory it reuses"
-        " (decoded pictures, model inputs, snapshot canvases). A camera sending a picture a second keeps it;"
-        " given back after every picture, each would fault its pages in afresh (docs/performance.md).",
+        " (decoded pictures, model inputs, snapshot canvases, ONNX Runtime's arenas: one blank run of the model"
+        " each time). A camera sending a picture a second keeps it; given back after every picture, each would"
+        " fault its pages in afresh (docs/performance.md).",
     )
     # --- video clips (.mp4 .mkv .avi .mov) and tampering (issue 19) -----------------------
     clip_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Largest clip accepted (file or upload).")

@@ -69,6 +69,12 @@ class Detector(Protocol):
 
     def warmup(self) -> None: ...
 
+    def release_idle(self) -> None:
+        """Give back the memory the runtime keeps for the next batch (the job queue has been dry
+        for ``buffers_idle_s``, the detect worker's pools are let go with it). Blocks: called off
+        the event loop. The next batch pays for taking it again, once."""
+        ...
+
     def describe(self) -> str:
         """What runs: backend, weights and runtime (format, device, precision, any fallback)."""
         ...

@@ -262,6 +262,14 @@ class UltralyticsDetector:
             out.append(found)
         return out
 
+    def release_idle(self) -> None:
+        """PyTorch's cached CUDA blocks back to the driver on a GPU; on a CPU torch hands freed
+        memory to the allocator itself, and an exported runtime's session keeps its own."""
+        if str(self.device).startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
     def warmup(self) -> None:
         self.detect([Image.new("RGB", (self.imgsz, self.imgsz))])
         if not self.onnx_spin and _stop_onnx_spinning(self._model):

@@ -124,15 +124,21 @@ class DetectWorker:
         # (LISTEN/NOTIFY), and so do a retry's delay running out and a reaped lease (jobs/queue.py).
         more = True
         worked_at = loop.time()
+        released = False
         while not stop.is_set():
             started = metrics.now()
             jobs = self._take_handed(self.batch_size)
             if not jobs:
                 jobs = await self._claim(self.batch_size) if more else []
             if not jobs:
-                # No work for a while: the memory kept for reuse goes back to the system.
-                if loop.time() - worked_at >= self.settings.buffers_idle_s:
+                # No work for a while: the memory kept for reuse goes back to the system, once.
+                if not released and loop.time() - worked_at >= self.settings.buffers_idle_s:
+                    released = True
                     buffers.release_idle()
+                    try:
+                        await asyncio.to_thread(self.detector.release_idle)
+                    except Exception:  # memory kept is no reason to stop detecting: logged, tried next time
+                        log.exception("the detector's idle memory could not be given back")
                 self._waiting = True
                 try:
                     await self._wait_for_work(stop)
@@ -142,7 +148,7 @@ class DetectWorker:
                 continue
             jobs += await self._top_up(len(jobs))
             more = len(jobs) >= self.batch_size
-            worked_at = loop.time()
+            worked_at, released = loop.time(), False
             metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
             started = metrics.now()
             self._started.update(j.id for j in jobs)

@@ -4,6 +4,7 @@ window is one ongoing event that extends, up to ``event_max_s``; idleness ends i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from inference_server import demo_assets
@@ -36,6 +38,7 @@ class RecordingDetector:
     def __init__(self, inner: UltralyticsDetector) -> None:
         self.inner = inner
         self.batches: list[int] = []
+        self.releases = 0
         self._lock = threading.Lock()
 
     def prepare(self, image: Image.Image | RgbPixels) -> Any:
@@ -48,6 +51,10 @@ class RecordingDetector:
 
     def warmup(self) -> None:
         return None
+
+    def release_idle(self) -> None:
+        self.releases += 1
+        self.inner.release_idle()
 
     def describe(self) -> str:
         return "recording " + self.inner.describe()
@@ -328,3 +335,51 @@ async def test_a_continuing_event_survives_a_restart(
     assert len(events) == 1
     assert events[0]["ended_at"] == CAPTURED + timedelta(seconds=140)
     assert [k for k, _ in published if k != "update"] == ["new", "end"]
+
+
+async def test_the_detector_gives_its_memory_back_once_each_time_the_queue_stays_dry(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """Once the queue has been dry for ``buffers_idle_s`` the worker lets go of what it keeps for
+    the next batch, the detector's runtime memory included, once (not at every poll while idle),
+    and again after the next picture and the next dry spell."""
+    spy = RecordingDetector(pose_detector)
+    settings = make_settings(buffers_idle_s=0.3, job_poll_interval_s=0.1, fast_path={})
+    async with running(settings, spy) as server:
+        ingestor = server.ingestor
+        assert ingestor is not None
+        await cameras.create(server.pool, CameraCreate(id="cam", name="Camera"))
+        for done, name in ((1, "bus.jpg"), (2, "zidane.jpg")):
+            await ingestor.ingest_bytes("cam", _jpeg(name), captured_at=None, original_name=name)
+            await wait_until(
+                lambda n=done: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", n),
+                timeout=60,
+            )
+            await wait_until(lambda n=done: spy.releases >= n, timeout=10, what=f"release {done}")
+            await asyncio.sleep(1.0)  # ten polls of a dry queue
+            assert spy.releases == done
+
+
+class _ReleaseFails(RecordingDetector):
+    def release_idle(self) -> None:
+        self.releases += 1
+        raise RuntimeError("made to fail by the test")
+
+
+async def test_a_detector_that_cannot_give_its_memory_back_keeps_detecting(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, caplog: pytest.LogCaptureFixture
+) -> None:
+    spy = _ReleaseFails(pose_detector)
+    settings = make_settings(buffers_idle_s=0.3, job_poll_interval_s=0.1, fast_path={})
+    async with running(settings, spy) as server:
+        ingestor = server.ingestor
+        assert ingestor is not None
+        await cameras.create(server.pool, CameraCreate(id="cam", name="Camera"))
+        await ingestor.ingest_bytes("cam", _jpeg("bus.jpg"), captured_at=None, original_name="bus.jpg")
+        await wait_until(lambda: spy.releases >= 1, timeout=60, what="a release")
+        await ingestor.ingest_bytes("cam", _jpeg("zidane.jpg"), captured_at=None, original_name="zidane.jpg")
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 2 FROM jobs WHERE state = 'done'"), timeout=60)
+        assert server.failure is None
+    assert any(
+        r.getMessage() == "the detector's idle memory could not be given back" and r.exc_info for r in caplog.records
+    )

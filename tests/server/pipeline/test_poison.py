@@ -62,6 +62,9 @@ class _RaisesOnOnePicture:
     def warmup(self) -> None:
         return None
 
+    def release_idle(self) -> None:
+        self.inner.release_idle()
+
     def describe(self) -> str:
         return "test wrapper: " + self.inner.describe()
 

@@ -107,6 +107,9 @@ class LabelledDetections:
     def warmup(self) -> None:
         return None
 
+    def release_idle(self) -> None:
+        return None  # a fake: no runtime memory kept
+
     def describe(self) -> str:
         return "labelled-fixture (fake detector: boxes from a labelled fixture)"
 

@@ -51,6 +51,9 @@ class GatedDetector:
     def warmup(self) -> None:
         self.inner.warmup()
 
+    def release_idle(self) -> None:
+        self.inner.release_idle()
+
     def describe(self) -> str:
         return f"gated {self.inner.describe()}"
 
