@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.support.models import COCO_IMGSZ, coco_onnx
 
@@ -25,6 +26,17 @@ def rss():
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
 """
+
+
+def _figures(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter; the JSON it printed last."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
 
 _LOAD = (
     _RSS
@@ -45,16 +57,7 @@ print(json.dumps({"load": loaded - before, "warm": rss() - before}))
 
 def test_a_loaded_model_keeps_no_freed_copies_of_its_weights() -> None:
     model = coco_onnx()
-    result = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(model), str(COCO_IMGSZ)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = _figures(_LOAD, str(model), str(COCO_IMGSZ))
     size = model.stat().st_size
     # The weights once (35 MB) plus ONNX Runtime's pre-packed kernels: 49 MB measured with the
     # heap trimmed after loading, 122 MB without.
@@ -99,11 +102,7 @@ def test_the_letterbox_keeps_one_calls_memory_however_many_threads_call_it() -> 
     """Three decode threads letterboxing 1-MP pictures through ONNX Runtime's ``Resize``: the
     runtime's arena keeps the intermediates of the largest calls that ran at once for as long as
     the process runs (84 MB here with three at once); one call at a time, one call's (36 MB)."""
-    result = subprocess.run(
-        [sys.executable, "-c", _LETTERBOX], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    growth = json.loads(result.stdout.strip().splitlines()[-1])["growth"]
+    growth = _figures(_LETTERBOX)["growth"]
     assert growth < 48 * 2**20, f"the letterbox kept {growth / 2**20:.0f} MB"
 
 
@@ -138,16 +137,7 @@ def test_an_idle_detector_gives_its_arenas_back_and_detects_the_same() -> None:
     the largest run's intermediates: ``release_idle`` (the detect worker, once the queue has been
     dry for ``buffers_idle_s``) gives back all but each arena's first region (53 MB measured: 35
     the model's, 18 the letterbox's), and the next batch finds the same people."""
-    result = subprocess.run(
-        [sys.executable, "-c", _IDLE, str(coco_onnx()), str(COCO_IMGSZ)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = _figures(_IDLE, str(coco_onnx()), str(COCO_IMGSZ))
     assert figures["same"] and figures["people"] > 0, figures
     freed = figures["busy"] - figures["idle"]
     assert freed > 30 * 2**20, f"release_idle gave back {freed / 2**20:.0f} MB"
