@@ -135,16 +135,24 @@ def shrink_letterbox_arena() -> None:
     picture with arena shrinkage; nothing where no letterbox went through the graph yet."""
     if _letterbox_session.cache_info().currsize == 0:
         return
-    tiny = np.zeros((1, 2, 2, 3), dtype=np.uint8)
-    out = np.empty((1, 3, 2, 2), dtype=np.float32)
+    tiny = np.zeros((2, 2, 3), dtype=np.uint8)
+    _run_letterbox_graph(tiny, (1, 1), [0, 0, 0, 0, 0, 0, 1, 1], np.empty((3, 2, 2), np.float32), _shrinking())
+
+
+def _run_letterbox_graph(
+    rgb: RgbPixels, size: tuple[int, int], pads: list[int], out: Floats, run_options: ort.RunOptions | None = None
+) -> None:
+    """The letterbox graph on ``rgb`` (RGB or RGBX), scaled to ``size`` (height, width) and
+    padded by ``pads`` (its ``Pad`` order), written straight into ``out`` (not into a tensor the
+    runtime would allocate); one call at a time (``_LETTERBOX_LOCK``)."""
     session = _letterbox_session()
     binding = session.io_binding()
-    binding.bind_cpu_input("image", tiny)
-    binding.bind_cpu_input("sizes", np.array([1, 3, 1, 1], dtype=np.int64))
-    binding.bind_cpu_input("pads", np.array([0, 0, 0, 0, 0, 0, 1, 1], dtype=np.int64))
-    binding.bind_output("tensor", "cpu", 0, np.float32, out.shape, out.ctypes.data)
+    binding.bind_cpu_input("image", packed(rgb)[np.newaxis])
+    binding.bind_cpu_input("sizes", np.array([1, 3, *size], dtype=np.int64))
+    binding.bind_cpu_input("pads", np.array(pads, dtype=np.int64))
+    binding.bind_output("tensor", "cpu", 0, np.float32, (1, *out.shape), out.ctypes.data)
     with _LETTERBOX_LOCK:
-        session.run_with_iobinding(binding, _shrinking())
+        session.run_with_iobinding(binding, run_options)
 
 
 #: One letterbox at a time through the graph. ONNX Runtime's arena keeps the intermediates of the
@@ -197,15 +205,7 @@ def letterbox(image: Image.Image | RgbPixels, shape: tuple[int, int], out: Float
         scaled = _odd_factor(rgb, new_w, new_h)
         if scaled is None:
             pads = [0, 0, top, left, 0, 0, shape[0] - new_h - top, shape[1] - new_w - left]
-            session = _letterbox_session()
-            binding = session.io_binding()
-            binding.bind_cpu_input("image", packed(rgb)[np.newaxis])  # RGB or RGBX: the graph takes either
-            binding.bind_cpu_input("sizes", np.array([1, 3, new_h, new_w], dtype=np.int64))
-            binding.bind_cpu_input("pads", np.array(pads, dtype=np.int64))
-            # Written straight into ``out``, not into a tensor the runtime would allocate.
-            binding.bind_output("tensor", "cpu", 0, np.float32, (1, *out.shape), out.ctypes.data)
-            with _LETTERBOX_LOCK:
-                session.run_with_iobinding(binding)
+            _run_letterbox_graph(rgb, (new_h, new_w), pads, out)
             return Letterboxed(out, width, height, ratio, left, top)
         rgb = scaled
     # Straight into the tensor, in one pass: grey around, the picture scaled to 0-1 (CHW) within.
