@@ -18,13 +18,11 @@ import asyncio
 import cProfile
 import logging
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, get_args
 
-from bench.pipeline_cpu import CpuMeter, cpu_delta, thread_group
+from bench.pipeline_cpu import CpuMeter, cpu_delta
 from bench.report import show
 from bench.roundtrips import RoundTrips
 from inference_server import demo_assets, event_loop
@@ -56,7 +54,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         meter = CpuMeter()
         meter.find_postgres(settings.data_dir)
         await asyncio.sleep(args.settle)
-        before, cpu, slices = meter.snapshot(), time.process_time(), _timeslices()
+        before, cpu = meter.snapshot(), time.process_time()
         profiler = cProfile.Profile() if args.profile else None
         if profiler is not None:
             profiler.enable()  # the event loop's thread only
@@ -65,13 +63,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(args.seconds)
             elapsed = time.perf_counter() - started
         own = time.process_time() - cpu
-        after, slices_after = meter.snapshot(), _timeslices()
+        after = meter.snapshot()
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
     finally:
         await server.stop()
     postgres = None if after.postgres is None or before.postgres is None else after.postgres - before.postgres
+    delta = cpu_delta(before, after)
     return {
         "event_loop": event_loop.describe(),
         "seconds": round(elapsed, 1),
@@ -80,31 +79,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "postgres_cpu_percent_of_a_core": None if postgres is None else round(100 * postgres / elapsed, 2),
         "server_cpu_ms_per_s_by_thread": {
             group: round(1000 * secs / elapsed, 2)
-            for group, secs in sorted(cpu_delta(before, after)["threads_cpu_s"].items(), key=lambda kv: -kv[1])
+            for group, secs in sorted(delta["threads_cpu_s"].items(), key=lambda kv: -kv[1])
             if secs > 0
         },
         "server_wakeups_per_s_by_thread": {
-            group: round((slices_after.get(group, 0) - n) / elapsed, 2)
-            for group, n in sorted(slices.items(), key=lambda kv: kv[1] - slices_after.get(kv[0], 0))
-            if slices_after.get(group, 0) > n
+            group: round(n / elapsed, 2)
+            for group, n in sorted(delta["wakeups"].items(), key=lambda kv: -kv[1])
+            if n > 0
         },
         "by_statement_per_s": {text[:120]: round(n / elapsed, 2) for text, n in trips.by_statement.most_common(10)},
     }
-
-
-def _timeslices() -> Counter[str]:
-    """How many times each group of this process's threads has been put on a CPU (a wake-up,
-    or a preemption; ``/proc/<tid>/schedstat``'s third figure)."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    out: Counter[str] = Counter()
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            runs = int((task / "schedstat").read_text().split()[2])
-            comm = (task / "comm").read_text().strip()
-        except FileNotFoundError:
-            continue
-        out[thread_group(names.get(int(task.name)) or f"native:{comm}")] += runs
-    return out
 
 
 async def _history(server: Server, count: int) -> None:

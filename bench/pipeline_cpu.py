@@ -241,6 +241,9 @@ class CpuSnapshot:
     #: Minor page faults of this process, and of each thread (its group, the count).
     faults: int
     thread_faults: dict[int, tuple[str, int]]
+    #: How many times each thread has been put on a CPU (a wake-up, or a preemption:
+    #: ``/proc/<tid>/schedstat``'s third figure), with its group.
+    thread_runs: dict[int, tuple[str, int]]
     system_busy: float
     postgres: float | None
     broker: float | None
@@ -265,17 +268,20 @@ class CpuMeter:
         names = {t.native_id: t.name for t in threading.enumerate()}
         threads: dict[int, tuple[str, float]] = {}
         thread_faults: dict[int, tuple[str, int]] = {}
+        thread_runs: dict[int, tuple[str, int]] = {}
         for task in Path("/proc/self/task").iterdir():
             try:
                 text = (task / "stat").read_text()
+                runs = int((task / "schedstat").read_text().split()[2])
             except FileNotFoundError:
                 continue
             tid = int(task.name)
             f = _stat_fields(text)
             comm = text[text.index("(") + 1 : text.rindex(")")]
-            name = names.get(tid) or f"native:{comm}"
-            threads[tid] = (thread_group(name), (int(f[11]) + int(f[12])) / CLK_TCK)
-            thread_faults[tid] = (thread_group(name), int(f[7]))  # minflt (field 10)
+            group = thread_group(names.get(tid) or f"native:{comm}")
+            threads[tid] = (group, (int(f[11]) + int(f[12])) / CLK_TCK)
+            thread_faults[tid] = (group, int(f[7]))  # minflt (field 10)
+            thread_runs[tid] = (group, runs)
         f = _stat_fields(Path("/proc/self/stat").read_text())
         process = (int(f[11]) + int(f[12])) / CLK_TCK
         faults = int(f[7])
@@ -284,7 +290,17 @@ class CpuMeter:
         busy = (user + nice + system + irq + softirq + steal) / CLK_TCK
         postgres, broker, others, kernel = self._processes()
         return CpuSnapshot(
-            time.perf_counter(), process, threads, faults, thread_faults, busy, postgres, broker, others, kernel
+            time.perf_counter(),
+            process,
+            threads,
+            faults,
+            thread_faults,
+            thread_runs,
+            busy,
+            postgres,
+            broker,
+            others,
+            kernel,
         )
 
     def _processes(self) -> tuple[float | None, float | None, float, float]:
@@ -320,6 +336,15 @@ class CpuMeter:
         )
 
 
+def _counts_by_group(a: dict[int, tuple[str, int]], b: dict[int, tuple[str, int]]) -> dict[str, int]:
+    """A per-thread counter's growth from ``a`` to ``b``, summed by thread group (a thread that
+    started in between counts from zero; one that exited is not in ``b``, and its counts are lost)."""
+    out: dict[str, int] = {}
+    for tid, (group, count) in b.items():
+        out[group] = out.get(group, 0) + count - a.get(tid, (group, 0))[1]
+    return out
+
+
 def cpu_delta(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, Any]:
     groups: dict[str, float] = {}
     for tid, (group, secs) in b.threads.items():
@@ -329,12 +354,11 @@ def cpu_delta(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, Any]:
     exited = process - sum(groups.values())
     if exited > 0.005:
         groups["threads that exited"] = exited
-    faults: dict[str, int] = {}
-    for tid, (group, count) in b.thread_faults.items():
-        faults[group] = faults.get(group, 0) + count - a.thread_faults.get(tid, (group, 0))[1]
+    faults = _counts_by_group(a.thread_faults, b.thread_faults)
     faults["= this process"] = b.faults - a.faults
     return {
         "page_faults": faults,
+        "wakeups": _counts_by_group(a.thread_runs, b.thread_runs),
         "wall_s": b.wall - a.wall,
         "process_cpu_s": process,
         "system_busy_cpu_s": b.system_busy - a.system_busy,
@@ -537,6 +561,11 @@ async def run_phase(
     # paced phase polled 4 times a picture). (It used to join the images by name every 50 ms,
     # which charged ~1 ms of PostgreSQL per image to the server.)
     poll_s = 0.25 if stored else 2.0
+    if stored:
+        # Nothing to look at before the last file has landed: wait for the dropper rather than
+        # wake the event loop every ``poll_s`` (at a picture a second that was 4 of its ~30
+        # wake-ups a picture, charged to the server).
+        await asyncio.wait([drop], timeout=timeout_s)
     next_db_check = time.monotonic() + poll_s
     while True:
         if not stored and len(sub.events) - len(known) >= len(shots):
@@ -919,6 +948,11 @@ def outside_inference_ms(cpu: dict[str, Any], images: int) -> dict[str, float]:
     return parts
 
 
+def _per_image(counts: dict[str, int], images: int) -> str:
+    """Counts by thread group as figures per image, the largest first."""
+    return ", ".join(f"{k} {v / images:.1f}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v)
+
+
 def report(
     args: argparse.Namespace,
     bare: list[BareResult],
@@ -1048,11 +1082,8 @@ def report(
         " own threads, plus PostgreSQL and an external broker), ms per image:"
     )
     say(table(["part", "CPU ms per image"], [[k, v] for k, v in outside.items()]))
-    faults = burst.cpu["page_faults"]
-    say(
-        "  minor page faults per image in the burst: "
-        + ", ".join(f"{k} {v / burst.files:.0f}" for k, v in sorted(faults.items(), key=lambda kv: -kv[1]) if v)
-    )
+    say("  minor page faults per image in the burst: " + _per_image(burst.cpu["page_faults"], burst.files))
+    say("  wake-ups per image in the burst (threads put on a CPU): " + _per_image(burst.cpu["wakeups"], burst.files))
     if burst.statements_per_image is not None:
         say(f"  PostgreSQL statements (round trips) per image in the burst: {burst.statements_per_image:.2f}")
         say(table(["per image", "statement"], [[n, q[:110]] for q, n in burst.statements.items()]))
@@ -1071,6 +1102,7 @@ def report(
             f"  of which the server's idle work (its polls and timers, measured over {camera.idle_cpu['wall_s']:.0f} s"
             f" just before): {idle_ms_per_s:.2f} ms a second"
         )
+        say("  wake-ups per image (threads put on a CPU): " + _per_image(camera.cpu["wakeups"], camera.files))
         say(f"  PostgreSQL statements (round trips) per image: {camera.statements_per_image:.2f}")
         say(
             table(

@@ -362,6 +362,15 @@ class Settings(BaseSettings):
         " threads spin while they wait for work (the runtime's"
         " default). Off: they sleep at once, leaving that CPU to the server's other stages (docs/performance.md).",
     )
+    detector_onnx_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="ONNX Runtime on the CPU (the onnx backend): 0 runs each inference on one thread and"
+        " splits a batch into as many runs at once as the server has CPUs (the least CPU per image;"
+        " docs/performance.md); N lets the runtime spread each run over its own N threads (a lone"
+        " picture's answer sooner on a large CPU, for more CPU per image).",
+    )
     outbox_gather_ms: float = Field(
         default=10.0,
         ge=0,

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from inference_server.detection.onnx_backend import (
     OnnxDetector,
     decode,
     letterbox,
+    usable_cores,
 )
 from inference_server.domain import Detection
 from inference_server.pipeline.decode import decode_picture
@@ -408,3 +410,62 @@ def test_rgbx_pixels_are_letterboxed_where_they_are_as_their_rgb(name: str) -> N
         assert np.array_equal(letterbox(view, shape).tensor, letterbox(np.ascontiguousarray(view), shape).tensor)
     mirrored = view[:, ::-1]  # a view of no RGBX array: packed into a copy
     assert packed(mirrored).flags.c_contiguous and np.array_equal(packed(mirrored), mirrored)
+
+
+def _native_thread_runs(since: set[int]) -> dict[int, int]:
+    """Threads of this process not in ``since``: how many times each was put on a CPU
+    (``/proc/<tid>/schedstat``; a wake-up or a preemption)."""
+    out: dict[int, int] = {}
+    for task in Path("/proc/self/task").iterdir():
+        if int(task.name) in since:
+            continue
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[2])
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def _thread_ids() -> set[int]:
+    return {int(task.name) for task in Path("/proc/self/task").iterdir()}
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="on one CPU the runtime has no thread of its own to wake either way")
+def test_a_lone_picture_wakes_no_other_thread_and_a_batch_is_split_into_runs_at_once(tmp_path: Path) -> None:
+    """With the runtime's own thread pool, each of a picture's layers was split between two
+    threads: the other one woke ~225 times a picture, which after a second's sleep cost 10-20 ms
+    of CPU a picture more than one thread alone (performance.md, stop 45). Now a lone picture runs
+    on the calling thread and nothing else wakes; a batch is split into runs that go at once, on
+    as many threads as CPUs, and each picture gets what it gets alone."""
+    before = _thread_ids()
+    detector = build_detector(
+        Settings(data_dir=tmp_path, detector_backend="onnx", detector_weights=pose_onnx(), detect_classes=["person"])
+    )
+    assert isinstance(detector, OnnxDetector) and detector.parallel_runs == usable_cores()
+    alone = detector.detect([_picture("zidane.jpg")])[0]
+    assert len(alone) == 2
+    woken = _native_thread_runs(before)
+    assert detector.detect([_picture("zidane.jpg")]) == [alone]
+    assert _native_thread_runs(before) == woken  # the same threads, none of them put on a CPU again
+    batch = [detector.prepare(_picture("zidane.jpg")) for _ in range(4)]
+    assert detector.detect(batch) == [alone] * 4
+    runners = [t for t in threading.enumerate() if t.name.startswith("infer-run")]
+    assert len(runners) == min(usable_cores(), 4) - 1  # the calling thread runs the first part
+    assert all(_native_thread_runs(before).get(t.native_id or -1, 0) > woken.get(t.native_id or -1, 0) for t in runners)
+
+
+def test_threads_set_give_the_runtime_its_own_pool_and_the_same_people(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        detector_backend="onnx",
+        detector_weights=pose_onnx(),
+        detect_classes=["person"],
+        detector_onnx_threads=2,
+    )
+    pooled = build_detector(settings)
+    assert isinstance(pooled, OnnxDetector) and pooled.parallel_runs == 1
+    assert pooled._session.get_session_options().intra_op_num_threads == 2
+    default = build_detector(settings.model_copy(update={"detector_onnx_threads": 0}))
+    assert isinstance(default, OnnxDetector) and default._session.get_session_options().intra_op_num_threads == 1
+    pictures = [_picture(n) for n in ("bus.jpg", "zidane.jpg", "zidane.jpg")]
+    assert pooled.detect(pictures) == default.detect(pictures)
