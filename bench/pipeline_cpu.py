@@ -1184,7 +1184,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-camera", type=Path, help="cProfile the event loop during the one-camera phase")
     p.add_argument("--camera-idle-s", type=float, default=10, help="idle seconds measured before that phase")
     p.add_argument("--paced-fraction", type=float, default=0.5, help="paced rate as a fraction of the bare rate")
-    p.add_argument("--log-level", default="WARNING", help="server log level (INFO logs two lines per image)")
+    p.add_argument("--log-level", default="WARNING", help="server log level (the add-on: INFO)")
     p.add_argument(
         "--broker",
         choices=("amqtt", "mosquitto"),

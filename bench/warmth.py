@@ -6,7 +6,8 @@ At a picture a second the pipeline's threads sleep between pictures, and each st
 a core whose caches, TLB and clock the sleep (and whatever else the machine ran) took back. This
 prints, for bus.jpg as the server handles it (the door's decode into an RGBX array on one thread,
 the onnx backend's letterbox into a reused tensor on a decode thread, the tamper check's features
-on a third ~50 ms later, once the picture would be inferred), each stage's thread CPU time back to
+on a third ~50 ms later, once the picture would be inferred, and an INFO log line on the main
+thread ~50 ms after that), each stage's thread CPU time back to
 back ("hot") and after ``--idle-s`` of sleep ("after idle"), medians of ``--rounds``; and the
 tamper features measured on the decode thread right after the letterbox, the placement stop 43
 tried (docs/decisions.md), and the letterbox on the door's thread right after its decode. The
@@ -16,17 +17,21 @@ process has the server's fixed mmap threshold.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import numpy as np
 import simplejpeg
 from PIL import Image
 
 from bench.report import say
-from inference_server import demo_assets
+from inference_server import demo_assets, logging_setup
 from inference_server.config import Settings
 from inference_server.decode_budget import fix_mmap_threshold
 from inference_server.detection.onnx_backend import letterbox
@@ -38,6 +43,30 @@ def _cpu_ms(work: Callable[[], object]) -> float:
     start = time.thread_time()
     work()
     return (time.thread_time() - start) * 1000
+
+
+def _log_line() -> Callable[[], None]:
+    """One "image queued" line as the server logs it at INFO (``logging_setup``'s text format)
+    to a pipe that a thread drains, as the add-on's stderr is read."""
+    read, write = os.pipe()
+
+    def drain() -> None:
+        while os.read(read, 65536):
+            pass
+
+    threading.Thread(target=drain, name="drain", daemon=True).start()
+    handler = logging.StreamHandler(os.fdopen(write, "w", buffering=1))
+    handler.setFormatter(logging_setup.TextFormatter())
+    log = logging.getLogger("bench.warmth.ingestor")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    at = datetime.now(UTC).isoformat()
+
+    def line() -> None:
+        log.info("image queued camera_id=%s image_id=%s job_id=%s file=%s captured_at=%s (%s)", "a", 1, 2, "u", at, "x")
+
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     def scene() -> None:
         features(Image.frombuffer("RGBX", (width, height), picture, "raw", "RGBX", 0, 1))
 
-    stages = {"door decode": decode, "letterbox": box, "tamper features": scene}
+    line = _log_line()
+    stages = {"door decode": decode, "letterbox": box, "tamper features": scene, "a log line (text, to a pipe)": line}
     door, decoder, other = (ThreadPoolExecutor(1, name) for name in ("door", "decode", "other"))
     hot: dict[str, list[float]] = {name: [] for name in stages}
     cold: dict[str, list[float]] = {name: [] for name in stages}
@@ -84,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             cold["door decode"].append(decoded)
             cold["letterbox"].append(boxed)
             cold["tamper features"].append(other.submit(_cpu_ms, scene).result())
+            time.sleep(0.05)  # the picture's store, then its log line on the event loop's thread
+            cold["a log line (text, to a pipe)"].append(_cpu_ms(line))
         else:  # the features right after the letterbox, on its thread
             after.append(decoder.submit(lambda: (_cpu_ms(box), _cpu_ms(scene))[1]).result())
     for pool in (door, decoder, other):

@@ -71,6 +71,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=True)
 
 
+class FirstSeen:
+    """Whether a key (a camera, an FTP login) is new to this process: what happens for each of a
+    camera's pictures is logged at INFO the first time, to say it works, and at DEBUG after that,
+    so the add-on's log keeps what changes (events, tamper, failures) rather than a line or
+    three a picture. Keeps at most ``limit`` keys, then forgets them all (and says each again once)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._seen: set[object] = set()
+        self._limit = limit
+
+    def level(self, key: object) -> int:
+        """``logging.INFO`` the first time ``key`` is given, ``logging.DEBUG`` after."""
+        if key in self._seen:
+            return logging.DEBUG
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen.add(key)
+        return logging.INFO
+
+
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

@@ -38,6 +38,7 @@ from inference_server.config import FtpUser, Settings
 from inference_server.ingest.clips import CLIP_SUFFIXES
 from inference_server.ingest.filenames import camera_id_for_folder
 from inference_server.ingest.ingestor import IngestResult, printable
+from inference_server.logging_setup import FirstSeen
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class FtpReceiver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.pending: set[Future[IngestResult]] = set()
+        #: (user, address) pairs whose login was logged at INFO (the FTP thread's only).
+        self.logins = FirstSeen()
         self.port = settings.ftp_port
         self.server = self._build_server()
         self._waker = _Waker()
@@ -103,7 +106,7 @@ class FtpReceiver:
 
     def _finished(self, final: Path, username: str) -> None:
         """In the FTP thread: hand an upload, already under its real name, to ingest now."""
-        log.info(
+        log.debug(
             "ftp upload received user=%s camera_id=%s file=%s",
             username,
             camera_id_for_folder(final.relative_to(self.root).parts[0]) if final.is_relative_to(self.root) else None,
@@ -325,7 +328,10 @@ class _CameraHandler(FTPHandler):  # type: ignore[misc]
 
     def on_login(self, username: str) -> None:
         self._hsi_cancel_login_deadline()
-        log.info("ftp login user=%s remote=%s", username, self.remote_ip)
+        # A camera logs in for each picture it sends: a login from a new user or address is
+        # logged at INFO, the same one again at DEBUG (a failed login is always a warning).
+        level = self._hsi_receiver.logins.level((username, self.remote_ip))
+        log.log(level, "ftp login user=%s remote=%s", username, self.remote_ip)
 
     def on_logout(self, username: str) -> None:
         # USER again or REIN: unauthenticated once more, so the login deadline applies.

@@ -46,6 +46,7 @@ from inference_server.ingest.validate import (
     inspect_image,
 )
 from inference_server.jobs.queue import JobQueue, JobTaker
+from inference_server.logging_setup import FirstSeen
 from inference_server.schemas import CAMERA_ID_PATTERN
 from inference_server.store import api_keys, cameras, clips, images, quarantine
 from inference_server.telemetry import metrics
@@ -176,6 +177,8 @@ class Ingestor:
         #: Camera ids an upload (REST, MQTT) was last stored for: their next upload is one
         #: statement that checks the camera still exists and is enabled, no look-up first.
         self._upload_ids: set[str] = set()
+        #: Cameras whose first image this process has logged at INFO (the others at DEBUG).
+        self._announced = FirstSeen()
         self.limits = ImageLimits(
             settings.max_image_bytes,
             settings.max_image_pixels,
@@ -692,15 +695,21 @@ class Ingestor:
             existing = await images.find(self.pool, camera_id, loaded.sha256)
             return IngestResult("duplicate", camera_id, existing[0] if existing else None)
         metrics.INGESTED.labels(camera_id, source, "queued").inc()
-        log.info(
-            "image queued camera_id=%s image_id=%s job_id=%s file=%s captured_at=%s (%s)",
-            camera_id,
-            image_id,
-            job_id,
-            original_name,
-            captured_at.isoformat(),
-            captured_at_source,
-        )
+        first = self._announced.level(camera_id)
+        if log.isEnabledFor(first):
+            log.log(
+                first,
+                "image queued camera_id=%s image_id=%s job_id=%s file=%s captured_at=%s (%s)%s",
+                camera_id,
+                image_id,
+                job_id,
+                original_name,
+                captured_at.isoformat(),
+                captured_at_source,
+                "; the first from this camera since start, its next images are logged at DEBUG"
+                if first == logging.INFO
+                else "",
+            )
         return IngestResult("queued", camera_id, image_id, job_id)
 
     async def _require_camera(self, camera_id: str) -> None:

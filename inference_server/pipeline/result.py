@@ -132,7 +132,7 @@ class ResultStage:
         for r in kept:
             metrics.STAGE.labels("store").observe(elapsed / len(kept))
             if not r.detections:
-                log.info(
+                log.debug(
                     "nothing detected camera_id=%s job_id=%s image_id=%s", r.job.camera_id, r.job.id, r.job.image_id
                 )
             _observe_end_to_end(r.job)

@@ -33,6 +33,7 @@ BASE = frozenset(
         "buffers",
         "registry",
         "event_loop",
+        "logging_setup",
     }
 )
 
@@ -41,8 +42,8 @@ BASE = frozenset(
 #: types, the base.
 ALLOWED: dict[str, frozenset[str]] = {
     # The wiring and the entry points: everything below them.
-    "__main__": frozenset({"server", "demo", "store", "logging_setup"}) | BASE,
-    "demo": frozenset({"server", "store", "comms", "logging_setup", "demo_assets"}) | BASE,
+    "__main__": frozenset({"server", "demo", "store"}) | BASE,
+    "demo": frozenset({"server", "store", "comms", "demo_assets"}) | BASE,
     "server": frozenset(
         {
             "api",

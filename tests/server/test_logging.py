@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -117,3 +118,46 @@ async def test_a_newline_in_a_camera_id_or_a_file_name_does_not_forge_a_log_line
         assert "\n" not in line and FORGED in json.loads(line)["message"]
     assert "path=/api/v1/cameras/x\\n" + FORGED in _formatter("text").format(auth[0])
     assert "file=a\\n" + FORGED + ".jpg" in _formatter("text").format(queued[0])
+
+
+async def test_a_cameras_pictures_log_one_info_line_the_first_time_and_debug_lines_after(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At INFO (the add-on's default) each picture wrote "image queued" and, with nothing in
+    view, "nothing detected": two lines a second for a camera sending a picture a second, which
+    buried the events and the failures in the add-on's log. Now a camera's first picture since
+    start is logged at INFO (it works), the rest at DEBUG."""
+    caplog.set_level(logging.DEBUG)
+    quiet = demo_assets.image("rocket.jpg").read_bytes()  # no one in view
+    async with running(make_settings(), pose_detector) as server:
+        headers = await auth_headers(server)
+        async with aiohttp.ClientSession(base_url=server.api_url) as http:
+            async with http.post("/api/v1/cameras", json={"id": "porch", "name": "Porch"}, headers=headers) as resp:
+                assert resp.status == 201
+            jobs = []
+            for n in range(3):
+                async with http.post(
+                    "/api/v1/cameras/porch/images",
+                    # Three pictures, three hashes: a JPEG comment (COM) after the start marker.
+                    data=quiet[:2] + b"\xff\xfe\x00\x03" + bytes([n]) + quiet[2:],
+                    headers={**headers, "Content-Type": "image/jpeg"},
+                    params={"captured_at": f"2026-12-07T12:00:0{n}+00:00"},
+                ) as resp:
+                    assert resp.status == 202, await resp.text()
+                    jobs.append((await resp.json())["job_id"])
+        for _ in range(200):
+            if await server.pool.fetchval("SELECT count(*) FROM jobs WHERE state = 'done'") == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert await server.pool.fetchval("SELECT count(*) FROM jobs WHERE state = 'done'") == 3
+    per_picture = [
+        r
+        for r in caplog.records
+        if r.name.startswith("inference_server") and any(f"job_id={job}" in r.getMessage() for job in jobs)
+    ]
+    info = [r.getMessage() for r in per_picture if r.levelno >= logging.INFO]
+    assert len(info) == 1 and info[0].startswith("image queued camera_id=porch") and f"job_id={jobs[0]}" in info[0]
+    assert "the first from this camera since start" in info[0]
+    debug = [r.getMessage() for r in per_picture if r.levelno == logging.DEBUG]
+    assert sum(m.startswith("image queued") for m in debug) == 2
+    assert sum(m.startswith("nothing detected") for m in debug) == 3
