@@ -469,3 +469,36 @@ def test_threads_set_give_the_runtime_its_own_pool_and_the_same_people(tmp_path:
     assert isinstance(default, OnnxDetector) and default._session.get_session_options().intra_op_num_threads == 1
     pictures = [_picture(n) for n in ("bus.jpg", "zidane.jpg", "zidane.jpg")]
     assert pooled.detect(pictures) == default.detect(pictures)
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="one CPU: a batch is one run")
+def test_a_run_that_fails_beside_others_fails_the_batch_after_they_end_and_leaves_the_inputs_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The calling thread's part of a batch fails while another part runs on a helper thread:
+    ``detect`` raises only once that run has ended (its batch's tensor goes back to the pool only
+    when no run reads it), the inputs stay unspent for the image-by-image retry, and the
+    detector works on after it."""
+    detector = OnnxDetector(pose_onnx(), confidence=0.40)
+    alone = detector.detect([_picture("zidane.jpg")])[0]
+    prepared = [detector.prepare(_picture("zidane.jpg")) for _ in range(4)]
+    real_run = detector._session.run
+    main = threading.current_thread()
+    ended: list[str] = []
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is main:
+            raise RuntimeError("a failed run (made to fail by the test)")
+        try:
+            return real_run(*args, **kwargs)
+        finally:
+            ended.append("the helper's run")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(detector._session, "run", run)
+        with pytest.raises(RuntimeError, match="made to fail"):
+            detector.detect(prepared)
+        assert ended == ["the helper's run"]  # it had ended when the failure came out
+    assert not any(item.spent for item in prepared)
+    assert [detector.detect([item])[0] for item in prepared] == [alone] * 4
+    assert detector.detect([detector.prepare(_picture("zidane.jpg")) for _ in range(4)]) == [alone] * 4
