@@ -357,7 +357,12 @@ class OnnxDetector:
         self.imgsz = imgsz if self.info.dynamic_size else self.info.imgsz[0]
         self.fallback = problem
         used = self._session.get_providers()[0]
-        self.runtime = f"onnxruntime {ort.__version__} {used}" + (f" (fallback: {problem})" if problem else "")
+        how = ""  # a GPU's or OpenVINO's own
+        if threads > 0:
+            how = f", {threads} threads a run"
+        elif used == "CPUExecutionProvider":
+            how = ", one thread a run" + (f", {self.parallel_runs} at once" if self.parallel_runs > 1 else "")
+        self.runtime = f"onnxruntime {ort.__version__} {used}{how}" + (f" (fallback: {problem})" if problem else "")
         if problem:
             log.warning("detector runtime fallback requested=%s device=%s using=%s", runtime, device, self.runtime)
         wanted = {c.lower() for c in keep_classes}

@@ -442,6 +442,7 @@ def test_a_lone_picture_wakes_no_other_thread_and_a_batch_is_split_into_runs_at_
         Settings(data_dir=tmp_path, detector_backend="onnx", detector_weights=pose_onnx(), detect_classes=["person"])
     )
     assert isinstance(detector, OnnxDetector) and detector.parallel_runs == usable_cores()
+    assert detector.describe().endswith(f"CPUExecutionProvider, one thread a run, {usable_cores()} at once")
     alone = detector.detect([_picture("zidane.jpg")])[0]
     assert len(alone) == 2
     woken = _native_thread_runs(before)
@@ -465,6 +466,7 @@ def test_threads_set_give_the_runtime_its_own_pool_and_the_same_people(tmp_path:
     pooled = build_detector(settings)
     assert isinstance(pooled, OnnxDetector) and pooled.parallel_runs == 1
     assert pooled._session.get_session_options().intra_op_num_threads == 2
+    assert pooled.describe().endswith("CPUExecutionProvider, 2 threads a run")
     default = build_detector(settings.model_copy(update={"detector_onnx_threads": 0}))
     assert isinstance(default, OnnxDetector) and default._session.get_session_options().intra_op_num_threads == 1
     pictures = [_picture(n) for n in ("bus.jpg", "zidane.jpg", "zidane.jpg")]
