@@ -330,7 +330,7 @@ class OnnxDetector:
         self.parallel_runs = 1
         if threads > 0:
             options.intra_op_num_threads = threads
-        elif providers[0] == "CPUExecutionProvider":
+        elif providers[0] == "CPUExecutionProvider":  # (a GPU's or OpenVINO's threads are its own)
             # One thread a run, and a batch split into runs at once rather than each layer split
             # between the runtime's threads: a lone picture costs 10-20 ms of CPU less (the
             # runtime woke its other thread ~225 times a picture, and after a second's sleep each
@@ -357,11 +357,11 @@ class OnnxDetector:
         self.imgsz = imgsz if self.info.dynamic_size else self.info.imgsz[0]
         self.fallback = problem
         used = self._session.get_providers()[0]
-        how = ""  # a GPU's or OpenVINO's own
-        if threads > 0:
-            how = f", {threads} threads a run"
-        elif used == "CPUExecutionProvider":
-            how = ", one thread a run" + (f", {self.parallel_runs} at once" if self.parallel_runs > 1 else "")
+        # How the session was told to use the CPU (0: the runtime's default, said nothing of).
+        intra = options.intra_op_num_threads
+        how = f", {intra} threads a run" if intra > 1 else ", one thread a run" if intra == 1 else ""
+        if self.parallel_runs > 1:
+            how += f", {self.parallel_runs} at once"
         self.runtime = f"onnxruntime {ort.__version__} {used}{how}" + (f" (fallback: {problem})" if problem else "")
         if problem:
             log.warning("detector runtime fallback requested=%s device=%s using=%s", runtime, device, self.runtime)
@@ -419,7 +419,8 @@ class OnnxDetector:
         for indices in groups.values():
             # A fixed-batch model takes one picture at a time; a dynamic one the group, in as many
             # runs as go at once.
-            chunks += split(indices, self.parallel_runs) if self.info.dynamic_batch else [[i] for i in indices]
+            parts = min(self.parallel_runs, len(indices)) if self.info.dynamic_batch else len(indices)
+            chunks += [part.tolist() for part in np.array_split(indices, parts)]
         batches = [self._batch([prepared[i].tensor for i in chunk]) for chunk in chunks]
         try:
             for chunk, raw in zip(chunks, self._run_all(batches), strict=True):
@@ -487,18 +488,6 @@ class OnnxDetector:
         self._session.run(None, {self._input: blank}, run_options=_shrinking())
         shrink_letterbox_arena()
         trim_heap()
-
-
-def split(indices: list[int], parts: int) -> list[list[int]]:
-    """``indices`` in at most ``parts`` runs of nearly equal size, in order."""
-    parts = max(1, min(parts, len(indices)))
-    size, extra = divmod(len(indices), parts)
-    out, start = [], 0
-    for part in range(parts):
-        end = start + size + (1 if part < extra else 0)
-        out.append(indices[start:end])
-        start = end
-    return out
 
 
 def usable_cores() -> int:
