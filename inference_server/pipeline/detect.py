@@ -45,7 +45,8 @@ class _Item:
     #: The decoded picture (snapshots are drawn on it); released when the item is done with.
     image: Picture
     detections: list[Detection]
-    #: What the detector runs on (``Detector.prepare``, made on a decode thread); the image if unset.
+    #: What the detector runs on (``Detector.prepare``, made on a decode thread); unset, it is made
+    #: on the inference thread right before the model runs (``DetectWorker._infer``).
     model_input: Any = None
 
 
@@ -81,6 +82,8 @@ class DetectWorker:
         self._door_lock = threading.Lock()
         #: The claim loop waits for work with nothing in hand: a known camera's next image is for it.
         self._waiting = False
+        #: The inference loop has a batch in hand (in the model, or waiting to hand it on).
+        self._model_busy = False
         self._running = False
         queue.taker = self
 
@@ -153,6 +156,13 @@ class DetectWorker:
             started = metrics.now()
             self._started.update(j.id for j in jobs)
             door = [self._door_picture(j.id) for j in jobs]
+            if len(jobs) == 1 and (picture := door[0]) is not None and out.empty() and not self._model_busy:
+                # A lone picture decoded at the door, and the model idle: it is prepared on the
+                # inference thread right before the model runs (``_infer``), one hand-over
+                # instead of two (docs/decisions.md, "A lone picture in one hop").
+                self._started.discard(jobs[0].id)
+                await out.put([_Item(jobs[0], picture, [])])
+                continue
             results = await asyncio.gather(
                 *(
                     loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path), picture)
@@ -373,35 +383,50 @@ class DetectWorker:
                 continue
             started = metrics.now()
             self._started.update(i.job.id for i in items)
+            self._model_busy = True
             try:
-                await self._detect(items)
-            except Exception as err:
-                if len(items) == 1:
-                    await self._inference_failed(items[0], err)
-                    _let_go(items)
-                    continue
-                # One image may be what breaks the batch: run each alone, so only its job fails.
-                log.error("inference failed batch=%d, trying its images one by one error=%r", len(items), err)
-                done: list[_Item] = []
-                for item in items:
-                    try:
-                        await self._detect([item])
-                    except Exception as single:
-                        await self._inference_failed(item, single)
-                        _let_go([item])
-                    else:
-                        done.append(item)
-                items = done
-                if not items:
-                    continue
-            metrics.STAGE.labels("infer").observe((metrics.now() - started) / len(items))
-            await out.put(items)
+                items, prepared_s = await self._run_model(items)
+                if items:
+                    if prepared_s:  # prepared on the inference thread: the decode stage's work
+                        metrics.STAGE.labels("decode").observe(prepared_s / len(items))
+                    metrics.STAGE.labels("infer").observe((metrics.now() - started - prepared_s) / len(items))
+                    await out.put(items)
+            finally:
+                self._model_busy = False
         await out.put(_STOP)
 
-    async def _detect(self, items: list[_Item]) -> None:
-        """One batched inference on the model's thread; each item gets its detections."""
-        inputs = [i.image.image() if i.model_input is None else i.model_input for i in items]
-        found = await asyncio.get_running_loop().run_in_executor(self._infer_pool, self.detector.detect, inputs)
+    async def _run_model(self, items: list[_Item]) -> tuple[list[_Item], float]:
+        """The batch through the model (``_detect``); if it fails, each image alone, so only the
+        one that breaks it fails its job. The items inferred, and the seconds spent preparing
+        inputs on the inference thread."""
+        try:
+            return items, await self._detect(items)
+        except Exception as err:
+            if len(items) == 1:
+                await self._inference_failed(items[0], err)
+                _let_go(items)
+                return [], 0.0
+            log.error("inference failed batch=%d, trying its images one by one error=%r", len(items), err)
+        done: list[_Item] = []
+        prepared_s = 0.0
+        for item in items:
+            try:
+                prepared_s += await self._detect([item])
+            except Exception as single:
+                await self._inference_failed(item, single)
+                _let_go([item])
+            else:
+                done.append(item)
+        return done, prepared_s
+
+    async def _detect(self, items: list[_Item]) -> float:
+        """One batched inference on the model's thread; each item gets its detections. An item
+        without its model input (a lone picture that found the model idle) has it made there,
+        first (``_infer``); the seconds that took are returned."""
+        inputs = [i.model_input for i in items]
+        pictures = [i.image for i in items]
+        loop = asyncio.get_running_loop()
+        found, prepared_s = await loop.run_in_executor(self._infer_pool, self._infer, inputs, pictures)
         if len(found) != len(items):
             raise RuntimeError(f"detector returned {len(found)} results for {len(items)} images")
         for item, dets in zip(items, found, strict=True):
@@ -409,6 +434,20 @@ class DetectWorker:
             # The model's input (a float tensor, 2-5 MB an image) is not needed past inference:
             # let it go, not hold it while the batch waits to be stored (issue 20, RSS when busy).
             item.model_input = None
+        return prepared_s
+
+    def _infer(self, inputs: list[Any], pictures: list[Picture]) -> tuple[list[list[Detection]], float]:
+        """On the inference thread: the inputs not made yet made (``Detector.prepare`` of the
+        picture), then one batched inference; with the seconds the preparing took (0: none)."""
+        if all(model_input is not None for model_input in inputs):
+            return self.detector.detect(inputs), 0.0
+        started = metrics.now()
+        ready = [
+            self.detector.prepare(picture.pixels) if model_input is None else model_input
+            for model_input, picture in zip(inputs, pictures, strict=True)
+        ]
+        prepared_s = metrics.now() - started
+        return self.detector.detect(ready), prepared_s
 
     async def _inference_failed(self, item: _Item, err: Exception) -> None:
         log.error("inference failed job_id=%s camera_id=%s error=%r", item.job.id, item.job.camera_id, err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ from inference_server.schemas import CameraCreate
 from inference_server.store import cameras
 from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
+from inference_server.telemetry.metrics import REGISTRY
 from tests.server.conftest import coco_settings, running
 from tests.support.waiting import wait_until
 
@@ -286,7 +288,8 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
     detects on that array instead of decoding the stored file again. The pixels are exactly
     those of the worker's own decode; pictures the door does not decode for it (a PNG, one that
     came while it was busy) are decoded by the worker as before; every array goes back to the
-    worker's pool."""
+    worker's pool. (A door's picture reaches the idle model without its input made: it is
+    prepared on the inference thread, the test below.)"""
     settings = make_settings(
         **coco_settings(), detector_backend="onnx", fast_path={}, file_stable_s=0.05, job_poll_interval_s=30
     )
@@ -296,14 +299,15 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
         assert ingestor is not None and worker is not None
         await cameras.create(server.pool, CameraCreate(id="front", name="front"))
         loads: list[tuple[str, bool, np.ndarray]] = []
-        load = worker._load
+        detect = worker._detect
 
-        def watched(path: Path, door: Picture | None = None) -> tuple[Picture, Any]:
-            picture, model_input = load(path, door)
-            loads.append((path.name, door is not None, picture.pixels.copy()))
-            return picture, model_input
+        async def watched(items: list[_Item]) -> float:
+            # An item without its model input is the door's picture (the worker's own decode
+            # prepares it on a decode thread: ``_load``).
+            loads.extend((Path(i.job.image_path).name, i.model_input is None, i.image.pixels.copy()) for i in items)
+            return await detect(items)
 
-        monkeypatch.setattr(worker, "_load", watched)
+        monkeypatch.setattr(worker, "_detect", watched)
 
         async def stored(jobs: int) -> None:
             await wait_until(
@@ -338,6 +342,57 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
         assert len(found) == 5  # people in every picture, the door's decodes included
         assert worker._door_pictures == {}
         assert worker._pictures.made == 2  # bus.jpg's size and zidane.jpg's; every other one reused
+
+
+async def test_a_lone_picture_from_the_door_is_prepared_on_the_inference_thread_when_the_model_is_idle(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A picture decoded at the door that finds the model idle is not handed to a decode thread
+    for its letterbox and back: the inference thread prepares it right before the model runs,
+    one hand-over (docs/decisions.md, "A lone picture in one hop"). The letterbox's time still
+    counts as the decode stage's, not the model's; the detections are those of the decode
+    threads' way; a picture the worker decodes itself (a PNG) is prepared on a decode thread as
+    before."""
+    settings = make_settings(**coco_settings(), detector_backend="onnx", fast_path={}, job_poll_interval_s=30)
+    async with running(settings) as server:
+        ingestor, worker = server.ingestor, server.detect_worker
+        assert ingestor is not None and worker is not None
+        await cameras.create(server.pool, CameraCreate(id="front", name="front"))
+        prepared_on: list[str] = []
+        prepare = worker.detector.prepare
+
+        def watched(image: Any) -> Any:
+            prepared_on.append(threading.current_thread().name.rstrip("_0123456789"))
+            return prepare(image)
+
+        monkeypatch.setattr(worker.detector, "prepare", watched)
+
+        def decode_stage() -> float:
+            return REGISTRY.get_sample_value("hsi_stage_seconds_count", {"stage": "decode"}) or 0.0
+
+        async def stored(jobs: int) -> None:
+            await wait_until(
+                lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", jobs), timeout=60
+            )
+            await wait_until(worker.wants_job, 30, what="the worker waiting again")
+
+        await wait_until(worker.wants_job, 30, what="the worker waiting")
+        before = decode_stage()
+        await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
+        await stored(1)
+        assert prepared_on == ["infer"]
+        assert decode_stage() == before + 1  # the letterbox observed as the decode stage
+        png = io.BytesIO()
+        Image.open(demo_assets.image("bus.jpg")).save(png, "PNG")
+        await ingestor.ingest_bytes("front", png.getvalue(), captured_at=None, original_name=None)
+        await stored(2)
+        assert prepared_on == ["infer", "decode"]
+        rows = await server.pool.fetch(
+            "SELECT label, round(confidence::numeric, 3) AS c FROM detections ORDER BY image_id, label, confidence"
+        )
+    by_image = [(r["label"], r["c"]) for r in rows]
+    half = len(by_image) // 2
+    assert half >= 3 and by_image[:half] == by_image[half:]  # the same picture, the same people either way
 
 
 async def test_a_crowd_of_uploads_at_an_idle_worker_has_at_most_a_batch_decoded_ahead(
