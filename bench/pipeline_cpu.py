@@ -249,15 +249,39 @@ class CpuSnapshot:
     broker: float | None
     others: float  # user processes that are none of ours
     kernel: float  # kernel threads (writeback, memory management)
+    #: Thread CPU seconds the infer thread spent making model inputs (``CpuMeter.watch_prepare``).
+    infer_prepare: float = 0.0
 
 
 _PF_KTHREAD = 0x00200000
+
+
+#: The infer thread's CPU spent making model inputs (a lone picture that found the model idle
+#: is letterboxed there, not on a decode thread): the input's preparation, not inference.
+MODEL_INPUT_ON_INFER = "model input on the infer thread"
 
 
 class CpuMeter:
     def __init__(self) -> None:
         self.postmaster_pid: int | None = None
         self.broker_pid: int | None = None
+        self._infer_prepare_s = 0.0
+
+    def watch_prepare(self, detector: Any) -> None:
+        """Count the thread CPU ``detector.prepare`` takes on the infer thread (only that thread
+        adds to the count), so that it is set apart from inference."""
+        prepare = detector.prepare
+
+        def timed(image: Any) -> Any:
+            if not threading.current_thread().name.startswith("infer"):
+                return prepare(image)
+            started = time.thread_time()
+            try:
+                return prepare(image)
+            finally:
+                self._infer_prepare_s += time.thread_time() - started
+
+        detector.prepare = timed
 
     def find_postgres(self, pg_root: Path) -> None:
         for pid_file in pg_root.rglob("postmaster.pid"):
@@ -301,6 +325,7 @@ class CpuMeter:
             broker,
             others,
             kernel,
+            self._infer_prepare_s,
         )
 
     def _processes(self) -> tuple[float | None, float | None, float, float]:
@@ -354,6 +379,9 @@ def cpu_delta(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, Any]:
     exited = process - sum(groups.values())
     if exited > 0.005:
         groups["threads that exited"] = exited
+    if (prepared := b.infer_prepare - a.infer_prepare) > 0:
+        groups["infer thread"] = groups.get("infer thread", 0.0) - prepared
+        groups[MODEL_INPUT_ON_INFER] = prepared
     faults = _counts_by_group(a.thread_faults, b.thread_faults)
     faults["= this process"] = b.faults - a.faults
     return {
@@ -721,6 +749,8 @@ async def run_server(
         raise
     startup = time.perf_counter() - started
     meter.find_postgres(settings.postgres_path)
+    if server.detect_worker is not None:
+        meter.watch_prepare(server.detect_worker.detector)
     say(f"  server ready in {startup:.1f} s (REST {server.api_url}, MQTT {server.mqtt_url})")
     phases: list[PhaseResult] = []
     dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-drop")
@@ -939,8 +969,8 @@ def outside_inference_ms(cpu: dict[str, Any], images: int) -> dict[str, float]:
     # Decoding the JPEG (and, on the onnx backend, the letterbox) is the engine's input
     # preparation: the bare loop's ``predict(path)`` does it inside its own time. What is left
     # is the server's own work: ingest, the queue, storing, judging, publishing.
-    parts["= the server's own (outside inference, less the decode threads)"] = parts["= outside inference"] - parts.get(
-        "decode threads", 0.0
+    parts["= the server's own (outside inference, less the decode threads)"] = (
+        parts["= outside inference"] - parts.get("decode threads", 0.0) - parts.get(MODEL_INPUT_ON_INFER, 0.0)
     )
     parts["(inference: infer thread + runtime threads)"] = sum(
         1000 * threads.get(g, 0.0) / images for g in _INFERENCE_GROUPS
