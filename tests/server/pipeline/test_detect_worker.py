@@ -84,11 +84,12 @@ async def test_the_model_input_is_let_go_once_inferred(
 
 
 @pytest.mark.parametrize("backend", ["onnx", "ultralytics"])
-async def test_a_picture_without_its_prepared_input_is_detected_as_it_is(
+async def test_a_picture_without_its_prepared_input_is_prepared_on_the_inference_thread_alike(
     make_settings: Callable[..., Settings], pool: asyncpg.Pool, backend: str
 ) -> None:
-    """An item without its model input goes to the detector as a Pillow image of its picture
-    (the RGBX pixels mapped): each backend takes it as RGB and finds the same as prepared."""
+    """An item without its model input (a lone picture that found the model idle) has it made on
+    the inference thread from its picture's pixels (a view of the RGBX array): each backend takes
+    them as RGB and finds the same as prepared on a decode thread."""
     settings = make_settings(**coco_settings(), detector_backend=backend)
     async with _bus_loaded(settings, pool) as (worker, job, picture, model_input):
         assert picture.rgbx() is not None
