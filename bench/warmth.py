@@ -100,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(3):
         for work in stages.values():
             work()
+
+    def again(work: Callable[[], None]) -> list[float]:
+        return [_cpu_ms(work) for _ in range(args.rounds)]
+
     for name, work in stages.items():  # each stage again and again, nothing else between
-        hot[name] += decoder.submit(lambda w=work: [_cpu_ms(w) for _ in range(args.rounds)]).result()
+        hot[name] += decoder.submit(again, work).result()
     for n in range(args.rounds * 3):
         time.sleep(args.idle_s)
         if n % 3 == 2:  # the letterbox on the door's thread, right after its decode
