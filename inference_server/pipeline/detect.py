@@ -154,15 +154,14 @@ class DetectWorker:
             worked_at, released = loop.time(), False
             metrics.STAGE.labels("claim").observe((metrics.now() - started) / len(jobs))
             started = metrics.now()
-            self._started.update(j.id for j in jobs)
             door = [self._door_picture(j.id) for j in jobs]
             if len(jobs) == 1 and (picture := door[0]) is not None and out.empty() and not self._model_busy:
                 # A lone picture decoded at the door, and the model idle: it is prepared on the
                 # inference thread right before the model runs (``_infer``), one hand-over
                 # instead of two (docs/decisions.md, "A lone picture in one hop").
-                self._started.discard(jobs[0].id)
                 await out.put([_Item(jobs[0], picture, [])])
                 continue
+            self._started.update(j.id for j in jobs)
             results = await asyncio.gather(
                 *(
                     loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path), picture)
@@ -423,10 +422,7 @@ class DetectWorker:
         """One batched inference on the model's thread; each item gets its detections. An item
         without its model input (a lone picture that found the model idle) has it made there,
         first (``_infer``); the seconds that took are returned."""
-        inputs = [i.model_input for i in items]
-        pictures = [i.image for i in items]
-        loop = asyncio.get_running_loop()
-        found, prepared_s = await loop.run_in_executor(self._infer_pool, self._infer, inputs, pictures)
+        found, prepared_s = await asyncio.get_running_loop().run_in_executor(self._infer_pool, self._infer, items)
         if len(found) != len(items):
             raise RuntimeError(f"detector returned {len(found)} results for {len(items)} images")
         for item, dets in zip(items, found, strict=True):
@@ -436,16 +432,13 @@ class DetectWorker:
             item.model_input = None
         return prepared_s
 
-    def _infer(self, inputs: list[Any], pictures: list[Picture]) -> tuple[list[list[Detection]], float]:
+    def _infer(self, items: list[_Item]) -> tuple[list[list[Detection]], float]:
         """On the inference thread: the inputs not made yet made (``Detector.prepare`` of the
         picture), then one batched inference; with the seconds the preparing took (0: none)."""
-        if all(model_input is not None for model_input in inputs):
-            return self.detector.detect(inputs), 0.0
+        if all(i.model_input is not None for i in items):
+            return self.detector.detect([i.model_input for i in items]), 0.0
         started = metrics.now()
-        ready = [
-            self.detector.prepare(picture.pixels) if model_input is None else model_input
-            for model_input, picture in zip(inputs, pictures, strict=True)
-        ]
+        ready = [self.detector.prepare(i.image.pixels) if i.model_input is None else i.model_input for i in items]
         prepared_s = metrics.now() - started
         return self.detector.detect(ready), prepared_s
 

@@ -28,6 +28,7 @@ from inference_server.pipeline.decode import Picture, decode_picture
 from inference_server.pipeline.decode import decode as decode_pillow
 from inference_server.pipeline.detect import DetectWorker, _Item, _let_go
 from inference_server.schemas import CameraCreate
+from inference_server.server import Server
 from inference_server.store import cameras
 from inference_server.store.db import create_pool
 from inference_server.store.migrate import migrate
@@ -280,6 +281,16 @@ async def test_a_folder_picture_reaching_an_idle_worker_is_handed_to_it_without_
         assert await server.pool.fetchval("SELECT count(*) FROM detections") > 0
 
 
+async def _stored(server: Server, jobs: int) -> None:
+    """Until ``jobs`` jobs are done and the detect worker waits with nothing in hand again."""
+    worker = server.detect_worker
+    assert worker is not None
+    await wait_until(
+        lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", jobs), timeout=60
+    )
+    await wait_until(worker.wants_job, 30, what="the worker waiting again")
+
+
 async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -310,28 +321,22 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
 
         monkeypatch.setattr(worker, "_detect", watched)
 
-        async def stored(jobs: int) -> None:
-            await wait_until(
-                lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", jobs), timeout=60
-            )
-            await wait_until(worker.wants_job, 30, what="the worker waiting again")
-
         await wait_until(worker.wants_job, 30, what="the worker waiting")
         await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
-        await stored(1)
+        await _stored(server, 1)
         png = io.BytesIO()
         Image.open(demo_assets.image("zidane.jpg")).save(png, "PNG")
         await ingestor.ingest_bytes("front", png.getvalue(), captured_at=None, original_name=None)
-        await stored(2)
+        await _stored(server, 2)
         (settings.cameras_path / "porch" / "first.jpg").write_bytes(_copy("zidane.jpg", 0))
-        await stored(3)  # a new folder: its camera is registered in a transaction, no hand-off
+        await _stored(server, 3)  # a new folder: its camera is registered in a transaction, no hand-off
         (settings.cameras_path / "porch" / "second.jpg").write_bytes(_copy("zidane.jpg", 1))
-        await stored(4)
+        await _stored(server, 4)
         # Decoded at the door, then no job (the camera has these bytes): the array goes back.
         again = await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
         assert again.status == "duplicate"
         await ingestor.ingest_bytes("front", _copy("bus.jpg", 1), captured_at=None, original_name=None)
-        await stored(5)
+        await _stored(server, 5)
 
         rows = await server.pool.fetch("SELECT path, original_name FROM images ORDER BY id")
         assert [door for _, door, _ in loads] == [True, False, False, True, True], [r["original_name"] for r in rows]
@@ -371,22 +376,16 @@ async def test_a_lone_picture_from_the_door_is_prepared_on_the_inference_thread_
         def decode_stage() -> float:
             return REGISTRY.get_sample_value("hsi_stage_seconds_count", {"stage": "decode"}) or 0.0
 
-        async def stored(jobs: int) -> None:
-            await wait_until(
-                lambda: server.pool.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'done'", jobs), timeout=60
-            )
-            await wait_until(worker.wants_job, 30, what="the worker waiting again")
-
         await wait_until(worker.wants_job, 30, what="the worker waiting")
         before = decode_stage()
         await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
-        await stored(1)
+        await _stored(server, 1)
         assert prepared_on == ["infer"]
         assert decode_stage() == before + 1  # the letterbox observed as the decode stage
         png = io.BytesIO()
         Image.open(demo_assets.image("bus.jpg")).save(png, "PNG")
         await ingestor.ingest_bytes("front", png.getvalue(), captured_at=None, original_name=None)
-        await stored(2)
+        await _stored(server, 2)
         assert prepared_on == ["infer", "decode"]
         rows = await server.pool.fetch(
             "SELECT label, round(confidence::numeric, 3) AS c FROM detections ORDER BY image_id, label, confidence"
