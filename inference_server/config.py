@@ -366,7 +366,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=256,
-        description="ONNX Runtime on the CPU (the onnx backend): 0 runs each inference on one thread and"
+        description="ONNX Runtime on the CPU (the onnx backend, and ultralytics running an .onnx): 0 runs each"
+        " inference on one thread and"
         " splits a batch into as many runs at once as the server has CPUs (the least CPU per image;"
         " docs/performance.md); N lets the runtime spread each run over its own N threads (a lone"
         " picture's answer sooner on a large CPU, for more CPU per image).",

@@ -18,13 +18,13 @@ import ast
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,8 @@ from inference_server.domain import Detection
 log = logging.getLogger(__name__)
 
 Floats = npt.NDArray[np.float32]
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 #: ultralytics' defaults for ``predict``: IoU of the NMS, detections kept per image, the largest
 #: box side used to keep classes apart in one class-aware NMS pass.
@@ -343,8 +345,7 @@ class OnnxDetector:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
-        #: Threads for a batch's other runs (the calling thread runs the first), made when needed.
-        self._runners: ThreadPoolExecutor | None = None
+        self._runs = RunsAtOnce(self.parallel_runs)
         #: The letterboxed tensors and batches, reused while images flow (``buffers``).
         self._tensors = buffers.ArrayPool(tensor_cache_mb * MIB, np.float32)
         # Building the session optimises the graph on copies of the weights and frees them; glibc
@@ -443,20 +444,7 @@ class OnnxDetector:
     def _run_all(self, batches: list[Floats]) -> list[Floats]:
         """The model's first output for each batch: up to ``parallel_runs`` at once, the first
         on this thread (ONNX Runtime's ``run`` is thread-safe)."""
-        if len(batches) == 1 or self.parallel_runs == 1:
-            return [self._run(b) for b in batches]
-        if self._runners is None:
-            self._runners = ThreadPoolExecutor(self.parallel_runs - 1, thread_name_prefix="infer-run")
-        results: list[Floats] = []
-        for start in range(0, len(batches), self.parallel_runs):
-            wave = batches[start : start + self.parallel_runs]
-            others = [self._runners.submit(self._run, b) for b in wave[1:]]
-            try:
-                first = self._run(wave[0])
-            finally:
-                futures.wait(others)  # every run ends before its tensor can go back
-            results += [first, *(f.result() for f in others)]
-        return results
+        return self._runs.map(self._run, batches)
 
     def _run(self, batch: Floats) -> Floats:
         raw: Floats = self._session.run(None, {self._input: batch})[0]
@@ -488,6 +476,33 @@ class OnnxDetector:
         self._session.run(None, {self._input: blank}, run_options=_shrinking())
         shrink_letterbox_arena()
         trim_heap()
+
+
+class RunsAtOnce:
+    """Calls that go at once, up to ``width`` of them: the first of each wave on the calling
+    thread, the others on helper threads made when first needed. Every call of a wave has ended
+    before the results or the first error come back, so no call still reads an input its caller
+    is about to reuse. One caller at a time (the inference thread)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = max(1, width)
+        self._helpers: ThreadPoolExecutor | None = None
+
+    def map(self, call: Callable[[_In], _Out], items: Sequence[_In]) -> list[_Out]:
+        if len(items) == 1 or self.width == 1:
+            return [call(item) for item in items]
+        if self._helpers is None:
+            self._helpers = ThreadPoolExecutor(self.width - 1, thread_name_prefix="infer-run")
+        results: list[_Out] = []
+        for start in range(0, len(items), self.width):
+            wave = items[start : start + self.width]
+            others = [self._helpers.submit(call, item) for item in wave[1:]]
+            try:
+                first = call(wave[0])
+            finally:
+                futures.wait(others)
+            results += [first, *(f.result() for f in others)]
+        return results
 
 
 def usable_cores() -> int:

@@ -13,11 +13,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 from PIL import Image
 
 from inference_server.config import Settings
 from inference_server.decode_budget import trim_heap
 from inference_server.detection.detector import DetectorModelMissing, RgbPixels, register_detector, rgb_array
+from inference_server.detection.onnx_backend import RunsAtOnce, usable_cores
 from inference_server.detection.runtime import (
     Hardware,
     RequestedFormat,
@@ -97,9 +99,13 @@ class UltralyticsDetector:
         workspace_gb: float = 4.0,
         hardware: Hardware | None = None,
         onnx_spin: bool = False,
+        onnx_threads: int = 0,
     ) -> None:
         YOLO = _import_yolo()
         self.onnx_spin = onnx_spin
+        self.onnx_threads = onnx_threads
+        #: How an ONNX Runtime session on the CPU runs, once ``warmup`` has built it again.
+        self.cpu_runs = ""
 
         if not weights.exists():
             raise DetectorModelMissing(
@@ -162,7 +168,8 @@ class UltralyticsDetector:
         )
 
     def describe(self) -> str:
-        return f"ultralytics:{self.weights.name} {self.runtime.describe()}"
+        runs = f", {self.cpu_runs}" if self.cpu_runs else ""
+        return f"ultralytics:{self.weights.name} {self.runtime.describe()}{runs}"
 
     @property
     def model(self) -> Any:
@@ -272,19 +279,20 @@ class UltralyticsDetector:
 
     def warmup(self) -> None:
         self.detect([Image.new("RGB", (self.imgsz, self.imgsz))])
-        if not self.onnx_spin and _stop_onnx_spinning(self._model):
-            log.info("detector onnx runtime threads sleep when idle (detector_onnx_spin false)")
+        runs = _rebuild_cpu_session(self._model, spin=self.onnx_spin, threads=self.onnx_threads)
+        if runs is not None:
+            self.cpu_runs = runs
+            log.info("detector onnx runtime session built again for the cpu: %s", runs)
 
 
-def _stop_onnx_spinning(model: Any) -> bool:
-    """ultralytics builds its ONNX Runtime session without options, so the runtime's pool threads
-    busy-wait between parallel sections: on a small CPU that takes what decoding, storing and
-    PostgreSQL need (the onnx backend's ``detector_onnx_spin``, docs/performance.md). Once the
+def _rebuild_cpu_session(model: Any, *, spin: bool, threads: int) -> str | None:
+    """ultralytics builds its ONNX Runtime session without options: on a CPU the runtime splits
+    each layer between a thread per core, which busy-wait between parallel sections. Once the
     predictor exists (after the first ``predict``), a CPU session is built again from the same
-    file with spinning off. Other providers (CUDA, TensorRT, OpenVINO) are left as they are.
-    True when it was rebuilt."""
-    import onnxruntime as ort
-
+    file as the onnx backend's is (``detector_onnx_threads``, ``detector_onnx_spin``;
+    docs/performance.md, stops 45 and 47): by default each run on one thread and a batch split into
+    runs at once, one a CPU. Other providers (CUDA, TensorRT, OpenVINO) are left as they are.
+    How the new session runs, or None when it was left alone."""
     backend: Any = getattr(getattr(getattr(model, "predictor", None), "model", None), "backend", None)
     session = getattr(backend, "session", None)
     path = getattr(model, "model_name", None)  # the file YOLO() was given: the .onnx here
@@ -293,13 +301,48 @@ def _stop_onnx_spinning(model: Any) -> bool:
         or session.get_providers() != ["CPUExecutionProvider"]
         or not (isinstance(path, str) and path.endswith(".onnx"))
     ):
-        return False
+        return None
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    backend.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads if threads > 0 else 1
+    rebuilt = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     trim_heap()
-    return True
+    how = f"{threads} threads a run" if threads > 1 else "one thread a run"
+    runs = usable_cores() if threads == 0 and isinstance(rebuilt.get_inputs()[0].shape[0], str) else 1
+    if runs > 1:
+        backend.session = BatchSplitSession(rebuilt, RunsAtOnce(runs))
+        how += f", {runs} at once"
+    else:
+        backend.session = rebuilt
+    return how + ("" if spin else ", idle threads sleep")
+
+
+class BatchSplitSession:
+    """An ONNX Runtime session whose ``run`` of a batch goes as up to ``runs.width`` runs at once,
+    the batch split between them, each on one thread: what the onnx backend does, for ultralytics'
+    ONNX backend, which hands the session its whole batch (``session.run(names, {input: batch})``).
+    Everything else is the session's own."""
+
+    def __init__(self, session: ort.InferenceSession, runs: RunsAtOnce) -> None:
+        self.session = session
+        self.runs = runs
+
+    def run(self, output_names: Any, feeds: dict[str, Any], run_options: Any = None) -> list[Any]:
+        batch = next(iter(feeds.values())) if len(feeds) == 1 else None
+        parts = min(self.runs.width, len(batch)) if isinstance(batch, np.ndarray) and batch.ndim else 1
+        if batch is None or parts < 2:
+            out: list[Any] = self.session.run(output_names, feeds, run_options)
+            return out
+        name = next(iter(feeds))
+        pieces = self.runs.map(
+            lambda part: self.session.run(output_names, {name: part}, run_options), np.array_split(batch, parts)
+        )
+        return [np.concatenate(outputs, axis=0) for outputs in zip(*pieces, strict=True)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
 
 
 def _keypoints(keypoints: Any, count: int) -> list[tuple[tuple[float, float, float], ...] | None]:
@@ -328,4 +371,5 @@ def _build(settings: Settings) -> UltralyticsDetector:
         max_batch=settings.detector_batch_size,
         workspace_gb=settings.tensorrt_workspace_gb,
         onnx_spin=settings.detector_onnx_spin,
+        onnx_threads=settings.detector_onnx_threads,
     )

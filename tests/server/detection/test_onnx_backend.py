@@ -504,3 +504,48 @@ def test_a_run_that_fails_beside_others_fails_the_batch_after_they_end_and_leave
     assert not any(item.spent for item in prepared)
     assert [detector.detect([item])[0] for item in prepared] == [alone] * 4
     assert detector.detect([detector.prepare(_picture("zidane.jpg")) for _ in range(4)]) == [alone] * 4
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="on one CPU the runtime has no thread of its own to wake either way")
+def test_ultralytics_running_an_onnx_model_on_the_cpu_runs_a_lone_picture_on_one_thread_and_splits_a_batch(
+    tmp_path: Path,
+) -> None:
+    """The GPU image's backend on a CPU (and the issue's ``bench.pipeline_cpu --runtime onnx``):
+    ultralytics builds its session with the runtime's own pool, which split each layer of a lone
+    picture between a thread per core (its other threads 24 ms of CPU a picture of 65,
+    performance.md, stop 47). At warm-up the session is built again as the onnx backend's is:
+    a lone picture runs on the calling thread and wakes nothing else, a batch is split into runs
+    at once, and every picture gets what the runtime's own pool gave it;
+    ``detector_onnx_threads`` N gives the runtime its N threads back, unsplit."""
+    from inference_server.detection.ultralytics_backend import BatchSplitSession, UltralyticsDetector
+
+    settings = Settings(
+        data_dir=tmp_path,
+        detector_backend="ultralytics",
+        detector_weights=pose_onnx(),
+        detector_device="cpu",
+        detect_classes=["person"],
+    )
+    before = _thread_ids()
+    detector = build_detector(settings)
+    assert isinstance(detector, UltralyticsDetector)
+    detector.warmup()
+    assert detector.describe().endswith(f", one thread a run, {usable_cores()} at once, idle threads sleep")
+    picture = Image.open(demo_assets.image("zidane.jpg")).convert("RGB")
+    alone = detector.detect([detector.prepare(picture)])[0]
+    assert len(alone) == 2
+    woken = _native_thread_runs(before)
+    assert detector.detect([detector.prepare(picture)]) == [alone]
+    assert _native_thread_runs(before) == woken  # no thread of the runtime (or of a helper) put on a CPU
+    assert detector.detect([detector.prepare(picture) for _ in range(4)]) == [alone] * 4
+    new = {t.native_id for t in threading.enumerate() if t.name.startswith("infer-run") and t.native_id not in before}
+    assert len(new) == min(usable_cores(), 4) - 1
+    assert all(_native_thread_runs(before)[tid] > woken.get(tid, 0) for tid in new if tid is not None)
+
+    pooled = build_detector(settings.model_copy(update={"detector_onnx_threads": 2}))
+    assert isinstance(pooled, UltralyticsDetector)
+    pooled.warmup()
+    session = pooled._model.predictor.model.backend.session
+    assert not isinstance(session, BatchSplitSession) and session.get_session_options().intra_op_num_threads == 2
+    assert pooled.describe().endswith(", 2 threads a run, idle threads sleep")
+    assert pooled.detect([pooled.prepare(picture) for _ in range(3)]) == [alone] * 3
