@@ -62,6 +62,7 @@ from inference_server.comms.mqtt import BrokerAddress
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.logging_setup import configure
+from inference_server.pipeline import detect as detect_module
 from inference_server.pipeline.decode import decode
 from inference_server.schemas import CameraCreate
 from inference_server.server import Server
@@ -249,8 +250,9 @@ class CpuSnapshot:
     broker: float | None
     others: float  # user processes that are none of ours
     kernel: float  # kernel threads (writeback, memory management)
-    #: Thread CPU seconds the infer thread spent making model inputs (``CpuMeter.watch_prepare``).
-    infer_prepare: float = 0.0
+    #: Thread CPU seconds counted apart from their thread's group (``CpuMeter.watch``), by
+    #: (that group, the group they count in).
+    moved: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 _PF_KTHREAD = 0x00200000
@@ -259,29 +261,36 @@ _PF_KTHREAD = 0x00200000
 #: The infer thread's CPU spent making model inputs (a lone picture that found the model idle
 #: is letterboxed there, not on a decode thread): the input's preparation, not inference.
 MODEL_INPUT_ON_INFER = "model input on the infer thread"
+#: The tamper check's scene features measured beside the model's input (since stop 47: on the
+#: decode threads, or the infer thread for a lone picture): the server's own work, neither the
+#: engine's input nor inference. (Before, they ran on the ``to_thread`` pool.)
+TAMPER_BESIDE_MODEL = "tamper features (decode and infer threads)"
 
 
 class CpuMeter:
     def __init__(self) -> None:
         self.postmaster_pid: int | None = None
         self.broker_pid: int | None = None
-        self._infer_prepare_s = 0.0
+        self._moved: dict[tuple[str, str], float] = {}
 
-    def watch_prepare(self, detector: Any) -> None:
-        """Count the thread CPU ``detector.prepare`` takes on the infer thread (only that thread
-        adds to the count), so that it is set apart from inference."""
-        prepare = detector.prepare
+    def watch(self, owner: Any, name: str, into: str, groups: Sequence[str]) -> None:
+        """Count the thread CPU that ``owner.<name>`` takes on threads of ``groups``
+        (``thread_group``) in the group ``into``, apart from their own (so that a letterbox made
+        on the infer thread is not counted as inference)."""
+        call = getattr(owner, name)
 
-        def timed(image: Any) -> Any:
-            if not threading.current_thread().name.startswith("infer"):
-                return prepare(image)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            group = thread_group(threading.current_thread().name)
+            if group not in groups:
+                return call(*args, **kwargs)
             started = time.thread_time()
             try:
-                return prepare(image)
+                return call(*args, **kwargs)
             finally:
-                self._infer_prepare_s += time.thread_time() - started
+                key = (group, into)
+                self._moved[key] = self._moved.get(key, 0.0) + time.thread_time() - started
 
-        detector.prepare = timed
+        setattr(owner, name, timed)
 
     def find_postgres(self, pg_root: Path) -> None:
         for pid_file in pg_root.rglob("postmaster.pid"):
@@ -325,7 +334,7 @@ class CpuMeter:
             broker,
             others,
             kernel,
-            self._infer_prepare_s,
+            dict(self._moved),
         )
 
     def _processes(self) -> tuple[float | None, float | None, float, float]:
@@ -379,9 +388,10 @@ def cpu_delta(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, Any]:
     exited = process - sum(groups.values())
     if exited > 0.005:
         groups["threads that exited"] = exited
-    if (prepared := b.infer_prepare - a.infer_prepare) > 0:
-        groups["infer thread"] = groups.get("infer thread", 0.0) - prepared
-        groups[MODEL_INPUT_ON_INFER] = prepared
+    for (source, into), secs in b.moved.items():
+        if (moved := secs - a.moved.get((source, into), 0.0)) > 0:
+            groups[source] = groups.get(source, 0.0) - moved
+            groups[into] = groups.get(into, 0.0) + moved
     faults = _counts_by_group(a.thread_faults, b.thread_faults)
     faults["= this process"] = b.faults - a.faults
     return {
@@ -750,7 +760,9 @@ async def run_server(
     startup = time.perf_counter() - started
     meter.find_postgres(settings.postgres_path)
     if server.detect_worker is not None:
-        meter.watch_prepare(server.detect_worker.detector)
+        meter.watch(server.detect_worker.detector, "prepare", MODEL_INPUT_ON_INFER, ["infer thread"])
+        if hasattr(detect_module, "features"):  # (stop 47 on: a tamper check beside the model's input)
+            meter.watch(detect_module, "features", TAMPER_BESIDE_MODEL, ["infer thread", "decode threads"])
     say(f"  server ready in {startup:.1f} s (REST {server.api_url}, MQTT {server.mqtt_url})")
     phases: list[PhaseResult] = []
     dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-drop")

@@ -30,6 +30,7 @@ from inference_server.domain import Detection
 from inference_server.jobs.queue import ClaimedJob, JobQueue
 from inference_server.pipeline.decode import DecodeError, Picture, decode_picture, rgbx_shape
 from inference_server.pipeline.result import ResultStage
+from inference_server.pipeline.tamper import SceneFeatures, features
 from inference_server.store import quarantine
 from inference_server.store.db import is_unavailable
 from inference_server.telemetry import metrics
@@ -48,6 +49,10 @@ class _Item:
     #: What the detector runs on (``Detector.prepare``, made on a decode thread); unset, it is made
     #: on the inference thread right before the model runs (``DetectWorker._infer``).
     model_input: Any = None
+    #: Whether the picture gets a tamper check (``ResultStage.scene_wanted``, asked when the job
+    #: is taken), and its scene's features, measured where its model input is made.
+    scene_wanted: bool = False
+    scene: SceneFeatures | None = None
 
 
 class DetectWorker:
@@ -159,24 +164,25 @@ class DetectWorker:
                 # A lone picture decoded at the door, and the model idle: it is prepared on the
                 # inference thread right before the model runs (``_infer``), one hand-over
                 # instead of two (docs/decisions.md, "A lone picture in one hop").
-                await out.put([_Item(jobs[0], picture, [])])
+                await out.put([_Item(jobs[0], picture, [], scene_wanted=self.result.scene_wanted(jobs[0]))])
                 continue
             self._started.update(j.id for j in jobs)
+            wanted = [self.result.scene_wanted(j) for j in jobs]
             results = await asyncio.gather(
                 *(
-                    loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path), picture)
-                    for j, picture in zip(jobs, door, strict=True)
+                    loop.run_in_executor(self._decode_pool, self._load, Path(j.image_path), picture, scene)
+                    for j, picture, scene in zip(jobs, door, wanted, strict=True)
                 ),
                 return_exceptions=True,
             )
             metrics.STAGE.labels("decode").observe((metrics.now() - started) / len(jobs))
             items: list[_Item] = []
-            for job, result in zip(jobs, results, strict=True):
+            for job, scene_wanted, result in zip(jobs, wanted, results, strict=True):
                 if isinstance(result, BaseException):
                     await self._decode_failed(job, result)
                 else:
-                    image, model_input = result
-                    items.append(_Item(job, image, [], model_input))
+                    image, model_input, scene = result
+                    items.append(_Item(job, image, [], model_input, scene_wanted, scene))
                     self._started.discard(job.id)  # decoded: it waits, untried, for the model
             if items:
                 await out.put(items)
@@ -236,16 +242,20 @@ class DetectWorker:
             self._door_pictures[job.id] = Picture(picture.take(), self._pictures)
         self.queue.wake()
 
-    def _load(self, path: Path, door: Picture | None = None) -> tuple[Picture, Any]:
+    def _load(
+        self, path: Path, door: Picture | None = None, scene_wanted: bool = False
+    ) -> tuple[Picture, Any, SceneFeatures | None]:
         """On a decode thread: decode (unless the ingest door did: ``door``), then the detector's
-        own preparation (resize, colour order), so the single inference thread only runs the model."""
+        own preparation (resize, colour order), so the single inference thread only runs the model;
+        and the scene's tamper features when its check is due (``scene_wanted``)."""
         budget = decode_budget.shared(self.settings.decode_memory_mb)
         if (picture := door) is None:
             picture = decode_picture(
                 path, self.settings.detector_imgsz, budget, fit=self.result.decode_fit, pool=self._pictures
             )
         try:
-            return picture, self.detector.prepare(picture.pixels)
+            model_input = self.detector.prepare(picture.pixels)
+            return picture, model_input, features(picture.image()) if scene_wanted else None
         except BaseException:
             picture.release()
             raise
@@ -386,7 +396,7 @@ class DetectWorker:
             try:
                 items, prepared_s = await self._run_model(items)
                 if items:
-                    if prepared_s:  # prepared on the inference thread: the decode stage's work
+                    if prepared_s:  # the picture's own work on the inference thread: the decode stage's
                         metrics.STAGE.labels("decode").observe(prepared_s / len(items))
                     metrics.STAGE.labels("infer").observe((metrics.now() - started - prepared_s) / len(items))
                     await out.put(items)
@@ -396,8 +406,8 @@ class DetectWorker:
 
     async def _run_model(self, items: list[_Item]) -> tuple[list[_Item], float]:
         """The batch through the model (``_detect``); if it fails, each image alone, so only the
-        one that breaks it fails its job. The items inferred, and the seconds spent preparing
-        inputs on the inference thread."""
+        one that breaks it fails its job. The items inferred, and the seconds the inference thread
+        spent on the pictures' own work (``_infer``)."""
         try:
             return items, await self._detect(items)
         except Exception as err:
@@ -421,7 +431,7 @@ class DetectWorker:
     async def _detect(self, items: list[_Item]) -> float:
         """One batched inference on the model's thread; each item gets its detections. An item
         without its model input (a lone picture that found the model idle) has it made there,
-        first (``_infer``); the seconds that took are returned."""
+        first, and its scene measured after (``_infer``); the seconds those took are returned."""
         found, prepared_s = await asyncio.get_running_loop().run_in_executor(self._infer_pool, self._infer, items)
         if len(found) != len(items):
             raise RuntimeError(f"detector returned {len(found)} results for {len(items)} images")
@@ -434,13 +444,19 @@ class DetectWorker:
 
     def _infer(self, items: list[_Item]) -> tuple[list[list[Detection]], float]:
         """On the inference thread: the inputs not made yet made (``Detector.prepare`` of the
-        picture), then one batched inference; with the seconds the preparing took (0: none)."""
-        if all(i.model_input is not None for i in items):
-            return self.detector.detect([i.model_input for i in items]), 0.0
+        picture), one batched inference, then the tamper features of the pictures whose check is
+        due and not yet measured (a lone picture's: no hand-over to a thread of their own); with
+        the seconds the pictures' own work took (0: none)."""
         started = metrics.now()
         ready = [self.detector.prepare(i.image.pixels) if i.model_input is None else i.model_input for i in items]
-        prepared_s = metrics.now() - started
-        return self.detector.detect(ready), prepared_s
+        own_s = metrics.now() - started
+        found = self.detector.detect(ready)
+        if measure := [i for i in items if i.scene_wanted and i.scene is None]:
+            started = metrics.now()
+            for item in measure:
+                item.scene = features(item.image.image())
+            own_s += metrics.now() - started
+        return found, own_s
 
     async def _inference_failed(self, item: _Item, err: Exception) -> None:
         log.error("inference failed job_id=%s camera_id=%s error=%r", item.job.id, item.job.camera_id, err)
@@ -465,7 +481,7 @@ class DetectWorker:
     async def _store_camera(self, items: list[_Item]) -> None:
         async with self._store_slots:
             try:
-                lost = await self.result.finish_many([(i.job, i.image, i.detections) for i in items])
+                lost = await self.result.finish_many([(i.job, i.image, i.detections) for i in items], _scenes(items))
             except Exception as err:
                 if len(items) == 1 or is_unavailable(err):
                     await self._store_failed(items, err)
@@ -482,7 +498,8 @@ class DetectWorker:
                 lost = []
                 for item in items:
                     try:
-                        lost += await self.result.finish_many([(item.job, item.image, item.detections)])
+                        alone = [(item.job, item.image, item.detections)]
+                        lost += await self.result.finish_many(alone, _scenes([item]))
                     except Exception as single:
                         await self._store_failed([item], single)
                     else:
@@ -530,6 +547,11 @@ class DetectWorker:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
                 continue
+
+
+def _scenes(items: list[_Item]) -> dict[int, SceneFeatures | None]:
+    """The items' tamper checks as the worker decided and measured them, by job id."""
+    return {i.job.id: i.scene for i in items}
 
 
 def _let_go(items: list[_Item]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,10 +98,23 @@ class ResultStage:
         if await self.finish_many([(job, image, dets)]):
             raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {self.queue.worker_id}")
 
-    async def finish_many(self, results: Sequence[tuple[ClaimedJob, Picture, Sequence[Detection]]]) -> list[ClaimedJob]:
+    def scene_wanted(self, job: ClaimedJob) -> bool:
+        """Whether ``job``'s picture gets a tamper check (``TamperStage.wants``, which counts it
+        as asked). The detect worker asks when it takes the job, and measures the scene on the
+        thread that prepares the picture for the model (``features``): no thread hand-over of
+        its own (docs/decisions.md, "The scene measured beside the model's input")."""
+        return self.tamper is not None and self.tamper.wants(job.camera_id, job.captured_at)
+
+    async def finish_many(
+        self,
+        results: Sequence[tuple[ClaimedJob, Picture, Sequence[Detection]]],
+        scenes: Mapping[int, SceneFeatures | None] | None = None,
+    ) -> list[ClaimedJob]:
         """Store the outcomes of one camera's jobs, in arrival order, in one transaction; return
-        the jobs whose lease was lost (nothing of them is stored)."""
-        ready = [await self._prepare(job, image, dets) for job, image, dets in results]
+        the jobs whose lease was lost (nothing of them is stored). ``scenes``: the tamper check's
+        features of the jobs whose check was decided already (``scene_wanted``; None: not
+        checked), by job id; the others are decided and measured here."""
+        ready = [await self._prepare(job, image, dets, scenes) for job, image, dets in results]
         started = metrics.now()
         committed = written = False
         marks: list[int] = []
@@ -165,9 +178,16 @@ class ResultStage:
                 added = await outbox.add_many(conn, messages)
             self.offer(added)
 
-    async def _prepare(self, job: ClaimedJob, image: Picture, dets: Sequence[Detection]) -> _Ready:
-        """Before the transaction: embeddings (bounded) and the scene's tamper features; the
-        snapshot is only prepared (drawn if used: ``pipeline/snapshot.py``)."""
+    async def _prepare(
+        self,
+        job: ClaimedJob,
+        image: Picture,
+        dets: Sequence[Detection],
+        scenes: Mapping[int, SceneFeatures | None] | None = None,
+    ) -> _Ready:
+        """Before the transaction: embeddings (bounded) and the scene's tamper features (unless
+        measured already: ``scenes``); the snapshot is only prepared (drawn if used:
+        ``pipeline/snapshot.py``)."""
         # The decoded picture serves as the snapshot's when it is as large as a snapshot is drawn
         # (both sides at the model size) or was not reduced at all; else the file is decoded again.
         large = min(image.size) >= self.settings.detector_imgsz or image.size == job.size
@@ -180,7 +200,9 @@ class ResultStage:
             metrics.STAGE.labels("embed").observe(metrics.now() - started)
         scene: SceneFeatures | None = None
         # With or without detections: a covered camera sees nothing.
-        if self.tamper is not None and self.tamper.wants(job.camera_id, job.captured_at):
+        if scenes is not None and job.id in scenes:
+            scene = scenes[job.id]
+        elif self.scene_wanted(job):
             scene = await asyncio.to_thread(features, image.image())
         return _Ready(job, dets, snap, vectors, scene)
 

@@ -24,9 +24,12 @@ from inference_server.detection.onnx_backend import Letterboxed, OnnxDetector
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.ingest.validate import InvalidImage
 from inference_server.jobs.queue import ClaimedJob
+from inference_server.pipeline import detect as detect_module
+from inference_server.pipeline import result as result_module
 from inference_server.pipeline.decode import Picture, decode_picture
 from inference_server.pipeline.decode import decode as decode_pillow
 from inference_server.pipeline.detect import DetectWorker, _Item, _let_go
+from inference_server.pipeline.tamper import features as tamper_features
 from inference_server.schemas import CameraCreate
 from inference_server.server import Server
 from inference_server.store import cameras
@@ -49,7 +52,7 @@ async def _bus_loaded(
             "front", demo_assets.image("bus.jpg").read_bytes(), captured_at=None, original_name=None
         )
         [job] = await queue.claim(1)
-        picture, model_input = worker._load(Path(job.image_path))
+        picture, model_input, _ = worker._load(Path(job.image_path))
         yield worker, job, picture, model_input
     finally:
         worker._infer_pool.shutdown()
@@ -80,7 +83,7 @@ async def test_the_model_input_is_let_go_once_inferred(
         assert [d.label for d in item.detections].count("person") >= 3  # bus.jpg's people
         assert item.model_input is None, "the inferred batch still holds the model's input"
         # Let go by the batch: back in the detector's bounded pool, for the next picture.
-        _, again = worker._load(Path(job.image_path))
+        _, again, _ = worker._load(Path(job.image_path))
         assert isinstance(again, Letterboxed) and again.tensor.base is block
 
 
@@ -393,6 +396,40 @@ async def test_a_lone_picture_from_the_door_is_prepared_on_the_inference_thread_
     by_image = [(r["label"], r["c"]) for r in rows]
     half = len(by_image) // 2
     assert half >= 3 and by_image[:half] == by_image[half:]  # the same picture, the same people either way
+
+
+async def test_a_pictures_tamper_check_is_measured_where_its_model_input_is_made(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scene's tamper features were measured on a thread of their own (``asyncio.to_thread``
+    from the result stage): one more hand-over a picture, every picture of a camera sending one a
+    second. Now the worker decides the check when it takes the job and measures the scene beside
+    the model's input: a lone picture from the door on the inference thread, after the model, a
+    picture the worker decodes itself (a PNG) on its decode thread. Both checks are taken (the
+    camera's scene learned from two pictures)."""
+    settings = make_settings(**coco_settings(), detector_backend="onnx", fast_path={}, job_poll_interval_s=30)
+    async with running(settings) as server:
+        ingestor, worker = server.ingestor, server.detect_worker
+        assert ingestor is not None and worker is not None
+        await cameras.create(server.pool, CameraCreate(id="front", name="front"))
+        measured_on: list[str] = []
+
+        def watched(image: Image.Image) -> Any:
+            measured_on.append(threading.current_thread().name.rstrip("_0123456789"))
+            return tamper_features(image)
+
+        monkeypatch.setattr(result_module, "features", watched)
+        monkeypatch.setattr(detect_module, "features", watched, raising=False)
+        await wait_until(worker.wants_job, 30, what="the worker waiting")
+        await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
+        await _stored(server, 1)
+        assert measured_on == ["infer"]
+        png = io.BytesIO()
+        Image.open(demo_assets.image("bus.jpg")).save(png, "PNG")
+        await ingestor.ingest_bytes("front", png.getvalue(), captured_at=None, original_name=None)
+        await _stored(server, 2)
+        assert measured_on == ["infer", "decode"]
+        assert await server.pool.fetchval("SELECT learned FROM camera_tamper WHERE camera_id = 'front'") == 2
 
 
 async def test_a_crowd_of_uploads_at_an_idle_worker_has_at_most_a_batch_decoded_ahead(
