@@ -64,7 +64,8 @@ class StatusReporter:
         row = await self.pool.fetchrow(f"{THROUGHPUT}, {events.LAST_EVENT_AT}", THROUGHPUT_WINDOW_S)
         assert row is not None
         tp = throughput_of(row)
-        gpu = await asyncio.to_thread(self.gpu.read)
+        # NVML is read off the event loop; without a GPU there is nothing to read (no thread woken).
+        gpu = await asyncio.to_thread(self.gpu.read) if self.gpu.available else None
         status = SystemStatus(
             version=__version__,
             uptime_s=round(time.monotonic() - self.started, 1),

@@ -4,6 +4,7 @@ paged through newest first with a cursor that never repeats or skips a row."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,7 @@ from bench.roundtrips import RoundTrips
 from inference_server.comms.topics import Topics
 from inference_server.domain import Assessment, Detection
 from inference_server.pipeline.messages import event_message
-from inference_server.schemas import EventPatch, HouseholdContext, RiskFactor
+from inference_server.schemas import EventPatch, GpuStatus, HouseholdContext, RiskFactor
 from inference_server.status import StatusReporter
 from inference_server.store import detections, events, images
 
@@ -315,6 +316,27 @@ async def test_the_status_reads_the_queue_and_the_latest_event_in_one_statement(
     assert now.last_event_at == T0 + timedelta(minutes=9)
     assert now.queue == {"queued": 0, "running": 0, "done": 0}
     assert trips.count == 1, trips.by_statement
+
+
+async def test_the_status_without_a_gpu_wakes_no_thread_to_read_one(pool: asyncpg.Pool) -> None:
+    """Every 10 s the status handed the GPU's reading to a thread, on a machine with no GPU too
+    (the add-on's usual box): a thread woken for nothing. Now NVML is read only where a GPU is."""
+
+    class Gpu:
+        def __init__(self, available: bool) -> None:
+            self.available = available
+            self.read_on: list[str] = []
+
+        def read(self) -> GpuStatus | None:
+            self.read_on.append(threading.current_thread().name)
+            return None
+
+    none, one = Gpu(available=False), Gpu(available=True)
+    for gpu in (none, one):
+        status = StatusReporter(pool, detector="onnx", reasoner="rules", mqtt_connected=lambda: True, gpu=gpu)
+        assert (await status.current()).gpu is None
+    assert none.read_on == []
+    assert len(one.read_on) == 1 and one.read_on[0] != threading.current_thread().name  # off the event loop
 
 
 async def test_every_message_of_an_event_that_changed_is_other_bytes_than_the_ones_before(
