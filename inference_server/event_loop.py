@@ -66,3 +66,14 @@ def describe(loop: asyncio.AbstractEventLoop | None = None) -> str:
 
         return f"uvloop {getattr(uvloop, '__version__', '(version unknown)')}"
     return "asyncio" if _fallback is None else f"asyncio (fallback: {_fallback})"
+
+
+def until_next(period_s: float) -> float:
+    """Seconds until the running loop's clock next reaches a whole multiple of ``period_s``
+    (never more than ``period_s``). The server's periodic looks wait with it, so those that share
+    a period (the status, the job poll, the outbox poll every 10 s; the batch closer's tick every
+    second) wake the process together, once, and the looks after the first run while the code
+    and data they share are still in the CPU's caches (docs/decisions.md, "Periodic looks on one
+    beat")."""
+    now = asyncio.get_running_loop().time()
+    return period_s - now % period_s

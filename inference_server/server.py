@@ -28,6 +28,7 @@ from inference_server.config import LlmSettings, Settings, redact_url
 from inference_server.detection.detector import Detector, DetectorModelMissing, build_detector
 from inference_server.detection.vram import VramBudget, detector_need_mb, embedder_need_mb, llm_need_mb
 from inference_server.embedding.embedder import Embedder, EmbeddingSource, build_embedder, model_key
+from inference_server.event_loop import until_next
 from inference_server.ingest.ingestor import Ingestor
 from inference_server.ingest.mqtt import MqttIngest
 from inference_server.ingest.watcher import FolderWatcher
@@ -447,7 +448,7 @@ class Server:
                 except _STATUS_ERRORS as err:
                     log.warning("status not published: %r", err)
             try:
-                await asyncio.wait_for(self._stop.wait(), self.settings.status_interval_s)
+                await asyncio.wait_for(self._stop.wait(), until_next(self.settings.status_interval_s))
             except TimeoutError:
                 continue
 

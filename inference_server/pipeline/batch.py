@@ -37,6 +37,7 @@ from inference_server.clock import Clock
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.domain import Assessment, Detection, Identity, Observation
+from inference_server.event_loop import until_next
 from inference_server.pipeline import snapshot as snapshot_module
 from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, digest, event_message
 from inference_server.pipeline.snapshot import Snapshot, snapshot_file
@@ -357,7 +358,7 @@ class BatchStage:
                     log.info("closing batches works again after failures=%d", failures)
                 delay, failures = tick, 0
             try:
-                await asyncio.wait_for(stop.wait(), delay)
+                await asyncio.wait_for(stop.wait(), until_next(delay) if delay == tick else delay)
             except TimeoutError:
                 continue
 

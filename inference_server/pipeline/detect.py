@@ -27,6 +27,7 @@ from inference_server.buffers import Lent
 from inference_server.config import Settings
 from inference_server.detection.detector import Detector
 from inference_server.domain import Detection
+from inference_server.event_loop import until_next
 from inference_server.jobs.queue import ClaimedJob, JobQueue
 from inference_server.pipeline.decode import DecodeError, Picture, decode_picture, rgbx_shape
 from inference_server.pipeline.result import ResultStage
@@ -191,7 +192,7 @@ class DetectWorker:
     async def _wait_for_work(self, stop: asyncio.Event) -> None:
         """Until a job is announced, the poll interval has passed, or the worker is stopped (a
         long ``job_poll_interval_s`` must not hold up a stop)."""
-        waits = [asyncio.ensure_future(self.queue.wait_for_work(self.settings.job_poll_interval_s))]
+        waits = [asyncio.ensure_future(self.queue.wait_for_work(until_next(self.settings.job_poll_interval_s)))]
         waits.append(asyncio.ensure_future(stop.wait()))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -544,7 +545,7 @@ class DetectWorker:
                     raise
                 log.error("reaping expired leases failed, database unavailable error=%r", err)
             try:
-                await asyncio.wait_for(stop.wait(), interval)
+                await asyncio.wait_for(stop.wait(), until_next(interval))
             except TimeoutError:
                 continue
 

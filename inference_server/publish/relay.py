@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from inference_server.comms.mqtt import MqttPublisher, PublishError
+from inference_server.event_loop import until_next
 from inference_server.store import outbox
 from inference_server.store.db import DB_ERRORS, Listener
 from inference_server.telemetry import metrics
@@ -166,7 +167,7 @@ class OutboxRelay:
                 if not self.publisher.connected.is_set():
                     # Back to the broker: send (or lead again) at once, not at the next poll.
                     waiters.append(asyncio.ensure_future(self.publisher.connected.wait()))
-                timeout = min(_RETRY_S, self.poll_interval_s) if self._retry else self.poll_interval_s
+                timeout = min(_RETRY_S, self.poll_interval_s) if self._retry else until_next(self.poll_interval_s)
                 marks_due = self.marks.due(loop.time())
                 done, _ = await asyncio.wait(
                     waiters,

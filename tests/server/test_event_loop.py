@@ -10,14 +10,21 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
 
-from inference_server import event_loop
+from inference_server import demo_assets, event_loop
+from inference_server.config import Settings
+from inference_server.schemas import CameraCreate
+from inference_server.store import cameras
 from tests.reliability.conftest import server_env
+from tests.server.conftest import coco_settings, running
 from tests.support.mqtt import Subscriber
+from tests.support.waiting import wait_until
 
 
 def _start_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -95,3 +102,45 @@ async def test_serve_names_its_event_loop_in_the_log_and_the_status(
     else:
         assert status["event_loop"] == "asyncio (fallback: uvloop not importable: no uvloop on this platform (test))"
         assert "event loop: asyncio (fallback: uvloop not importable: no uvloop on this platform (test))" in text
+
+
+async def test_the_servers_periodic_looks_wake_it_together(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status and the job poll each waited their whole interval from their own last run, so
+    their phases drifted apart (a picture restarts the poll's wait): two wake-ups where one
+    would do, each paying for a cold cache (docs/performance.md, stop 47). Now each waits for the
+    loop clock's next multiple of its period (``event_loop.until_next``): after a picture stored
+    half-way through a second, both still look at whole seconds, in the same wake-up."""
+    settings = make_settings(**coco_settings(), detector_backend="onnx", status_interval_s=1.0, job_poll_interval_s=1.0)
+    looks: dict[str, list[float]] = {"status": [], "poll": []}
+    async with running(settings) as server:
+        ingestor, worker = server.ingestor, server.detect_worker
+        assert ingestor is not None and worker is not None
+        loop = asyncio.get_running_loop()
+        status, claim = server.status.current, worker.queue.claim
+
+        async def timed_status() -> Any:
+            looks["status"].append(loop.time())
+            return await status()
+
+        async def timed_claim(limit: int) -> Any:
+            looks["poll"].append(loop.time())
+            return await claim(limit)
+
+        monkeypatch.setattr(server.status, "current", timed_status)
+        monkeypatch.setattr(worker.queue, "claim", timed_claim)
+        await cameras.create(server.pool, CameraCreate(id="front", name="front"))
+        await wait_until(worker.wants_job, 30, what="the worker waiting")
+        await asyncio.sleep(1.5 - loop.time() % 1.0)  # half-way through a second
+        stored = loop.time()
+        picture = demo_assets.image("bus.jpg").read_bytes()
+        await ingestor.ingest_bytes("front", picture, captured_at=None, original_name=None)
+        done = "SELECT count(*) FROM jobs WHERE state = 'done'"
+        await wait_until(lambda: server.pool.fetchval(done), 30, what="the picture stored")
+        await asyncio.sleep(3.2)
+    for name, times in looks.items():
+        later = [t for t in times if t > stored + 1.0]
+        assert len(later) >= 2, (name, times)
+        # Each on a whole second of the loop's clock (timers fire a little late, never much).
+        assert all(min(t % 1.0, 1.0 - t % 1.0) < 0.15 for t in later), (name, [round(t % 1.0, 3) for t in later])
