@@ -353,7 +353,7 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
         assert worker._pictures.made == 2  # bus.jpg's size and zidane.jpg's; every other one reused
 
 
-async def test_a_lone_picture_from_the_door_is_prepared_on_the_inference_thread_when_the_model_is_idle(
+async def test_a_lone_picture_from_the_door_is_prepared_and_its_scene_measured_on_the_inference_thread(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A picture decoded at the door that finds the model idle is not handed to a decode thread
@@ -361,20 +361,29 @@ async def test_a_lone_picture_from_the_door_is_prepared_on_the_inference_thread_
     one hand-over (docs/decisions.md, "A lone picture in one hop"). The letterbox's time still
     counts as the decode stage's, not the model's; the detections are those of the decode
     threads' way; a picture the worker decodes itself (a PNG) is prepared on a decode thread as
-    before."""
+    before. The scene's tamper features, measured on a thread of their own (``asyncio.to_thread``
+    from the result stage) until stop 47, are measured where the model input is made: on the
+    inference thread after the model, and on the PNG's decode thread; both checks are taken."""
     settings = make_settings(**coco_settings(), detector_backend="onnx", fast_path={}, job_poll_interval_s=30)
     async with running(settings) as server:
         ingestor, worker = server.ingestor, server.detect_worker
         assert ingestor is not None and worker is not None
         await cameras.create(server.pool, CameraCreate(id="front", name="front"))
         prepared_on: list[str] = []
+        measured_on: list[str] = []
         prepare = worker.detector.prepare
 
         def watched(image: Any) -> Any:
             prepared_on.append(threading.current_thread().name.rstrip("_0123456789"))
             return prepare(image)
 
+        def measured(image: Image.Image) -> Any:
+            measured_on.append(threading.current_thread().name.rstrip("_0123456789"))
+            return tamper_features(image)
+
         monkeypatch.setattr(worker.detector, "prepare", watched)
+        monkeypatch.setattr(result_module, "features", measured)
+        monkeypatch.setattr(detect_module, "features", measured, raising=False)
 
         def decode_stage() -> float:
             return REGISTRY.get_sample_value("hsi_stage_seconds_count", {"stage": "decode"}) or 0.0
@@ -383,53 +392,20 @@ async def test_a_lone_picture_from_the_door_is_prepared_on_the_inference_thread_
         before = decode_stage()
         await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
         await _stored(server, 1)
-        assert prepared_on == ["infer"]
-        assert decode_stage() == before + 1  # the letterbox observed as the decode stage
+        assert prepared_on == ["infer"] and measured_on == ["infer"]
+        assert decode_stage() == before + 1  # the letterbox (and the scene) observed as the decode stage
         png = io.BytesIO()
         Image.open(demo_assets.image("bus.jpg")).save(png, "PNG")
         await ingestor.ingest_bytes("front", png.getvalue(), captured_at=None, original_name=None)
         await _stored(server, 2)
-        assert prepared_on == ["infer", "decode"]
+        assert prepared_on == ["infer", "decode"] and measured_on == ["infer", "decode"]
+        assert await server.pool.fetchval("SELECT learned FROM camera_tamper WHERE camera_id = 'front'") == 2
         rows = await server.pool.fetch(
             "SELECT label, round(confidence::numeric, 3) AS c FROM detections ORDER BY image_id, label, confidence"
         )
     by_image = [(r["label"], r["c"]) for r in rows]
     half = len(by_image) // 2
     assert half >= 3 and by_image[:half] == by_image[half:]  # the same picture, the same people either way
-
-
-async def test_a_pictures_tamper_check_is_measured_where_its_model_input_is_made(
-    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The scene's tamper features were measured on a thread of their own (``asyncio.to_thread``
-    from the result stage): one more hand-over a picture, every picture of a camera sending one a
-    second. Now the worker decides the check when it takes the job and measures the scene beside
-    the model's input: a lone picture from the door on the inference thread, after the model, a
-    picture the worker decodes itself (a PNG) on its decode thread. Both checks are taken (the
-    camera's scene learned from two pictures)."""
-    settings = make_settings(**coco_settings(), detector_backend="onnx", fast_path={}, job_poll_interval_s=30)
-    async with running(settings) as server:
-        ingestor, worker = server.ingestor, server.detect_worker
-        assert ingestor is not None and worker is not None
-        await cameras.create(server.pool, CameraCreate(id="front", name="front"))
-        measured_on: list[str] = []
-
-        def watched(image: Image.Image) -> Any:
-            measured_on.append(threading.current_thread().name.rstrip("_0123456789"))
-            return tamper_features(image)
-
-        monkeypatch.setattr(result_module, "features", watched)
-        monkeypatch.setattr(detect_module, "features", watched, raising=False)
-        await wait_until(worker.wants_job, 30, what="the worker waiting")
-        await ingestor.ingest_bytes("front", _copy("bus.jpg", 0), captured_at=None, original_name=None)
-        await _stored(server, 1)
-        assert measured_on == ["infer"]
-        png = io.BytesIO()
-        Image.open(demo_assets.image("bus.jpg")).save(png, "PNG")
-        await ingestor.ingest_bytes("front", png.getvalue(), captured_at=None, original_name=None)
-        await _stored(server, 2)
-        assert measured_on == ["infer", "decode"]
-        assert await server.pool.fetchval("SELECT learned FROM camera_tamper WHERE camera_id = 'front'") == 2
 
 
 async def test_a_crowd_of_uploads_at_an_idle_worker_has_at_most_a_batch_decoded_ahead(
