@@ -68,12 +68,15 @@ def describe(loop: asyncio.AbstractEventLoop | None = None) -> str:
     return "asyncio" if _fallback is None else f"asyncio (fallback: {_fallback})"
 
 
-def until_next(period_s: float) -> float:
-    """Seconds until the running loop's clock next reaches a whole multiple of ``period_s``
-    (never more than ``period_s``). The server's periodic looks wait with it, so those that share
+def until_next(period_s: float, at_least_s: float = 0.0) -> float:
+    """Seconds until the running loop's clock next reaches a whole multiple of ``period_s``, at
+    least ``at_least_s`` from now. The server's periodic looks wait with it, so those that share
     a period (the status, the job poll, the outbox poll every 10 s; the batch closer's tick every
     second) wake the process together, once, and the looks after the first run while the code
     and data they share are still in the CPU's caches (docs/decisions.md, "Periodic looks on one
-    beat")."""
-    now = asyncio.get_running_loop().time()
-    return period_s - now % period_s
+    beat"). A poll that work restarts (the job and outbox polls) waits at least half its interval
+    (``at_least_s``): a camera sending pictures more often than that adds no look, as before,
+    and an idle server still looks once a period (the next beat at least half a period after a
+    look is the one after it), never later than one and a half periods after the last work."""
+    due = asyncio.get_running_loop().time() + at_least_s
+    return at_least_s + -due % period_s

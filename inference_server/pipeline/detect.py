@@ -192,7 +192,8 @@ class DetectWorker:
     async def _wait_for_work(self, stop: asyncio.Event) -> None:
         """Until a job is announced, the poll interval has passed, or the worker is stopped (a
         long ``job_poll_interval_s`` must not hold up a stop)."""
-        waits = [asyncio.ensure_future(self.queue.wait_for_work(until_next(self.settings.job_poll_interval_s)))]
+        poll_s = self.settings.job_poll_interval_s
+        waits = [asyncio.ensure_future(self.queue.wait_for_work(until_next(poll_s, at_least_s=poll_s / 2)))]
         waits.append(asyncio.ensure_future(stop.wait()))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -167,7 +167,8 @@ class OutboxRelay:
                 if not self.publisher.connected.is_set():
                     # Back to the broker: send (or lead again) at once, not at the next poll.
                     waiters.append(asyncio.ensure_future(self.publisher.connected.wait()))
-                timeout = min(_RETRY_S, self.poll_interval_s) if self._retry else until_next(self.poll_interval_s)
+                poll_s = self.poll_interval_s
+                timeout = min(_RETRY_S, poll_s) if self._retry else until_next(poll_s, at_least_s=poll_s / 2)
                 marks_due = self.marks.due(loop.time())
                 done, _ = await asyncio.wait(
                     waiters,
