@@ -326,24 +326,8 @@ class OnnxDetector:
         self.weights = weights
         self.confidence = confidence
         providers, problem = _providers(runtime, "cpu" if device == "auto" else device)
-        options = ort.SessionOptions()
-        #: How many runs of one batch go at once (its pictures split between them), each on one
-        #: thread: on the CPU provider, unless ``threads`` asks for the runtime's own pool.
-        self.parallel_runs = 1
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        elif providers[0] == "CPUExecutionProvider":  # (a GPU's or OpenVINO's threads are its own)
-            # One thread a run, and a batch split into runs at once rather than each layer split
-            # between the runtime's threads: a lone picture costs 10-20 ms of CPU less (the
-            # runtime woke its other thread ~225 times a picture, and after a second's sleep each
-            # wake-up is slow), a batch runs 15-20 % faster (performance.md, stop 45).
-            options.intra_op_num_threads = 1
-            self.parallel_runs = usable_cores()
-        if not spin:
-            # Idle pool threads sleep at once instead of busy-waiting for the next parallel section:
-            # 15-20 ms of CPU per image less on 2 cores, where the other stages need it (performance.md).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # (A GPU's or OpenVINO's threads are their own.)
+        options, self.parallel_runs = session_options(threads, spin, cpu=providers[0] == "CPUExecutionProvider")
         self._session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
         self._runs = RunsAtOnce(self.parallel_runs)
         #: The letterboxed tensors and batches, reused while images flow (``buffers``).
@@ -358,11 +342,7 @@ class OnnxDetector:
         self.imgsz = imgsz if self.info.dynamic_size else self.info.imgsz[0]
         self.fallback = problem
         used = self._session.get_providers()[0]
-        # How the session was told to use the CPU (0: the runtime's default, said nothing of).
-        intra = options.intra_op_num_threads
-        how = f", {intra} threads a run" if intra > 1 else ", one thread a run" if intra == 1 else ""
-        if self.parallel_runs > 1:
-            how += f", {self.parallel_runs} at once"
+        how = f", {runs}" if (runs := describe_runs(options, self.parallel_runs)) else ""
         self.runtime = f"onnxruntime {ort.__version__} {used}{how}" + (f" (fallback: {problem})" if problem else "")
         if problem:
             log.warning("detector runtime fallback requested=%s device=%s using=%s", runtime, device, self.runtime)
@@ -476,6 +456,37 @@ class OnnxDetector:
         self._session.run(None, {self._input: blank}, run_options=_shrinking())
         shrink_letterbox_arena()
         trim_heap()
+
+
+def session_options(threads: int, spin: bool, *, cpu: bool) -> tuple[ort.SessionOptions, int]:
+    """A session's options as ``detector_onnx_threads`` and ``detector_onnx_spin`` ask (the onnx
+    backend's, and the ultralytics backend's session built again on a CPU), and how many runs of
+    one batch go at once (its pictures split between them). On the CPU provider (``cpu``), unless
+    ``threads`` asks for the runtime's own pool: one thread a run, and a batch split into runs at
+    once, one a CPU, rather than each layer split between the runtime's threads: a lone picture
+    costs 10-20 ms of CPU less (the runtime woke its other thread ~225 times a picture, and after a
+    second's sleep each wake-up is slow), a batch runs 15-20 % faster (performance.md, stop 45)."""
+    options = ort.SessionOptions()
+    runs = 1
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    elif cpu:
+        options.intra_op_num_threads = 1
+        runs = usable_cores()
+    if not spin:
+        # Idle pool threads sleep at once instead of busy-waiting for the next parallel section:
+        # 15-20 ms of CPU per image less on 2 cores, where the other stages need it (performance.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options, runs
+
+
+def describe_runs(options: ort.SessionOptions, runs: int) -> str:
+    """How a session was told to use the CPU ("one thread a run, 2 at once"; empty: the
+    runtime's default, said nothing of)."""
+    intra = options.intra_op_num_threads
+    how = f"{intra} threads a run" if intra > 1 else "one thread a run" if intra == 1 else ""
+    return f"{how}, {runs} at once" if runs > 1 else how
 
 
 class RunsAtOnce:

@@ -19,7 +19,7 @@ from PIL import Image
 from inference_server.config import Settings
 from inference_server.decode_budget import trim_heap
 from inference_server.detection.detector import DetectorModelMissing, RgbPixels, register_detector, rgb_array
-from inference_server.detection.onnx_backend import RunsAtOnce, usable_cores
+from inference_server.detection.onnx_backend import RunsAtOnce, describe_runs, session_options
 from inference_server.detection.runtime import (
     Hardware,
     RequestedFormat,
@@ -302,21 +302,13 @@ def _rebuild_cpu_session(model: Any, *, spin: bool, threads: int) -> str | None:
         or not (isinstance(path, str) and path.endswith(".onnx"))
     ):
         return None
-    options = ort.SessionOptions()
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.intra_op_num_threads = threads if threads > 0 else 1
+    options, runs = session_options(threads, spin, cpu=True)
     rebuilt = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     trim_heap()
-    how = f"{threads} threads a run" if threads > 1 else "one thread a run"
-    runs = usable_cores() if threads == 0 and isinstance(rebuilt.get_inputs()[0].shape[0], str) else 1
-    if runs > 1:
-        backend.session = BatchSplitSession(rebuilt, RunsAtOnce(runs))
-        how += f", {runs} at once"
-    else:
-        backend.session = rebuilt
-    return how + ("" if spin else ", idle threads sleep")
+    if not isinstance(rebuilt.get_inputs()[0].shape[0], str):
+        runs = 1  # a fixed batch of one: nothing to split
+    backend.session = BatchSplitSession(rebuilt, RunsAtOnce(runs)) if runs > 1 else rebuilt
+    return describe_runs(options, runs) + ("" if spin else ", idle threads sleep")
 
 
 class BatchSplitSession:
