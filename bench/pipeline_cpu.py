@@ -219,7 +219,10 @@ def thread_group(name: str) -> str:
         return "asyncio.to_thread pool"
     if name.startswith("paho") and "bench-subscriber" in name:
         return "bench subscriber (paho)"
+    if name.startswith("paho") and name.endswith("-ingest"):
+        return "mqtt ingest paho thread"
     if name.startswith("paho"):
+        # The publisher's, until stop 48 (paho runs on the event loop since).
         return "publisher paho thread"
     if name.startswith("bench-drop"):
         return "bench file dropper"

@@ -15,3 +15,10 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+def follows_real_time(clock: Clock) -> bool:
+    """Whether a loop can sleep until a time of ``clock``: the system's clock moves with the
+    event loop's; a controlled one (tests) moves when it is told, so a loop waiting for one of
+    its times looks at each of its ticks instead."""
+    return isinstance(clock, SystemClock)

@@ -80,3 +80,13 @@ def until_next(period_s: float, at_least_s: float = 0.0) -> float:
     look is the one after it), never later than one and a half periods after the last work."""
     due = asyncio.get_running_loop().time() + at_least_s
     return at_least_s + -due % period_s
+
+
+async def wait_any(*events: asyncio.Event, timeout: float) -> None:
+    """Until one of ``events`` is set or ``timeout`` seconds have passed."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server.comms.topics import Topics
+from inference_server.event_loop import until_next
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,20 @@ class BrokerAddress:
         )
 
 
+#: How often a publisher's connection is looked after (keep-alive pings, a ping unanswered):
+#: on the server's 10 s beat, a third of the keep-alive.
+_KEEPALIVE_S = 30
+_LOOK_AFTER_S = 10.0
+
+
 class MqttPublisher:
-    """Keeps one connection; ``publish`` returns once the broker acknowledged (QoS 1)."""
+    """Keeps one connection; ``publish`` returns once the broker acknowledged (QoS 1).
+
+    paho is driven from the event loop, not from a thread of its own (docs/decisions.md, "The
+    publisher on the event loop"): its socket's readiness calls ``loop_read`` and ``loop_write``,
+    a look on the server's beat calls ``loop_misc`` (keep-alive), and a task reconnects with
+    backoff (1 s doubling to 30 s). Only the blocking connect (name lookup, TCP, TLS) runs on a
+    thread. Every paho callback but the socket's opening runs on the event loop."""
 
     def __init__(
         self,
@@ -63,11 +77,20 @@ class MqttPublisher:
         #: broker may have lost (a broker restarted without persistence keeps no retained message).
         self._on_connected = on_connected
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
-        self._lock = threading.Lock()
-        self._acked_early: set[int] = set()
         self._untracked: set[int] = set()
         self.connected = asyncio.Event()
+        #: Set when the connection is lost or closed (the keeper reconnects).
+        self._lost = asyncio.Event()
+        #: Set while no socket is open (stop waits for it after DISCONNECT).
+        self._closed = asyncio.Event()
+        self._closed.set()
+        self._closing = False
+        self._keeper: asyncio.Task[None] | None = None
+        #: The connect running on a thread, if any; whether the broker accepted the last one.
+        self._connecting: asyncio.Future[Any] | None = None
+        self._accepted = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
         )
@@ -76,16 +99,20 @@ class MqttPublisher:
         if address.tls:
             client.tls_set()
         client.will_set(topics.availability, b"offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        client.connect_async(address.host, address.port, keepalive=_KEEPALIVE_S)
         self._client = client
 
     async def start(self, timeout: float = 10.0) -> None:
         self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self.address.host, self.address.port, keepalive=30)
-        self._client.loop_start()
+        self._loop_thread = threading.get_ident()
+        self._keeper = asyncio.create_task(self._keep_connected(), name="mqtt-publisher")
         try:
             await asyncio.wait_for(self.connected.wait(), timeout)
         except TimeoutError:
@@ -101,50 +128,137 @@ class MqttPublisher:
                 await self.publish(self.topics.availability, b"offline", retain=True, timeout=2.0)
             except PublishError as err:
                 log.warning("offline message not acknowledged: %s", err)
+        self._closing = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        if self._connecting is not None:
+            # A connect in flight on its thread ends within paho's connect timeout (5 s).
+            with contextlib.suppress(OSError):
+                await self._connecting
+        if self._client.socket() is None:
+            return
+        # DISCONNECT goes out through the socket's writer; paho closes the socket after it.
         self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        try:
+            await asyncio.wait_for(self._closed.wait(), 2.0)
+        except TimeoutError:
+            sock = self._client.socket()
+            if sock is not None:
+                log.warning("mqtt disconnect not written within 2 s; closing the socket")
+                self._unwatch(sock)
+                sock.close()
+
+    async def _keep_connected(self) -> None:
+        """Connect; while connected, look after the connection on the server's beat; after it is
+        lost, reconnect a second later, the delay doubling to 30 s while connecting fails or the
+        broker refuses (paho's own reconnect delays)."""
+        delay, failures = 1.0, 0
+        while not self._closing:
+            self._lost.clear()
+            self._accepted = False
+            self._connecting = asyncio.ensure_future(asyncio.to_thread(self._client.reconnect))
+            try:
+                await asyncio.shield(self._connecting)
+            except OSError as err:
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "mqtt connect failed host=%s port=%s failures=%d retry_in_s=%.0f error=%r",
+                        self.address.host,
+                        self.address.port,
+                        failures,
+                        delay,
+                        err,
+                    )
+            else:
+                await self._look_after()
+                if self._accepted:
+                    delay, failures = 1.0, 0
+            finally:
+                self._connecting = None
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)
+
+    async def _look_after(self) -> None:
+        """Until the connection is lost: paho's keep-alive (a PINGREQ after 30 s without traffic,
+        the connection closed when it goes unanswered) on the server's 10 s beat."""
+        while not self._lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), until_next(_LOOK_AFTER_S))
+            if not self._lost.is_set():
+                self._client.loop_misc()
+
+    # --- paho's callbacks: on the event loop, but the socket's opening by a connect ------------
+    def _on_loop(self, call: Callable[[], None]) -> None:
+        if threading.get_ident() == self._loop_thread:
+            call()
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(call)
+
+    def _watch(self, sock: Any) -> None:
+        assert self._loop is not None
+        self._closed.clear()
+        self._loop.add_reader(sock, self._client.loop_read)
+
+    def _unwatch(self, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+        self._closed.set()
+
+    def _write_when_ready(self, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.add_writer(sock, self._client.loop_write)
+
+    def _written(self, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(sock)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(lambda: self._watch(sock))
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho closes the socket after this returns: on the event loop, before it is closed.
+        self._on_loop(lambda: self._unwatch(sock))
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(lambda: self._write_when_ready(sock))
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(lambda: self._written(sock))
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             log.error("mqtt connect refused reason=%s", reason)
             return
         log.info("mqtt connected host=%s port=%s", self.address.host, self.address.port)
+        self._accepted = True
         # Fire-and-forget (not awaited by anyone): remember their ids so their PUBACKs are ignored.
-        # This runs on paho's thread, which also handles PUBACKs, so none can arrive before we record it.
         for topic, payload in [(self.topics.availability, b"online"), *self._online_messages]:
             info = client.publish(topic, payload, qos=1, retain=True)
-            with self._lock:
-                self._untracked.add(info.mid)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.connected.set)
-            if self._on_connected is not None:
-                self._loop.call_soon_threadsafe(self._on_connected)
+            self._untracked.add(info.mid)
+        self.connected.set()
+        if self._on_connected is not None:
+            self._on_connected()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         log.warning("mqtt disconnected reason=%s", reason)
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.connected.clear)
+        self.connected.clear()
+        self._lost.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        # Runs on paho's thread while paho holds its own locks: take only our lock, briefly,
-        # and never call into paho while holding ours (that order inversion deadlocks).
-        with self._lock:
-            if mid in self._untracked:
-                self._untracked.discard(mid)
-                return
-            future = self._pending.pop(mid, None)
-            if future is None:
-                # The PUBACK beat ``send`` registering its future: ``send`` finds it here.
-                self._acked_early.add(mid)
-                return
-        self._resolve_threadsafe(future)
-
-    def _resolve_threadsafe(self, future: asyncio.Future[None]) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_resolve, future)
+        if mid in self._untracked:
+            self._untracked.discard(mid)
+            return
+        future = self._pending.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def send(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> asyncio.Future[None]:
-        """Hand a message to the client; the future resolves on the broker's acknowledgement."""
+        """Hand a message to the client; the future resolves on the broker's acknowledgement
+        (the PUBACK is read on this loop, after this returns)."""
         assert self._loop is not None, "start() first"
         future: asyncio.Future[None] = self._loop.create_future()
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -153,12 +267,7 @@ class MqttPublisher:
         elif qos == 0:
             future.set_result(None)
         else:
-            with self._lock:
-                if info.mid in self._acked_early:
-                    self._acked_early.discard(info.mid)
-                    future.set_result(None)
-                else:
-                    self._pending[info.mid] = future
+            self._pending[info.mid] = future
         return future
 
     async def publish(
@@ -169,8 +278,3 @@ class MqttPublisher:
             await asyncio.wait_for(future, timeout)
         except TimeoutError as err:
             raise PublishError(f"no acknowledgement for {topic} within {timeout}s") from err
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

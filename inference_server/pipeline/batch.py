@@ -33,11 +33,11 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from inference_server.clock import Clock
+from inference_server.clock import Clock, follows_real_time
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.domain import Assessment, Detection, Identity, Observation
-from inference_server.event_loop import until_next
+from inference_server.event_loop import until_next, wait_any
 from inference_server.pipeline import snapshot as snapshot_module
 from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, digest, event_message
 from inference_server.pipeline.snapshot import Snapshot, snapshot_file
@@ -136,6 +136,8 @@ class BatchStage:
         #: batch falls due, as the last look found, brought forward by the batches this stage
         #: changed since, and at most ``_LOOK_AT_LEAST_EVERY`` ahead (another process's batches).
         self._next_look: datetime | None = None
+        #: Set when ``_next_look`` comes forward: the closing loop, asleep until the old one, wakes.
+        self._look_sooner = asyncio.Event()
 
     def _due_at(self, batch: batches.Batch) -> datetime:
         """When ``batch`` falls due as it stands (``_due``)."""
@@ -223,9 +225,10 @@ class BatchStage:
                     last_event = "read"  # that process may have opened an event too: read it again
             before = batch.version
             batch = await batches.add_images(conn, batch, arriving, now)
-        if self._next_look is not None:
+        if self._next_look is not None and self._due_at(batch) < self._next_look:
             # Before the commit: a look at the new due time comes too early at worst, never late.
-            self._next_look = min(self._next_look, self._due_at(batch))
+            self._next_look = self._due_at(batch)
+            self._look_sooner.set()
         self._follow(batch, before, seen, opened=opened)
 
         started = metrics.now()
@@ -341,10 +344,14 @@ class BatchStage:
 
     # --- batch closing -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Close due batches every moment (a fraction of the idle time, at most a second)."""
+        """Close due batches when they fall due. On the system's clock the loop sleeps until its
+        next look (the first open batch's due time, or the beat at least every
+        ``_LOOK_AT_LEAST_EVERY``), woken sooner by a batch the stage opens or extends; on another
+        clock (tests) it looks every tick (a fraction of the idle time, at most a second)."""
         tick = max(0.05, min(1.0, self.settings.batch_idle_s / 4))
         delay, failures = tick, 0
         while not stop.is_set():
+            self._look_sooner.clear()
             try:
                 await self.close_due()
             except DB_ERRORS as err:
@@ -357,10 +364,17 @@ class BatchStage:
                 if failures:
                     log.info("closing batches works again after failures=%d", failures)
                 delay, failures = tick, 0
-            try:
-                await asyncio.wait_for(stop.wait(), until_next(delay) if delay == tick else delay)
-            except TimeoutError:
-                continue
+            wait = self._until_next_look(tick) if delay == tick else delay
+            if wait > 0:
+                await wait_any(stop, self._look_sooner, timeout=wait)
+
+    def _until_next_look(self, tick: float) -> float:
+        """Seconds the closing loop sleeps after a look (see ``run``)."""
+        if self._next_look is None or not follows_real_time(self.clock):
+            return until_next(tick)
+        # (A wall clock set back makes this far off: the beat still comes.)
+        beat = until_next(_LOOK_AT_LEAST_EVERY.total_seconds())
+        return min(beat, max(0.0, (self._next_look - self.clock.now()).total_seconds()))
 
     async def close_due(self) -> int:
         """Close the batches that are due. Most ticks send nothing: the last look found when the

@@ -108,3 +108,36 @@ async def test_a_batch_the_stage_opens_brings_the_next_look_forward(
             n for text, n in trips.by_statement.items() if text.startswith("SELECT EXISTS (SELECT 1 FROM batch")
         )
         assert looks == 0, trips.by_statement
+
+
+async def test_on_the_system_clock_the_loop_sleeps_until_the_batch_falls_due_and_closes_it_then(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """The real server, 8 s of idle time: while the batch stays open the closing loop does not
+    wake each second to find nothing due (it did: a wake-up a second, busy or idle, stop 48),
+    and it closes the batch when it falls due, not up to a tick later."""
+    settings = make_settings(batch_idle_s=8.0, batch_window_s=300, fast_path={})
+    async with running(settings, pose_detector) as server:
+        stage = server.batches
+        calls: list[float] = []
+        close_due = stage.close_due
+
+        async def counted() -> int:
+            calls.append(asyncio.get_running_loop().time())
+            return await close_due()
+
+        stage.close_due = counted  # type: ignore[method-assign]
+        drop(demo_assets.image("zidane.jpg"), settings.cameras_path / "porch" / "MDAlarm_20261124-120000.jpg")
+        await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM batches"), timeout=60)
+        await asyncio.sleep(0.5)
+        looked = len(calls)
+        await asyncio.sleep(3.0)
+        assert len(calls) - looked <= 1, "the loop woke while nothing could be due"
+        row = await wait_until(
+            lambda: server.pool.fetchrow(
+                "SELECT extract(epoch FROM closed_at - last_activity_at) AS late FROM batches"
+                " WHERE closed_at IS NOT NULL"
+            ),
+            timeout=20,
+        )
+        assert 8.0 <= row["late"] < 8.5

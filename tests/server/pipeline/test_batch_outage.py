@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from inference_server.clock import SystemClock
 from inference_server.config import Settings
 from inference_server.pipeline.batch import BatchStage
 
@@ -17,8 +18,11 @@ async def test_a_connection_dropped_mid_operation_is_an_outage_not_a_crash(
     """Seen in CI: PostgreSQL shutting down as the stage began a transaction left asyncpg's
     protocol mid-operation (``InternalClientError``); the stage crashed and took the server down.
     It backs off and tries again, as for any outage."""
-    stage = object.__new__(BatchStage)  # only the loop: its settings and close_due
+    stage = object.__new__(BatchStage)  # only the loop: its settings, clock, next look and close_due
     stage.settings = make_settings(batch_idle_s=0.2)
+    stage.clock = SystemClock()
+    stage._next_look = None
+    stage._look_sooner = asyncio.Event()
     stop = asyncio.Event()
     calls = 0
 

@@ -1,0 +1,92 @@
+"""The MQTT publisher on the event loop: paho driven by its socket's readiness, no thread of its
+own (it had one, waking 1-3 times a second and handing each publish and PUBACK across), through
+a broker restart and a quiet connection longer than its keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+
+import pytest
+
+from inference_server.comms import mqtt as mqtt_module
+from inference_server.comms.mqtt import BrokerAddress, MqttPublisher
+from inference_server.comms.topics import Topics
+from tests.support.mosquitto import RestartableMosquitto
+from tests.support.mqtt import Subscriber
+from tests.support.waiting import wait_until
+
+
+def _threads_of(client_id: str) -> list[str]:
+    """paho names its network thread after the client (``paho-mqtt-client-<id>``)."""
+    return [t.name for t in threading.enumerate() if client_id in t.name]
+
+
+async def test_the_publisher_has_no_thread_and_gets_every_message_acknowledged_through_a_broker_restart(
+    forgetful_broker: RestartableMosquitto,
+) -> None:
+    broker = forgetful_broker
+    subscriber = await Subscriber(broker.url, "hsi/#").ready(timeout=20)
+    client_id = f"pub-test-{uuid.uuid4().hex[:8]}"
+    publisher = MqttPublisher(BrokerAddress.parse(broker.url), Topics("hsi"), client_id, [("hsi/hello", b"1")])
+    await publisher.start()
+    try:
+        assert publisher.connected.is_set()
+        assert _threads_of(client_id) == [], "the publisher started a thread of its own"
+        # Fifty at once: each future resolves on its own PUBACK, read on the event loop.
+        await asyncio.wait_for(
+            asyncio.gather(*(publisher.send(f"hsi/test/{i}", str(i).encode()) for i in range(50))), 10
+        )
+        got = await subscriber.wait_for(lambda m: m.topic == "hsi/test/49", timeout=10)
+        assert got.payload == b"49"
+        numbers = [int(m.topic.rsplit("/", 1)[1]) for m in subscriber.seen if m.topic.startswith("hsi/test/")]
+        assert numbers == list(range(50))
+        assert {m.topic for m in subscriber.seen} >= {"hsi/availability", "hsi/hello"}
+
+        subscriber.close()
+        broker.stop()
+        await wait_until(lambda: not publisher.connected.is_set(), timeout=10)
+        with pytest.raises(mqtt_module.PublishError):
+            await publisher.publish("hsi/test/while-down", b"x", timeout=0.5)
+        broker.start()
+        await asyncio.wait_for(publisher.connected.wait(), 15)
+        # The broker forgot everything: the online messages are sent again on reconnection.
+        again = await Subscriber(broker.url, "hsi/#").ready(timeout=20)
+        try:
+            await publisher.publish("hsi/test/after", b"back", retain=True)
+            await again.wait_for(lambda m: m.topic == "hsi/test/after", timeout=10)
+            await again.wait_for(lambda m: m.topic == "hsi/hello" and m.retain, timeout=10)
+            assert _threads_of(client_id) == []
+        finally:
+            again.close()
+    finally:
+        await publisher.stop()
+    assert publisher._client.socket() is None
+    watcher = await Subscriber(broker.url, "hsi/availability").ready(timeout=20)
+    try:
+        offline = await watcher.wait_for(lambda m: m.topic == "hsi/availability", timeout=10)
+        assert offline.payload == b"offline"
+    finally:
+        watcher.close()
+
+
+async def test_a_connection_quiet_for_longer_than_its_keep_alive_stays_up(
+    forgetful_broker: RestartableMosquitto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing published for four keep-alives: the looks on the beat send PINGREQs, so the
+    broker (which drops a client silent for 1.5 keep-alives) keeps the connection."""
+    monkeypatch.setattr(mqtt_module, "_KEEPALIVE_S", 1)
+    monkeypatch.setattr(mqtt_module, "_LOOK_AFTER_S", 0.25)
+    publisher = MqttPublisher(
+        BrokerAddress.parse(forgetful_broker.url), Topics("hsi"), f"pub-quiet-{uuid.uuid4().hex[:8]}", []
+    )
+    await publisher.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="inference_server.comms.mqtt"):
+            await asyncio.sleep(4.0)
+        assert not [r for r in caplog.records if "disconnected" in r.getMessage()]
+        await publisher.publish("hsi/test/still", b"up", timeout=2.0)
+    finally:
+        await publisher.stop()
