@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,7 +201,19 @@ class MqttPublisher:
     def _watch(self, sock: Any) -> None:
         assert self._loop is not None
         self._closed.clear()
-        self._loop.add_reader(sock, self._client.loop_read)
+        self._loop.add_reader(sock, self._read)
+
+    def _read(self) -> None:
+        """The socket is readable. paho reads at most as many packets as it has messages in
+        flight (at least one): what a TLS socket already decrypted into its buffer makes the
+        socket no more readable, so it is read here until the buffer is empty (paho's own
+        loop checks ``pending()`` so; a PINGRESP behind a PUBACK would otherwise wait there)."""
+        self._client.loop_read()
+        sock = self._client.socket()
+        while isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+            if self._client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                return
+            sock = self._client.socket()
 
     def _unwatch(self, sock: Any) -> None:
         assert self._loop is not None
