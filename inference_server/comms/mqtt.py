@@ -48,88 +48,72 @@ class BrokerAddress:
         )
 
 
-#: How often a publisher's connection is looked after (keep-alive pings, a ping unanswered):
-#: on the server's 10 s beat, a third of the keep-alive.
-_KEEPALIVE_S = 30
+#: The keep-alive of the server's clients, and how often their connection is looked after
+#: (a PINGREQ due, a ping unanswered): on the server's 10 s beat, a third of the keep-alive.
+KEEPALIVE_S = 30
 _LOOK_AFTER_S = 10.0
 
+#: paho's callbacks (version 2) as the driver passes them on.
+OnConnect = Callable[[mqtt.Client, Any, Any, Any, Any], None]
+OnDisconnect = Callable[[mqtt.Client, Any, Any, Any, Any], None]
 
-class MqttPublisher:
-    """Keeps one connection; ``publish`` returns once the broker acknowledged (QoS 1).
 
-    paho is driven from the event loop, not from a thread of its own (docs/decisions.md, "The
-    publisher on the event loop"): its socket's readiness calls ``loop_read`` and ``loop_write``,
-    a look on the server's beat calls ``loop_misc`` (keep-alive), and a task reconnects with
-    backoff (1 s doubling to 30 s). Only the blocking connect (name lookup, TCP, TLS) runs on a
-    thread. Every paho callback but the socket's opening runs on the event loop."""
+class PahoOnLoop:
+    """Drives a paho client from the running event loop instead of a network thread of its own
+    (docs/decisions.md, "The MQTT clients on the event loop"): its socket's readiness calls
+    ``loop_read`` and ``loop_write``, a look on the server's 10 s beat calls ``loop_misc``
+    (keep-alive), and a task connects and reconnects a second after a lost connection, the
+    delay doubling to 30 s while connecting fails or the broker refuses. Only the blocking connect
+    (name lookup, TCP, TLS handshake) runs on a thread, and a reconnect starts only after the loop
+    saw the old socket close. Every paho callback but the socket's opening runs on the event
+    loop; ``on_connect`` and ``on_disconnect`` are the owner's, called after the driver's own
+    bookkeeping."""
 
     def __init__(
         self,
+        client: mqtt.Client,
         address: BrokerAddress,
-        topics: Topics,
-        client_id: str,
-        online_messages: list[tuple[str, bytes]],
-        on_connected: Callable[[], None] | None = None,
+        name: str,
+        on_connect: OnConnect,
+        on_disconnect: OnDisconnect,
     ) -> None:
+        self.client = client
         self.address = address
-        self.topics = topics
-        self._online_messages = online_messages
-        #: Called on the event loop after every (re)connection, e.g. to republish what the
-        #: broker may have lost (a broker restarted without persistence keeps no retained message).
-        self._on_connected = on_connected
+        self.name = name
+        self._on_connect_then = on_connect
+        self._on_disconnect_then = on_disconnect
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._pending: dict[int, asyncio.Future[None]] = {}
-        self._untracked: set[int] = set()
-        self.connected = asyncio.Event()
         #: Set when the connection is lost or closed (the keeper reconnects).
         self._lost = asyncio.Event()
-        #: Set while no socket is open (stop waits for it after DISCONNECT).
+        #: Set while no socket is open (``close`` waits for it after DISCONNECT).
         self._closed = asyncio.Event()
         self._closed.set()
-        self._closing = False
+        self.closing = False
+        self._paused = False
+        #: Set while reading (a paused client reconnects only once it reads again).
+        self._reading = asyncio.Event()
+        self._reading.set()
         self._keeper: asyncio.Task[None] | None = None
         #: The connect running on a thread, if any; whether the broker accepted the last one.
         self._connecting: asyncio.Future[Any] | None = None
         self._accepted = False
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
-        )
-        if address.username:
-            client.username_pw_set(address.username, address.password)
-        if address.tls:
-            client.tls_set()
-        client.will_set(topics.availability, b"offline", qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
         client.on_socket_unregister_write = self._on_socket_unregister_write
-        client.connect_async(address.host, address.port, keepalive=_KEEPALIVE_S)
-        self._client = client
+        client.connect_async(address.host, address.port, keepalive=KEEPALIVE_S)
 
-    async def start(self, timeout: float = 10.0) -> None:
+    def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._keeper = asyncio.create_task(self._keep_connected(), name="mqtt-publisher")
-        try:
-            await asyncio.wait_for(self.connected.wait(), timeout)
-        except TimeoutError:
-            log.error(
-                "mqtt broker not reachable yet host=%s port=%s; retrying in background",
-                self.address.host,
-                self.address.port,
-            )
+        self._keeper = asyncio.create_task(self._keep_connected(), name=self.name)
 
-    async def stop(self) -> None:
-        if self.connected.is_set():
-            try:
-                await self.publish(self.topics.availability, b"offline", retain=True, timeout=2.0)
-            except PublishError as err:
-                log.warning("offline message not acknowledged: %s", err)
-        self._closing = True
+    async def close(self) -> None:
+        """Stop reconnecting; send DISCONNECT on an open connection and close the socket."""
+        self.closing = True
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -138,35 +122,52 @@ class MqttPublisher:
             # A connect in flight on its thread ends within paho's connect timeout (5 s).
             with contextlib.suppress(OSError):
                 await self._connecting
-        if self._client.socket() is None:
+        if self.client.socket() is None:
             return
         # DISCONNECT goes out through the socket's writer; paho closes the socket after it.
-        self._client.disconnect()
+        self.client.disconnect()
         try:
             await asyncio.wait_for(self._closed.wait(), 2.0)
         except TimeoutError:
-            sock = self._client.socket()
+            sock = self.client.socket()
             if sock is not None:
-                log.warning("mqtt disconnect not written within 2 s; closing the socket")
+                log.warning("%s disconnect not written within 2 s; closing the socket", self.name)
                 self._unwatch(sock)
                 sock.close()
 
+    def pause_reading(self) -> None:
+        """Read nothing more from the broker (TCP holds it back) until ``resume_reading``."""
+        sock = self.client.socket()
+        if not self._paused and sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock)
+        self._paused = True
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        self._reading.set()
+        sock = self.client.socket()
+        if sock is not None and self._loop is not None:
+            self._loop.add_reader(sock, self._read)
+            self._loop.call_soon(self._read)  # what a TLS socket holds decrypted already
+
     async def _keep_connected(self) -> None:
-        """Connect; while connected, look after the connection on the server's beat; after it is
-        lost, reconnect a second later, the delay doubling to 30 s while connecting fails or the
-        broker refuses (paho's own reconnect delays)."""
         delay, failures = 1.0, 0
-        while not self._closing:
+        while not self.closing:
+            await self._reading.wait()
             self._lost.clear()
             self._accepted = False
-            self._connecting = asyncio.ensure_future(asyncio.to_thread(self._client.reconnect))
+            self._connecting = asyncio.ensure_future(asyncio.to_thread(self.client.reconnect))
             try:
                 await asyncio.shield(self._connecting)
             except OSError as err:
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
                     log.warning(
-                        "mqtt connect failed host=%s port=%s failures=%d retry_in_s=%.0f error=%r",
+                        "%s connect failed host=%s port=%s failures=%d retry_in_s=%.0f error=%r",
+                        self.name,
                         self.address.host,
                         self.address.port,
                         failures,
@@ -189,9 +190,18 @@ class MqttPublisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), until_next(_LOOK_AFTER_S))
             if not self._lost.is_set():
-                self._client.loop_misc()
+                self.client.loop_misc()
 
-    # --- paho's callbacks: on the event loop, but the socket's opening by a connect ------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            self._accepted = True
+        self._on_connect_then(client, userdata, flags, reason, props)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._lost.set()
+        self._on_disconnect_then(client, userdata, flags, reason, props)
+
+    # --- the socket (on the event loop, but its opening by a connect) -----------------------------
     def _on_loop(self, call: Callable[[], None]) -> None:
         if threading.get_ident() == self._loop_thread:
             call()
@@ -201,19 +211,28 @@ class MqttPublisher:
     def _watch(self, sock: Any) -> None:
         assert self._loop is not None
         self._closed.clear()
-        self._loop.add_reader(sock, self._read)
+        if not self._paused:
+            self._loop.add_reader(sock, self._read)
 
     def _read(self) -> None:
         """The socket is readable. paho reads at most as many packets as it has messages in
         flight (at least one): what a TLS socket already decrypted into its buffer makes the
         socket no more readable, so it is read here until the buffer is empty (paho's own
         loop checks ``pending()`` so; a PINGRESP behind a PUBACK would otherwise wait there)."""
-        self._client.loop_read()
-        sock = self._client.socket()
-        while isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
-            if self._client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
-                return
-            sock = self._client.socket()
+        if self._paused:
+            return
+        try:
+            self.client.loop_read()
+            sock = self.client.socket()
+            while not self._paused and isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+                if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                    return
+                sock = self.client.socket()
+        except Exception:
+            # A packet paho could not take (or a callback's bug): this connection ends, the
+            # keeper connects again; the loop and the other clients go on.
+            log.exception("%s read failed; reconnecting", self.name)
+            self.client.disconnect()
 
     def _unwatch(self, sock: Any) -> None:
         assert self._loop is not None
@@ -223,7 +242,7 @@ class MqttPublisher:
 
     def _write_when_ready(self, sock: Any) -> None:
         assert self._loop is not None
-        self._loop.add_writer(sock, self._client.loop_write)
+        self._loop.add_writer(sock, self.client.loop_write)
 
     def _written(self, sock: Any) -> None:
         assert self._loop is not None
@@ -242,12 +261,66 @@ class MqttPublisher:
     def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._on_loop(lambda: self._written(sock))
 
+
+class MqttPublisher:
+    """Keeps one connection; ``publish`` returns once the broker acknowledged (QoS 1). paho runs
+    on the event loop (``PahoOnLoop``): a PUBACK is read there, after ``send`` returned."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        topics: Topics,
+        client_id: str,
+        online_messages: list[tuple[str, bytes]],
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.topics = topics
+        self._online_messages = online_messages
+        #: Called on the event loop after every (re)connection, e.g. to republish what the
+        #: broker may have lost (a broker restarted without persistence keeps no retained message).
+        self._on_connected = on_connected
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._untracked: set[int] = set()
+        self.connected = asyncio.Event()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
+        )
+        if address.username:
+            client.username_pw_set(address.username, address.password)
+        if address.tls:
+            client.tls_set()
+        client.will_set(topics.availability, b"offline", qos=1, retain=True)
+        client.on_publish = self._on_publish
+        self._client = client
+        self._driver = PahoOnLoop(client, address, "mqtt publisher", self._on_connect, self._on_disconnect)
+
+    async def start(self, timeout: float = 10.0) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._driver.start()
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+        except TimeoutError:
+            log.error(
+                "mqtt broker not reachable yet host=%s port=%s; retrying in background",
+                self.address.host,
+                self.address.port,
+            )
+
+    async def stop(self) -> None:
+        if self.connected.is_set():
+            try:
+                await self.publish(self.topics.availability, b"offline", retain=True, timeout=2.0)
+            except PublishError as err:
+                log.warning("offline message not acknowledged: %s", err)
+        await self._driver.close()
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             log.error("mqtt connect refused reason=%s", reason)
             return
         log.info("mqtt connected host=%s port=%s", self.address.host, self.address.port)
-        self._accepted = True
         # Fire-and-forget (not awaited by anyone): remember their ids so their PUBACKs are ignored.
         for topic, payload in [(self.topics.availability, b"online"), *self._online_messages]:
             info = client.publish(topic, payload, qos=1, retain=True)
@@ -259,7 +332,6 @@ class MqttPublisher:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         log.warning("mqtt disconnected reason=%s", reason)
         self.connected.clear()
-        self._lost.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         if mid in self._untracked:

@@ -1,16 +1,17 @@
 """MQTT ingest: edge nodes publish an image as the payload of ``<prefix>/ingest/<camera_id>``.
 
 A separate paho client (client id ``<server id>-ingest``) subscribes with QoS 1, so the
-publisher's PUBACK bookkeeping and lock (comms/mqtt.py) are untouched by inbound traffic.
+publisher's PUBACK bookkeeping (comms/mqtt.py) is untouched by inbound traffic.
 
-paho's network thread only checks the topic's last level against the camera id grammar and the
-payload's length, and hands the message to a bounded queue on the event loop; it never decodes.
-When that queue is full it *waits* for room: paho stops reading the socket, TCP holds the broker
-back, and the broker keeps the rest (in flight, then queued for the session). Nothing is refused
-for lack of room, so no message the broker holds is lost (docs/decisions.md, "MQTT ingest:
-back-pressure"). A wait lasts as long as the event loop takes to store one image; only while the
-database is down can it outlast the keepalive, and then the broker drops the connection and
-delivers the unacknowledged messages again after paho reconnects (recognised by their hash).
+paho runs on the event loop (``comms.mqtt.PahoOnLoop``, no network thread). A message read only
+has the topic's last level checked against the camera id grammar and the payload's length, and
+goes to the ingest's queue; nothing is decoded there. When ``queue_size`` messages wait, the
+client *stops reading the socket*: TCP holds the broker back, and the broker keeps the rest (in
+flight, then queued for the session). Nothing is refused for lack of room, so no message the
+broker holds is lost (docs/decisions.md, "MQTT ingest: back-pressure"). A pause lasts as long
+as the event loop takes to store one image; only while the database is down can it outlast the
+keepalive, and then the connection ends (a ping unanswered), the client reconnects once it reads
+again, and the broker delivers the unacknowledged messages again (recognised by their hash).
 
 Anything refused (a topic level that is not a camera id, too large, unknown or disabled camera,
 not a valid image) becomes a quarantine row (``stored_path`` empty: the bytes are not kept) and a
@@ -27,10 +28,8 @@ here, retried, unacknowledged. See docs/guarantees.md.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from inference_server.comms.mqtt import BrokerAddress
+from inference_server.comms.mqtt import BrokerAddress, PahoOnLoop
 from inference_server.comms.topics import Topics
 from inference_server.ingest.ingestor import CameraDisabled, Ingestor, UnknownCamera, printable
 from inference_server.ingest.validate import InvalidImage
@@ -51,7 +50,6 @@ log = logging.getLogger(__name__)
 
 _CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
 _SHOWN = 200  # characters of a topic kept in a quarantine row or a log line (topics reach 64 KiB)
-_KEEPALIVE_S = 30
 _PAUSE_LOGGED_S = 1.0  # a read pause at least this long is logged (it shows a slow database)
 
 
@@ -63,7 +61,7 @@ class _Inbound:
     size: int
     mid: int
     qos: int
-    refusal: tuple[str, str] | None = None  # (reason, detail) decided on paho's thread
+    refusal: tuple[str, str] | None = None  # (reason, detail) decided as the message is read
 
 
 def _shown(text: str) -> str:
@@ -73,7 +71,7 @@ def _shown(text: str) -> str:
 
 
 def _inbound(message: mqtt.MQTTMessage, max_bytes: int) -> _Inbound:
-    """What paho's thread decides about a message: a refusal (bytes dropped) or an image to check."""
+    """What is decided about a message as it is read: a refusal (bytes dropped) or an image to check."""
     try:
         topic = message.topic
     except UnicodeDecodeError:  # MQTT topics are UTF-8; a broker that lets another through
@@ -85,7 +83,7 @@ def _inbound(message: mqtt.MQTTMessage, max_bytes: int) -> _Inbound:
         detail = f"topic level {_shown(level)!r} is not a camera id ([a-z0-9][a-z0-9_-]{{0,63}})"
         return _Inbound(topic, None, b"", size, message.mid, message.qos, ("invalid_camera_id", detail))
     if size > max_bytes:
-        # Dropped here, on the network thread: the bytes never reach the loop or a decoder.
+        # Dropped here, as it is read: the bytes never reach the queue or a decoder.
         detail = f"{size} bytes > limit {max_bytes}"
         return _Inbound(topic, level, b"", size, message.mid, message.qos, ("too_large", detail))
     return _Inbound(topic, level, bytes(message.payload), size, message.mid, message.qos)
@@ -101,9 +99,11 @@ class MqttIngest:
         self.topics = topics
         self.ingestor = ingestor
         self.max_bytes = ingestor.limits.max_bytes
-        self._queue: asyncio.Queue[_Inbound] = asyncio.Queue(queue_size)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing = threading.Event()
+        #: Messages read and not yet handled; reading pauses while ``queue_size`` wait (a read
+        #: may add the few more packets it had already taken off the socket).
+        self._queue: asyncio.Queue[_Inbound] = asyncio.Queue()
+        self.queue_size = max(1, queue_size)
+        self._paused_at: float | None = None
         self.subscribed = asyncio.Event()
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -116,18 +116,14 @@ class MqttIngest:
             client.username_pw_set(address.username, address.password)
         if address.tls:
             client.tls_set()
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._client = client
+        self._driver = PahoOnLoop(client, address, "mqtt ingest", self._on_connect, self._on_disconnect)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe (again after every reconnect) and ingest until ``stop`` is set."""
-        self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self.address.host, self.address.port, keepalive=_KEEPALIVE_S)
-        self._client.loop_start()
+        self._driver.start()
         stopper = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -137,15 +133,14 @@ class MqttIngest:
                     getter.cancel()
                     break
                 item = getter.result()
+                self._read_again_if_room()
                 if await self._handle_until_stored(item, stop):
                     self._ack(item)
         finally:
-            # Release paho's thread if it waits for room; what it held is not acknowledged, so the
-            # broker delivers it again to the next session.
-            self._closing.set()
+            # What was read and not handled is not acknowledged: the broker delivers it again to
+            # the next session.
             stopper.cancel()
-            self._client.disconnect()
-            await asyncio.to_thread(self._client.loop_stop)
+            await self._driver.close()
 
     async def _handle_until_stored(self, item: _Inbound, stop: asyncio.Event) -> bool:
         """Store (or refuse) one image; through a database outage, retry. False: stopping first."""
@@ -186,7 +181,7 @@ class MqttIngest:
         if item.qos > 0:
             self._client.ack(item.mid, item.qos)
 
-    # --- paho's thread ---------------------------------------------------------------------
+    # --- paho's callbacks (on the event loop) --------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             log.error("mqtt ingest connect refused reason=%s", reason)
@@ -198,53 +193,30 @@ class MqttIngest:
             log.error("mqtt ingest subscription refused topic=%s reasons=%s", self.topics.ingest(), reasons)
             return
         log.info("mqtt ingest subscribed topic=%s", self.topics.ingest())
-        self._call(self.subscribed.set)
+        self.subscribed.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not self._closing.is_set():
+        if not self._driver.closing:
             log.warning("mqtt ingest disconnected reason=%s", reason)
-        self._call(self.subscribed.clear)
+        self.subscribed.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._hand_over(_inbound(message, self.max_bytes))
+        self._queue.put_nowait(_inbound(message, self.max_bytes))
+        if self._queue.qsize() >= self.queue_size and self._paused_at is None:
+            # Full: paho reads nothing more, TCP holds the broker back, the broker keeps the rest.
+            self._driver.pause_reading()
+            self._paused_at = time.monotonic()
 
-    def _hand_over(self, item: _Inbound) -> None:
-        """Put ``item`` on the loop's queue, waiting (this thread, so paho reads nothing more) while
-        it is full. Returns without it when the server is stopping: it is then never acknowledged."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
+    def _read_again_if_room(self) -> None:
+        if self._paused_at is None or self._queue.qsize() >= self.queue_size:
             return
-        started = time.monotonic()
-        putting = self._queue.put(item)
-        try:
-            put = asyncio.run_coroutine_threadsafe(putting, loop)
-        except RuntimeError:  # the loop closed since the check: stopping, so not acknowledged
-            putting.close()
-            return
-        while True:
-            try:
-                put.result(timeout=0.2)
-                break
-            except TimeoutError:
-                if self._closing.is_set():
-                    put.cancel()
-                    return
-            except concurrent.futures.CancelledError:
-                return
-        waited = time.monotonic() - started
+        waited = time.monotonic() - self._paused_at
+        self._paused_at = None
+        self._driver.resume_reading()
         if waited >= _PAUSE_LOGGED_S:
-            log.info(
-                "mqtt ingest read paused camera_id=%s waited_s=%.1f queue=%d",
-                item.camera_id or "-",
-                waited,
-                self._queue.maxsize,
-            )
+            log.info("mqtt ingest read paused waited_s=%.1f queue=%d", waited, self.queue_size)
 
-    def _call(self, fn: Any, *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    # --- event loop ------------------------------------------------------------------------
+    # --- storing ---------------------------------------------------------------------------
     async def _handle(self, item: _Inbound) -> None:
         if item.refusal is not None:
             reason, detail = item.refusal

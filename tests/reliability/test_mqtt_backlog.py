@@ -5,7 +5,7 @@ The server is stopped (SIGTERM) after its persistent session exists; an edge nod
 ``BACKLOG`` distinct small JPEGs (QoS 1) to the ingest topic of an existing camera, which
 mosquitto keeps for the session (``max_queued_messages``, 1000 by default). When the server
 starts, mosquitto sends them as fast as its in-flight window (20) allows; the server's queue holds
-16, so paho's thread waits for room and the broker keeps the rest. Then a burst of ``BURST`` more
+16, so the server stops reading until there is room and the broker keeps the rest. Then a burst of ``BURST`` more
 while it runs. Every image is stored once, none is quarantined, and the ingest client is never
 disconnected on the way (the waits stay far below the keepalive).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from inference_server import demo_assets, schemas
 from inference_server.comms.mqtt import BrokerAddress
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
-from inference_server.server import Server
+from inference_server.server import Server, ingest_client_id
 from inference_server.store import cameras
 from tests.support.waiting import wait_until
 
@@ -167,10 +168,12 @@ async def test_a_burst_larger_than_the_ingest_queue_waits_in_the_broker_and_is_s
     make_settings: Callable[..., Settings], mosquitto_url: str
 ) -> None:
     # One place in the server's queue, mosquitto sends up to 20 unacknowledged: the server must
-    # hold the rest back (paho stops reading) instead of refusing them.
+    # hold the rest back (it stops reading the socket) instead of refusing them. paho runs on the
+    # event loop: the ingest has no network thread of its own (paho names it after the client).
     settings = make_settings(mqtt_url=mosquitto_url, mqtt_prefix="t4", mqtt_ingest_queue=1, role="api")
     async with running(settings) as server:
         await ingest_ready(server)
+        assert [t.name for t in threading.enumerate() if t.name.endswith(ingest_client_id(settings))] == []
         await add_camera(server.pool, "porch")
         burst = [small_jpeg(n) for n in range(80)]
         await publish_burst(mosquitto_url, "t4/ingest/porch", burst)

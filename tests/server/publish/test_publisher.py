@@ -87,7 +87,7 @@ async def test_a_connection_quiet_for_longer_than_its_keep_alive_stays_up(
 ) -> None:
     """Nothing published for four keep-alives: the looks on the beat send PINGREQs, so the
     broker (which drops a client silent for 1.5 keep-alives) keeps the connection."""
-    monkeypatch.setattr(mqtt_module, "_KEEPALIVE_S", 1)
+    monkeypatch.setattr(mqtt_module, "KEEPALIVE_S", 1)
     monkeypatch.setattr(mqtt_module, "_LOOK_AFTER_S", 0.25)
     publisher = MqttPublisher(
         BrokerAddress.parse(forgetful_broker.url), Topics("hsi"), f"pub-quiet-{uuid.uuid4().hex[:8]}", []
@@ -143,7 +143,7 @@ async def test_over_tls_a_burst_is_acknowledged_and_a_quiet_connection_stays_up(
     ``_read`` drains; Mosquitto writes a record a packet, so this test cannot show that case.)"""
     broker, port, ca = _tls_broker(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
-    monkeypatch.setattr(mqtt_module, "_KEEPALIVE_S", 1)
+    monkeypatch.setattr(mqtt_module, "KEEPALIVE_S", 1)
     monkeypatch.setattr(mqtt_module, "_LOOK_AFTER_S", 0.25)
     publisher = MqttPublisher(
         BrokerAddress.parse(f"mqtts://127.0.0.1:{port}"), Topics("hsi"), f"pub-tls-{uuid.uuid4().hex[:8]}", []
@@ -162,3 +162,33 @@ async def test_over_tls_a_burst_is_acknowledged_and_a_quiet_connection_stays_up(
         await publisher.stop()
         broker.terminate()
         broker.wait(5)
+
+
+async def test_a_read_that_raises_ends_only_that_connection(
+    forgetful_broker: RestartableMosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A packet paho cannot take, or a callback's bug, raises out of ``loop_read`` on the event
+    loop: the connection is closed and made again, and the next message goes through (on paho's
+    own thread such an exception ended the thread, and with it the publisher, for good)."""
+    publisher = MqttPublisher(
+        BrokerAddress.parse(forgetful_broker.url), Topics("hsi"), f"pub-raise-{uuid.uuid4().hex[:8]}", []
+    )
+    await publisher.start()
+    try:
+        on_publish = publisher._client.on_publish
+        raised: list[int] = []
+
+        def once(*args: object) -> None:
+            if not raised:
+                raised.append(1)
+                raise RuntimeError("a callback's bug")
+            on_publish(*args)  # type: ignore[misc]
+
+        publisher._client.on_publish = once
+        with pytest.raises(mqtt_module.PublishError):
+            await publisher.publish("hsi/test/lost", b"x", timeout=1.0)
+        assert any("read failed; reconnecting" in r.getMessage() for r in caplog.records)
+        await wait_until(lambda: publisher.connected.is_set(), timeout=10)
+        await publisher.publish("hsi/test/after", b"y", timeout=5.0)
+    finally:
+        await publisher.stop()
