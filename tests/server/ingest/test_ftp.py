@@ -20,6 +20,7 @@ from inference_server import demo_assets
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
 from inference_server.server import Server
+from tests.support.certs import self_signed
 from tests.support.waiting import wait_until
 
 from ..conftest import running
@@ -496,27 +497,7 @@ async def test_stor_onto_a_folder_name_is_refused_not_dropped(
 
 
 def _self_signed(folder: Path) -> Path:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hsi-test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed("hsi-test")
     path = folder / "ftps.pem"
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
+    path.write_bytes(key + cert)
     return path

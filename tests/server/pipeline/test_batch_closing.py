@@ -5,7 +5,7 @@ batch is still closed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -34,6 +34,13 @@ async def _stage(make_settings: Callable[..., Settings], pool: asyncpg.Pool) -> 
     rules = RulesReasoner(LevelThresholds(settings.risk_medium, settings.risk_high, settings.risk_critical))
     await cameras.create(pool, CameraCreate(id="porch", name="Porch"))
     return BatchStage(settings, pool, rules, Topics("hsi"), clock, llm_enabled=False), clock
+
+
+def _closed(pool: asyncpg.Pool) -> Awaitable[asyncpg.Record | None]:
+    """The closed batch, with how long after its last activity it closed (``late``, s)."""
+    return pool.fetchrow(  # type: ignore[no-any-return]
+        "SELECT extract(epoch FROM closed_at - last_activity_at) AS late FROM batches WHERE closed_at IS NOT NULL"
+    )
 
 
 async def test_a_tick_with_nothing_due_is_one_statement_and_a_due_batch_still_closes(
@@ -93,13 +100,7 @@ async def test_a_batch_the_stage_opens_brings_the_next_look_forward(
     async with running(settings, pose_detector) as server:
         drop(demo_assets.image("zidane.jpg"), settings.cameras_path / "porch" / "MDAlarm_20261124-120000.jpg")
         await wait_until(lambda: server.pool.fetchval("SELECT count(*) = 1 FROM batches"), timeout=60)
-        row = await wait_until(
-            lambda: server.pool.fetchrow(
-                "SELECT extract(epoch FROM closed_at - last_activity_at) AS late FROM batches"
-                " WHERE closed_at IS NOT NULL"
-            ),
-            timeout=20,
-        )
+        row = await wait_until(lambda: _closed(server.pool), timeout=20)
         assert 1.0 <= row["late"] < 3.0
         await asyncio.sleep(0.5)
         with RoundTrips() as trips:
@@ -133,11 +134,5 @@ async def test_on_the_system_clock_the_loop_sleeps_until_the_batch_falls_due_and
         looked = len(calls)
         await asyncio.sleep(3.0)
         assert len(calls) - looked <= 1, "the loop woke while nothing could be due"
-        row = await wait_until(
-            lambda: server.pool.fetchrow(
-                "SELECT extract(epoch FROM closed_at - last_activity_at) AS late FROM batches"
-                " WHERE closed_at IS NOT NULL"
-            ),
-            timeout=20,
-        )
+        row = await wait_until(lambda: _closed(server.pool), timeout=20)
         assert 8.0 <= row["late"] < 8.5

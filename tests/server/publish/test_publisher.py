@@ -5,9 +5,7 @@ a broker restart and a quiet connection longer than its keep-alive."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import getpass
-import ipaddress
 import logging
 import subprocess
 import threading
@@ -15,14 +13,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from inference_server.comms import mqtt as mqtt_module
 from inference_server.comms.mqtt import BrokerAddress, MqttPublisher
 from inference_server.comms.topics import Topics
+from tests.support.certs import self_signed
 from tests.support.mosquitto import RestartableMosquitto, start_mosquitto
 from tests.support.mqtt import Subscriber
 from tests.support.net import free_port
@@ -105,26 +100,10 @@ async def test_a_connection_quiet_for_longer_than_its_keep_alive_stays_up(
 def _tls_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Mosquitto with a TLS listener on a certificate of its own for 127.0.0.1 (returned: the
     client trusts it as its CA through ``SSL_CERT_FILE``)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hsi-test-broker")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed("hsi-test-broker", ip="127.0.0.1")
     cert_path, key_path = folder / "broker.crt", folder / "broker.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert_path.write_bytes(cert)
+    key_path.write_bytes(key)
     port = free_port()
     conf = folder / "mosquitto.conf"
     conf.write_text(
