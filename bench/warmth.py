@@ -10,13 +10,16 @@ on a third ~50 ms later, once the picture would be inferred, and an INFO log lin
 thread ~50 ms after that), each stage's thread CPU time back to
 back ("hot") and after ``--idle-s`` of sleep ("after idle"), medians of ``--rounds``; and the
 tamper features measured on the decode thread right after the letterbox, the placement stop 43
-tried (docs/decisions.md), and the letterbox on the door's thread right after its decode. The
-process has the server's fixed mmap threshold.
+tried (docs/decisions.md), and the letterbox on the door's thread right after its decode; and an
+upload's API key digest as ``api/auth.VerifiedKeys`` takes it, first on the main thread after
+the sleep, SHA-256 (OpenSSL) and BLAKE2s in turn. The process has the server's fixed mmap
+threshold.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import statistics
@@ -91,7 +94,22 @@ def main(argv: list[str] | None = None) -> int:
         features(Image.frombuffer("RGBX", (width, height), picture, "raw", "RGBX", 0, 1))
 
     line = _log_line()
-    stages = {"door decode": decode, "letterbox": box, "tamper features": scene, "a log line (text, to a pipe)": line}
+    key = f"hsi_{'k' * 8}_{'s' * 32}".encode()
+
+    def sha256() -> None:
+        hashlib.sha256(key).digest()  # an upload's API key as VerifiedKeys took it before stop 48
+
+    def blake2s() -> None:
+        hashlib.blake2s(key).digest()  # ... and since
+
+    stages = {
+        "door decode": decode,
+        "letterbox": box,
+        "tamper features": scene,
+        "a log line (text, to a pipe)": line,
+        "API key digest, SHA-256 (OpenSSL)": sha256,
+        "API key digest, BLAKE2s (CPython's own)": blake2s,
+    }
     door, decoder, other = (ThreadPoolExecutor(1, name) for name in ("door", "decode", "other"))
     hot: dict[str, list[float]] = {name: [] for name in stages}
     cold: dict[str, list[float]] = {name: [] for name in stages}
@@ -111,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         if n % 3 == 2:  # the letterbox on the door's thread, right after its decode
             at_door.append(door.submit(lambda: (_cpu_ms(decode), _cpu_ms(box))[1]).result())
             continue
+        # The request's key first, on the event loop's thread: each digest every other round.
+        digest = "API key digest, SHA-256 (OpenSSL)" if n % 3 == 0 else "API key digest, BLAKE2s (CPython's own)"
+        cold[digest].append(_cpu_ms(stages[digest]))
         decoded = door.submit(_cpu_ms, decode).result()
         if n % 3 == 0:  # as the server runs them
             boxed = decoder.submit(_cpu_ms, box).result()
