@@ -120,8 +120,10 @@ class PahoOnLoop:
                 await self._keeper
         if self._connecting is not None:
             # A connect in flight on its thread ends within paho's connect timeout (5 s).
-            with contextlib.suppress(OSError):
+            try:
                 await self._connecting
+            except Exception as err:
+                log.info("%s connect in flight at stop failed: %r", self.name, err)
         if self.client.socket() is None:
             return
         # DISCONNECT goes out through the socket's writer; paho closes the socket after it.
@@ -162,7 +164,9 @@ class PahoOnLoop:
             self._connecting = asyncio.ensure_future(asyncio.to_thread(self.client.reconnect))
             try:
                 await asyncio.shield(self._connecting)
-            except OSError as err:
+            except Exception as err:
+                # Refused, unreachable, a name not found, TLS failed (OSError), or anything else
+                # paho raises: never the end of this task (the client would stay offline).
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
                     log.warning(
@@ -173,6 +177,7 @@ class PahoOnLoop:
                         failures,
                         delay,
                         err,
+                        exc_info=not isinstance(err, OSError),
                     )
             else:
                 await self._look_after()

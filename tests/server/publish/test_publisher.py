@@ -171,3 +171,31 @@ async def test_a_read_that_raises_ends_only_that_connection(
         await publisher.publish("hsi/test/after", b"y", timeout=5.0)
     finally:
         await publisher.stop()
+
+
+async def test_a_connect_that_raises_something_unexpected_is_tried_again(
+    forgetful_broker: RestartableMosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever the connect raises (not only a refused or unreachable broker's OSError), the
+    task that connects goes on: the client is not left offline for good."""
+    publisher = MqttPublisher(
+        BrokerAddress.parse(forgetful_broker.url), Topics("hsi"), f"pub-odd-{uuid.uuid4().hex[:8]}", []
+    )
+    reconnect = publisher._client.reconnect
+    calls: list[int] = []
+
+    def odd_first() -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("something paho did not expect")
+        return reconnect()
+
+    publisher._client.reconnect = odd_first  # type: ignore[method-assign]
+    try:
+        await publisher.start(timeout=10.0)
+        assert publisher.connected.is_set()
+        assert len(calls) == 2
+        assert any("connect failed" in r.getMessage() and r.exc_info for r in caplog.records)
+        await publisher.publish("hsi/test/after", b"y", timeout=5.0)
+    finally:
+        await publisher.stop()
