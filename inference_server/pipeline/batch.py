@@ -372,9 +372,13 @@ class BatchStage:
         """Seconds the closing loop sleeps after a look (see ``run``)."""
         if self._next_look is None or not follows_real_time(self.clock):
             return until_next(tick)
+        until = (self._next_look - self.clock.now()).total_seconds()
+        if until <= 0:
+            # Due by its times and still open after the look: a batch whose clip frames are
+            # awaited (or a wall clock stepped forward). Looked at again each tick, never in a spin.
+            return until_next(tick)
         # (A wall clock set back makes this far off: the beat still comes.)
-        beat = until_next(_LOOK_AT_LEAST_EVERY.total_seconds())
-        return min(beat, max(0.0, (self._next_look - self.clock.now()).total_seconds()))
+        return min(until, until_next(_LOOK_AT_LEAST_EVERY.total_seconds()))
 
     async def close_due(self) -> int:
         """Close the batches that are due. Most ticks send nothing: the last look found when the

@@ -12,6 +12,7 @@ import asyncpg
 
 from bench.roundtrips import RoundTrips
 from inference_server import demo_assets
+from inference_server.clock import SystemClock
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
@@ -136,3 +137,28 @@ async def test_on_the_system_clock_the_loop_sleeps_until_the_batch_falls_due_and
         assert len(calls) - looked <= 1, "the loop woke while nothing could be due"
         row = await wait_until(lambda: _closed(server.pool), timeout=20)
         assert 8.0 <= row["late"] < 8.5
+
+
+async def test_a_batch_due_by_its_times_but_left_open_is_looked_at_each_tick_not_in_a_spin(
+    make_settings: Callable[..., Settings], pool: asyncpg.Pool
+) -> None:
+    """A batch idle long enough but waiting for its clip's frames stays open after the look,
+    which still says it fell due (in the past): the loop on the system's clock looks again at
+    its next tick (a second here), not at once over and over."""
+    stage, _ = await _stage(make_settings, pool)
+    stage.clock = SystemClock()
+    looks = 0
+
+    async def held_open() -> int:
+        nonlocal looks
+        looks += 1
+        stage._next_look = datetime.now(UTC) - timedelta(seconds=5)  # as the look leaves it then
+        return 0
+
+    stage.close_due = held_open  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running_loop = asyncio.create_task(stage.run(stop))
+    await asyncio.sleep(2.5)
+    stop.set()
+    await running_loop
+    assert 1 <= looks <= 4, looks
