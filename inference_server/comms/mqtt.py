@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from inference_server.comms.topics import Topics
-from inference_server.event_loop import until_next
+from inference_server.event_loop import until_next, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ class PahoOnLoop:
         self._closed = asyncio.Event()
         self._closed.set()
         self.closing = False
-        self._paused = False
-        #: Set while reading (a paused client reconnects only once it reads again).
+        #: Set while reading, clear while paused (a paused client reconnects only once it reads again).
         self._reading = asyncio.Event()
         self._reading.set()
         self._keeper: asyncio.Task[None] | None = None
@@ -140,15 +139,13 @@ class PahoOnLoop:
     def pause_reading(self) -> None:
         """Read nothing more from the broker (TCP holds it back) until ``resume_reading``."""
         sock = self.client.socket()
-        if not self._paused and sock is not None and self._loop is not None:
+        if self._reading.is_set() and sock is not None and self._loop is not None:
             self._loop.remove_reader(sock)
-        self._paused = True
         self._reading.clear()
 
     def resume_reading(self) -> None:
-        if not self._paused:
+        if self._reading.is_set():
             return
-        self._paused = False
         self._reading.set()
         sock = self.client.socket()
         if sock is not None and self._loop is not None:
@@ -192,8 +189,7 @@ class PahoOnLoop:
         """Until the connection is lost: paho's keep-alive (a PINGREQ after 30 s without traffic,
         the connection closed when it goes unanswered) on the server's 10 s beat."""
         while not self._lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), until_next(_LOOK_AFTER_S))
+            await wait_any(self._lost, timeout=until_next(_LOOK_AFTER_S))
             if not self._lost.is_set():
                 self.client.loop_misc()
 
@@ -216,7 +212,7 @@ class PahoOnLoop:
     def _watch(self, sock: Any) -> None:
         assert self._loop is not None
         self._closed.clear()
-        if not self._paused:
+        if self._reading.is_set():
             self._loop.add_reader(sock, self._read)
 
     def _read(self) -> None:
@@ -224,12 +220,12 @@ class PahoOnLoop:
         flight (at least one): what a TLS socket already decrypted into its buffer makes the
         socket no more readable, so it is read here until the buffer is empty (paho's own
         loop checks ``pending()`` so; a PINGRESP behind a PUBACK would otherwise wait there)."""
-        if self._paused:
+        if not self._reading.is_set():
             return
         try:
             self.client.loop_read()
             sock = self.client.socket()
-            while not self._paused and isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+            while self._reading.is_set() and isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
                 if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
                     return
                 sock = self.client.socket()
