@@ -402,6 +402,9 @@ class OnnxDetector:
             # runs as go at once.
             parts = min(self.parallel_runs, len(indices)) if self.info.dynamic_batch else len(indices)
             chunks += [part.tolist() for part in np.array_split(indices, parts)]
+        # The longest runs first (a run's work follows its pictures' pixels), so that the runs at
+        # once end together: the last to start is a short one.
+        chunks.sort(key=lambda chunk: len(chunk) * prepared[chunk[0]].tensor.size, reverse=True)
         batches = [self._batch([prepared[i].tensor for i in chunk]) for chunk in chunks]
         try:
             for chunk, raw in zip(chunks, self._run_all(batches), strict=True):
@@ -490,30 +493,27 @@ def describe_runs(options: ort.SessionOptions, runs: int) -> str:
 
 
 class RunsAtOnce:
-    """Calls that go at once, up to ``width`` of them: the first of each wave on the calling
-    thread, the others on helper threads made when first needed. Every call of a wave has ended
-    before the results or the first error come back, so no call still reads an input its caller
-    is about to reuse. One caller at a time (the inference thread)."""
+    """Calls that go at once, up to ``width`` of them, on a pool of ``width`` threads (made when
+    first needed), each taking the next call as soon as its last one has ended, in the order given
+    (the onnx backend puts the longest first); a lone call runs on the calling thread. They went
+    in waves, the calling thread running the first of each, and a wave waited for its slowest
+    call: with pictures of several shapes in one batch a CPU sat idle for a tenth of the batch
+    (docs/decisions.md, "Runs taken as CPUs free up"). Every call has ended before the results or
+    the first error come back, so no call still reads an input its caller is about to reuse. One
+    caller at a time (the inference thread)."""
 
     def __init__(self, width: int) -> None:
         self.width = max(1, width)
-        self._helpers: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def map(self, call: Callable[[_In], _Out], items: Sequence[_In]) -> list[_Out]:
         if len(items) == 1 or self.width == 1:
             return [call(item) for item in items]
-        if self._helpers is None:
-            self._helpers = ThreadPoolExecutor(self.width - 1, thread_name_prefix="infer-run")
-        results: list[_Out] = []
-        for start in range(0, len(items), self.width):
-            wave = items[start : start + self.width]
-            others = [self._helpers.submit(call, item) for item in wave[1:]]
-            try:
-                first = call(wave[0])
-            finally:
-                futures.wait(others)
-            results += [first, *(f.result() for f in others)]
-        return results
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.width, thread_name_prefix="infer-run")
+        runs = [self._pool.submit(call, item) for item in items]
+        futures.wait(runs)
+        return [run.result() for run in runs]
 
 
 def usable_cores() -> int:

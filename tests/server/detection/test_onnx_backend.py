@@ -29,6 +29,7 @@ from inference_server.detection.onnx_backend import (
     Letterboxed,
     ModelFormatError,
     OnnxDetector,
+    RunsAtOnce,
     decode,
     letterbox,
     usable_cores,
@@ -450,8 +451,8 @@ def test_a_lone_picture_wakes_no_other_thread_and_a_batch_is_split_into_runs_at_
     assert _native_thread_runs(before) == woken  # the same threads, none of them put on a CPU again
     batch = [detector.prepare(_picture("zidane.jpg")) for _ in range(4)]
     assert detector.detect(batch) == [alone] * 4
-    runners = [t for t in threading.enumerate() if t.name.startswith("infer-run")]
-    assert len(runners) == min(usable_cores(), 4) - 1  # the calling thread runs the first part
+    runners = [t for t in threading.enumerate() if t.name.startswith("infer-run") and t.native_id not in before]
+    assert len(runners) == min(usable_cores(), 4)  # a run a thread; the calling thread waits
     assert all(_native_thread_runs(before).get(t.native_id or -1, 0) > woken.get(t.native_id or -1, 0) for t in runners)
 
 
@@ -477,33 +478,78 @@ def test_threads_set_give_the_runtime_its_own_pool_and_the_same_people(tmp_path:
 def test_a_run_that_fails_beside_others_fails_the_batch_after_they_end_and_leaves_the_inputs_whole(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The calling thread's part of a batch fails while another part runs on a helper thread:
-    ``detect`` raises only once that run has ended (its batch's tensor goes back to the pool only
-    when no run reads it), the inputs stay unspent for the image-by-image retry, and the
-    detector works on after it."""
+    """One part of a batch fails at once while the other runs on another thread: ``detect`` raises
+    only once that run has ended (its batch's tensor goes back to the pool only when no run reads
+    it), the inputs stay unspent for the image-by-image retry, and the detector works on after
+    it."""
     detector = OnnxDetector(pose_onnx(), confidence=0.40)
     alone = detector.detect([_picture("zidane.jpg")])[0]
     prepared = [detector.prepare(_picture("zidane.jpg")) for _ in range(4)]
     real_run = detector._session.run
-    main = threading.current_thread()
+    lock = threading.Lock()
+    begun: list[str] = []
     ended: list[str] = []
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is main:
+        with lock:
+            first = not begun
+            begun.append("a run")
+        if first:
             raise RuntimeError("a failed run (made to fail by the test)")
         try:
             return real_run(*args, **kwargs)
         finally:
-            ended.append("the helper's run")
+            ended.append("the other run")
 
     with monkeypatch.context() as patch:
         patch.setattr(detector._session, "run", run)
         with pytest.raises(RuntimeError, match="made to fail"):
             detector.detect(prepared)
-        assert ended == ["the helper's run"]  # it had ended when the failure came out
+        assert ended == ["the other run"]  # it had ended when the failure came out
     assert not any(item.spent for item in prepared)
     assert [detector.detect([item])[0] for item in prepared] == [alone] * 4
     assert detector.detect([detector.prepare(_picture("zidane.jpg")) for _ in range(4)]) == [alone] * 4
+
+
+def test_runs_at_once_are_taken_as_threads_free_up_not_in_waves() -> None:
+    """A batch of pictures of several shapes is a run per shape, two at once on two CPUs. They
+    went in waves: the next two began when the slower of the last two had ended, and a CPU sat
+    idle meanwhile (a tenth of a mixed batch's time: ``bench.mixed_batch``, performance.md
+    stop 49). Now a thread takes the next run as soon as its own has ended. Here the first run
+    ends only once the third has begun, which in waves never happened (the wave of the first two
+    waited for it: the first run gave up after 10 s and failed the batch)."""
+    runs = RunsAtOnce(2)
+    third_begun = threading.Event()
+
+    def call(item: int) -> int:
+        if item == 0 and not third_begun.wait(timeout=10):
+            raise AssertionError("the third run did not begin while the first was running")
+        if item == 2:
+            third_begun.set()
+        return 10 * item
+
+    assert runs.map(call, [0, 1, 2, 3]) == [0, 10, 20, 30]
+    assert runs.map(call, [4]) == [40]  # a lone call on the calling thread
+
+
+def test_a_batch_of_several_shapes_runs_its_longest_run_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs of a mixed batch begin the longest first (most pixels), so that the last to begin
+    is a short one and the runs at once end together; each picture gets what it gets alone."""
+    detector = OnnxDetector(pose_onnx(), confidence=0.40)
+    names = ["zidane.jpg", "bus.jpg", "zidane.jpg"]
+    alone = [detector.detect([_picture(n)])[0] for n in names]
+    begun: list[tuple[int, ...]] = []
+    real_map = detector._runs.map
+
+    def map_runs(call: Any, batches: Any) -> Any:
+        begun.extend(batch.shape for batch in batches)
+        return real_map(call, batches)
+
+    monkeypatch.setattr(detector._runs, "map", map_runs)
+    assert detector.detect([detector.prepare(_picture(n)) for n in names]) == alone
+    assert begun[0][2:] == (640, 480)  # bus.jpg, portrait: 307,200 pixels against zidane's 245,760
+    assert all(shape[2:] == (384, 640) for shape in begun[1:])
+    assert sum(shape[0] for shape in begun) == 3
 
 
 @pytest.mark.skipif(usable_cores() < 2, reason="on one CPU the runtime has no thread of its own to wake either way")
@@ -539,7 +585,7 @@ def test_ultralytics_running_an_onnx_model_on_the_cpu_runs_a_lone_picture_on_one
     assert _native_thread_runs(before) == woken  # no thread of the runtime (or of a helper) put on a CPU
     assert detector.detect([detector.prepare(picture) for _ in range(4)]) == [alone] * 4
     new = {t.native_id for t in threading.enumerate() if t.name.startswith("infer-run") and t.native_id not in before}
-    assert len(new) == min(usable_cores(), 4) - 1
+    assert len(new) == min(usable_cores(), 4)
     assert all(_native_thread_runs(before)[tid] > woken.get(tid, 0) for tid in new if tid is not None)
 
     pooled = build_detector(settings.model_copy(update={"detector_onnx_threads": 2}))
