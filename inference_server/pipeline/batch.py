@@ -39,11 +39,18 @@ from inference_server.config import Settings
 from inference_server.domain import Assessment, Detection, Identity, Observation
 from inference_server.event_loop import until_next, wait_any
 from inference_server.pipeline import snapshot as snapshot_module
-from inference_server.pipeline.messages import Message, SnapshotThrottle, camera_state, digest, event_message
+from inference_server.pipeline.messages import (
+    Message,
+    SnapshotThrottle,
+    camera_state,
+    digest,
+    event_message,
+    message_of,
+)
 from inference_server.pipeline.snapshot import Snapshot, snapshot_file
 from inference_server.pipeline.summary import ActivitySummary
 from inference_server.reasoning.rules import RulesReasoner
-from inference_server.schemas import ContextState, Zone
+from inference_server.schemas import ContextState, Event, Zone
 from inference_server.store import activity, batches, cameras, context, outbox, people
 from inference_server.store import events as events_store
 from inference_server.store.db import DB_ERRORS, is_unavailable
@@ -52,6 +59,20 @@ from inference_server.telemetry import metrics
 log = logging.getLogger(__name__)
 
 _VISIT_WINDOW = timedelta(hours=1)
+
+
+def _latest(
+    last: tuple[uuid.UUID, datetime] | Literal["read"] | None, opened: Event
+) -> tuple[uuid.UUID, datetime] | Literal["read"]:
+    """The camera's latest event (``events.latest_for_camera``: the latest to start) once
+    ``opened`` is stored, from ``last``, the latest read earlier in the transaction: the new one,
+    unless that started later (a late upload's pictures open an event older than the camera's
+    last); unknown ("read") stays unknown."""
+    if last == "read":
+        return last
+    if last is not None and last[1] > opened.started_at:
+        return last
+    return (opened.id, opened.started_at)
 
 
 def _set_late(state: ContextState, captured_at: datetime) -> datetime | None:
@@ -275,13 +296,14 @@ class BatchStage:
         metrics.STAGE.labels("reason").observe((metrics.now() - started) / len(seen))
         changed = True
         if batch.event_id is None:
-            event_id = await self._open_event(conn, batch, judged, opened_by=opens, current=snapshots)
-            messages.append(await event_message(conn, self.topics, event_id, "new"))
-            last_event = "read"
+            event = await self._open_event(conn, batch, judged, opened_by=opens, current=snapshots)
+            messages.append(message_of(self.topics, event, "new"))
+            last_event = _latest(last_event, event)
         else:
-            changed = await self._rescore(conn, batch, judged, snapshots)
-            if changed:
-                messages.append(await event_message(conn, self.topics, batch.event_id, "update"))
+            rescored = await self._rescore(conn, batch, judged, snapshots)
+            changed = rescored is not None
+            if rescored is not None:
+                messages.append(message_of(self.topics, rescored, "update"))
         state, sent = await self._state(conn, batch, camera_enabled, judged.assessment, live, last_event)
         messages += state
         shown = snapshots.get(judged.image_id, latest.snapshot) if changed else latest.snapshot
@@ -312,10 +334,11 @@ class BatchStage:
 
     async def _rescore(
         self, conn: asyncpg.Connection, batch: batches.Batch, judged: Judged, current: Mapping[int, Snapshot]
-    ) -> bool:
-        """Rescore the open event. Its picture moves to the judged image when that image's
-        snapshot exists or is drawn anyway (published now, or an earlier stored image's), or when
-        the judgement changed; otherwise it stays, so an event's images are not each drawn."""
+    ) -> Event | None:
+        """Rescore the open event; the event as stored when anything a consumer sees changed, else
+        None. Its picture moves to the judged image when that image's snapshot exists or is drawn
+        anyway (published now, or an earlier stored image's), or when the judgement changed;
+        otherwise it stays, so an event's images are not each drawn."""
         assert batch.event_id is not None
         path = snapshot_file(self.settings, batch.camera_id, judged.image_id)
         moves = (
@@ -324,18 +347,19 @@ class BatchStage:
             or path.exists()
         )
         picture = await self._picture(conn, batch.camera_id, judged.image_id, current) if moves else None
-        changed = await events_store.rescore(
+        rescored = await events_store.rescore(
             conn,
             batch.event_id,
             judged.assessment,
             image_id=judged.image_id if moves else None,
             snapshot_path=picture,
         )
-        if changed and not moves:
-            # A new judgement is announced with the image it was made on.
+        if rescored is not None and not moves:
+            # A new judgement is announced with the image it was made on (and that image's detections).
             picture = await self._picture(conn, batch.camera_id, judged.image_id, current)
             await events_store.set_picture(conn, batch.event_id, judged.image_id, picture)
-        return changed
+            rescored = await events_store.get(conn, batch.event_id)
+        return rescored
 
     async def _picture(
         self, conn: asyncpg.Connection, camera_id: str, image_id: int, current: Mapping[int, Snapshot]
@@ -453,18 +477,19 @@ class BatchStage:
         continues = self._continues(batch, now)
         event_id = batch.event_id
         if event_id is None:
-            event_id = await self._open_event(conn, batch, judged, opened_by=None)
-            messages.append(await event_message(conn, self.topics, event_id, "new"))
+            event = await self._open_event(conn, batch, judged, opened_by=None)
+            event_id = event.id
+            messages.append(message_of(self.topics, event, "new"))
         else:
-            changed = await events_store.rescore(
+            rescored = await events_store.rescore(
                 conn,
                 event_id,
                 judged.assessment,
                 image_id=judged.image_id,
                 snapshot_path=await self._picture(conn, batch.camera_id, judged.image_id, {}),
             )
-            if changed and continues:
-                messages.append(await event_message(conn, self.topics, event_id, "update"))
+            if rescored is not None and continues:
+                messages.append(message_of(self.topics, rescored, "update"))
         if continues:
             # Only the window ran out: the activity goes on, and so does its event (no end, the
             # camera stays live). The next batch carries the event from the start.
@@ -641,14 +666,14 @@ class BatchStage:
         *,
         opened_by: str | None,
         current: Mapping[int, Snapshot] | None = None,
-    ) -> uuid.UUID:
+    ) -> Event:
         """``opened_by``: why the event opens while its batch is still open (a confident detection,
-        an alert-worthy judgement: stored as ``is_fast_path``); None when the batch closes."""
-        event_id = uuid.uuid4()
+        an alert-worthy judgement: stored as ``is_fast_path``); None when the batch closes. The
+        event is the batch's from now on; returned as stored (what ``hsi/events`` announces)."""
         obs = judged.observation
-        await events_store.insert(
+        event = await events_store.open_for_batch(
             conn,
-            event_id=event_id,
+            event_id=uuid.uuid4(),
             camera_id=batch.camera_id,
             image_id=judged.image_id,
             batch_id=batch.id,
@@ -659,14 +684,11 @@ class BatchStage:
             context=obs.context,
             llm_pending=self.llm_enabled,
         )
-        await batches.set_event(conn, batch.id, event_id)
-        if self.llm_enabled:
-            await conn.execute(f"NOTIFY {events_store.LLM_CHANNEL}")
         a = judged.assessment
         metrics.EVENTS.labels(a.risk_level, a.analysis_source).inc()
         log.info(
             "event created event_id=%s camera_id=%s batch_id=%s opened_by=%s risk_score=%s risk_level=%s summary=%r",
-            event_id,
+            event.id,
             batch.camera_id,
             batch.id,
             opened_by or "batch closed",
@@ -674,4 +696,4 @@ class BatchStage:
             a.risk_level,
             a.summary,
         )
-        return event_id
+        return event

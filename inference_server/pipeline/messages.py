@@ -20,20 +20,25 @@ from inference_server.comms.messages import camera_state as state_messages
 from inference_server.comms.topics import Topics
 from inference_server.domain import Assessment
 from inference_server.pipeline.snapshot import Snapshot
-from inference_server.schemas import CameraState, EventMessage
+from inference_server.schemas import CameraState, Event, EventMessage
 from inference_server.store import events as events_store
 from inference_server.telemetry import metrics
 
-__all__ = ["Message", "SnapshotThrottle", "camera_state", "digest", "event_message"]
+__all__ = ["Message", "SnapshotThrottle", "camera_state", "digest", "event_message", "message_of"]
 
 
 async def event_message(
     conn: asyncpg.Connection, topics: Topics, event_id: uuid.UUID, kind: Literal["new", "update", "end"]
 ) -> Message:
-    """``hsi/events``: the stored event as it is now in ``conn``'s transaction, typed ``kind``
-    (a ``new`` or ``update`` from the batch stage is a judgement and alerts; an ``end`` does not)."""
+    """``hsi/events``: the stored event as it is now in ``conn``'s transaction (``message_of``)."""
     event = await events_store.get(conn, event_id)
     assert event is not None
+    return message_of(topics, event, kind)
+
+
+def message_of(topics: Topics, event: Event, kind: Literal["new", "update", "end"]) -> Message:
+    """``hsi/events``: ``event`` as stored, typed ``kind`` (a ``new`` or ``update`` from the batch
+    stage is a judgement and alerts; an ``end`` does not)."""
     message = EventMessage(type=kind, alert=kind != "end", **event.model_dump())
     return (topics.events, message.model_dump_json().encode(), False)
 

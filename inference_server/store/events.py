@@ -75,9 +75,15 @@ def _assessment_json(a: Assessment) -> dict[str, Any]:
     }
 
 
-async def insert(
-    conn: asyncpg.Connection,
-    *,
+_INSERT = (
+    "INSERT INTO events (id, camera_id, image_id, batch_id, started_at, risk_score, risk_level, summary,"
+    " reasoning, risk_factors, objects, analysis_source, is_fast_path, snapshot_path, context, rules_result,"
+    " llm_state, model, prompt_version)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+)
+
+
+def _insert_args(
     event_id: UUID,
     camera_id: str,
     image_id: int,
@@ -88,13 +94,8 @@ async def insert(
     snapshot_path: str | None,
     context: HouseholdContext | None,
     llm_pending: bool,
-) -> None:
-    """A new event judged by the rules (phase one); ``llm_pending`` queues the LLM's phase two."""
-    await conn.execute(
-        "INSERT INTO events (id, camera_id, image_id, batch_id, started_at, risk_score, risk_level, summary,"
-        " reasoning, risk_factors, objects, analysis_source, is_fast_path, snapshot_path, context, rules_result,"
-        " llm_state, model, prompt_version)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+) -> tuple[object, ...]:
+    return (
         event_id,
         camera_id,
         image_id,
@@ -117,6 +118,84 @@ async def insert(
     )
 
 
+async def insert(
+    conn: asyncpg.Connection,
+    *,
+    event_id: UUID,
+    camera_id: str,
+    image_id: int,
+    batch_id: UUID | None,
+    started_at: datetime,
+    assessment: Assessment,
+    is_fast_path: bool,
+    snapshot_path: str | None,
+    context: HouseholdContext | None,
+    llm_pending: bool,
+) -> None:
+    """A new event judged by the rules (phase one); ``llm_pending`` queues the LLM's phase two."""
+    await conn.execute(
+        _INSERT,
+        *_insert_args(
+            event_id,
+            camera_id,
+            image_id,
+            batch_id,
+            started_at,
+            assessment,
+            is_fast_path,
+            snapshot_path,
+            context,
+            llm_pending,
+        ),
+    )
+
+
+async def open_for_batch(
+    conn: asyncpg.Connection,
+    *,
+    event_id: UUID,
+    camera_id: str,
+    image_id: int,
+    batch_id: UUID,
+    started_at: datetime,
+    assessment: Assessment,
+    is_fast_path: bool,
+    snapshot_path: str | None,
+    context: HouseholdContext | None,
+    llm_pending: bool,
+) -> Event:
+    """A new event judged by the rules (phase one) made the event of its batch, and read back as
+    ``get`` reads it (what ``hsi/events`` announces), in one statement: the insert, the batch's
+    link, the read and (``llm_pending``: the LLM's phase two queued) the LLM worker's wake-up at
+    commit were four round trips (stop 49). The new event's only batch is ``batch_id``, so its
+    clip is looked for there (the statement's own link is not visible to its read)."""
+    llm_woken = f", (SELECT pg_notify('{LLM_CHANNEL}', '')) AS woken" if llm_pending else ""
+    has_clip = (
+        "EXISTS (SELECT 1 FROM batch_images bi JOIN images i ON i.id = bi.image_id"
+        " WHERE bi.batch_id = $20 AND i.clip_id IS NOT NULL)"
+    )
+    row = await conn.fetchrow(
+        f"WITH opened AS ({_INSERT} RETURNING *), linked AS (UPDATE batches SET event_id = $1 WHERE id = $20)"
+        f" {_select('opened e', has_clip)}{llm_woken}",
+        *_insert_args(
+            event_id,
+            camera_id,
+            image_id,
+            batch_id,
+            started_at,
+            assessment,
+            is_fast_path,
+            snapshot_path,
+            context,
+            llm_pending,
+        ),
+        batch_id,
+    )
+    if row is None:  # the camera was deleted meanwhile (its row locked by no one here)
+        raise LookupError(f"camera {camera_id} of event {event_id} is gone")
+    return _to_event(row)
+
+
 async def rescore(
     conn: asyncpg.Connection,
     event_id: UUID,
@@ -124,13 +203,14 @@ async def rescore(
     *,
     image_id: int | None,
     snapshot_path: str | None,
-) -> bool:
+) -> Event | None:
     """New rules result as the batch grows. While the LLM has not answered (or failed) the rules
     result is the event's; once the LLM has answered, its judgement stands and only the rules
     result and the evidence are refreshed. ``image_id`` None keeps the event's picture.
-    Returns whether anything a consumer sees changed."""
+    Returns the event as ``get`` reads it (what ``hsi/events`` announces) when anything a consumer
+    sees changed, else None; in one statement (stop 49: the read was a round trip of its own)."""
     row = await conn.fetchrow(
-        "UPDATE events e SET rules_result = $2, image_id = COALESCE($3, e.image_id),"
+        "WITH rescored AS (UPDATE events e SET rules_result = $2, image_id = COALESCE($3, e.image_id),"
         " snapshot_path = CASE WHEN $3::bigint IS NULL THEN e.snapshot_path ELSE $4 END, objects = $5,"
         " risk_score = CASE WHEN e.analysis_source = 'llm' THEN e.risk_score ELSE $6 END,"
         " risk_level = CASE WHEN e.analysis_source = 'llm' THEN e.risk_level ELSE $7 END,"
@@ -140,8 +220,9 @@ async def rescore(
         " updated_at = now()"
         " FROM (SELECT risk_score, risk_level, objects, image_id FROM events WHERE id = $1 FOR UPDATE) old"
         " WHERE e.id = $1"
-        " RETURNING (old.risk_score, old.risk_level, old.objects) IS DISTINCT FROM"
-        "   (e.risk_score, e.risk_level, e.objects) AS changed",
+        " RETURNING e.*, (old.risk_score, old.risk_level, old.objects) IS DISTINCT FROM"
+        "   (e.risk_score, e.risk_level, e.objects) AS changed)"
+        f" {_select('rescored e')} WHERE e.changed",
         event_id,
         _assessment_json(assessment),
         image_id,
@@ -153,7 +234,7 @@ async def rescore(
         assessment.reasoning,
         [f.model_dump() for f in assessment.factors],
     )
-    return bool(row is not None and row["changed"])
+    return _to_event(row) if row is not None else None
 
 
 async def set_picture(conn: asyncpg.Connection, event_id: UUID, image_id: int, snapshot_path: str | None) -> None:
@@ -252,34 +333,41 @@ _HAS_CLIP = (
     " JOIN images i ON i.id = bi.image_id WHERE b.event_id = e.id AND i.clip_id IS NOT NULL)"
 )
 
-_SELECT = (
-    "SELECT e.*, c.name AS camera_name,"
-    " COALESCE((SELECT jsonb_agg(jsonb_build_object('label', d.label, 'category', d.category,"
-    "   'confidence', d.confidence, 'bbox', jsonb_build_array(d.x1, d.y1, d.x2, d.y2), 'zone', d.zone,"
-    # Who a person was recognised as (migration 0006): names and scores, never the embeddings.
-    "   'identity', (SELECT jsonb_build_object('person', p.name, 'person_id', di.person_id, 'similarity',"
-    "     di.similarity, 'source', di.source, 'visitor', di.visitor,"
-    # An unknown person seen again (migration 0009): the stranger's id, visits and first sighting.
-    "     'stranger', 'S-' || s.id, 'visits', s.visits, 'first_seen', s.first_seen) FROM detection_identities di"
-    "     LEFT JOIN people p ON p.id = di.person_id LEFT JOIN strangers s ON s.id = di.stranger_id"
-    "     WHERE di.detection_id = d.id))"
-    "   ORDER BY d.confidence DESC, d.id) FROM detections d WHERE d.image_id = e.image_id), '[]'::jsonb)"
-    "   AS detections,"
-    # The LLM phase's words and failure live in llm_result (the model's text only while its
-    # judgement is the event's).
-    " CASE WHEN e.llm_state = 'done' THEN e.llm_result->>'description' END AS description,"
-    " CASE WHEN e.llm_state = 'failed' THEN e.llm_result->>'error' END AS llm_error,"
-    # A vision model's reading (migration 0005); its observations are labelled as its own.
-    " CASE WHEN e.llm_state = 'done' THEN e.activity END AS activity, e.llm_frames AS frames_sent,"
-    " CASE WHEN e.llm_state = 'done' THEN COALESCE(e.llm_result->'threat_indicators', '[]') ELSE '[]' END"
-    "   AS threat_indicators,"
-    " CASE WHEN e.llm_state = 'done' THEN COALESCE(e.llm_result->'model_observations', '[]') ELSE '[]' END"
-    "   AS model_observations,"
-    " CASE WHEN e.llm_state = 'done' THEN (e.llm_result->>'confidence')::real END AS llm_confidence,"
-    # The clip the event was seen in (store/clips.py, migration 0008), fetched through the API.
-    " CASE WHEN " + _HAS_CLIP + " THEN '/api/v1/events/' || e.id || '/clip' END AS clip_url"
-    " FROM events e JOIN cameras c ON c.id = e.camera_id"
-)
+
+def _select(source: str = "events e", has_clip: str = _HAS_CLIP) -> str:
+    """What ``get`` reads of an event (``source``: a table or a statement's rows, aliased ``e``;
+    ``has_clip``: whether it was seen in a clip)."""
+    return (
+        "SELECT e.*, c.name AS camera_name,"
+        " COALESCE((SELECT jsonb_agg(jsonb_build_object('label', d.label, 'category', d.category,"
+        "   'confidence', d.confidence, 'bbox', jsonb_build_array(d.x1, d.y1, d.x2, d.y2), 'zone', d.zone,"
+        # Who a person was recognised as (migration 0006): names and scores, never the embeddings.
+        "   'identity', (SELECT jsonb_build_object('person', p.name, 'person_id', di.person_id, 'similarity',"
+        "     di.similarity, 'source', di.source, 'visitor', di.visitor,"
+        # An unknown person seen again (migration 0009): the stranger's id, visits and first sighting.
+        "     'stranger', 'S-' || s.id, 'visits', s.visits, 'first_seen', s.first_seen) FROM detection_identities di"
+        "     LEFT JOIN people p ON p.id = di.person_id LEFT JOIN strangers s ON s.id = di.stranger_id"
+        "     WHERE di.detection_id = d.id))"
+        "   ORDER BY d.confidence DESC, d.id) FROM detections d WHERE d.image_id = e.image_id), '[]'::jsonb)"
+        "   AS detections,"
+        # The LLM phase's words and failure live in llm_result (the model's text only while its
+        # judgement is the event's).
+        " CASE WHEN e.llm_state = 'done' THEN e.llm_result->>'description' END AS description,"
+        " CASE WHEN e.llm_state = 'failed' THEN e.llm_result->>'error' END AS llm_error,"
+        # A vision model's reading (migration 0005); its observations are labelled as its own.
+        " CASE WHEN e.llm_state = 'done' THEN e.activity END AS activity, e.llm_frames AS frames_sent,"
+        " CASE WHEN e.llm_state = 'done' THEN COALESCE(e.llm_result->'threat_indicators', '[]') ELSE '[]' END"
+        "   AS threat_indicators,"
+        " CASE WHEN e.llm_state = 'done' THEN COALESCE(e.llm_result->'model_observations', '[]') ELSE '[]' END"
+        "   AS model_observations,"
+        " CASE WHEN e.llm_state = 'done' THEN (e.llm_result->>'confidence')::real END AS llm_confidence,"
+        # The clip the event was seen in (store/clips.py, migration 0008), fetched through the API.
+        f" CASE WHEN {has_clip} THEN '/api/v1/events/' || e.id || '/clip' END AS clip_url"
+        f" FROM {source} JOIN cameras c ON c.id = e.camera_id"
+    )
+
+
+_SELECT = _select()
 
 
 def _to_event(row: asyncpg.Record) -> Event:

@@ -8,6 +8,7 @@ Real PostgreSQL, the result stage as the server wires it (``bench.store_stage.st
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -25,9 +26,11 @@ from inference_server.domain import Detection
 from inference_server.jobs.queue import ClaimedJob, JobQueue
 from inference_server.pipeline.decode import Picture, decode_picture
 from inference_server.pipeline.detect import DetectWorker
+from inference_server.pipeline.messages import message_of
 from inference_server.pipeline.tamper import TamperStage
 from inference_server.server import open_database
 from inference_server.store import batches as batches_store
+from inference_server.store import events as events_store
 from inference_server.store import tamper as tamper_store
 from inference_server.store.batches import Batch
 from tests.server.ingest.conftest import with_comment
@@ -76,6 +79,52 @@ async def porch(
     picture = decode_picture(demo_assets.image("bus.jpg"), settings.detector_imgsz)
     try:
         yield _Porch(worker, queue, pool, picture), ingestor
+    finally:
+        worker._infer_pool.shutdown()
+        worker._decode_pool.shutdown()
+        await pool.close()
+
+
+async def test_a_picture_that_opens_an_event_links_reads_and_announces_it_in_one_statement(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> None:
+    """A confident person opens the batch's event at once. Opening it took four statements of
+    its own: the insert, the batch's link, the read of what ``hsi/events`` announces and the
+    camera's latest event for its state (which is the new one, unless one started later). Now
+    one (stop 49), and what it announces is what the event reads once committed; the same for
+    the update a second person brings (its read was a statement of its own too)."""
+    settings = make_settings(fast_path={"person": 0.0}, batch_window_s=300, batch_idle_s=120, tamper_enabled=False)
+    pool, _ = await open_database(settings)
+    worker, ingestor, queue = await store_pipeline(settings, pool, pose_detector, ["porch"], clock=FakeClock(NOON))
+    camera = _Porch(worker, queue, pool, decode_picture(demo_assets.image("bus.jpg"), settings.detector_imgsz))
+    try:
+        first, second = await camera.claim(ingestor, 2)
+        with RoundTrips() as trips:
+            assert await camera.finish([first], [[PERSON]]) == []
+
+        texts = list(trips.by_statement)
+        [opening] = [t for t in texts if "INSERT INTO events" in t]
+        assert "UPDATE batches SET event_id" in opening and "jsonb_agg" in opening
+        apart = ("UPDATE batches SET event_id", "SELECT e.*", "SELECT id, started_at FROM events")
+        assert not [t for t in texts if t.startswith(apart)], texts
+        event_id = await pool.fetchval("SELECT id FROM events")
+        event = await events_store.get(pool, event_id)
+        assert event is not None
+        rows = await pool.fetch("SELECT topic, payload FROM outbox ORDER BY id")
+        announced = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/events"]
+        assert announced == [json.loads(message_of(Topics("hsi"), event, "new")[1])]
+        [state] = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/cameras/porch/state"]
+        assert state["last_event_id"] == str(event_id)
+
+        # A second person: the event is rescored, and its update read back by the same statement.
+        with RoundTrips() as trips:
+            assert await camera.finish([second], [[PERSON, Detection("person", 0.8, (0.5, 0.2, 0.7, 0.9))]]) == []
+        assert not [t for t in trips.by_statement if t.startswith(apart)], list(trips.by_statement)
+        event = await events_store.get(pool, event_id)
+        assert event is not None and event.objects == {"person": 2}
+        rows = await pool.fetch("SELECT topic, payload FROM outbox ORDER BY id")
+        announced = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/events"]
+        assert announced[1:] == [json.loads(message_of(Topics("hsi"), event, "update")[1])]
     finally:
         worker._infer_pool.shutdown()
         worker._decode_pool.shutdown()

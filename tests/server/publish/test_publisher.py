@@ -154,6 +154,10 @@ async def test_a_read_that_raises_ends_only_that_connection(
     )
     await publisher.start()
     try:
+        # The "online" messages sent on connect acknowledged first: the raise is to hit the test's
+        # own message's PUBACK. (Under load it hit theirs: the test's message, still in flight,
+        # was sent again on the reconnect and acknowledged, and its publish did not fail.)
+        await wait_until(lambda: not publisher._untracked, timeout=10)
         on_publish = publisher._client.on_publish
         raised: list[int] = []
 

@@ -3,6 +3,7 @@ paged through newest first with a cursor that never repeats or skips a row."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -17,7 +18,7 @@ from inference_server.domain import Assessment, Detection
 from inference_server.pipeline.messages import event_message
 from inference_server.schemas import EventPatch, GpuStatus, HouseholdContext, RiskFactor
 from inference_server.status import StatusReporter
-from inference_server.store import detections, events, images
+from inference_server.store import batches, detections, events, images
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -138,15 +139,21 @@ async def test_rescoring_replaces_the_rules_judgement_and_reports_only_a_visible
     event_id = await _event(conn, score=20)
     newer_image = await _image(conn, "front", "newer")
 
-    same = await events.rescore(conn, event_id, _rules(20), image_id=newer_image, snapshot_path="s/2.jpg")
-    changed = await events.rescore(conn, event_id, _rules(60, "high"), image_id=newer_image, snapshot_path="s/3.jpg")
+    with RoundTrips() as trips:
+        same = await events.rescore(conn, event_id, _rules(20), image_id=newer_image, snapshot_path="s/2.jpg")
+        changed = await events.rescore(
+            conn, event_id, _rules(60, "high"), image_id=newer_image, snapshot_path="s/3.jpg"
+        )
 
-    assert same is False and changed is True
+    # The changed event read back by its update (stop 49: a statement more); asyncpg's look-ups of
+    # the statement's types on first use are not the server's.
+    assert sum(n for text, n in trips.by_statement.items() if "events" in text) == 2, trips.by_statement
+    assert same is None and changed is not None
     event = await events.get(conn, event_id)
-    assert event is not None
+    assert changed == event  # what hsi/events announces is the event as stored
     assert (event.risk_score, event.risk_level, event.summary, event.image_id) == (60, "high", "rules 60", newer_image)
     assert await events.snapshot_path(conn, event_id) == (True, "s/3.jpg")
-    assert await events.rescore(conn, uuid.uuid4(), _rules(1), image_id=newer_image, snapshot_path=None) is False
+    assert await events.rescore(conn, uuid.uuid4(), _rules(1), image_id=newer_image, snapshot_path=None) is None
 
 
 async def test_once_the_llm_has_answered_rescoring_keeps_its_judgement_and_refreshes_only_the_rules_result(
@@ -160,7 +167,7 @@ async def test_once_the_llm_has_answered_rescoring_keeps_its_judgement_and_refre
         conn, event_id, _rules(30), image_id=await _image(conn, "front", "x"), snapshot_path=None
     )
 
-    assert changed is False  # score, level and objects are the LLM's and the same
+    assert changed is None  # score, level and objects are the LLM's and the same
     event = await events.get(conn, event_id)
     assert event is not None
     assert (event.risk_score, event.risk_level, event.summary, event.analysis_source) == (
@@ -354,3 +361,63 @@ async def test_every_message_of_an_event_that_changed_is_other_bytes_than_the_on
         sent.append(payload)
     assert len(set(sent)) == 3
     assert [json.loads(p)["reviewed"] for p in sent] == [True, False, True]
+
+
+@pytest.mark.parametrize("llm_pending", [False, True], ids=["rules only", "LLM queued"])
+@pytest.mark.parametrize("from_clip", [False, True], ids=["picture", "clip frame"])
+async def test_an_event_opened_for_its_batch_is_one_statement_that_links_it_and_reads_it_as_get_does(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, from_clip: bool, llm_pending: bool
+) -> None:
+    """The insert, the batch's link, the read of what ``hsi/events`` announces and the LLM
+    worker's wake-up were four round trips (stop 49: one). What it returns is what ``get`` reads
+    once it is committed, the clip's link included: the statement's own link of the batch is not
+    visible to its read, so the clip is looked for in the batch it opens for."""
+    image_id = await _image(conn, "front", "opened")
+    await detections.insert_many(conn, image_id, "front", T0, [Detection("person", 0.9, (0.3, 0.3, 0.5, 0.9))], [()])
+    if from_clip:
+        clip_id = await conn.fetchval(
+            "INSERT INTO clips (camera_id, sha256, path, media_type, codec, width, height, duration_s,"
+            " frames_decoded, frames_sampled, size_bytes, started_at)"
+            " VALUES ('front', '\\x00', 'front/clip.mp4', 'video/mp4', 'h264', 640, 480, 4, 120, 4, 1000, $1)"
+            " RETURNING id",
+            T0,
+        )
+        await conn.execute("UPDATE images SET clip_id = $1, clip_offset_s = 0 WHERE id = $2", clip_id, image_id)
+    batch, _ = await batches.open_or_lock(conn, "front", T0)
+    await batches.add_images(conn, batch, [image_id], T0)
+    woken = asyncio.Event()
+
+    def wake(*_: object) -> None:
+        woken.set()
+
+    async with pool.acquire() as listener:
+        await listener.add_listener(events.LLM_CHANNEL, wake)
+        async with conn.transaction():
+            with RoundTrips() as trips:
+                opened = await events.open_for_batch(
+                    conn,
+                    event_id=uuid.uuid4(),
+                    camera_id="front",
+                    image_id=image_id,
+                    batch_id=batch.id,
+                    started_at=T0,
+                    assessment=_rules(70, "high"),
+                    is_fast_path=True,
+                    snapshot_path="snapshots/opened.jpg",
+                    context=None,
+                    llm_pending=llm_pending,
+                )
+        assert trips.count == 1, trips.by_statement
+        if llm_pending:
+            await asyncio.wait_for(woken.wait(), 10)
+        else:
+            await asyncio.sleep(0.2)
+            assert not woken.is_set()
+        await listener.remove_listener(events.LLM_CHANNEL, wake)
+    assert opened == await events.get(conn, opened.id)
+    assert opened.clip_url == (f"/api/v1/events/{opened.id}/clip" if from_clip else None)
+    assert [d.label for d in opened.detections] == ["person"] and opened.camera_name == "Front"
+    assert await conn.fetchval("SELECT event_id FROM batches WHERE id = $1", batch.id) == opened.id
+    assert await conn.fetchval("SELECT llm_state FROM events WHERE id = $1", opened.id) == (
+        "pending" if llm_pending else "skipped"
+    )
