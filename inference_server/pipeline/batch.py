@@ -239,13 +239,14 @@ class BatchStage:
             if batch is None:
                 # (Another process storing this camera's images at the same moment may open it
                 # first: then these join that one.)
-                batch, opened = await batches.open_or_lock(conn, camera_id, now)
+                batch, opened = await batches.open_or_lock(conn, camera_id, now, arriving)
                 if opened:
                     log.info("batch opened batch_id=%s camera_id=%s", batch.id, camera_id)
                 else:
                     last_event = "read"  # that process may have opened an event too: read it again
             before = batch.version
-            batch = await batches.add_images(conn, batch, arriving, now)
+            if not opened:  # a batch opened here was joined by the statement that opened it
+                batch = await batches.add_images(conn, batch, arriving, now)
         if self._next_look is not None and self._due_at(batch) < self._next_look:
             # Before the commit: a look at the new due time comes too early at worst, never late.
             self._next_look = self._due_at(batch)

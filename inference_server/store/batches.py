@@ -218,17 +218,26 @@ async def open_new(conn: asyncpg.Connection, camera_id: str, now: datetime) -> B
     return _batch(row)
 
 
-async def open_or_lock(conn: asyncpg.Connection, camera_id: str, now: datetime) -> tuple[Batch, bool]:
+async def open_or_lock(
+    conn: asyncpg.Connection, camera_id: str, now: datetime, joining: Sequence[int] = ()
+) -> tuple[Batch, bool]:
     """A new open batch for the camera, or, when another transaction (another worker process
     storing the same camera's images at the same moment) opened one first, that one, locked for
     this transaction once the other committed; and whether this call opened it. ``open_new``
-    failed on the one-open-batch index then, and the images' jobs lost an attempt."""
+    failed on the one-open-batch index then, and the images' jobs lost an attempt. The images
+    ``joining`` join a batch this call opens in the statement that opens it (stop 49: a round
+    trip of their own, ``add_images``, which the caller still makes for one it did not open)."""
     for _ in range(3):
         row = await conn.fetchrow(
-            f"{_OPEN} ON CONFLICT (camera_id) WHERE closed_at IS NULL DO NOTHING RETURNING {_COLUMNS}",
+            f"WITH opened AS ({_OPEN} ON CONFLICT (camera_id) WHERE closed_at IS NULL DO NOTHING"
+            f" RETURNING {_COLUMNS}),"
+            " linked AS (INSERT INTO batch_images (batch_id, image_id) SELECT opened.id, unnest($4::bigint[])"
+            " FROM opened ON CONFLICT DO NOTHING)"
+            " SELECT * FROM opened",
             uuid.uuid4(),
             camera_id,
             now,
+            list(joining),
         )
         if row is not None:
             return _batch(row), True

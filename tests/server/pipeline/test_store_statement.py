@@ -182,6 +182,26 @@ async def test_a_group_whose_every_lease_was_lost_stores_nothing(porch: tuple[_P
     assert await camera.pool.fetchval("SELECT count(*) FROM batches") == 0
 
 
+async def test_a_group_that_opens_the_batch_joins_it_in_the_statement_that_opens_it(
+    porch: tuple[_Porch, object],
+) -> None:
+    """No batch open: the one the group opens is joined (its images linked) by the statement that
+    opens it; the join was a round trip of its own (stop 49)."""
+    camera, ingestor = porch
+    jobs = await camera.claim(ingestor, 2)
+
+    with RoundTrips() as trips:
+        assert await camera.finish(jobs, [[PERSON], [CAR]]) == []
+
+    [opening] = [text for text in trips.by_statement if "INSERT INTO batches" in text]
+    assert "INSERT INTO batch_images" in opening
+    assert not [text for text in trips.by_statement if text.startswith("WITH linked AS")], list(trips.by_statement)
+    rows = await camera.pool.fetch("SELECT batch_id, image_id FROM batch_images ORDER BY image_id")
+    assert [r["image_id"] for r in rows] == [j.image_id for j in jobs]
+    assert len({r["batch_id"] for r in rows}) == 1
+    assert await camera.pool.fetchval("SELECT last_activity_at FROM batches") == NOON
+
+
 async def test_a_group_joins_the_open_batch_in_the_statement_that_locks_it(porch: tuple[_Porch, object]) -> None:
     """The camera's open batch, not due, is locked and joined (the links and its activity time)
     by the statement that completes the jobs and inserts the detections: the lock was a round
@@ -299,10 +319,12 @@ async def test_two_workers_storing_a_camera_as_its_batch_opens_do_not_deadlock(
         go_on, held = asyncio.Event(), asyncio.Event()
         open_or_lock = batches_store.open_or_lock
 
-        async def holding_on(conn: asyncpg.Connection, camera_id: str, now: datetime) -> tuple[Batch, bool]:
+        async def holding_on(
+            conn: asyncpg.Connection, camera_id: str, now: datetime, joining: Sequence[int] = ()
+        ) -> tuple[Batch, bool]:
             held.set()
             await go_on.wait()
-            return await open_or_lock(conn, camera_id, now)
+            return await open_or_lock(conn, camera_id, now, joining)
 
         monkeypatch.setattr(batches_store, "open_or_lock", holding_on)
         store_b = asyncio.create_task(two.result.finish_many([(b, picture, [PERSON])]))
