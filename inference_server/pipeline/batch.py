@@ -672,7 +672,7 @@ class BatchStage:
         an alert-worthy judgement: stored as ``is_fast_path``); None when the batch closes. The
         event is the batch's from now on; returned as stored (what ``hsi/events`` announces)."""
         obs = judged.observation
-        event = await events_store.open_for_batch(
+        event = await events_store.insert(
             conn,
             event_id=uuid.uuid4(),
             camera_id=batch.camera_id,

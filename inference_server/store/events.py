@@ -75,15 +75,9 @@ def _assessment_json(a: Assessment) -> dict[str, Any]:
     }
 
 
-_INSERT = (
-    "INSERT INTO events (id, camera_id, image_id, batch_id, started_at, risk_score, risk_level, summary,"
-    " reasoning, risk_factors, objects, analysis_source, is_fast_path, snapshot_path, context, rules_result,"
-    " llm_state, model, prompt_version)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-)
-
-
-def _insert_args(
+async def insert(
+    conn: asyncpg.Connection,
+    *,
     event_id: UUID,
     camera_id: str,
     image_id: int,
@@ -94,8 +88,25 @@ def _insert_args(
     snapshot_path: str | None,
     context: HouseholdContext | None,
     llm_pending: bool,
-) -> tuple[object, ...]:
-    return (
+) -> Event:
+    """A new event judged by the rules (phase one), made the event of its batch (``batch_id``),
+    and read back as ``get`` reads it (what ``hsi/events`` announces); ``llm_pending`` queues the
+    LLM's phase two and wakes its worker at commit. One statement: the insert, the batch's link,
+    the read and the wake-up were four round trips (stop 49). The new event's only batch is
+    ``batch_id``, so its clip is looked for there (the statement's own link is not visible to
+    its read)."""
+    llm_woken = f", (SELECT pg_notify('{LLM_CHANNEL}', '')) AS woken" if llm_pending else ""
+    has_clip = (
+        "EXISTS (SELECT 1 FROM batch_images bi JOIN images i ON i.id = bi.image_id"
+        " WHERE bi.batch_id = $4 AND i.clip_id IS NOT NULL)"
+    )
+    row = await conn.fetchrow(
+        "WITH opened AS (INSERT INTO events (id, camera_id, image_id, batch_id, started_at, risk_score, risk_level,"
+        " summary, reasoning, risk_factors, objects, analysis_source, is_fast_path, snapshot_path, context,"
+        " rules_result, llm_state, model, prompt_version)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING *),"
+        " linked AS (UPDATE batches SET event_id = $1 WHERE id = $4)"
+        f" {_select('opened e', has_clip)}{llm_woken}",
         event_id,
         camera_id,
         image_id,
@@ -116,82 +127,7 @@ def _insert_args(
         assessment.model,
         assessment.prompt_version,
     )
-
-
-async def insert(
-    conn: asyncpg.Connection,
-    *,
-    event_id: UUID,
-    camera_id: str,
-    image_id: int,
-    batch_id: UUID | None,
-    started_at: datetime,
-    assessment: Assessment,
-    is_fast_path: bool,
-    snapshot_path: str | None,
-    context: HouseholdContext | None,
-    llm_pending: bool,
-) -> None:
-    """A new event judged by the rules (phase one); ``llm_pending`` queues the LLM's phase two."""
-    await conn.execute(
-        _INSERT,
-        *_insert_args(
-            event_id,
-            camera_id,
-            image_id,
-            batch_id,
-            started_at,
-            assessment,
-            is_fast_path,
-            snapshot_path,
-            context,
-            llm_pending,
-        ),
-    )
-
-
-async def open_for_batch(
-    conn: asyncpg.Connection,
-    *,
-    event_id: UUID,
-    camera_id: str,
-    image_id: int,
-    batch_id: UUID,
-    started_at: datetime,
-    assessment: Assessment,
-    is_fast_path: bool,
-    snapshot_path: str | None,
-    context: HouseholdContext | None,
-    llm_pending: bool,
-) -> Event:
-    """A new event judged by the rules (phase one) made the event of its batch, and read back as
-    ``get`` reads it (what ``hsi/events`` announces), in one statement: the insert, the batch's
-    link, the read and (``llm_pending``: the LLM's phase two queued) the LLM worker's wake-up at
-    commit were four round trips (stop 49). The new event's only batch is ``batch_id``, so its
-    clip is looked for there (the statement's own link is not visible to its read)."""
-    llm_woken = f", (SELECT pg_notify('{LLM_CHANNEL}', '')) AS woken" if llm_pending else ""
-    has_clip = (
-        "EXISTS (SELECT 1 FROM batch_images bi JOIN images i ON i.id = bi.image_id"
-        " WHERE bi.batch_id = $20 AND i.clip_id IS NOT NULL)"
-    )
-    row = await conn.fetchrow(
-        f"WITH opened AS ({_INSERT} RETURNING *), linked AS (UPDATE batches SET event_id = $1 WHERE id = $20)"
-        f" {_select('opened e', has_clip)}{llm_woken}",
-        *_insert_args(
-            event_id,
-            camera_id,
-            image_id,
-            batch_id,
-            started_at,
-            assessment,
-            is_fast_path,
-            snapshot_path,
-            context,
-            llm_pending,
-        ),
-        batch_id,
-    )
-    if row is None:  # the camera was deleted meanwhile (its row locked by no one here)
+    if row is None:  # the camera's row was gone: the insert's foreign key refuses that first
         raise LookupError(f"camera {camera_id} of event {event_id} is gone")
     return _to_event(row)
 

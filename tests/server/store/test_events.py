@@ -394,7 +394,7 @@ async def test_an_event_opened_for_its_batch_is_one_statement_that_links_it_and_
         await listener.add_listener(events.LLM_CHANNEL, wake)
         async with conn.transaction():
             with RoundTrips() as trips:
-                opened = await events.open_for_batch(
+                opened = await events.insert(
                     conn,
                     event_id=uuid.uuid4(),
                     camera_id="front",
