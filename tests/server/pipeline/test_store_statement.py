@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,7 @@ from inference_server import demo_assets
 from inference_server.comms.topics import Topics
 from inference_server.config import Settings
 from inference_server.detection.ultralytics_backend import UltralyticsDetector
-from inference_server.domain import Detection
+from inference_server.domain import Assessment, Detection
 from inference_server.jobs.queue import ClaimedJob, JobQueue
 from inference_server.pipeline.decode import Picture, decode_picture
 from inference_server.pipeline.detect import DetectWorker
@@ -73,7 +74,21 @@ async def porch(
     make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
 ) -> AsyncIterator[tuple[_Porch, object]]:
     # No fast path and a long batch: the group opens no event, so only the store's own work runs.
-    settings = make_settings(fast_path={}, batch_window_s=300, batch_idle_s=120, tamper_enabled=False)
+    async for camera in _porch(make_settings(fast_path={}), pose_detector):
+        yield camera
+
+
+@pytest.fixture
+async def alerting_porch(
+    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+) -> AsyncIterator[tuple[_Porch, object]]:
+    """A porch whose confident person opens the batch's event at once (the fast path)."""
+    async for camera in _porch(make_settings(fast_path={"person": 0.0}), pose_detector):
+        yield camera
+
+
+async def _porch(settings: Settings, pose_detector: UltralyticsDetector) -> AsyncIterator[tuple[_Porch, object]]:
+    settings = settings.model_copy(update={"batch_window_s": 300, "batch_idle_s": 120, "tamper_enabled": False})
     pool, _ = await open_database(settings)
     worker, ingestor, queue = await store_pipeline(settings, pool, pose_detector, ["porch"], clock=FakeClock(NOON))
     picture = decode_picture(demo_assets.image("bus.jpg"), settings.detector_imgsz)
@@ -86,49 +101,75 @@ async def porch(
 
 
 async def test_a_picture_that_opens_an_event_links_reads_and_announces_it_in_one_statement(
-    make_settings: Callable[..., Settings], pose_detector: UltralyticsDetector
+    alerting_porch: tuple[_Porch, object],
 ) -> None:
     """A confident person opens the batch's event at once. Opening it took four statements of
     its own: the insert, the batch's link, the read of what ``hsi/events`` announces and the
     camera's latest event for its state (which is the new one, unless one started later). Now
     one (stop 49), and what it announces is what the event reads once committed; the same for
     the update a second person brings (its read was a statement of its own too)."""
-    settings = make_settings(fast_path={"person": 0.0}, batch_window_s=300, batch_idle_s=120, tamper_enabled=False)
-    pool, _ = await open_database(settings)
-    worker, ingestor, queue = await store_pipeline(settings, pool, pose_detector, ["porch"], clock=FakeClock(NOON))
-    camera = _Porch(worker, queue, pool, decode_picture(demo_assets.image("bus.jpg"), settings.detector_imgsz))
-    try:
-        first, second = await camera.claim(ingestor, 2)
-        with RoundTrips() as trips:
-            assert await camera.finish([first], [[PERSON]]) == []
+    camera, ingestor = alerting_porch
+    pool = camera.pool
+    first, second = await camera.claim(ingestor, 2)
+    with RoundTrips() as trips:
+        assert await camera.finish([first], [[PERSON]]) == []
 
-        texts = list(trips.by_statement)
-        [opening] = [t for t in texts if "INSERT INTO events" in t]
-        assert "UPDATE batches SET event_id" in opening and "jsonb_agg" in opening
-        apart = ("UPDATE batches SET event_id", "SELECT e.*", "SELECT id, started_at FROM events")
-        assert not [t for t in texts if t.startswith(apart)], texts
-        event_id = await pool.fetchval("SELECT id FROM events")
-        event = await events_store.get(pool, event_id)
-        assert event is not None
-        rows = await pool.fetch("SELECT topic, payload FROM outbox ORDER BY id")
-        announced = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/events"]
-        assert announced == [json.loads(message_of(Topics("hsi"), event, "new")[1])]
-        [state] = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/cameras/porch/state"]
-        assert state["last_event_id"] == str(event_id)
+    texts = list(trips.by_statement)
+    [opening] = [t for t in texts if "INSERT INTO events" in t]
+    assert "UPDATE batches SET event_id" in opening and "jsonb_agg" in opening
+    apart = ("UPDATE batches SET event_id", "SELECT e.*", "SELECT id, started_at FROM events")
+    assert not [t for t in texts if t.startswith(apart)], texts
+    event_id = await pool.fetchval("SELECT id FROM events")
+    event = await events_store.get(pool, event_id)
+    assert event is not None
+    rows = await pool.fetch("SELECT topic, payload FROM outbox ORDER BY id")
+    announced = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/events"]
+    assert announced == [json.loads(message_of(Topics("hsi"), event, "new")[1])]
+    [state] = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/cameras/porch/state"]
+    assert state["last_event_id"] == str(event_id)
 
-        # A second person: the event is rescored, and its update read back by the same statement.
-        with RoundTrips() as trips:
-            assert await camera.finish([second], [[PERSON, Detection("person", 0.8, (0.5, 0.2, 0.7, 0.9))]]) == []
-        assert not [t for t in trips.by_statement if t.startswith(apart)], list(trips.by_statement)
-        event = await events_store.get(pool, event_id)
-        assert event is not None and event.objects == {"person": 2}
-        rows = await pool.fetch("SELECT topic, payload FROM outbox ORDER BY id")
-        announced = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/events"]
-        assert announced[1:] == [json.loads(message_of(Topics("hsi"), event, "update")[1])]
-    finally:
-        worker._infer_pool.shutdown()
-        worker._decode_pool.shutdown()
-        await pool.close()
+    # A second person: the event is rescored, and its update read back by the same statement.
+    with RoundTrips() as trips:
+        assert await camera.finish([second], [[PERSON, Detection("person", 0.8, (0.5, 0.2, 0.7, 0.9))]]) == []
+    assert not [t for t in trips.by_statement if t.startswith(apart)], list(trips.by_statement)
+    event = await events_store.get(pool, event_id)
+    assert event is not None and event.objects == {"person": 2}
+    rows = await pool.fetch("SELECT topic, payload FROM outbox ORDER BY id")
+    announced = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/events"]
+    assert announced[1:] == [json.loads(message_of(Topics("hsi"), event, "update")[1])]
+
+
+async def test_an_event_opened_for_late_pictures_leaves_the_camera_state_on_the_later_event(
+    alerting_porch: tuple[_Porch, object],
+) -> None:
+    """The camera's state names its latest event (the latest to start). Pictures uploaded late
+    open an event that started before the camera's last: the state keeps naming the last one,
+    now taken from what the store's lock read rather than read again after the insert."""
+    camera, ingestor = alerting_porch
+    later = uuid.uuid4()
+    async with camera.pool.acquire() as conn:
+        await events_store.insert(
+            conn,
+            event_id=later,
+            camera_id="porch",
+            image_id=None,  # type: ignore[arg-type]  # an event whose picture is gone
+            batch_id=None,
+            started_at=NOON + timedelta(hours=1),
+            assessment=Assessment(70, "high", "someone", "why", [], "rules", "rules-v2"),
+            is_fast_path=True,
+            snapshot_path=None,
+            context=None,
+            llm_pending=False,
+        )
+    [job] = await camera.claim(ingestor, 1)
+
+    assert await camera.finish([job], [[PERSON]]) == []
+
+    opened = await camera.pool.fetchval("SELECT id FROM events WHERE id <> $1", later)
+    assert opened is not None
+    rows = await camera.pool.fetch("SELECT topic, payload FROM outbox ORDER BY id")
+    [state] = [json.loads(r["payload"]) for r in rows if r["topic"] == "hsi/cameras/porch/state"]
+    assert state["last_event_id"] == str(later)
 
 
 async def test_a_groups_jobs_detections_and_counts_are_one_statement(porch: tuple[_Porch, object]) -> None:
