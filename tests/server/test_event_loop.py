@@ -144,3 +144,31 @@ async def test_the_servers_periodic_looks_wake_it_together(
         assert len(later) >= 2, (name, times)
         # Each on a whole second of the loop's clock (timers fire a little late, never much).
         assert all(min(t % 1.0, 1.0 - t % 1.0) < 0.15 for t in later), (name, [round(t % 1.0, 3) for t in later])
+
+
+class _StoppedClock(asyncio.SelectorEventLoop):
+    """asyncio's loop with its clock held at ``now`` (uvloop's counts whole milliseconds)."""
+
+    def __init__(self, now: float) -> None:
+        super().__init__()
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+async def _until_next(period_s: float, at_least_s: float = 0.0) -> float:
+    return event_loop.until_next(period_s, at_least_s)
+
+
+@pytest.mark.parametrize(("now", "expected"), [(1000.0, 1.0), (999.999, 1.001), (1000.25, 0.75), (1000.997, 0.003)])
+def test_a_beat_the_clock_is_at_or_a_millisecond_short_of_counts_as_reached(now: float, expected: float) -> None:
+    """At a whole second (or a millisecond short of it, a uvloop timer fired early) the next beat
+    is the following one: "0 s" had the batch closer look again at once, over and over, until the
+    clock's next millisecond (stop 49's CI: 295 looks in 2.5 s)."""
+    loop = _StoppedClock(now)
+    try:
+        assert loop.run_until_complete(_until_next(1.0)) == pytest.approx(expected, abs=1e-6)
+        assert loop.run_until_complete(_until_next(10.0, at_least_s=5.0)) >= 5.0
+    finally:
+        loop.close()
