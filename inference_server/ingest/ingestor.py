@@ -224,9 +224,14 @@ class Ingestor:
         return None
 
     async def _camera_id_for_folder(self, folder: str) -> str:
+        """The id of ``folder``'s camera (a new folder's to be); a registered folder is
+        remembered, so its file is inserted by the one statement of a known folder's."""
         if (known := self._folder_ids.get(folder)) is not None:
             return known
-        return await cameras.id_for_folder(self.pool, printable(folder), camera_id_candidates(folder))
+        camera_id, registered = await cameras.id_for_folder(self.pool, printable(folder), camera_id_candidates(folder))
+        if registered:
+            self._remember(folder, camera_id)
+        return camera_id
 
     def _remember(self, folder: str, camera_id: str) -> None:
         if len(self._folder_ids) >= _IDS_KEPT:
@@ -602,16 +607,23 @@ class Ingestor:
             "queued", camera.id, image_ids[0] if image_ids else None, job_ids[0] if job_ids else None, clip=outcome
         )
 
+    async def _folder_camera(
+        self, conn: asyncpg.Connection | asyncpg.Pool, camera_id: str, folder: str
+    ) -> cameras.Camera:
+        """``folder``'s camera, registered as ``camera_id`` on first sight; raises ``CameraIdConflict``."""
+        try:
+            camera, created = await cameras.ensure_for_folder(conn, camera_id, printable(folder))
+        except cameras.FolderIdConflict as conflict:
+            raise CameraIdConflict(camera_id) from conflict
+        if created:
+            log.info("camera registered camera_id=%s folder=%s", camera.id, printable(folder))
+        return camera
+
     async def _camera_in(self, conn: asyncpg.Connection, camera_id: str, folder: str | None) -> cameras.Camera:
         """The camera (a new folder's registered), inside the caller's transaction; raises
         ``CameraIdConflict``, ``UnknownCamera`` or ``CameraDisabled``."""
         if folder is not None:
-            try:
-                camera, created = await cameras.ensure_for_folder(conn, camera_id, printable(folder))
-            except cameras.FolderIdConflict as conflict:
-                raise CameraIdConflict(camera_id) from conflict
-            if created:
-                log.info("camera registered camera_id=%s folder=%s", camera.id, printable(folder))
+            camera = await self._folder_camera(conn, camera_id, folder)
         else:
             found = await cameras.get(conn, camera_id)
             if found is None:
@@ -734,9 +746,8 @@ class Ingestor:
         source: str,
         key: api_keys.StillActive | None = None,
     ) -> tuple[int | None, int | None, str]:
-        """Image row and job, in one statement for an upload or a known folder's file, else in a
-        transaction that registers a new folder's camera; (image id or None if a duplicate, job
-        id, camera id)."""
+        """Image row and job, in one statement (a new folder's camera registered by one before
+        it); (image id or None if a duplicate, job id, camera id)."""
         new_image = images.NewImage(
             camera_id=camera_id,
             sha256=loaded.sha256,
@@ -762,24 +773,24 @@ class Ingestor:
                 self._upload_ids.clear()
             self._upload_ids.add(camera_id)
             return image_id, job_id, camera_id
-        if self._folder_ids.get(folder) == camera_id:
-            # A known folder: one statement, which inserts only while the camera is still the
-            # folder's and enabled (the transaction below checks the same, in four round trips).
-            enabled, image_id, job_id = await self.queue.enqueue_camera_image(
-                self.pool, new_image, printable(folder), picture=loaded.picture
-            )
-            if enabled is None:
-                # Deleted, or the folder re-registered under another id, since it was learned.
-                self._folder_ids.pop(folder, None)
-                raise CameraIdConflict(camera_id)
-            if not enabled:
-                raise CameraDisabled(camera_id)
-            return image_id, job_id, camera_id
-        async with self.pool.acquire() as conn, conn.transaction():
-            camera = await self._camera_in(conn, camera_id, folder)
-            image_id, job_id = await self.queue.enqueue_image(conn, new_image)
-        self._remember(folder, camera.id)
-        return image_id, job_id, camera.id
+        if self._folder_ids.get(folder) != camera_id:
+            # A new folder: its camera registered by a statement of its own (a camera registered
+            # for a file whose insert then fails stays registered: its folder holds a valid image),
+            # then inserted as a known folder's file (docs/decisions.md, "A new folder's camera").
+            camera = await self._folder_camera(self.pool, camera_id, folder)
+            self._remember(folder, camera.id)
+        # A known folder: one statement, which inserts only while the camera is still the
+        # folder's and enabled.
+        enabled, image_id, job_id = await self.queue.enqueue_camera_image(
+            self.pool, new_image, printable(folder), picture=loaded.picture
+        )
+        if enabled is None:
+            # Deleted, or the folder re-registered under another id, since it was learned.
+            self._folder_ids.pop(folder, None)
+            raise CameraIdConflict(camera_id)
+        if not enabled:
+            raise CameraDisabled(camera_id)
+        return image_id, job_id, camera_id
 
     async def _quarantine(
         self,

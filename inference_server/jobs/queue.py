@@ -157,20 +157,6 @@ class JobQueue:
         await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
         return job_id
 
-    async def enqueue_image(self, conn: asyncpg.Connection, image: images.NewImage) -> tuple[int | None, int | None]:
-        """Insert the image and its job, and wake the workers at commit, in one statement in the
-        caller's transaction: (image id, job id), or (None, None) when the camera already has
-        these bytes (nothing inserted, nobody woken)."""
-        row = await conn.fetchrow(
-            f"WITH image AS ({images.INSERT}), {_JOB_AND_WAKE}"
-            " SELECT (SELECT id FROM image) AS image_id, (SELECT id FROM job) AS job_id,"
-            " (SELECT count(*) FROM woken) AS woken",
-            *images.insert_args(image),
-            self.policy.max_attempts,
-        )
-        assert row is not None
-        return row["image_id"], row["job_id"]
-
     async def enqueue_camera_image(
         self,
         pool: asyncpg.Pool,

@@ -287,7 +287,8 @@ class TamperStage:
 
         The camera's row as this process last wrote it is judged first and written back in one
         statement if nobody changed it since (``save_if_current``) and nothing is announced (most
-        checks); otherwise it is read again under a lock and judged from that."""
+        checks); otherwise it is read again under a lock and judged from that. A row this process
+        has not read is looked for by a statement that inserts it if there is none (``lock_or_add``)."""
         known = self._unsaved.pop(camera_id, None) or self._rows.get(camera_id)
         if known is not None:
             done = self.step(known, seen, captured_at)
@@ -297,11 +298,18 @@ class TamperStage:
                     return []
                 version = await tamper_store.save_if_current(conn, camera_id, done.baseline, done.state, known.version)
                 if version is not None:
-                    self._keep(camera_id, tamper_store.Row(done.baseline, done.state, version))
-                    self._saved_at[camera_id] = time.monotonic()
-                    return []
+                    return self._written(camera_id, done, done.state, version)
                 log.debug("tamper row changed elsewhere, read again camera_id=%s", camera_id)
-        old = await tamper_store.lock(conn, camera_id)
+            old = await tamper_store.lock(conn, camera_id)
+        else:
+            # Not read by this process yet: a new camera's first check inserts its row in the
+            # statement that looks for it (one statement where the read and the save were two).
+            first = self.step(None, seen, captured_at)
+            old, added = await tamper_store.lock_or_add(conn, camera_id, first.baseline, first.state)
+            if added is not None:
+                return self._written(camera_id, first, first.state, added)
+            if old is None:  # inserted by another transaction meanwhile
+                old = await tamper_store.lock(conn, camera_id)
         done = self.step(old, seen, captured_at)
         state = done.state
         if done.change == "raised" and (v := done.verdict) is not None and (kind := v.kind) is not None:
@@ -323,9 +331,14 @@ class TamperStage:
         elif done.change == "cleared" and old is not None:
             await tamper_store.end_episode(conn, old.state.episode_id, captured_at)
             log.info("tamper cleared camera_id=%s kind=%s image_id=%s", camera_id, old.state.kind, image_id)
-        elif done.change == "learned":
-            log.info("tamper baseline learned camera_id=%s images=%d", camera_id, done.baseline.learned)
         version = await tamper_store.save(conn, camera_id, done.baseline, state)
+        return self._written(camera_id, done, state, version)
+
+    def _written(self, camera_id: str, done: Step, state: tamper_store.Counters, version: int) -> list[Message]:
+        """After ``observe`` wrote the camera's row (``state``: ``done``'s, with its episode): kept
+        as this process's, and the message announcing a change."""
+        if done.change == "learned":
+            log.info("tamper baseline learned camera_id=%s images=%d", camera_id, done.baseline.learned)
         self._keep(camera_id, tamper_store.Row(done.baseline, state, version))
         self._saved_at[camera_id] = time.monotonic()
         return [] if done.change is None else [self._message(camera_id, state, done.baseline.learned)]

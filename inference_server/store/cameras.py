@@ -28,44 +28,51 @@ class FolderIdConflict(LookupError):
     registered under another id meanwhile. Look the id up again."""
 
 
-async def id_for_folder(conn: asyncpg.Connection | asyncpg.Pool, folder: str, candidates: Sequence[str]) -> str:
-    """The id of the camera of ``folder``: its own when registered, else the first of ``candidates``
-    that no other folder's camera holds (a camera added over REST, without a folder, is adopted)."""
+async def id_for_folder(
+    conn: asyncpg.Connection | asyncpg.Pool, folder: str, candidates: Sequence[str]
+) -> tuple[str, bool]:
+    """The id of the camera of ``folder`` and whether the folder is registered: its own id when
+    it is, else the first of ``candidates`` that no other folder's camera holds (a camera added
+    over REST, without a folder, is adopted)."""
     rows = await conn.fetch(
         "SELECT id, folder FROM cameras WHERE folder = $1 OR id = ANY($2::text[])", folder, list(candidates)
     )
     for row in rows:
         if row["folder"] == folder:
-            return str(row["id"])
+            return str(row["id"]), True
     taken = {r["id"] for r in rows if r["folder"] is not None}
     for candidate in candidates:
         if candidate not in taken:
-            return candidate
+            return candidate, False
     raise FolderIdConflict(folder)
 
 
-async def ensure_for_folder(conn: asyncpg.Connection, camera_id: str, folder: str) -> tuple[Camera, bool]:
+#: The camera of folder $3, or, when the folder has none, camera $1 registered for it: inserted
+#: with the name $2, or adopted (a camera without a folder); the bool says it was inserted.
+_ENSURE_FOR_FOLDER = (
+    "WITH mine AS (SELECT id, name, folder, enabled FROM cameras WHERE folder = $3),"
+    " added AS (INSERT INTO cameras (id, name, folder) SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM mine)"
+    " ON CONFLICT (id) DO UPDATE SET folder = EXCLUDED.folder WHERE cameras.folder IS NULL"
+    " RETURNING id, name, folder, enabled, (xmax = 0) AS inserted)"
+    " SELECT id, name, folder, enabled, false AS inserted FROM mine UNION ALL SELECT * FROM added"
+)
+
+
+async def ensure_for_folder(
+    conn: asyncpg.Connection | asyncpg.Pool, camera_id: str, folder: str
+) -> tuple[Camera, bool]:
     """Return the camera of ``folder``, registering it as ``camera_id`` on first sight (the id from
-    :func:`id_for_folder`). The bool says it is new. Raises ``FolderIdConflict`` when another folder
-    took ``camera_id`` since: two folders never share a camera."""
-    row = await conn.fetchrow("SELECT id, name, folder, enabled FROM cameras WHERE folder = $1", folder)
-    if row is not None:
-        return _checked(_row(row), camera_id), False
+    :func:`id_for_folder`), in one statement that needs no transaction around it. The bool says it
+    is new. Raises ``FolderIdConflict`` when another folder took ``camera_id`` since: two folders
+    never share a camera."""
     name = folder.replace("_", " ").replace("-", " ").strip().title() or camera_id
     try:
-        row = await conn.fetchrow(
-            "INSERT INTO cameras (id, name, folder) VALUES ($1, $2, $3)"
-            " ON CONFLICT (id) DO UPDATE SET folder = EXCLUDED.folder WHERE cameras.folder IS NULL"
-            " RETURNING id, name, folder, enabled, (xmax = 0) AS inserted",
-            camera_id,
-            name,
-            folder,
-        )
+        row = await conn.fetchrow(_ENSURE_FOR_FOLDER, camera_id, name, folder)
     except asyncpg.UniqueViolationError as err:
         # The folder was registered under another id by a transaction that committed meanwhile.
         raise FolderIdConflict(folder) from err
     if row is not None:
-        return _row(row), bool(row["inserted"])
+        return _checked(_row(row), camera_id), bool(row["inserted"])
     # The id is another folder's, or this folder was registered by a transaction that committed
     # while this one waited on the id (its row is visible to this new statement).
     row = await conn.fetchrow("SELECT id, name, folder, enabled FROM cameras WHERE folder = $1", folder)

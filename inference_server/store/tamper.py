@@ -48,8 +48,30 @@ class Row:
 async def lock(conn: asyncpg.Connection, camera_id: str) -> Row | None:
     """The camera's row, locked for the caller's transaction (None: nothing learned yet)."""
     r = await conn.fetchrow("SELECT *, xmin AS version FROM camera_tamper WHERE camera_id = $1 FOR UPDATE", camera_id)
-    if r is None:
-        return None
+    return None if r is None else _read(r)
+
+
+async def lock_or_add(
+    conn: asyncpg.Connection, camera_id: str, base: Baseline, state: Counters
+) -> tuple[Row | None, int | None]:
+    """``lock`` the camera's row, or, when it has none, insert it as ``base`` and ``state`` (the
+    first check of a camera: one statement instead of ``lock`` and ``save``). (the row locked,
+    None) or (None, the inserted row's version); (None, None) when another transaction inserted
+    it meanwhile: ``lock`` it then."""
+    r = await conn.fetchrow(
+        "WITH old AS (SELECT *, xmin AS version FROM camera_tamper WHERE camera_id = $1 FOR UPDATE),"
+        f" added AS ({_INSERT} SELECT {_VALUES} WHERE NOT EXISTS (SELECT 1 FROM old)"
+        " ON CONFLICT (camera_id) DO NOTHING RETURNING xmin)"
+        " SELECT old.*, (SELECT xmin FROM added) AS added FROM (SELECT 1) AS one LEFT JOIN old ON true",
+        *_values(camera_id, base, state),
+    )
+    assert r is not None
+    if r["added"] is not None:
+        return None, int(r["added"])
+    return (None, None) if r["camera_id"] is None else (_read(r), None)
+
+
+def _read(r: asyncpg.Record) -> Row:
     layout = np.frombuffer(r["baseline"], dtype=np.float32).reshape(r["thumb_h"], r["thumb_w"])
     return Row(
         Baseline(layout, r["sharpness"], r["contrast"], r["brightness"], r["learned"]),
@@ -75,13 +97,17 @@ def _values(camera_id: str, base: Baseline, state: Counters) -> tuple[Any, ...]:
     return (*scene, *counters, state.episode_id)
 
 
+_INSERT = (
+    "INSERT INTO camera_tamper (camera_id, thumb_w, thumb_h, baseline, sharpness, contrast, brightness, learned,"
+    " abnormal_run, normal_run, pending_kind, tampered, kind, since, episode_id)"
+)
+_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15"
+
+
 async def save(conn: asyncpg.Connection, camera_id: str, base: Baseline, state: Counters) -> int:
     """Write the camera's row; its new version."""
     version = await conn.fetchval(
-        "INSERT INTO camera_tamper (camera_id, thumb_w, thumb_h, baseline, sharpness, contrast, brightness, learned,"
-        " abnormal_run, normal_run, pending_kind, tampered, kind, since, episode_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        f" ON CONFLICT (camera_id) DO UPDATE SET {_SET} RETURNING xmin",
+        f"{_INSERT} VALUES ({_VALUES}) ON CONFLICT (camera_id) DO UPDATE SET {_SET} RETURNING xmin",
         *_values(camera_id, base, state),
     )
     return int(version)

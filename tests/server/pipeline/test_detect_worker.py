@@ -298,7 +298,8 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An upload or a known folder's picture that reaches the worker waiting with nothing in hand
-    is decoded once: the door's check decodes it into the worker's array at the model's scale
+    (a new folder's first one too, since stop 50) is decoded once: the door's check decodes it
+    into the worker's array at the model's scale
     (as strictly as its 1/8-scale check: tests/server/ingest/test_validate.py), and the worker
     detects on that array instead of decoding the stored file again. The pixels are exactly
     those of the worker's own decode; pictures the door does not decode for it (a PNG, one that
@@ -332,7 +333,7 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
         await ingestor.ingest_bytes("front", png.getvalue(), captured_at=None, original_name=None)
         await _stored(server, 2)
         (settings.cameras_path / "porch" / "first.jpg").write_bytes(_copy("zidane.jpg", 0))
-        await _stored(server, 3)  # a new folder: its camera is registered in a transaction, no hand-off
+        await _stored(server, 3)  # a new folder: its camera registered, then handed off as a known folder's
         (settings.cameras_path / "porch" / "second.jpg").write_bytes(_copy("zidane.jpg", 1))
         await _stored(server, 4)
         # Decoded at the door, then no job (the camera has these bytes): the array goes back.
@@ -342,7 +343,7 @@ async def test_a_picture_handed_to_an_idle_worker_is_decoded_once_at_the_door(
         await _stored(server, 5)
 
         rows = await server.pool.fetch("SELECT path, original_name FROM images ORDER BY id")
-        assert [door for _, door, _ in loads] == [True, False, False, True, True], [r["original_name"] for r in rows]
+        assert [door for _, door, _ in loads] == [True, False, True, True, True], [r["original_name"] for r in rows]
         for row, (name, _, pixels) in zip(rows, loads, strict=True):
             assert Path(row["path"]).name == name
             own = decode_picture(Path(row["path"]), settings.detector_imgsz, fit=worker.result.decode_fit)

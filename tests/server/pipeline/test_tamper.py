@@ -3,6 +3,7 @@ through the scene are not tampering; the state survives a restart and reaches MQ
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator, Callable
@@ -334,6 +335,39 @@ async def test_a_check_that_changes_nothing_is_one_statement_and_sees_what_other
     assert await tamper_store.forget(pool, "drive")
     await _check(pool, ours, frames[6], 6)
     assert await _learned(pool) == 1  # learning anew, not from what this process remembered
+
+
+async def test_a_cameras_first_check_inserts_its_row_in_one_statement_and_a_restart_reads_it(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings]
+) -> None:
+    """Stop 50: the first check of a camera with no row is one statement (it was a locking read
+    that found nothing, then the insert); a process that has not read the row yet (a restart)
+    finds it with that same statement and judges from it, and a second worker's first check
+    that meets a row inserted meanwhile is counted on top of it, not lost."""
+    rng = np.random.default_rng(5)
+    view = scenes.picture("bus.jpg")
+    frames = [scenes.lit(view, 1.0, rng) for _ in range(4)]
+    settings = make_settings(tamper_learn_frames=50)  # every check teaches: each is counted
+    with RoundTrips() as trips:
+        await _check(pool, TamperStage(settings, Topics()), frames[0], 0)
+    assert trips.count == 3, trips.by_statement  # BEGIN, the statement, COMMIT
+    assert await _learned(pool) == 1
+
+    with RoundTrips() as trips:
+        await _check(pool, TamperStage(settings, Topics()), frames[1], 1)  # a restart
+    assert trips.count == 4, trips.by_statement  # BEGIN, the statement that found it, the write, COMMIT
+    assert await _learned(pool) == 2
+
+    # Two workers' first checks at once: the second waits on the first's insert, then reads it.
+    assert await tamper_store.forget(pool, "drive")
+    first, second = TamperStage(settings, Topics()), TamperStage(settings, Topics())
+    async with pool.acquire() as conn, conn.transaction():
+        await first.observe(conn, "drive", 3, T0 + timedelta(minutes=2), features(frames[2]))
+        waiting = asyncio.ensure_future(_check(pool, second, frames[3], 3))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # held by the insert this transaction has not committed
+    await waiting
+    assert await _learned(pool) == 2
 
 
 async def test_a_quiet_camera_is_written_back_once_a_minute_and_anything_abnormal_at_once(

@@ -56,13 +56,13 @@ async def test_a_patch_changes_only_the_fields_given_and_a_missing_camera_gives_
 
 
 async def test_a_new_folder_is_registered_once_under_a_readable_name(conn: asyncpg.Connection) -> None:
-    camera_id = await cameras.id_for_folder(conn, "front_door", ["front_door"])
+    camera_id, registered = await cameras.id_for_folder(conn, "front_door", ["front_door"])
     camera, new = await cameras.ensure_for_folder(conn, camera_id, "front_door")
     again, new_again = await cameras.ensure_for_folder(conn, camera_id, "front_door")
 
-    assert new is True and new_again is False
+    assert registered is False and new is True and new_again is False
     assert camera == again == cameras.Camera("front_door", "Front Door", "front_door", True)
-    assert await cameras.id_for_folder(conn, "front_door", ["something-else"]) == "front_door"
+    assert await cameras.id_for_folder(conn, "front_door", ["something-else"]) == ("front_door", True)
 
 
 async def test_a_folder_takes_the_first_candidate_no_other_folder_holds_and_adopts_a_rest_camera(
@@ -71,10 +71,10 @@ async def test_a_folder_takes_the_first_candidate_no_other_folder_holds_and_adop
     await cameras.ensure_for_folder(conn, "garden", "Garden")
     await cameras.create(conn, CameraCreate(id="garden-2", name="Made over REST"))
 
-    camera_id = await cameras.id_for_folder(conn, "garden", ["garden", "garden-2"])
+    camera_id, registered = await cameras.id_for_folder(conn, "garden", ["garden", "garden-2"])
     adopted, new = await cameras.ensure_for_folder(conn, camera_id, "garden")
 
-    assert camera_id == "garden-2"
+    assert (camera_id, registered) == ("garden-2", False)
     assert new is False and adopted == cameras.Camera("garden-2", "Made over REST", "garden", True)
 
 
