@@ -358,8 +358,7 @@ class BatchStage:
         if rescored is not None and not moves:
             # A new judgement is announced with the image it was made on (and that image's detections).
             picture = await self._picture(conn, batch.camera_id, judged.image_id, current)
-            await events_store.set_picture(conn, batch.event_id, judged.image_id, picture)
-            rescored = await events_store.get(conn, batch.event_id)
+            rescored = await events_store.set_picture(conn, batch.event_id, judged.image_id, picture)
         return rescored
 
     async def _picture(

@@ -284,10 +284,6 @@ async def add_images(conn: asyncpg.Connection, batch: Batch, image_ids: Sequence
     return _batch(row)
 
 
-async def set_event(conn: asyncpg.Connection, batch_id: uuid.UUID, event_id: uuid.UUID) -> None:
-    await conn.execute("UPDATE batches SET event_id = $2 WHERE id = $1", batch_id, event_id)
-
-
 async def close(conn: asyncpg.Connection, batch_id: uuid.UUID, now: datetime) -> None:
     await conn.execute("UPDATE batches SET closed_at = $2 WHERE id = $1", batch_id, now)
 

@@ -173,14 +173,19 @@ async def rescore(
     return _to_event(row) if row is not None else None
 
 
-async def set_picture(conn: asyncpg.Connection, event_id: UUID, image_id: int, snapshot_path: str | None) -> None:
-    """The image that shows the event, and its snapshot file."""
-    await conn.execute(
-        "UPDATE events SET image_id = $2, snapshot_path = $3, updated_at = now() WHERE id = $1",
+async def set_picture(
+    conn: asyncpg.Connection, event_id: UUID, image_id: int, snapshot_path: str | None
+) -> Event | None:
+    """The image that shows the event, and its snapshot file; the event as ``get`` reads it then
+    (None: no such event), in one statement (stop 50: the read was a round trip of its own)."""
+    row = await conn.fetchrow(
+        "WITH moved AS (UPDATE events SET image_id = $2, snapshot_path = $3, updated_at = now() WHERE id = $1"
+        f" RETURNING *) {_select('moved e')}",
         event_id,
         image_id,
         snapshot_path,
     )
+    return _to_event(row) if row is not None else None
 
 
 async def end(conn: asyncpg.Connection, event_id: UUID, ended_at: datetime) -> None:

@@ -74,11 +74,10 @@ async def test_adding_an_image_links_it_once_and_activity_time_only_moves_forwar
     assert await conn.fetchval("SELECT count(*) FROM batch_images WHERE batch_id = $1", batch.id) == 1
 
 
-async def test_the_event_of_a_batch_is_recorded_and_read_back(conn: asyncpg.Connection) -> None:
+async def test_the_event_opened_for_a_batch_is_read_back_as_its_event(conn: asyncpg.Connection) -> None:
     batch = await batches.open_new(conn, "front", T0)
-    event_id = uuid.uuid4()
 
-    await batches.set_event(conn, batch.id, event_id)
+    event_id = await add_event(conn, await _image(conn, "a", T0), 70, "high", batch_id=batch.id)
 
     got = await batches.get(conn, batch.id)
     assert got is not None and got.event_id == event_id

@@ -183,7 +183,6 @@ async def test_states_say_each_camera_as_stored_with_its_open_batch_latest_image
     assert (open_batch.risk_score, open_batch.objects) == (0, {"person": 2, "car": 1})  # no event yet
 
     event_id = await add_event(conn, image_ids[1], 70, "high", batch_id=batch.id, is_fast_path=True)
-    await batches.set_event(conn, batch.id, event_id)
     assert await cameras.states_to_queue(conn, "nowhere") == {}
     state = (await cameras.states_to_queue(conn, "front"))["front"]
     assert (state.risk_score, state.risk_level, state.objects, state.last_event_id, state.last_event_at) == (

@@ -156,6 +156,30 @@ async def test_rescoring_replaces_the_rules_judgement_and_reports_only_a_visible
     assert await events.rescore(conn, uuid.uuid4(), _rules(1), image_id=newer_image, snapshot_path=None) is None
 
 
+async def test_an_events_picture_moved_is_read_back_by_the_same_statement(conn: asyncpg.Connection) -> None:
+    """A rescore that kept the event's picture and changed its judgement then moves the picture to
+    the judged image (``BatchStage._rescore``): the event it announces is read by the statement
+    that moves it (stop 50: the read was a statement of its own), with the judged image's
+    detections, and equals what ``get`` reads."""
+    event_id = await _event(conn, score=20)
+    judged = await _image(conn, "front", "judged")
+    await conn.execute(
+        "INSERT INTO detections (image_id, camera_id, label, category, confidence, x1, y1, x2, y2, detected_at)"
+        " SELECT $1, 'front', 'dog', 'animal', 0.9, 0.1, 0.1, 0.2, 0.2, now()",
+        judged,
+    )
+
+    with RoundTrips() as trips:
+        moved = await events.set_picture(conn, event_id, judged, "s/judged.jpg")
+
+    assert trips.count == 1, trips.by_statement
+    event = await events.get(conn, event_id)
+    assert moved is not None and moved == event
+    assert event.image_id == judged and [d.label for d in event.detections] == ["dog"]
+    assert await events.snapshot_path(conn, event_id) == (True, "s/judged.jpg")
+    assert await events.set_picture(conn, uuid.uuid4(), judged, None) is None
+
+
 async def test_once_the_llm_has_answered_rescoring_keeps_its_judgement_and_refreshes_only_the_rules_result(
     conn: asyncpg.Connection,
 ) -> None:
