@@ -121,13 +121,14 @@ from inference_server.detection.onnx_backend import OnnxDetector
 fix_mmap_threshold(1024)  # the server's default
 detector = OnnxDetector(Path(sys.argv[1]), imgsz=int(sys.argv[2]), keep_classes=["person"])
 detector.warmup()  # as the server starts it: the arena's first region is one small picture's
+warm = rss()
 pictures = [np.asarray(Image.open(demo_assets.image(n)).convert("RGB")) for n in ("bus.jpg", "zidane.jpg")] * 2
 found = [[d.bbox for d in f] for f in detector.detect([detector.prepare(p) for p in pictures])]
 busy = rss()
 detector.release_idle()
 idle = rss()
 again = [[d.bbox for d in f] for f in detector.detect([detector.prepare(p) for p in pictures])]
-print(json.dumps({"busy": busy, "idle": idle, "same": again == found, "people": sum(map(len, found))}))
+print(json.dumps({"warm": warm, "busy": busy, "idle": idle, "same": again == found, "people": sum(map(len, found))}))
 """
 )
 
@@ -136,8 +137,13 @@ def test_an_idle_detector_gives_its_arenas_back_and_detects_the_same() -> None:
     """After batches of 4 (1 MP pictures through the letterbox graph), ONNX Runtime's arenas keep
     the largest run's intermediates: ``release_idle`` (the detect worker, once the queue has been
     dry for ``buffers_idle_s``) gives back all but each arena's first region (53 MB measured: 35
-    the model's, 18 the letterbox's), and the next batch finds the same people."""
+    the model's, 18 the letterbox's), and the next batch finds the same people. How much the
+    batches grew depends on how their runs met on the runtime's threads (35-43 MB, and 28-31 MB
+    given back, with another process busy: stop 50), so the test holds the process to about where
+    the warm-up left it (3-10 MB above, measured) rather than to an amount given back."""
     figures = _figures(_IDLE, str(coco_onnx()), str(COCO_IMGSZ))
     assert figures["same"] and figures["people"] > 0, figures
-    freed = figures["busy"] - figures["idle"]
-    assert freed > 30 * 2**20, f"release_idle gave back {freed / 2**20:.0f} MB"
+    mib = 2**20
+    grown, kept = figures["busy"] - figures["warm"], figures["idle"] - figures["warm"]
+    assert grown > 24 * mib, f"the batches grew the process by {grown / mib:.0f} MB only"
+    assert kept < 16 * mib, f"release_idle kept {kept / mib:.0f} MB of the batches' {grown / mib:.0f} MB"
